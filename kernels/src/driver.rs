@@ -1,0 +1,124 @@
+//! The BLIS loop nest, shared by every kernel.
+//!
+//! ```text
+//! for each block of nc columns of packed B                  (jc)
+//!     for each block of mc rows of A                        (ic)
+//!         acc[mc × nc] = 0
+//!         for each block of kc values of K                  (pc)
+//!             pack A[ic.., pc..] (mc × kc), adding row sums
+//!             kernel.block: acc += A_block · B[pc.., jc..]  (mr × nr tiles)
+//!         kernel.epilogue: correct, bias, requantize, store C[ic.., jc..]
+//! ```
+//!
+//! B was packed once, whole, at weight-load time, so blocking over K and N only moves
+//! the starting point within its panels. The accumulators of one `mc × nc` block live
+//! in scratch across the K loop; the output stage runs once per block, fused, and the
+//! output is written exactly once.
+
+use crate::kernel::{BlockArgs, Kernel};
+use crate::output::{EpilogueArgs, OutData, OutputStage, ZeroPoints};
+use crate::pack::{PackedB, pack_a};
+
+/// One GEMM call: `out[m × n] = stage(Σ (A − a_zp)(B − b_zp))`.
+#[derive(Debug)]
+pub struct GemmArgs<'a> {
+    /// Rows of A and of the output.
+    pub m: usize,
+    /// A: row `r` is `a[r * a_stride..][..k]`.
+    pub a: &'a [u8],
+    /// Distance between rows of A.
+    pub a_stride: usize,
+    /// The activation zero point.
+    pub a_zp: u8,
+    /// The packed weights; they give K and N.
+    pub b: &'a PackedB,
+    /// The output stage, from column 0.
+    pub stage: OutputStage<'a>,
+    /// The output: row `r` is `out[r * out_stride..][..n]`.
+    pub out: OutData<'a>,
+    /// Distance between rows of the output.
+    pub out_stride: usize,
+}
+
+/// Runs a GEMM with `kernel` on the calling thread.
+///
+/// # Panics
+/// If the weights were packed for another tile, or a buffer is shorter than the
+/// shapes say (the public crate validates all of this first).
+pub fn gemm(kernel: &Kernel, args: GemmArgs<'_>) {
+    let GemmArgs {
+        m,
+        a,
+        a_stride,
+        a_zp,
+        b,
+        stage,
+        mut out,
+        out_stride,
+    } = args;
+    let tile = kernel.tile();
+    let blocking = kernel.blocking();
+    assert_eq!(b.tile(), tile, "weights packed for another tile");
+    let (k, n) = (b.k(), b.n());
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(a_stride >= k && a.len() >= (m - 1) * a_stride + k, "A too short");
+
+    let kgroups_total = b.k_padded() / tile.kg;
+    let kc_groups = blocking.kc / tile.kg;
+    let mc_max = blocking.mc.min(m.div_ceil(tile.mr) * tile.mr);
+    let nc_max = blocking.nc.min(n.div_ceil(tile.nr) * tile.nr);
+    let mut a_pack = vec![0u8; mc_max * kc_groups.min(kgroups_total) * tile.kg];
+    let mut acc = vec![0i32; mc_max * nc_max];
+    let mut row_sums = vec![0i32; mc_max];
+    let zero_points = ZeroPoints {
+        a_zp: i32::from(a_zp),
+        // K modulo 2^32, as the wrapping arithmetic wants it.
+        k: k as i32,
+        col_sums: b.col_sums(),
+        b_zp: b.zero_points(),
+    };
+
+    for jc in (0..n).step_by(blocking.nc) {
+        let cols = blocking.nc.min(n - jc);
+        let col_panels = cols.div_ceil(tile.nr);
+        for ic in (0..m).step_by(blocking.mc) {
+            let rows = blocking.mc.min(m - ic);
+            let row_panels = rows.div_ceil(tile.mr);
+            let a_block = &a[ic * a_stride..];
+            acc.fill(0);
+            row_sums.fill(0);
+            for g0 in (0..kgroups_total).step_by(kc_groups) {
+                let groups = kc_groups.min(kgroups_total - g0);
+                pack_a(tile, a_block, a_stride, rows, k, g0, groups, &mut a_pack, &mut row_sums);
+                let b_start = (jc / tile.nr) * b.panel_stride() + g0 * tile.nr * tile.kg;
+                kernel.block(BlockArgs {
+                    a: &a_pack,
+                    b: &b.data()[b_start..],
+                    b_panel_stride: b.panel_stride(),
+                    row_panels,
+                    col_panels,
+                    kgroups: groups,
+                    acc: &mut acc,
+                    acc_stride: nc_max,
+                });
+            }
+            kernel.epilogue(EpilogueArgs {
+                acc: &acc,
+                acc_stride: nc_max,
+                rows,
+                cols,
+                row_sums: &row_sums,
+                zero_points: ZeroPoints {
+                    col_sums: &zero_points.col_sums[jc..],
+                    b_zp: &zero_points.b_zp[jc..],
+                    ..zero_points
+                },
+                stage: stage.from_column(jc),
+                out: out.tail(ic * out_stride + jc),
+                out_stride,
+            });
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! # qgemm-kernels
+//!
+//! The machinery behind the `qgemm` crate: packing formats, the blocked loop nest and
+//! the microkernels, one module per ISA. It is an internal crate: its functions assume
+//! parameters that `qgemm` has already validated, and panic (never write out of
+//! bounds) when they are not.
+//!
+//! | module | kernel | runs on |
+//! |---|---|---|
+//! | [`portable`] | `4x32c2-portable` | every CPU (multiversioned for AVX2, SSE4.1, NEON) |
+//!
+//! Each ISA module hands out its [`Kernel`] through a function that detects the CPU
+//! features first, so holding a `Kernel` proves it can run.
+
+#![warn(missing_docs)]
+
+pub mod driver;
+pub mod kernel;
+pub mod output;
+pub mod pack;
+pub mod portable;
+
+pub use kernel::{Blocking, Kernel, Tile};

@@ -1,0 +1,191 @@
+//! Packing of B (once, at weight-load time) and of A (per block, per call) into the
+//! panel layouts the microkernels stream through.
+//!
+//! Packed B: `ceil(N / nr)` panels of `nr` columns, each holding all of K, padded with
+//! zeros to a multiple of `kg` (`kp` values). Within a panel, K runs in groups of `kg`;
+//! each group stores the `kg` consecutive weights of column 0, then of column 1, ...:
+//!
+//! ```text
+//!            panel 0 (columns 0..nr)                          panel 1 (columns nr..2nr)
+//!  ┌──────────────────────────────────────────────────────┐ ┌──────────────────
+//!  │ k-group 0: [c0: k0..kg) [c1: k0..kg) … [c(nr−1): …)  │ │ k-group 0: …
+//!  │ k-group 1: [c0: kg..2kg) …                           │ │ …
+//!  │ …                 (kp / kg groups)                   │ │
+//!  └──────────────────────────────────────────────────────┘ └──────────────────
+//!   panel stride = kp · nr bytes; columns past N and k past K are zero
+//! ```
+//!
+//! A block of k-groups `[g0, g1)` of a panel is contiguous, which is what cache
+//! blocking over K needs. Zero padding makes the padded products vanish, so the
+//! microkernel never needs a tail case in K.
+//!
+//! Packed A (one `mc × kc` block): `ceil(mc / mr)` panels of `mr` rows, each with the
+//! block's k-groups in order, each group holding `kg` values of row 0, then row 1, ...:
+//!
+//! ```text
+//!  panel 0: [g0: r0 k0..kg | r1 k0..kg | … | r(mr−1)] [g1: r0 …] …
+//!  panel 1: …
+//!   rows past M and k past K are zero
+//! ```
+
+use crate::kernel::Tile;
+
+/// How the source weight matrix B (K×N) is laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BLayout {
+    /// `B[k][n]` at `k * n_total + n`.
+    KxN,
+    /// `B[k][n]` at `n * k_total + k`.
+    NxK,
+}
+
+/// B packed for one tile shape, with what the epilogue needs about its columns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PackedB {
+    tile: Tile,
+    k: usize,
+    n: usize,
+    kp: usize,
+    data: Vec<i8>,
+    col_sums: Vec<i32>,
+    zero_points: Vec<i32>,
+}
+
+impl PackedB {
+    /// Packs a dense K×N matrix.
+    ///
+    /// `zero_points` holds one value (per tensor) or N values (per column).
+    ///
+    /// # Panics
+    /// If `b.len() != k * n`, `zero_points` has neither 1 nor N values, or a size
+    /// overflows (the public crate validates all of this first).
+    pub fn new(tile: Tile, b: &[i8], layout: BLayout, k: usize, n: usize, zero_points: &[i8]) -> PackedB {
+        assert_eq!(Some(b.len()), k.checked_mul(n), "B length");
+        assert!(zero_points.len() == 1 || zero_points.len() == n, "zero point count");
+        let kp = k.div_ceil(tile.kg) * tile.kg;
+        let panels = n.div_ceil(tile.nr);
+        let panel_len = kp.checked_mul(tile.nr).expect("panel size overflows");
+        let len = panels.checked_mul(panel_len).expect("packed size overflows");
+        let mut data = vec![0i8; len];
+        let at = |kk: usize, nn: usize| match layout {
+            BLayout::KxN => b[kk * n + nn],
+            BLayout::NxK => b[nn * k + kk],
+        };
+        for (panel, dst) in data.chunks_exact_mut(panel_len.max(1)).take(panels).enumerate() {
+            let n0 = panel * tile.nr;
+            let cols = tile.nr.min(n - n0);
+            for kk in 0..k {
+                let (group, lane) = (kk / tile.kg, kk % tile.kg);
+                for c in 0..cols {
+                    dst[(group * tile.nr + c) * tile.kg + lane] = at(kk, n0 + c);
+                }
+            }
+        }
+        let col_sums = (0..n)
+            .map(|nn| (0..k).fold(0i32, |s, kk| s.wrapping_add(i32::from(at(kk, nn)))))
+            .collect();
+        let zero_points = (0..n)
+            .map(|nn| i32::from(zero_points[if zero_points.len() == 1 { 0 } else { nn }]))
+            .collect();
+        PackedB {
+            tile,
+            k,
+            n,
+            kp,
+            data,
+            col_sums,
+            zero_points,
+        }
+    }
+
+    /// The tile it was packed for.
+    pub fn tile(&self) -> Tile {
+        self.tile
+    }
+
+    /// K, the depth.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// N, the number of columns.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// K rounded up to the tile's K-group.
+    pub fn k_padded(&self) -> usize {
+        self.kp
+    }
+
+    /// Distance in bytes between panels.
+    pub fn panel_stride(&self) -> usize {
+        self.kp * self.tile.nr
+    }
+
+    /// The packed panels.
+    pub fn data(&self) -> &[i8] {
+        &self.data
+    }
+
+    /// `Σ_k B[k][n]` per column, wrapping.
+    pub fn col_sums(&self) -> &[i32] {
+        &self.col_sums
+    }
+
+    /// The weight zero point of each column.
+    pub fn zero_points(&self) -> &[i32] {
+        &self.zero_points
+    }
+
+    /// Bytes held, packed panels and per-column data together.
+    pub fn heap_size(&self) -> usize {
+        self.data.len() + 4 * (self.col_sums.len() + self.zero_points.len())
+    }
+}
+
+/// Packs rows `0..rows` and k-groups `[g0, g0 + groups)` of A into `dst` (layout in the
+/// module documentation), and adds each row's sum over the packed k range to
+/// `row_sums`.
+///
+/// `a` starts at the block's first row; row `r` is `a[r * stride..][..k]`. K values at
+/// or past `k` are packed as zero.
+///
+/// # Panics
+/// If `dst` or `row_sums` is too short, or A does not hold the rows.
+#[allow(clippy::too_many_arguments)]
+pub fn pack_a(
+    tile: Tile,
+    a: &[u8],
+    stride: usize,
+    rows: usize,
+    k: usize,
+    g0: usize,
+    groups: usize,
+    dst: &mut [u8],
+    row_sums: &mut [i32],
+) {
+    let Tile { mr, kg, .. } = tile;
+    let panels = rows.div_ceil(mr);
+    let panel_len = groups * mr * kg;
+    let dst = &mut dst[..panels * panel_len];
+    let k0 = g0 * kg;
+    let k1 = ((g0 + groups) * kg).min(k);
+    for (panel, pdst) in dst.chunks_exact_mut(panel_len.max(1)).take(panels).enumerate() {
+        for i in 0..mr {
+            let r = panel * mr + i;
+            let src: &[u8] = if r < rows && k1 > k0 { &a[r * stride + k0..r * stride + k1] } else { &[] };
+            let mut sum = 0i32;
+            for g in 0..groups {
+                for lane in 0..kg {
+                    let v = src.get(g * kg + lane).copied().unwrap_or(0);
+                    sum += i32::from(v);
+                    pdst[(g * mr + i) * kg + lane] = v;
+                }
+            }
+            if r < rows {
+                row_sums[r] = row_sums[r].wrapping_add(sum);
+            }
+        }
+    }
+}

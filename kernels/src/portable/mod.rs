@@ -1,0 +1,99 @@
+//! `4x32c2-portable`: plain Rust, blocked and packed like the SIMD kernels, compiled
+//! for several targets with `multiversion` so that every CPU gets a reasonably fast
+//! path (LLVM turns the pair products into `pmaddwd` on x86). It runs everywhere.
+
+use multiversion::multiversion;
+
+use crate::kernel::{BlockArgs, Blocking, Kernel, Tile};
+use crate::output::{EpilogueArgs, epilogue_scalar};
+
+const MR: usize = 4;
+const NR: usize = 32;
+const KG: usize = 2;
+
+static KERNEL: Kernel = {
+    // SAFETY: both entry points are plain Rust whose multiversioned clones are
+    // dispatched on runtime-detected features, so they run on any CPU, and they only
+    // touch memory through the slices they are given.
+    unsafe {
+        Kernel::new(
+            "4x32c2-portable",
+            Tile { mr: MR, nr: NR, kg: KG },
+            Blocking { mc: 64, kc: 512, nc: 512 },
+            block,
+            epilogue,
+        )
+    }
+};
+
+/// The portable kernel; available on every CPU.
+pub fn kernel() -> &'static Kernel {
+    &KERNEL
+}
+
+fn epilogue(args: EpilogueArgs<'_>) {
+    epilogue_scalar(args)
+}
+
+/// `acc += A · B` for every tile of the block.
+fn block(args: BlockArgs<'_>) {
+    let BlockArgs {
+        a,
+        b,
+        b_panel_stride,
+        row_panels,
+        col_panels,
+        kgroups,
+        acc,
+        acc_stride,
+    } = args;
+    block_impl(a, b, b_panel_stride, row_panels, col_panels, kgroups, acc, acc_stride);
+}
+
+#[allow(clippy::too_many_arguments)]
+#[multiversion(targets("x86_64+avx2", "x86_64+sse4.1", "aarch64+neon"))]
+fn block_impl(
+    a: &[u8],
+    b: &[i8],
+    b_panel_stride: usize,
+    row_panels: usize,
+    col_panels: usize,
+    kgroups: usize,
+    acc: &mut [i32],
+    acc_stride: usize,
+) {
+    let a_panel_len = kgroups * MR * KG;
+    let b_panel_len = kgroups * NR * KG;
+    for jp in 0..col_panels {
+        let b_panel = &b[jp * b_panel_stride..][..b_panel_len];
+        for ip in 0..row_panels {
+            let a_panel = &a[ip * a_panel_len..][..a_panel_len];
+            let tile = microkernel(a_panel, b_panel);
+            for (i, row) in tile.iter().enumerate() {
+                let dst = &mut acc[(ip * MR + i) * acc_stride + jp * NR..][..NR];
+                for (d, &v) in dst.iter_mut().zip(row) {
+                    *d = d.wrapping_add(v);
+                }
+            }
+        }
+    }
+}
+
+/// One `MR × NR` tile over the panels' k-groups. Each k-group contributes
+/// `a0·b0 + a1·b1` per output: two products of at most 255·128 in magnitude, so the
+/// pair sum fits easily in i32; only the running sum wraps.
+#[inline(always)]
+fn microkernel(a: &[u8], b: &[i8]) -> [[i32; NR]; MR] {
+    let mut c = [[0i32; NR]; MR];
+    for (ag, bg) in a.chunks_exact(MR * KG).zip(b.chunks_exact(NR * KG)) {
+        for (i, row) in c.iter_mut().enumerate() {
+            let a0 = i32::from(ag[KG * i]);
+            let a1 = i32::from(ag[KG * i + 1]);
+            for (j, cell) in row.iter_mut().enumerate() {
+                let pair = a0 * i32::from(bg[KG * j]) + a1 * i32::from(bg[KG * j + 1]);
+                *cell = cell.wrapping_add(pair);
+            }
+        }
+    }
+    c
+}

@@ -1,0 +1,134 @@
+//! The loop nest with tiny cache blocks, so that small problems cross every block
+//! boundary (M, N and K each spanning several blocks, with tails), against the
+//! reference. The public crate's harness covers the default blocking.
+
+use qgemm_kernels::driver::{GemmArgs, gemm};
+use qgemm_kernels::output::{OutData, OutputStage, Param, Requant, Rounding, Scheme};
+use qgemm_kernels::pack::{BLayout, PackedB};
+use qgemm_kernels::{Blocking, Kernel, portable};
+use qgemm_reference as reference;
+
+/// xorshift64*: deterministic data without a dependency.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+fn kernels() -> Vec<Kernel> {
+    let base = *portable::kernel();
+    let t = base.tile();
+    vec![
+        base,
+        base.with_blocking(Blocking { mc: t.mr, kc: t.kg, nc: t.nr }),
+        base.with_blocking(Blocking { mc: 2 * t.mr, kc: 3 * t.kg, nc: 2 * t.nr }),
+    ]
+}
+
+#[test]
+fn blocked_loop_nest_matches_reference() {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for kernel in kernels() {
+        let t = kernel.tile();
+        for _ in 0..60 {
+            let m = 1 + rng.below(3 * t.mr + 3);
+            let n = 1 + rng.below(3 * t.nr + 3);
+            let k = rng.below(9 * t.kg + 3);
+            let stride = k + rng.below(3);
+            let a: Vec<u8> = (0..m * stride).map(|_| rng.next() as u8).collect();
+            let b: Vec<i8> = (0..k * n).map(|_| rng.next() as i8).collect();
+            let a_zp = rng.next() as u8;
+            let layout = if rng.below(2) == 0 { BLayout::KxN } else { BLayout::NxK };
+            let per_column = rng.below(2) == 0;
+            let b_zp: Vec<i8> = (0..if per_column { n } else { 1 }).map(|_| rng.next() as i8).collect();
+            let packed = PackedB::new(t, &b, layout, k, n, &b_zp);
+            let bias: Vec<i32> = (0..n).map(|_| rng.next() as i32 >> 8).collect();
+
+            let ref_zp = if per_column {
+                reference::Channelwise::PerChannel(b_zp.clone())
+            } else {
+                reference::Channelwise::PerTensor(b_zp[0])
+            };
+            let problem = reference::GemmProblem {
+                m,
+                n,
+                k,
+                a: &a,
+                a_row_stride: stride,
+                a_zero_point: a_zp,
+                b: &b,
+                b_layout: match layout {
+                    BLayout::KxN => reference::WeightLayout::KxN,
+                    BLayout::NxK => reference::WeightLayout::NxK,
+                },
+                b_zero_point: &ref_zp,
+            };
+
+            // i32 output with bias.
+            let mut out = vec![0i32; m * n];
+            gemm(
+                &kernel,
+                GemmArgs {
+                    m,
+                    a: &a,
+                    a_stride: stride,
+                    a_zp,
+                    b: &packed,
+                    stage: OutputStage { bias: Some(&bias), requant: None },
+                    out: OutData::I32(&mut out),
+                    out_stride: n,
+                },
+            );
+            let stage = reference::OutputStage { bias: Some(bias.clone()), requantize: None };
+            let expected = reference::gemm(&problem, &stage, reference::OutputType::I32);
+            assert_eq!(reference::OutputData::I32(out), expected, "{} m={m} n={n} k={k}", kernel.name());
+
+            // u8 output, fixed point.
+            let mut out = vec![0u8; m * n];
+            let requant = Requant {
+                scheme: Scheme::FixedPoint {
+                    rounding: Rounding::DoubleTiesAway,
+                    multiplier: Param::Tensor(1 << 30),
+                    shift: Param::Tensor(-8),
+                },
+                zero_point: 100,
+                min: 3,
+                max: 250,
+            };
+            gemm(
+                &kernel,
+                GemmArgs {
+                    m,
+                    a: &a,
+                    a_stride: stride,
+                    a_zp,
+                    b: &packed,
+                    stage: OutputStage { bias: None, requant: Some(requant) },
+                    out: OutData::U8(&mut out),
+                    out_stride: n,
+                },
+            );
+            let stage = reference::OutputStage {
+                bias: None,
+                requantize: Some(reference::Requantize {
+                    scheme: reference::Requantization::FixedPoint(reference::FixedPointParams {
+                        multiplier: reference::Channelwise::PerTensor(1 << 30),
+                        shift: reference::Channelwise::PerTensor(-8),
+                    }),
+                    zero_point: 100,
+                    min: 3,
+                    max: 250,
+                }),
+            };
+            let expected = reference::gemm(&problem, &stage, reference::OutputType::U8);
+            assert_eq!(reference::OutputData::U8(out), expected, "{} m={m} n={n} k={k}", kernel.name());
+        }
+    }
+}

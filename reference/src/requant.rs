@@ -1,0 +1,200 @@
+//! Requantization, one function per scheme, written in the most literal form: 64-bit
+//! intermediates wherever the published definition needs more than 32 bits.
+
+use crate::types::{OutputType, Requantization, Requantize};
+
+/// gemmlowp's `SaturatingRoundingDoublingHighMul`: the high 32 bits of `2·a·b`,
+/// rounded to nearest with ties away from zero. `i32::MIN · i32::MIN` saturates to
+/// `i32::MAX`.
+pub fn saturating_rounding_doubling_high_mul(a: i32, b: i32) -> i32 {
+    if a == i32::MIN && b == i32::MIN {
+        return i32::MAX;
+    }
+    let ab = i64::from(a) * i64::from(b);
+    let nudge: i64 = if ab >= 0 { 1 << 30 } else { 1 - (1 << 30) };
+    // Rust's `/` on integers truncates toward zero, as C's does.
+    let high = (ab + nudge) / (1i64 << 31);
+    i32::try_from(high).expect("|a·b| < 2^62 once MIN·MIN is excluded")
+}
+
+/// gemmlowp's `RoundingDivideByPOT`: `x / 2^exponent`, rounded to nearest with ties
+/// away from zero. `exponent` is in `[0, 31]`.
+pub fn rounding_divide_by_pot(x: i32, exponent: u32) -> i32 {
+    assert!(exponent <= 31, "exponent {exponent} out of [0, 31]");
+    if exponent == 0 {
+        return x;
+    }
+    let half = 1i64 << (exponent - 1);
+    let magnitude = (i64::from(x).abs() + half) >> exponent;
+    let q = if x < 0 { -magnitude } else { magnitude };
+    i32::try_from(q).expect("a quotient is no larger than its dividend")
+}
+
+/// Scheme (a), `FixedPoint`: TFLite's `MultiplyByQuantizedMultiplier` (reference
+/// kernels, gemmlowp). `x·2^l` with wrapping, `l = max(shift, 0)`; then the saturating
+/// rounding doubling high multiply; then a rounding divide by `2^r`,
+/// `r = max(−shift, 0)`, ties away from zero.
+pub fn fixed_point(x: i32, multiplier: i32, shift: i32) -> i32 {
+    check_fixed_point(multiplier, shift);
+    let left = shift.max(0) as u32;
+    let right = (-shift).max(0) as u32;
+    let y = saturating_rounding_doubling_high_mul(x.wrapping_shl(left), multiplier);
+    rounding_divide_by_pot(y, right)
+}
+
+/// Scheme (b), `FixedPointHalfUp`: TFLite's optimized x86 kernels (ruy). As
+/// [`fixed_point`], but the final shift is `(y + 2^(r−1)) >> r`: ties toward +∞. The
+/// addition is exact (64-bit).
+pub fn fixed_point_half_up(x: i32, multiplier: i32, shift: i32) -> i32 {
+    check_fixed_point(multiplier, shift);
+    let left = shift.max(0) as u32;
+    let right = (-shift).max(0) as u32;
+    let y = saturating_rounding_doubling_high_mul(x.wrapping_shl(left), multiplier);
+    if right == 0 {
+        return y;
+    }
+    let rounded = (i64::from(y) + (1i64 << (right - 1))) >> right;
+    i32::try_from(rounded).expect("a right shift by at least 1 of y + 2^(r-1) fits i32")
+}
+
+/// Scheme (c), `FixedPointSingleRounding`: TFLite with `TFLITE_SINGLE_ROUNDING`.
+/// `(x·m + 2^(t−1)) >> t` in 64 bits with `t = 31 − shift`: one rounding, ties toward
+/// +∞. The result can exceed i32 when `shift > 0`; it is returned exactly.
+pub fn fixed_point_single_rounding(x: i32, multiplier: i32, shift: i32) -> i64 {
+    check_fixed_point(multiplier, shift);
+    let total_shift = (31 - shift) as u32; // in [1, 62]
+    let product = i64::from(x) * i64::from(multiplier); // |product| < 2^62
+    (product + (1i64 << (total_shift - 1))) >> total_shift
+}
+
+/// Scheme (d), `Float` (ONNX Runtime, PyTorch, XNNPACK), including the zero point and
+/// clamp, whose order it fixes: `acc` converted to f32 (round to nearest even), one
+/// f32 multiply by `scale` (no FMA, no f64), clamped to `[min − zp, max − zp]`,
+/// rounded half to even, plus `zp`.
+pub fn float(acc: i32, scale: f32, zero_point: i32, min: i32, max: i32) -> i32 {
+    let product = acc as f32 * scale;
+    let low = (min - zero_point) as f32;
+    let high = (max - zero_point) as f32;
+    // `max`/`min` rather than `clamp` so that an infinite product clamps too.
+    let clamped = product.max(low).min(high);
+    let rounded = clamped.round_ties_even();
+    rounded as i32 + zero_point
+}
+
+/// The full requantization of one biased accumulator for output channel `channel`:
+/// the scheme, plus the zero point, clamped to `[min, max]`. The addition of the zero
+/// point cannot overflow: it is done on the exact result.
+pub fn requantize(acc: i32, r: &Requantize, channel: usize) -> i32 {
+    let scaled: i64 = match &r.scheme {
+        Requantization::FixedPoint(p) => {
+            i64::from(fixed_point(acc, p.multiplier.at(channel), p.shift.at(channel)))
+        }
+        Requantization::FixedPointHalfUp(p) => i64::from(fixed_point_half_up(
+            acc,
+            p.multiplier.at(channel),
+            p.shift.at(channel),
+        )),
+        Requantization::FixedPointSingleRounding(p) => {
+            fixed_point_single_rounding(acc, p.multiplier.at(channel), p.shift.at(channel))
+        }
+        Requantization::Float { scale } => {
+            return float(acc, scale.at(channel), r.zero_point, r.min, r.max);
+        }
+    };
+    let shifted = scaled + i64::from(r.zero_point);
+    let clamped = shifted.clamp(i64::from(r.min), i64::from(r.max));
+    i32::try_from(clamped).expect("min and max are i32")
+}
+
+/// Asserts the documented ranges of a fixed-point multiplier and shift.
+fn check_fixed_point(multiplier: i32, shift: i32) {
+    assert!(
+        multiplier == 0 || multiplier >= 1 << 30,
+        "multiplier {multiplier} is neither 0 nor in [2^30, 2^31)"
+    );
+    assert!((-31..=30).contains(&shift), "shift {shift} out of [-31, 30]");
+}
+
+/// Asserts that a requantization's zero point and clamp fit the output type.
+pub(crate) fn check_requantize(r: &Requantize, out: OutputType) {
+    let (lo, hi) = out.range();
+    assert!(out != OutputType::I32, "requantization needs a u8 or i8 output");
+    assert!((lo..=hi).contains(&r.zero_point), "zero point out of range");
+    assert!(lo <= r.min && r.min <= r.max && r.max <= hi, "bad clamp");
+}
+
+/// TFLite's `QuantizeMultiplier`: a real multiplier as a Q31 significand and a
+/// power-of-two shift, `real ≈ m · 2^(shift − 31)`.
+///
+/// `frexp`, then `round(q · 2^31)` with ties away from zero; a significand that rounds
+/// up to `2^31` is halved with the shift incremented; a shift below −31 gives `(0, 0)`.
+/// Zero gives `(0, 0)`. Multipliers of `2^30` or more give shifts above 30, which the
+/// output stage does not accept.
+///
+/// # Panics
+/// If `real` is negative, NaN or infinite.
+pub fn quantize_multiplier(real: f64) -> (i32, i32) {
+    assert!(real.is_finite() && real >= 0.0, "multiplier {real} is not finite and ≥ 0");
+    if real == 0.0 {
+        return (0, 0);
+    }
+    let (q, mut shift) = frexp(real);
+    // q in [0.5, 1): q·2^31 is exact, and `round` rounds half away from zero.
+    let mut q_fixed = (q * (1u64 << 31) as f64).round() as i64;
+    if q_fixed == 1 << 31 {
+        q_fixed /= 2;
+        shift += 1;
+    }
+    if shift < -31 {
+        shift = 0;
+        q_fixed = 0;
+    }
+    (i32::try_from(q_fixed).expect("q_fixed < 2^31"), shift)
+}
+
+/// C's `frexp` for finite positive `x`: `(q, e)` with `x = q·2^e` and `q` in `[0.5, 1)`.
+fn frexp(x: f64) -> (f64, i32) {
+    const EXPONENT_MASK: u64 = 0x7ff << 52;
+    let bits = x.to_bits();
+    let biased = ((bits & EXPONENT_MASK) >> 52) as i32;
+    if biased == 0 {
+        // Subnormal: scale into the normal range first.
+        let (q, e) = frexp(x * 2f64.powi(64));
+        return (q, e - 64);
+    }
+    // Keep the sign and mantissa, and set the exponent so that the value is in [0.5, 1).
+    let q = f64::from_bits((bits & !EXPONENT_MASK) | (1022 << 52));
+    (q, biased - 1022)
+}
+
+/// The real multiplier TFLite passes to [`quantize_multiplier`] for a convolution or
+/// fully-connected layer: `double(input_scale) · double(weight_scale) /
+/// double(output_scale)`. A multiplier derived in f32 gives different bytes.
+pub fn tflite_real_multiplier(input_scale: f32, weight_scale: f32, output_scale: f32) -> f64 {
+    f64::from(input_scale) * f64::from(weight_scale) / f64::from(output_scale)
+}
+
+/// The f32 requantization scale as ONNX Runtime derives it:
+/// `f32(f32(a_scale · w_scale) / y_scale)`. Other orders of the same operations give
+/// different bytes.
+pub fn onnx_float_scale(a_scale: f32, w_scale: f32, y_scale: f32) -> f32 {
+    let product = a_scale * w_scale;
+    product / y_scale
+}
+
+/// A float bias quantized to i32 with scale `a_scale · w_scale` (PyTorch keeps bias in
+/// float), rounded as PyTorch's `quantize_per_tensor(.., qint32)` rounds: the scale is
+/// the f32 product `a_scale · w_scale`, the bias is multiplied in f32 by the f32
+/// reciprocal `1 / scale`, rounded half to even and saturated to the i32 range.
+/// (Dividing by the scale instead, as some ONNX exporters do, can differ by one.)
+///
+/// # Panics
+/// If `bias` is not finite or the product of the scales is not finite and positive.
+pub fn quantize_bias(bias: f32, a_scale: f32, w_scale: f32) -> i32 {
+    let scale = a_scale * w_scale;
+    assert!(bias.is_finite(), "bias {bias} is not finite");
+    assert!(scale.is_finite() && scale > 0.0, "scale {scale} is not finite and positive");
+    let inverse = 1.0f32 / scale;
+    // `as` saturates out-of-range floats (and maps an infinite product to MIN/MAX).
+    (bias * inverse).round_ties_even() as i32
+}

@@ -1,0 +1,358 @@
+//! The data that describes a problem. These types are shared with the public crate
+//! `qgemm`, which re-exports them, so that the oracle and the product read the same
+//! parameters; the *arithmetic* on them is never shared.
+
+/// How the weight matrix B (K×N, i8) is laid out in memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WeightLayout {
+    /// K rows of N weights: `B[k][n]` is at `k * n_total + n`.
+    KxN,
+    /// N rows of K weights, the PyTorch/ONNX linear-weight layout (and OHWI conv
+    /// weights): `B[k][n]` is at `n * k_total + k`.
+    NxK,
+}
+
+/// A parameter given once for the whole tensor or once per output channel (column).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Channelwise<T> {
+    /// One value for every output channel.
+    PerTensor(T),
+    /// One value per output channel; its length must equal the channel count.
+    PerChannel(Vec<T>),
+}
+
+impl<T: Copy> Channelwise<T> {
+    /// The value that applies to output channel `channel`.
+    ///
+    /// # Panics
+    /// For `PerChannel`, if `channel` is out of range.
+    pub fn at(&self, channel: usize) -> T {
+        match self {
+            Channelwise::PerTensor(v) => *v,
+            Channelwise::PerChannel(v) => v[channel],
+        }
+    }
+
+    /// The number of values, or `None` for a per-tensor value.
+    pub fn channels(&self) -> Option<usize> {
+        match self {
+            Channelwise::PerTensor(_) => None,
+            Channelwise::PerChannel(v) => Some(v.len()),
+        }
+    }
+
+    /// Every value, in channel order (one value for `PerTensor`).
+    pub fn values(&self) -> &[T] {
+        match self {
+            Channelwise::PerTensor(v) => std::slice::from_ref(v),
+            Channelwise::PerChannel(v) => v,
+        }
+    }
+}
+
+/// A TFLite-style fixed-point multiplier: the real multiplier is
+/// `multiplier · 2^(shift − 31)`.
+///
+/// `multiplier` is 0 or in `[2^30, 2^31)`; `shift` is in `[-31, 30]`.
+/// [`quantize_multiplier`](crate::quantize_multiplier) produces them from a real number.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FixedPointParams {
+    /// The Q31 significand.
+    pub multiplier: Channelwise<i32>,
+    /// The power-of-two exponent: positive shifts left, negative right.
+    pub shift: Channelwise<i32>,
+}
+
+/// How an i32 accumulator becomes an 8-bit value. Each scheme reproduces one runtime
+/// byte for byte; see the crate documentation for the formulas, which are the contract.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Requantization {
+    /// TFLite's reference kernels and gemmlowp: saturating rounding doubling high
+    /// multiply, then a rounding right shift with ties away from zero.
+    FixedPoint(FixedPointParams),
+    /// TFLite's optimized x86 kernels (ruy): the same high multiply, then a rounding
+    /// right shift with ties toward +∞.
+    FixedPointHalfUp(FixedPointParams),
+    /// TFLite built with `TFLITE_SINGLE_ROUNDING`, and CMSIS-NN's option: one 64-bit
+    /// multiply and one rounding, ties toward +∞.
+    FixedPointSingleRounding(FixedPointParams),
+    /// ONNX Runtime, PyTorch and XNNPACK: one f32 multiply, round half to even.
+    Float {
+        /// The f32 multiplier, finite and positive.
+        scale: Channelwise<f32>,
+    },
+}
+
+impl Requantization {
+    /// The scheme's name, as the documentation and error messages spell it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Requantization::FixedPoint(_) => "FixedPoint",
+            Requantization::FixedPointHalfUp(_) => "FixedPointHalfUp",
+            Requantization::FixedPointSingleRounding(_) => "FixedPointSingleRounding",
+            Requantization::Float { .. } => "Float",
+        }
+    }
+
+    /// The fixed-point parameters, for the three fixed-point schemes.
+    pub fn fixed_point_params(&self) -> Option<&FixedPointParams> {
+        match self {
+            Requantization::FixedPoint(p)
+            | Requantization::FixedPointHalfUp(p)
+            | Requantization::FixedPointSingleRounding(p) => Some(p),
+            Requantization::Float { .. } => None,
+        }
+    }
+}
+
+/// Requantization to an 8-bit output: the scheme, then `+ zero_point`, then a clamp to
+/// `[min, max]`. ReLU is `min = zero_point`; ReLU6 and other activations are set
+/// through `min` and `max`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Requantize {
+    /// The scheme and its parameters.
+    pub scheme: Requantization,
+    /// The output zero point, in the output type's range.
+    pub zero_point: i32,
+    /// The lower clamp, in the output type's range.
+    pub min: i32,
+    /// The upper clamp, in the output type's range, `>= min`.
+    pub max: i32,
+}
+
+/// What happens to the i32 accumulators before they are stored.
+///
+/// An `OutputStage` with `requantize: None` produces i32 output; with `Some`, u8 or i8
+/// output (the output buffer's type decides which).
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct OutputStage {
+    /// An i32 bias per output channel, added with wrapping.
+    pub bias: Option<Vec<i32>>,
+    /// Requantization to u8/i8; `None` stores the raw i32 values.
+    pub requantize: Option<Requantize>,
+}
+
+/// The element type of an output matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OutputType {
+    /// Raw i32 accumulators (plus bias).
+    I32,
+    /// Requantized u8.
+    U8,
+    /// Requantized i8.
+    I8,
+}
+
+impl OutputType {
+    /// The range of values the type holds, as i32.
+    pub fn range(self) -> (i32, i32) {
+        match self {
+            OutputType::I32 => (i32::MIN, i32::MAX),
+            OutputType::U8 => (0, 255),
+            OutputType::I8 => (-128, 127),
+        }
+    }
+
+    /// The type's name in Rust spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            OutputType::I32 => "i32",
+            OutputType::U8 => "u8",
+            OutputType::I8 => "i8",
+        }
+    }
+}
+
+/// A dense, row-major output matrix produced by the reference.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OutputData {
+    /// i32 output.
+    I32(Vec<i32>),
+    /// u8 output.
+    U8(Vec<u8>),
+    /// i8 output.
+    I8(Vec<i8>),
+}
+
+impl OutputData {
+    /// The number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            OutputData::I32(v) => v.len(),
+            OutputData::U8(v) => v.len(),
+            OutputData::I8(v) => v.len(),
+        }
+    }
+
+    /// True when there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The element type.
+    pub fn output_type(&self) -> OutputType {
+        match self {
+            OutputData::I32(_) => OutputType::I32,
+            OutputData::U8(_) => OutputType::U8,
+            OutputData::I8(_) => OutputType::I8,
+        }
+    }
+}
+
+/// The shape of a 2-D convolution over NHWC input with OHWI weights.
+///
+/// Input `[batch, in_height, in_width, in_channels]`, weights
+/// `[out_channels, kernel_height, kernel_width, in_channels / groups]`, output
+/// `[batch, out_height, out_width, out_channels]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Conv2dParams {
+    /// N.
+    pub batch: usize,
+    /// H.
+    pub in_height: usize,
+    /// W.
+    pub in_width: usize,
+    /// C, a multiple of `groups`.
+    pub in_channels: usize,
+    /// OC, a multiple of `groups`.
+    pub out_channels: usize,
+    /// KH.
+    pub kernel_height: usize,
+    /// KW.
+    pub kernel_width: usize,
+    /// Vertical stride, ≥ 1.
+    pub stride_height: usize,
+    /// Horizontal stride, ≥ 1.
+    pub stride_width: usize,
+    /// Vertical dilation, ≥ 1.
+    pub dilation_height: usize,
+    /// Horizontal dilation, ≥ 1.
+    pub dilation_width: usize,
+    /// Rows of padding above the input.
+    pub pad_top: usize,
+    /// Columns of padding left of the input.
+    pub pad_left: usize,
+    /// Rows of padding below the input.
+    pub pad_bottom: usize,
+    /// Columns of padding right of the input.
+    pub pad_right: usize,
+    /// Channel groups, ≥ 1; `groups == in_channels` is a depthwise convolution.
+    pub groups: usize,
+}
+
+impl Conv2dParams {
+    /// A convolution with stride 1, dilation 1, no padding and one group.
+    pub fn new(
+        batch: usize,
+        in_height: usize,
+        in_width: usize,
+        in_channels: usize,
+        out_channels: usize,
+        kernel_height: usize,
+        kernel_width: usize,
+    ) -> Self {
+        Conv2dParams {
+            batch,
+            in_height,
+            in_width,
+            in_channels,
+            out_channels,
+            kernel_height,
+            kernel_width,
+            stride_height: 1,
+            stride_width: 1,
+            dilation_height: 1,
+            dilation_width: 1,
+            pad_top: 0,
+            pad_left: 0,
+            pad_bottom: 0,
+            pad_right: 0,
+            groups: 1,
+        }
+    }
+
+    /// The same convolution with stride `(vertical, horizontal)`.
+    pub fn with_stride(mut self, vertical: usize, horizontal: usize) -> Self {
+        self.stride_height = vertical;
+        self.stride_width = horizontal;
+        self
+    }
+
+    /// The same convolution with dilation `(vertical, horizontal)`.
+    pub fn with_dilation(mut self, vertical: usize, horizontal: usize) -> Self {
+        self.dilation_height = vertical;
+        self.dilation_width = horizontal;
+        self
+    }
+
+    /// The same convolution with padding `(top, left, bottom, right)`.
+    pub fn with_padding(mut self, top: usize, left: usize, bottom: usize, right: usize) -> Self {
+        self.pad_top = top;
+        self.pad_left = left;
+        self.pad_bottom = bottom;
+        self.pad_right = right;
+        self
+    }
+
+    /// The same convolution with `groups` channel groups.
+    pub fn with_groups(mut self, groups: usize) -> Self {
+        self.groups = groups;
+        self
+    }
+
+    /// The output height, or `None` when the (dilated) kernel does not fit in the
+    /// padded input, a stride or dilation is zero, or a size overflows.
+    pub fn out_height(&self) -> Option<usize> {
+        out_size(
+            self.in_height,
+            self.pad_top,
+            self.pad_bottom,
+            self.kernel_height,
+            self.stride_height,
+            self.dilation_height,
+        )
+    }
+
+    /// The output width, or `None` as for [`out_height`](Self::out_height).
+    pub fn out_width(&self) -> Option<usize> {
+        out_size(
+            self.in_width,
+            self.pad_left,
+            self.pad_right,
+            self.kernel_width,
+            self.stride_width,
+            self.dilation_width,
+        )
+    }
+
+    /// Input channels per group.
+    pub fn in_channels_per_group(&self) -> usize {
+        self.in_channels / self.groups
+    }
+
+    /// Output channels per group.
+    pub fn out_channels_per_group(&self) -> usize {
+        self.out_channels / self.groups
+    }
+}
+
+/// `(input + pads − dilation·(kernel − 1) − 1) / stride + 1`, when the dilated kernel
+/// fits in the padded input.
+fn out_size(
+    input: usize,
+    pad_before: usize,
+    pad_after: usize,
+    kernel: usize,
+    stride: usize,
+    dilation: usize,
+) -> Option<usize> {
+    if kernel == 0 || stride == 0 || dilation == 0 {
+        return None;
+    }
+    let padded = input.checked_add(pad_before)?.checked_add(pad_after)?;
+    let extent = dilation.checked_mul(kernel - 1)?.checked_add(1)?;
+    if extent > padded {
+        return None;
+    }
+    Some((padded - extent) / stride + 1)
+}
