@@ -100,16 +100,10 @@ impl Kernel {
         epilogue: EpilogueFn,
     ) -> Kernel {
         assert!(tile.mr > 0 && tile.nr > 0 && tile.kg > 0);
-        assert!(blocking.mc > 0 && blocking.mc % tile.mr == 0);
-        assert!(blocking.kc > 0 && blocking.kc % tile.kg == 0);
-        assert!(blocking.nc > 0 && blocking.nc % tile.nr == 0);
-        Kernel {
-            name,
-            tile,
-            blocking,
-            block,
-            epilogue,
-        }
+        assert!(blocking.mc > 0 && blocking.mc.is_multiple_of(tile.mr));
+        assert!(blocking.kc > 0 && blocking.kc.is_multiple_of(tile.kg));
+        assert!(blocking.nc > 0 && blocking.nc.is_multiple_of(tile.nr));
+        Kernel { name, tile, blocking, block, epilogue }
     }
 
     /// The kernel's name: tile, K-group and ISA, as in `4x32c2-portable`.

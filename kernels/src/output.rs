@@ -106,18 +106,12 @@ impl<'a> OutputStage<'a> {
             bias: self.bias.map(|b| &b[first..]),
             requant: self.requant.map(|r| Requant {
                 scheme: match r.scheme {
-                    Scheme::FixedPoint {
-                        rounding,
-                        multiplier,
-                        shift,
-                    } => Scheme::FixedPoint {
+                    Scheme::FixedPoint { rounding, multiplier, shift } => Scheme::FixedPoint {
                         rounding,
                         multiplier: multiplier.from_channel(first),
                         shift: shift.from_channel(first),
                     },
-                    Scheme::Float { scale } => Scheme::Float {
-                        scale: scale.from_channel(first),
-                    },
+                    Scheme::Float { scale } => Scheme::Float { scale: scale.from_channel(first) },
                 },
                 ..r
             }),
@@ -127,9 +121,7 @@ impl<'a> OutputStage<'a> {
     fn covers(&self, cols: usize) -> bool {
         let bias = self.bias.is_none_or(|b| b.len() >= cols);
         let requant = self.requant.as_ref().is_none_or(|r| match &r.scheme {
-            Scheme::FixedPoint {
-                multiplier, shift, ..
-            } => multiplier.covers(cols) && shift.covers(cols),
+            Scheme::FixedPoint { multiplier, shift, .. } => multiplier.covers(cols) && shift.covers(cols),
             Scheme::Float { scale } => scale.covers(cols),
         });
         bias && requant
@@ -272,11 +264,7 @@ pub fn fixed_point(rounding: Rounding, x: i32, multiplier: i32, shift: i32) -> i
 #[inline(always)]
 pub fn requantize(r: &Requant<'_>, acc: i32, j: usize) -> i32 {
     match r.scheme {
-        Scheme::FixedPoint {
-            rounding,
-            multiplier,
-            shift,
-        } => {
+        Scheme::FixedPoint { rounding, multiplier, shift } => {
             let v = fixed_point(rounding, acc, multiplier.at(j), shift.at(j)) + i64::from(r.zero_point);
             v.clamp(i64::from(r.min), i64::from(r.max)) as i32
         }
@@ -291,17 +279,7 @@ pub fn requantize(r: &Requant<'_>, acc: i32, j: usize) -> i32 {
 
 /// The epilogue in plain Rust, for any kernel: correction, bias, requantization, store.
 pub fn epilogue_scalar(args: EpilogueArgs<'_>) {
-    let EpilogueArgs {
-        acc,
-        acc_stride,
-        rows,
-        cols,
-        row_sums,
-        zero_points: zp,
-        stage,
-        mut out,
-        out_stride,
-    } = args;
+    let EpilogueArgs { acc, acc_stride, rows, cols, row_sums, zero_points: zp, stage, mut out, out_stride } = args;
     let any_b_zp = zp.b_zp[..cols].iter().any(|&z| z != 0);
     for r in 0..rows {
         let row_sum = if any_b_zp { row_sums[r] } else { 0 };

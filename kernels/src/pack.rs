@@ -81,21 +81,10 @@ impl PackedB {
                 }
             }
         }
-        let col_sums = (0..n)
-            .map(|nn| (0..k).fold(0i32, |s, kk| s.wrapping_add(i32::from(at(kk, nn)))))
-            .collect();
-        let zero_points = (0..n)
-            .map(|nn| i32::from(zero_points[if zero_points.len() == 1 { 0 } else { nn }]))
-            .collect();
-        PackedB {
-            tile,
-            k,
-            n,
-            kp,
-            data,
-            col_sums,
-            zero_points,
-        }
+        let col_sums = (0..n).map(|nn| (0..k).fold(0i32, |s, kk| s.wrapping_add(i32::from(at(kk, nn))))).collect();
+        let zero_points =
+            (0..n).map(|nn| i32::from(zero_points[if zero_points.len() == 1 { 0 } else { nn }])).collect();
+        PackedB { tile, k, n, kp, data, col_sums, zero_points }
     }
 
     /// The tile it was packed for.

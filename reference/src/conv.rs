@@ -29,21 +29,13 @@ pub struct Conv2dProblem<'a> {
 pub fn conv2d_accumulators(problem: &Conv2dProblem<'_>) -> Vec<i32> {
     let p = &problem.params;
     assert!(p.groups >= 1, "groups must be at least 1");
-    assert!(p.in_channels % p.groups == 0 && p.out_channels % p.groups == 0, "groups");
+    assert!(p.in_channels.is_multiple_of(p.groups) && p.out_channels.is_multiple_of(p.groups), "groups");
     let oh_total = p.out_height().expect("kernel does not fit the padded input");
     let ow_total = p.out_width().expect("kernel does not fit the padded input");
     let cg = p.in_channels_per_group();
     let ocg = p.out_channels_per_group();
-    assert_eq!(
-        problem.input.len(),
-        p.batch * p.in_height * p.in_width * p.in_channels,
-        "input length"
-    );
-    assert_eq!(
-        problem.weights.len(),
-        p.out_channels * p.kernel_height * p.kernel_width * cg,
-        "weights length"
-    );
+    assert_eq!(problem.input.len(), p.batch * p.in_height * p.in_width * p.in_channels, "input length");
+    assert_eq!(problem.weights.len(), p.out_channels * p.kernel_height * p.kernel_width * cg, "weights length");
     if let Some(len) = problem.weight_zero_point.channels() {
         assert_eq!(len, p.out_channels, "per-channel weight zero points");
     }

@@ -103,16 +103,12 @@ pub fn apply_output_stage(acc: &[i32], n: usize, stage: &OutputStage, out: Outpu
             assert!(stage.requantize.is_none(), "i32 output takes no requantization");
             OutputData::I32((0..len).map(biased).collect())
         }
-        OutputType::U8 => OutputData::U8(
-            (0..len)
-                .map(|i| u8::try_from(quantized(i)).expect("clamped to u8"))
-                .collect(),
-        ),
-        OutputType::I8 => OutputData::I8(
-            (0..len)
-                .map(|i| i8::try_from(quantized(i)).expect("clamped to i8"))
-                .collect(),
-        ),
+        OutputType::U8 => {
+            OutputData::U8((0..len).map(|i| u8::try_from(quantized(i)).expect("clamped to u8")).collect())
+        }
+        OutputType::I8 => {
+            OutputData::I8((0..len).map(|i| i8::try_from(quantized(i)).expect("clamped to i8")).collect())
+        }
     }
 }
 

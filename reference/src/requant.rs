@@ -86,14 +86,10 @@ pub fn float(acc: i32, scale: f32, zero_point: i32, min: i32, max: i32) -> i32 {
 /// point cannot overflow: it is done on the exact result.
 pub fn requantize(acc: i32, r: &Requantize, channel: usize) -> i32 {
     let scaled: i64 = match &r.scheme {
-        Requantization::FixedPoint(p) => {
-            i64::from(fixed_point(acc, p.multiplier.at(channel), p.shift.at(channel)))
+        Requantization::FixedPoint(p) => i64::from(fixed_point(acc, p.multiplier.at(channel), p.shift.at(channel))),
+        Requantization::FixedPointHalfUp(p) => {
+            i64::from(fixed_point_half_up(acc, p.multiplier.at(channel), p.shift.at(channel)))
         }
-        Requantization::FixedPointHalfUp(p) => i64::from(fixed_point_half_up(
-            acc,
-            p.multiplier.at(channel),
-            p.shift.at(channel),
-        )),
         Requantization::FixedPointSingleRounding(p) => {
             fixed_point_single_rounding(acc, p.multiplier.at(channel), p.shift.at(channel))
         }
@@ -108,10 +104,7 @@ pub fn requantize(acc: i32, r: &Requantize, channel: usize) -> i32 {
 
 /// Asserts the documented ranges of a fixed-point multiplier and shift.
 fn check_fixed_point(multiplier: i32, shift: i32) {
-    assert!(
-        multiplier == 0 || multiplier >= 1 << 30,
-        "multiplier {multiplier} is neither 0 nor in [2^30, 2^31)"
-    );
+    assert!(multiplier == 0 || multiplier >= 1 << 30, "multiplier {multiplier} is neither 0 nor in [2^30, 2^31)");
     assert!((-31..=30).contains(&shift), "shift {shift} out of [-31, 30]");
 }
 

@@ -1,0 +1,316 @@
+//! CPU feature detection, kernel selection, and forcing an ISA.
+//!
+//! Detection runs once per process and is cached; kernels are reached only through
+//! [`kernel_for`], which refuses an ISA the CPU lacks, so no `#[target_feature]` code
+//! can run on a CPU without the feature.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use qgemm_kernels::{Kernel, portable};
+
+use crate::error::{Error, Result, bail};
+
+/// An instruction-set target of qgemm's kernels.
+///
+/// Every variant names a target of the design; [`available_isas`] says which have a
+/// kernel in this build that this CPU can run. Names (`Display`, `FromStr`, and
+/// `QGEMM_ISA`) are the lower-case strings of [`Isa::name`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Isa {
+    /// Plain Rust, blocked and packed, multiversioned for AVX2/SSE4.1/NEON; runs anywhere.
+    Portable,
+    /// x86-64 AVX2.
+    Avx2,
+    /// x86-64 AVX-VNNI (VEX-encoded `vpdpbusd`).
+    AvxVnni,
+    /// x86-64 AVX-512 with VNNI, BW and VL.
+    Avx512Vnni,
+    /// AArch64 NEON (ARMv8.0).
+    Neon,
+    /// AArch64 NEON with the dot-product extension.
+    NeonDotprod,
+    /// AArch64 NEON with the int8 matrix-multiply extension.
+    NeonI8mm,
+}
+
+impl Isa {
+    /// Every ISA, from the most portable to the most specific within each architecture.
+    pub const ALL: [Isa; 7] =
+        [Isa::Portable, Isa::Avx2, Isa::AvxVnni, Isa::Avx512Vnni, Isa::Neon, Isa::NeonDotprod, Isa::NeonI8mm];
+
+    /// The ISA's name, as `QGEMM_ISA` and the throughput study spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Portable => "portable",
+            Isa::Avx2 => "avx2",
+            Isa::AvxVnni => "avx-vnni",
+            Isa::Avx512Vnni => "avx512-vnni",
+            Isa::Neon => "neon",
+            Isa::NeonDotprod => "neon-dotprod",
+            Isa::NeonI8mm => "neon-i8mm",
+        }
+    }
+
+    /// The CPU features the ISA needs, as the detection macros spell them.
+    pub fn required_features(self) -> &'static [&'static str] {
+        match self {
+            Isa::Portable => &[],
+            Isa::Avx2 => &["avx2"],
+            Isa::AvxVnni => &["avx2", "avxvnni"],
+            Isa::Avx512Vnni => &["avx512f", "avx512bw", "avx512vl", "avx512vnni"],
+            Isa::Neon => &["neon"],
+            Isa::NeonDotprod => &["neon", "dotprod"],
+            Isa::NeonI8mm => &["neon", "dotprod", "i8mm"],
+        }
+    }
+
+    /// True when this CPU has every feature the ISA needs (whether or not this build
+    /// has a kernel for it). Cached: the CPU is queried once per process.
+    pub fn cpu_supports(self) -> bool {
+        cpu().supported & (1 << self as u8) != 0
+    }
+
+    /// The microkernel this build has for the ISA, whatever the CPU: its name,
+    /// `MR × NR` tile and K-group. `None` where no kernel exists yet.
+    pub fn kernel_info(self) -> Option<KernelInfo> {
+        let kernel = built_kernel(self)?;
+        let tile = kernel.tile();
+        Some(KernelInfo { name: kernel.name(), mr: tile.mr, nr: tile.nr, k_group: tile.kg })
+    }
+
+    fn from_index(i: u8) -> Option<Isa> {
+        Isa::ALL.get(usize::from(i)).copied()
+    }
+}
+
+/// A microkernel's identity and register tile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelInfo {
+    /// `MRxNRcKG-isa`, as in `4x32c2-portable`.
+    pub name: &'static str,
+    /// Rows per tile.
+    pub mr: usize,
+    /// Columns per tile.
+    pub nr: usize,
+    /// K values packed together.
+    pub k_group: usize,
+}
+
+impl fmt::Display for Isa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Isa {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Isa> {
+        let wanted = s.trim();
+        match Isa::ALL.iter().find(|isa| isa.name().eq_ignore_ascii_case(wanted)) {
+            Some(&isa) => Ok(isa),
+            None => {
+                let names: Vec<&str> = Isa::ALL.iter().map(|i| i.name()).collect();
+                bail!(UnknownIsa, "unknown ISA {s:?}; known ISAs: {}", names.join(", "))
+            }
+        }
+    }
+}
+
+/// The kernel this build has for `isa`, without looking at the CPU. Only
+/// [`kernel_for`] hands kernels to callers.
+fn built_kernel(isa: Isa) -> Option<&'static Kernel> {
+    match isa {
+        Isa::Portable => Some(portable::kernel()),
+        _ => None,
+    }
+}
+
+/// What detection found, computed once.
+struct Cpu {
+    /// Bit `isa as u8` is set when the CPU has every feature `isa` needs.
+    supported: u32,
+    /// The ISAs with a kernel in this build that this CPU runs, best last.
+    available: Vec<Isa>,
+}
+
+fn cpu() -> &'static Cpu {
+    static CPU: OnceLock<Cpu> = OnceLock::new();
+    CPU.get_or_init(|| {
+        let supported = Isa::ALL.iter().filter(|isa| detect(**isa)).fold(0u32, |bits, isa| bits | 1 << *isa as u8);
+        let available = Isa::ALL
+            .iter()
+            .copied()
+            .filter(|isa| supported & (1 << *isa as u8) != 0 && built_kernel(*isa).is_some())
+            .collect();
+        Cpu { supported, available }
+    })
+}
+
+/// Queries the CPU (std caches the underlying cpuid/auxv reads too).
+fn detect(isa: Isa) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        match isa {
+            Isa::Portable => true,
+            Isa::Avx2 => is_x86_feature_detected!("avx2"),
+            Isa::AvxVnni => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("avxvnni"),
+            Isa::Avx512Vnni => {
+                is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx512vnni")
+            }
+            _ => false,
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        use std::arch::is_aarch64_feature_detected;
+        match isa {
+            Isa::Portable => true,
+            Isa::Neon => is_aarch64_feature_detected!("neon"),
+            Isa::NeonDotprod => is_aarch64_feature_detected!("neon") && is_aarch64_feature_detected!("dotprod"),
+            Isa::NeonI8mm => {
+                is_aarch64_feature_detected!("neon")
+                    && is_aarch64_feature_detected!("dotprod")
+                    && is_aarch64_feature_detected!("i8mm")
+            }
+            _ => false,
+        }
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        isa == Isa::Portable
+    }
+}
+
+/// Every ISA with a kernel in this build that this CPU can run, from the most portable
+/// to the best. Always contains [`Isa::Portable`]. Tests and benchmarks iterate over it.
+pub fn available_isas() -> &'static [Isa] {
+    &cpu().available
+}
+
+/// The best ISA this CPU runs, ignoring any forcing.
+pub fn detected_isa() -> Isa {
+    *cpu().available.last().expect("the portable kernel is always available")
+}
+
+/// The kernel for `isa`, or an error that says why it cannot run here. This is the
+/// only way to a kernel: it is what keeps `#[target_feature]` code behind detection.
+pub(crate) fn kernel_for(isa: Isa) -> Result<&'static Kernel> {
+    if !isa.cpu_supports() {
+        bail!(
+            IsaUnavailable,
+            "ISA {isa} needs CPU features {:?}, which this CPU ({}) lacks; available: {}",
+            isa.required_features(),
+            std::env::consts::ARCH,
+            list(available_isas())
+        );
+    }
+    match built_kernel(isa) {
+        Some(kernel) => Ok(kernel),
+        None => {
+            bail!(IsaUnavailable, "this build of qgemm has no {isa} kernel yet; available: {}", list(available_isas()))
+        }
+    }
+}
+
+fn list(isas: &[Isa]) -> String {
+    isas.iter().map(|i| i.name()).collect::<Vec<_>>().join(", ")
+}
+
+/// `NO_FORCE`, or the index in `Isa::ALL` of the ISA forced through [`force_isa`].
+static FORCED: AtomicU8 = AtomicU8::new(NO_FORCE);
+const NO_FORCE: u8 = u8::MAX;
+
+/// Forces the ISA that weights packed from now on use (`None` lifts the forcing).
+/// Overrides `QGEMM_ISA`. Weights already packed keep the ISA they were packed for.
+///
+/// # Errors
+/// [`ErrorKind::IsaUnavailable`](crate::ErrorKind::IsaUnavailable) when this CPU
+/// cannot run `isa` or this build has no kernel for it; nothing changes then.
+pub fn force_isa(isa: Option<Isa>) -> Result<()> {
+    match isa {
+        Some(isa) => {
+            kernel_for(isa)?;
+            FORCED.store(isa as u8, Ordering::Relaxed);
+        }
+        None => FORCED.store(NO_FORCE, Ordering::Relaxed),
+    }
+    Ok(())
+}
+
+/// The ISA that packing uses when none is given: the one forced through
+/// [`force_isa`], else the one named by the environment variable `QGEMM_ISA`, else
+/// [`detected_isa`].
+///
+/// # Errors
+/// When `QGEMM_ISA` names an unknown ISA or one that cannot run here. The variable is
+/// read once per process.
+pub fn selected_isa() -> Result<Isa> {
+    if let Some(isa) = Isa::from_index(FORCED.load(Ordering::Relaxed)) {
+        return Ok(isa);
+    }
+    static FROM_ENV: OnceLock<Result<Option<Isa>>> = OnceLock::new();
+    let from_env = FROM_ENV.get_or_init(|| isa_from_env(std::env::var("QGEMM_ISA").ok().as_deref()));
+    match from_env {
+        Ok(Some(isa)) => Ok(*isa),
+        Ok(None) => Ok(detected_isa()),
+        Err(e) => Err(e.clone()),
+    }
+}
+
+/// Interprets a value of `QGEMM_ISA`: unset or empty means "detect".
+pub(crate) fn isa_from_env(value: Option<&str>) -> Result<Option<Isa>> {
+    let Some(value) = value.filter(|v| !v.trim().is_empty()) else {
+        return Ok(None);
+    };
+    let isa: Isa = value.parse().map_err(|e: Error| Error::new(e.kind(), format!("QGEMM_ISA={value}: {e}")))?;
+    kernel_for(isa).map_err(|e| Error::new(e.kind(), format!("QGEMM_ISA={value}: {e}")))?;
+    Ok(Some(isa))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorKind;
+
+    #[test]
+    fn names_round_trip() {
+        for isa in Isa::ALL {
+            assert_eq!(isa.name().parse::<Isa>().unwrap(), isa);
+            assert_eq!(isa.to_string(), isa.name());
+        }
+        assert_eq!("AVX2".parse::<Isa>().unwrap(), Isa::Avx2);
+        assert_eq!("sse9".parse::<Isa>().unwrap_err().kind(), ErrorKind::UnknownIsa);
+    }
+
+    #[test]
+    fn env_values() {
+        assert_eq!(isa_from_env(None).unwrap(), None);
+        assert_eq!(isa_from_env(Some("  ")).unwrap(), None);
+        assert_eq!(isa_from_env(Some("portable")).unwrap(), Some(Isa::Portable));
+        let e = isa_from_env(Some("bogus")).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::UnknownIsa);
+        assert!(e.message().contains("QGEMM_ISA=bogus"), "{e}");
+        let missing = Isa::ALL.iter().find(|i| !available_isas().contains(i)).unwrap();
+        let e = isa_from_env(Some(missing.name())).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::IsaUnavailable);
+        assert!(e.message().contains(missing.name()), "{e}");
+    }
+
+    #[test]
+    fn portable_is_always_available_and_detected_is_the_last() {
+        assert_eq!(available_isas()[0], Isa::Portable);
+        assert_eq!(detected_isa(), *available_isas().last().unwrap());
+        for &isa in available_isas() {
+            assert!(isa.cpu_supports());
+            assert!(kernel_for(isa).is_ok());
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! # qgemm
+//!
+//! Exact u8 × i8 → i32 GEMM and NHWC convolution for quantized inference, with a
+//! fused output stage (bias, zero points, requantization, clamp) and u8, i8 or i32
+//! output. Every kernel equals the scalar reference (`qgemm-reference`) bit for bit,
+//! for every input; the semantics are documented there and in the README.
+//!
+//! Weights are packed once ([`PackedWeights`], [`PackedConvWeights`]) for one ISA and
+//! reused across calls; each call validates its arguments and returns
+//! [`Result`], never panicking on bad input and never writing the output on error.
+//!
+//! ```
+//! use qgemm::{Activations, Channelwise, OutputMatrix, OutputStage, PackedWeights,
+//!             Requantization, Requantize, WeightLayout, Weights};
+//!
+//! // B is N×K (PyTorch/ONNX linear layout): 2 output columns, K = 3.
+//! let b: [i8; 6] = [1, 2, 3, -1, -2, -3];
+//! let packed = PackedWeights::new(Weights {
+//!     data: &b,
+//!     layout: WeightLayout::NxK,
+//!     k: 3,
+//!     n: 2,
+//!     zero_point: &Channelwise::PerTensor(0),
+//! })?;
+//!
+//! // A is 2×3 u8 with zero point 128.
+//! let a: [u8; 6] = [129, 130, 131, 128, 128, 255];
+//! let stage = OutputStage {
+//!     bias: Some(vec![10, 10]),
+//!     requantize: Some(Requantize {
+//!         scheme: Requantization::Float { scale: Channelwise::PerTensor(0.5) },
+//!         zero_point: 128,
+//!         min: 0,
+//!         max: 255,
+//!     }),
+//! };
+//! let mut c = [0u8; 4];
+//! qgemm::gemm(&Activations::new(&a, 2, 3, 128), &packed, &stage, OutputMatrix::u8(&mut c, 2, 2))?;
+//! // Row 0: (1,2,3)·(1,2,3) = 14, + 10 = 24, · 0.5 = 12, + 128 = 140; column 1: 126.
+//! // Row 1: (0,0,127)·(±1,±2,±3) = ±381, + 10, · 0.5, clamped: 255 and 0.
+//! assert_eq!(c, [140, 126, 255, 0]);
+//! # Ok::<(), qgemm::Error>(())
+//! ```
+//!
+//! ## Choosing the ISA
+//! [`available_isas`] lists the kernels that run on this CPU; packing uses the
+//! [`selected_isa`]: the one forced with [`force_isa`], else the one named by the
+//! environment variable `QGEMM_ISA`, else [`detected_isa`]. Forcing an ISA the CPU
+//! lacks is an error, never an illegal instruction.
+
+#![warn(missing_docs)]
+
+mod conv;
+mod error;
+mod gemm;
+mod isa;
+mod quant;
+mod validate;
+
+pub use conv::{ConvInput, ConvWeights, IM2COL_SCRATCH_BYTES, PackedConvWeights, conv2d, conv2d_with};
+pub use error::{Error, ErrorKind, Result};
+pub use gemm::{Activations, Options, OutputBuffer, OutputMatrix, PackedWeights, Weights, gemm, gemm_with};
+pub use isa::{Isa, KernelInfo, available_isas, detected_isa, force_isa, selected_isa};
+pub use quant::{onnx_float_scale, quantize_bias, quantize_multiplier, tflite_real_multiplier};
+
+/// The semantic types, shared with the reference.
+pub use qgemm_reference::{
+    Channelwise, Conv2dParams, FixedPointParams, OutputStage, OutputType, Requantization, Requantize, WeightLayout,
+};
+
+/// The scalar oracle, for tests and fuzzers that check results against it.
+pub use qgemm_reference as reference;

@@ -1,0 +1,133 @@
+//! Argument checks shared by the entry points, and the lowering of a validated
+//! [`OutputStage`] to the kernels' borrowed form.
+
+use qgemm_kernels::output::{self as k, Param, Rounding, Scheme};
+use qgemm_reference::{Channelwise, OutputStage, OutputType, Requantization};
+
+use crate::error::{Result, bail};
+
+/// The number of elements a strided matrix spans: `(rows − 1)·stride + cols`, or 0
+/// when it is empty. Checks `stride >= cols` and overflow.
+pub(crate) fn matrix_len(what: &str, rows: usize, cols: usize, stride: usize) -> Result<usize> {
+    if stride < cols {
+        bail!(Stride, "{what}: row stride {stride} is smaller than its {cols} columns");
+    }
+    if rows == 0 || cols == 0 {
+        return Ok(0);
+    }
+    match (rows - 1).checked_mul(stride).and_then(|x| x.checked_add(cols)) {
+        Some(len) => Ok(len),
+        None => bail!(Overflow, "{what}: {rows} rows of stride {stride} overflow usize"),
+    }
+}
+
+/// Checks that a buffer holds a strided `rows × cols` matrix.
+pub(crate) fn check_matrix(what: &str, len: usize, rows: usize, cols: usize, stride: usize) -> Result<()> {
+    let needed = matrix_len(what, rows, cols, stride)?;
+    if len < needed {
+        bail!(
+            BufferLength,
+            "{what}: buffer of {len} elements is too short for {rows}×{cols} with row stride {stride} (needs {needed})"
+        );
+    }
+    Ok(())
+}
+
+/// `a · b`, or an overflow error naming `what`.
+pub(crate) fn product(what: &str, factors: &[usize]) -> Result<usize> {
+    match factors.iter().try_fold(1usize, |acc, &f| acc.checked_mul(f)) {
+        Some(p) => Ok(p),
+        None => bail!(Overflow, "{what}: the product {factors:?} overflows usize"),
+    }
+}
+
+/// Checks a per-channel parameter's length against the channel count.
+fn check_channels<T>(what: &str, p: &Channelwise<T>, channels: usize) -> Result<()> {
+    if let Channelwise::PerChannel(v) = p
+        && v.len() != channels
+    {
+        bail!(BufferLength, "{what}: {} per-channel values for {channels} output channels", v.len());
+    }
+    Ok(())
+}
+
+/// Checks per-channel weight zero points against the column count.
+pub(crate) fn check_weight_zero_points(zp: &Channelwise<i8>, channels: usize) -> Result<()> {
+    check_channels("weight zero_point", zp, channels)
+}
+
+/// Validates an output stage for `channels` output channels and output type `out`,
+/// and lowers it to what the kernels take.
+pub(crate) fn output_stage<'a>(stage: &'a OutputStage, channels: usize, out: OutputType) -> Result<k::OutputStage<'a>> {
+    if let Some(bias) = &stage.bias
+        && bias.len() != channels
+    {
+        bail!(BufferLength, "bias: {} values for {channels} output channels", bias.len());
+    }
+    let requant = match (&stage.requantize, out) {
+        (None, OutputType::I32) => None,
+        (Some(r), OutputType::U8 | OutputType::I8) => {
+            let (lo, hi) = out.range();
+            let ty = out.name();
+            if !(lo..=hi).contains(&r.zero_point) {
+                bail!(ZeroPoint, "requantize.zero_point = {} is outside the {ty} range [{lo}, {hi}]", r.zero_point);
+            }
+            if r.min > r.max {
+                bail!(Clamp, "requantize: min = {} is greater than max = {}", r.min, r.max);
+            }
+            if r.min < lo || r.max > hi {
+                bail!(Clamp, "requantize: clamp [{}, {}] is outside the {ty} range [{lo}, {hi}]", r.min, r.max);
+            }
+            Some(k::Requant { scheme: scheme(&r.scheme, channels)?, zero_point: r.zero_point, min: r.min, max: r.max })
+        }
+        (Some(r), OutputType::I32) => bail!(
+            OutputType,
+            "output is i32 but the output stage requantizes ({}); i32 output takes no requantization",
+            r.scheme.name()
+        ),
+        (None, _) => bail!(
+            OutputType,
+            "output is {} but the output stage has no requantization; u8 and i8 outputs need one",
+            out.name()
+        ),
+    };
+    Ok(k::OutputStage { bias: stage.bias.as_deref(), requant })
+}
+
+fn param<T: Copy>(p: &Channelwise<T>) -> Param<'_, T> {
+    match p {
+        Channelwise::PerTensor(v) => Param::Tensor(*v),
+        Channelwise::PerChannel(v) => Param::Channel(v),
+    }
+}
+
+fn scheme(r: &Requantization, channels: usize) -> Result<Scheme<'_>> {
+    let rounding = match r {
+        Requantization::FixedPoint(_) => Rounding::DoubleTiesAway,
+        Requantization::FixedPointHalfUp(_) => Rounding::DoubleHalfUp,
+        Requantization::FixedPointSingleRounding(_) => Rounding::Single,
+        Requantization::Float { scale } => {
+            check_channels("requantize.scale", scale, channels)?;
+            for (i, &s) in scale.values().iter().enumerate() {
+                if !(s.is_finite() && s > 0.0) {
+                    bail!(Scale, "requantize.scale[{i}] = {s} is not finite and positive");
+                }
+            }
+            return Ok(Scheme::Float { scale: param(scale) });
+        }
+    };
+    let p = r.fixed_point_params().expect("a fixed-point scheme");
+    check_channels("requantize.multiplier", &p.multiplier, channels)?;
+    check_channels("requantize.shift", &p.shift, channels)?;
+    for (i, &m) in p.multiplier.values().iter().enumerate() {
+        if m != 0 && m < 1 << 30 {
+            bail!(Multiplier, "requantize.multiplier[{i}] = {m} is neither 0 nor in [2^30, 2^31)");
+        }
+    }
+    for (i, &s) in p.shift.values().iter().enumerate() {
+        if !(-31..=30).contains(&s) {
+            bail!(Shift, "requantize.shift[{i}] = {s} is outside [-31, 30]");
+        }
+    }
+    Ok(Scheme::FixedPoint { rounding, multiplier: param(&p.multiplier), shift: param(&p.shift) })
+}
