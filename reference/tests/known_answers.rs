@@ -1,10 +1,11 @@
 //! Known answers for the requantization schemes and the parameter helpers. The tables
-//! come from `generate_known_answers.py`, which transcribes the published TFLite,
+//! come from `data/generate_known_answers.py`, which transcribes the published TFLite,
 //! gemmlowp and ONNX Runtime code with C's integer semantics, independently of this
 //! crate's Rust.
 
 #[allow(dead_code)]
 #[rustfmt::skip]
+#[path = "data/known_answers.rs"]
 mod known_answers_data;
 
 use known_answers_data::{FIXED_POINT, FLOAT, ONNX_SCALE, QUANTIZE_MULTIPLIER};
