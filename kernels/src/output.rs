@@ -260,57 +260,102 @@ pub fn fixed_point(rounding: Rounding, x: i32, multiplier: i32, shift: i32) -> i
     }
 }
 
-/// The whole requantization of one biased accumulator for column `j`, clamped.
+/// An element type the epilogue can store a clamped value into.
+trait Store: Copy {
+    /// `v` is already within the type's range.
+    fn from_clamped(v: i32) -> Self;
+}
+
+impl Store for u8 {
+    #[inline(always)]
+    fn from_clamped(v: i32) -> u8 {
+        v as u8
+    }
+}
+
+impl Store for i8 {
+    #[inline(always)]
+    fn from_clamped(v: i32) -> i8 {
+        v as i8
+    }
+}
+
+/// Requantizes one row of biased accumulators into `out`. The scheme and the
+/// per-tensor/per-channel choice are matched once per row, outside the loops, so the
+/// loops are straight-line code the compiler can vectorize.
 #[inline(always)]
-pub fn requantize(r: &Requant<'_>, acc: i32, j: usize) -> i32 {
+fn requantize_row<T: Store>(r: &Requant<'_>, vals: &[i32], out: &mut [T]) {
+    let (zp, min, max) = (r.zero_point, r.min, r.max);
     match r.scheme {
-        Scheme::FixedPoint { rounding, multiplier, shift } => {
-            let v = fixed_point(rounding, acc, multiplier.at(j), shift.at(j)) + i64::from(r.zero_point);
-            v.clamp(i64::from(r.min), i64::from(r.max)) as i32
-        }
         Scheme::Float { scale } => {
-            let lo = (r.min - r.zero_point) as f32;
-            let hi = (r.max - r.zero_point) as f32;
-            let v = (acc as f32 * scale.at(j)).max(lo).min(hi);
-            v.round_ties_even() as i32 + r.zero_point
+            let lo = (min - zp) as f32;
+            let hi = (max - zp) as f32;
+            let one = |v: i32, s: f32| T::from_clamped((v as f32 * s).max(lo).min(hi).round_ties_even() as i32 + zp);
+            match scale {
+                Param::Tensor(s) => out.iter_mut().zip(vals).for_each(|(o, &v)| *o = one(v, s)),
+                Param::Channel(ss) => out.iter_mut().zip(vals).zip(ss).for_each(|((o, &v), &s)| *o = one(v, s)),
+            }
+        }
+        Scheme::FixedPoint { rounding, multiplier, shift } => {
+            let one = |v: i32, m: i32, s: i32| {
+                let q = fixed_point(rounding, v, m, s) + i64::from(zp);
+                T::from_clamped(q.clamp(i64::from(min), i64::from(max)) as i32)
+            };
+            match (multiplier, shift) {
+                (Param::Tensor(m), Param::Tensor(s)) => out.iter_mut().zip(vals).for_each(|(o, &v)| *o = one(v, m, s)),
+                _ => out
+                    .iter_mut()
+                    .zip(vals)
+                    .enumerate()
+                    .for_each(|(j, (o, &v))| *o = one(v, multiplier.at(j), shift.at(j))),
+            }
         }
     }
 }
 
-/// The epilogue in plain Rust, for any kernel: correction, bias, requantization, store.
+/// The epilogue in plain Rust, for any kernel: correction, bias, requantization,
+/// store. Multiversioned like the portable kernel, so the row loops vectorize.
 pub fn epilogue_scalar(args: EpilogueArgs<'_>) {
+    epilogue_impl(args)
+}
+
+#[multiversion::multiversion(targets("x86_64+avx2", "x86_64+sse4.1", "aarch64+neon"))]
+fn epilogue_impl(args: EpilogueArgs<'_>) {
     let EpilogueArgs { acc, acc_stride, rows, cols, row_sums, zero_points: zp, stage, mut out, out_stride } = args;
-    let any_b_zp = zp.b_zp[..cols].iter().any(|&z| z != 0);
-    for r in 0..rows {
-        let row_sum = if any_b_zp { row_sums[r] } else { 0 };
-        let acc_row = &acc[r * acc_stride..][..cols];
-        let corrected = |j: usize| -> i32 {
-            // Σ(a − a_zp)(b − b_zp) = Σab − b_zp·Σa − a_zp·Σb + K·a_zp·b_zp, mod 2^32.
-            let b_zp = zp.b_zp[j];
-            let column_term = zp.k.wrapping_mul(b_zp).wrapping_sub(zp.col_sums[j]).wrapping_mul(zp.a_zp);
-            let v = acc_row[j].wrapping_sub(b_zp.wrapping_mul(row_sum)).wrapping_add(column_term);
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    let b_zp = &zp.b_zp[..cols];
+    let any_b_zp = b_zp.iter().any(|&z| z != 0);
+    // Everything that depends on the column alone, once per block:
+    // Σ(a − a_zp)(b − b_zp) = Σab − b_zp·Σa + a_zp·(K·b_zp − Σb), mod 2^32; plus bias.
+    let column_terms: Vec<i32> = (0..cols)
+        .map(|j| {
+            let t = zp.k.wrapping_mul(b_zp[j]).wrapping_sub(zp.col_sums[j]).wrapping_mul(zp.a_zp);
             match stage.bias {
-                Some(bias) => v.wrapping_add(bias[j]),
-                None => v,
+                Some(bias) => t.wrapping_add(bias[j]),
+                None => t,
             }
-        };
+        })
+        .collect();
+    let mut row = vec![0i32; cols];
+    for r in 0..rows {
+        let acc_row = &acc[r * acc_stride..][..cols];
+        if any_b_zp {
+            let row_sum = row_sums[r];
+            for (((v, &a), &t), &z) in row.iter_mut().zip(acc_row).zip(&column_terms).zip(b_zp) {
+                *v = a.wrapping_sub(z.wrapping_mul(row_sum)).wrapping_add(t);
+            }
+        } else {
+            for ((v, &a), &t) in row.iter_mut().zip(acc_row).zip(&column_terms) {
+                *v = a.wrapping_add(t);
+            }
+        }
         let base = r * out_stride;
         match (&mut out, &stage.requant) {
-            (OutData::I32(o), _) => {
-                for (j, o) in o[base..][..cols].iter_mut().enumerate() {
-                    *o = corrected(j);
-                }
-            }
-            (OutData::U8(o), Some(rq)) => {
-                for (j, o) in o[base..][..cols].iter_mut().enumerate() {
-                    *o = requantize(rq, corrected(j), j) as u8;
-                }
-            }
-            (OutData::I8(o), Some(rq)) => {
-                for (j, o) in o[base..][..cols].iter_mut().enumerate() {
-                    *o = requantize(rq, corrected(j), j) as i8;
-                }
-            }
+            (OutData::I32(o), _) => o[base..][..cols].copy_from_slice(&row),
+            (OutData::U8(o), Some(rq)) => requantize_row(rq, &row, &mut o[base..][..cols]),
+            (OutData::I8(o), Some(rq)) => requantize_row(rq, &row, &mut o[base..][..cols]),
             (_, None) => unreachable!("checked by EpilogueArgs::check"),
         }
     }

@@ -1,0 +1,155 @@
+//! This machine's peak for exact 8-bit multiply-accumulate, measured with a small
+//! loop of the ISA's multiply-accumulate instructions that never touches memory.
+//!
+//! Each kernel's percentage of peak is relative to the probe of the instructions it
+//! can use: the portable kernel's best multiversioned clone on x86-64 uses AVX2's
+//! `vpmaddwd` + `vpaddd` (two i16 products summed into an i32, then accumulated), so
+//! that is its peak where AVX2 exists. Later ISAs add their own probes here.
+
+use std::time::Instant;
+
+use qgemm::Isa;
+
+/// A measured peak.
+#[derive(Clone, Copy, Debug)]
+pub struct Peak {
+    /// What was measured, e.g. `avx2 vpmaddwd+vpaddd`.
+    pub probe: &'static str,
+    /// Single-thread operations per second, in GOPS (2 ops per multiply-accumulate).
+    pub gops: f64,
+}
+
+/// The single-thread peak relevant to `isa`, measured now (about 0.1 s).
+pub fn measure(isa: Isa) -> Peak {
+    // Every kernel of this build so far is portable; it, and any ISA that has no probe
+    // of its own yet, compares against the host's best exact widening MAC.
+    let _ = isa;
+    host_widening_mac()
+}
+
+fn host_widening_mac() -> Peak {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            return best_of("avx2 vpmaddwd+vpaddd", x86::AVX2_MACS_PER_ITER, |iters| {
+                // SAFETY: AVX2 was detected just above.
+                unsafe { x86::avx2_madd_loop(iters) }
+            });
+        }
+        best_of("sse2 pmaddwd+paddd", x86::SSE2_MACS_PER_ITER, x86::sse2_madd_loop)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        best_of("scalar i32 multiply-add", portable::MACS_PER_ITER, portable::mac_loop)
+    }
+}
+
+/// Runs `probe(iters)` (which performs `macs_per_iter` MACs per iteration) a few
+/// times and keeps the fastest rate: the peak is what the core can do when nothing
+/// else interferes.
+fn best_of(probe: &'static str, macs_per_iter: u64, run: impl Fn(u64) -> u64) -> Peak {
+    let iters = 2_000_000;
+    std::hint::black_box(run(iters / 10));
+    let mut best = 0.0f64;
+    for _ in 0..5 {
+        let start = Instant::now();
+        std::hint::black_box(run(iters));
+        let secs = start.elapsed().as_secs_f64();
+        best = best.max((iters * macs_per_iter) as f64 / secs);
+    }
+    Peak { probe, gops: 2.0 * best / 1e9 }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::asm;
+
+    /// Six independent accumulator chains of 16 i16 pairs each.
+    pub const AVX2_MACS_PER_ITER: u64 = 6 * 16;
+    /// Six chains of 8 i16 pairs each.
+    pub const SSE2_MACS_PER_ITER: u64 = 6 * 8;
+
+    /// `iters` rounds of six independent `vpmaddwd` + `vpaddd` pairs, in registers.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn avx2_madd_loop(iters: u64) -> u64 {
+        let mut n = iters;
+        // SAFETY: register-only arithmetic and a counted loop; AVX2 is enabled for this
+        // function and the caller guarantees the CPU has it.
+        unsafe {
+            asm!(
+                "vpcmpeqw ymm14, ymm14, ymm14",
+                "vpsrlw ymm14, ymm14, 9",
+                "vpxor ymm0, ymm0, ymm0", "vpxor ymm1, ymm1, ymm1", "vpxor ymm2, ymm2, ymm2",
+                "vpxor ymm3, ymm3, ymm3", "vpxor ymm4, ymm4, ymm4", "vpxor ymm5, ymm5, ymm5",
+                "2:",
+                "vpmaddwd ymm6, ymm14, ymm14", "vpaddd ymm0, ymm0, ymm6",
+                "vpmaddwd ymm7, ymm14, ymm14", "vpaddd ymm1, ymm1, ymm7",
+                "vpmaddwd ymm8, ymm14, ymm14", "vpaddd ymm2, ymm2, ymm8",
+                "vpmaddwd ymm9, ymm14, ymm14", "vpaddd ymm3, ymm3, ymm9",
+                "vpmaddwd ymm10, ymm14, ymm14", "vpaddd ymm4, ymm4, ymm10",
+                "vpmaddwd ymm11, ymm14, ymm14", "vpaddd ymm5, ymm5, ymm11",
+                "dec {n}",
+                "jnz 2b",
+                "vzeroupper",
+                n = inout(reg) n,
+                out("ymm0") _, out("ymm1") _, out("ymm2") _, out("ymm3") _, out("ymm4") _, out("ymm5") _,
+                out("ymm6") _, out("ymm7") _, out("ymm8") _, out("ymm9") _, out("ymm10") _, out("ymm11") _,
+                out("ymm14") _,
+                options(nomem, nostack),
+            );
+        }
+        iters - n
+    }
+
+    /// The SSE2 version of [`avx2_madd_loop`] (SSE2 is part of x86-64).
+    pub fn sse2_madd_loop(iters: u64) -> u64 {
+        let mut n = iters;
+        // SAFETY: register-only SSE2 arithmetic, which every x86-64 CPU has.
+        unsafe {
+            asm!(
+                "pcmpeqw xmm14, xmm14",
+                "psrlw xmm14, 9",
+                "pxor xmm0, xmm0", "pxor xmm1, xmm1", "pxor xmm2, xmm2",
+                "pxor xmm3, xmm3", "pxor xmm4, xmm4", "pxor xmm5, xmm5",
+                "2:",
+                "movdqa xmm6, xmm14", "pmaddwd xmm6, xmm14", "paddd xmm0, xmm6",
+                "movdqa xmm7, xmm14", "pmaddwd xmm7, xmm14", "paddd xmm1, xmm7",
+                "movdqa xmm8, xmm14", "pmaddwd xmm8, xmm14", "paddd xmm2, xmm8",
+                "movdqa xmm9, xmm14", "pmaddwd xmm9, xmm14", "paddd xmm3, xmm9",
+                "movdqa xmm10, xmm14", "pmaddwd xmm10, xmm14", "paddd xmm4, xmm10",
+                "movdqa xmm11, xmm14", "pmaddwd xmm11, xmm14", "paddd xmm5, xmm11",
+                "dec {n}",
+                "jnz 2b",
+                n = inout(reg) n,
+                out("xmm0") _, out("xmm1") _, out("xmm2") _, out("xmm3") _, out("xmm4") _, out("xmm5") _,
+                out("xmm6") _, out("xmm7") _, out("xmm8") _, out("xmm9") _, out("xmm10") _, out("xmm11") _,
+                out("xmm14") _,
+                options(nomem, nostack),
+            );
+        }
+        iters - n
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod portable {
+    /// Sixteen independent multiply-adds per iteration.
+    pub const MACS_PER_ITER: u64 = 16;
+
+    /// A plain-Rust multiply-add loop the compiler can vectorize; a stand-in until the
+    /// architecture's kernels bring a probe of their instructions.
+    pub fn mac_loop(iters: u64) -> u64 {
+        let mut acc = [0i32; 16];
+        let x: [i32; 16] = std::hint::black_box([3; 16]);
+        for _ in 0..iters {
+            for (a, &v) in acc.iter_mut().zip(&x) {
+                *a = a.wrapping_add(v * v);
+            }
+            acc = std::hint::black_box(acc);
+        }
+        acc.iter().map(|&a| a as u64).sum::<u64>().min(iters)
+    }
+}
