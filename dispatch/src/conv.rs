@@ -15,7 +15,7 @@ use qgemm_kernels::output::OutData;
 use qgemm_kernels::pack::{BLayout, PackedB};
 use qgemm_reference::{Channelwise, Conv2dParams, OutputStage};
 
-use crate::error::{Result, bail};
+use crate::error::{Result, bail, out_of_memory};
 use crate::gemm::{Options, OutputMatrix, for_row_ranges};
 use crate::isa::{Isa, kernel_for, selected_isa};
 use crate::validate::{check_weight_zero_points, output_stage, product};
@@ -116,9 +116,10 @@ impl PackedConvWeights {
             .map(|g| {
                 let data = &w.data[g * ocg * k..(g + 1) * ocg * k];
                 let zp = if zps.len() == 1 { zps } else { &zps[g * ocg..(g + 1) * ocg] };
-                PackedB::new(tile, data, BLayout::NxK, k, ocg, zp)
+                PackedB::try_new(tile, data, BLayout::NxK, k, ocg, zp)
+                    .map_err(|e| out_of_memory(&format!("conv weights group {g}"), e))
             })
-            .collect();
+            .collect::<Result<_>>()?;
         Ok(PackedConvWeights { isa, kernel, shape, groups })
     }
 

@@ -15,6 +15,9 @@ pub enum ErrorKind {
     BufferLength,
     /// A size product overflows `usize`.
     Overflow,
+    /// Memory for packed weights could not be allocated (the request is refused, not
+    /// aborted).
+    OutOfMemory,
     /// A fixed-point multiplier is neither 0 nor in `[2^30, 2^31)`.
     Multiplier,
     /// A fixed-point shift is outside `[-31, 30]`.
@@ -81,3 +84,8 @@ macro_rules! bail {
     };
 }
 pub(crate) use bail;
+
+/// The error for a refused allocation of packed data.
+pub(crate) fn out_of_memory(what: &str, e: std::collections::TryReserveError) -> Error {
+    Error::new(ErrorKind::OutOfMemory, format!("{what}: cannot allocate the packed data ({e})"))
+}

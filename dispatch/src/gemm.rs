@@ -6,7 +6,7 @@ use qgemm_kernels::output::OutData;
 use qgemm_kernels::pack::{BLayout, PackedB};
 use qgemm_reference::{Channelwise, OutputStage, OutputType, WeightLayout};
 
-use crate::error::{Result, bail};
+use crate::error::{Result, bail, out_of_memory};
 use crate::isa::{Isa, kernel_for, selected_isa};
 use crate::validate::{check_matrix, check_weight_zero_points, output_stage, product};
 
@@ -68,7 +68,9 @@ impl PackedWeights {
             WeightLayout::KxN => BLayout::KxN,
             WeightLayout::NxK => BLayout::NxK,
         };
-        Ok(PackedWeights { isa, kernel, packed: PackedB::new(tile, data, layout, k, n, zero_point.values()) })
+        let packed = PackedB::try_new(tile, data, layout, k, n, zero_point.values())
+            .map_err(|e| out_of_memory(&format!("weights K = {k} × N = {n}"), e))?;
+        Ok(PackedWeights { isa, kernel, packed })
     }
 
     /// The ISA the weights were packed for; GEMMs with them run on it.

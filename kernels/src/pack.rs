@@ -28,6 +28,8 @@
 //!   rows past M and k past K are zero
 //! ```
 
+use std::collections::TryReserveError;
+
 use crate::kernel::Tile;
 
 /// How the source weight matrix B (K×N) is laid out.
@@ -56,17 +58,27 @@ impl PackedB {
     ///
     /// `zero_points` holds one value (per tensor) or N values (per column).
     ///
+    /// # Errors
+    /// When the packed buffers cannot be allocated (an absurd N with K = 0, say).
+    ///
     /// # Panics
     /// If `b.len() != k * n`, `zero_points` has neither 1 nor N values, or a size
     /// overflows (the public crate validates all of this first).
-    pub fn new(tile: Tile, b: &[i8], layout: BLayout, k: usize, n: usize, zero_points: &[i8]) -> PackedB {
+    pub fn try_new(
+        tile: Tile,
+        b: &[i8],
+        layout: BLayout,
+        k: usize,
+        n: usize,
+        zero_points: &[i8],
+    ) -> Result<PackedB, TryReserveError> {
         assert_eq!(Some(b.len()), k.checked_mul(n), "B length");
         assert!(zero_points.len() == 1 || zero_points.len() == n, "zero point count");
         let kp = k.div_ceil(tile.kg) * tile.kg;
         let panels = n.div_ceil(tile.nr);
         let panel_len = kp.checked_mul(tile.nr).expect("panel size overflows");
         let len = panels.checked_mul(panel_len).expect("packed size overflows");
-        let mut data = vec![0i8; len];
+        let mut data = zeroed(len)?;
         let at = |kk: usize, nn: usize| match layout {
             BLayout::KxN => b[kk * n + nn],
             BLayout::NxK => b[nn * k + kk],
@@ -81,10 +93,15 @@ impl PackedB {
                 }
             }
         }
-        let col_sums = (0..n).map(|nn| (0..k).fold(0i32, |s, kk| s.wrapping_add(i32::from(at(kk, nn))))).collect();
-        let zero_points =
-            (0..n).map(|nn| i32::from(zero_points[if zero_points.len() == 1 { 0 } else { nn }])).collect();
-        PackedB { tile, k, n, kp, data, col_sums, zero_points }
+        let mut col_sums = zeroed(n)?;
+        for (nn, sum) in col_sums.iter_mut().enumerate() {
+            *sum = (0..k).fold(0i32, |s, kk| s.wrapping_add(i32::from(at(kk, nn))));
+        }
+        let mut column_zero_points = zeroed(n)?;
+        for (nn, zp) in column_zero_points.iter_mut().enumerate() {
+            *zp = i32::from(zero_points[if zero_points.len() == 1 { 0 } else { nn }]);
+        }
+        Ok(PackedB { tile, k, n, kp, data, col_sums, zero_points: column_zero_points })
     }
 
     /// The tile it was packed for.
@@ -131,6 +148,14 @@ impl PackedB {
     pub fn heap_size(&self) -> usize {
         self.data.len() + 4 * (self.col_sums.len() + self.zero_points.len())
     }
+}
+
+/// A vector of `len` zeros, or an error instead of an abort when memory runs out.
+fn zeroed<T: Clone + Default>(len: usize) -> Result<Vec<T>, TryReserveError> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len)?;
+    v.resize(len, T::default());
+    Ok(v)
 }
 
 /// Packs rows `0..rows` and k-groups `[g0, g0 + groups)` of A into `dst` (layout in the

@@ -48,7 +48,7 @@ fn blocked_loop_nest_matches_reference() {
             let layout = if rng.below(2) == 0 { BLayout::KxN } else { BLayout::NxK };
             let per_column = rng.below(2) == 0;
             let b_zp: Vec<i8> = (0..if per_column { n } else { 1 }).map(|_| rng.next() as i8).collect();
-            let packed = PackedB::new(t, &b, layout, k, n, &b_zp);
+            let packed = PackedB::try_new(t, &b, layout, k, n, &b_zp).unwrap();
             let bias: Vec<i32> = (0..n).map(|_| rng.next() as i32 >> 8).collect();
 
             let ref_zp = if per_column {
