@@ -3,7 +3,7 @@
 //! table. `--help` lists the options.
 
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -141,6 +141,16 @@ fn time_runs(min_time: Duration, mut run: impl FnMut()) -> (f64, usize) {
     (median(&mut times), runs)
 }
 
+/// Shows what is running on the terminal's status line (nothing when stderr is not a
+/// terminal, so that logs stay clean).
+fn progress(line: &str) {
+    let mut err = std::io::stderr();
+    if err.is_terminal() {
+        let _ = write!(err, "\r\x1b[K{line}");
+        let _ = err.flush();
+    }
+}
+
 fn main() -> ExitCode {
     let args = match parse_args() {
         Ok(Some(args)) => args,
@@ -181,13 +191,9 @@ fn main() -> ExitCode {
         let mut reference: Option<Vec<u8>> = None;
         for &isa in &args.isas {
             done += 1;
-            eprint!(
-                "\r\x1b[K[{done}/{total}] {} {} on {isa}, {} thread(s)...",
-                shape.op(),
-                shape.label(),
-                args.threads
-            );
-            let _ = std::io::stderr().flush();
+            let what =
+                format!("[{done}/{total}] {} {} on {isa}, {} thread(s)", shape.op(), shape.label(), args.threads);
+            progress(&format!("{what}: timing..."));
             let packed = match problem.pack(isa) {
                 Ok(p) => p,
                 Err(e) => {
@@ -204,7 +210,7 @@ fn main() -> ExitCode {
             out.fill(0xa5);
             problem.run(&packed, args.threads, &mut out).expect("valid");
             let expected = reference.get_or_insert_with(|| {
-                eprint!(" (computing the reference)");
+                progress(&format!("{what}: computing the reference..."));
                 problem.reference()
             });
             let exact = out == *expected;
@@ -223,7 +229,7 @@ fn main() -> ExitCode {
                 exact,
                 runs,
             };
-            eprint!("\r\x1b[K");
+            progress("");
             if args.json {
                 println!("{}", row.json());
             } else {
