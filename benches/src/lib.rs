@@ -250,7 +250,7 @@ impl Problem {
     pub fn run(&self, packed: &Packed, threads: usize, out: &mut [u8]) -> qgemm::Result<()> {
         let (rows, cols) = self.output_dims();
         let c = OutputMatrix::u8(out, rows, cols);
-        let options = Options { threads, isa: None };
+        let options = Options::new().with_threads(threads);
         match (&self.shape, packed) {
             (Shape::Gemm { m, k, .. }, Packed::Gemm(w)) => {
                 qgemm::gemm_with(&Activations::new(&self.a, *m, *k, self.a_zp), w, &self.stage, c, &options)

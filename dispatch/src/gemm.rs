@@ -209,8 +209,10 @@ impl<'a> OutputMatrix<'a> {
     }
 }
 
-/// How a call runs.
+/// How a call runs. Build it with [`Options::new`] and the `with_` methods; fields may
+/// be added in later versions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Options {
     /// Threads to run on (the calling thread included), `>= 1`. Results are identical
     /// for any thread count.
@@ -222,6 +224,23 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Options {
         Options { threads: 1, isa: None }
+    }
+}
+
+impl Options {
+    /// One thread, any ISA.
+    pub fn new() -> Options {
+        Options::default()
+    }
+
+    /// The same options with `threads` threads.
+    pub fn with_threads(self, threads: usize) -> Options {
+        Options { threads, ..self }
+    }
+
+    /// The same options, requiring weights packed for `isa`.
+    pub fn with_isa(self, isa: Isa) -> Options {
+        Options { isa: Some(isa), ..self }
     }
 }
 

@@ -358,7 +358,7 @@ fn weights_packed_for_another_isa_or_an_unavailable_isa() {
     let b = packed();
     // An ISA this CPU cannot run, or that this build has no kernel for.
     let missing = *Isa::ALL.iter().find(|i| !qgemm::available_isas().contains(i)).expect("some ISA is missing");
-    let options = Options { threads: 1, isa: Some(missing) };
+    let options = Options::new().with_isa(missing);
     expect_u8_error(
         ErrorKind::WeightsMismatch,
         &format!("options.isa = {missing}, but the weights were packed for portable"),
@@ -391,7 +391,7 @@ fn weights_packed_for_another_isa_or_an_unavailable_isa() {
         M,
         N,
         N,
-        Options { threads: 0, isa: None },
+        Options::new().with_threads(0),
     );
 }
 

@@ -113,7 +113,7 @@ fuzz_target!(|bytes: &[u8]| {
     for &isa in qgemm::available_isas() {
         let packed = PackedWeights::for_isa(isa, Weights { data: &b, layout, k, n, zero_point: &b_zp }).unwrap();
         let activations = Activations::new(&a, m, k, a_zp).with_row_stride(a_stride);
-        let options = Options { threads: 1 + m % 3, isa: Some(isa) };
+        let options = Options::new().with_threads(1 + m % 3).with_isa(isa);
         let len = if m == 0 { 0 } else { (m - 1) * out_stride + n };
         let dense = |i: usize| (i / n.max(1)) * out_stride + i % n.max(1);
         let got = match out {

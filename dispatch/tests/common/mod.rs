@@ -169,7 +169,7 @@ impl GemmCase {
         )
         .expect("valid weights");
         let a = Activations::new(&self.a, self.m, self.k, self.a_zp).with_row_stride(self.a_stride);
-        let options = Options { threads, isa: Some(isa) };
+        let options = Options::new().with_threads(threads).with_isa(isa);
         run_into(self.out, self.m, self.n, self.out_stride, |out| {
             qgemm::gemm_with(&a, &packed, &self.stage, out, &options)
         })
@@ -369,7 +369,7 @@ impl ConvCase {
         .expect("valid conv weights");
         let rows = p.batch * p.out_height().unwrap() * p.out_width().unwrap();
         let input = ConvInput { data: &self.input, zero_point: self.input_zp };
-        let options = Options { threads, isa: Some(isa) };
+        let options = Options::new().with_threads(threads).with_isa(isa);
         run_into(self.out, rows, p.out_channels, self.out_stride, |out| {
             qgemm::conv2d_with(&input, &packed, &p, &self.stage, out, &options)
         })
