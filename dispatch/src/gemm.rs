@@ -38,8 +38,8 @@ impl PackedWeights {
     /// Packs `weights` for the [selected ISA](crate::selected_isa).
     ///
     /// # Errors
-    /// If `data.len() != k·n`, the product overflows, the per-column zero points are
-    /// not N, or `QGEMM_ISA` is invalid.
+    /// If `data.len() != k·n`, a size overflows, the per-column zero points are not N,
+    /// the packed data cannot be allocated, or `QGEMM_ISA` is invalid.
     pub fn new(weights: Weights<'_>) -> Result<PackedWeights> {
         PackedWeights::for_isa(selected_isa()?, weights)
     }
