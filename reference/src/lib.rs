@@ -10,6 +10,28 @@
 //! The functions assume valid parameters and panic otherwise; validation with clear
 //! errors is the public crate's job.
 //!
+//! ```
+//! use qgemm_reference::{Channelwise, GemmProblem, OutputData, OutputStage, OutputType, WeightLayout, gemm};
+//!
+//! let a = [130u8, 126]; // 1×2 with zero point 128: (2, −2)
+//! let b = [3i8, 5]; // 2×1 with zero point 1: (2, 4)
+//! let problem = GemmProblem {
+//!     m: 1,
+//!     n: 1,
+//!     k: 2,
+//!     a: &a,
+//!     a_row_stride: 2,
+//!     a_zero_point: 128,
+//!     b: &b,
+//!     b_layout: WeightLayout::KxN,
+//!     b_zero_point: &Channelwise::PerTensor(1),
+//! };
+//! // 2·2 + (−2)·4 = −4
+//! assert_eq!(gemm(&problem, &OutputStage::default(), OutputType::I32), OutputData::I32(vec![-4]));
+//! // TFLite's multiplier for 0.25: 2^30 (one half in Q31) with shift −1.
+//! assert_eq!(qgemm_reference::quantize_multiplier(0.25), (1 << 30, -1));
+//! ```
+//!
 //! ## Semantics (the contract)
 //!
 //! ### 1. GEMM
