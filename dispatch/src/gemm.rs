@@ -26,7 +26,7 @@ pub struct Weights<'a> {
 }
 
 /// Weights packed once for one ISA's kernel and reused across calls: the panels, the
-/// column sums that compensate the activation zero point, the ISA, K and N.
+/// per-column offsets (`K·b_zp − Σ_k B`) that compensate the activation zero point, the ISA, K and N.
 #[derive(Clone, Debug)]
 pub struct PackedWeights {
     isa: Isa,

@@ -63,13 +63,7 @@ pub fn gemm(kernel: &Kernel, args: GemmArgs<'_>) {
     let mut a_pack = vec![0u8; mc_max * kc_groups.min(kgroups_total) * tile.kg];
     let mut acc = vec![0i32; mc_max * nc_max];
     let mut row_sums = vec![0i32; mc_max];
-    let zero_points = ZeroPoints {
-        a_zp: i32::from(a_zp),
-        // K modulo 2^32, as the wrapping arithmetic wants it.
-        k: k as i32,
-        col_sums: b.col_sums(),
-        b_zp: b.zero_points(),
-    };
+    let zero_points = ZeroPoints { a_zp: i32::from(a_zp), col_offsets: b.col_offsets(), b_zp: b.zero_points() };
 
     for jc in (0..n).step_by(blocking.nc) {
         let cols = blocking.nc.min(n - jc);
@@ -102,7 +96,7 @@ pub fn gemm(kernel: &Kernel, args: GemmArgs<'_>) {
                 cols,
                 row_sums: &row_sums,
                 zero_points: ZeroPoints {
-                    col_sums: &zero_points.col_sums[jc..],
+                    col_offsets: &zero_points.col_offsets[jc..],
                     b_zp: &zero_points.b_zp[jc..],
                     ..zero_points
                 },

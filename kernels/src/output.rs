@@ -9,6 +9,10 @@
 //! Σ_k (a − a_zp)(b − b_zp) = Σ a·b − b_zp·Σ_k a − a_zp·Σ_k b + K·a_zp·b_zp   (mod 2^32)
 //!                            ^^^^^   ^^^^^^^^^^   ^^^^^^^^^^   ^^^^^^^^^^^^
 //!                            kernel  row sums     column sums  constant per column
+//!
+//!                          = Σ a·b − b_zp·Σ_k a + a_zp·(K·b_zp − Σ_k b)
+//!                                                       ^^^^^^^^^^^^^^^
+//!                                   per-column offset, computed when B is packed
 //! ```
 
 /// A parameter given per tensor or per output channel (a borrowed view).
@@ -133,10 +137,8 @@ impl<'a> OutputStage<'a> {
 pub struct ZeroPoints<'a> {
     /// The activation zero point.
     pub a_zp: i32,
-    /// K (the true depth, not padded), reduced modulo 2^32.
-    pub k: i32,
-    /// `Σ_k B[k][n]` per column.
-    pub col_sums: &'a [i32],
+    /// `K·b_zp[n] − Σ_k B[k][n]` per column (computed when B was packed).
+    pub col_offsets: &'a [i32],
     /// `b_zp[n]` per column.
     pub b_zp: &'a [i32],
 }
@@ -210,7 +212,7 @@ impl EpilogueArgs<'_> {
         }
         assert!(self.acc_stride >= cols && self.acc.len() >= (rows - 1) * self.acc_stride + cols);
         assert!(self.row_sums.len() >= rows);
-        assert!(self.zero_points.col_sums.len() >= cols && self.zero_points.b_zp.len() >= cols);
+        assert!(self.zero_points.col_offsets.len() >= cols && self.zero_points.b_zp.len() >= cols);
         assert!(self.stage.covers(cols), "output stage shorter than the block");
         assert!(self.out_stride >= cols && self.out.len() >= (rows - 1) * self.out_stride + cols);
         let needs_requant = !matches!(self.out, OutData::I32(_));
@@ -319,44 +321,48 @@ pub fn epilogue_scalar(args: EpilogueArgs<'_>) {
     epilogue_impl(args)
 }
 
+/// Columns handled at a time by the epilogue: its row buffers live on the stack.
+const EPILOGUE_CHUNK: usize = 64;
+
 #[multiversion::multiversion(targets("x86_64+avx2", "x86_64+sse4.1", "aarch64+neon"))]
 fn epilogue_impl(args: EpilogueArgs<'_>) {
     let EpilogueArgs { acc, acc_stride, rows, cols, row_sums, zero_points: zp, stage, mut out, out_stride } = args;
-    if rows == 0 || cols == 0 {
-        return;
-    }
-    let b_zp = &zp.b_zp[..cols];
-    let any_b_zp = b_zp.iter().any(|&z| z != 0);
-    // Everything that depends on the column alone, once per block:
-    // Σ(a − a_zp)(b − b_zp) = Σab − b_zp·Σa + a_zp·(K·b_zp − Σb), mod 2^32; plus bias.
-    let column_terms: Vec<i32> = (0..cols)
-        .map(|j| {
-            let t = zp.k.wrapping_mul(b_zp[j]).wrapping_sub(zp.col_sums[j]).wrapping_mul(zp.a_zp);
-            match stage.bias {
-                Some(bias) => t.wrapping_add(bias[j]),
-                None => t,
-            }
-        })
-        .collect();
-    let mut row = vec![0i32; cols];
-    for r in 0..rows {
-        let acc_row = &acc[r * acc_stride..][..cols];
-        if any_b_zp {
-            let row_sum = row_sums[r];
-            for (((v, &a), &t), &z) in row.iter_mut().zip(acc_row).zip(&column_terms).zip(b_zp) {
-                *v = a.wrapping_sub(z.wrapping_mul(row_sum)).wrapping_add(t);
-            }
-        } else {
-            for ((v, &a), &t) in row.iter_mut().zip(acc_row).zip(&column_terms) {
-                *v = a.wrapping_add(t);
-            }
+    let mut column_terms = [0i32; EPILOGUE_CHUNK];
+    let mut row = [0i32; EPILOGUE_CHUNK];
+    for c0 in (0..cols).step_by(EPILOGUE_CHUNK) {
+        let width = EPILOGUE_CHUNK.min(cols - c0);
+        let b_zp = &zp.b_zp[c0..c0 + width];
+        let any_b_zp = b_zp.iter().any(|&z| z != 0);
+        let stage = stage.from_column(c0);
+        // What depends on the column alone, once per chunk of columns:
+        // Σ(a − a_zp)(b − b_zp) = Σab − b_zp·Σa + a_zp·(K·b_zp − Σb), mod 2^32; plus bias.
+        for (j, t) in column_terms[..width].iter_mut().enumerate() {
+            let offset = zp.col_offsets[c0 + j].wrapping_mul(zp.a_zp);
+            *t = match stage.bias {
+                Some(bias) => offset.wrapping_add(bias[j]),
+                None => offset,
+            };
         }
-        let base = r * out_stride;
-        match (&mut out, &stage.requant) {
-            (OutData::I32(o), _) => o[base..][..cols].copy_from_slice(&row),
-            (OutData::U8(o), Some(rq)) => requantize_row(rq, &row, &mut o[base..][..cols]),
-            (OutData::I8(o), Some(rq)) => requantize_row(rq, &row, &mut o[base..][..cols]),
-            (_, None) => unreachable!("checked by EpilogueArgs::check"),
+        for r in 0..rows {
+            let acc_row = &acc[r * acc_stride + c0..][..width];
+            let row = &mut row[..width];
+            if any_b_zp {
+                let row_sum = row_sums[r];
+                for (((v, &a), &t), &z) in row.iter_mut().zip(acc_row).zip(&column_terms).zip(b_zp) {
+                    *v = a.wrapping_sub(z.wrapping_mul(row_sum)).wrapping_add(t);
+                }
+            } else {
+                for ((v, &a), &t) in row.iter_mut().zip(acc_row).zip(&column_terms) {
+                    *v = a.wrapping_add(t);
+                }
+            }
+            let base = r * out_stride + c0;
+            match (&mut out, &stage.requant) {
+                (OutData::I32(o), _) => o[base..][..width].copy_from_slice(row),
+                (OutData::U8(o), Some(rq)) => requantize_row(rq, row, &mut o[base..][..width]),
+                (OutData::I8(o), Some(rq)) => requantize_row(rq, row, &mut o[base..][..width]),
+                (_, None) => unreachable!("checked by EpilogueArgs::check"),
+            }
         }
     }
 }

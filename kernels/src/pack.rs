@@ -49,7 +49,7 @@ pub struct PackedB {
     n: usize,
     kp: usize,
     data: Vec<i8>,
-    col_sums: Vec<i32>,
+    col_offsets: Vec<i32>,
     zero_points: Vec<i32>,
 }
 
@@ -93,15 +93,18 @@ impl PackedB {
                 }
             }
         }
-        let mut col_sums = zeroed(n)?;
-        for (nn, sum) in col_sums.iter_mut().enumerate() {
-            *sum = (0..k).fold(0i32, |s, kk| s.wrapping_add(i32::from(at(kk, nn))));
-        }
         let mut column_zero_points = zeroed(n)?;
         for (nn, zp) in column_zero_points.iter_mut().enumerate() {
             *zp = i32::from(zero_points[if zero_points.len() == 1 { 0 } else { nn }]);
         }
-        Ok(PackedB { tile, k, n, kp, data, col_sums, zero_points: column_zero_points })
+        // K·b_zp[n] − Σ_k B[k][n]: the part of the zero-point correction that depends on
+        // the weights alone, done once here rather than on every call.
+        let mut col_offsets = zeroed(n)?;
+        for (nn, offset) in col_offsets.iter_mut().enumerate() {
+            let sum = (0..k).fold(0i32, |s, kk| s.wrapping_add(i32::from(at(kk, nn))));
+            *offset = (k as i32).wrapping_mul(column_zero_points[nn]).wrapping_sub(sum);
+        }
+        Ok(PackedB { tile, k, n, kp, data, col_offsets, zero_points: column_zero_points })
     }
 
     /// The tile it was packed for.
@@ -134,9 +137,10 @@ impl PackedB {
         &self.data
     }
 
-    /// `Σ_k B[k][n]` per column, wrapping.
-    pub fn col_sums(&self) -> &[i32] {
-        &self.col_sums
+    /// `K·b_zp[n] − Σ_k B[k][n]` per column, wrapping (K taken modulo 2^32): the
+    /// correction that, times `a_zp`, compensates the activation zero point.
+    pub fn col_offsets(&self) -> &[i32] {
+        &self.col_offsets
     }
 
     /// The weight zero point of each column.
@@ -146,7 +150,7 @@ impl PackedB {
 
     /// Bytes held, packed panels and per-column data together.
     pub fn heap_size(&self) -> usize {
-        self.data.len() + 4 * (self.col_sums.len() + self.zero_points.len())
+        self.data.len() + 4 * (self.col_offsets.len() + self.zero_points.len())
     }
 }
 
