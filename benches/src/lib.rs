@@ -2,7 +2,10 @@
 //! the shapes, the data, the problems (inputs, weights, output stage), one timed run,
 //! and the reference result each run is checked against.
 
+pub mod export;
 pub mod peak;
+pub mod report;
+pub mod rust_peers;
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -213,15 +216,6 @@ impl Problem {
         rows * cols
     }
 
-    fn output_dims(&self) -> (usize, usize) {
-        match &self.shape {
-            Shape::Gemm { m, n, .. } => (*m, *n),
-            Shape::Conv { params: p, .. } => {
-                (p.batch * p.out_height().expect("suite shapes fit") * p.out_width().expect("fit"), p.out_channels)
-            }
-        }
-    }
-
     /// Packs the weights for `isa`.
     pub fn pack(&self, isa: Isa) -> qgemm::Result<Packed> {
         match &self.shape {
@@ -265,36 +259,112 @@ impl Problem {
 
     /// The reference result.
     pub fn reference(&self) -> Vec<u8> {
-        let result = match &self.shape {
-            Shape::Gemm { m, k, n } => {
-                let problem = GemmProblem {
-                    m: *m,
-                    n: *n,
-                    k: *k,
-                    a: &self.a,
-                    a_row_stride: *k,
-                    a_zero_point: self.a_zp,
-                    b: &self.b,
-                    b_layout: WeightLayout::NxK,
-                    b_zero_point: &self.b_zp,
-                };
-                reference::gemm(&problem, &self.stage, OutputType::U8)
-            }
-            Shape::Conv { params, .. } => {
-                let problem = Conv2dProblem {
-                    params: *params,
-                    input: &self.a,
-                    input_zero_point: self.a_zp,
-                    weights: &self.b,
-                    weight_zero_point: &self.b_zp,
-                };
-                reference::conv2d(&problem, &self.stage, OutputType::U8)
-            }
-        };
-        match result {
-            OutputData::U8(v) => v,
-            other => panic!("the suite's output is u8, got {:?}", other.output_type()),
+        let acc = self.reference_accumulators(self.a_zp);
+        expect_u8(reference::apply_output_stage(&acc, self.output_dims().1, &self.stage, OutputType::U8))
+    }
+
+    /// The reference's raw i32 accumulators (no bias, no requantization), with the
+    /// activation zero point taken as `a_zero_point`.
+    pub fn reference_i32(&self, a_zero_point: u8) -> Vec<i32> {
+        self.reference_accumulators(a_zero_point)
+    }
+
+    /// The reference results of the variants that peers compute: the suite's own
+    /// (bias, then requantization), the same without bias, and the raw accumulators.
+    pub fn reference_variants(&self) -> ReferenceVariants {
+        let acc = self.reference_accumulators(self.a_zp);
+        let n = self.output_dims().1;
+        let unbiased = OutputStage { bias: None, requantize: self.stage.requantize.clone() };
+        ReferenceVariants {
+            u8_bias: expect_u8(reference::apply_output_stage(&acc, n, &self.stage, OutputType::U8)),
+            u8: expect_u8(reference::apply_output_stage(&acc, n, &unbiased, OutputType::U8)),
+            i32: acc,
         }
+    }
+
+    fn reference_accumulators(&self, a_zero_point: u8) -> Vec<i32> {
+        match &self.shape {
+            Shape::Gemm { m, k, n } => reference::gemm_accumulators(&GemmProblem {
+                m: *m,
+                n: *n,
+                k: *k,
+                a: &self.a,
+                a_row_stride: *k,
+                a_zero_point,
+                b: &self.b,
+                b_layout: WeightLayout::NxK,
+                b_zero_point: &self.b_zp,
+            }),
+            Shape::Conv { params, .. } => reference::conv2d_accumulators(&Conv2dProblem {
+                params: *params,
+                input: &self.a,
+                input_zero_point: a_zero_point,
+                weights: &self.b,
+                weight_zero_point: &self.b_zp,
+            }),
+        }
+    }
+
+    /// The activations: GEMM M×K row-major, conv NHWC.
+    pub fn activations(&self) -> &[u8] {
+        &self.a
+    }
+
+    /// The activation zero point.
+    pub fn activation_zero_point(&self) -> u8 {
+        self.a_zp
+    }
+
+    /// The weights: GEMM N×K row-major, conv OHWI.
+    pub fn weights(&self) -> &[i8] {
+        &self.b
+    }
+
+    /// The weight zero point (the suite's is per tensor).
+    pub fn weight_zero_point(&self) -> i8 {
+        self.b_zp.at(0)
+    }
+
+    /// The per-column i32 bias.
+    pub fn bias(&self) -> &[i32] {
+        self.stage.bias.as_deref().unwrap_or(&[])
+    }
+
+    /// The requantization: the Float scale, the output zero point, the clamp.
+    pub fn requantize(&self) -> (f32, i32, i32, i32) {
+        let r = self.stage.requantize.as_ref().expect("the suite requantizes");
+        match &r.scheme {
+            Requantization::Float { scale: Channelwise::PerTensor(scale) } => (*scale, r.zero_point, r.min, r.max),
+            other => panic!("the suite uses a per-tensor Float scale, not {other:?}"),
+        }
+    }
+
+    /// Output rows (M, or batch·OH·OW) and columns (N, or OC).
+    pub fn output_dims(&self) -> (usize, usize) {
+        match &self.shape {
+            Shape::Gemm { m, n, .. } => (*m, *n),
+            Shape::Conv { params: p, .. } => {
+                (p.batch * p.out_height().expect("suite shapes fit") * p.out_width().expect("fit"), p.out_channels)
+            }
+        }
+    }
+}
+
+/// The reference results of one problem in the forms peers produce.
+#[derive(Debug)]
+pub struct ReferenceVariants {
+    /// Bias, Float requantization, u8: what qgemm computes in the suite.
+    pub u8_bias: Vec<u8>,
+    /// Float requantization, u8, no bias (peers without an i32 bias input).
+    pub u8: Vec<u8>,
+    /// The raw accumulators.
+    pub i32: Vec<i32>,
+}
+
+fn expect_u8(result: OutputData) -> Vec<u8> {
+    match result {
+        OutputData::U8(v) => v,
+        other => panic!("the suite's output is u8, got {:?}", other.output_type()),
     }
 }
 
@@ -344,6 +414,39 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn export_writes_what_the_manifest_says() {
+        let dir = std::env::temp_dir().join(format!("qgemm-export-test-{}", std::process::id()));
+        let problems: Vec<Problem> = parse_shapes("gemm:3x5x7,conv:mbv2_1x1")
+            .unwrap()
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| Problem::new(s, DataKind::SevenBit, i as u64))
+            .collect();
+        export::export(&dir, &problems, |_, _| {}).unwrap();
+        let manifest: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+        assert_eq!(manifest["data"], "7bit");
+        let read = |v: &serde_json::Value| std::fs::read(dir.join(v.as_str().unwrap())).unwrap();
+        for (entry, problem) in manifest["problems"].as_array().unwrap().iter().zip(&problems) {
+            assert_eq!(entry["shape"], problem.shape.label().as_str());
+            assert_eq!(entry["ops"], problem.shape.ops());
+            assert_eq!(read(&entry["a"]), problem.activations());
+            assert_eq!(read(&entry["b"]), problem.weights().iter().map(|&w| w as u8).collect::<Vec<_>>());
+            assert_eq!(entry["a_zero_point"], problem.activation_zero_point());
+            let scale = entry["a_scale"].as_f64().unwrap() as f32;
+            assert_eq!(scale, problem.requantize().0, "the scale reads back as the same f32");
+            assert_eq!(read(&entry["expected"]["u8_bias"]), problem.reference());
+            let i32s: Vec<i32> = read(&entry["expected"]["i32"])
+                .chunks_exact(4)
+                .map(|b| i32::from_le_bytes(b.try_into().unwrap()))
+                .collect();
+            assert_eq!(i32s, problem.reference_i32(problem.activation_zero_point()));
+            assert_eq!(read(&entry["expected"]["u8"]).len(), problem.output_len());
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

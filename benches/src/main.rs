@@ -1,14 +1,17 @@
 //! `qgemm-bench`: the throughput study. With no arguments it runs the default suite on
 //! every ISA this CPU has, checks every result against the reference, and prints a
-//! table. `--help` lists the options.
+//! table. It also measures the Rust peers, merges the Python peers' results, writes
+//! the report, and exports the suite for the peer script. `--help` lists the options.
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use qgemm::Isa;
-use qgemm_bench::{DataKind, Problem, Shape, default_suite, median, parse_shapes, peak};
+use qgemm_bench::report::{self, Measurement, Table, Timing};
+use qgemm_bench::{DataKind, Problem, Shape, default_suite, export, median, parse_shapes, peak, rust_peers};
 
 const HELP: &str = "\
 qgemm-bench: the qgemm throughput study
@@ -17,35 +20,74 @@ Runs each shape on each ISA, times it (median of repeated runs), checks the resu
 against the scalar reference byte for byte, and prints one row per measurement.
 
 Options:
-  --shapes LIST   comma-separated shapes: gemm:MxKxN (M x K x N) or conv:NAME
-                  (conv1, r50_3x3, r50_1x1, r50_late3x3, mbv2_1x1, mbv2_dw);
-                  default: the whole suite
-  --isa LIST      comma-separated ISAs (default: every ISA available here)
-  --threads N     threads per run (default 1)
-  --data KIND     full (default): full-range data; 7bit: activations in 0..=127
-  --min-time S    seconds of timed runs per row, at least 3 runs (default 0.5)
-  --json          one JSON object per line per measurement instead of the table
-  --help          this text
+  --shapes LIST        comma-separated shapes: gemm:MxKxN (M x K x N) or conv:NAME
+                       (conv1, r50_3x3, r50_1x1, r50_late3x3, mbv2_1x1, mbv2_dw);
+                       default: the whole suite
+  --isa LIST           comma-separated ISAs (default: every ISA available here)
+  --threads LIST       comma-separated thread counts (default 1)
+  --data KIND          full (default): full-range data; 7bit: activations in 0..=127
+  --min-time S         seconds of timed runs per row, at least 3 runs (default 0.5)
+  --json               one JSON object per line per measurement instead of the table
+  --rust-peers         also time rten-gemm and tract-linalg on the GEMM shapes,
+                       each checked against the reference
+  --peer-results FILE  merge the JSON lines of benches/peers/peers.py (repeatable)
+  --report DIR         write DIR/report.md, one SVG chart per suite and thread
+                       count, and DIR/results.jsonl
+  --export DIR         write the shapes' data and reference results for the peer
+                       script into DIR, then exit without timing anything
+  --help               this text
 
-Exit status: 0 when every row is exact, 1 when any is not, 2 on bad arguments.";
+Exit status: 0 when every qgemm row is exact, 1 when any is not, 2 on bad arguments
+or I/O errors. Peers' wrong outputs are reported, not failed on.";
 
 struct Args {
     shapes: Vec<Shape>,
     isas: Vec<Isa>,
-    threads: usize,
+    threads: Vec<usize>,
     data: DataKind,
     min_time: Duration,
     json: bool,
+    rust_peers: bool,
+    peer_results: Vec<PathBuf>,
+    report: Option<PathBuf>,
+    export: Option<PathBuf>,
+}
+
+fn parse_isas(list: &str) -> Result<Vec<Isa>, String> {
+    list.split(',')
+        .map(|name| {
+            let isa: Isa = name.parse().map_err(|e: qgemm::Error| e.to_string())?;
+            if qgemm::available_isas().contains(&isa) {
+                Ok(isa)
+            } else {
+                let avail: Vec<&str> = qgemm::available_isas().iter().map(|i| i.name()).collect();
+                Err(format!("--isa {isa}: not available here (available: {})", avail.join(", ")))
+            }
+        })
+        .collect()
+}
+
+fn parse_threads(list: &str) -> Result<Vec<usize>, String> {
+    list.split(',')
+        .map(|t| match t.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!("--threads {list}: expected positive integers")),
+        })
+        .collect()
 }
 
 fn parse_args() -> Result<Option<Args>, String> {
     let mut args = Args {
         shapes: default_suite(),
         isas: qgemm::available_isas().to_vec(),
-        threads: 1,
+        threads: vec![1],
         data: DataKind::Full,
         min_time: Duration::from_millis(500),
         json: false,
+        rust_peers: false,
+        peer_results: Vec::new(),
+        report: None,
+        export: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -53,26 +95,8 @@ fn parse_args() -> Result<Option<Args>, String> {
         match flag.as_str() {
             "--help" | "-h" => return Ok(None),
             "--shapes" => args.shapes = parse_shapes(&value()?)?,
-            "--isa" => {
-                args.isas = value()?
-                    .split(',')
-                    .map(|name| {
-                        let isa: Isa = name.parse().map_err(|e: qgemm::Error| e.to_string())?;
-                        if qgemm::available_isas().contains(&isa) {
-                            Ok(isa)
-                        } else {
-                            let avail: Vec<&str> = qgemm::available_isas().iter().map(|i| i.name()).collect();
-                            Err(format!("--isa {isa}: not available here (available: {})", avail.join(", ")))
-                        }
-                    })
-                    .collect::<Result<_, String>>()?;
-            }
-            "--threads" => {
-                args.threads = value()?.parse().map_err(|_| "--threads needs a positive integer".to_string())?;
-                if args.threads == 0 {
-                    return Err("--threads needs a positive integer".into());
-                }
-            }
+            "--isa" => args.isas = parse_isas(&value()?)?,
+            "--threads" => args.threads = parse_threads(&value()?)?,
             "--data" => args.data = DataKind::parse(&value()?)?,
             "--min-time" => {
                 let s: f64 = value()?.parse().map_err(|_| "--min-time needs seconds".to_string())?;
@@ -82,6 +106,10 @@ fn parse_args() -> Result<Option<Args>, String> {
                 args.min_time = Duration::from_secs_f64(s);
             }
             "--json" => args.json = true,
+            "--rust-peers" => args.rust_peers = true,
+            "--peer-results" => args.peer_results.push(value()?.into()),
+            "--report" => args.report = Some(value()?.into()),
+            "--export" => args.export = Some(value()?.into()),
             other => return Err(format!("unknown option {other:?}; see --help")),
         }
     }
@@ -91,44 +119,9 @@ fn parse_args() -> Result<Option<Args>, String> {
     Ok(Some(args))
 }
 
-/// One measured row.
-struct Row {
-    op: &'static str,
-    shape: String,
-    isa: Isa,
-    kernel: &'static str,
-    threads: usize,
-    data: DataKind,
-    ms: f64,
-    gops: f64,
-    peak_pct: f64,
-    exact: bool,
-    runs: usize,
-}
-
-impl Row {
-    fn json(&self) -> String {
-        format!(
-            "{{\"op\":\"{}\",\"shape\":\"{}\",\"isa\":\"{}\",\"kernel\":\"{}\",\"threads\":{},\"data\":\"{}\",\
-             \"ms\":{:.4},\"gops\":{:.3},\"peak_pct\":{:.2},\"exact\":{},\"runs\":{}}}",
-            self.op,
-            self.shape,
-            self.isa,
-            self.kernel,
-            self.threads,
-            self.data.name(),
-            self.ms,
-            self.gops,
-            self.peak_pct,
-            self.exact,
-            self.runs
-        )
-    }
-}
-
 /// Times `run` until `min_time` has passed and at least 3 runs were made (after one
-/// warm-up run), at most 1000 runs; returns the median in seconds and the run count.
-fn time_runs(min_time: Duration, mut run: impl FnMut()) -> (f64, usize) {
+/// warm-up run), at most 1000 runs; returns the median in seconds.
+fn time_runs(min_time: Duration, mut run: impl FnMut()) -> f64 {
     run();
     let mut times = Vec::new();
     let start = Instant::now();
@@ -137,8 +130,7 @@ fn time_runs(min_time: Duration, mut run: impl FnMut()) -> (f64, usize) {
         run();
         times.push(t.elapsed().as_secs_f64());
     }
-    let runs = times.len();
-    (median(&mut times), runs)
+    median(&mut times)
 }
 
 /// Shows what is running on the terminal's status line (nothing when stderr is not a
@@ -149,6 +141,211 @@ fn progress(line: &str) {
         let _ = write!(err, "\r\x1b[K{line}");
         let _ = err.flush();
     }
+}
+
+/// The seed of a shape's data: a hash (FNV-1a) of its label, so that the export and
+/// the timed runs, and runs of any subset of the suite, see the same data.
+fn seed(shape: &Shape) -> u64 {
+    let label = format!("{}:{}", shape.op(), shape.label());
+    label.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+}
+
+/// Counts the elements where two outputs differ.
+fn count_wrong<T: PartialEq>(got: &[T], expected: &[T]) -> u64 {
+    assert_eq!(got.len(), expected.len(), "output lengths");
+    got.iter().zip(expected).filter(|(a, b)| a != b).count() as u64
+}
+
+/// Runs one shape at one thread count on qgemm (each ISA) and, when asked, on the Rust
+/// peers; prints a line per measurement as it goes.
+struct Runner<'a> {
+    args: &'a Args,
+    peaks: HashMap<Isa, peak::Peak>,
+    done: usize,
+    total: usize,
+}
+
+impl Runner<'_> {
+    fn step(&mut self, what: &str) -> String {
+        self.done += 1;
+        format!("[{}/{}] {what}", self.done, self.total)
+    }
+
+    fn qgemm(&mut self, problem: &Problem, threads: usize, expected: &mut Option<Vec<u8>>) -> Vec<Measurement> {
+        let mut rows = Vec::new();
+        for &isa in &self.args.isas {
+            let shape = &problem.shape;
+            let what = self.step(&format!("{} {} on qgemm {isa}, {threads} thread(s)", shape.op(), shape.label()));
+            progress(&format!("{what}: timing..."));
+            let packed = problem.pack(isa).expect("the suite's weights pack on every available ISA");
+            let mut out = vec![0u8; problem.output_len()];
+            let run = |out: &mut [u8]| problem.run(&packed, threads, out).expect("the suite's arguments are valid");
+            let secs = time_runs(self.args.min_time, || run(&mut out));
+            // A poisoned buffer for the checked run, so that a run that writes nothing
+            // cannot pass.
+            out.fill(0xa5);
+            run(&mut out);
+            let expected = expected.get_or_insert_with(|| {
+                progress(&format!("{what}: computing the reference..."));
+                problem.reference()
+            });
+            let wrong = count_wrong(&out, expected);
+            let gops = shape.ops() as f64 / secs / 1e9;
+            let kernel = isa.kernel_info().map_or("?", |k| k.name);
+            progress("");
+            let peak = 100.0 * gops / (self.peaks[&isa].gops * threads as f64);
+            self.line(problem, &format!("qgemm {isa}"), kernel, threads, secs, gops, Some(peak), wrong);
+            rows.push(Measurement {
+                suite: shape.op().into(),
+                shape: shape.label(),
+                threads,
+                data: problem.data.name().into(),
+                id: format!("qgemm {isa}"),
+                name: format!("qgemm {isa} ({kernel})"),
+                library: format!("qgemm {}", env!("CARGO_PKG_VERSION")),
+                is_qgemm: true,
+                result: Ok(Timing { ms: secs * 1e3, gops, wrong, total: out.len() as u64 }),
+            });
+        }
+        rows
+    }
+
+    fn rust_peers(&mut self, problem: &Problem, threads: usize) -> Vec<Measurement> {
+        let mut rows = Vec::new();
+        for mut peer in rust_peers::prepare(problem, threads) {
+            let shape = &problem.shape;
+            let what = self.step(&format!("{} {} on {}, {threads} thread(s)", shape.op(), shape.label(), peer.id()));
+            progress(&format!("{what}: timing..."));
+            let secs = time_runs(self.args.min_time, || peer.run());
+            peer.poison_output();
+            peer.run();
+            progress(&format!("{what}: computing the reference..."));
+            let expected = peer.expected(problem);
+            let out = peer.output();
+            let wrong = count_wrong(&out, &expected);
+            let gops = shape.ops() as f64 / secs / 1e9;
+            progress("");
+            self.line(problem, peer.id(), &peer.name(), threads, secs, gops, None, wrong);
+            rows.push(Measurement {
+                suite: shape.op().into(),
+                shape: shape.label(),
+                threads,
+                data: problem.data.name().into(),
+                id: peer.id().into(),
+                name: peer.name(),
+                library: peer.library().into(),
+                is_qgemm: false,
+                result: Ok(Timing { ms: secs * 1e3, gops, wrong, total: out.len() as u64 }),
+            });
+        }
+        rows
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn line(
+        &self,
+        problem: &Problem,
+        id: &str,
+        kernel: &str,
+        threads: usize,
+        secs: f64,
+        gops: f64,
+        peak: Option<f64>,
+        wrong: u64,
+    ) {
+        if self.args.json {
+            return; // the measurements are printed as JSON at the end
+        }
+        let peak = peak.map_or("-".to_string(), |p| format!("{p:.1}%"));
+        let exact = if wrong == 0 { "yes".to_string() } else { format!("NO ({wrong})") };
+        println!(
+            "{:<24} {:<18} {:<32} {:>7} {:>11.3} {:>9.2} {:>7} {:>6}",
+            format!("{} {}", problem.shape.op(), problem.shape.label()),
+            id,
+            kernel,
+            threads,
+            secs * 1e3,
+            gops,
+            peak,
+            exact
+        );
+    }
+}
+
+fn read_peer_results(paths: &[PathBuf]) -> Result<Vec<Measurement>, String> {
+    let mut rows = Vec::new();
+    for path in paths {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            rows.push(Measurement::from_peer_json(line).map_err(|e| format!("{}: {e}", path.display()))?);
+        }
+    }
+    Ok(rows)
+}
+
+fn export_suite(args: &Args, dir: &std::path::Path) -> ExitCode {
+    let problems: Vec<Problem> = args.shapes.iter().map(|s| Problem::new(s.clone(), args.data, seed(s))).collect();
+    let total = problems.len();
+    let result = export::export(dir, &problems, |i, p| {
+        progress(&format!(
+            "[{}/{total}] exporting {} {} with its reference results",
+            i + 1,
+            p.shape.op(),
+            p.shape.label()
+        ))
+    });
+    progress("");
+    match result {
+        Ok(()) => {
+            println!("exported {total} problems ({} data) to {}", args.data.name(), dir.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("qgemm-bench: --export {}: {e}", dir.display());
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The CPU's int8 multiply features as the kernel reports them (`/proc/cpuinfo`),
+/// which decide what peers run: MLAS and FBGEMM use `vpmaddubsw`, which saturates, on
+/// AVX2 without VNNI, and VNNI or AMX instructions, which do not, where those exist.
+fn int8_features(cpuinfo: &str) -> String {
+    const INTERESTING: [&str; 8] =
+        ["avx2", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "asimd", "asimddp", "i8mm"];
+    let flags = cpuinfo.lines().find(|l| l.starts_with("flags") || l.starts_with("Features"));
+    let present: Vec<&str> = flags
+        .and_then(|l| l.split(':').nth(1))
+        .map(|f| f.split_whitespace().filter(|f| INTERESTING.contains(f)).collect())
+        .unwrap_or_default();
+    if present.is_empty() { "unknown".into() } else { present.join(", ") }
+}
+
+/// The report's opening: what ran where, and how to read it.
+fn report_header(args: &Args) -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map_or("unknown CPU", str::trim);
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let features = int8_features(&cpuinfo);
+    let command: Vec<String> = std::env::args().collect();
+    let isas: Vec<&str> = args.isas.iter().map(|i| i.name()).collect();
+    format!(
+        "# qgemm throughput report\n\n\
+         - Machine: {cpu}, {cpus} logical CPUs; int8 features: {features}; qgemm ISAs measured: {}.\n\
+         - Command: `{}`\n\
+         - Problems: u8 activations × i8 weights, per-tensor Float requantization to u8 \
+         (qgemm also adds an i32 bias; peers without an i32 bias input run the same problem without it). \
+         Each figure is the median of repeated runs ({:.2} s or at least 3 runs), in GOPS = 2·MACs per second.\n\
+         - Every output of every implementation is compared with the qgemm reference's result for the same \
+         problem and data; \"wrong\" counts the outputs that differ. qgemm must have none.\n",
+        isas.join(", "),
+        command.join(" "),
+        args.min_time.as_secs_f64(),
+    )
 }
 
 fn main() -> ExitCode {
@@ -163,89 +360,72 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(dir) = &args.export {
+        return export_suite(&args, dir);
+    }
+    let peer_rows = match read_peer_results(&args.peer_results) {
+        Ok(rows) => rows,
+        Err(e) => {
+            eprintln!("qgemm-bench: --peer-results {e}");
+            return ExitCode::from(2);
+        }
+    };
 
-    let mut peaks = HashMap::new();
-    for &isa in &args.isas {
-        let p = peak::measure(isa);
-        if !args.json {
+    let peaks: HashMap<Isa, peak::Peak> = args.isas.iter().map(|&isa| (isa, peak::measure(isa))).collect();
+    if !args.json {
+        for (isa, p) in &peaks {
             println!("peak for {isa}: {:.1} GOPS per thread ({}, measured now)", p.gops, p.probe);
         }
-        peaks.insert(isa, p);
-    }
-    if !args.json {
         println!(
             "data: {}, u8 output, Float requantization, bias; every result checked against the reference\n",
             args.data.name()
         );
         println!(
-            "{:<28} {:<10} {:<20} {:>7} {:>11} {:>9} {:>7} {:>6}",
-            "shape", "isa", "kernel", "threads", "median ms", "GOPS", "% peak", "exact"
+            "{:<24} {:<18} {:<32} {:>7} {:>11} {:>9} {:>7} {:>6}",
+            "shape", "implementation", "kernel", "threads", "median ms", "GOPS", "% peak", "exact"
         );
     }
 
-    let total = args.shapes.len() * args.isas.len();
-    let mut done = 0;
-    let mut all_exact = true;
-    for (i, shape) in args.shapes.iter().enumerate() {
-        let problem = Problem::new(shape.clone(), args.data, 0x5eed + i as u64);
-        let mut reference: Option<Vec<u8>> = None;
-        for &isa in &args.isas {
-            done += 1;
-            let what =
-                format!("[{done}/{total}] {} {} on {isa}, {} thread(s)", shape.op(), shape.label(), args.threads);
-            progress(&format!("{what}: timing..."));
-            let packed = match problem.pack(isa) {
-                Ok(p) => p,
-                Err(e) => {
-                    eprintln!("\nqgemm-bench: packing {} for {isa}: {e}", shape.label());
-                    return ExitCode::from(2);
-                }
-            };
-            let mut out = vec![0u8; problem.output_len()];
-            let (secs, runs) = time_runs(args.min_time, || {
-                problem.run(&packed, args.threads, &mut out).expect("the suite's arguments are valid");
-            });
-            // A fresh, poisoned buffer for the checked run, so that a run that wrote
-            // nothing cannot pass.
-            out.fill(0xa5);
-            problem.run(&packed, args.threads, &mut out).expect("valid");
-            let expected = reference.get_or_insert_with(|| {
-                progress(&format!("{what}: computing the reference..."));
-                problem.reference()
-            });
-            let exact = out == *expected;
-            all_exact &= exact;
-            let gops = shape.ops() as f64 / secs / 1e9;
-            let row = Row {
-                op: shape.op(),
-                shape: shape.label(),
-                isa,
-                kernel: isa.kernel_info().map_or("?", |k| k.name),
-                threads: args.threads,
-                data: args.data,
-                ms: secs * 1e3,
-                gops,
-                peak_pct: 100.0 * gops / (peaks[&isa].gops * args.threads as f64),
-                exact,
-                runs,
-            };
-            progress("");
-            if args.json {
-                println!("{}", row.json());
-            } else {
-                println!(
-                    "{:<28} {:<10} {:<20} {:>7} {:>11.3} {:>9.2} {:>6.1}% {:>6}",
-                    format!("{} {}", row.op, row.shape),
-                    row.isa.name(),
-                    row.kernel,
-                    row.threads,
-                    row.ms,
-                    row.gops,
-                    row.peak_pct,
-                    if row.exact { "yes" } else { "NO" }
-                );
+    let gemm_shapes = args.shapes.iter().filter(|s| matches!(s, Shape::Gemm { .. })).count();
+    let per_thread = args.shapes.len() * args.isas.len() + if args.rust_peers { 2 * gemm_shapes } else { 0 };
+    let mut runner = Runner { args: &args, peaks, done: 0, total: per_thread * args.threads.len() };
+    let mut rows = Vec::new();
+    for shape in &args.shapes {
+        let problem = Problem::new(shape.clone(), args.data, seed(shape));
+        let mut expected = None;
+        for &threads in &args.threads {
+            rows.extend(runner.qgemm(&problem, threads, &mut expected));
+            if args.rust_peers {
+                rows.extend(runner.rust_peers(&problem, threads));
             }
         }
     }
-    if all_exact { ExitCode::SUCCESS } else { ExitCode::from(1) }
+    let qgemm_exact = rows.iter().all(|m| !m.is_qgemm || m.result.as_ref().is_ok_and(|t| t.wrong == 0));
+    if peer_rows.iter().any(|m| m.data != args.data.name()) {
+        eprintln!(
+            "qgemm-bench: warning: some --peer-results were measured on other data than --data {}",
+            args.data.name()
+        );
+    }
+    rows.extend(peer_rows);
+
+    if args.json {
+        for m in &rows {
+            println!("{}", m.json());
+        }
+    } else if rows.iter().any(|m| !m.is_qgemm) {
+        for table in Table::split(&rows) {
+            println!("\n{}", table.text());
+        }
+    }
+    if let Some(dir) = &args.report {
+        match report::write(dir, &report_header(&args), &rows) {
+            Ok(files) => eprintln!("report: {} in {}", files.join(", "), dir.display()),
+            Err(e) => {
+                eprintln!("qgemm-bench: --report: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if qgemm_exact { ExitCode::SUCCESS } else { ExitCode::from(1) }
 }

@@ -1,0 +1,518 @@
+#!/usr/bin/env python3
+"""Time other int8 GEMM/conv libraries ("peers") on the problems qgemm benchmarks.
+
+`qgemm-bench --export DIR` writes each benchmark problem (u8 activations, i8
+weights, i32 bias, quantisation parameters) and qgemm's reference outputs to
+DIR. This script feeds the same bytes to ONNX Runtime and PyTorch's quantized
+engines, times them (one warm-up run, then at least 3 runs and at least
+--min-time seconds; the median is reported) and writes one JSON line per
+(peer, problem, thread count).
+
+Every peer's output is also compared element by element with qgemm's
+reference, because a speed number is only worth comparing if the peer computes
+the same thing. On AVX2-only CPUs ONNX Runtime (MLAS) and FBGEMM multiply
+u8 x s8 with vpmaddubsw, which saturates the i16 sum of each pair of
+products; on full-range data (u8 0..255, s8 -128..127) they are therefore
+*expected* to be wrong in some elements. With 7-bit activations (u8 0..127)
+the pair sums cannot saturate, so they should be exact: a nonzero "wrong"
+count on 7-bit data means our reference semantics (rounding, zero points,
+padding) differ from the peer's, and a warning is printed to stderr.
+
+Peers and what they are compared against (see the manifest's "expected"):
+  ort-qlinearmatmul     ONNX QLinearMatMul                 -> u8 (no bias)
+  ort-matmulinteger     ONNX MatMulInteger                 -> i32
+  ort-qlinearconv       ONNX QLinearConv, NCHW             -> u8_bias
+  ort-qlinearconv-nhwc  com.microsoft QLinearConv,
+                        channels_last=1 (NHWC)             -> u8_bias
+  torch-fbgemm, torch-x86, torch-onednn
+                        torch.ops.quantized.linear/conv2d
+                        under that quantized engine        -> u8 (no bias: torch
+                        takes a float bias and applies it in float)
+
+Layout conversions (NHWC<->NCHW, OHWI->OIHW, NxK->KxN) happen once at set-up
+and are not timed; whatever a peer does internally (ORT transposes NCHW input
+to NHWC inside QLinearConv, for example) is timed, since a user of that API
+pays for it.
+
+Seen with onnxruntime 1.32 / torch 2.15 on a Xeon with AVX-512 VNNI and AMX:
+ORT is exact on full-range data there; FBGEMM's depthwise conv still
+saturates; oneDNN rounds exact .5 ties away from zero (one-off differences);
+and oneDNN's quantized linear with a nonzero input zero point falls back to
+its reference kernel (ref_int8), so torch-onednn GEMMs are very slow.
+"""
+
+import argparse
+import functools
+import json
+import statistics
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from onnx import helper, numpy_helper
+
+ORT_LIBRARY = f"onnxruntime {ort.__version__}"
+TORCH_LIBRARY = f"torch {torch.__version__}"
+# Opset 21 pairs with IR version 10; pin both so a newer `onnx` package cannot
+# produce a model that this onnxruntime refuses to load.
+ONNX_OPSET = 21
+ONNX_IR_VERSION = 10
+MS_DOMAIN = "com.microsoft"
+
+# torch warns (once, on stderr) that quantized tensor creation is deprecated;
+# we know, and the peer rows are what matter here.
+warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor.*deprecated")
+
+
+class Skip(Exception):
+    """A peer cannot run a problem; the message becomes the row's "skipped"."""
+
+
+def f32(value):
+    """A manifest scale rounded to f32, as the peers store it, as a Python float."""
+    return float(np.float32(value))
+
+
+# --------------------------------------------------------------------------
+# Problems
+# --------------------------------------------------------------------------
+
+
+class Problem:
+    """One manifest entry plus loaders for its data files (in manifest layout)."""
+
+    def __init__(self, meta, data_dir):
+        self.meta = meta
+        self.dir = data_dir
+
+    def __getitem__(self, key):
+        return self.meta[key]
+
+    @property
+    def op(self):
+        return self.meta["op"]
+
+    @property
+    def label(self):
+        return f"{self.op} {self.meta['shape']}"
+
+    def _load(self, file, dtype, shape):
+        return np.fromfile(self.dir / file, dtype=dtype).reshape(shape)
+
+    def a(self):
+        """u8 activations: [M, K] or NHWC."""
+        m = self.meta
+        shape = ((m["m"], m["k"]) if self.op == "gemm" else
+                 (m["batch"], m["in_height"], m["in_width"], m["in_channels"]))
+        return self._load(m["a"], np.uint8, shape)
+
+    def b(self):
+        """i8 weights: [N, K] (row n = column n of B) or OHWI."""
+        m = self.meta
+        shape = ((m["n"], m["k"]) if self.op == "gemm" else
+                 (m["out_channels"], m["kernel_height"], m["kernel_width"],
+                  m["in_channels"] // m["groups"]))
+        return self._load(m["b"], np.int8, shape)
+
+    def bias(self):
+        return self._load(self.meta["bias"], "<i4", (-1,))
+
+    def out_shape(self):
+        """[M, N] or NHWC [batch, OH, OW, OC]."""
+        m = self.meta
+        if self.op == "gemm":
+            return (m["m"], m["n"])
+        return (m["batch"], m["out_height"], m["out_width"], m["out_channels"])
+
+    def expected(self, kind):
+        files = self.meta.get("expected", {})
+        if kind not in files:
+            raise Skip(f"manifest has no expected.{kind} output")
+        dtype = "<i4" if kind == "i32" else np.uint8
+        return self._load(files[kind], dtype, self.out_shape())
+
+
+def load_manifest(data_dir):
+    manifest = json.loads((data_dir / "manifest.json").read_text())
+    if manifest.get("version") != 1:
+        sys.exit(f"{data_dir}/manifest.json: unsupported version {manifest.get('version')}")
+    problems = [Problem(p, data_dir) for p in manifest["problems"]]
+    return manifest.get("data", "unknown"), problems
+
+
+# --------------------------------------------------------------------------
+# What a peer hands back: a timed call and an untimed conversion
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class Bench:
+    run: Callable[[], object]  # the timed call
+    result: Callable[[object], np.ndarray]  # run()'s value -> manifest layout (untimed)
+    checked_against: str  # key of the problem's "expected" files
+
+
+# --------------------------------------------------------------------------
+# ONNX Runtime peers
+# --------------------------------------------------------------------------
+
+
+def scalar(name, value, dtype):
+    return numpy_helper.from_array(np.array(value, dtype=dtype), name)
+
+
+def qlinear_initializers(p, weight):
+    """The constant inputs shared by QLinearMatMul and QLinearConv (all but x)."""
+    return [
+        scalar("x_scale", p["a_scale"], np.float32),
+        scalar("x_zero_point", p["a_zero_point"], np.uint8),
+        numpy_helper.from_array(weight, "w"),
+        scalar("w_scale", p["b_scale"], np.float32),
+        scalar("w_zero_point", p["b_zero_point"], np.int8),
+        scalar("y_scale", p["y_scale"], np.float32),
+        scalar("y_zero_point", p["y_zero_point"], np.uint8),
+    ]
+
+
+QLINEAR_INPUTS = ["x", "x_scale", "x_zero_point", "w", "w_scale", "w_zero_point",
+                  "y_scale", "y_zero_point"]
+
+
+def onnx_model(node, x, out, initializers):
+    """A one-node model: graph input "x" (shaped like array x), output "y" (like out)."""
+    def info(name, array):
+        elem = helper.np_dtype_to_tensor_dtype(array.dtype)
+        return helper.make_tensor_value_info(name, elem, array.shape)
+
+    graph = helper.make_graph([node], "peer", [info("x", x)], [info("y", out)],
+                              initializer=initializers)
+    opsets = [helper.make_opsetid("", ONNX_OPSET), helper.make_opsetid(MS_DOMAIN, 1)]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=ONNX_IR_VERSION)
+
+
+def ort_bench(node, x, initializers, out_shape, out_dtype, threads, checked_against,
+              to_manifest=lambda y: y):
+    """Build a session and bind x and a preallocated output once, so the timed
+    call is the kernel plus ORT's per-run overhead, not numpy allocation."""
+    out = np.empty(out_shape, dtype=out_dtype)
+    model = onnx_model(node, x, out, initializers)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # ORT would also log a failing run to stderr; the exception text already
+    # lands in the row's "skipped", so keep the progress output readable.
+    options.log_severity_level = 4
+    session = ort.InferenceSession(model.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    binding = session.io_binding()
+    binding.bind_ortvalue_input("x", ort.OrtValue.ortvalue_from_numpy(x))
+    binding.bind_ortvalue_output("y", ort.OrtValue.ortvalue_from_numpy(out))
+    # Read the result back through ORT (a copy) rather than trusting that `out`
+    # is where it wrote: a run that fills nothing must not pass the check.
+    return Bench(run=lambda: session.run_with_iobinding(binding),
+                 result=lambda _: to_manifest(binding.get_outputs()[0].numpy()),
+                 checked_against=checked_against)
+
+
+def ort_qlinearmatmul(p, threads):
+    b_kxn = np.ascontiguousarray(p.b().T)
+    node = helper.make_node("QLinearMatMul", QLINEAR_INPUTS, ["y"])
+    return ort_bench(node, p.a(), qlinear_initializers(p, b_kxn), p.out_shape(),
+                     np.uint8, threads, "u8")
+
+
+def ort_matmulinteger(p, threads):
+    b_kxn = np.ascontiguousarray(p.b().T)
+    initializers = [numpy_helper.from_array(b_kxn, "w"),
+                    scalar("x_zero_point", p["a_zero_point"], np.uint8),
+                    scalar("w_zero_point", p["b_zero_point"], np.int8)]
+    node = helper.make_node("MatMulInteger", ["x", "w", "x_zero_point", "w_zero_point"], ["y"])
+    return ort_bench(node, p.a(), initializers, p.out_shape(), np.int32, threads, "i32")
+
+
+def conv_node(p, domain="", **extra_attributes):
+    """A QLinearConv node; ONNX pads are [top, left, bottom, right] like the manifest's."""
+    return helper.make_node(
+        "QLinearConv", QLINEAR_INPUTS + ["bias"], ["y"], domain=domain,
+        kernel_shape=[p["kernel_height"], p["kernel_width"]], strides=p["stride"],
+        pads=p["padding"], dilations=p["dilation"], group=p["groups"], **extra_attributes)
+
+
+def conv_initializers(p):
+    weight_oihw = np.ascontiguousarray(p.b().transpose(0, 3, 1, 2))
+    return qlinear_initializers(p, weight_oihw) + [numpy_helper.from_array(p.bias(), "bias")]
+
+
+def ort_qlinearconv(p, threads):
+    x_nchw = np.ascontiguousarray(p.a().transpose(0, 3, 1, 2))
+    n, oh, ow, oc = p.out_shape()
+    return ort_bench(conv_node(p), x_nchw, conv_initializers(p), (n, oc, oh, ow), np.uint8,
+                     threads, "u8_bias", to_manifest=lambda y: y.transpose(0, 2, 3, 1))
+
+
+def ort_qlinearconv_nhwc(p, threads):
+    # channels_last only changes X and Y: the kernel (onnxruntime/core/providers/
+    # cpu/quantization/qlinearconv.cc) still reads W as [M, C/group, kH, kW], i.e. OIHW.
+    node = conv_node(p, domain=MS_DOMAIN, channels_last=1)
+    return ort_bench(node, p.a(), conv_initializers(p), p.out_shape(), np.uint8,
+                     threads, "u8_bias")
+
+
+# --------------------------------------------------------------------------
+# PyTorch peers
+# --------------------------------------------------------------------------
+
+
+def quantized(array, scale, zero_point):
+    """Wrap integer data as a per-tensor quantized tensor without requantizing it
+    (u8 -> quint8, i8 -> qint8), so the peer sees exactly the manifest's bytes."""
+    data = torch.from_numpy(np.ascontiguousarray(array))
+    return torch._make_per_tensor_quantized_tensor(data, f32(scale), int(zero_point))
+
+
+def torch_gemm(p):
+    x = quantized(p.a(), p["a_scale"], p["a_zero_point"])
+    packed = torch.ops.quantized.linear_prepack(
+        quantized(p.b(), p["b_scale"], p["b_zero_point"]), None)  # wants [N, K]: as stored
+    y_scale, y_zero_point = f32(p["y_scale"]), int(p["y_zero_point"])
+    return Bench(run=lambda: torch.ops.quantized.linear(x, packed, y_scale, y_zero_point),
+                 result=lambda y: y.int_repr().numpy(),
+                 checked_against="u8")
+
+
+def torch_conv(p):
+    top, left, bottom, right = p["padding"]
+    if (top, left) != (bottom, right):
+        raise Skip(f"asymmetric padding {p['padding']} (torch conv2d pads symmetrically)")
+    # A permuted view of NHWC data is an NCHW tensor in channels_last memory format.
+    x = quantized(p.a(), p["a_scale"], p["a_zero_point"]).permute(0, 3, 1, 2)
+    x = x.contiguous(memory_format=torch.channels_last)
+    weight = quantized(p.b().transpose(0, 3, 1, 2), p["b_scale"], p["b_zero_point"])
+    packed = torch.ops.quantized.conv2d_prepack(
+        weight, None, p["stride"], [top, left], p["dilation"], p["groups"])
+    y_scale, y_zero_point = f32(p["y_scale"]), int(p["y_zero_point"])
+    return Bench(run=lambda: torch.ops.quantized.conv2d(x, packed, y_scale, y_zero_point),
+                 result=lambda y: y.int_repr().permute(0, 2, 3, 1).contiguous().numpy(),
+                 checked_against="u8")
+
+
+def torch_peer(engine, p, threads):
+    if engine not in torch.backends.quantized.supported_engines:
+        raise Skip(f"quantized engine {engine} not built into this torch")
+    # Prepacked weights are engine-specific, so the engine must be set before
+    # prepacking and stay set while timing (nothing else runs in between).
+    torch.backends.quantized.engine = engine
+    torch.set_num_threads(threads)
+    return torch_gemm(p) if p.op == "gemm" else torch_conv(p)
+
+
+# --------------------------------------------------------------------------
+# The peer table
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Peer:
+    id: str
+    name: str
+    library: str
+    ops: tuple  # problem ops it can run
+    setup: Callable[[Problem, int], Bench]
+
+
+PEERS = [
+    Peer("ort-qlinearmatmul", "ONNX Runtime QLinearMatMul", ORT_LIBRARY, ("gemm",),
+         ort_qlinearmatmul),
+    Peer("ort-matmulinteger", "ONNX Runtime MatMulInteger", ORT_LIBRARY, ("gemm",),
+         ort_matmulinteger),
+    Peer("ort-qlinearconv", "ONNX Runtime QLinearConv (NCHW)", ORT_LIBRARY, ("conv",),
+         ort_qlinearconv),
+    Peer("ort-qlinearconv-nhwc", "ONNX Runtime com.microsoft QLinearConv (channels_last)",
+         ORT_LIBRARY, ("conv",), ort_qlinearconv_nhwc),
+] + [
+    Peer(f"torch-{engine}", f"PyTorch quantized ({engine})", TORCH_LIBRARY, ("gemm", "conv"),
+         functools.partial(torch_peer, engine))
+    for engine in ("fbgemm", "x86", "onednn")
+]
+PEER_IDS = [peer.id for peer in PEERS]
+
+
+# --------------------------------------------------------------------------
+# Timing, checking, reporting
+# --------------------------------------------------------------------------
+
+
+def measure(bench, min_time):
+    """Warm up once (that run's output is the one checked), then time runs until
+    at least 3 runs and min_time seconds. Returns (output, median seconds, runs)."""
+    output = bench.result(bench.run())
+    times = []
+    start = time.perf_counter()
+    while len(times) < 3 or time.perf_counter() - start < min_time:
+        t0 = time.perf_counter()
+        bench.run()
+        times.append(time.perf_counter() - t0)
+    return output, statistics.median(times), len(times)
+
+
+def compare(actual, expected):
+    """(elements that differ, element count, max |actual - expected|)."""
+    if actual.shape != expected.shape:
+        raise ValueError(f"output shape {actual.shape}, expected {expected.shape}")
+    diff = np.abs(actual.astype(np.int64) - expected.astype(np.int64))
+    return int(np.count_nonzero(diff)), int(diff.size), int(diff.max(initial=0))
+
+
+def one_line(error):
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if isinstance(error, Skip) else f"{type(error).__name__}: {text}"
+
+
+def base_row(peer, problem, threads, data_kind):
+    return {"peer": peer.id, "name": peer.name, "library": peer.library, "op": problem.op,
+            "shape": problem["shape"], "threads": threads, "data": data_kind}
+
+
+def run_job(peer, problem, threads, data_kind, min_time):
+    """One output row; any failure becomes a "skipped" row instead of an exception."""
+    row = base_row(peer, problem, threads, data_kind)
+    try:
+        bench = peer.setup(problem, threads)
+        output, seconds, runs = measure(bench, min_time)
+        wrong, total, max_abs_diff = compare(output, problem.expected(bench.checked_against))
+    except Exception as error:  # one peer failing one problem must not stop the run
+        return {**row, "skipped": one_line(error)}
+    return {**row, "ms": seconds * 1e3, "gops": problem["ops"] / seconds / 1e9, "runs": runs,
+            "checked_against": bench.checked_against, "wrong": wrong, "total": total,
+            "max_abs_diff": max_abs_diff}
+
+
+def describe(row):
+    if "skipped" in row:
+        return f"    skipped: {row['skipped']}"
+    return (f"    {row['ms']:.4f} ms, {row['gops']:.2f} GOP/s, {row['runs']} runs, "
+            f"wrong {row['wrong']}/{row['total']} vs {row['checked_against']} "
+            f"(max diff {row['max_abs_diff']})")
+
+
+def warn_if_inexact(row):
+    # Saturation cannot happen on 7-bit data, so a mismatch there is a semantic one.
+    if row["data"] == "7bit" and row.get("wrong"):
+        print(f"WARNING: {row['peer']} differs from qgemm's reference in {row['wrong']} "
+              f"elements on 7-bit data ({row['op']} {row['shape']}): the reference "
+              "semantics and the peer's disagree", file=sys.stderr)
+
+
+def too_slow(rates, peer, problem, threads, max_run_seconds):
+    """Why a run would take too long, judged by the slowest rate this peer showed on
+    an earlier problem of the same op and thread count; None if it should run.
+    (torch-onednn's GEMM with an input zero point runs oneDNN's reference kernel at
+    well under 1 GOPS: a 2048³ GEMM would take minutes per run.)"""
+    seen = rates.get((peer.id, problem.op, threads))
+    if seen is None:
+        return None
+    gops, shape = seen
+    seconds = problem["ops"] / (gops * 1e9)
+    if seconds <= max_run_seconds:
+        return None
+    return (f"estimated {seconds:.0f} s per run: it ran at {gops:.2f} GOPS on {shape} "
+            f"(--max-run-seconds {max_run_seconds:g})")
+
+
+def jobs(problems, peers, thread_counts):
+    return [(peer, problem, threads) for problem in problems for peer in peers
+            if problem.op in peer.ops for threads in thread_counts]
+
+
+# --------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------
+
+
+def comma_list(convert):
+    def parse(text):
+        try:
+            return [convert(item) for item in text.split(",") if item]
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    return parse
+
+
+def peer_id(text):
+    if text not in PEER_IDS:
+        raise ValueError(f"unknown peer {text!r} (known: {', '.join(PEER_IDS)})")
+    return text
+
+
+def thread_count(text):
+    if int(text) < 1:
+        raise ValueError(f"thread count must be >= 1, got {text}")
+    return int(text)
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Output: one JSON object per line and (peer, problem, threads):\n"
+               "  peer, name, library, op, shape, threads, data, ms (median), gops,\n"
+               "  runs, checked_against (u8 | u8_bias | i32), wrong (elements differing\n"
+               "  from qgemm's reference), total, max_abs_diff;\n"
+               "or, when the peer cannot run the problem, the first seven and\n"
+               "  skipped (the reason).\n\n"
+               f"Peers: {', '.join(PEER_IDS)}.\n\n" + __doc__.split("\n\n", 1)[1])
+    parser.add_argument("--data-dir", type=Path, required=True,
+                        help="directory written by `qgemm-bench --export DIR` "
+                             "(holds manifest.json)")
+    parser.add_argument("--threads", type=comma_list(thread_count), default=[1],
+                        help="comma-separated thread counts, e.g. 1,2 (default: 1)")
+    parser.add_argument("--min-time", type=float, default=0.5,
+                        help="seconds to keep timing each case, after at least 3 runs "
+                             "(default: 0.5)")
+    parser.add_argument("--peers", type=comma_list(peer_id), default=PEER_IDS,
+                        help="comma-separated peer ids to run (default: all)")
+    parser.add_argument("--max-run-seconds", type=float, default=10.0,
+                        help="skip a case whose single run would take longer than this, "
+                             "estimated from the peer's slowest earlier rate (default: 10)")
+    parser.add_argument("--out", type=Path,
+                        help="write the JSON lines here instead of stdout")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    data_kind, problems = load_manifest(args.data_dir)
+    peers = [peer for peer in PEERS if peer.id in args.peers]
+    todo = jobs(problems, peers, args.threads)
+    out = args.out.open("w") if args.out else sys.stdout
+    rates = {}  # (peer id, op, threads) -> (slowest GOPS so far, on which shape)
+    try:
+        for index, (peer, problem, threads) in enumerate(todo, 1):
+            print(f"[{index}/{len(todo)}] {peer.id} {problem.label}, {threads} thread(s)",
+                  file=sys.stderr, flush=True)
+            reason = too_slow(rates, peer, problem, threads, args.max_run_seconds)
+            if reason:
+                row = {**base_row(peer, problem, threads, data_kind), "skipped": reason}
+            else:
+                row = run_job(peer, problem, threads, data_kind, args.min_time)
+            if "gops" in row:
+                key = (peer.id, problem.op, threads)
+                if key not in rates or row["gops"] < rates[key][0]:
+                    rates[key] = (row["gops"], problem["shape"])
+            print(describe(row), file=sys.stderr, flush=True)
+            warn_if_inexact(row)
+            out.write(json.dumps(row) + "\n")
+            out.flush()  # keep finished rows if a later peer crashes the process
+    finally:
+        if out is not sys.stdout:
+            out.close()
+
+
+if __name__ == "__main__":
+    main()
