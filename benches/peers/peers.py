@@ -477,9 +477,9 @@ def parse_args(argv):
                              "(default: 0.5)")
     parser.add_argument("--peers", type=comma_list(peer_id), default=PEER_IDS,
                         help="comma-separated peer ids to run (default: all)")
-    parser.add_argument("--max-run-seconds", type=float, default=10.0,
+    parser.add_argument("--max-run-seconds", type=float, default=2.0,
                         help="skip a case whose single run would take longer than this, "
-                             "estimated from the peer's slowest earlier rate (default: 10)")
+                             "estimated from the peer's slowest earlier rate (default: 2)")
     parser.add_argument("--out", type=Path,
                         help="write the JSON lines here instead of stdout")
     return parser.parse_args(argv)

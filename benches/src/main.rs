@@ -150,10 +150,12 @@ fn seed(shape: &Shape) -> u64 {
     label.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
 }
 
-/// Counts the elements where two outputs differ.
-fn count_wrong<T: PartialEq>(got: &[T], expected: &[T]) -> u64 {
+/// Compares an output with the reference: the count of elements that differ, and the
+/// largest difference.
+fn compare<T: Copy + Into<i64>>(got: &[T], expected: &[T]) -> (u64, i64) {
     assert_eq!(got.len(), expected.len(), "output lengths");
-    got.iter().zip(expected).filter(|(a, b)| a != b).count() as u64
+    let diffs = got.iter().zip(expected).map(|(&a, &b)| (a.into() - b.into()).abs()).filter(|&d| d != 0);
+    diffs.fold((0, 0), |(wrong, max), d| (wrong + 1, max.max(d)))
 }
 
 /// Runs one shape at one thread count on qgemm (each ISA) and, when asked, on the Rust
@@ -189,13 +191,12 @@ impl Runner<'_> {
                 progress(&format!("{what}: computing the reference..."));
                 problem.reference()
             });
-            let wrong = count_wrong(&out, expected);
+            let (wrong, max_abs_diff) = compare(&out, expected);
             let gops = shape.ops() as f64 / secs / 1e9;
             let kernel = isa.kernel_info().map_or("?", |k| k.name);
             progress("");
             let peak = 100.0 * gops / (self.peaks[&isa].gops * threads as f64);
-            self.line(problem, &format!("qgemm {isa}"), kernel, threads, secs, gops, Some(peak), wrong);
-            rows.push(Measurement {
+            let m = Measurement {
                 suite: shape.op().into(),
                 shape: shape.label(),
                 threads,
@@ -204,8 +205,10 @@ impl Runner<'_> {
                 name: format!("qgemm {isa} ({kernel})"),
                 library: format!("qgemm {}", env!("CARGO_PKG_VERSION")),
                 is_qgemm: true,
-                result: Ok(Timing { ms: secs * 1e3, gops, wrong, total: out.len() as u64 }),
-            });
+                result: Ok(Timing { ms: secs * 1e3, gops, wrong, total: out.len() as u64, max_abs_diff }),
+            };
+            self.line(&m, kernel, Some(peak));
+            rows.push(m);
         }
         rows
     }
@@ -222,11 +225,10 @@ impl Runner<'_> {
             progress(&format!("{what}: computing the reference..."));
             let expected = peer.expected(problem);
             let out = peer.output();
-            let wrong = count_wrong(&out, &expected);
+            let (wrong, max_abs_diff) = compare(&out, &expected);
             let gops = shape.ops() as f64 / secs / 1e9;
             progress("");
-            self.line(problem, peer.id(), &peer.name(), threads, secs, gops, None, wrong);
-            rows.push(Measurement {
+            let m = Measurement {
                 suite: shape.op().into(),
                 shape: shape.label(),
                 threads,
@@ -235,37 +237,30 @@ impl Runner<'_> {
                 name: peer.name(),
                 library: peer.library().into(),
                 is_qgemm: false,
-                result: Ok(Timing { ms: secs * 1e3, gops, wrong, total: out.len() as u64 }),
-            });
+                result: Ok(Timing { ms: secs * 1e3, gops, wrong, total: out.len() as u64, max_abs_diff }),
+            };
+            self.line(&m, &m.name, None);
+            rows.push(m);
         }
         rows
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn line(
-        &self,
-        problem: &Problem,
-        id: &str,
-        kernel: &str,
-        threads: usize,
-        secs: f64,
-        gops: f64,
-        peak: Option<f64>,
-        wrong: u64,
-    ) {
+    /// Prints one measurement as a row of the running table.
+    fn line(&self, m: &Measurement, kernel: &str, peak: Option<f64>) {
+        let Ok(t) = &m.result else { return };
         if self.args.json {
             return; // the measurements are printed as JSON at the end
         }
         let peak = peak.map_or("-".to_string(), |p| format!("{p:.1}%"));
-        let exact = if wrong == 0 { "yes".to_string() } else { format!("NO ({wrong})") };
+        let exact = if t.wrong == 0 { "yes".to_string() } else { format!("NO ({})", t.wrong) };
         println!(
-            "{:<24} {:<18} {:<32} {:>7} {:>11.3} {:>9.2} {:>7} {:>6}",
-            format!("{} {}", problem.shape.op(), problem.shape.label()),
-            id,
+            "{:<24} {:<18} {:<40} {:>7} {:>11.3} {:>9.2} {:>7} {:>6}",
+            format!("{} {}", m.suite, m.shape),
+            m.id,
             kernel,
-            threads,
-            secs * 1e3,
-            gops,
+            m.threads,
+            t.ms,
+            t.gops,
             peak,
             exact
         );
@@ -381,7 +376,7 @@ fn main() -> ExitCode {
             args.data.name()
         );
         println!(
-            "{:<24} {:<18} {:<32} {:>7} {:>11} {:>9} {:>7} {:>6}",
+            "{:<24} {:<18} {:<40} {:>7} {:>11} {:>9} {:>7} {:>6}",
             "shape", "implementation", "kernel", "threads", "median ms", "GOPS", "% peak", "exact"
         );
     }

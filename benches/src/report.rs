@@ -48,6 +48,9 @@ pub struct Timing {
     pub wrong: u64,
     /// Output elements.
     pub total: u64,
+    /// The largest difference from the reference, in output units: 1 is a rounding
+    /// difference, hundreds or more is saturation or a different computation.
+    pub max_abs_diff: i64,
 }
 
 impl Measurement {
@@ -63,6 +66,7 @@ impl Measurement {
                 gops: number("gops")?,
                 wrong: number("wrong")? as u64,
                 total: number("total")? as u64,
+                max_abs_diff: number("max_abs_diff")? as i64,
             }),
         };
         Ok(Measurement {
@@ -90,6 +94,7 @@ impl Measurement {
                 v["gops"] = t.gops.into();
                 v["wrong"] = t.wrong.into();
                 v["total"] = t.total.into();
+                v["max_abs_diff"] = t.max_abs_diff.into();
             }
             Err(reason) => v["skipped"] = reason.as_str().into(),
         }
@@ -231,10 +236,11 @@ impl<'a> Table<'a> {
             write!(cell, " ({:.2}×)", best / t.gops).unwrap();
         }
         if t.wrong > 0 {
+            let (wrong, total, off) = (t.wrong, t.total, t.max_abs_diff);
             if markdown {
-                write!(cell, " **{}/{} wrong**", t.wrong, t.total).unwrap();
+                write!(cell, " **{wrong}/{total} wrong, up to {off} off**").unwrap();
             } else {
-                write!(cell, " {}/{} wrong", t.wrong, t.total).unwrap();
+                write!(cell, " {wrong}/{total} wrong ≤{off}").unwrap();
             }
         }
         cell
@@ -453,7 +459,7 @@ mod tests {
             name: id.into(),
             library: "lib 1".into(),
             is_qgemm,
-            result: Ok(Timing { ms: 1.0, gops, wrong, total: 100 }),
+            result: Ok(Timing { ms: 1.0, gops, wrong, total: 100, max_abs_diff: if wrong > 0 { 3 } else { 0 } }),
         }
     }
 
@@ -473,7 +479,7 @@ mod tests {
         assert_eq!(ids, ["qgemm avx2", "exact", "sat"], "qgemm, then exact peers, then inexact ones");
         let grid = t.grid(false);
         assert_eq!(grid[0], ["shape", "qgemm avx2", "exact", "sat (inexact)"]);
-        assert_eq!(grid[1], ["a", "100.0", "50.0 (2.00×)", "200.0 (0.50×) 7/100 wrong"]);
+        assert_eq!(grid[1], ["a", "100.0", "50.0 (2.00×)", "200.0 (0.50×) 7/100 wrong ≤3"]);
         assert_eq!(grid[2], ["b", "10.0", "–", "20.0 (0.50×)"]);
     }
 
@@ -483,7 +489,7 @@ mod tests {
         let m = Measurement::from_peer_json(line).unwrap();
         assert_eq!((m.id.as_str(), m.threads, m.data.as_str()), ("ort-qlinearmatmul", 2, "7bit"));
         let t = m.result.as_ref().unwrap();
-        assert_eq!((t.gops, t.wrong, t.total), (3.25, 3, 16));
+        assert_eq!((t.gops, t.wrong, t.total, t.max_abs_diff), (3.25, 3, 16, 1));
         let again = Measurement::from_peer_json(&m.json()).unwrap();
         assert_eq!(again.result.unwrap().wrong, 3);
 
@@ -499,7 +505,7 @@ mod tests {
         let files = write(&dir, "# header\n", &all).unwrap();
         assert_eq!(files, ["gemm-1t-full.svg", "report.md", "results.jsonl"]);
         let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
-        assert!(md.contains("| a | 100.0 | 200.0 (0.50×) **7/100 wrong** |"), "{md}");
+        assert!(md.contains("| a | 100.0 | 200.0 (0.50×) **7/100 wrong, up to 3 off** |"), "{md}");
         let svg = std::fs::read_to_string(dir.join("gemm-1t-full.svg")).unwrap();
         let texts: Vec<&str> = svg
             .split("<text")
