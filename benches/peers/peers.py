@@ -36,9 +36,13 @@ pays for it.
 
 Seen with onnxruntime 1.32 / torch 2.15 on a Xeon with AVX-512 VNNI and AMX:
 ORT is exact on full-range data there; FBGEMM's depthwise conv still
-saturates; oneDNN rounds exact .5 ties away from zero (one-off differences);
-and oneDNN's quantized linear with a nonzero input zero point falls back to
-its reference kernel (ref_int8), so torch-onednn GEMMs are very slow.
+saturates (up to 142 levels off); oneDNN (torch-x86 and torch-onednn conv, and
+torch-onednn linear) is off by one on a few outputs that lie within f32
+rounding of a .5 tie, also on 7-bit data: for acc = 24034 the f32 product
+acc * scale is 23.499998, which rounds to 23, and oneDNN gives 24, so its f32
+arithmetic is not one multiply of the accumulator; and oneDNN's quantized
+linear with a nonzero input zero point falls back to its reference kernel
+(ref_int8), so torch-onednn GEMMs are very slow (about 0.05 GOPS).
 """
 
 import argparse

@@ -301,7 +301,7 @@ impl<'a> Table<'a> {
     }
 
     /// Draws the bar chart: one group of bars per shape, one bar per implementation,
-    /// log-scale GOPS. Exact implementations are filled; inexact peers are drawn hollow.
+    /// log-scale GOPS. A bar is filled when that result is exact and hollow when not.
     pub fn chart(&self, path: &Path) -> Result<(), String> {
         let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
         let bars: Vec<&Column> = self.columns.iter().collect();
@@ -333,11 +333,11 @@ impl<'a> Table<'a> {
 
         let slot = 0.8 / bars.len() as f64;
         for (b, column) in bars.iter().enumerate() {
-            let style = bar_style(column);
             let rects = self.shapes.iter().enumerate().filter_map(|(s, shape)| {
-                let gops = self.get(shape, column.id)?.gops()?;
+                let m = self.get(shape, column.id)?;
                 let x0 = s as f64 + 0.1 + b as f64 * slot;
-                Some(Rectangle::new([(x0, y_range.start), (x0 + slot * 0.9, gops)], style))
+                let style = bar_style(column, m.wrong() > 0);
+                Some(Rectangle::new([(x0, y_range.start), (x0 + slot * 0.9, m.gops()?)], style))
             });
             chart.draw_series(rects).map_err(|e| err(&e))?;
         }
@@ -359,10 +359,10 @@ impl<'a> Table<'a> {
     ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
         let font = ("sans-serif", 13);
         area.draw(&Text::new("filled: exact", (10, 50), font))?;
-        area.draw(&Text::new("hollow: wrong outputs", (10, 68), font))?;
+        area.draw(&Text::new("hollow: wrong outputs on that shape", (10, 68), font))?;
         for (b, column) in bars.iter().enumerate() {
             let y = 100 + 22 * b as i32;
-            area.draw(&Rectangle::new([(10, y), (28, y + 14)], bar_style(column)))?;
+            area.draw(&Rectangle::new([(10, y), (28, y + 14)], bar_style(column, column.inexact)))?;
             let mark = if column.inexact { " (inexact)" } else { "" };
             area.draw(&Text::new(format!("{}{mark}", column.id), (36, y), font))?;
         }
@@ -382,8 +382,8 @@ fn fmt_gops(gops: f64) -> String {
 }
 
 /// A bar's colour, the same for an implementation in every chart (qgemm dark, peers
-/// from a palette by id), filled when exact and hollow when not.
-fn bar_style(column: &Column) -> ShapeStyle {
+/// from a palette by id), filled when exact and hollow when `wrong`.
+fn bar_style(column: &Column, wrong: bool) -> ShapeStyle {
     const PEERS: [&str; 9] = [
         "rten-gemm",
         "tract-linalg",
@@ -417,7 +417,7 @@ fn bar_style(column: &Column) -> ShapeStyle {
         let index = PEERS.iter().position(|&p| p == column.id).unwrap_or(fnv(column.id) as usize);
         PALETTE[index % PALETTE.len()].to_rgba()
     };
-    if column.inexact { color.stroke_width(2) } else { color.filled() }
+    if wrong { color.stroke_width(2) } else { color.filled() }
 }
 
 /// Writes `DIR/report.md`, one SVG chart per table, and `DIR/results.jsonl` (every
