@@ -126,6 +126,8 @@ impl FromStr for Isa {
 fn built_kernel(isa: Isa) -> Option<&'static Kernel> {
     match isa {
         Isa::Portable => Some(portable::kernel()),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => qgemm_kernels::x86_64::avx2::kernel(),
         _ => None,
     }
 }

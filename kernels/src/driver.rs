@@ -5,10 +5,15 @@
 //!     for each block of mc rows of A                        (ic)
 //!         acc[mc × nc] = 0
 //!         for each block of kc values of K                  (pc)
-//!             pack A[ic.., pc..] (mc × kc), adding row sums
+//!             choose the fast path or the exact kernel for this block
+//!             pack A[ic.., pc..] (mc × kc) as it wants, adding row sums
 //!             kernel.block: acc += A_block · B[pc.., jc..]  (mr × nr tiles)
 //!         kernel.epilogue: correct, bias, requantize, store C[ic.., jc..]
 //! ```
+//!
+//! The fast path (see [`Kernel`]) runs on a block when the weights' pair sums fit in
+//! i16 for any activation, or when the block's activations are all ≤ 127; both
+//! conditions make its `vpmaddubsw` exact, so the choice never changes a result.
 //!
 //! B was packed once, whole, at weight-load time, so blocking over K and N only moves
 //! the starting point within its panels. The accumulators of one `mc × nc` block live
@@ -60,7 +65,10 @@ pub fn gemm(kernel: &Kernel, args: GemmArgs<'_>) {
     let kc_groups = blocking.kc / tile.kg;
     let mc_max = blocking.mc.min(m.div_ceil(tile.mr) * tile.mr);
     let nc_max = blocking.nc.min(n.div_ceil(tile.nr) * tile.nr);
-    let mut a_pack = vec![0u8; mc_max * kc_groups.min(kgroups_total) * tile.kg];
+    let fast = kernel.fast_path();
+    let wide = kernel.wide_a() || fast.is_some_and(|f| f.wide_a());
+    let a_width = if wide { 2 } else { 1 };
+    let mut a_pack = vec![0u8; mc_max * kc_groups.min(kgroups_total) * tile.kg * a_width];
     let mut acc = vec![0i32; mc_max * nc_max];
     let mut row_sums = vec![0i32; mc_max];
     let zero_points = ZeroPoints { a_zp: i32::from(a_zp), col_offsets: b.col_offsets(), b_zp: b.zero_points() };
@@ -76,13 +84,23 @@ pub fn gemm(kernel: &Kernel, args: GemmArgs<'_>) {
             row_sums.fill(0);
             for g0 in (0..kgroups_total).step_by(kc_groups) {
                 let groups = kc_groups.min(kgroups_total - g0);
-                pack_a(tile, a_block, a_stride, rows, k, g0, groups, &mut a_pack, &mut row_sums);
+                let block_kernel = match fast {
+                    Some(f)
+                        if b.pair_sums_fit_i16()
+                            || max_activation(a_block, a_stride, rows, k, g0 * tile.kg, groups * tile.kg) <= 127 =>
+                    {
+                        f
+                    }
+                    _ => *kernel,
+                };
+                pack_a(tile, a_block, a_stride, rows, k, g0, groups, block_kernel.wide_a(), &mut a_pack, &mut row_sums);
                 let b_start = (jc / tile.nr) * b.panel_stride() + g0 * tile.nr * tile.kg;
-                kernel.block(BlockArgs {
+                block_kernel.block(BlockArgs {
                     a: &a_pack,
                     b: &b.data()[b_start..],
                     b_panel_stride: b.panel_stride(),
                     row_panels,
+                    rows,
                     col_panels,
                     kgroups: groups,
                     acc: &mut acc,
@@ -106,4 +124,14 @@ pub fn gemm(kernel: &Kernel, args: GemmArgs<'_>) {
             });
         }
     }
+}
+
+/// The largest activation in rows `0..rows`, columns `[k0, k0 + len) ∩ [0, k)` of a
+/// block (0 when that range is empty).
+fn max_activation(a: &[u8], stride: usize, rows: usize, k: usize, k0: usize, len: usize) -> u8 {
+    let k1 = (k0 + len).min(k);
+    if k1 <= k0 {
+        return 0;
+    }
+    (0..rows).map(|r| a[r * stride + k0..r * stride + k1].iter().fold(0, |m, &v| m.max(v))).max().unwrap_or(0)
 }

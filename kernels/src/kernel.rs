@@ -29,7 +29,9 @@ pub struct Blocking {
 /// One call of a kernel's block function: `acc += A_block · B_block` over every
 /// `mr × nr` tile of the block.
 ///
-/// Packed A holds `row_panels` panels of `kgroups × mr × kg` bytes each; packed B holds
+/// Packed A holds `row_panels` panels of `kgroups × mr × kg` values each (bytes, or
+/// little-endian i16 for a kernel with [`Kernel::wide_a`]), of which the first `rows`
+/// rows are real and the rest zero padding; packed B holds
 /// `col_panels` panels, the first at `b[0]` and each next one `b_panel_stride` bytes on,
 /// of which the first `kgroups × nr × kg` are read (see [`crate::pack`] for the
 /// layouts). `acc` is row-major with `acc_stride` columns and at least
@@ -44,6 +46,9 @@ pub struct BlockArgs<'a> {
     pub b_panel_stride: usize,
     /// Panels of `mr` rows in the block.
     pub row_panels: usize,
+    /// Rows of the block that are real (`≤ row_panels · mr`); a kernel may skip the
+    /// padding rows of the last panel, whose accumulators are never read.
+    pub rows: usize,
     /// Panels of `nr` columns in the block.
     pub col_panels: usize,
     /// Groups of `kg` values of K in the block.
@@ -73,6 +78,12 @@ pub type EpilogueFn = unsafe fn(EpilogueArgs<'_>);
 /// A `Kernel` can only exist where its instructions can run: the constructor is
 /// `unsafe` and each ISA module hands out its kernel through a fallible function
 /// that detects the CPU features first. Calling through a `Kernel` is therefore safe.
+///
+/// A kernel may carry a *fast path*: a second kernel with the same tile and blocking
+/// that is exact only when no u8 × i8 pair sum leaves i16 (`vpmaddubsw`). The driver
+/// runs it on a block when the packed weights prove that for every activation
+/// ([`crate::pack::PackedB::pair_sums_fit_i16`]) or when the block's activations are
+/// all ≤ 127, and runs the kernel itself otherwise.
 #[derive(Clone, Copy, Debug)]
 pub struct Kernel {
     name: &'static str,
@@ -80,6 +91,17 @@ pub struct Kernel {
     blocking: Blocking,
     block: BlockFn,
     epilogue: EpilogueFn,
+    wide_a: bool,
+    fast: Option<FastPath>,
+}
+
+/// What a fast path changes: its name, its block function and its A format. The tile,
+/// blocking and epilogue are the exact kernel's.
+#[derive(Clone, Copy, Debug)]
+struct FastPath {
+    name: &'static str,
+    block: BlockFn,
+    wide_a: bool,
 }
 
 impl Kernel {
@@ -103,7 +125,47 @@ impl Kernel {
         assert!(blocking.mc > 0 && blocking.mc.is_multiple_of(tile.mr));
         assert!(blocking.kc > 0 && blocking.kc.is_multiple_of(tile.kg));
         assert!(blocking.nc > 0 && blocking.nc.is_multiple_of(tile.nr));
-        Kernel { name, tile, blocking, block, epilogue }
+        Kernel { name, tile, blocking, block, epilogue, wide_a: false, fast: None }
+    }
+
+    /// The same kernel, reading packed A as little-endian i16 (widened once at packing
+    /// time rather than in the inner loop).
+    pub const fn with_wide_a(mut self) -> Kernel {
+        self.wide_a = true;
+        self
+    }
+
+    /// The same kernel with a fast path (see [`Kernel`]).
+    ///
+    /// # Safety
+    /// `fast` must compute the same accumulators as `self` whenever every pair sum
+    /// `a0·b0 + a1·b1` of its K-groups fits in i16, and satisfy the contract of
+    /// [`Kernel::new`] on every CPU where `self` does.
+    ///
+    /// # Panics
+    /// If the tiles or blockings differ, or `fast` has a fast path of its own.
+    pub const unsafe fn with_fast_path(mut self, fast: Kernel) -> Kernel {
+        assert!(fast.tile.mr == self.tile.mr && fast.tile.nr == self.tile.nr && fast.tile.kg == self.tile.kg);
+        assert!(fast.fast.is_none());
+        self.fast = Some(FastPath { name: fast.name, block: fast.block, wide_a: fast.wide_a });
+        self
+    }
+
+    /// Whether packed A holds i16 rather than u8 values.
+    pub fn wide_a(&self) -> bool {
+        self.wide_a
+    }
+
+    /// The fast path, if the kernel has one, as a kernel of its own.
+    pub fn fast_path(&self) -> Option<Kernel> {
+        let f = self.fast?;
+        Some(Kernel { name: f.name, block: f.block, wide_a: f.wide_a, fast: None, ..*self })
+    }
+
+    /// The same kernel without its fast path (tests use it to run the exact path on
+    /// data that would take the fast one).
+    pub fn without_fast_path(self) -> Kernel {
+        Kernel { fast: None, ..self }
     }
 
     /// The kernel's name: tile, K-group and ISA, as in `4x32c2-portable`.
@@ -129,7 +191,8 @@ impl Kernel {
     pub fn with_blocking(self, blocking: Blocking) -> Kernel {
         // SAFETY: the entry points are unchanged, so the CPU support that made `self`
         // constructible still holds; blocking only changes which arguments they get.
-        unsafe { Kernel::new(self.name, self.tile, blocking, self.block, self.epilogue) }
+        let kernel = unsafe { Kernel::new(self.name, self.tile, blocking, self.block, self.epilogue) };
+        Kernel { wide_a: self.wide_a, fast: self.fast, ..kernel }
     }
 
     /// Accumulates a block.
@@ -138,7 +201,7 @@ impl Kernel {
     /// If the buffers are smaller than [`BlockArgs`] says they must be.
     pub fn block(&self, args: BlockArgs<'_>) {
         let t = self.tile;
-        let a_len = args.row_panels * args.kgroups * t.mr * t.kg;
+        let a_len = args.row_panels * args.kgroups * t.mr * t.kg * if self.wide_a { 2 } else { 1 };
         let b_len = match args.col_panels {
             0 => 0,
             panels => (panels - 1) * args.b_panel_stride + args.kgroups * t.nr * t.kg,
@@ -147,6 +210,7 @@ impl Kernel {
         assert!(args.b.len() >= b_len, "packed B block too short");
         assert!(args.acc_stride >= args.col_panels * t.nr, "accumulator stride");
         assert!(args.acc.len() >= args.row_panels * t.mr * args.acc_stride, "accumulators");
+        assert!(args.rows <= args.row_panels * t.mr, "rows beyond the panels");
         // SAFETY: the kernel exists, so the CPU supports its instructions (see
         // `Kernel::new`), and the buffers were just checked against `BlockArgs`.
         unsafe { (self.block)(args) }

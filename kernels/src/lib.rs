@@ -8,6 +8,7 @@
 //! | module | kernel | runs on |
 //! |---|---|---|
 //! | [`portable`] | `4x32c2-portable` | every CPU (multiversioned for AVX2, SSE4.1, NEON) |
+//! | [`x86_64::avx2`] | `6x8c4-avx2-madd`, fast path `6x8c4-avx2-maddubs` | x86-64 with AVX2 |
 //!
 //! Each ISA module hands out its [`Kernel`] through a function that detects the CPU
 //! features first, so holding a `Kernel` proves it can run.
@@ -19,5 +20,7 @@ pub mod kernel;
 pub mod output;
 pub mod pack;
 pub mod portable;
+#[cfg(target_arch = "x86_64")]
+pub mod x86_64;
 
 pub use kernel::{Blocking, Kernel, Tile};

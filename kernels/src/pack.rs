@@ -27,6 +27,10 @@
 //!  panel 1: …
 //!   rows past M and k past K are zero
 //! ```
+//!
+//! A kernel that multiplies in i16 (`vpmaddwd`) takes the same layout with each value
+//! widened to a little-endian i16 ([`pack_a`] with `wide`): widening costs once per
+//! packed value instead of once per use in the inner loop.
 
 use std::collections::TryReserveError;
 
@@ -51,6 +55,7 @@ pub struct PackedB {
     data: Vec<i8>,
     col_offsets: Vec<i32>,
     zero_points: Vec<i32>,
+    pair_sums_fit_i16: bool,
 }
 
 impl PackedB {
@@ -104,7 +109,23 @@ impl PackedB {
             let sum = (0..k).fold(0i32, |s, kk| s.wrapping_add(i32::from(at(kk, nn))));
             *offset = (k as i32).wrapping_mul(column_zero_points[nn]).wrapping_sub(sum);
         }
-        Ok(PackedB { tile, k, n, kp, data, col_offsets, zero_points: column_zero_points })
+        // Aligned pairs (k = 2j, 2j + 1) of every column, zero-padded past K. With
+        // |w0| + |w1| ≤ 128, any u8 pair sum is at most 255 · 128 = 32640 < 2^15.
+        let pair_sums_fit_i16 = tile.kg.is_multiple_of(2)
+            && (0..n).all(|nn| {
+                (0..k).step_by(2).all(|kk| {
+                    let w1 = if kk + 1 < k { at(kk + 1, nn) } else { 0 };
+                    i32::from(at(kk, nn)).abs() + i32::from(w1).abs() <= 128
+                })
+            });
+        Ok(PackedB { tile, k, n, kp, data, col_offsets, zero_points: column_zero_points, pair_sums_fit_i16 })
+    }
+
+    /// Whether every aligned pair of weights `(k = 2j, 2j + 1)` of every column has
+    /// `|w0| + |w1| ≤ 128`, so that a u8 × i8 pair sum fits in i16 whatever the
+    /// activations: the condition for a kernel's fast path on every block.
+    pub fn pair_sums_fit_i16(&self) -> bool {
+        self.pair_sums_fit_i16
     }
 
     /// The tile it was packed for.
@@ -164,7 +185,7 @@ fn zeroed<T: Clone + Default>(len: usize) -> Result<Vec<T>, TryReserveError> {
 
 /// Packs rows `0..rows` and k-groups `[g0, g0 + groups)` of A into `dst` (layout in the
 /// module documentation), and adds each row's sum over the packed k range to
-/// `row_sums`.
+/// `row_sums`. With `wide`, each value is stored as a little-endian i16 (two bytes).
 ///
 /// `a` starts at the block's first row; row `r` is `a[r * stride..][..k]`. K values at
 /// or past `k` are packed as zero.
@@ -180,16 +201,18 @@ pub fn pack_a(
     k: usize,
     g0: usize,
     groups: usize,
+    wide: bool,
     dst: &mut [u8],
     row_sums: &mut [i32],
 ) {
     let Tile { mr, kg, .. } = tile;
     let panels = rows.div_ceil(mr);
     let panel_len = groups * mr * kg;
-    let dst = &mut dst[..panels * panel_len];
+    let width = if wide { 2 } else { 1 };
+    let dst = &mut dst[..panels * panel_len * width];
     let k0 = g0 * kg;
     let k1 = ((g0 + groups) * kg).min(k);
-    for (panel, pdst) in dst.chunks_exact_mut(panel_len.max(1)).take(panels).enumerate() {
+    for (panel, pdst) in dst.chunks_exact_mut((panel_len * width).max(1)).take(panels).enumerate() {
         for i in 0..mr {
             let r = panel * mr + i;
             let src: &[u8] = if r < rows && k1 > k0 { &a[r * stride + k0..r * stride + k1] } else { &[] };
@@ -198,7 +221,12 @@ pub fn pack_a(
                 for lane in 0..kg {
                     let v = src.get(g * kg + lane).copied().unwrap_or(0);
                     sum += i32::from(v);
-                    pdst[(g * mr + i) * kg + lane] = v;
+                    let at = (g * mr + i) * kg + lane;
+                    if wide {
+                        pdst[2 * at..2 * at + 2].copy_from_slice(&u16::from(v).to_le_bytes());
+                    } else {
+                        pdst[at] = v;
+                    }
                 }
             }
             if r < rows {

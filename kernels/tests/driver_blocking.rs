@@ -22,14 +22,26 @@ impl Rng {
     }
 }
 
+/// Every kernel this CPU runs (the AVX2 one also without its fast path), each with its
+/// own blocking and two tiny ones.
 fn kernels() -> Vec<Kernel> {
-    let base = *portable::kernel();
-    let t = base.tile();
-    vec![
-        base,
-        base.with_blocking(Blocking { mc: t.mr, kc: t.kg, nc: t.nr }),
-        base.with_blocking(Blocking { mc: 2 * t.mr, kc: 3 * t.kg, nc: 2 * t.nr }),
-    ]
+    #[allow(unused_mut)]
+    let mut bases = vec![*portable::kernel()];
+    #[cfg(target_arch = "x86_64")]
+    if let Some(avx2) = qgemm_kernels::x86_64::avx2::kernel() {
+        bases.extend([*avx2, avx2.without_fast_path()]);
+    }
+    bases
+        .into_iter()
+        .flat_map(|base| {
+            let t = base.tile();
+            [
+                base,
+                base.with_blocking(Blocking { mc: t.mr, kc: t.kg, nc: t.nr }),
+                base.with_blocking(Blocking { mc: 2 * t.mr, kc: 3 * t.kg, nc: 2 * t.nr }),
+            ]
+        })
+        .collect()
 }
 
 #[test]

@@ -37,7 +37,7 @@ fn epilogue(args: EpilogueArgs<'_>) {
 
 /// `acc += A · B` for every tile of the block.
 fn block(args: BlockArgs<'_>) {
-    let BlockArgs { a, b, b_panel_stride, row_panels, col_panels, kgroups, acc, acc_stride } = args;
+    let BlockArgs { a, b, b_panel_stride, row_panels, col_panels, kgroups, acc, acc_stride, .. } = args;
     block_impl(a, b, b_panel_stride, row_panels, col_panels, kgroups, acc, acc_stride);
 }
 

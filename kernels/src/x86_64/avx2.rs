@@ -1,0 +1,189 @@
+//! AVX2: `6x8c4-avx2-madd`, exact for every input, and its fast path
+//! `6x8c4-avx2-maddubs`, exact when no pair sum leaves i16.
+//!
+//! Both read the same packed B: panels of 8 columns, K in groups of 4, i8
+//! (`[k-group][column 0..8][k 0..4]`, 32 bytes per group). They differ in A and in the
+//! multiply:
+//!
+//! ```text
+//!  madd (exact):   A packed as i16: per row and k-group, 4 values = 8 bytes.
+//!                  B group → two vpmovsxbw: columns 0–3 and 4–7, each 4 k, as i16.
+//!                  A row   → vpbroadcastq: [a0 a1 a2 a3] × 4.
+//!                  vpmaddwd → per column two i32 lanes, (k0,k1) and (k2,k3):
+//!                  |a·b| ≤ 255·128, a pair sum ≤ 65280: exact. vpaddd wraps, as the
+//!                  reference does. A horizontal add per tile folds the two lanes.
+//!
+//!  maddubs (fast): A packed as u8: per row and k-group, 4 bytes.
+//!                  A row → vpbroadcastd; vpmaddubsw (u8 × i8 → i16 pair sums,
+//!                  saturating), then vpmaddwd with ones → one i32 per column.
+//!                  Exact only when every pair sum fits in i16: activations ≤ 127,
+//!                  or weights with |w0| + |w1| ≤ 128 per pair (the driver checks).
+//! ```
+//!
+//! The tile is 6 rows × 8 columns: six accumulator rows of one (fast) or two (exact)
+//! ymm registers, which leaves room for B and the broadcast in 16 registers. Rows of a
+//! panel past the block's last real row are not computed: a panel of one real row
+//! runs the 1-row instance of the same code, so M = 1 (GEMV) and small M pay only for
+//! their rows.
+
+use std::arch::x86_64::*;
+
+use crate::kernel::{BlockArgs, Blocking, Kernel, Tile};
+use crate::output::{EpilogueArgs, epilogue_scalar};
+
+const MR: usize = 6;
+const NR: usize = 8;
+const KG: usize = 4;
+const TILE: Tile = Tile { mr: MR, nr: NR, kg: KG };
+// A block of 96 × 512 activations (48 KiB as u8, 96 KiB as i16) stays in L2; a B panel
+// slice of 512 × 8 (4 KiB) stays in L1 while every row panel of the block streams by.
+const BLOCKING: Blocking = Blocking { mc: 96, kc: 512, nc: 512 };
+
+/// The exact kernel with its fast path, or `None` if this CPU lacks AVX2.
+pub fn kernel() -> Option<&'static Kernel> {
+    if is_x86_feature_detected!("avx2") { Some(&EXACT) } else { None }
+}
+
+// Private: handed out only by `kernel()`, after detection.
+static EXACT: Kernel = {
+    // SAFETY: `block_madd`, `block_maddubs` and the epilogue only touch memory through
+    // the slices they get (checked by `Kernel::block`/`epilogue`), and they run only
+    // where AVX2 exists because this static is reachable only through `kernel()`,
+    // which detects AVX2 first. The fast path computes the same accumulators whenever
+    // every pair sum fits in i16, which is when `vpmaddubsw` does not saturate.
+    unsafe {
+        let fast = Kernel::new("6x8c4-avx2-maddubs", TILE, BLOCKING, block_maddubs, epilogue);
+        Kernel::new("6x8c4-avx2-madd", TILE, BLOCKING, block_madd, epilogue).with_wide_a().with_fast_path(fast)
+    }
+};
+
+fn epilogue(args: EpilogueArgs<'_>) {
+    epilogue_scalar(args)
+}
+
+/// # Safety
+/// AVX2 must be available, and the buffers must satisfy [`BlockArgs`] for a kernel
+/// with i16 A (checked by `Kernel::block`).
+unsafe fn block_madd(args: BlockArgs<'_>) {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { block::<true>(args) }
+}
+
+/// # Safety
+/// As [`block_madd`], with u8 A, and every pair sum of the block fitting in i16.
+unsafe fn block_maddubs(args: BlockArgs<'_>) {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { block::<false>(args) }
+}
+
+/// Every tile of the block: B panels outer (one stays in L1), A panels inner.
+///
+/// # Safety
+/// As [`block_madd`] (`WIDE`) or [`block_maddubs`].
+#[target_feature(enable = "avx2")]
+unsafe fn block<const WIDE: bool>(args: BlockArgs<'_>) {
+    let BlockArgs { a, b, b_panel_stride, row_panels, rows, col_panels, kgroups, acc, acc_stride } = args;
+    let a_panel_bytes = kgroups * MR * KG * if WIDE { 2 } else { 1 };
+    for jp in 0..col_panels {
+        let b_panel = &b[jp * b_panel_stride..][..kgroups * NR * KG];
+        for ip in 0..row_panels {
+            let a_panel = &a[ip * a_panel_bytes..][..a_panel_bytes];
+            let real_rows = rows.saturating_sub(ip * MR).min(MR);
+            let acc_tile = &mut acc[ip * MR * acc_stride + jp * NR..];
+            assert!(acc_tile.len() >= (real_rows.max(1) - 1) * acc_stride + NR, "accumulator tile");
+            let (ap, bp, cp) = (a_panel.as_ptr(), b_panel.as_ptr(), acc_tile.as_mut_ptr());
+            // SAFETY: AVX2 is enabled here; the panels hold `kgroups` groups of this
+            // kernel's layout (sliced just above) and the accumulator tile holds
+            // `real_rows` rows of NR values at `acc_stride` (asserted just above).
+            unsafe {
+                match (WIDE, real_rows) {
+                    (true, 6) => tile_madd::<6>(ap, bp, kgroups, cp, acc_stride),
+                    (true, 5) => tile_madd::<5>(ap, bp, kgroups, cp, acc_stride),
+                    (true, 4) => tile_madd::<4>(ap, bp, kgroups, cp, acc_stride),
+                    (true, 3) => tile_madd::<3>(ap, bp, kgroups, cp, acc_stride),
+                    (true, 2) => tile_madd::<2>(ap, bp, kgroups, cp, acc_stride),
+                    (true, 1) => tile_madd::<1>(ap, bp, kgroups, cp, acc_stride),
+                    (false, 6) => tile_maddubs::<6>(ap, bp, kgroups, cp, acc_stride),
+                    (false, 5) => tile_maddubs::<5>(ap, bp, kgroups, cp, acc_stride),
+                    (false, 4) => tile_maddubs::<4>(ap, bp, kgroups, cp, acc_stride),
+                    (false, 3) => tile_maddubs::<3>(ap, bp, kgroups, cp, acc_stride),
+                    (false, 2) => tile_maddubs::<2>(ap, bp, kgroups, cp, acc_stride),
+                    (false, 1) => tile_maddubs::<1>(ap, bp, kgroups, cp, acc_stride),
+                    _ => {} // a panel with no real rows: nothing to compute
+                }
+            }
+        }
+    }
+}
+
+/// `acc[r][0..8] += Σ_g A[r, g] · B[g]` for the first `R` rows of a panel, exact.
+///
+/// # Safety
+/// AVX2; `a` holds `kgroups` groups of `MR` rows × 4 i16, `b` holds `kgroups` groups
+/// of 32 bytes, and `acc` holds `R` rows of 8 i32 at `acc_stride`.
+#[target_feature(enable = "avx2")]
+unsafe fn tile_madd<const R: usize>(a: *const u8, b: *const i8, kgroups: usize, acc: *mut i32, acc_stride: usize) {
+    // lo[r]: columns 0–3, hi[r]: columns 4–7; two lanes per column, (k0,k1) and (k2,k3).
+    let mut lo = [_mm256_setzero_si256(); R];
+    let mut hi = [_mm256_setzero_si256(); R];
+    for g in 0..kgroups {
+        // SAFETY: group g lies within the panels (the function's contract); unaligned
+        // loads of 16 bytes of B and 8 bytes per row of A.
+        unsafe {
+            let bg = b.add(g * NR * KG);
+            let b_lo = _mm256_cvtepi8_epi16(_mm_loadu_si128(bg.cast()));
+            let b_hi = _mm256_cvtepi8_epi16(_mm_loadu_si128(bg.add(16).cast()));
+            let ag = a.add(g * MR * KG * 2);
+            for r in 0..R {
+                let a4 = _mm256_set1_epi64x(ag.add(r * KG * 2).cast::<i64>().read_unaligned());
+                lo[r] = _mm256_add_epi32(lo[r], _mm256_madd_epi16(a4, b_lo));
+                hi[r] = _mm256_add_epi32(hi[r], _mm256_madd_epi16(a4, b_hi));
+            }
+        }
+    }
+    for r in 0..R {
+        // hadd → [c0 c1 c4 c5 | c2 c3 c6 c7]; the permute puts the columns in order.
+        let sums = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_hadd_epi32(lo[r], hi[r]));
+        // SAFETY: row r < R of the accumulator tile (the function's contract).
+        unsafe { add_row(acc.add(r * acc_stride), sums) };
+    }
+}
+
+/// As [`tile_madd`] with `vpmaddubsw`: exact only when every pair sum fits in i16.
+///
+/// # Safety
+/// As [`tile_madd`], with `a` holding `MR` rows × 4 u8 per group.
+#[target_feature(enable = "avx2")]
+unsafe fn tile_maddubs<const R: usize>(a: *const u8, b: *const i8, kgroups: usize, acc: *mut i32, acc_stride: usize) {
+    let ones = _mm256_set1_epi16(1);
+    let mut c = [_mm256_setzero_si256(); R];
+    for g in 0..kgroups {
+        // SAFETY: group g lies within the panels (the function's contract).
+        unsafe {
+            let bg = _mm256_loadu_si256(b.add(g * NR * KG).cast());
+            let ag = a.add(g * MR * KG);
+            for (r, cr) in c.iter_mut().enumerate() {
+                let a4 = _mm256_set1_epi32(ag.add(r * KG).cast::<i32>().read_unaligned());
+                let pairs = _mm256_maddubs_epi16(a4, bg);
+                *cr = _mm256_add_epi32(*cr, _mm256_madd_epi16(pairs, ones));
+            }
+        }
+    }
+    for (r, &cr) in c.iter().enumerate() {
+        // SAFETY: row r < R of the accumulator tile (the function's contract).
+        unsafe { add_row(acc.add(r * acc_stride), cr) };
+    }
+}
+
+/// `row[0..8] += sums`, wrapping.
+///
+/// # Safety
+/// AVX2; `row` points to 8 writable i32.
+#[target_feature(enable = "avx2")]
+unsafe fn add_row(row: *mut i32, sums: __m256i) {
+    // SAFETY: the caller guarantees 8 writable i32 at `row`; unaligned access.
+    unsafe {
+        let old = _mm256_loadu_si256(row.cast());
+        _mm256_storeu_si256(row.cast(), _mm256_add_epi32(old, sums));
+    }
+}

@@ -1,0 +1,3 @@
+//! x86-64 kernels, one module per instruction set.
+
+pub mod avx2;
