@@ -366,7 +366,7 @@ fn main() -> ExitCode {
         }
     };
 
-    let peaks: HashMap<Isa, peak::Peak> = args.isas.iter().map(|&isa| (isa, peak::measure(isa))).collect();
+    let peaks: HashMap<Isa, peak::Peak> = args.isas.iter().map(|&isa| (isa, peak::measure(isa, args.data))).collect();
     if !args.json {
         for (isa, p) in &peaks {
             println!("peak for {isa}: {:.1} GOPS per thread ({}, measured now)", p.gops, p.probe);

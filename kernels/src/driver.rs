@@ -1,15 +1,19 @@
 //! The BLIS loop nest, shared by every kernel.
 //!
 //! ```text
-//! for each block of nc columns of packed B                  (jc)
-//!     for each block of mc rows of A                        (ic)
+//! for each block of mc rows of A                            (ic)
+//!     for each block of kc values of K                      (pc)
+//!         choose the fast path or the exact kernel for this block
+//!         pack A[ic.., pc..] (mc × kc) as it wants, adding row sums
+//!     for each block of nc columns of packed B              (jc)
 //!         acc[mc × nc] = 0
 //!         for each block of kc values of K                  (pc)
-//!             choose the fast path or the exact kernel for this block
-//!             pack A[ic.., pc..] (mc × kc) as it wants, adding row sums
 //!             kernel.block: acc += A_block · B[pc.., jc..]  (mr × nr tiles)
 //!         kernel.epilogue: correct, bias, requantize, store C[ic.., jc..]
 //! ```
+//!
+//! A row block is packed once for all of K and reused for every block of columns, so
+//! packing costs O(M·K) whatever N; its scratch is `mc × K` values.
 //!
 //! The fast path (see [`Kernel`]) runs on a block when the weights' pair sums fit in
 //! i16 for any activation, or when the block's activations are all ≤ 127; both
@@ -68,35 +72,45 @@ pub fn gemm(kernel: &Kernel, args: GemmArgs<'_>) {
     let fast = kernel.fast_path();
     let wide = kernel.wide_a() || fast.is_some_and(|f| f.wide_a());
     let a_width = if wide { 2 } else { 1 };
-    let mut a_pack = vec![0u8; mc_max * kc_groups.min(kgroups_total) * tile.kg * a_width];
+    // A row block is packed once, for all of K, and reused for every block of columns.
+    let mut a_pack = vec![0u8; mc_max * kgroups_total * tile.kg * a_width];
+    let mut a_blocks: Vec<(usize, Kernel)> = Vec::with_capacity(kgroups_total.div_ceil(kc_groups.max(1)));
     let mut acc = vec![0i32; mc_max * nc_max];
     let mut row_sums = vec![0i32; mc_max];
     let zero_points = ZeroPoints { a_zp: i32::from(a_zp), col_offsets: b.col_offsets(), b_zp: b.zero_points() };
 
-    for jc in (0..n).step_by(blocking.nc) {
-        let cols = blocking.nc.min(n - jc);
-        let col_panels = cols.div_ceil(tile.nr);
-        for ic in (0..m).step_by(blocking.mc) {
-            let rows = blocking.mc.min(m - ic);
-            let row_panels = rows.div_ceil(tile.mr);
-            let a_block = &a[ic * a_stride..];
+    for ic in (0..m).step_by(blocking.mc) {
+        let rows = blocking.mc.min(m - ic);
+        let row_panels = rows.div_ceil(tile.mr);
+        let a_block = &a[ic * a_stride..];
+        row_sums.fill(0);
+        a_blocks.clear();
+        let mut offset = 0;
+        for g0 in (0..kgroups_total).step_by(kc_groups) {
+            let groups = kc_groups.min(kgroups_total - g0);
+            let block_kernel = match fast {
+                Some(f)
+                    if b.pair_sums_fit_i16()
+                        || max_activation(a_block, a_stride, rows, k, g0 * tile.kg, groups * tile.kg) <= 127 =>
+                {
+                    f
+                }
+                _ => *kernel,
+            };
+            let dst = &mut a_pack[offset..];
+            pack_a(tile, a_block, a_stride, rows, k, g0, groups, block_kernel.wide_a(), dst, &mut row_sums);
+            a_blocks.push((offset, block_kernel));
+            offset += row_panels * tile.mr * groups * tile.kg * if block_kernel.wide_a() { 2 } else { 1 };
+        }
+        for jc in (0..n).step_by(blocking.nc) {
+            let cols = blocking.nc.min(n - jc);
+            let col_panels = cols.div_ceil(tile.nr);
             acc.fill(0);
-            row_sums.fill(0);
-            for g0 in (0..kgroups_total).step_by(kc_groups) {
+            for (&(offset, block_kernel), g0) in a_blocks.iter().zip((0..kgroups_total).step_by(kc_groups)) {
                 let groups = kc_groups.min(kgroups_total - g0);
-                let block_kernel = match fast {
-                    Some(f)
-                        if b.pair_sums_fit_i16()
-                            || max_activation(a_block, a_stride, rows, k, g0 * tile.kg, groups * tile.kg) <= 127 =>
-                    {
-                        f
-                    }
-                    _ => *kernel,
-                };
-                pack_a(tile, a_block, a_stride, rows, k, g0, groups, block_kernel.wide_a(), &mut a_pack, &mut row_sums);
                 let b_start = (jc / tile.nr) * b.panel_stride() + g0 * tile.nr * tile.kg;
                 block_kernel.block(BlockArgs {
-                    a: &a_pack,
+                    a: &a_pack[offset..],
                     b: &b.data()[b_start..],
                     b_panel_stride: b.panel_stride(),
                     row_panels,

@@ -292,7 +292,18 @@ fn requantize_row<T: Store>(r: &Requant<'_>, vals: &[i32], out: &mut [T]) {
         Scheme::Float { scale } => {
             let lo = (min - zp) as f32;
             let hi = (max - zp) as f32;
-            let one = |v: i32, s: f32| T::from_clamped((v as f32 * s).max(lo).min(hi).round_ties_even() as i32 + zp);
+            // Clamp, then round half to even by adding 1.5·2^23: the sum's low mantissa
+            // bits are then the rounded integer (exact for |x| < 2^22; here |x| ≤ 510).
+            // Plain compares rather than f32::max/min (no NaN can occur: the scale is
+            // finite), so that the loop vectorizes.
+            const MAGIC: f32 = 12_582_912.0;
+            let one = |v: i32, s: f32| {
+                let x = v as f32 * s;
+                let x = if x < lo { lo } else { x };
+                let x = if x > hi { hi } else { x };
+                let rounded = (x + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32;
+                T::from_clamped(rounded + zp)
+            };
             match scale {
                 Param::Tensor(s) => out.iter_mut().zip(vals).for_each(|(o, &v)| *o = one(v, s)),
                 Param::Channel(ss) => out.iter_mut().zip(vals).zip(ss).for_each(|((o, &v), &s)| *o = one(v, s)),

@@ -211,26 +211,38 @@ pub fn pack_a(
     let width = if wide { 2 } else { 1 };
     let dst = &mut dst[..panels * panel_len * width];
     let k0 = g0 * kg;
-    let k1 = ((g0 + groups) * kg).min(k);
+    let k1 = ((g0 + groups) * kg).min(k).max(k0);
     for (panel, pdst) in dst.chunks_exact_mut((panel_len * width).max(1)).take(panels).enumerate() {
         for i in 0..mr {
             let r = panel * mr + i;
-            let src: &[u8] = if r < rows && k1 > k0 { &a[r * stride + k0..r * stride + k1] } else { &[] };
-            let mut sum = 0i32;
+            let src: &[u8] = if r < rows { &a[r * stride + k0..r * stride + k1] } else { &[] };
+            if r < rows {
+                // At most kc · 255 per block: no overflow in u32.
+                let sum = src.iter().map(|&v| u32::from(v)).sum::<u32>() as i32;
+                row_sums[r] = row_sums[r].wrapping_add(sum);
+            }
+            // Group g of this row goes to slot (g · mr + i); past the row's data, zeros.
+            let mut groups_src = src.chunks(kg);
             for g in 0..groups {
-                for lane in 0..kg {
-                    let v = src.get(g * kg + lane).copied().unwrap_or(0);
-                    sum += i32::from(v);
-                    let at = (g * mr + i) * kg + lane;
-                    if wide {
-                        pdst[2 * at..2 * at + 2].copy_from_slice(&u16::from(v).to_le_bytes());
-                    } else {
-                        pdst[at] = v;
+                let group = groups_src.next().unwrap_or(&[]);
+                let at = (g * mr + i) * kg;
+                if wide {
+                    let slot = &mut pdst[2 * at..2 * (at + kg)];
+                    let (data, padding) = slot.split_at_mut(2 * group.len());
+                    for (pair, &v) in data.chunks_exact_mut(2).zip(group) {
+                        pair.copy_from_slice(&u16::from(v).to_le_bytes());
+                    }
+                    if !padding.is_empty() {
+                        padding.fill(0);
+                    }
+                } else {
+                    let slot = &mut pdst[at..at + kg];
+                    let (data, padding) = slot.split_at_mut(group.len());
+                    data.copy_from_slice(group);
+                    if !padding.is_empty() {
+                        padding.fill(0);
                     }
                 }
-            }
-            if r < rows {
-                row_sums[r] = row_sums[r].wrapping_add(sum);
             }
         }
     }
