@@ -66,7 +66,10 @@ pub fn gemm(kernel: &Kernel, args: GemmArgs<'_>) {
     assert!(k == 0 || (a_stride >= k && a.len() >= (m - 1) * a_stride + k), "A too short");
 
     let kgroups_total = b.k_padded() / tile.kg;
-    let kc_groups = blocking.kc / tile.kg;
+    // With a single row panel, A is tiny and B streams through once: take all of K at
+    // once, so that each B panel is read front to back (what prefetchers follow)
+    // rather than in kc-sized pieces a panel apart.
+    let kc_groups = if m <= tile.mr { kgroups_total.max(1) } else { blocking.kc / tile.kg };
     let mc_max = blocking.mc.min(m.div_ceil(tile.mr) * tile.mr);
     let nc_max = blocking.nc.min(n.div_ceil(tile.nr) * tile.nr);
     let fast = kernel.fast_path();
@@ -105,8 +108,12 @@ pub fn gemm(kernel: &Kernel, args: GemmArgs<'_>) {
         for jc in (0..n).step_by(blocking.nc) {
             let cols = blocking.nc.min(n - jc);
             let col_panels = cols.div_ceil(tile.nr);
-            acc.fill(0);
-            for (&(offset, block_kernel), g0) in a_blocks.iter().zip((0..kgroups_total).step_by(kc_groups)) {
+            if a_blocks.is_empty() {
+                acc.fill(0); // K = 0: no block writes the accumulators
+            }
+            for (i, (&(offset, block_kernel), g0)) in
+                a_blocks.iter().zip((0..kgroups_total).step_by(kc_groups)).enumerate()
+            {
                 let groups = kc_groups.min(kgroups_total - g0);
                 let b_start = (jc / tile.nr) * b.panel_stride() + g0 * tile.nr * tile.kg;
                 block_kernel.block(BlockArgs {
@@ -119,6 +126,7 @@ pub fn gemm(kernel: &Kernel, args: GemmArgs<'_>) {
                     kgroups: groups,
                     acc: &mut acc,
                     acc_stride: nc_max,
+                    accumulate: i > 0,
                 });
             }
             kernel.epilogue(EpilogueArgs {

@@ -26,7 +26,8 @@ pub struct Blocking {
     pub nc: usize,
 }
 
-/// One call of a kernel's block function: `acc += A_block · B_block` over every
+/// One call of a kernel's block function: `acc += A_block · B_block` (or, without
+/// `accumulate`, `acc = A_block · B_block`) over every
 /// `mr × nr` tile of the block.
 ///
 /// Packed A holds `row_panels` panels of `kgroups × mr × kg` values each (bytes, or
@@ -55,6 +56,9 @@ pub struct BlockArgs<'a> {
     pub kgroups: usize,
     /// The accumulator block, updated in place.
     pub acc: &'a mut [i32],
+    /// Add to `acc` (every K block but the first) or overwrite it (the first, which
+    /// saves clearing it); the real rows of every tile are written either way.
+    pub accumulate: bool,
     /// Distance between rows of `acc`.
     pub acc_stride: usize,
 }

@@ -205,14 +205,38 @@ pub fn pack_a(
     dst: &mut [u8],
     row_sums: &mut [i32],
 ) {
-    let Tile { mr, kg, .. } = tile;
+    // Const K-groups and widths make each group's copy a single move.
+    match (tile.kg, wide) {
+        (4, false) => pack_a_with::<4, 1>(tile.mr, a, stride, rows, k, g0, groups, dst, row_sums),
+        (4, true) => pack_a_with::<4, 2>(tile.mr, a, stride, rows, k, g0, groups, dst, row_sums),
+        (2, false) => pack_a_with::<2, 1>(tile.mr, a, stride, rows, k, g0, groups, dst, row_sums),
+        (2, true) => pack_a_with::<2, 2>(tile.mr, a, stride, rows, k, g0, groups, dst, row_sums),
+        (1, false) => pack_a_with::<1, 1>(tile.mr, a, stride, rows, k, g0, groups, dst, row_sums),
+        (1, true) => pack_a_with::<1, 2>(tile.mr, a, stride, rows, k, g0, groups, dst, row_sums),
+        (kg, _) => unimplemented!("packing A for K-groups of {kg}"),
+    }
+}
+
+/// [`pack_a`] for K-groups of `KG` values stored `WIDTH` bytes each (1: u8, 2: LE i16).
+#[allow(clippy::too_many_arguments)]
+fn pack_a_with<const KG: usize, const WIDTH: usize>(
+    mr: usize,
+    a: &[u8],
+    stride: usize,
+    rows: usize,
+    k: usize,
+    g0: usize,
+    groups: usize,
+    dst: &mut [u8],
+    row_sums: &mut [i32],
+) {
     let panels = rows.div_ceil(mr);
-    let panel_len = groups * mr * kg;
-    let width = if wide { 2 } else { 1 };
-    let dst = &mut dst[..panels * panel_len * width];
-    let k0 = g0 * kg;
-    let k1 = ((g0 + groups) * kg).min(k).max(k0);
-    for (panel, pdst) in dst.chunks_exact_mut((panel_len * width).max(1)).take(panels).enumerate() {
+    let panel_bytes = groups * mr * KG * WIDTH;
+    let dst = &mut dst[..panels * panel_bytes];
+    let k0 = g0 * KG;
+    let k1 = ((g0 + groups) * KG).min(k).max(k0);
+    let full_groups = (k1 - k0) / KG;
+    for (panel, pdst) in dst.chunks_exact_mut(panel_bytes.max(1)).take(panels).enumerate() {
         for i in 0..mr {
             let r = panel * mr + i;
             let src: &[u8] = if r < rows { &a[r * stride + k0..r * stride + k1] } else { &[] };
@@ -222,27 +246,27 @@ pub fn pack_a(
                 row_sums[r] = row_sums[r].wrapping_add(sum);
             }
             // Group g of this row goes to slot (g · mr + i); past the row's data, zeros.
-            let mut groups_src = src.chunks(kg);
-            for g in 0..groups {
-                let group = groups_src.next().unwrap_or(&[]);
-                let at = (g * mr + i) * kg;
-                if wide {
-                    let slot = &mut pdst[2 * at..2 * (at + kg)];
-                    let (data, padding) = slot.split_at_mut(2 * group.len());
-                    for (pair, &v) in data.chunks_exact_mut(2).zip(group) {
-                        pair.copy_from_slice(&u16::from(v).to_le_bytes());
-                    }
-                    if !padding.is_empty() {
-                        padding.fill(0);
-                    }
-                } else {
-                    let slot = &mut pdst[at..at + kg];
-                    let (data, padding) = slot.split_at_mut(group.len());
-                    data.copy_from_slice(group);
-                    if !padding.is_empty() {
-                        padding.fill(0);
-                    }
+            let mut put = |g: usize, group: [u8; KG]| {
+                let at = (g * mr + i) * KG * WIDTH;
+                let slot = &mut pdst[at..at + KG * WIDTH];
+                for (bytes, v) in slot.chunks_exact_mut(WIDTH).zip(group) {
+                    bytes.copy_from_slice(&u16::from(v).to_le_bytes()[..WIDTH]);
                 }
+            };
+            let (whole, tail) = src.split_at(src.len().min(full_groups * KG));
+            let mut g = 0;
+            for chunk in whole.chunks_exact(KG) {
+                put(g, chunk.try_into().expect("KG values"));
+                g += 1;
+            }
+            if !tail.is_empty() {
+                let mut last = [0u8; KG];
+                last[..tail.len()].copy_from_slice(tail);
+                put(g, last);
+                g += 1;
+            }
+            for g in g..groups {
+                put(g, [0; KG]);
             }
         }
     }

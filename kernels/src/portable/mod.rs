@@ -37,8 +37,8 @@ fn epilogue(args: EpilogueArgs<'_>) {
 
 /// `acc += A · B` for every tile of the block.
 fn block(args: BlockArgs<'_>) {
-    let BlockArgs { a, b, b_panel_stride, row_panels, col_panels, kgroups, acc, acc_stride, .. } = args;
-    block_impl(a, b, b_panel_stride, row_panels, col_panels, kgroups, acc, acc_stride);
+    let BlockArgs { a, b, b_panel_stride, row_panels, col_panels, kgroups, acc, acc_stride, accumulate, .. } = args;
+    block_impl(a, b, b_panel_stride, row_panels, col_panels, kgroups, acc, acc_stride, accumulate);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -52,6 +52,7 @@ fn block_impl(
     kgroups: usize,
     acc: &mut [i32],
     acc_stride: usize,
+    accumulate: bool,
 ) {
     let a_panel_len = kgroups * MR * KG;
     let b_panel_len = kgroups * NR * KG;
@@ -62,8 +63,12 @@ fn block_impl(
             let tile = microkernel(a_panel, b_panel);
             for (i, row) in tile.iter().enumerate() {
                 let dst = &mut acc[(ip * MR + i) * acc_stride + jp * NR..][..NR];
-                for (d, &v) in dst.iter_mut().zip(row) {
-                    *d = d.wrapping_add(v);
+                if accumulate {
+                    for (d, &v) in dst.iter_mut().zip(row) {
+                        *d = d.wrapping_add(v);
+                    }
+                } else {
+                    dst.copy_from_slice(row);
                 }
             }
         }

@@ -82,7 +82,7 @@ unsafe fn block_maddubs(args: BlockArgs<'_>) {
 /// As [`block_madd`] (`WIDE`) or [`block_maddubs`].
 #[target_feature(enable = "avx2")]
 unsafe fn block<const WIDE: bool>(args: BlockArgs<'_>) {
-    let BlockArgs { a, b, b_panel_stride, row_panels, rows, col_panels, kgroups, acc, acc_stride } = args;
+    let BlockArgs { a, b, b_panel_stride, row_panels, rows, col_panels, kgroups, acc, acc_stride, accumulate } = args;
     let a_panel_bytes = kgroups * MR * KG * if WIDE { 2 } else { 1 };
     for jp in 0..col_panels {
         let b_panel = &b[jp * b_panel_stride..][..kgroups * NR * KG];
@@ -91,7 +91,7 @@ unsafe fn block<const WIDE: bool>(args: BlockArgs<'_>) {
             let real_rows = rows.saturating_sub(ip * MR).min(MR);
             let acc_tile = &mut acc[ip * MR * acc_stride + jp * NR..];
             assert!(acc_tile.len() >= (real_rows.max(1) - 1) * acc_stride + NR, "accumulator tile");
-            let (ap, bp, cp) = (a_panel.as_ptr(), b_panel.as_ptr(), acc_tile.as_mut_ptr());
+            let (ap, bp, cp) = (a_panel.as_ptr(), b_panel.as_ptr(), Out { acc: acc_tile.as_mut_ptr(), accumulate });
             // SAFETY: AVX2 is enabled here; the panels hold `kgroups` groups of this
             // kernel's layout (sliced just above) and the accumulator tile holds
             // `real_rows` rows of NR values at `acc_stride` (asserted just above).
@@ -120,9 +120,9 @@ unsafe fn block<const WIDE: bool>(args: BlockArgs<'_>) {
 ///
 /// # Safety
 /// AVX2; `a` holds `kgroups` groups of `MR` rows × 4 i16, `b` holds `kgroups` groups
-/// of 32 bytes, and `acc` holds `R` rows of 8 i32 at `acc_stride`.
+/// of 32 bytes, and `acc.acc` holds `R` rows of 8 i32 at `acc_stride`.
 #[target_feature(enable = "avx2")]
-unsafe fn tile_madd<const R: usize>(a: *const u8, b: *const i8, kgroups: usize, acc: *mut i32, acc_stride: usize) {
+unsafe fn tile_madd<const R: usize>(a: *const u8, b: *const i8, kgroups: usize, acc: Out, acc_stride: usize) {
     // lo[r]: columns 0–3, hi[r]: columns 4–7; two lanes per column, (k0,k1) and (k2,k3).
     let mut lo = [_mm256_setzero_si256(); R];
     let mut hi = [_mm256_setzero_si256(); R];
@@ -145,7 +145,7 @@ unsafe fn tile_madd<const R: usize>(a: *const u8, b: *const i8, kgroups: usize, 
         // hadd → [c0 c1 c4 c5 | c2 c3 c6 c7]; the permute puts the columns in order.
         let sums = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_hadd_epi32(lo[r], hi[r]));
         // SAFETY: row r < R of the accumulator tile (the function's contract).
-        unsafe { add_row(acc.add(r * acc_stride), sums) };
+        unsafe { acc.row(r * acc_stride, sums) };
     }
 }
 
@@ -154,7 +154,7 @@ unsafe fn tile_madd<const R: usize>(a: *const u8, b: *const i8, kgroups: usize, 
 /// # Safety
 /// As [`tile_madd`], with `a` holding `MR` rows × 4 u8 per group.
 #[target_feature(enable = "avx2")]
-unsafe fn tile_maddubs<const R: usize>(a: *const u8, b: *const i8, kgroups: usize, acc: *mut i32, acc_stride: usize) {
+unsafe fn tile_maddubs<const R: usize>(a: *const u8, b: *const i8, kgroups: usize, acc: Out, acc_stride: usize) {
     let ones = _mm256_set1_epi16(1);
     let mut c = [_mm256_setzero_si256(); R];
     for g in 0..kgroups {
@@ -171,19 +171,29 @@ unsafe fn tile_maddubs<const R: usize>(a: *const u8, b: *const i8, kgroups: usiz
     }
     for (r, &cr) in c.iter().enumerate() {
         // SAFETY: row r < R of the accumulator tile (the function's contract).
-        unsafe { add_row(acc.add(r * acc_stride), cr) };
+        unsafe { acc.row(r * acc_stride, cr) };
     }
 }
 
-/// `row[0..8] += sums`, wrapping.
-///
-/// # Safety
-/// AVX2; `row` points to 8 writable i32.
-#[target_feature(enable = "avx2")]
-unsafe fn add_row(row: *mut i32, sums: __m256i) {
-    // SAFETY: the caller guarantees 8 writable i32 at `row`; unaligned access.
-    unsafe {
-        let old = _mm256_loadu_si256(row.cast());
-        _mm256_storeu_si256(row.cast(), _mm256_add_epi32(old, sums));
+/// Where a tile's rows go, and whether they add to what is there.
+#[derive(Clone, Copy)]
+struct Out {
+    acc: *mut i32,
+    accumulate: bool,
+}
+
+impl Out {
+    /// `acc[offset..][..8] += sums` (wrapping), or `= sums`.
+    ///
+    /// # Safety
+    /// AVX2; 8 writable i32 at `acc + offset`.
+    #[target_feature(enable = "avx2")]
+    unsafe fn row(self, offset: usize, sums: __m256i) {
+        // SAFETY: the caller guarantees 8 writable i32 there; unaligned access.
+        unsafe {
+            let row = self.acc.add(offset).cast::<__m256i>();
+            let value = if self.accumulate { _mm256_add_epi32(_mm256_loadu_si256(row), sums) } else { sums };
+            _mm256_storeu_si256(row, value);
+        }
     }
 }
