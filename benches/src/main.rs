@@ -193,7 +193,13 @@ impl Runner<'_> {
             });
             let (wrong, max_abs_diff) = compare(&out, expected);
             let gops = shape.ops() as f64 / secs / 1e9;
-            let kernel = isa.kernel_info().map_or("?", |k| k.name);
+            // 7-bit activations take the kernel's fast path where it has one.
+            let info = isa.kernel_info();
+            let kernel = match (info, problem.data) {
+                (Some(k), DataKind::SevenBit) => k.fast_path.unwrap_or(k.name),
+                (Some(k), DataKind::Full) => k.name,
+                (None, _) => "?",
+            };
             progress("");
             let peak = 100.0 * gops / (self.peaks[&isa].gops * threads as f64);
             let m = Measurement {
@@ -371,6 +377,12 @@ fn main() -> ExitCode {
         for (isa, p) in &peaks {
             println!("peak for {isa}: {:.1} GOPS per thread ({}, measured now)", p.gops, p.probe);
         }
+        let bandwidth = peak::read_bandwidth(16 << 20);
+        println!(
+            "memory: {bandwidth:.1} GB/s reading 16 MiB on one thread, so a GEMV whose weights are that large \
+             reaches at most {:.0} GOPS per thread",
+            2.0 * bandwidth
+        );
         println!(
             "data: {}, u8 output, Float requantization, bias; every result checked against the reference\n",
             args.data.name()

@@ -203,3 +203,21 @@ mod portable {
         acc.iter().map(|&a| a as u64).sum::<u64>().min(iters)
     }
 }
+
+/// Single-thread read bandwidth in GB/s, streaming a buffer of `bytes` (best of a few
+/// passes). With weights larger than the caches a GEMV reads each i8 weight once per
+/// call for one multiply-accumulate: its ceiling is 2 ops per byte at this rate.
+pub fn read_bandwidth(bytes: usize) -> f64 {
+    let buf: Vec<u64> = (0..bytes / 8).map(|i| i as u64).collect();
+    let mut best = f64::INFINITY;
+    for _ in 0..8 {
+        let start = Instant::now();
+        // Four independent sums so that the loop is bound by loads, not by one chain.
+        let sums = buf.chunks_exact(4).fold([0u64; 4], |s, c| {
+            [s[0].wrapping_add(c[0]), s[1].wrapping_add(c[1]), s[2].wrapping_add(c[2]), s[3].wrapping_add(c[3])]
+        });
+        std::hint::black_box(sums);
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    (buf.len() * 8) as f64 / best / 1e9
+}

@@ -79,7 +79,8 @@ impl Isa {
     pub fn kernel_info(self) -> Option<KernelInfo> {
         let kernel = built_kernel(self)?;
         let tile = kernel.tile();
-        Some(KernelInfo { name: kernel.name(), mr: tile.mr, nr: tile.nr, k_group: tile.kg })
+        let fast_path = kernel.fast_path().map(|f| f.name());
+        Some(KernelInfo { name: kernel.name(), fast_path, mr: tile.mr, nr: tile.nr, k_group: tile.kg })
     }
 
     fn from_index(i: u8) -> Option<Isa> {
@@ -92,6 +93,10 @@ impl Isa {
 pub struct KernelInfo {
     /// `MRxNRcKG-isa`, as in `4x32c2-portable`.
     pub name: &'static str,
+    /// The kernel's fast path, if it has one: the same tile with `vpmaddubsw`, run on
+    /// blocks whose activations are all ≤ 127 or with weights whose aligned pairs have
+    /// `|w0| + |w1| ≤ 128`, where it is exact too.
+    pub fast_path: Option<&'static str>,
     /// Rows per tile.
     pub mr: usize,
     /// Columns per tile.

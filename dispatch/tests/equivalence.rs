@@ -151,6 +151,51 @@ fn extreme_data() {
 }
 
 #[test]
+fn both_sides_of_the_fast_path_boundaries() {
+    // Kernels with a `vpmaddubsw` fast path take it per block when the activations are
+    // all ≤ 127 or when every aligned weight pair has |w0| + |w1| ≤ 128; a wrong
+    // choice shows up against these extremes. Every ISA must be exact on all of them.
+    let mut rng = Rng::new(11);
+    let (m, n, k) = (50, 37, 1100); // several row and K blocks, tails everywhere
+    let weight_pairs: [(&str, [(i8, i8); 3]); 4] = [
+        ("pair sums of 256", [(-128, -128), (127, 127), (-128, 127)]),
+        ("pair sums of exactly 128", [(-128, 0), (64, -64), (-1, -127)]),
+        ("one pair sum of 129", [(-128, 0), (64, -64), (-128, -1)]),
+        ("pair sums of 128 and 255", [(127, 1), (127, -128), (0, 0)]),
+    ];
+    type Fill = fn(usize, &mut Rng) -> u8;
+    let activations: [(&str, Fill); 5] = [
+        ("A = 127", |_, _| 127),
+        ("A = 128", |_, _| 128),
+        ("A = 255", |_, _| 255),
+        ("random A ≤ 127", |_, rng| rng.u8() >> 1),
+        ("A ≤ 127 but one 255 per row", |i, rng| if i % 1100 == 517 { 255 } else { rng.u8() >> 1 }),
+    ];
+    for (wname, pairs) in weight_pairs {
+        let mut b = vec![0i8; k * n];
+        for kk in 0..k {
+            for nn in 0..n {
+                let (w0, w1) = pairs[(kk / 2 + nn) % pairs.len()];
+                b[kk * n + nn] = if kk % 2 == 0 { w0 } else { w1 };
+            }
+        }
+        for (aname, fill) in activations {
+            let mut case = GemmCase::random(&mut rng, m, n, k);
+            case.a = (0..m * k).map(|i| fill(i, &mut rng)).collect();
+            case.b = b.clone();
+            case.a_zp = 0;
+            case.b_zp = Channelwise::PerTensor(0);
+            case.check(&format!("{aname} against {wname}, i32"));
+            let scale = Requantization::Float { scale: Channelwise::PerTensor(1.0 / 4096.0) };
+            let requantize = Requantize { scheme: scale, zero_point: 128, min: 0, max: 255 };
+            case.a_zp = 100;
+            let case = case.with_output(OutputType::U8, Some(requantize));
+            case.check(&format!("{aname} against {wname}, u8"));
+        }
+    }
+}
+
+#[test]
 fn each_scheme_per_tensor_and_per_channel_with_clamps() {
     let mut rng = Rng::new(6);
     let (m, n, k) = (11, 37, 45);
