@@ -205,6 +205,12 @@ pub fn pack_a(
     dst: &mut [u8],
     row_sums: &mut [i32],
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if tile.kg == 4 && wide && std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 was detected just above.
+        unsafe { pack_a_4x2_avx2(tile.mr, a, stride, rows, k, g0, groups, dst, row_sums) };
+        return;
+    }
     // Const K-groups and widths make each group's copy a single move.
     match (tile.kg, wide) {
         (4, false) => pack_a_with::<4, 1>(tile.mr, a, stride, rows, k, g0, groups, dst, row_sums),
@@ -217,8 +223,31 @@ pub fn pack_a(
     }
 }
 
+/// [`pack_a_with`] for the AVX2 kernel's format, compiled for AVX2 (the row sums and
+/// the widening vectorize with it).
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn pack_a_4x2_avx2(
+    mr: usize,
+    a: &[u8],
+    stride: usize,
+    rows: usize,
+    k: usize,
+    g0: usize,
+    groups: usize,
+    dst: &mut [u8],
+    row_sums: &mut [i32],
+) {
+    pack_a_with::<4, 2>(mr, a, stride, rows, k, g0, groups, dst, row_sums)
+}
+
 /// [`pack_a`] for K-groups of `KG` values stored `WIDTH` bytes each (1: u8, 2: LE i16).
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 fn pack_a_with<const KG: usize, const WIDTH: usize>(
     mr: usize,
     a: &[u8],
@@ -249,6 +278,14 @@ fn pack_a_with<const KG: usize, const WIDTH: usize>(
             let mut put = |g: usize, group: [u8; KG]| {
                 let at = (g * mr + i) * KG * WIDTH;
                 let slot = &mut pdst[at..at + KG * WIDTH];
+                if KG == 4 && WIDTH == 2 {
+                    // Spread four bytes into four little-endian u16 with shifts: one
+                    // 8-byte store instead of four 2-byte ones.
+                    let x = u64::from(u32::from_le_bytes(group[..4].try_into().expect("4 bytes")));
+                    let wide = (x & 0xff) | (x & 0xff00) << 8 | (x & 0xff_0000) << 16 | (x & 0xff00_0000) << 24;
+                    slot.copy_from_slice(&wide.to_le_bytes());
+                    return;
+                }
                 for (bytes, v) in slot.chunks_exact_mut(WIDTH).zip(group) {
                     bytes.copy_from_slice(&u16::from(v).to_le_bytes()[..WIDTH]);
                 }
