@@ -6,10 +6,11 @@
 //!         choose the fast path or the exact kernel for this block
 //!         pack A[ic.., pc..] (mc × kc) as it wants, adding row sums
 //!     for each block of nc columns of packed B              (jc)
-//!         acc[mc × nc] = 0
-//!         for each block of kc values of K                  (pc)
-//!             kernel.block: acc += A_block · B[pc.., jc..]  (mr × nr tiles)
-//!         kernel.epilogue: correct, bias, requantize, store C[ic.., jc..]
+//!         for each block of kc values of K but the last     (pc)
+//!             kernel.block: acc (=, then +=) A_block · B[pc.., jc..]   (mr × nr tiles)
+//!         for each strip of row panels (≤ 16 KiB of packed A)
+//!             kernel.block, last K block, this strip's tiles
+//!             kernel.epilogue: correct, bias, requantize, store its rows
 //! ```
 //!
 //! A row block is packed once for all of K and reused for every block of columns, so
@@ -21,12 +22,16 @@
 //!
 //! B was packed once, whole, at weight-load time, so blocking over K and N only moves
 //! the starting point within its panels. The accumulators of one `mc × nc` block live
-//! in scratch across the K loop; the output stage runs once per block, fused, and the
-//! output is written exactly once.
+//! in scratch across the K loop; the output stage runs on each strip of rows as soon
+//! as its last K block is done, while it is in cache, and the output is written
+//! exactly once.
 
 use crate::kernel::{BlockArgs, Kernel};
 use crate::output::{EpilogueArgs, OutData, OutputStage, ZeroPoints};
 use crate::pack::{PackedB, pack_a};
+
+/// How much packed A one strip of the last K block may hold (see [`gemm`]).
+const STRIP_A_BYTES: usize = 16 << 10;
 
 /// One GEMM call: `out[m × n] = stage(Σ (A − a_zp)(B − b_zp))`.
 #[derive(Debug)]
@@ -108,42 +113,74 @@ pub fn gemm(kernel: &Kernel, args: GemmArgs<'_>) {
         for jc in (0..n).step_by(blocking.nc) {
             let cols = blocking.nc.min(n - jc);
             let col_panels = cols.div_ceil(tile.nr);
-            if a_blocks.is_empty() {
-                acc.fill(0); // K = 0: no block writes the accumulators
-            }
-            for (i, (&(offset, block_kernel), g0)) in
-                a_blocks.iter().zip((0..kgroups_total).step_by(kc_groups)).enumerate()
-            {
-                let groups = kc_groups.min(kgroups_total - g0);
-                let b_start = (jc / tile.nr) * b.panel_stride() + g0 * tile.nr * tile.kg;
+            let b_block = |g0: usize| &b.data()[(jc / tile.nr) * b.panel_stride() + g0 * tile.nr * tile.kg..];
+            let epilogue = |acc: &[i32], r0: usize, strip_rows: usize, out: &mut OutData<'_>| {
+                kernel.epilogue(EpilogueArgs {
+                    acc: &acc[r0 * nc_max..],
+                    acc_stride: nc_max,
+                    rows: strip_rows,
+                    cols,
+                    row_sums: &row_sums[r0..],
+                    zero_points: ZeroPoints {
+                        col_offsets: &zero_points.col_offsets[jc..],
+                        b_zp: &zero_points.b_zp[jc..],
+                        ..zero_points
+                    },
+                    stage: stage.from_column(jc),
+                    out: out.tail((ic + r0) * out_stride + jc),
+                    out_stride,
+                })
+            };
+            let Some((&(last_offset, last_kernel), earlier)) = a_blocks.split_last() else {
+                // K = 0: no block writes the accumulators.
+                acc.fill(0);
+                epilogue(&acc, 0, rows, &mut out);
+                continue;
+            };
+            // Every K block but the last, over the whole block: each B panel slice stays
+            // in L1 while the row panels stream by.
+            let mut g0 = 0;
+            for (i, &(offset, block_kernel)) in earlier.iter().enumerate() {
                 block_kernel.block(BlockArgs {
                     a: &a_pack[offset..],
-                    b: &b.data()[b_start..],
+                    b: b_block(g0),
                     b_panel_stride: b.panel_stride(),
                     row_panels,
                     rows,
                     col_panels,
-                    kgroups: groups,
+                    kgroups: kc_groups,
                     acc: &mut acc,
                     acc_stride: nc_max,
                     accumulate: i > 0,
                 });
+                g0 += kc_groups;
             }
-            kernel.epilogue(EpilogueArgs {
-                acc: &acc,
-                acc_stride: nc_max,
-                rows,
-                cols,
-                row_sums: &row_sums,
-                zero_points: ZeroPoints {
-                    col_offsets: &zero_points.col_offsets[jc..],
-                    b_zp: &zero_points.b_zp[jc..],
-                    ..zero_points
-                },
-                stage: stage.from_column(jc),
-                out: out.tail(ic * out_stride + jc),
-                out_stride,
-            });
+            // The last K block a strip of row panels at a time, each strip followed at
+            // once by the output stage of its rows while their accumulators are still
+            // in cache: the output stage is fused per strip, never a pass over a large
+            // block. A strip's packed A fits in 16 KiB, so each B panel slice is read
+            // once per strip from L1.
+            let groups = kgroups_total - g0;
+            let a_panel_bytes = groups * tile.mr * tile.kg * if last_kernel.wide_a() { 2 } else { 1 };
+            let strip_panels = (STRIP_A_BYTES / a_panel_bytes.max(1)).clamp(1, row_panels);
+            for ip in (0..row_panels).step_by(strip_panels) {
+                let panels = strip_panels.min(row_panels - ip);
+                let r0 = ip * tile.mr;
+                let strip_rows = (panels * tile.mr).min(rows - r0);
+                last_kernel.block(BlockArgs {
+                    a: &a_pack[last_offset + ip * a_panel_bytes..],
+                    b: b_block(g0),
+                    b_panel_stride: b.panel_stride(),
+                    row_panels: panels,
+                    rows: strip_rows,
+                    col_panels,
+                    kgroups: groups,
+                    acc: &mut acc[r0 * nc_max..],
+                    acc_stride: nc_max,
+                    accumulate: !earlier.is_empty(),
+                });
+                epilogue(&acc, r0, strip_rows, &mut out);
+            }
         }
     }
 }
