@@ -144,3 +144,48 @@ fn blocked_loop_nest_matches_reference() {
         }
     }
 }
+
+#[test]
+fn last_k_block_in_several_strips() {
+    // A last K block long enough that its packed A spans several 16 KiB strips, so the
+    // output stage runs strip by strip; with tails in M, N and K.
+    let mut rng = Rng(0x51de_cafe_f00d_0001);
+    for kernel in kernels() {
+        let t = kernel.tile();
+        for &(m, n, k) in &[(50, 40, 500), (61, 19, 1500), (7, 9, 3000)] {
+            let a: Vec<u8> = (0..m * k).map(|_| rng.next() as u8).collect();
+            let b: Vec<i8> = (0..k * n).map(|_| rng.next() as i8).collect();
+            let packed = PackedB::try_new(t, &b, BLayout::KxN, k, n, &[-3]).unwrap();
+            let bias: Vec<i32> = (0..n).map(|_| rng.next() as i32 >> 8).collect();
+            let mut out = vec![0i32; m * n];
+            gemm(
+                &kernel,
+                GemmArgs {
+                    m,
+                    a: &a,
+                    a_stride: k,
+                    a_zp: 77,
+                    b: &packed,
+                    stage: OutputStage { bias: Some(&bias), requant: None },
+                    out: OutData::I32(&mut out),
+                    out_stride: n,
+                },
+            );
+            let zp = reference::Channelwise::PerTensor(-3);
+            let problem = reference::GemmProblem {
+                m,
+                n,
+                k,
+                a: &a,
+                a_row_stride: k,
+                a_zero_point: 77,
+                b: &b,
+                b_layout: reference::WeightLayout::KxN,
+                b_zero_point: &zp,
+            };
+            let stage = reference::OutputStage { bias: Some(bias), requantize: None };
+            let expected = reference::gemm(&problem, &stage, reference::OutputType::I32);
+            assert_eq!(reference::OutputData::I32(out), expected, "{} m={m} n={n} k={k}", kernel.name());
+        }
+    }
+}
