@@ -261,6 +261,10 @@ pub fn conv2d_with(
     output.check()?;
     let stage = output_stage(stage, p.out_channels, output.output_type())?;
 
+    if m == 0 || p.out_channels == 0 {
+        // No output pixels (batch 0) or channels: nothing to compute or write.
+        return Ok(());
+    }
     let kernel = weights.kernel;
     let cg = p.in_channels_per_group();
     let ocg = p.out_channels_per_group();

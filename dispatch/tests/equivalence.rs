@@ -375,6 +375,8 @@ fn conv_params() -> Vec<(&'static str, Conv2dParams)> {
         ("batch 3", Conv2dParams::new(3, 5, 4, 6, 33, 3, 3).with_padding(1, 1, 1, 1)),
         ("1x1 with many channels", Conv2dParams::new(1, 3, 3, 70, 65, 1, 1)),
         ("empty batch", Conv2dParams::new(0, 4, 4, 3, 5, 3, 3)),
+        // Found by the conv2d fuzz target: the grouped 1×1 path offset an empty output.
+        ("empty batch, grouped 1x1", Conv2dParams::new(0, 4, 4, 4, 6, 1, 1).with_groups(2)),
     ]
 }
 

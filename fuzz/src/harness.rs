@@ -1,0 +1,406 @@
+//! The fuzz targets' bodies: each decodes its input into a whole problem and checks
+//! every ISA this CPU has against the reference byte for byte, or (the `invalid`
+//! target) checks that a malformed call fails cleanly.
+//!
+//! Shared by the cargo-fuzz binaries (`fuzz/fuzz_targets/*.rs`, nightly) and by the
+//! stable replay test (`dispatch/tests/fuzz_corpus.rs`), which runs every committed
+//! seed in `fuzz/seeds/<target>/`. A panic is a finding.
+
+use arbitrary::Unstructured;
+use qgemm::reference::{self, Conv2dProblem, GemmProblem, OutputData};
+use qgemm::{
+    Activations, Channelwise, Conv2dParams, ConvInput, ConvWeights, ErrorKind, FixedPointParams, Options, OutputMatrix,
+    OutputStage, OutputType, PackedConvWeights, PackedWeights, Requantization, Requantize, WeightLayout, Weights,
+};
+
+/// A target's body.
+pub type Target = fn(&[u8]);
+
+/// The targets by name, as the seeds directory and the binaries name them.
+pub const TARGETS: [(&str, Target); 5] =
+    [("gemm", gemm), ("conv2d", conv2d), ("requantize", requantize), ("pack", pack), ("invalid", invalid)];
+
+/// What output gaps and untouched buffers hold.
+const SENTINEL: u8 = 0xa5;
+
+/// The fuzzer's bytes, read as small decisions; zeros once exhausted.
+struct Input<'a>(Unstructured<'a>);
+
+impl Input<'_> {
+    fn byte(&mut self) -> u8 {
+        self.0.arbitrary().unwrap_or(0)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        self.0.int_in_range(0..=n.max(1) - 1).unwrap_or(0)
+    }
+    fn flip(&mut self) -> bool {
+        self.byte() & 1 == 1
+    }
+    fn i32(&mut self) -> i32 {
+        self.0.arbitrary().unwrap_or(0)
+    }
+    /// A data byte biased toward the values that break saturating kernels.
+    fn data(&mut self) -> u8 {
+        match self.byte() {
+            0..=15 => 0,
+            16..=47 => 255,
+            48..=63 => 128,
+            64..=79 => 127,
+            80..=95 => 129,
+            _ => self.byte(),
+        }
+    }
+    /// A size: mostly small, sometimes past a cache block of the kernels.
+    fn size(&mut self, small: usize, large: usize) -> usize {
+        if self.below(8) == 0 { self.below(large + 1) } else { self.below(small + 1) }
+    }
+    fn channelwise<T>(&mut self, n: usize, mut f: impl FnMut(&mut Self) -> T) -> Channelwise<T> {
+        if self.flip() {
+            Channelwise::PerChannel((0..n).map(|_| f(self)).collect())
+        } else {
+            Channelwise::PerTensor(f(self))
+        }
+    }
+}
+
+/// A valid output stage for `n` columns and output type `out`.
+fn stage(inp: &mut Input, n: usize, out: OutputType, bias_bits: u32) -> OutputStage {
+    let bias = inp.flip().then(|| (0..n).map(|_| inp.i32() >> (32 - bias_bits.clamp(1, 32))).collect());
+    let requantize = (out != OutputType::I32).then(|| {
+        let multiplier = |i: &mut Input| if i.below(8) == 0 { 0 } else { (1 << 30) | (i.i32() & 0x3fff_ffff) };
+        let shift = |i: &mut Input| i.below(62) as i32 - 31;
+        let scheme = match inp.below(4) {
+            3 => {
+                // Any finite positive f32, with the scales real models use most likely.
+                let scale = |i: &mut Input| match i.below(4) {
+                    0 => f32::from_bits(1 + (i.i32() as u32 & 0x7f7f_fffe)),
+                    _ => f32::from_bits(0x3000_0000 + (i.i32() as u32 & 0x0fff_ffff)),
+                };
+                Requantization::Float { scale: inp.channelwise(n, scale) }
+            }
+            kind => {
+                let params =
+                    FixedPointParams { multiplier: inp.channelwise(n, multiplier), shift: inp.channelwise(n, shift) };
+                match kind {
+                    0 => Requantization::FixedPoint(params),
+                    1 => Requantization::FixedPointHalfUp(params),
+                    _ => Requantization::FixedPointSingleRounding(params),
+                }
+            }
+        };
+        let (lo, _) = out.range();
+        let zero_point = lo + i32::from(inp.byte());
+        let (x, y) = (lo + i32::from(inp.byte()), lo + i32::from(inp.byte()));
+        Requantize { scheme, zero_point, min: x.min(y), max: x.max(y) }
+    });
+    OutputStage { bias, requantize }
+}
+
+fn output_type(inp: &mut Input) -> OutputType {
+    [OutputType::I32, OutputType::U8, OutputType::I8][inp.below(3)]
+}
+
+/// Runs `call` into a `rows × cols` output of `out`'s type with row stride `stride`,
+/// the gaps between rows (and the buffer, on error) filled with a sentinel, and
+/// returns the dense result, or the error. Panics if a gap was written, or anything
+/// was written on error.
+fn run_into(
+    out: OutputType,
+    rows: usize,
+    cols: usize,
+    stride: usize,
+    call: impl FnOnce(OutputMatrix<'_>) -> qgemm::Result<()>,
+) -> qgemm::Result<OutputData> {
+    let len = if rows == 0 { 0 } else { (rows - 1) * stride + cols };
+    let width = match out {
+        OutputType::I32 => 4,
+        _ => 1,
+    };
+    let mut bytes = vec![SENTINEL; len * width];
+    let result = match out {
+        OutputType::U8 => call(OutputMatrix::u8(&mut bytes, rows, cols).with_row_stride(stride)),
+        OutputType::I8 => {
+            // Through an i8 copy of the bytes, and back.
+            let mut v: Vec<i8> = bytes.iter().map(|&b| b as i8).collect();
+            let r = call(OutputMatrix::i8(&mut v, rows, cols).with_row_stride(stride));
+            bytes = v.iter().map(|&b| b as u8).collect();
+            r
+        }
+        OutputType::I32 => {
+            let mut v = vec![i32::from_ne_bytes([SENTINEL; 4]); len];
+            let r = call(OutputMatrix::i32(&mut v, rows, cols).with_row_stride(stride));
+            bytes = v.iter().flat_map(|x| x.to_ne_bytes()).collect();
+            r
+        }
+    };
+    let in_matrix = |i: usize| (i / width) % stride.max(1) < cols;
+    if let Err(e) = result {
+        assert!(bytes.iter().all(|&b| b == SENTINEL), "output written by a failing call: {e}");
+        return Err(e);
+    }
+    for (i, &b) in bytes.iter().enumerate() {
+        assert!(in_matrix(i) || b == SENTINEL, "byte {i} between rows was written");
+    }
+    let at = |r: usize, c: usize| (r * stride + c) * width;
+    let dense = (0..rows).flat_map(|r| (0..cols).map(move |c| (r, c)));
+    Ok(match out {
+        OutputType::U8 => OutputData::U8(dense.map(|(r, c)| bytes[at(r, c)]).collect()),
+        OutputType::I8 => OutputData::I8(dense.map(|(r, c)| bytes[at(r, c)] as i8).collect()),
+        OutputType::I32 => OutputData::I32(
+            dense.map(|(r, c)| i32::from_ne_bytes(bytes[at(r, c)..at(r, c) + 4].try_into().unwrap())).collect(),
+        ),
+    })
+}
+
+/// One GEMM, decoded; checked on every ISA.
+struct GemmCase {
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Vec<u8>,
+    a_stride: usize,
+    a_zp: u8,
+    b: Vec<i8>,
+    layout: WeightLayout,
+    b_zp: Channelwise<i8>,
+    stage: OutputStage,
+    out: OutputType,
+    out_stride: usize,
+}
+
+impl GemmCase {
+    fn decode(inp: &mut Input, m: usize, n: usize, k: usize, bias_bits: u32) -> GemmCase {
+        let a_stride = k + inp.below(3);
+        let out_stride = n + inp.below(3);
+        let a_zp = inp.data();
+        let layout = if inp.flip() { WeightLayout::KxN } else { WeightLayout::NxK };
+        let b_zp = inp.channelwise(n, |i| i.data() as i8);
+        let out = output_type(inp);
+        let stage = stage(inp, n, out, bias_bits);
+        // Either every byte from the input, or one extreme value for all of A/B.
+        let fill = |len: usize, inp: &mut Input| -> Vec<u8> {
+            match inp.below(4) {
+                0 => vec![inp.data(); len],
+                _ => (0..len).map(|_| inp.data()).collect(),
+            }
+        };
+        let a = fill(if m == 0 { 0 } else { (m - 1) * a_stride + k }, inp);
+        let b = fill(k * n, inp).into_iter().map(|x| x as i8).collect();
+        GemmCase { m, n, k, a, a_stride, a_zp, b, layout, b_zp, stage, out, out_stride }
+    }
+
+    fn check(&self, threads: usize) {
+        let GemmCase { m, n, k, layout, out, .. } = *self;
+        let problem = GemmProblem {
+            m,
+            n,
+            k,
+            a: &self.a,
+            a_row_stride: self.a_stride,
+            a_zero_point: self.a_zp,
+            b: &self.b,
+            b_layout: layout,
+            b_zero_point: &self.b_zp,
+        };
+        let expected = reference::gemm(&problem, &self.stage, out);
+        for &isa in qgemm::available_isas() {
+            let weights = Weights { data: &self.b, layout, k, n, zero_point: &self.b_zp };
+            let packed = PackedWeights::for_isa(isa, weights).expect("valid weights pack");
+            let activations = Activations::new(&self.a, m, k, self.a_zp).with_row_stride(self.a_stride);
+            let options = Options::new().with_threads(threads).with_isa(isa);
+            let got = run_into(out, m, n, self.out_stride, |c| {
+                qgemm::gemm_with(&activations, &packed, &self.stage, c, &options)
+            })
+            .expect("a valid call succeeds");
+            assert_eq!(got, expected, "{isa} differs from the reference (m={m} n={n} k={k})");
+        }
+    }
+}
+
+/// A whole GEMM: shapes (tails and, sometimes, several cache blocks), strides, zero
+/// points, layout, output type, scheme, clamp, extreme data; every ISA, 1–3 threads.
+pub fn gemm(bytes: &[u8]) {
+    let mut inp = Input(Unstructured::new(bytes));
+    let (m, n, k) = (inp.size(20, 70), inp.size(40, 80), inp.size(80, 1100));
+    let threads = 1 + inp.below(3);
+    GemmCase::decode(&mut inp, m, n, k, 32).check(threads);
+}
+
+/// The output stage alone: K of 0, 1 or 2 and full-range i32 biases, so that the
+/// requantization sees accumulators anywhere in i32, under every scheme and clamp.
+pub fn requantize(bytes: &[u8]) {
+    let mut inp = Input(Unstructured::new(bytes));
+    let (m, n, k) = (inp.size(4, 9), inp.size(40, 70), inp.below(3));
+    GemmCase::decode(&mut inp, m, n, k, 32).check(1);
+}
+
+/// Packing: weight shapes across the panels' tails, both layouts, per-column zero
+/// points, checked through a GEMM with i32 output (every column sum and zero-point
+/// correction shows there).
+pub fn pack(bytes: &[u8]) {
+    let mut inp = Input(Unstructured::new(bytes));
+    let (m, n, k) = (1 + inp.below(7), inp.size(70, 300), inp.size(70, 600));
+    let mut case = GemmCase::decode(&mut inp, m, n, k, 0);
+    case.out = OutputType::I32;
+    case.stage = OutputStage::default();
+    case.check(1);
+}
+
+/// A convolution: batch, image, channels, groups (including depthwise), kernel,
+/// stride, dilation and asymmetric padding; OHWI weights; every ISA. Shapes whose
+/// kernel does not fit the padded input must fail with `ConvOutputSize`.
+pub fn conv2d(bytes: &[u8]) {
+    let mut inp = Input(Unstructured::new(bytes));
+    let groups = 1 + inp.below(4);
+    let (cg, ocg) = (1 + inp.below(5), 1 + inp.below(5));
+    let params = Conv2dParams::new(
+        inp.below(3),
+        1 + inp.below(9),
+        1 + inp.below(9),
+        cg * groups,
+        ocg * groups,
+        1 + inp.below(5),
+        1 + inp.below(5),
+    )
+    .with_stride(1 + inp.below(3), 1 + inp.below(3))
+    .with_dilation(1 + inp.below(3), 1 + inp.below(3))
+    .with_padding(inp.below(5), inp.below(5), inp.below(5), inp.below(5))
+    .with_groups(groups);
+    let p = params;
+    let input: Vec<u8> = (0..p.batch * p.in_height * p.in_width * p.in_channels).map(|_| inp.data()).collect();
+    let weights: Vec<i8> =
+        (0..p.out_channels * p.kernel_height * p.kernel_width * cg).map(|_| inp.data() as i8).collect();
+    let input_zp = inp.data();
+    let weight_zp = inp.channelwise(p.out_channels, |i| i.data() as i8);
+    let out = output_type(&mut inp);
+    let stage = stage(&mut inp, p.out_channels, out, 24);
+    let out_stride = p.out_channels + inp.below(3);
+    let threads = 1 + inp.below(3);
+
+    let fits = p.out_height().is_some() && p.out_width().is_some();
+    let rows = p.batch * p.out_height().unwrap_or(0) * p.out_width().unwrap_or(0);
+    let expected = fits.then(|| {
+        let problem = Conv2dProblem {
+            params,
+            input: &input,
+            input_zero_point: input_zp,
+            weights: &weights,
+            weight_zero_point: &weight_zp,
+        };
+        reference::conv2d(&problem, &stage, out)
+    });
+    for &isa in qgemm::available_isas() {
+        let w = ConvWeights {
+            data: &weights,
+            out_channels: p.out_channels,
+            kernel_height: p.kernel_height,
+            kernel_width: p.kernel_width,
+            in_channels: p.in_channels,
+            groups: p.groups,
+            zero_point: &weight_zp,
+        };
+        let packed = PackedConvWeights::for_isa(isa, w).expect("valid conv weights pack");
+        let options = Options::new().with_threads(threads).with_isa(isa);
+        let x = ConvInput { data: &input, zero_point: input_zp };
+        let got = run_into(out, rows, p.out_channels, out_stride, |c| {
+            qgemm::conv2d_with(&x, &packed, &params, &stage, c, &options)
+        });
+        match (&expected, got) {
+            (Some(expected), Ok(got)) => assert_eq!(&got, expected, "{isa} conv differs from the reference"),
+            (None, Err(e)) => assert_eq!(e.kind(), ErrorKind::ConvOutputSize, "{e}"),
+            (Some(_), Err(e)) => panic!("{isa}: a valid conv failed: {e}"),
+            (None, Ok(_)) => panic!("{isa}: a conv whose kernel does not fit succeeded"),
+        }
+    }
+}
+
+/// A valid small GEMM broken in one way the input picks: the call must return `Err`,
+/// not panic, and leave the output untouched (checked by `run_into`).
+pub fn invalid(bytes: &[u8]) {
+    let mut inp = Input(Unstructured::new(bytes));
+    let (m, n, k) = (1 + inp.below(6), 1 + inp.below(20), 1 + inp.below(20));
+    let b = vec![1i8; k * n];
+    let a = vec![3u8; m * k];
+    let zp = Channelwise::PerTensor(0i8);
+    let packed = PackedWeights::new(Weights { data: &b, layout: WeightLayout::KxN, k, n, zero_point: &zp }).unwrap();
+    let out = if inp.flip() { OutputType::U8 } else { OutputType::I8 };
+    let mut stage = stage(&mut inp, n, out, 16);
+    let (mut rows, mut cols, mut a_rows, mut a_len, mut a_stride) = (m, n, m, m * k, k);
+    let mut out_stride = n;
+    let expected = match inp.below(12) {
+        0 => {
+            a_len -= 1 + inp.below(a_len.min(3));
+            ErrorKind::BufferLength
+        }
+        1 => {
+            a_stride = (k - 1).saturating_sub(inp.below(3));
+            ErrorKind::Stride
+        }
+        2 => {
+            out_stride = (n - 1).saturating_sub(inp.below(3));
+            ErrorKind::Stride
+        }
+        3 => {
+            rows = m + 1 + inp.below(3);
+            ErrorKind::Dimension
+        }
+        4 => {
+            cols = n + 1 + inp.below(3);
+            ErrorKind::Dimension
+        }
+        5 => {
+            // Absurd row counts: the size products overflow, or A is far too short.
+            a_rows = [isize::MAX as usize, usize::MAX, usize::MAX / 2][inp.below(3)];
+            rows = a_rows;
+            ErrorKind::Overflow
+        }
+        6 => {
+            let bad = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0, -1.0, -f32::MIN_POSITIVE];
+            let s = bad[inp.below(bad.len())];
+            stage.requantize.as_mut().unwrap().scheme = Requantization::Float { scale: Channelwise::PerTensor(s) };
+            ErrorKind::Scale
+        }
+        7 => {
+            let shift = [31, 32, -32, i32::MAX, i32::MIN][inp.below(5)];
+            let params =
+                FixedPointParams { multiplier: Channelwise::PerTensor(1 << 30), shift: Channelwise::PerTensor(shift) };
+            stage.requantize.as_mut().unwrap().scheme = Requantization::FixedPoint(params);
+            ErrorKind::Shift
+        }
+        8 => {
+            let multiplier = [1, -1, (1 << 30) - 1, i32::MIN][inp.below(4)];
+            let params =
+                FixedPointParams { multiplier: Channelwise::PerTensor(multiplier), shift: Channelwise::PerTensor(0) };
+            stage.requantize.as_mut().unwrap().scheme = Requantization::FixedPoint(params);
+            ErrorKind::Multiplier
+        }
+        9 => {
+            let r = stage.requantize.as_mut().unwrap();
+            let (lo, hi) = out.range();
+            (r.min, r.max) = (hi, lo);
+            ErrorKind::Clamp
+        }
+        10 => {
+            stage.requantize.as_mut().unwrap().zero_point = out.range().1 + 1 + inp.below(1000) as i32;
+            ErrorKind::ZeroPoint
+        }
+        _ => {
+            stage.bias = Some(vec![0; n + 1 + inp.below(3)]);
+            ErrorKind::BufferLength
+        }
+    };
+    let activations = Activations::new(&a[..a_len], a_rows, k, 0).with_row_stride(a_stride);
+    // An absurd row count is declared by A only: the output buffer stays small.
+    let out_rows = rows.min(m + 3);
+    let result = run_into(out, out_rows, cols, out_stride, |c| qgemm::gemm(&activations, &packed, &stage, c));
+    let e = match result {
+        Err(e) => e,
+        Ok(_) => panic!("an invalid call ({expected:?}) succeeded"),
+    };
+    let acceptable = match expected {
+        ErrorKind::Overflow => matches!(e.kind(), ErrorKind::Overflow | ErrorKind::BufferLength | ErrorKind::Dimension),
+        ErrorKind::Stride => matches!(e.kind(), ErrorKind::Stride | ErrorKind::BufferLength),
+        kind => e.kind() == kind,
+    };
+    assert!(acceptable, "expected {expected:?}, got {:?}: {e}", e.kind());
+}
