@@ -345,8 +345,9 @@ pub fn invalid(bytes: &[u8]) {
             ErrorKind::Dimension
         }
         4 => {
+            // The weights fix N: an output with more columns does not match them.
             cols = n + 1 + inp.below(3);
-            ErrorKind::Dimension
+            ErrorKind::WeightsMismatch
         }
         5 => {
             // Absurd row counts: the size products overflow, or A is far too short.
