@@ -46,13 +46,12 @@ pub fn kernel() -> Option<&'static Kernel> {
     if is_x86_feature_detected!("avx2") { Some(&EXACT) } else { None }
 }
 
-// Private: handed out only by `kernel()`, after detection.
+// Private: handed out only by `kernel()`, after detection. The fast path computes the
+// same accumulators whenever every pair sum fits in i16, which is exactly when
+// `vpmaddubsw` does not saturate.
 static EXACT: Kernel = {
-    // SAFETY: `block_madd`, `block_maddubs` and the epilogue only touch memory through
-    // the slices they get (checked by `Kernel::block`/`epilogue`), and they run only
-    // where AVX2 exists because this static is reachable only through `kernel()`,
-    // which detects AVX2 first. The fast path computes the same accumulators whenever
-    // every pair sum fits in i16, which is when `vpmaddubsw` does not saturate.
+    // SAFETY: the entry points touch memory only through the slices they get (checked
+    // by `Kernel::block`/`epilogue`), and run only after `kernel()` detected AVX2.
     unsafe {
         let fast = Kernel::new("6x8c4-avx2-maddubs", TILE, BLOCKING, block_maddubs, epilogue);
         Kernel::new("6x8c4-avx2-madd", TILE, BLOCKING, block_madd, epilogue).with_wide_a().with_fast_path(fast)
