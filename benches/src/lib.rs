@@ -228,6 +228,7 @@ impl Problem {
                 isa,
                 ConvWeights {
                     data: &self.b,
+                    layout: qgemm::FilterLayout::Ohwi,
                     out_channels: p.out_channels,
                     kernel_height: p.kernel_height,
                     kernel_width: p.kernel_width,

@@ -1,35 +1,56 @@
-//! 2-D convolution over NHWC input, as one GEMM per group.
+//! 2-D convolution over NHWC input.
 //!
-//! Output pixels are GEMM rows (`M = N·OH·OW`), a group's output channels are its
-//! columns, and its taps `(kh, kw, c)` are K, in the order of OHWI weights, so each
-//! group's weights are an N×K matrix packed like any other. A 1×1 convolution with
-//! stride 1 and no padding reads the input directly as A; every other shape gathers
-//! its taps (im2col) into a scratch buffer a block of rows at a time, never the whole
-//! image: scratch stays below [`IM2COL_SCRATCH_BYTES`] (or one tile of rows, if a
-//! single row is larger). Padded taps are filled with the input zero point, so they
-//! add exactly zero and the kernels need no special case.
+//! **As GEMMs.** Output pixels are GEMM rows (`M = N·OH·OW`), a group's output
+//! channels are its columns, and its taps `(kh, kw, c)` are K, in the order of OHWI
+//! weights, so each group's weights are an N×K matrix packed once like any other
+//! (OIHW weights are reordered at packing time). The taps are gathered while the loop
+//! nest packs A, one K block of one row at a time ([`qgemm_kernels::rows`]): the
+//! M×K im2col matrix never exists. A 1×1 convolution reads its input rows in place,
+//! at any stride; a dense one (stride 1, no padding) is a plain GEMM over the input.
+//! Padded taps read as the input zero point, so they add exactly zero and the
+//! kernels need no special case. Groups are separate GEMMs over their own packed
+//! weights and their slice of the channels; nothing is copied per call.
+//!
+//! **Depthwise** (groups = C, any channel multiplier) runs its own kernels
+//! ([`qgemm_kernels::dwconv`]), vectorized across channels.
+//!
+//! **Scratch** is per thread and bounded by
+//! [`SCRATCH_BYTES_PER_THREAD`](crate::SCRATCH_BYTES_PER_THREAD) whatever the shape;
+//! [`conv2d_in`] keeps it in a caller-owned [`Workspace`].
 
 use qgemm_kernels::Kernel;
-use qgemm_kernels::driver::{self, GemmArgs};
+use qgemm_kernels::driver::{self, GemmArgs, Scratch};
+use qgemm_kernels::dwconv::{self, DwArgs, DwKernel, PackedDw};
 use qgemm_kernels::output::OutData;
 use qgemm_kernels::pack::{BLayout, PackedB};
+use qgemm_kernels::rows::{ConvGeometry, Im2col, Rows};
 use qgemm_reference::{Channelwise, Conv2dParams, OutputStage};
 
 use crate::error::{Result, bail, out_of_memory};
 use crate::gemm::{Options, OutputMatrix, for_row_ranges};
-use crate::isa::{Isa, kernel_for, selected_isa};
+use crate::isa::{Isa, dw_kernel_for, kernel_for, selected_isa};
 use crate::validate::{check_weight_zero_points, output_stage, product};
+use crate::workspace::Workspace;
 
-/// The most im2col scratch one thread holds, in bytes (unless one row of taps is
-/// larger, when it holds one tile of rows).
-pub const IM2COL_SCRATCH_BYTES: usize = 256 * 1024;
+/// The order of a convolution's weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum FilterLayout {
+    /// `[out_channels][kernel_height][kernel_width][in_channels / groups]` (TFLite,
+    /// and the order qgemm packs from directly).
+    #[default]
+    Ohwi,
+    /// `[out_channels][in_channels / groups][kernel_height][kernel_width]` (PyTorch
+    /// and ONNX); reordered once, at packing time.
+    Oihw,
+}
 
-/// Convolution weights as the caller holds them: OHWI,
-/// `[out_channels, kernel_height, kernel_width, in_channels / groups]`, dense.
+/// Convolution weights as the caller holds them, dense, in `layout` order.
 #[derive(Clone, Copy, Debug)]
 pub struct ConvWeights<'a> {
     /// The weights.
     pub data: &'a [i8],
+    /// Their order.
+    pub layout: FilterLayout,
     /// OC, a multiple of `groups`.
     pub out_channels: usize,
     /// KH.
@@ -54,13 +75,18 @@ struct FilterShape {
     groups: usize,
 }
 
-/// Convolution weights packed once for one ISA: one packed N×K matrix per group.
+/// Convolution weights packed once for one ISA: one packed N×K matrix per group,
+/// and for a depthwise convolution also the depthwise kernels' packing.
 #[derive(Clone, Debug)]
 pub struct PackedConvWeights {
     isa: Isa,
     kernel: &'static Kernel,
+    dw_kernel: &'static DwKernel,
     shape: FilterShape,
     groups: Vec<PackedB>,
+    /// Present when groups = in_channels (and the kernel is not absurdly tall); the
+    /// GEMMs above stay for shapes whose pair rows would not fit the scratch bound.
+    depthwise: Option<PackedDw>,
 }
 
 impl PackedConvWeights {
@@ -80,6 +106,7 @@ impl PackedConvWeights {
     /// As [`new`](Self::new), and if `isa` cannot run on this CPU.
     pub fn for_isa(isa: Isa, weights: ConvWeights<'_>) -> Result<PackedConvWeights> {
         let kernel = kernel_for(isa)?;
+        let dw_kernel = dw_kernel_for(isa)?;
         let w = weights;
         let shape = FilterShape {
             out_channels: w.out_channels,
@@ -97,14 +124,11 @@ impl PackedConvWeights {
         let k = product("conv weights KH·KW·C/groups", &[w.kernel_height, w.kernel_width, cg])?;
         let len = product("conv weights OC·KH·KW·C/groups", &[w.out_channels, k])?;
         if w.data.len() != len {
-            bail!(
-                BufferLength,
-                "conv weights: {} values for OHWI [{}, {}, {}, {cg}] (needs {len})",
-                w.data.len(),
-                w.out_channels,
-                w.kernel_height,
-                w.kernel_width
-            );
+            let dims = match w.layout {
+                FilterLayout::Ohwi => format!("OHWI [{}, {}, {}, {cg}]", w.out_channels, w.kernel_height, w.kernel_width),
+                FilterLayout::Oihw => format!("OIHW [{}, {cg}, {}, {}]", w.out_channels, w.kernel_height, w.kernel_width),
+            };
+            bail!(BufferLength, "conv weights: {} values for {dims} (needs {len})", w.data.len());
         }
         check_weight_zero_points(w.zero_point, w.out_channels)?;
         let tile = kernel.tile();
@@ -112,15 +136,32 @@ impl PackedConvWeights {
             bail!(Overflow, "conv weights: K = {k} or OC/groups = {ocg} overflows when padded to the tile");
         }
         let zps = w.zero_point.values();
+        let reordered;
+        let ohwi = match w.layout {
+            FilterLayout::Ohwi => w.data,
+            FilterLayout::Oihw => {
+                reordered = oihw_to_ohwi(w.data, w.kernel_height * w.kernel_width, cg)
+                    .map_err(|e| out_of_memory("conv weights (OIHW reordered)", e))?;
+                &reordered[..]
+            }
+        };
         let groups = (0..w.groups)
             .map(|g| {
-                let data = &w.data[g * ocg * k..(g + 1) * ocg * k];
+                let data = &ohwi[g * ocg * k..(g + 1) * ocg * k];
                 let zp = if zps.len() == 1 { zps } else { &zps[g * ocg..(g + 1) * ocg] };
                 PackedB::try_new(tile, data, BLayout::NxK, k, ocg, zp)
                     .map_err(|e| out_of_memory(&format!("conv weights group {g}"), e))
             })
             .collect::<Result<_>>()?;
-        Ok(PackedConvWeights { isa, kernel, shape, groups })
+        let depthwise = if cg == 1 && w.kernel_height <= dwconv::DW_MAX_KERNEL_HEIGHT {
+            let zps: Vec<i32> = zps.iter().map(|&z| i32::from(z)).collect();
+            let packed = PackedDw::try_new(ohwi, w.out_channels, w.kernel_height, w.kernel_width, &zps)
+                .map_err(|e| out_of_memory("depthwise conv weights", e))?;
+            Some(packed)
+        } else {
+            None
+        };
+        Ok(PackedConvWeights { isa, kernel, dw_kernel, shape, groups, depthwise })
     }
 
     /// The ISA the weights were packed for.
@@ -130,8 +171,21 @@ impl PackedConvWeights {
 
     /// Bytes of packed data held.
     pub fn heap_size(&self) -> usize {
-        self.groups.iter().map(PackedB::heap_size).sum()
+        self.groups.iter().map(PackedB::heap_size).sum::<usize>() + self.depthwise.as_ref().map_or(0, PackedDw::heap_size)
     }
+}
+
+/// OIHW weights in OHWI order: each output channel's `C/groups × taps` block
+/// transposed to `taps × C/groups`.
+fn oihw_to_ohwi(data: &[i8], taps: usize, cg: usize) -> std::result::Result<Vec<i8>, std::collections::TryReserveError> {
+    let mut out = Vec::new();
+    out.try_reserve_exact(data.len())?;
+    for filter in data.chunks_exact((taps * cg).max(1)) {
+        for t in 0..taps {
+            out.extend((0..cg).map(|c| filter[c * taps + t]));
+        }
+    }
+    Ok(out)
 }
 
 fn check_groups(groups: usize, in_channels: usize, out_channels: usize) -> Result<()> {
@@ -223,6 +277,25 @@ pub fn conv2d_with(
     output: OutputMatrix<'_>,
     options: &Options,
 ) -> Result<()> {
+    conv2d_in(input, weights, params, stage, output, options, &mut Workspace::new())
+}
+
+/// [`conv2d_with`] in a caller-owned [`Workspace`], so that repeated calls allocate
+/// nothing once it has grown (at most
+/// [`SCRATCH_BYTES_PER_THREAD`](crate::SCRATCH_BYTES_PER_THREAD) per thread, whatever
+/// the shape).
+///
+/// # Errors
+/// As [`conv2d_with`].
+pub fn conv2d_in(
+    input: &ConvInput<'_>,
+    weights: &PackedConvWeights,
+    params: &Conv2dParams,
+    stage: &OutputStage,
+    output: OutputMatrix<'_>,
+    options: &Options,
+    workspace: &mut Workspace,
+) -> Result<()> {
     options.check(weights.isa)?;
     let p = *params;
     let (oh, ow) = check_params(&p)?;
@@ -265,93 +338,91 @@ pub fn conv2d_with(
         // No output pixels (batch 0) or channels: nothing to compute or write.
         return Ok(());
     }
+    let geometry = ConvGeometry {
+        batch: p.batch,
+        in_height: p.in_height,
+        in_width: p.in_width,
+        in_channels: p.in_channels,
+        kernel_height: p.kernel_height,
+        kernel_width: p.kernel_width,
+        stride_height: p.stride_height,
+        stride_width: p.stride_width,
+        dilation_height: p.dilation_height,
+        dilation_width: p.dilation_width,
+        pad_top: p.pad_top,
+        pad_left: p.pad_left,
+        out_height: oh,
+        out_width: ow,
+    };
+    let out_stride = output.row_stride;
+    let out = output.into_out_data();
+    if let Some(dw) = weights.depthwise.as_ref().filter(|_| dwconv::plan(&geometry, p.out_channels).is_some()) {
+        let run = |row0: usize, rows: usize, out: OutData<'_>, scratch: &mut Scratch| {
+            let args = DwArgs {
+                input: input.data,
+                geometry,
+                zero_point: input.zero_point,
+                weights: dw,
+                first_pixel: row0,
+                pixels: rows,
+                stage,
+                out,
+                out_stride,
+            };
+            dwconv::run(weights.dw_kernel, args, scratch);
+        };
+        // Whole output rows per thread, so that each keeps its pair rows for longer.
+        for_row_ranges(m, ow, options.threads, out, out_stride, workspace, run);
+        return Ok(());
+    }
+
     let kernel = weights.kernel;
     let cg = p.in_channels_per_group();
     let ocg = p.out_channels_per_group();
-    let k = p.kernel_height * p.kernel_width * cg;
-    let pointwise = p.kernel_height == 1
+    let dense_pointwise = p.kernel_height == 1
         && p.kernel_width == 1
         && p.stride_height == 1
         && p.stride_width == 1
         && p.pad_top + p.pad_left + p.pad_bottom + p.pad_right == 0;
-    let mr = kernel.tile().mr;
-    let chunk_rows = (IM2COL_SCRATCH_BYTES / k.max(1) / mr * mr).max(mr);
-    let out_stride = output.row_stride;
-
-    let run = |row0: usize, rows: usize, mut out: OutData<'_>| {
-        let mut scratch = Vec::new();
+    // The fast path's test on gathered rows: no tap can exceed the input's largest
+    // value, or the zero point where a tap reads padding. Only computed when a group's
+    // weights do not already allow the fast path for any input.
+    let needs_max = kernel.fast_path().is_some() && weights.groups.iter().any(|b| !b.pair_sums_fit_i16());
+    let max_value = if needs_max {
+        let max = input.data.iter().copied().max().unwrap_or(0);
+        if geometry.reads_padding() { max.max(input.zero_point) } else { max }
+    } else {
+        u8::MAX
+    };
+    let run = |row0: usize, rows: usize, mut out: OutData<'_>, scratch: &mut Scratch| {
         for (g, packed) in weights.groups.iter().enumerate() {
-            let gemm = |a: &[u8], a_stride: usize, rows: usize, out: OutData<'_>| {
-                driver::gemm(
-                    kernel,
-                    GemmArgs {
-                        m: rows,
-                        a,
-                        a_stride,
-                        a_zp: input.zero_point,
-                        b: packed,
-                        stage: stage.from_column(g * ocg),
-                        out,
-                        out_stride,
-                    },
-                );
-            };
-            if pointwise {
+            let a = if dense_pointwise {
                 // The input rows are the GEMM rows: A starts at this range's first pixel
                 // and this group's first channel, with stride C.
-                let a = input.data.get(row0 * p.in_channels + g * cg..).unwrap_or(&[]);
-                gemm(a, p.in_channels, rows, out.tail(g * ocg));
-                continue;
-            }
-            for r in (0..rows).step_by(chunk_rows) {
-                let count = chunk_rows.min(rows - r);
-                scratch.resize(count * k, 0);
-                im2col(&p, oh, ow, input, g, row0 + r, count, &mut scratch);
-                gemm(&scratch, k, count, out.tail(r * out_stride + g * ocg));
-            }
+                Rows::Matrix { data: input.data.get(row0 * p.in_channels + g * cg..).unwrap_or(&[]), stride: p.in_channels }
+            } else {
+                Rows::Im2col(Im2col {
+                    input: input.data,
+                    geometry,
+                    channel0: g * cg,
+                    group_channels: cg,
+                    first_pixel: row0,
+                    zero_point: input.zero_point,
+                    max_value,
+                })
+            };
+            let args = GemmArgs {
+                m: rows,
+                a,
+                a_zp: input.zero_point,
+                b: packed,
+                stage: stage.from_column(g * ocg),
+                out: out.tail(g * ocg),
+                out_stride,
+            };
+            driver::gemm_in(kernel, args, scratch);
         }
     };
-    for_row_ranges(m, mr, options.threads, output.into_out_data(), out_stride, run);
+    for_row_ranges(m, kernel.tile().mr, options.threads, out, out_stride, workspace, run);
     Ok(())
-}
-
-/// Gathers the taps of group `g` for output pixels `first..first + count` into `dst`,
-/// one row of `KH·KW·C/groups` values per pixel, in `(kh, kw, c)` order. Taps in the
-/// padding read as the input zero point.
-#[allow(clippy::too_many_arguments)]
-fn im2col(
-    p: &Conv2dParams,
-    oh_total: usize,
-    ow_total: usize,
-    input: &ConvInput<'_>,
-    g: usize,
-    first: usize,
-    count: usize,
-    dst: &mut [u8],
-) {
-    let cg = p.in_channels_per_group();
-    let row_len = p.kernel_height * p.kernel_width * cg;
-    for (i, row) in dst.chunks_exact_mut(row_len.max(1)).take(count).enumerate() {
-        let pixel = first + i;
-        let ow = pixel % ow_total;
-        let oh = (pixel / ow_total) % oh_total;
-        let b = pixel / (ow_total * oh_total);
-        let mut taps = row.chunks_exact_mut(cg.max(1));
-        for kh in 0..p.kernel_height {
-            let ih =
-                (oh * p.stride_height + kh * p.dilation_height).checked_sub(p.pad_top).filter(|&ih| ih < p.in_height);
-            for kw in 0..p.kernel_width {
-                let iw =
-                    (ow * p.stride_width + kw * p.dilation_width).checked_sub(p.pad_left).filter(|&iw| iw < p.in_width);
-                let Some(tap) = taps.next() else { return };
-                match (ih, iw) {
-                    (Some(ih), Some(iw)) => {
-                        let at = ((b * p.in_height + ih) * p.in_width + iw) * p.in_channels + g * cg;
-                        tap.copy_from_slice(&input.data[at..at + cg]);
-                    }
-                    _ => tap.fill(input.zero_point),
-                }
-            }
-        }
-    }
 }

@@ -1,7 +1,8 @@
 //! GEMM: packed weights, the matrices of a call, and the entry points.
 
 use qgemm_kernels::Kernel;
-use qgemm_kernels::driver::{self, GemmArgs};
+use qgemm_kernels::driver::{self, GemmArgs, Scratch};
+use qgemm_kernels::rows::Rows;
 use qgemm_kernels::output::OutData;
 use qgemm_kernels::pack::{BLayout, PackedB};
 use qgemm_reference::{Channelwise, OutputStage, OutputType, WeightLayout};
@@ -9,6 +10,7 @@ use qgemm_reference::{Channelwise, OutputStage, OutputType, WeightLayout};
 use crate::error::{Result, bail, out_of_memory};
 use crate::isa::{Isa, kernel_for, selected_isa};
 use crate::validate::{check_matrix, check_weight_zero_points, output_stage, product};
+use crate::workspace::Workspace;
 
 /// The weight matrix B (K×N, i8) as the caller holds it, before packing.
 #[derive(Clone, Copy, Debug)]
@@ -283,6 +285,23 @@ pub fn gemm_with(
     c: OutputMatrix<'_>,
     options: &Options,
 ) -> Result<()> {
+    gemm_in(a, b, stage, c, options, &mut Workspace::new())
+}
+
+/// [`gemm_with`] in a caller-owned [`Workspace`], so that repeated calls allocate
+/// nothing once it has grown (at most
+/// [`SCRATCH_BYTES_PER_THREAD`](crate::SCRATCH_BYTES_PER_THREAD) per thread).
+///
+/// # Errors
+/// As [`gemm_with`].
+pub fn gemm_in(
+    a: &Activations<'_>,
+    b: &PackedWeights,
+    stage: &OutputStage,
+    c: OutputMatrix<'_>,
+    options: &Options,
+    workspace: &mut Workspace,
+) -> Result<()> {
     options.check(b.isa())?;
     if a.cols != b.k() {
         bail!(WeightsMismatch, "A has K = {} columns but the weights were packed for K = {}", a.cols, b.k());
@@ -298,52 +317,64 @@ pub fn gemm_with(
     let lowered = output_stage(stage, b.n(), c.output_type())?;
     let out_stride = c.row_stride;
     let kernel = b.kernel();
-    let run = |row0: usize, rows: usize, out: OutData<'_>| {
-        driver::gemm(
+    let run = |row0: usize, rows: usize, out: OutData<'_>, scratch: &mut Scratch| {
+        driver::gemm_in(
             kernel,
             GemmArgs {
                 m: rows,
                 // Empty when K = 0, whatever the stride.
-                a: a.data.get(row0 * a.row_stride..).unwrap_or(&[]),
-                a_stride: a.row_stride,
+                a: Rows::Matrix { data: a.data.get(row0 * a.row_stride..).unwrap_or(&[]), stride: a.row_stride },
                 a_zp: a.zero_point,
                 b: b.packed(),
                 stage: lowered,
                 out,
                 out_stride,
             },
+            scratch,
         )
     };
-    for_row_ranges(a.rows, kernel.tile().mr, options.threads, c.into_out_data(), out_stride, run);
+    for_row_ranges(a.rows, kernel.tile().mr, options.threads, c.into_out_data(), out_stride, workspace, run);
     Ok(())
 }
 
-/// Calls `run(row0, rows, out)` for contiguous ranges of rows `0..m` (multiples of
-/// `align` but the last) on up to `threads` threads, where `out` starts at row `row0`
-/// and holds only that range's rows. Every output element is computed the same way
-/// whatever the split, so results do not depend on the thread count.
-pub(crate) fn for_row_ranges<F>(m: usize, align: usize, threads: usize, out: OutData<'_>, out_stride: usize, run: F)
-where
-    F: Fn(usize, usize, OutData<'_>) + Sync,
+/// Calls `run(row0, rows, out, scratch)` for contiguous ranges of rows `0..m`
+/// (multiples of `align` but the last) on up to `threads` threads, where `out` starts
+/// at row `row0` and holds only that range's rows, and each thread has its own scratch
+/// from `workspace`. Every output element is computed the same way whatever the split,
+/// so results do not depend on the thread count.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn for_row_ranges<F>(
+    m: usize,
+    align: usize,
+    threads: usize,
+    out: OutData<'_>,
+    out_stride: usize,
+    workspace: &mut Workspace,
+    run: F,
+) where
+    F: Fn(usize, usize, OutData<'_>, &mut Scratch) + Sync,
 {
     let chunks = threads.min(m.div_ceil(align)).max(1);
+    let scratch = workspace.threads(chunks);
     if chunks == 1 {
-        run(0, m, out);
+        run(0, m, out, &mut scratch[0]);
         return;
     }
     let rows_per_chunk = m.div_ceil(chunks).div_ceil(align) * align;
     std::thread::scope(|scope| {
         let mut rest = out;
         let mut row0 = 0;
+        let mut scratch = scratch.iter_mut();
         while row0 < m {
             let rows = rows_per_chunk.min(m - row0);
             let (mine, others) = split_rows(rest, rows * out_stride);
             rest = others;
+            let scratch = scratch.next().expect("one scratch per range");
             if row0 + rows == m {
-                run(row0, rows, mine);
+                run(row0, rows, mine, scratch);
             } else {
                 let run = &run;
-                scope.spawn(move || run(row0, rows, mine));
+                scope.spawn(move || run(row0, rows, mine, scratch));
             }
             row0 += rows;
         }

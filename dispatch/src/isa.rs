@@ -9,6 +9,7 @@ use std::str::FromStr;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU8, Ordering};
 
+use qgemm_kernels::dwconv::{self, DwKernel};
 use qgemm_kernels::{Kernel, portable};
 
 use crate::error::{Error, Result, bail};
@@ -135,6 +136,17 @@ fn built_kernel(isa: Isa) -> Option<&'static Kernel> {
         Isa::Avx2 => qgemm_kernels::x86_64::avx2::kernel(),
         _ => None,
     }
+}
+
+/// The depthwise kernel for `isa`, once [`kernel_for`] has accepted it: the ISA's own
+/// where it has one, else the portable one (which runs everywhere).
+pub(crate) fn dw_kernel_for(isa: Isa) -> Result<&'static DwKernel> {
+    kernel_for(isa)?;
+    Ok(match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => qgemm_kernels::x86_64::avx2_dwconv::dw_kernel().unwrap_or(dwconv::portable_kernel()),
+        _ => dwconv::portable_kernel(),
+    })
 }
 
 /// What detection found, computed once.

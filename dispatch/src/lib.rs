@@ -56,10 +56,12 @@ mod gemm;
 mod isa;
 mod quant;
 mod validate;
+mod workspace;
 
-pub use conv::{ConvInput, ConvWeights, IM2COL_SCRATCH_BYTES, PackedConvWeights, conv2d, conv2d_with};
+pub use conv::{ConvInput, ConvWeights, FilterLayout, PackedConvWeights, conv2d, conv2d_in, conv2d_with};
 pub use error::{Error, ErrorKind, Result};
-pub use gemm::{Activations, Options, OutputBuffer, OutputMatrix, PackedWeights, Weights, gemm, gemm_with};
+pub use gemm::{Activations, Options, OutputBuffer, OutputMatrix, PackedWeights, Weights, gemm, gemm_in, gemm_with};
+pub use workspace::{SCRATCH_BYTES_PER_THREAD, Workspace};
 pub use isa::{Isa, KernelInfo, available_isas, detected_isa, force_isa, selected_isa};
 pub use quant::{onnx_float_scale, quantize_bias, quantize_multiplier, tflite_real_multiplier};
 

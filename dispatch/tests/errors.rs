@@ -404,6 +404,7 @@ fn conv_weights_for(p: &Conv2dParams) -> PackedConvWeights {
         Isa::Portable,
         ConvWeights {
             data: &w,
+            layout: qgemm::FilterLayout::Ohwi,
             out_channels: p.out_channels,
             kernel_height: p.kernel_height,
             kernel_width: p.kernel_width,
@@ -457,6 +458,7 @@ fn conv_errors() {
     // Conv weights with the wrong length or a group count that does not divide.
     let e = PackedConvWeights::new(ConvWeights {
         data: &[0; 10],
+        layout: qgemm::FilterLayout::Ohwi,
         out_channels: 2,
         kernel_height: 3,
         kernel_width: 3,
@@ -468,6 +470,7 @@ fn conv_errors() {
     assert_eq!(e.kind(), ErrorKind::BufferLength);
     let e = PackedConvWeights::new(ConvWeights {
         data: &[0; 18],
+        layout: qgemm::FilterLayout::Ohwi,
         out_channels: 2,
         kernel_height: 3,
         kernel_width: 3,

@@ -292,6 +292,7 @@ pub fn conv2d(bytes: &[u8]) {
     for &isa in qgemm::available_isas() {
         let w = ConvWeights {
             data: &weights,
+            layout: qgemm::FilterLayout::Ohwi,
             out_channels: p.out_channels,
             kernel_height: p.kernel_height,
             kernel_width: p.kernel_width,

@@ -14,7 +14,13 @@
 //! ```
 //!
 //! A row block is packed once for all of K and reused for every block of columns, so
-//! packing costs O(M·K) whatever N; its scratch is `mc × K` values.
+//! packing costs O(M·K) whatever N; its scratch is `mc × K` values. Where that would
+//! exceed [`A_PACK_BYTES`] (K above about 5000 on AVX2), each K block is packed just
+//! before it is used instead, once per block of columns, so the scratch stays bounded
+//! whatever K: see [`Scratch`] for the whole bound.
+//!
+//! The rows of A come from a [`Rows`]: a matrix, or a convolution's taps gathered while
+//! packing (im2col fused into the packing, never materialized).
 //!
 //! The fast path (see [`Kernel`]) runs on a block when the weights' pair sums fit in
 //! i16 for any activation, or when the block's activations are all ≤ 127; both
@@ -29,19 +35,92 @@
 use crate::kernel::{BlockArgs, Kernel};
 use crate::output::{EpilogueArgs, OutData, OutputStage, ZeroPoints};
 use crate::pack::{PackedB, pack_a};
+use crate::rows::Rows;
 
 /// How much packed A one strip of the last K block may hold (see [`gemm`]).
 const STRIP_A_BYTES: usize = 16 << 10;
+
+/// The most packed A a row block holds for all of K; past it, each K block is packed
+/// when it is used.
+pub const A_PACK_BYTES: usize = 512 << 10;
+
+/// The most scratch one [`gemm_in`] call holds, in bytes, for the kernels of this crate
+/// (whose blockings are at most 64 × 512 × 1024): packed A ≤ [`A_PACK_BYTES`] (or one
+/// `mc × kc` block of i16, 64 KiB, if larger), accumulators `mc × nc` i32 ≤ 256 KiB,
+/// one K block of gathered taps ≤ 512 bytes, and row sums. Tests assert it.
+pub const GEMM_SCRATCH_BYTES: usize = A_PACK_BYTES + (256 << 10) + (1 << 10);
+
+/// The most a [`Scratch`] ever holds, whatever mix of GEMMs and convolutions it served:
+/// the GEMM buffers, and the depthwise pair rows ([`crate::dwconv::DW_PAIRS_BYTES`];
+/// its accumulators share the GEMM's), plus 24 bytes of bookkeeping per kernel row
+/// (at most [`crate::dwconv::DW_MAX_KERNEL_HEIGHT`]). 1 MiB.
+pub const SCRATCH_BYTES: usize = 1 << 20;
+
+/// The buffers one thread of the loop nest works in, kept by the caller across calls
+/// so that repeated calls allocate nothing. They grow to what a call needs, and never
+/// past [`GEMM_SCRATCH_BYTES`] together.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    a_pack: Vec<u8>,
+    acc: Vec<i32>,
+    row_sums: Vec<i32>,
+    gather: Vec<u8>,
+    pair_rows: Vec<i32>,
+    tags: Vec<(usize, usize)>,
+    row_at: Vec<usize>,
+}
+
+/// The depthwise loop nest's view of a [`Scratch`].
+pub(crate) struct DwScratch<'a> {
+    pub pair_rows: &'a mut [i32],
+    pub acc: &'a mut [i32],
+    pub row_sums: &'a mut [i32],
+    pub tags: &'a mut [(usize, usize)],
+    pub row_at: &'a mut [usize],
+}
+
+impl Scratch {
+    /// Empty buffers.
+    pub fn new() -> Scratch {
+        Scratch::default()
+    }
+
+    /// Bytes held.
+    pub fn heap_size(&self) -> usize {
+        self.a_pack.capacity()
+            + 4 * (self.acc.capacity() + self.row_sums.capacity() + self.pair_rows.capacity())
+            + self.gather.capacity()
+            + size_of::<(usize, usize)>() * self.tags.capacity()
+            + size_of::<usize>() * self.row_at.capacity()
+    }
+
+    /// The buffers of a depthwise call, grown to these lengths.
+    pub(crate) fn dw(&mut self, pair_rows: usize, acc: usize, rows: usize, kernel_rows: usize) -> DwScratch<'_> {
+        DwScratch {
+            pair_rows: grown(&mut self.pair_rows, pair_rows),
+            acc: grown(&mut self.acc, acc),
+            row_sums: grown(&mut self.row_sums, rows),
+            tags: grown(&mut self.tags, kernel_rows),
+            row_at: grown(&mut self.row_at, kernel_rows),
+        }
+    }
+}
+
+/// `v` with at least `len` elements (contents unspecified).
+fn grown<T: Copy + Default>(v: &mut Vec<T>, len: usize) -> &mut [T] {
+    if v.len() < len {
+        v.resize(len, T::default());
+    }
+    &mut v[..len]
+}
 
 /// One GEMM call: `out[m × n] = stage(Σ (A − a_zp)(B − b_zp))`.
 #[derive(Debug)]
 pub struct GemmArgs<'a> {
     /// Rows of A and of the output.
     pub m: usize,
-    /// A: row `r` is `a[r * a_stride..][..k]`.
-    pub a: &'a [u8],
-    /// Distance between rows of A.
-    pub a_stride: usize,
+    /// A: `m` rows of K values.
+    pub a: Rows<'a>,
     /// The activation zero point.
     pub a_zp: u8,
     /// The packed weights; they give K and N.
@@ -54,13 +133,21 @@ pub struct GemmArgs<'a> {
     pub out_stride: usize,
 }
 
-/// Runs a GEMM with `kernel` on the calling thread.
+/// Runs a GEMM with `kernel` on the calling thread, with scratch of its own.
+///
+/// # Panics
+/// As [`gemm_in`].
+pub fn gemm(kernel: &Kernel, args: GemmArgs<'_>) {
+    gemm_in(kernel, args, &mut Scratch::new())
+}
+
+/// Runs a GEMM with `kernel` on the calling thread, in `scratch`.
 ///
 /// # Panics
 /// If the weights were packed for another tile, or a buffer is shorter than the
 /// shapes say (the public crate validates all of this first).
-pub fn gemm(kernel: &Kernel, args: GemmArgs<'_>) {
-    let GemmArgs { m, a, a_stride, a_zp, b, stage, mut out, out_stride } = args;
+pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
+    let GemmArgs { m, a, a_zp, b, stage, mut out, out_stride } = args;
     let tile = kernel.tile();
     let blocking = kernel.blocking();
     assert_eq!(b.tile(), tile, "weights packed for another tile");
@@ -68,29 +155,39 @@ pub fn gemm(kernel: &Kernel, args: GemmArgs<'_>) {
     if m == 0 || n == 0 {
         return;
     }
-    assert!(k == 0 || (a_stride >= k && a.len() >= (m - 1) * a_stride + k), "A too short");
+    if let Rows::Matrix { data, stride } = a {
+        assert!(k == 0 || (stride >= k && data.len() >= (m - 1) * stride + k), "A too short");
+    }
 
     let kgroups_total = b.k_padded() / tile.kg;
-    // With a single row panel, A is tiny and B streams through once: take all of K at
-    // once, so that each B panel is read front to back (what prefetchers follow)
-    // rather than in kc-sized pieces a panel apart.
-    let kc_groups = if m <= tile.mr { kgroups_total.max(1) } else { blocking.kc / tile.kg };
-    let mc_max = blocking.mc.min(m.div_ceil(tile.mr) * tile.mr);
-    let nc_max = blocking.nc.min(n.div_ceil(tile.nr) * tile.nr);
     let fast = kernel.fast_path();
     let wide = kernel.wide_a() || fast.is_some_and(|f| f.wide_a());
     let a_width = if wide { 2 } else { 1 };
-    // A row block is packed once, for all of K, and reused for every block of columns.
-    let mut a_pack = vec![0u8; mc_max * kgroups_total * tile.kg * a_width];
-    let mut a_blocks: Vec<(usize, Kernel)> = Vec::with_capacity(kgroups_total.div_ceil(kc_groups.max(1)));
-    let mut acc = vec![0i32; mc_max * nc_max];
-    let mut row_sums = vec![0i32; mc_max];
+    let mc_max = blocking.mc.min(m.div_ceil(tile.mr) * tile.mr);
+    let nc_max = blocking.nc.min(n.div_ceil(tile.nr) * tile.nr);
+    // Pack a row block once for all of K when that fits; otherwise one K block at a
+    // time, as it is used.
+    let hold_all = mc_max * kgroups_total * tile.kg * a_width <= A_PACK_BYTES;
+    // With a single row panel, A is tiny and B streams through once: take all of K at
+    // once, so that each B panel is read front to back (what prefetchers follow)
+    // rather than in kc-sized pieces a panel apart. (Not for gathered rows, whose
+    // gather buffer holds one kc block.)
+    let matrix = matches!(a, Rows::Matrix { .. });
+    let kc_groups = if m <= tile.mr && hold_all && matrix { kgroups_total.max(1) } else { blocking.kc / tile.kg };
+    let a_pack_len = if hold_all { mc_max * kgroups_total * tile.kg } else { mc_max * kc_groups * tile.kg };
+    let Scratch { a_pack, acc, row_sums, gather, .. } = scratch;
+    let a_pack = grown(a_pack, a_pack_len * a_width);
+    let acc = grown(acc, mc_max * nc_max);
+    let row_sums = grown(row_sums, mc_max);
+    let gather = grown(gather, if matrix { 0 } else { kc_groups * tile.kg });
+    // (first k-group, k-groups, kernel, offset in a_pack) per K block of a row block.
+    let mut a_blocks: Vec<(usize, usize, Kernel, usize)> = Vec::with_capacity(kgroups_total.div_ceil(kc_groups.max(1)));
     let zero_points = ZeroPoints { a_zp: i32::from(a_zp), col_offsets: b.col_offsets(), b_zp: b.zero_points() };
 
     for ic in (0..m).step_by(blocking.mc) {
         let rows = blocking.mc.min(m - ic);
         let row_panels = rows.div_ceil(tile.mr);
-        let a_block = &a[ic * a_stride..];
+        let a_block = a.skip(ic);
         row_sums.fill(0);
         a_blocks.clear();
         let mut offset = 0;
@@ -99,48 +196,41 @@ pub fn gemm(kernel: &Kernel, args: GemmArgs<'_>) {
             let block_kernel = match fast {
                 Some(f)
                     if b.pair_sums_fit_i16()
-                        || max_activation(a_block, a_stride, rows, k, g0 * tile.kg, groups * tile.kg) <= 127 =>
+                        || a_block.max_value(rows, (g0 * tile.kg).min(k), ((g0 + groups) * tile.kg).min(k)) <= 127 =>
                 {
                     f
                 }
                 _ => *kernel,
             };
-            let dst = &mut a_pack[offset..];
-            pack_a(tile, a_block, a_stride, rows, k, g0, groups, block_kernel.wide_a(), dst, &mut row_sums);
-            a_blocks.push((offset, block_kernel));
-            offset += row_panels * tile.mr * groups * tile.kg * if block_kernel.wide_a() { 2 } else { 1 };
+            a_blocks.push((g0, groups, block_kernel, offset));
+            if hold_all {
+                let sums = Some(&mut row_sums[..]);
+                pack_a(tile, &a_block, rows, k, g0, groups, block_kernel.wide_a(), &mut a_pack[offset..], sums, gather);
+                offset += row_panels * tile.mr * groups * tile.kg * if block_kernel.wide_a() { 2 } else { 1 };
+            }
         }
         for jc in (0..n).step_by(blocking.nc) {
             let cols = blocking.nc.min(n - jc);
             let col_panels = cols.div_ceil(tile.nr);
             let b_block = |g0: usize| &b.data()[(jc / tile.nr) * b.panel_stride() + g0 * tile.nr * tile.kg..];
-            let epilogue = |acc: &[i32], r0: usize, strip_rows: usize, out: &mut OutData<'_>| {
-                kernel.epilogue(EpilogueArgs {
-                    acc: &acc[r0 * nc_max..],
-                    acc_stride: nc_max,
-                    rows: strip_rows,
-                    cols,
-                    row_sums: &row_sums[r0..],
-                    zero_points: ZeroPoints {
-                        col_offsets: &zero_points.col_offsets[jc..],
-                        b_zp: &zero_points.b_zp[jc..],
-                        ..zero_points
-                    },
-                    stage: stage.from_column(jc),
-                    out: out.tail((ic + r0) * out_stride + jc),
-                    out_stride,
-                })
+            // Without room for all of K, each K block is packed here, as it is used (the
+            // row sums on the first block of columns only).
+            let mut pack_now = |g0: usize, groups: usize, block_kernel: &Kernel, a_pack: &mut [u8], row_sums: &mut [i32]| {
+                if !hold_all {
+                    let sums = if jc == 0 { Some(row_sums) } else { None };
+                    pack_a(tile, &a_block, rows, k, g0, groups, block_kernel.wide_a(), a_pack, sums, gather);
+                }
             };
-            let Some((&(last_offset, last_kernel), earlier)) = a_blocks.split_last() else {
+            let Some((&(g_last, groups_last, last_kernel, last_offset), earlier)) = a_blocks.split_last() else {
                 // K = 0: no block writes the accumulators.
                 acc.fill(0);
-                epilogue(&acc, 0, rows, &mut out);
+                epilogue(kernel, acc, nc_max, row_sums, 0, rows, cols, ic, jc, zero_points, stage, &mut out, out_stride);
                 continue;
             };
             // Every K block but the last, over the whole block: each B panel slice stays
             // in L1 while the row panels stream by.
-            let mut g0 = 0;
-            for (i, &(offset, block_kernel)) in earlier.iter().enumerate() {
+            for (i, &(g0, groups, block_kernel, offset)) in earlier.iter().enumerate() {
+                pack_now(g0, groups, &block_kernel, a_pack, row_sums);
                 block_kernel.block(BlockArgs {
                     a: &a_pack[offset..],
                     b: b_block(g0),
@@ -148,20 +238,19 @@ pub fn gemm(kernel: &Kernel, args: GemmArgs<'_>) {
                     row_panels,
                     rows,
                     col_panels,
-                    kgroups: kc_groups,
-                    acc: &mut acc,
+                    kgroups: groups,
+                    acc,
                     acc_stride: nc_max,
                     accumulate: i > 0,
                 });
-                g0 += kc_groups;
             }
+            pack_now(g_last, groups_last, &last_kernel, a_pack, row_sums);
             // The last K block a strip of row panels at a time, each strip followed at
             // once by the output stage of its rows while their accumulators are still
             // in cache: the output stage is fused per strip, never a pass over a large
             // block. A strip's packed A fits in 16 KiB, so each B panel slice is read
             // once per strip from L1.
-            let groups = kgroups_total - g0;
-            let a_panel_bytes = groups * tile.mr * tile.kg * if last_kernel.wide_a() { 2 } else { 1 };
+            let a_panel_bytes = groups_last * tile.mr * tile.kg * if last_kernel.wide_a() { 2 } else { 1 };
             let strip_panels = (STRIP_A_BYTES / a_panel_bytes.max(1)).clamp(1, row_panels);
             for ip in (0..row_panels).step_by(strip_panels) {
                 let panels = strip_panels.min(row_panels - ip);
@@ -169,28 +258,52 @@ pub fn gemm(kernel: &Kernel, args: GemmArgs<'_>) {
                 let strip_rows = (panels * tile.mr).min(rows - r0);
                 last_kernel.block(BlockArgs {
                     a: &a_pack[last_offset + ip * a_panel_bytes..],
-                    b: b_block(g0),
+                    b: b_block(g_last),
                     b_panel_stride: b.panel_stride(),
                     row_panels: panels,
                     rows: strip_rows,
                     col_panels,
-                    kgroups: groups,
+                    kgroups: groups_last,
                     acc: &mut acc[r0 * nc_max..],
                     acc_stride: nc_max,
                     accumulate: !earlier.is_empty(),
                 });
-                epilogue(&acc, r0, strip_rows, &mut out);
+                epilogue(kernel, acc, nc_max, row_sums, r0, strip_rows, cols, ic, jc, zero_points, stage, &mut out, out_stride);
             }
         }
     }
 }
 
-/// The largest activation in rows `0..rows`, columns `[k0, k0 + len) ∩ [0, k)` of a
-/// block (0 when that range is empty).
-fn max_activation(a: &[u8], stride: usize, rows: usize, k: usize, k0: usize, len: usize) -> u8 {
-    let k1 = (k0 + len).min(k);
-    if k1 <= k0 {
-        return 0;
-    }
-    (0..rows).map(|r| a[r * stride + k0..r * stride + k1].iter().fold(0, |m, &v| m.max(v))).max().unwrap_or(0)
+/// The output stage of rows `r0..r0 + rows` of the accumulator block at `(ic, jc)`.
+#[allow(clippy::too_many_arguments)]
+fn epilogue(
+    kernel: &Kernel,
+    acc: &[i32],
+    acc_stride: usize,
+    row_sums: &[i32],
+    r0: usize,
+    rows: usize,
+    cols: usize,
+    ic: usize,
+    jc: usize,
+    zero_points: ZeroPoints<'_>,
+    stage: OutputStage<'_>,
+    out: &mut OutData<'_>,
+    out_stride: usize,
+) {
+    kernel.epilogue(EpilogueArgs {
+        acc: &acc[r0 * acc_stride..],
+        acc_stride,
+        rows,
+        cols,
+        row_sums: &row_sums[r0..],
+        zero_points: ZeroPoints {
+            col_offsets: &zero_points.col_offsets[jc..],
+            b_zp: &zero_points.b_zp[jc..],
+            ..zero_points
+        },
+        stage: stage.from_column(jc),
+        out: out.tail((ic + r0) * out_stride + jc),
+        out_stride,
+    })
 }

@@ -16,10 +16,12 @@
 #![warn(missing_docs)]
 
 pub mod driver;
+pub mod dwconv;
 pub mod kernel;
 pub mod output;
 pub mod pack;
 pub mod portable;
+pub mod rows;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;
 

@@ -35,6 +35,7 @@
 use std::collections::TryReserveError;
 
 use crate::kernel::Tile;
+use crate::rows::Rows;
 
 /// How the source weight matrix B (K×N) is laid out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -185,42 +186,58 @@ fn zeroed<T: Clone + Default>(len: usize) -> Result<Vec<T>, TryReserveError> {
 
 /// Packs rows `0..rows` and k-groups `[g0, g0 + groups)` of A into `dst` (layout in the
 /// module documentation), and adds each row's sum over the packed k range to
-/// `row_sums`. With `wide`, each value is stored as a little-endian i16 (two bytes).
+/// `row_sums`, if given. With `wide`, each value is stored as a little-endian i16 (two
+/// bytes).
 ///
-/// `a` starts at the block's first row; row `r` is `a[r * stride..][..k]`. K values at
-/// or past `k` are packed as zero.
+/// `a` starts at the block's first row and has `k` values per row; values at or past
+/// `k` are packed as zero. Rows that are not contiguous in memory (convolution taps)
+/// are gathered into `gather`, which holds at least `groups · kg` values then.
 ///
 /// # Panics
-/// If `dst` or `row_sums` is too short, or A does not hold the rows.
+/// If `dst`, `row_sums` or `gather` is too short, or A does not hold the rows.
 #[allow(clippy::too_many_arguments)]
 pub fn pack_a(
     tile: Tile,
-    a: &[u8],
-    stride: usize,
+    a: &Rows<'_>,
     rows: usize,
     k: usize,
     g0: usize,
     groups: usize,
     wide: bool,
     dst: &mut [u8],
-    row_sums: &mut [i32],
+    row_sums: Option<&mut [i32]>,
+    gather: &mut [u8],
 ) {
+    let args = PackA { mr: tile.mr, a, rows, k, g0, groups, dst, row_sums, gather };
     #[cfg(target_arch = "x86_64")]
     if tile.kg == 4 && wide && std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: AVX2 was detected just above.
-        unsafe { pack_a_4x2_avx2(tile.mr, a, stride, rows, k, g0, groups, dst, row_sums) };
+        unsafe { pack_a_4x2_avx2(args) };
         return;
     }
     // Const K-groups and widths make each group's copy a single move.
     match (tile.kg, wide) {
-        (4, false) => pack_a_with::<4, 1>(tile.mr, a, stride, rows, k, g0, groups, dst, row_sums),
-        (4, true) => pack_a_with::<4, 2>(tile.mr, a, stride, rows, k, g0, groups, dst, row_sums),
-        (2, false) => pack_a_with::<2, 1>(tile.mr, a, stride, rows, k, g0, groups, dst, row_sums),
-        (2, true) => pack_a_with::<2, 2>(tile.mr, a, stride, rows, k, g0, groups, dst, row_sums),
-        (1, false) => pack_a_with::<1, 1>(tile.mr, a, stride, rows, k, g0, groups, dst, row_sums),
-        (1, true) => pack_a_with::<1, 2>(tile.mr, a, stride, rows, k, g0, groups, dst, row_sums),
+        (4, false) => pack_a_with::<4, 1>(args),
+        (4, true) => pack_a_with::<4, 2>(args),
+        (2, false) => pack_a_with::<2, 1>(args),
+        (2, true) => pack_a_with::<2, 2>(args),
+        (1, false) => pack_a_with::<1, 1>(args),
+        (1, true) => pack_a_with::<1, 2>(args),
         (kg, _) => unimplemented!("packing A for K-groups of {kg}"),
     }
+}
+
+/// The arguments of [`pack_a`], for its instances.
+struct PackA<'a, 'r> {
+    mr: usize,
+    a: &'a Rows<'r>,
+    rows: usize,
+    k: usize,
+    g0: usize,
+    groups: usize,
+    dst: &'a mut [u8],
+    row_sums: Option<&'a mut [i32]>,
+    gather: &'a mut [u8],
 }
 
 /// [`pack_a_with`] for the AVX2 kernel's format, compiled for AVX2 (the row sums and
@@ -230,35 +247,14 @@ pub fn pack_a(
 /// The CPU must support AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn pack_a_4x2_avx2(
-    mr: usize,
-    a: &[u8],
-    stride: usize,
-    rows: usize,
-    k: usize,
-    g0: usize,
-    groups: usize,
-    dst: &mut [u8],
-    row_sums: &mut [i32],
-) {
-    pack_a_with::<4, 2>(mr, a, stride, rows, k, g0, groups, dst, row_sums)
+unsafe fn pack_a_4x2_avx2(args: PackA<'_, '_>) {
+    pack_a_with::<4, 2>(args)
 }
 
 /// [`pack_a`] for K-groups of `KG` values stored `WIDTH` bytes each (1: u8, 2: LE i16).
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn pack_a_with<const KG: usize, const WIDTH: usize>(
-    mr: usize,
-    a: &[u8],
-    stride: usize,
-    rows: usize,
-    k: usize,
-    g0: usize,
-    groups: usize,
-    dst: &mut [u8],
-    row_sums: &mut [i32],
-) {
+fn pack_a_with<const KG: usize, const WIDTH: usize>(args: PackA<'_, '_>) {
+    let PackA { mr, a, rows, k, g0, groups, dst, mut row_sums, gather } = args;
     let panels = rows.div_ceil(mr);
     let panel_bytes = groups * mr * KG * WIDTH;
     let dst = &mut dst[..panels * panel_bytes];
@@ -268,10 +264,11 @@ fn pack_a_with<const KG: usize, const WIDTH: usize>(
     for (panel, pdst) in dst.chunks_exact_mut(panel_bytes.max(1)).take(panels).enumerate() {
         for i in 0..mr {
             let r = panel * mr + i;
-            let src: &[u8] = if r < rows { &a[r * stride + k0..r * stride + k1] } else { &[] };
-            if r < rows {
-                // At most kc · 255 per block: no overflow in u32.
-                let sum = src.iter().map(|&v| u32::from(v)).sum::<u32>() as i32;
+            let src: &[u8] = if r < rows { a.row(r, k0, k1, gather) } else { &[] };
+            if let Some(row_sums) = row_sums.as_deref_mut().filter(|_| r < rows) {
+                // Wrapping, as the reference's i32 sums do (a block of all of K may
+                // exceed u32 when K is huge).
+                let sum = src.iter().fold(0u32, |s, &v| s.wrapping_add(u32::from(v))) as i32;
                 row_sums[r] = row_sums[r].wrapping_add(sum);
             }
             // Group g of this row goes to slot (g · mr + i); past the row's data, zeros.

@@ -4,6 +4,7 @@
 #![cfg(target_arch = "x86_64")]
 
 use qgemm_kernels::driver::{GemmArgs, gemm};
+use qgemm_kernels::rows::Rows;
 use qgemm_kernels::output::{OutData, OutputStage};
 use qgemm_kernels::pack::{BLayout, PackedB};
 use qgemm_kernels::x86_64::avx2;
@@ -30,8 +31,7 @@ fn run(kernel: &Kernel, a: &[u8], a_zp: u8, m: usize, b: &PackedB) -> Vec<i32> {
     let mut out = vec![0i32; m * b.n()];
     let args = GemmArgs {
         m,
-        a,
-        a_stride: b.k(),
+        a: Rows::Matrix { data: a, stride: b.k() },
         a_zp,
         b,
         stage: OutputStage { bias: None, requant: None },

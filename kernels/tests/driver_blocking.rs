@@ -3,6 +3,7 @@
 //! reference. The public crate's harness covers the default blocking.
 
 use qgemm_kernels::driver::{GemmArgs, gemm};
+use qgemm_kernels::rows::Rows;
 use qgemm_kernels::output::{OutData, OutputStage, Param, Requant, Rounding, Scheme};
 use qgemm_kernels::pack::{BLayout, PackedB};
 use qgemm_kernels::{Blocking, Kernel, portable};
@@ -90,8 +91,7 @@ fn blocked_loop_nest_matches_reference() {
                 &kernel,
                 GemmArgs {
                     m,
-                    a: &a,
-                    a_stride: stride,
+                    a: Rows::Matrix { data: &a, stride },
                     a_zp,
                     b: &packed,
                     stage: OutputStage { bias: Some(&bias), requant: None },
@@ -119,8 +119,7 @@ fn blocked_loop_nest_matches_reference() {
                 &kernel,
                 GemmArgs {
                     m,
-                    a: &a,
-                    a_stride: stride,
+                    a: Rows::Matrix { data: &a, stride },
                     a_zp,
                     b: &packed,
                     stage: OutputStage { bias: None, requant: Some(requant) },
@@ -165,8 +164,7 @@ fn last_k_block_in_several_strips() {
                 &kernel,
                 GemmArgs {
                     m,
-                    a: &a,
-                    a_stride: k,
+                    a: Rows::Matrix { data: &a, stride: k },
                     a_zp: 77,
                     b: &packed,
                     stage: OutputStage { bias: Some(&bias), requant: None },

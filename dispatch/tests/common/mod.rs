@@ -358,6 +358,7 @@ impl ConvCase {
             isa,
             ConvWeights {
                 data: &self.weights,
+                layout: qgemm::FilterLayout::Ohwi,
                 out_channels: p.out_channels,
                 kernel_height: p.kernel_height,
                 kernel_width: p.kernel_width,

@@ -1,3 +1,4 @@
 //! x86-64 kernels, one module per instruction set.
 
 pub mod avx2;
+pub mod avx2_dwconv;

@@ -1,0 +1,545 @@
+//! Depthwise convolution (groups = input channels): its own weight packing, loop nest
+//! and kernels, because as a GEMM it would be N = 1 per group.
+//!
+//! Every output channel is a separate dot product over `KH × KW` taps, so the
+//! kernels vectorize across channels (NHWC keeps them contiguous) and multiply in
+//! i16 pairs with `vpmaddwd`-style instructions: each i32 lane holds two taps of one
+//! channel, `(x(kh, kw), x(kh, kw + 1))` against `(w(kh, kw), w(kh, kw + 1))`. Both
+//! sides are stored with their zero points already subtracted, so the accumulator is
+//! `Σ (x − x_zp)(w − w_zp)` itself: no row or column sums, and a tap in the padding is
+//! a zero pair. Every value lies in [−255, 255], every product in ±65025 and every
+//! pair sum in ±130050, so the i16 multiply is exact and only the i32 sum can wrap, as
+//! the reference's does. An odd KW pairs its last tap with a zero weight.
+//!
+//! **Pair rows.** For one input row and a block of channels, the pair row holds, at
+//! each position `p` of the block's column span, the pair `(x[iw], x[iw + dw])` of
+//! every channel, `iw = iw0 + p` (outside the image: 0). Output column `ow` of the
+//! tile reads kernel-column pair `j` at position `ow·sw + 2j·dw`, for any stride and
+//! dilation. A row is built once and kept while the next output rows read it (a cache
+//! of `KH` slots keyed by input row), so each input value is widened about once per
+//! block of channels, not once per tap:
+//!
+//! ```text
+//!  pair row (i32 lanes, lo = x[iw] − zp, hi = x[iw + dw] − zp), chunk-major:
+//!  ┌ chunk 0 (channels 0..8) ──────────────────┐┌ chunk 1 (channels 8..16) ── …
+//!  │ p 0: [c0 pair][c1 pair] … [c7 pair]       ││ p 0: …
+//!  │ p 1: …                   (span positions) ││
+//!  └───────────────────────────────────────────┘└──────────
+//! ```
+//!
+//! **Packed weights**, once: chunks of 8 output channels, then kernel rows, then pairs
+//! `j` of kernel columns, 8 i32 lanes each `(w(kh, 2j) − zp, w(kh, 2j + 1) − zp)`;
+//! channels past OC and the partner of an odd last column are 0.
+//!
+//! **Scratch**: the pair rows of `KH` input rows plus one zero row, and the i32
+//! accumulators of one tile of output columns, are bounded by [`DW_PAIRS_BYTES`] and
+//! [`DW_ACC_BYTES`]: a wide image or many channels make the channel block and the
+//! column tile smaller, never the scratch larger ([`plan`]).
+
+use std::collections::TryReserveError;
+
+use crate::driver::{DwScratch, Scratch};
+use crate::output::{EpilogueArgs, OutData, OutputStage, ZeroPoints, epilogue_scalar};
+use crate::rows::ConvGeometry;
+
+/// Channels per chunk: one 256-bit vector of i32 lanes.
+pub const LANES: usize = 8;
+
+/// The most pair rows one call holds, in bytes.
+pub const DW_PAIRS_BYTES: usize = 240 << 10;
+
+/// The most accumulators one call holds, in bytes.
+pub const DW_ACC_BYTES: usize = 256 << 10;
+
+/// The tallest kernel the depthwise path takes (taller ones run as grouped GEMMs).
+pub const DW_MAX_KERNEL_HEIGHT: usize = 256;
+
+/// Depthwise weights, packed (layout in the module documentation).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PackedDw {
+    out_channels: usize,
+    kernel_height: usize,
+    kernel_width: usize,
+    data: Vec<i32>,
+    zeros: Vec<i32>,
+}
+
+impl PackedDw {
+    /// Packs OHWI depthwise weights `[OC][KH][KW][1]` with one zero point (per tensor)
+    /// or OC (per channel).
+    ///
+    /// # Errors
+    /// When the packed buffer cannot be allocated.
+    ///
+    /// # Panics
+    /// If the length is not `OC·KH·KW` or the zero points are neither 1 nor OC.
+    pub fn try_new(
+        data: &[i8],
+        out_channels: usize,
+        kernel_height: usize,
+        kernel_width: usize,
+        zero_points: &[i32],
+    ) -> Result<PackedDw, TryReserveError> {
+        let (oc, kh, kw) = (out_channels, kernel_height, kernel_width);
+        assert_eq!(data.len(), oc * kh * kw, "depthwise weights length");
+        assert!(zero_points.len() == 1 || zero_points.len() == oc, "zero points");
+        let pairs = kw.div_ceil(2);
+        let chunks = oc.div_ceil(LANES);
+        let mut packed = zeroed::<i32>(chunks * kh * pairs * LANES)?;
+        for (o, taps) in data.chunks_exact((kh * kw).max(1)).enumerate().take(oc) {
+            let zp = zero_points[if zero_points.len() == 1 { 0 } else { o }];
+            let (chunk, lane) = (o / LANES, o % LANES);
+            for r in 0..kh {
+                for j in 0..pairs {
+                    let w = |col: usize| if col < kw { i32::from(taps[r * kw + col]) - zp } else { 0 };
+                    packed[((chunk * kh + r) * pairs + j) * LANES + lane] = pair(w(2 * j), w(2 * j + 1));
+                }
+            }
+        }
+        let zeros = zeroed::<i32>(chunks * LANES)?;
+        Ok(PackedDw { out_channels: oc, kernel_height: kh, kernel_width: kw, data: packed, zeros })
+    }
+
+    /// OC.
+    pub fn out_channels(&self) -> usize {
+        self.out_channels
+    }
+
+    /// Bytes held.
+    pub fn heap_size(&self) -> usize {
+        4 * (self.data.capacity() + self.zeros.capacity())
+    }
+
+    fn pairs(&self) -> usize {
+        self.kernel_width.div_ceil(2)
+    }
+
+    fn chunks(&self) -> usize {
+        self.out_channels.div_ceil(LANES)
+    }
+}
+
+/// Two i16 values in one i32 lane: `lo` in the low half (the first in memory).
+#[inline(always)]
+pub fn pair(lo: i32, hi: i32) -> i32 {
+    (lo & 0xffff) | (hi << 16)
+}
+
+fn zeroed<T: Clone + Default>(len: usize) -> Result<Vec<T>, TryReserveError> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len)?;
+    v.resize(len, T::default());
+    Ok(v)
+}
+
+/// How a call is cut so that its scratch stays bounded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// Chunks of 8 channels per block.
+    pub chunks: usize,
+    /// Output columns per tile.
+    pub cols: usize,
+}
+
+impl Plan {
+    /// Positions of a tile's pair rows.
+    fn span(&self, g: &ConvGeometry) -> usize {
+        (self.cols - 1) * g.stride_width + 2 * (g.kernel_width.div_ceil(2) - 1) * g.dilation_width + 1
+    }
+
+    /// Bytes of pair rows: `KH` rows and the zero row.
+    fn pairs_bytes(&self, g: &ConvGeometry) -> usize {
+        [self.span(g), self.chunks, LANES * 4].iter().fold(g.kernel_height + 1, |b, &x| b.saturating_mul(x))
+    }
+
+    fn acc_bytes(&self) -> usize {
+        self.cols.saturating_mul(self.chunks * LANES * 4)
+    }
+}
+
+/// The largest channel block and column tile whose scratch fits the bounds, or
+/// `None` for a kernel taller than [`DW_MAX_KERNEL_HEIGHT`] or one whose pair rows do
+/// not fit even for one chunk and one column; the caller then runs the convolution
+/// as grouped GEMMs.
+pub fn plan(g: &ConvGeometry, out_channels: usize) -> Option<Plan> {
+    let fits = |p: &Plan| {
+        p.pairs_bytes(g) <= DW_PAIRS_BYTES && p.acc_bytes() <= DW_ACC_BYTES
+    };
+    if g.kernel_height > DW_MAX_KERNEL_HEIGHT || g.out_width == 0 {
+        return None;
+    }
+    let mut p = Plan { chunks: out_channels.div_ceil(LANES).max(1), cols: g.out_width };
+    // Halve the channel block down to 4 chunks first (32 channels keep the pair rows
+    // long enough to stream), then the column tile, then the channel block again.
+    while !fits(&p) && p.chunks > 4 {
+        p.chunks = p.chunks.div_ceil(2);
+    }
+    while !fits(&p) && p.cols > 8 {
+        p.cols = p.cols.div_ceil(2);
+    }
+    while !fits(&p) && p.chunks > 1 {
+        p.chunks = p.chunks.div_ceil(2);
+    }
+    while !fits(&p) && p.cols > 1 {
+        p.cols = p.cols.div_ceil(2);
+    }
+    fits(&p).then_some(p)
+}
+
+/// One call of a build function: the pair row of one input row for a block of
+/// channels.
+#[derive(Debug)]
+pub struct BuildArgs<'a> {
+    /// The input row: `in_width × in_channels` values.
+    pub input_row: &'a [u8],
+    /// Input channels (the row's pixel stride).
+    pub in_channels: usize,
+    /// Output channels per input channel (OC / C).
+    pub multiplier: usize,
+    /// The block's first output channel (a multiple of [`LANES`]).
+    pub channel0: usize,
+    /// Output channels in all.
+    pub out_channels: usize,
+    /// Chunks in the block.
+    pub chunks: usize,
+    /// The input column of position 0 (negative in the left padding).
+    pub iw0: isize,
+    /// Positions.
+    pub span: usize,
+    /// The distance between the two taps of a pair (the horizontal dilation).
+    pub dilation: usize,
+    /// The input zero point.
+    pub zero_point: u8,
+    /// The destination: `chunks × span × LANES` lanes.
+    pub dst: &'a mut [i32],
+}
+
+/// One call of a row function: one tile of one output row, for a block of channels.
+#[derive(Debug)]
+pub struct RowArgs<'a> {
+    /// Pair rows, each `chunks × span × LANES` lanes.
+    pub pair_rows: &'a [i32],
+    /// Where in `pair_rows` the pair row of each kernel row `0..KH` starts.
+    pub row_at: &'a [usize],
+    /// Positions per pair row.
+    pub span: usize,
+    /// The block's packed weights: `chunks × KH × pairs × LANES` lanes.
+    pub weights: &'a [i32],
+    /// Kernel-column pairs, `ceil(KW / 2)`.
+    pub pairs: usize,
+    /// Horizontal stride.
+    pub stride: usize,
+    /// Horizontal dilation.
+    pub dilation: usize,
+    /// Chunks in the block.
+    pub chunks: usize,
+    /// The first output column, relative to the tile (position `col0·stride`).
+    pub col0: usize,
+    /// Output columns to compute.
+    pub cols: usize,
+    /// Accumulators: column `i`, channel `c` at `i·acc_stride + c`.
+    pub acc: &'a mut [i32],
+    /// Distance between columns of `acc` (at least `chunks × LANES`).
+    pub acc_stride: usize,
+}
+
+impl RowArgs<'_> {
+    fn check(&self) {
+        let lanes = self.chunks * LANES;
+        assert!(self.row_at.iter().all(|&at| self.pair_rows.len() >= at + lanes * self.span), "pair rows too short");
+        assert!(self.weights.len() >= lanes * self.row_at.len() * self.pairs, "weights too short");
+        if self.cols > 0 && self.pairs > 0 {
+            let last = (self.col0 + self.cols - 1) * self.stride + 2 * (self.pairs - 1) * self.dilation;
+            assert!(last < self.span, "positions beyond the span");
+            assert!(self.acc_stride >= lanes && self.acc.len() >= (self.cols - 1) * self.acc_stride + lanes);
+        }
+    }
+}
+
+impl BuildArgs<'_> {
+    fn check(&self) {
+        assert!(self.channel0.is_multiple_of(LANES) && self.multiplier > 0);
+        assert!(self.dst.len() >= self.chunks * self.span * LANES, "pair row too short");
+        assert_eq!(self.input_row.len() % self.in_channels.max(1), 0);
+        assert!(self.out_channels <= self.in_channels * self.multiplier);
+    }
+}
+
+/// Builds a pair row; see [`BuildArgs`].
+///
+/// # Safety
+/// The CPU must support the instructions it was compiled for (see [`DwKernel::new`]).
+pub type BuildFn = unsafe fn(BuildArgs<'_>);
+
+/// Accumulates a row tile; see [`RowArgs`].
+///
+/// # Safety
+/// As for [`BuildFn`].
+pub type RowFn = unsafe fn(RowArgs<'_>);
+
+/// One ISA's depthwise implementation.
+#[derive(Clone, Copy, Debug)]
+pub struct DwKernel {
+    name: &'static str,
+    build: BuildFn,
+    row: RowFn,
+}
+
+impl DwKernel {
+    /// Describes a kernel.
+    ///
+    /// # Safety
+    /// `build` and `row` must be sound to call on this CPU with arguments that satisfy
+    /// [`BuildArgs`] and [`RowArgs`] (as their `check`s assert), and touch memory only
+    /// through the slices they get.
+    pub const unsafe fn new(name: &'static str, build: BuildFn, row: RowFn) -> DwKernel {
+        DwKernel { name, build, row }
+    }
+
+    /// The kernel's name, as in `dw8c2-avx2-madd`.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn build(&self, args: BuildArgs<'_>) {
+        args.check();
+        // SAFETY: the kernel exists, so its instructions run here, and the arguments
+        // were just checked.
+        unsafe { (self.build)(args) }
+    }
+
+    fn row(&self, args: RowArgs<'_>) {
+        args.check();
+        // SAFETY: as in `build`.
+        unsafe { (self.row)(args) }
+    }
+}
+
+/// One depthwise convolution call over output pixels `first_pixel..first_pixel + pixels`.
+#[derive(Debug)]
+pub struct DwArgs<'a> {
+    /// The whole NHWC input.
+    pub input: &'a [u8],
+    /// The shape; `in_channels` is the number of groups.
+    pub geometry: ConvGeometry,
+    /// The input zero point.
+    pub zero_point: u8,
+    /// The packed weights.
+    pub weights: &'a PackedDw,
+    /// The first output pixel.
+    pub first_pixel: usize,
+    /// Output pixels.
+    pub pixels: usize,
+    /// The output stage, from channel 0.
+    pub stage: OutputStage<'a>,
+    /// The output from the first pixel's row: pixel `first_pixel + i`, channel `c` at
+    /// `i·out_stride + c`.
+    pub out: OutData<'a>,
+    /// Distance between output pixels.
+    pub out_stride: usize,
+}
+
+/// Runs a depthwise convolution in `scratch` (see the module documentation).
+///
+/// # Panics
+/// If [`plan`] returns `None` for this shape, or a buffer is shorter than the shapes
+/// say (the public crate validates all of this first).
+pub fn run(kernel: &DwKernel, args: DwArgs<'_>, scratch: &mut Scratch) {
+    let DwArgs { input, geometry: g, zero_point, weights: w, first_pixel, pixels, stage, mut out, out_stride } = args;
+    if pixels == 0 || w.out_channels == 0 {
+        return;
+    }
+    assert_eq!((w.kernel_height, w.kernel_width), (g.kernel_height, g.kernel_width), "weights for another kernel");
+    assert!(w.out_channels.is_multiple_of(g.in_channels.max(1)), "OC a multiple of C");
+    let plan = plan(&g, w.out_channels).expect("a depthwise plan");
+    let (kh_n, pairs, chunks_total) = (g.kernel_height, w.pairs(), w.chunks());
+    let span_max = plan.span(&g);
+    let slot_len = plan.chunks * span_max * LANES;
+    let DwScratch { pair_rows, acc, row_sums, tags, row_at } =
+        scratch.dw((kh_n + 1) * slot_len, plan.cols * plan.chunks * LANES, plan.cols, kh_n);
+    // Slots 0..KH hold pair rows; slot KH stays zero, for kernel rows in the padding.
+    pair_rows[kh_n * slot_len..].fill(0);
+    row_sums.fill(0);
+    let row_len = g.in_width * g.in_channels;
+    let (first_row, last_row) = (first_pixel / g.out_width, (first_pixel + pixels - 1) / g.out_width);
+
+    for chunk0 in (0..chunks_total).step_by(plan.chunks) {
+        let chunks = plan.chunks.min(chunks_total - chunk0);
+        let c0 = chunk0 * LANES;
+        let cols_real = (chunks * LANES).min(w.out_channels - c0);
+        let weights = &w.data[chunk0 * kh_n * pairs * LANES..];
+        for ow0 in (0..g.out_width).step_by(plan.cols) {
+            let tile_cols = plan.cols.min(g.out_width - ow0);
+            let tile = Plan { cols: tile_cols, ..plan };
+            let span = tile.span(&g);
+            let iw0 = (ow0 * g.stride_width) as isize - g.pad_left as isize;
+            // The input row (batch, ih) each slot holds, for this block and tile.
+            tags.fill((usize::MAX, usize::MAX));
+            for row in first_row..=last_row {
+                let (b, oh) = (row / g.out_height, row % g.out_height);
+                let lo = if row == first_row { first_pixel % g.out_width } else { 0 }.max(ow0);
+                let hi = if row == last_row { (first_pixel + pixels - 1) % g.out_width + 1 } else { g.out_width }
+                    .min(ow0 + tile_cols);
+                if lo >= hi {
+                    continue;
+                }
+                // Which slot holds each kernel row's pair row: keep the ones already
+                // built, build the missing ones into slots no kernel row needs (there
+                // is one: KH slots, at most KH distinct rows, the missing one not held).
+                let needed = |kh: usize| g.input_row(oh, kh).map(|ih| (b, ih));
+                for kh in 0..kh_n {
+                    let Some(key) = needed(kh) else { continue };
+                    if tags.contains(&key) {
+                        continue;
+                    }
+                    let free = (0..kh_n)
+                        .find(|&s| !(0..kh_n).any(|k2| needed(k2) == Some(tags[s])))
+                        .expect("a free slot");
+                    tags[free] = key;
+                    let at = (b * g.in_height + key.1) * row_len;
+                    kernel.build(BuildArgs {
+                        input_row: &input[at..at + row_len],
+                        in_channels: g.in_channels,
+                        multiplier: w.out_channels / g.in_channels,
+                        channel0: c0,
+                        out_channels: w.out_channels,
+                        chunks,
+                        iw0,
+                        span,
+                        dilation: g.dilation_width,
+                        zero_point,
+                        dst: &mut pair_rows[free * slot_len..(free + 1) * slot_len],
+                    });
+                }
+                for (kh, at) in row_at.iter_mut().enumerate() {
+                    *at = match needed(kh) {
+                        Some(key) => tags.iter().position(|&t| t == key).expect("built above") * slot_len,
+                        None => kh_n * slot_len,
+                    };
+                }
+                kernel.row(RowArgs {
+                    pair_rows,
+                    row_at,
+                    span,
+                    weights,
+                    pairs,
+                    stride: g.stride_width,
+                    dilation: g.dilation_width,
+                    chunks,
+                    col0: lo - ow0,
+                    cols: hi - lo,
+                    acc,
+                    acc_stride: chunks * LANES,
+                });
+                epilogue_scalar(EpilogueArgs {
+                    acc,
+                    acc_stride: chunks * LANES,
+                    rows: hi - lo,
+                    cols: cols_real,
+                    row_sums,
+                    zero_points: ZeroPoints { a_zp: 0, col_offsets: &w.zeros[c0..], b_zp: &w.zeros[c0..] },
+                    stage: stage.from_column(c0),
+                    out: out.tail((row * g.out_width + lo - first_pixel) * out_stride + c0),
+                    out_stride,
+                });
+            }
+        }
+    }
+}
+
+/// The pair-row build, written once for every ISA: positions whose two taps are both
+/// inside the row and a whole chunk of channels go through `fast` (given the two
+/// input pixels' channel slices from the chunk's first input channel and the 8
+/// destination lanes) when the multiplier is 1; everything else takes the scalar
+/// path here.
+#[inline(always)]
+pub(crate) fn build_with(args: BuildArgs<'_>, mut fast: impl FnMut(&[u8], &[u8], &mut [i32])) {
+    let BuildArgs { input_row, in_channels, multiplier, channel0, out_channels, chunks, iw0, span, dilation, zero_point, dst } =
+        args;
+    let width = (input_row.len() / in_channels.max(1)) as isize;
+    let zp = i32::from(zero_point);
+    let pixel = |iw: isize| (iw >= 0 && iw < width).then(|| &input_row[iw as usize * in_channels..][..in_channels]);
+    for p in 0..span {
+        let iw = iw0 + p as isize;
+        let (x0, x1) = (pixel(iw), pixel(iw + dilation as isize));
+        for chunk in 0..chunks {
+            let lanes = &mut dst[(chunk * span + p) * LANES..][..LANES];
+            let oc0 = channel0 + chunk * LANES;
+            if let (Some(x0), Some(x1), 1, true) = (x0, x1, multiplier, oc0 + LANES <= out_channels) {
+                fast(&x0[oc0..oc0 + LANES], &x1[oc0..oc0 + LANES], lanes);
+                continue;
+            }
+            for (l, lane) in lanes.iter_mut().enumerate() {
+                let oc = oc0 + l;
+                let v = |x: Option<&[u8]>| match x {
+                    Some(x) if oc < out_channels => i32::from(x[oc / multiplier]) - zp,
+                    _ => 0,
+                };
+                *lane = pair(v(x0), v(x1));
+            }
+        }
+    }
+}
+
+/// The portable build and row functions.
+pub(crate) mod portable {
+    use super::{BuildArgs, LANES, RowArgs, build_with, pair};
+
+    /// Builds a pair row in plain Rust.
+    pub(crate) fn build(args: BuildArgs<'_>) {
+        let zp = i32::from(args.zero_point);
+        build_with(args, |x0, x1, lanes| {
+            for ((lane, &a), &b) in lanes.iter_mut().zip(x0).zip(x1) {
+                *lane = pair(i32::from(a) - zp, i32::from(b) - zp);
+            }
+        })
+    }
+
+    /// Accumulates a row tile in plain Rust (LLVM turns the pair products into
+    /// `pmaddwd` where it can).
+    #[multiversion::multiversion(targets("x86_64+avx2", "x86_64+sse4.1", "aarch64+neon"))]
+    pub(crate) fn row(args: RowArgs<'_>) {
+        let RowArgs { pair_rows, row_at, span, weights, pairs, stride, dilation, chunks, col0, cols, acc, acc_stride } =
+            args;
+        let kh_n = row_at.len();
+        for chunk in 0..chunks {
+            let w = &weights[chunk * kh_n * pairs * LANES..][..kh_n * pairs * LANES];
+            for i in 0..cols {
+                let mut sum = [0i32; LANES];
+                for (kh, &at) in row_at.iter().enumerate() {
+                    let row = &pair_rows[at + chunk * span * LANES..][..span * LANES];
+                    for j in 0..pairs {
+                        let p = (col0 + i) * stride + 2 * j * dilation;
+                        let x = &row[p * LANES..][..LANES];
+                        let wv = &w[(kh * pairs + j) * LANES..][..LANES];
+                        for l in 0..LANES {
+                            let (x0, x1) = (i32::from(x[l] as i16), x[l] >> 16);
+                            let (w0, w1) = (i32::from(wv[l] as i16), wv[l] >> 16);
+                            sum[l] = sum[l].wrapping_add(x0 * w0 + x1 * w1);
+                        }
+                    }
+                }
+                acc[i * acc_stride + chunk * LANES..][..LANES].copy_from_slice(&sum);
+            }
+        }
+    }
+}
+
+static PORTABLE: DwKernel = {
+    // SAFETY: plain Rust whose multiversioned clones dispatch on detected features;
+    // it touches memory only through the slices it gets.
+    unsafe { DwKernel::new("dw8c2-portable", portable_build, portable_row) }
+};
+
+fn portable_build(args: BuildArgs<'_>) {
+    portable::build(args)
+}
+
+fn portable_row(args: RowArgs<'_>) {
+    portable::row(args)
+}
+
+/// The portable depthwise kernel; available on every CPU.
+pub fn portable_kernel() -> &'static DwKernel {
+    &PORTABLE
+}

@@ -1,0 +1,192 @@
+//! Where the rows of A come from: a matrix in memory, or the taps of a convolution
+//! gathered as they are packed (im2col fused into the packing of A).
+//!
+//! The driver asks for one row's values over one K block at a time
+//! ([`Rows::row`]). A matrix row is borrowed as it is. A convolution row is the
+//! output pixel's receptive field in `(kh, kw, c)` order; each tap's `C/groups`
+//! channels are contiguous in the NHWC input, so a K block is a few contiguous
+//! copies into a buffer of at most one K block, and a block that lies inside one
+//! tap (every 1×1 convolution, at any stride) is borrowed without a copy. Taps in
+//! the padding read as the input zero point, so they contribute exactly zero and
+//! the microkernels need no special case. The whole M×K im2col matrix never exists.
+
+/// The shape of a 2-D convolution over NHWC input, as the kernels need it. The
+/// public crate validates it before building one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvGeometry {
+    /// N.
+    pub batch: usize,
+    /// H.
+    pub in_height: usize,
+    /// W.
+    pub in_width: usize,
+    /// C, all groups.
+    pub in_channels: usize,
+    /// KH.
+    pub kernel_height: usize,
+    /// KW.
+    pub kernel_width: usize,
+    /// Vertical stride.
+    pub stride_height: usize,
+    /// Horizontal stride.
+    pub stride_width: usize,
+    /// Vertical dilation.
+    pub dilation_height: usize,
+    /// Horizontal dilation.
+    pub dilation_width: usize,
+    /// Rows of padding above.
+    pub pad_top: usize,
+    /// Columns of padding on the left.
+    pub pad_left: usize,
+    /// OH.
+    pub out_height: usize,
+    /// OW.
+    pub out_width: usize,
+}
+
+impl ConvGeometry {
+    /// The input row read by output row `oh` at kernel row `kh`, or `None` in the padding.
+    #[inline]
+    pub fn input_row(&self, oh: usize, kh: usize) -> Option<usize> {
+        (oh * self.stride_height + kh * self.dilation_height).checked_sub(self.pad_top).filter(|&ih| ih < self.in_height)
+    }
+
+    /// The input column read by output column `ow` at kernel column `kw`, or `None` in
+    /// the padding.
+    #[inline]
+    pub fn input_col(&self, ow: usize, kw: usize) -> Option<usize> {
+        (ow * self.stride_width + kw * self.dilation_width).checked_sub(self.pad_left).filter(|&iw| iw < self.in_width)
+    }
+
+    /// Output pixels per image.
+    pub fn out_pixels(&self) -> usize {
+        self.out_height * self.out_width
+    }
+
+    /// `(batch, oh, ow)` of output pixel `pixel`.
+    #[inline]
+    pub fn pixel(&self, pixel: usize) -> (usize, usize, usize) {
+        let ow = pixel % self.out_width;
+        let rest = pixel / self.out_width;
+        (rest / self.out_height, rest % self.out_height, ow)
+    }
+
+    /// Whether some tap of some output pixel falls in the padding.
+    pub fn reads_padding(&self) -> bool {
+        let last_row = (self.out_height - 1) * self.stride_height + (self.kernel_height - 1) * self.dilation_height;
+        let last_col = (self.out_width - 1) * self.stride_width + (self.kernel_width - 1) * self.dilation_width;
+        self.pad_top > 0
+            || self.pad_left > 0
+            || last_row >= self.pad_top + self.in_height
+            || last_col >= self.pad_left + self.in_width
+    }
+}
+
+/// The taps of one group of a convolution, as the rows of A: row `r` is output pixel
+/// `first_pixel + r` and holds `KH·KW·group_channels` values.
+#[derive(Clone, Copy, Debug)]
+pub struct Im2col<'a> {
+    /// The whole NHWC input.
+    pub input: &'a [u8],
+    /// The convolution's shape.
+    pub geometry: ConvGeometry,
+    /// The group's first input channel.
+    pub channel0: usize,
+    /// Input channels per group.
+    pub group_channels: usize,
+    /// The output pixel of row 0.
+    pub first_pixel: usize,
+    /// What a tap in the padding reads.
+    pub zero_point: u8,
+    /// No value any row holds exceeds this (the driver's fast-path test).
+    pub max_value: u8,
+}
+
+/// The rows of A.
+#[derive(Clone, Copy, Debug)]
+pub enum Rows<'a> {
+    /// A row-major matrix: row `r` is `data[r * stride..][..k]`.
+    Matrix {
+        /// The values.
+        data: &'a [u8],
+        /// Distance between rows.
+        stride: usize,
+    },
+    /// A convolution's taps, gathered while packing.
+    Im2col(Im2col<'a>),
+}
+
+impl<'a> Rows<'a> {
+    /// The same rows from row `r` on.
+    pub fn skip(self, r: usize) -> Rows<'a> {
+        match self {
+            Rows::Matrix { data, stride } => Rows::Matrix { data: data.get(r * stride..).unwrap_or(&[]), stride },
+            Rows::Im2col(g) => Rows::Im2col(Im2col { first_pixel: g.first_pixel + r, ..g }),
+        }
+    }
+
+    /// Values `k0..k1` of row `r`, borrowed where they are contiguous in memory and
+    /// gathered into `buf` (at least `k1 − k0` long) where they are not.
+    ///
+    /// # Panics
+    /// If the row lies outside the source, or `buf` is too short for a gather.
+    #[inline]
+    pub fn row<'s>(&'s self, r: usize, k0: usize, k1: usize, buf: &'s mut [u8]) -> &'s [u8] {
+        match self {
+            Rows::Matrix { data, stride } => &data[r * stride + k0..r * stride + k1],
+            Rows::Im2col(g) => g.row(r, k0, k1, buf),
+        }
+    }
+
+    /// An upper bound of the values in rows `0..rows`, columns `k0..k1` (exact for a
+    /// matrix; for a convolution, the largest input value or padding value).
+    pub fn max_value(&self, rows: usize, k0: usize, k1: usize) -> u8 {
+        match self {
+            Rows::Matrix { data, stride } if k1 > k0 => (0..rows)
+                .map(|r| data[r * stride + k0..r * stride + k1].iter().fold(0, |m, &v| m.max(v)))
+                .max()
+                .unwrap_or(0),
+            Rows::Matrix { .. } => 0,
+            Rows::Im2col(g) => g.max_value,
+        }
+    }
+}
+
+impl Im2col<'_> {
+    #[inline]
+    fn row<'s>(&'s self, r: usize, k0: usize, k1: usize, buf: &'s mut [u8]) -> &'s [u8] {
+        let g = &self.geometry;
+        let cg = self.group_channels;
+        let (b, oh, ow) = g.pixel(self.first_pixel + r);
+        // The input offset of tap (kh, kw)'s first channel, or None in the padding.
+        let tap_at = |tap: usize| {
+            let (kh, kw) = (tap / g.kernel_width, tap % g.kernel_width);
+            let ih = g.input_row(oh, kh)?;
+            let iw = g.input_col(ow, kw)?;
+            Some(((b * g.in_height + ih) * g.in_width + iw) * g.in_channels + self.channel0)
+        };
+        if k1 <= k0 {
+            return &[];
+        }
+        if k0 / cg == (k1 - 1) / cg {
+            // One tap: borrow it when it is in the input.
+            if let Some(at) = tap_at(k0 / cg) {
+                let c = k0 % cg;
+                return &self.input[at + c..at + c + (k1 - k0)];
+            }
+        }
+        let dst = &mut buf[..k1 - k0];
+        let mut k = k0;
+        while k < k1 {
+            let (tap, c) = (k / cg, k % cg);
+            let len = (cg - c).min(k1 - k);
+            let part = &mut dst[k - k0..k - k0 + len];
+            match tap_at(tap) {
+                Some(at) => part.copy_from_slice(&self.input[at + c..at + c + len]),
+                None => part.fill(self.zero_point),
+            }
+            k += len;
+        }
+        dst
+    }
+}
