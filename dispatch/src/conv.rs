@@ -169,9 +169,81 @@ impl PackedConvWeights {
         self.isa
     }
 
+    /// Which way [`conv2d_in`] computes a convolution with these weights and `params`.
+    ///
+    /// # Errors
+    /// As [`conv2d_in`] for invalid `params` or weights packed for another shape.
+    pub fn path(&self, params: &Conv2dParams) -> Result<ConvPath> {
+        let (oh, ow) = check_params(params)?;
+        self.check_shape(params)?;
+        Ok(self.path_for(params, &geometry(params, oh, ow)))
+    }
+
+    fn path_for(&self, p: &Conv2dParams, geometry: &ConvGeometry) -> ConvPath {
+        let dense_pointwise = p.kernel_height == 1
+            && p.kernel_width == 1
+            && p.stride_height == 1
+            && p.stride_width == 1
+            && p.pad_top + p.pad_left + p.pad_bottom + p.pad_right == 0;
+        if self.depthwise.is_some() && dwconv::plan(geometry, p.out_channels).is_some() {
+            ConvPath::Depthwise
+        } else if dense_pointwise {
+            ConvPath::Pointwise
+        } else {
+            ConvPath::Im2col
+        }
+    }
+
+    fn check_shape(&self, p: &Conv2dParams) -> Result<()> {
+        let wanted = FilterShape {
+            out_channels: p.out_channels,
+            kernel_height: p.kernel_height,
+            kernel_width: p.kernel_width,
+            in_channels: p.in_channels,
+            groups: p.groups,
+        };
+        if self.shape != wanted {
+            bail!(WeightsMismatch, "conv weights were packed for {:?} but the params ask for {wanted:?}", self.shape);
+        }
+        Ok(())
+    }
+
     /// Bytes of packed data held.
     pub fn heap_size(&self) -> usize {
         self.groups.iter().map(PackedB::heap_size).sum::<usize>() + self.depthwise.as_ref().map_or(0, PackedDw::heap_size)
+    }
+}
+
+/// How a convolution is computed (see the module documentation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConvPath {
+    /// A dense 1×1 convolution (stride 1, no padding): one GEMM per group over the
+    /// input as it is.
+    Pointwise,
+    /// One GEMM per group, its taps gathered while packing (1×1 at other strides or
+    /// with padding reads its rows in place, without copies).
+    Im2col,
+    /// The depthwise kernels.
+    Depthwise,
+}
+
+fn geometry(p: &Conv2dParams, oh: usize, ow: usize) -> ConvGeometry {
+    ConvGeometry {
+        batch: p.batch,
+        in_height: p.in_height,
+        in_width: p.in_width,
+        in_channels: p.in_channels,
+        kernel_height: p.kernel_height,
+        kernel_width: p.kernel_width,
+        stride_height: p.stride_height,
+        stride_width: p.stride_width,
+        dilation_height: p.dilation_height,
+        dilation_width: p.dilation_width,
+        pad_top: p.pad_top,
+        pad_left: p.pad_left,
+        out_height: oh,
+        out_width: ow,
     }
 }
 
@@ -299,16 +371,7 @@ pub fn conv2d_in(
     options.check(weights.isa)?;
     let p = *params;
     let (oh, ow) = check_params(&p)?;
-    let wanted = FilterShape {
-        out_channels: p.out_channels,
-        kernel_height: p.kernel_height,
-        kernel_width: p.kernel_width,
-        in_channels: p.in_channels,
-        groups: p.groups,
-    };
-    if weights.shape != wanted {
-        bail!(WeightsMismatch, "conv weights were packed for {:?} but the params ask for {wanted:?}", weights.shape);
-    }
+    weights.check_shape(&p)?;
     let input_len = product("conv input N·H·W·C", &[p.batch, p.in_height, p.in_width, p.in_channels])?;
     if input.data.len() != input_len {
         bail!(
@@ -338,25 +401,11 @@ pub fn conv2d_in(
         // No output pixels (batch 0) or channels: nothing to compute or write.
         return Ok(());
     }
-    let geometry = ConvGeometry {
-        batch: p.batch,
-        in_height: p.in_height,
-        in_width: p.in_width,
-        in_channels: p.in_channels,
-        kernel_height: p.kernel_height,
-        kernel_width: p.kernel_width,
-        stride_height: p.stride_height,
-        stride_width: p.stride_width,
-        dilation_height: p.dilation_height,
-        dilation_width: p.dilation_width,
-        pad_top: p.pad_top,
-        pad_left: p.pad_left,
-        out_height: oh,
-        out_width: ow,
-    };
+    let geometry = geometry(&p, oh, ow);
     let out_stride = output.row_stride;
     let out = output.into_out_data();
-    if let Some(dw) = weights.depthwise.as_ref().filter(|_| dwconv::plan(&geometry, p.out_channels).is_some()) {
+    let path = weights.path_for(&p, &geometry);
+    if let (ConvPath::Depthwise, Some(dw)) = (path, weights.depthwise.as_ref()) {
         let run = |row0: usize, rows: usize, out: OutData<'_>, scratch: &mut Scratch| {
             let args = DwArgs {
                 input: input.data,
@@ -379,11 +428,7 @@ pub fn conv2d_in(
     let kernel = weights.kernel;
     let cg = p.in_channels_per_group();
     let ocg = p.out_channels_per_group();
-    let dense_pointwise = p.kernel_height == 1
-        && p.kernel_width == 1
-        && p.stride_height == 1
-        && p.stride_width == 1
-        && p.pad_top + p.pad_left + p.pad_bottom + p.pad_right == 0;
+    let dense_pointwise = path == ConvPath::Pointwise;
     // The fast path's test on gathered rows: no tap can exceed the input's largest
     // value, or the zero point where a tap reads padding. Only computed when a group's
     // weights do not already allow the fast path for any input.

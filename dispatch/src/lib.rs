@@ -58,7 +58,7 @@ mod quant;
 mod validate;
 mod workspace;
 
-pub use conv::{ConvInput, ConvWeights, FilterLayout, PackedConvWeights, conv2d, conv2d_in, conv2d_with};
+pub use conv::{ConvInput, ConvPath, ConvWeights, FilterLayout, PackedConvWeights, conv2d, conv2d_in, conv2d_with};
 pub use error::{Error, ErrorKind, Result};
 pub use gemm::{Activations, Options, OutputBuffer, OutputMatrix, PackedWeights, Weights, gemm, gemm_in, gemm_with};
 pub use workspace::{SCRATCH_BYTES_PER_THREAD, Workspace};

@@ -52,8 +52,9 @@ pub const GEMM_SCRATCH_BYTES: usize = A_PACK_BYTES + (256 << 10) + (1 << 10);
 
 /// The most a [`Scratch`] ever holds, whatever mix of GEMMs and convolutions it served:
 /// the GEMM buffers, and the depthwise pair rows ([`crate::dwconv::DW_PAIRS_BYTES`];
-/// its accumulators share the GEMM's), plus 24 bytes of bookkeeping per kernel row
-/// (at most [`crate::dwconv::DW_MAX_KERNEL_HEIGHT`]). 1 MiB.
+/// its accumulators share the GEMM's), 24 bytes of bookkeeping per kernel row (at
+/// most [`crate::dwconv::DW_MAX_KERNEL_HEIGHT`]) and 8 bytes per channel of a block
+/// (at most 1024). 1 MiB.
 pub const SCRATCH_BYTES: usize = 1 << 20;
 
 /// The buffers one thread of the loop nest works in, kept by the caller across calls
@@ -68,6 +69,8 @@ pub struct Scratch {
     pair_rows: Vec<i32>,
     tags: Vec<(usize, usize)>,
     row_at: Vec<usize>,
+    lane_bias: Vec<i32>,
+    lane_scale: Vec<f32>,
 }
 
 /// The depthwise loop nest's view of a [`Scratch`].
@@ -77,6 +80,8 @@ pub(crate) struct DwScratch<'a> {
     pub row_sums: &'a mut [i32],
     pub tags: &'a mut [(usize, usize)],
     pub row_at: &'a mut [usize],
+    pub lane_bias: &'a mut [i32],
+    pub lane_scale: &'a mut [f32],
 }
 
 impl Scratch {
@@ -92,11 +97,14 @@ impl Scratch {
             + self.gather.capacity()
             + size_of::<(usize, usize)>() * self.tags.capacity()
             + size_of::<usize>() * self.row_at.capacity()
+            + 4 * (self.lane_bias.capacity() + self.lane_scale.capacity())
     }
 
     /// The buffers of a depthwise call, grown to these lengths.
-    pub(crate) fn dw(&mut self, pair_rows: usize, acc: usize, rows: usize, kernel_rows: usize) -> DwScratch<'_> {
+    pub(crate) fn dw(&mut self, pair_rows: usize, acc: usize, rows: usize, kernel_rows: usize, lanes: usize) -> DwScratch<'_> {
         DwScratch {
+            lane_bias: grown(&mut self.lane_bias, lanes),
+            lane_scale: grown(&mut self.lane_scale, lanes),
             pair_rows: grown(&mut self.pair_rows, pair_rows),
             acc: grown(&mut self.acc, acc),
             row_sums: grown(&mut self.row_sums, rows),

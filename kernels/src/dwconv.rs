@@ -39,17 +39,21 @@
 use std::collections::TryReserveError;
 
 use crate::driver::{DwScratch, Scratch};
-use crate::output::{EpilogueArgs, OutData, OutputStage, ZeroPoints, epilogue_scalar};
+use crate::output::{EpilogueArgs, OutData, OutputStage, Requant, Scheme, ZeroPoints, epilogue_scalar};
 use crate::rows::ConvGeometry;
 
 /// Channels per chunk: one 256-bit vector of i32 lanes.
 pub const LANES: usize = 8;
 
 /// The most pair rows one call holds, in bytes.
-pub const DW_PAIRS_BYTES: usize = 240 << 10;
+pub const DW_PAIRS_BYTES: usize = 224 << 10;
 
 /// The most accumulators one call holds, in bytes.
 pub const DW_ACC_BYTES: usize = 256 << 10;
+
+/// The largest channel block, in chunks (1024 channels), which bounds the per-lane
+/// bias and scale of the fused output.
+const MAX_CHUNKS: usize = 128;
 
 /// The tallest kernel the depthwise path takes (taller ones run as grouped GEMMs).
 pub const DW_MAX_KERNEL_HEIGHT: usize = 256;
@@ -171,7 +175,8 @@ pub fn plan(g: &ConvGeometry, out_channels: usize) -> Option<Plan> {
     let mut p = Plan { chunks: out_channels.div_ceil(LANES).max(1), cols: g.out_width };
     // Halve the channel block down to 4 chunks first (32 channels keep the pair rows
     // long enough to stream), then the column tile, then the channel block again.
-    while !fits(&p) && p.chunks > 4 {
+    // (Blocks small enough for L1 measured slower: more, shorter calls.)
+    while (!fits(&p) || p.chunks > MAX_CHUNKS) && p.chunks > 4 {
         p.chunks = p.chunks.div_ceil(2);
     }
     while !fits(&p) && p.cols > 8 {
@@ -237,10 +242,49 @@ pub struct RowArgs<'a> {
     pub col0: usize,
     /// Output columns to compute.
     pub cols: usize,
-    /// Accumulators: column `i`, channel `c` at `i·acc_stride + c`.
-    pub acc: &'a mut [i32],
-    /// Distance between columns of `acc` (at least `chunks × LANES`).
-    pub acc_stride: usize,
+    /// Where the results go.
+    pub out: RowOut<'a>,
+}
+
+/// Where a row function puts its results.
+#[derive(Debug)]
+pub enum RowOut<'a> {
+    /// The accumulators, for the generic epilogue: column `i`, lane `c` at
+    /// `i·stride + c`.
+    Acc {
+        /// The accumulators.
+        acc: &'a mut [i32],
+        /// Distance between columns (at least `chunks × LANES`).
+        stride: usize,
+    },
+    /// Bias and Float requantization fused in registers (kernels that
+    /// [`fuse_float`](DwKernel::fuses_float)): `q = clamp(round((acc + bias) · scale),
+    /// lo, hi) + zero_point` as the reference computes it, stored as bytes.
+    Float(FloatOut<'a>),
+}
+
+/// The fused Float output of a channel block.
+#[derive(Debug)]
+pub struct FloatOut<'a> {
+    /// Bias per lane (`chunks × LANES`; 0 past the real channels).
+    pub bias: &'a [i32],
+    /// Scale per lane (`chunks × LANES`).
+    pub scale: &'a [f32],
+    /// `min − zero_point`.
+    pub lo: f32,
+    /// `max − zero_point`.
+    pub hi: f32,
+    /// The output zero point.
+    pub zero_point: i32,
+    /// i8 output (else u8).
+    pub signed: bool,
+    /// The bytes: column `i`, channel `c` at `i·stride + c`, for the first `channels`
+    /// channels only.
+    pub out: &'a mut [u8],
+    /// Distance between columns.
+    pub stride: usize,
+    /// Channels to store.
+    pub channels: usize,
 }
 
 impl RowArgs<'_> {
@@ -251,7 +295,14 @@ impl RowArgs<'_> {
         if self.cols > 0 && self.pairs > 0 {
             let last = (self.col0 + self.cols - 1) * self.stride + 2 * (self.pairs - 1) * self.dilation;
             assert!(last < self.span, "positions beyond the span");
-            assert!(self.acc_stride >= lanes && self.acc.len() >= (self.cols - 1) * self.acc_stride + lanes);
+            match &self.out {
+                RowOut::Acc { acc, stride } => assert!(*stride >= lanes && acc.len() >= (self.cols - 1) * stride + lanes),
+                RowOut::Float(f) => {
+                    assert!(f.bias.len() >= lanes && f.scale.len() >= lanes);
+                    assert!(f.channels <= lanes && f.stride >= f.channels);
+                    assert!(f.out.len() >= (self.cols - 1) * f.stride + f.channels);
+                }
+            }
         }
     }
 }
@@ -283,6 +334,7 @@ pub struct DwKernel {
     name: &'static str,
     build: BuildFn,
     row: RowFn,
+    fuses_float: bool,
 }
 
 impl DwKernel {
@@ -293,7 +345,18 @@ impl DwKernel {
     /// [`BuildArgs`] and [`RowArgs`] (as their `check`s assert), and touch memory only
     /// through the slices they get.
     pub const unsafe fn new(name: &'static str, build: BuildFn, row: RowFn) -> DwKernel {
-        DwKernel { name, build, row }
+        DwKernel { name, build, row, fuses_float: false }
+    }
+
+    /// The same kernel, declaring that `row` also takes [`RowOut::Float`].
+    pub const fn with_fused_float(mut self) -> DwKernel {
+        self.fuses_float = true;
+        self
+    }
+
+    /// Whether `row` takes [`RowOut::Float`].
+    pub fn fuses_float(&self) -> bool {
+        self.fuses_float
     }
 
     /// The kernel's name, as in `dw8c2-avx2-madd`.
@@ -310,6 +373,7 @@ impl DwKernel {
 
     fn row(&self, args: RowArgs<'_>) {
         args.check();
+        assert!(self.fuses_float || matches!(args.out, RowOut::Acc { .. }), "this kernel does not fuse");
         // SAFETY: as in `build`.
         unsafe { (self.row)(args) }
     }
@@ -355,8 +419,17 @@ pub fn run(kernel: &DwKernel, args: DwArgs<'_>, scratch: &mut Scratch) {
     let (kh_n, pairs, chunks_total) = (g.kernel_height, w.pairs(), w.chunks());
     let span_max = plan.span(&g);
     let slot_len = plan.chunks * span_max * LANES;
-    let DwScratch { pair_rows, acc, row_sums, tags, row_at } =
-        scratch.dw((kh_n + 1) * slot_len, plan.cols * plan.chunks * LANES, plan.cols, kh_n);
+    // Bias and Float requantization into bytes run inside the row kernel where it can;
+    // everything else through the accumulators and the generic epilogue.
+    let fused = match (&stage.requant, &out) {
+        (Some(r @ Requant { scheme: Scheme::Float { scale }, .. }), OutData::U8(_) | OutData::I8(_)) if kernel.fuses_float => {
+            Some((*r, *scale))
+        }
+        _ => None,
+    };
+    let acc_len = if fused.is_some() { 0 } else { plan.cols * plan.chunks * LANES };
+    let DwScratch { pair_rows, acc, row_sums, tags, row_at, lane_bias, lane_scale } =
+        scratch.dw((kh_n + 1) * slot_len, acc_len, plan.cols, kh_n, plan.chunks * LANES);
     // Slots 0..KH hold pair rows; slot KH stays zero, for kernel rows in the padding.
     pair_rows[kh_n * slot_len..].fill(0);
     row_sums.fill(0);
@@ -368,6 +441,13 @@ pub fn run(kernel: &DwKernel, args: DwArgs<'_>, scratch: &mut Scratch) {
         let c0 = chunk0 * LANES;
         let cols_real = (chunks * LANES).min(w.out_channels - c0);
         let weights = &w.data[chunk0 * kh_n * pairs * LANES..];
+        if let Some((_, scale)) = fused {
+            for l in 0..chunks * LANES {
+                let real = l < cols_real;
+                lane_bias[l] = stage.bias.filter(|_| real).map_or(0, |b| b[c0 + l]);
+                lane_scale[l] = if real { scale.at(c0 + l) } else { 0.0 };
+            }
+        }
         for ow0 in (0..g.out_width).step_by(plan.cols) {
             let tile_cols = plan.cols.min(g.out_width - ow0);
             let tile = Plan { cols: tile_cols, ..plan };
@@ -417,6 +497,12 @@ pub fn run(kernel: &DwKernel, args: DwArgs<'_>, scratch: &mut Scratch) {
                         None => kh_n * slot_len,
                     };
                 }
+                let at = (row * g.out_width + lo - first_pixel) * out_stride + c0;
+                let row_out = match (fused, &mut out) {
+                    (Some((r, _)), OutData::U8(o)) => RowOut::Float(float_out(r, lane_bias, lane_scale, false, &mut o[at..], out_stride, cols_real)),
+                    (Some((r, _)), OutData::I8(o)) => RowOut::Float(float_out(r, lane_bias, lane_scale, true, i8_as_bytes(&mut o[at..]), out_stride, cols_real)),
+                    _ => RowOut::Acc { acc, stride: chunks * LANES },
+                };
                 kernel.row(RowArgs {
                     pair_rows,
                     row_at,
@@ -428,9 +514,11 @@ pub fn run(kernel: &DwKernel, args: DwArgs<'_>, scratch: &mut Scratch) {
                     chunks,
                     col0: lo - ow0,
                     cols: hi - lo,
-                    acc,
-                    acc_stride: chunks * LANES,
+                    out: row_out,
                 });
+                if fused.is_some() {
+                    continue;
+                }
                 epilogue_scalar(EpilogueArgs {
                     acc,
                     acc_stride: chunks * LANES,
@@ -439,7 +527,7 @@ pub fn run(kernel: &DwKernel, args: DwArgs<'_>, scratch: &mut Scratch) {
                     row_sums,
                     zero_points: ZeroPoints { a_zp: 0, col_offsets: &w.zeros[c0..], b_zp: &w.zeros[c0..] },
                     stage: stage.from_column(c0),
-                    out: out.tail((row * g.out_width + lo - first_pixel) * out_stride + c0),
+                    out: out.tail(at),
                     out_stride,
                 });
             }
@@ -447,28 +535,55 @@ pub fn run(kernel: &DwKernel, args: DwArgs<'_>, scratch: &mut Scratch) {
     }
 }
 
-/// The pair-row build, written once for every ISA: positions whose two taps are both
-/// inside the row and a whole chunk of channels go through `fast` (given the two
-/// input pixels' channel slices from the chunk's first input channel and the 8
-/// destination lanes) when the multiplier is 1; everything else takes the scalar
-/// path here.
+fn float_out<'a>(
+    r: Requant<'_>,
+    bias: &'a [i32],
+    scale: &'a [f32],
+    signed: bool,
+    out: &'a mut [u8],
+    stride: usize,
+    channels: usize,
+) -> FloatOut<'a> {
+    let (lo, hi) = ((r.min - r.zero_point) as f32, (r.max - r.zero_point) as f32);
+    FloatOut { bias, scale, lo, hi, zero_point: r.zero_point, signed, out, stride, channels }
+}
+
+/// i8 output viewed as the bytes the fused kernels store.
+fn i8_as_bytes(v: &mut [i8]) -> &mut [u8] {
+    // SAFETY: i8 and u8 have the same size, alignment and validity (every bit pattern),
+    // and the borrow of `v` moves into the result.
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast(), v.len()) }
+}
+
+/// The pair-row build, written once for every ISA. At each position whose two taps
+/// are both inside the row, with multiplier 1, the whole chunks of channels go
+/// through `fast(x0, x1, dst, chunks, chunk_stride)`: `x0` and `x1` are the two input
+/// pixels from the block's first channel, `dst` starts at the position's lanes of
+/// chunk 0, and chunk `c` is `c · chunk_stride` lanes on. Everything else takes the
+/// scalar path here.
 #[inline(always)]
-pub(crate) fn build_with(args: BuildArgs<'_>, mut fast: impl FnMut(&[u8], &[u8], &mut [i32])) {
+pub(crate) fn build_with(args: BuildArgs<'_>, mut fast: impl FnMut(&[u8], &[u8], &mut [i32], usize, usize)) {
     let BuildArgs { input_row, in_channels, multiplier, channel0, out_channels, chunks, iw0, span, dilation, zero_point, dst } =
         args;
     let width = (input_row.len() / in_channels.max(1)) as isize;
     let zp = i32::from(zero_point);
     let pixel = |iw: isize| (iw >= 0 && iw < width).then(|| &input_row[iw as usize * in_channels..][..in_channels]);
+    // Chunks whose 8 channels all exist (the rest are the block's channel tail).
+    let whole = ((out_channels - channel0) / LANES).min(chunks);
+    let chunk_stride = span * LANES;
     for p in 0..span {
         let iw = iw0 + p as isize;
         let (x0, x1) = (pixel(iw), pixel(iw + dilation as isize));
-        for chunk in 0..chunks {
-            let lanes = &mut dst[(chunk * span + p) * LANES..][..LANES];
-            let oc0 = channel0 + chunk * LANES;
-            if let (Some(x0), Some(x1), 1, true) = (x0, x1, multiplier, oc0 + LANES <= out_channels) {
-                fast(&x0[oc0..oc0 + LANES], &x1[oc0..oc0 + LANES], lanes);
-                continue;
+        let mut first_scalar = 0;
+        if let (Some(x0), Some(x1), 1) = (x0, x1, multiplier) {
+            if whole > 0 {
+                fast(&x0[channel0..], &x1[channel0..], &mut dst[p * LANES..], whole, chunk_stride);
             }
+            first_scalar = whole;
+        }
+        for chunk in first_scalar..chunks {
+            let lanes = &mut dst[chunk * chunk_stride + p * LANES..][..LANES];
+            let oc0 = channel0 + chunk * LANES;
             for (l, lane) in lanes.iter_mut().enumerate() {
                 let oc = oc0 + l;
                 let v = |x: Option<&[u8]>| match x {
@@ -483,14 +598,18 @@ pub(crate) fn build_with(args: BuildArgs<'_>, mut fast: impl FnMut(&[u8], &[u8],
 
 /// The portable build and row functions.
 pub(crate) mod portable {
-    use super::{BuildArgs, LANES, RowArgs, build_with, pair};
+    use super::{BuildArgs, LANES, RowArgs, RowOut, build_with, pair};
 
     /// Builds a pair row in plain Rust.
     pub(crate) fn build(args: BuildArgs<'_>) {
         let zp = i32::from(args.zero_point);
-        build_with(args, |x0, x1, lanes| {
-            for ((lane, &a), &b) in lanes.iter_mut().zip(x0).zip(x1) {
-                *lane = pair(i32::from(a) - zp, i32::from(b) - zp);
+        build_with(args, |x0, x1, dst, chunks, stride| {
+            for c in 0..chunks {
+                let lanes = &mut dst[c * stride..][..LANES];
+                let (x0, x1) = (&x0[c * LANES..][..LANES], &x1[c * LANES..][..LANES]);
+                for ((lane, &a), &b) in lanes.iter_mut().zip(x0).zip(x1) {
+                    *lane = pair(i32::from(a) - zp, i32::from(b) - zp);
+                }
             }
         })
     }
@@ -499,8 +618,8 @@ pub(crate) mod portable {
     /// `pmaddwd` where it can).
     #[multiversion::multiversion(targets("x86_64+avx2", "x86_64+sse4.1", "aarch64+neon"))]
     pub(crate) fn row(args: RowArgs<'_>) {
-        let RowArgs { pair_rows, row_at, span, weights, pairs, stride, dilation, chunks, col0, cols, acc, acc_stride } =
-            args;
+        let RowArgs { pair_rows, row_at, span, weights, pairs, stride, dilation, chunks, col0, cols, out } = args;
+        let RowOut::Acc { acc, stride: acc_stride } = out else { unreachable!("checked by DwKernel::row") };
         let kh_n = row_at.len();
         for chunk in 0..chunks {
             let w = &weights[chunk * kh_n * pairs * LANES..][..kh_n * pairs * LANES];

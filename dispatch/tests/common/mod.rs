@@ -318,6 +318,24 @@ pub struct ConvCase {
     pub stage: OutputStage,
     pub out: OutputType,
     pub out_stride: usize,
+    /// The layout the weights are handed to the packing in (converted from OHWI).
+    pub layout: qgemm::FilterLayout,
+}
+
+/// OHWI weights in OIHW order, element by element.
+pub fn ohwi_to_oihw(w: &[i8], p: &Conv2dParams) -> Vec<i8> {
+    let (kh, kw, cg) = (p.kernel_height, p.kernel_width, p.in_channels / p.groups);
+    let mut out = vec![0; w.len()];
+    for o in 0..p.out_channels {
+        for y in 0..kh {
+            for x in 0..kw {
+                for c in 0..cg {
+                    out[((o * cg + c) * kh + y) * kw + x] = w[((o * kh + y) * kw + x) * cg + c];
+                }
+            }
+        }
+    }
+    out
 }
 
 impl ConvCase {
@@ -338,6 +356,7 @@ impl ConvCase {
             stage: OutputStage::default(),
             out: OutputType::I32,
             out_stride: p.out_channels,
+            layout: qgemm::FilterLayout::Ohwi,
         }
     }
 
@@ -353,12 +372,24 @@ impl ConvCase {
     }
 
     pub fn run(&self, isa: Isa, threads: usize) -> (OutputData, bool) {
+        self.run_in(isa, threads, &mut qgemm::Workspace::new())
+    }
+
+    pub fn packed(&self, isa: Isa) -> PackedConvWeights {
         let p = self.params;
-        let packed = PackedConvWeights::for_isa(
+        let oihw;
+        let data = match self.layout {
+            qgemm::FilterLayout::Ohwi => &self.weights,
+            _ => {
+                oihw = ohwi_to_oihw(&self.weights, &p);
+                &oihw
+            }
+        };
+        PackedConvWeights::for_isa(
             isa,
             ConvWeights {
-                data: &self.weights,
-                layout: qgemm::FilterLayout::Ohwi,
+                data,
+                layout: self.layout,
                 out_channels: p.out_channels,
                 kernel_height: p.kernel_height,
                 kernel_width: p.kernel_width,
@@ -367,12 +398,18 @@ impl ConvCase {
                 zero_point: &self.weight_zp,
             },
         )
-        .expect("valid conv weights");
+        .expect("valid conv weights")
+    }
+
+    /// Runs in `workspace`, which may hold buffers from earlier calls.
+    pub fn run_in(&self, isa: Isa, threads: usize, workspace: &mut qgemm::Workspace) -> (OutputData, bool) {
+        let p = self.params;
+        let packed = self.packed(isa);
         let rows = p.batch * p.out_height().unwrap() * p.out_width().unwrap();
         let input = ConvInput { data: &self.input, zero_point: self.input_zp };
         let options = Options::new().with_threads(threads).with_isa(isa);
         run_into(self.out, rows, p.out_channels, self.out_stride, |out| {
-            qgemm::conv2d_with(&input, &packed, &p, &self.stage, out, &options)
+            qgemm::conv2d_in(&input, &packed, &p, &self.stage, out, &options, workspace)
         })
     }
 

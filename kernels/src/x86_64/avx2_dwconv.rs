@@ -16,7 +16,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::dwconv::{BuildArgs, DwKernel, LANES, RowArgs, build_with};
+use crate::dwconv::{BuildArgs, DwKernel, LANES, RowArgs, RowOut, build_with};
 
 /// The AVX2 depthwise kernel, or `None` if this CPU lacks AVX2.
 pub fn dw_kernel() -> Option<&'static DwKernel> {
@@ -27,7 +27,7 @@ pub fn dw_kernel() -> Option<&'static DwKernel> {
 static KERNEL: DwKernel = {
     // SAFETY: both functions read and write only through their checked arguments, and
     // run only after `dw_kernel()` detected AVX2.
-    unsafe { DwKernel::new("dw8c2-avx2-madd", build, row) }
+    unsafe { DwKernel::new("dw8c2-avx2-madd", build, row).with_fused_float() }
 };
 
 /// # Safety
@@ -35,15 +35,20 @@ static KERNEL: DwKernel = {
 #[target_feature(enable = "avx2")]
 unsafe fn build(args: BuildArgs<'_>) {
     let zp = _mm256_set1_epi16(i16::from(args.zero_point));
-    build_with(args, |x0, x1, lanes| {
-        assert!(x0.len() >= LANES && x1.len() >= LANES && lanes.len() >= LANES);
-        // SAFETY: AVX2 is enabled here; the three slices hold 8 values each (asserted),
-        // and the loads and the store are unaligned.
-        unsafe {
-            let a = _mm_loadl_epi64(x0.as_ptr().cast());
-            let b = _mm_loadl_epi64(x1.as_ptr().cast());
-            let pairs = _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm_unpacklo_epi8(a, b)), zp);
-            _mm256_storeu_si256(lanes.as_mut_ptr().cast(), pairs);
+    build_with(args, |x0, x1, dst, chunks, stride| {
+        assert!(x0.len() >= chunks * LANES && x1.len() >= chunks * LANES);
+        assert!(dst.len() >= (chunks - 1) * stride + LANES);
+        let (x0, x1, dst) = (x0.as_ptr(), x1.as_ptr(), dst.as_mut_ptr());
+        for c in 0..chunks {
+            // SAFETY: AVX2 is enabled here; chunk `c < chunks` reads 8 bytes at `8c` of
+            // `x0` and `x1` and writes 8 lanes at `c · stride` of `dst`, all in bounds
+            // (asserted above); loads and stores are unaligned.
+            unsafe {
+                let a = _mm_loadl_epi64(x0.add(c * LANES).cast());
+                let b = _mm_loadl_epi64(x1.add(c * LANES).cast());
+                let pairs = _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm_unpacklo_epi8(a, b)), zp);
+                _mm256_storeu_si256(dst.add(c * stride).cast(), pairs);
+            }
         }
     })
 }
@@ -66,14 +71,25 @@ unsafe fn row(args: RowArgs<'_>) {
 /// As [`row`], with `kernel_rows == args.row_at.len()` and `pairs == args.pairs`.
 #[inline(always)]
 unsafe fn row_with(args: RowArgs<'_>, kernel_rows: usize, pairs: usize) {
-    let RowArgs { pair_rows, row_at, span, weights, stride, dilation, chunks, col0, cols, acc, acc_stride, .. } = args;
+    let RowArgs { pair_rows, row_at, span, weights, stride, dilation, chunks, col0, cols, out, .. } = args;
     let rows = pair_rows.as_ptr();
-    let out = acc.as_mut_ptr();
+    // The fused output's constants, or the accumulators.
+    let (acc, acc_stride, mut fused) = match out {
+        RowOut::Acc { acc, stride } => (acc.as_mut_ptr(), stride, None),
+        RowOut::Float(f) => (std::ptr::null_mut(), 0, Some(f)),
+    };
+    let (lo, hi) = fused.as_ref().map_or((0.0, 0.0), |f| (f.lo, f.hi));
+    let zp = fused.as_ref().map_or(0, |f| f.zero_point);
+    // SAFETY: AVX2 is available (this function's contract).
+    let (lo, hi, zp) = unsafe { (_mm256_set1_ps(lo), _mm256_set1_ps(hi), _mm256_set1_epi32(zp)) };
     for chunk in 0..chunks {
         // SAFETY: `RowArgs::check` proved, for every kernel row, `row_at[kh] + chunks ·
         // span · 8 ≤ pair_rows.len()` and every read position `< span`; the weights
-        // hold `chunks · KH · pairs · 8` lanes; `acc` holds `(cols − 1) · acc_stride +
-        // chunks · 8` lanes. All accesses are unaligned loads and stores.
+        // hold `chunks · KH · pairs · 8` lanes; the accumulators hold `(cols − 1) ·
+        // stride + chunks · 8` lanes, or the fused output's bias and scale `chunks · 8`
+        // lanes and its bytes `(cols − 1) · stride + channels`, of which a chunk
+        // writes its whole 8 only when they are all below `channels`. All accesses are
+        // unaligned.
         unsafe {
             let w = weights.as_ptr().add(chunk * kernel_rows * pairs * LANES);
             let mut wv = [_mm256_setzero_si256(); 16];
@@ -81,6 +97,13 @@ unsafe fn row_with(args: RowArgs<'_>, kernel_rows: usize, pairs: usize) {
             for (t, v) in wv.iter_mut().enumerate().take(held) {
                 *v = _mm256_loadu_si256(w.add(t * LANES).cast());
             }
+            let (bias, scale) = match &fused {
+                Some(f) => (
+                    _mm256_loadu_si256(f.bias.as_ptr().add(chunk * LANES).cast()),
+                    _mm256_loadu_ps(f.scale.as_ptr().add(chunk * LANES)),
+                ),
+                None => (_mm256_setzero_si256(), _mm256_setzero_ps()),
+            };
             for i in 0..cols {
                 let first = (col0 + i) * stride;
                 let mut sum = _mm256_setzero_si256();
@@ -93,7 +116,28 @@ unsafe fn row_with(args: RowArgs<'_>, kernel_rows: usize, pairs: usize) {
                         sum = _mm256_add_epi32(sum, _mm256_madd_epi16(x, wt));
                     }
                 }
-                _mm256_storeu_si256(out.add(i * acc_stride + chunk * LANES).cast(), sum);
+                match &mut fused {
+                    None => _mm256_storeu_si256(acc.add(i * acc_stride + chunk * LANES).cast(), sum),
+                    Some(f) => {
+                        // (acc + bias) as f32 · scale, clamped, rounded to nearest even
+                        // (the default MXCSR mode, as the reference's f32 arithmetic),
+                        // plus the zero point; then narrowed, already in range.
+                        let x = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(sum, bias)), scale);
+                        let x = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
+                        let q = _mm256_add_epi32(_mm256_cvtps_epi32(x), zp);
+                        let q16 = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256::<1>(q));
+                        let q8 = if f.signed { _mm_packs_epi16(q16, q16) } else { _mm_packus_epi16(q16, q16) };
+                        let dst = f.out.as_mut_ptr().add(i * f.stride + chunk * LANES);
+                        let n = f.channels.saturating_sub(chunk * LANES).min(LANES);
+                        if n == LANES {
+                            _mm_storel_epi64(dst.cast(), q8);
+                        } else {
+                            let mut bytes = [0u8; 16];
+                            _mm_storeu_si128(bytes.as_mut_ptr().cast(), q8);
+                            std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, n);
+                        }
+                    }
+                }
             }
         }
     }
