@@ -23,7 +23,8 @@ fn suite(c: &mut Criterion) {
             let packed = problem.pack(isa).expect("suite shapes are valid");
             let mut out = vec![0u8; problem.output_len()];
             group.bench_function(isa.name(), |b| {
-                b.iter(|| problem.run(&packed, 1, &mut out).expect("valid"));
+                let mut workspace = qgemm::Workspace::new();
+                b.iter(|| problem.run(&packed, 1, &mut out, &mut workspace).expect("valid"));
             });
         }
         group.finish();

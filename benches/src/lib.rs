@@ -241,18 +241,32 @@ impl Problem {
         }
     }
 
-    /// One run into `out` (`output_len()` bytes).
-    pub fn run(&self, packed: &Packed, threads: usize, out: &mut [u8]) -> qgemm::Result<()> {
+    /// How qgemm computes a convolution problem (`None` for a GEMM).
+    pub fn conv_path(&self, packed: &Packed) -> Option<qgemm::ConvPath> {
+        match (&self.shape, packed) {
+            (Shape::Conv { params, .. }, Packed::Conv(w)) => w.path(params).ok(),
+            _ => None,
+        }
+    }
+
+    /// One run into `out` (`output_len()` bytes), in `workspace`.
+    pub fn run(
+        &self,
+        packed: &Packed,
+        threads: usize,
+        out: &mut [u8],
+        workspace: &mut qgemm::Workspace,
+    ) -> qgemm::Result<()> {
         let (rows, cols) = self.output_dims();
         let c = OutputMatrix::u8(out, rows, cols);
         let options = Options::new().with_threads(threads);
         match (&self.shape, packed) {
             (Shape::Gemm { m, k, .. }, Packed::Gemm(w)) => {
-                qgemm::gemm_with(&Activations::new(&self.a, *m, *k, self.a_zp), w, &self.stage, c, &options)
+                qgemm::gemm_in(&Activations::new(&self.a, *m, *k, self.a_zp), w, &self.stage, c, &options, workspace)
             }
             (Shape::Conv { params, .. }, Packed::Conv(w)) => {
                 let input = ConvInput { data: &self.a, zero_point: self.a_zp };
-                qgemm::conv2d_with(&input, w, params, &self.stage, c, &options)
+                qgemm::conv2d_in(&input, w, params, &self.stage, c, &options, workspace)
             }
             _ => panic!("weights packed for another kind of problem"),
         }
@@ -410,7 +424,7 @@ mod tests {
                 let expected = p.reference();
                 for &isa in qgemm::available_isas() {
                     let mut out = vec![0u8; p.output_len()];
-                    p.run(&p.pack(isa).unwrap(), 2, &mut out).unwrap();
+                    p.run(&p.pack(isa).unwrap(), 2, &mut out, &mut qgemm::Workspace::new()).unwrap();
                     assert_eq!(out, expected, "{isa}");
                 }
             }

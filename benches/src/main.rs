@@ -181,12 +181,17 @@ impl Runner<'_> {
             progress(&format!("{what}: timing..."));
             let packed = problem.pack(isa).expect("the suite's weights pack on every available ISA");
             let mut out = vec![0u8; problem.output_len()];
-            let run = |out: &mut [u8]| problem.run(&packed, threads, out).expect("the suite's arguments are valid");
+            // One workspace across the runs, as an engine would keep it.
+            let mut workspace = qgemm::Workspace::new();
+            let mut run = |out: &mut [u8]| {
+                problem.run(&packed, threads, out, &mut workspace).expect("the suite's arguments are valid")
+            };
             let secs = time_runs(self.args.min_time, || run(&mut out));
             // A poisoned buffer for the checked run, so that a run that writes nothing
             // cannot pass.
             out.fill(0xa5);
             run(&mut out);
+            let scratch_bytes = Some(workspace.max_thread_heap_size() as u64);
             let expected = expected.get_or_insert_with(|| {
                 progress(&format!("{what}: computing the reference..."));
                 problem.reference()
@@ -196,6 +201,7 @@ impl Runner<'_> {
             // 7-bit activations take the kernel's fast path where it has one.
             let info = isa.kernel_info();
             let kernel = match (info, problem.data) {
+                (Some(k), _) if problem.conv_path(&packed) == Some(qgemm::ConvPath::Depthwise) => k.depthwise,
                 (Some(k), DataKind::SevenBit) => k.fast_path.unwrap_or(k.name),
                 (Some(k), DataKind::Full) => k.name,
                 (None, _) => "?",
@@ -211,7 +217,14 @@ impl Runner<'_> {
                 name: format!("qgemm {isa} ({kernel})"),
                 library: format!("qgemm {}", env!("CARGO_PKG_VERSION")),
                 is_qgemm: true,
-                result: Ok(Timing { ms: secs * 1e3, gops, wrong, total: out.len() as u64, max_abs_diff }),
+                result: Ok(Timing {
+                    ms: secs * 1e3,
+                    gops,
+                    wrong,
+                    total: out.len() as u64,
+                    max_abs_diff,
+                    scratch_bytes,
+                }),
             };
             self.line(&m, kernel, Some(peak));
             rows.push(m);
@@ -243,7 +256,14 @@ impl Runner<'_> {
                 name: peer.name(),
                 library: peer.library().into(),
                 is_qgemm: false,
-                result: Ok(Timing { ms: secs * 1e3, gops, wrong, total: out.len() as u64, max_abs_diff }),
+                result: Ok(Timing {
+                    ms: secs * 1e3,
+                    gops,
+                    wrong,
+                    total: out.len() as u64,
+                    max_abs_diff,
+                    scratch_bytes: None,
+                }),
             };
             self.line(&m, &m.name, None);
             rows.push(m);
@@ -259,8 +279,9 @@ impl Runner<'_> {
         }
         let peak = peak.map_or("-".to_string(), |p| format!("{p:.1}%"));
         let exact = if t.wrong == 0 { "yes".to_string() } else { format!("NO ({})", t.wrong) };
+        let scratch = t.scratch_bytes.map_or("-".to_string(), |b| format!("{:.1}", b as f64 / 1024.0));
         println!(
-            "{:<24} {:<18} {:<40} {:>7} {:>11.3} {:>9.2} {:>7} {:>6}",
+            "{:<24} {:<18} {:<40} {:>7} {:>11.3} {:>9.2} {:>7} {:>6} {:>12}",
             format!("{} {}", m.suite, m.shape),
             m.id,
             kernel,
@@ -268,7 +289,8 @@ impl Runner<'_> {
             t.ms,
             t.gops,
             peak,
-            exact
+            exact,
+            scratch
         );
     }
 }
@@ -388,8 +410,8 @@ fn main() -> ExitCode {
             args.data.name()
         );
         println!(
-            "{:<24} {:<18} {:<40} {:>7} {:>11} {:>9} {:>7} {:>6}",
-            "shape", "implementation", "kernel", "threads", "median ms", "GOPS", "% peak", "exact"
+            "{:<24} {:<18} {:<40} {:>7} {:>11} {:>9} {:>7} {:>6} {:>12}",
+            "shape", "implementation", "kernel", "threads", "median ms", "GOPS", "% peak", "exact", "scratch KiB"
         );
     }
 

@@ -51,6 +51,8 @@ pub struct Timing {
     /// The largest difference from the reference, in output units: 1 is a rounding
     /// difference, hundreds or more is saturation or a different computation.
     pub max_abs_diff: i64,
+    /// The most scratch one thread held (qgemm's workspace), where known.
+    pub scratch_bytes: Option<u64>,
 }
 
 impl Measurement {
@@ -67,6 +69,7 @@ impl Measurement {
                 wrong: number("wrong")? as u64,
                 total: number("total")? as u64,
                 max_abs_diff: number("max_abs_diff")? as i64,
+                scratch_bytes: v["scratch_bytes"].as_u64(),
             }),
         };
         Ok(Measurement {
@@ -95,6 +98,9 @@ impl Measurement {
                 v["wrong"] = t.wrong.into();
                 v["total"] = t.total.into();
                 v["max_abs_diff"] = t.max_abs_diff.into();
+                if let Some(b) = t.scratch_bytes {
+                    v["scratch_bytes"] = b.into();
+                }
             }
             Err(reason) => v["skipped"] = reason.as_str().into(),
         }
@@ -459,7 +465,14 @@ mod tests {
             name: id.into(),
             library: "lib 1".into(),
             is_qgemm,
-            result: Ok(Timing { ms: 1.0, gops, wrong, total: 100, max_abs_diff: if wrong > 0 { 3 } else { 0 } }),
+            result: Ok(Timing {
+                ms: 1.0,
+                gops,
+                wrong,
+                total: 100,
+                max_abs_diff: if wrong > 0 { 3 } else { 0 },
+                scratch_bytes: None,
+            }),
         }
     }
 

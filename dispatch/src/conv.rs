@@ -125,8 +125,12 @@ impl PackedConvWeights {
         let len = product("conv weights OC·KH·KW·C/groups", &[w.out_channels, k])?;
         if w.data.len() != len {
             let dims = match w.layout {
-                FilterLayout::Ohwi => format!("OHWI [{}, {}, {}, {cg}]", w.out_channels, w.kernel_height, w.kernel_width),
-                FilterLayout::Oihw => format!("OIHW [{}, {cg}, {}, {}]", w.out_channels, w.kernel_height, w.kernel_width),
+                FilterLayout::Ohwi => {
+                    format!("OHWI [{}, {}, {}, {cg}]", w.out_channels, w.kernel_height, w.kernel_width)
+                }
+                FilterLayout::Oihw => {
+                    format!("OIHW [{}, {cg}, {}, {}]", w.out_channels, w.kernel_height, w.kernel_width)
+                }
             };
             bail!(BufferLength, "conv weights: {} values for {dims} (needs {len})", w.data.len());
         }
@@ -210,7 +214,8 @@ impl PackedConvWeights {
 
     /// Bytes of packed data held.
     pub fn heap_size(&self) -> usize {
-        self.groups.iter().map(PackedB::heap_size).sum::<usize>() + self.depthwise.as_ref().map_or(0, PackedDw::heap_size)
+        self.groups.iter().map(PackedB::heap_size).sum::<usize>()
+            + self.depthwise.as_ref().map_or(0, PackedDw::heap_size)
     }
 }
 
@@ -249,7 +254,11 @@ fn geometry(p: &Conv2dParams, oh: usize, ow: usize) -> ConvGeometry {
 
 /// OIHW weights in OHWI order: each output channel's `C/groups × taps` block
 /// transposed to `taps × C/groups`.
-fn oihw_to_ohwi(data: &[i8], taps: usize, cg: usize) -> std::result::Result<Vec<i8>, std::collections::TryReserveError> {
+fn oihw_to_ohwi(
+    data: &[i8],
+    taps: usize,
+    cg: usize,
+) -> std::result::Result<Vec<i8>, std::collections::TryReserveError> {
     let mut out = Vec::new();
     out.try_reserve_exact(data.len())?;
     for filter in data.chunks_exact((taps * cg).max(1)) {
@@ -444,7 +453,10 @@ pub fn conv2d_in(
             let a = if dense_pointwise {
                 // The input rows are the GEMM rows: A starts at this range's first pixel
                 // and this group's first channel, with stride C.
-                Rows::Matrix { data: input.data.get(row0 * p.in_channels + g * cg..).unwrap_or(&[]), stride: p.in_channels }
+                Rows::Matrix {
+                    data: input.data.get(row0 * p.in_channels + g * cg..).unwrap_or(&[]),
+                    stride: p.in_channels,
+                }
             } else {
                 Rows::Im2col(Im2col {
                     input: input.data,

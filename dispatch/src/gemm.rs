@@ -2,9 +2,9 @@
 
 use qgemm_kernels::Kernel;
 use qgemm_kernels::driver::{self, GemmArgs, Scratch};
-use qgemm_kernels::rows::Rows;
 use qgemm_kernels::output::OutData;
 use qgemm_kernels::pack::{BLayout, PackedB};
+use qgemm_kernels::rows::Rows;
 use qgemm_reference::{Channelwise, OutputStage, OutputType, WeightLayout};
 
 use crate::error::{Result, bail, out_of_memory};

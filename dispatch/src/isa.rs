@@ -81,7 +81,8 @@ impl Isa {
         let kernel = built_kernel(self)?;
         let tile = kernel.tile();
         let fast_path = kernel.fast_path().map(|f| f.name());
-        Some(KernelInfo { name: kernel.name(), fast_path, mr: tile.mr, nr: tile.nr, k_group: tile.kg })
+        let depthwise = dw_kernel_for(self).ok()?.name();
+        Some(KernelInfo { name: kernel.name(), fast_path, mr: tile.mr, nr: tile.nr, k_group: tile.kg, depthwise })
     }
 
     fn from_index(i: u8) -> Option<Isa> {
@@ -104,6 +105,8 @@ pub struct KernelInfo {
     pub nr: usize,
     /// K values packed together.
     pub k_group: usize,
+    /// The depthwise convolution kernel, as in `dw8c2-avx2-madd`.
+    pub depthwise: &'static str,
 }
 
 impl fmt::Display for Isa {

@@ -61,9 +61,9 @@ mod workspace;
 pub use conv::{ConvInput, ConvPath, ConvWeights, FilterLayout, PackedConvWeights, conv2d, conv2d_in, conv2d_with};
 pub use error::{Error, ErrorKind, Result};
 pub use gemm::{Activations, Options, OutputBuffer, OutputMatrix, PackedWeights, Weights, gemm, gemm_in, gemm_with};
-pub use workspace::{SCRATCH_BYTES_PER_THREAD, Workspace};
 pub use isa::{Isa, KernelInfo, available_isas, detected_isa, force_isa, selected_isa};
 pub use quant::{onnx_float_scale, quantize_bias, quantize_multiplier, tflite_real_multiplier};
+pub use workspace::{SCRATCH_BYTES_PER_THREAD, Workspace};
 
 /// The semantic types, shared with the reference.
 pub use qgemm_reference::{

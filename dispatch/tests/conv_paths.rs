@@ -42,13 +42,25 @@ fn cases() -> Vec<(&'static str, ConvPath, Conv2dParams)> {
         ("kernel larger than the input", IM, p(1, 3, 2, 4, 5, 5, 4).with_padding(2, 1, 2, 1)),
         // Depthwise.
         ("dw 3x3 s1 p1", DW, p(1, 9, 9, 16, 16, 3, 3).with_padding(1, 1, 1, 1).with_groups(16)),
-        ("dw 3x3 s2, C=13 (channel tail)", DW, p(1, 10, 11, 13, 13, 3, 3).with_stride(2, 2).with_padding(1, 0, 1, 1).with_groups(13)),
+        (
+            "dw 3x3 s2, C=13 (channel tail)",
+            DW,
+            p(1, 10, 11, 13, 13, 3, 3).with_stride(2, 2).with_padding(1, 0, 1, 1).with_groups(13),
+        ),
         ("dw 5x5 s1 p2", DW, p(1, 8, 9, 24, 24, 5, 5).with_padding(2, 2, 2, 2).with_groups(24)),
         ("dw 5x5 s2, batch 2", DW, p(2, 11, 10, 8, 8, 5, 5).with_stride(2, 2).with_padding(2, 2, 2, 2).with_groups(8)),
         ("dw 3x3 dilation 2", DW, p(1, 12, 12, 9, 9, 3, 3).with_dilation(2, 2).with_padding(2, 2, 2, 2).with_groups(9)),
-        ("dw 3x3 dilation (3,2) stride (1,2)", DW, p(1, 12, 13, 8, 8, 3, 3).with_dilation(3, 2).with_stride(1, 2).with_groups(8)),
+        (
+            "dw 3x3 dilation (3,2) stride (1,2)",
+            DW,
+            p(1, 12, 13, 8, 8, 3, 3).with_dilation(3, 2).with_stride(1, 2).with_groups(8),
+        ),
         ("dw multiplier 2", DW, p(1, 7, 7, 6, 12, 3, 3).with_padding(1, 1, 1, 1).with_groups(6)),
-        ("dw multiplier 3, 5x5 s2", DW, p(1, 11, 10, 5, 15, 5, 5).with_stride(2, 2).with_padding(2, 2, 2, 2).with_groups(5)),
+        (
+            "dw multiplier 3, 5x5 s2",
+            DW,
+            p(1, 11, 10, 5, 15, 5, 5).with_stride(2, 2).with_padding(2, 2, 2, 2).with_groups(5),
+        ),
         ("dw 7x7 (generic size)", DW, p(1, 10, 9, 17, 17, 7, 7).with_padding(3, 3, 3, 3).with_groups(17)),
         ("dw 1x4 (even width)", DW, p(1, 5, 9, 8, 8, 1, 4).with_padding(0, 1, 0, 2).with_groups(8)),
         ("dw 4x1", DW, p(1, 9, 5, 8, 8, 4, 1).with_padding(2, 0, 1, 0).with_groups(8)),
@@ -86,7 +98,7 @@ fn every_path_matches_the_reference() {
             for (i, scheme) in schemes(&mut rng, oc, per_channel, k).into_iter().enumerate() {
                 let mut case = base.clone();
                 case.stage.bias = Some((0..oc).map(|_| (rng.next_u64() as i32) >> 14).collect());
-                case.out = if (i + per_channel as usize) % 2 == 0 { OutputType::U8 } else { OutputType::I8 };
+                case.out = if (i + per_channel as usize).is_multiple_of(2) { OutputType::U8 } else { OutputType::I8 };
                 case.stage.requantize = Some(requantize_for(&mut rng, scheme, case.out));
                 case.out_stride = oc + i;
                 variants.push(case);
@@ -204,11 +216,19 @@ fn scratch_stays_within_the_bound() {
     let mut workspace = Workspace::new();
     for &isa in qgemm::available_isas() {
         let packed =
-            PackedWeights::for_isa(isa, Weights { data: &b, layout: WeightLayout::KxN, k, n, zero_point: &zp }).unwrap();
+            PackedWeights::for_isa(isa, Weights { data: &b, layout: WeightLayout::KxN, k, n, zero_point: &zp })
+                .unwrap();
         let acts = Activations { data: &a, rows: m, cols: k, row_stride: k, zero_point: 9 };
         let options = qgemm::Options::new().with_isa(isa);
-        qgemm::gemm_in(&acts, &packed, &OutputStage::default(), OutputMatrix::i32(&mut out, m, n), &options, &mut workspace)
-            .unwrap();
+        qgemm::gemm_in(
+            &acts,
+            &packed,
+            &OutputStage::default(),
+            OutputMatrix::i32(&mut out, m, n),
+            &options,
+            &mut workspace,
+        )
+        .unwrap();
         assert!(workspace.max_thread_heap_size() <= SCRATCH_BYTES_PER_THREAD, "GEMM K = {k} on {isa}");
     }
 }

@@ -101,7 +101,14 @@ impl Scratch {
     }
 
     /// The buffers of a depthwise call, grown to these lengths.
-    pub(crate) fn dw(&mut self, pair_rows: usize, acc: usize, rows: usize, kernel_rows: usize, lanes: usize) -> DwScratch<'_> {
+    pub(crate) fn dw(
+        &mut self,
+        pair_rows: usize,
+        acc: usize,
+        rows: usize,
+        kernel_rows: usize,
+        lanes: usize,
+    ) -> DwScratch<'_> {
         DwScratch {
             lane_bias: grown(&mut self.lane_bias, lanes),
             lane_scale: grown(&mut self.lane_scale, lanes),
@@ -223,16 +230,31 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
             let b_block = |g0: usize| &b.data()[(jc / tile.nr) * b.panel_stride() + g0 * tile.nr * tile.kg..];
             // Without room for all of K, each K block is packed here, as it is used (the
             // row sums on the first block of columns only).
-            let mut pack_now = |g0: usize, groups: usize, block_kernel: &Kernel, a_pack: &mut [u8], row_sums: &mut [i32]| {
-                if !hold_all {
-                    let sums = if jc == 0 { Some(row_sums) } else { None };
-                    pack_a(tile, &a_block, rows, k, g0, groups, block_kernel.wide_a(), a_pack, sums, gather);
-                }
-            };
+            let mut pack_now =
+                |g0: usize, groups: usize, block_kernel: &Kernel, a_pack: &mut [u8], row_sums: &mut [i32]| {
+                    if !hold_all {
+                        let sums = if jc == 0 { Some(row_sums) } else { None };
+                        pack_a(tile, &a_block, rows, k, g0, groups, block_kernel.wide_a(), a_pack, sums, gather);
+                    }
+                };
             let Some((&(g_last, groups_last, last_kernel, last_offset), earlier)) = a_blocks.split_last() else {
                 // K = 0: no block writes the accumulators.
                 acc.fill(0);
-                epilogue(kernel, acc, nc_max, row_sums, 0, rows, cols, ic, jc, zero_points, stage, &mut out, out_stride);
+                epilogue(
+                    kernel,
+                    acc,
+                    nc_max,
+                    row_sums,
+                    0,
+                    rows,
+                    cols,
+                    ic,
+                    jc,
+                    zero_points,
+                    stage,
+                    &mut out,
+                    out_stride,
+                );
                 continue;
             };
             // Every K block but the last, over the whole block: each B panel slice stays
@@ -276,7 +298,21 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
                     acc_stride: nc_max,
                     accumulate: !earlier.is_empty(),
                 });
-                epilogue(kernel, acc, nc_max, row_sums, r0, strip_rows, cols, ic, jc, zero_points, stage, &mut out, out_stride);
+                epilogue(
+                    kernel,
+                    acc,
+                    nc_max,
+                    row_sums,
+                    r0,
+                    strip_rows,
+                    cols,
+                    ic,
+                    jc,
+                    zero_points,
+                    stage,
+                    &mut out,
+                    out_stride,
+                );
             }
         }
     }

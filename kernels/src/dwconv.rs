@@ -166,9 +166,7 @@ impl Plan {
 /// not fit even for one chunk and one column; the caller then runs the convolution
 /// as grouped GEMMs.
 pub fn plan(g: &ConvGeometry, out_channels: usize) -> Option<Plan> {
-    let fits = |p: &Plan| {
-        p.pairs_bytes(g) <= DW_PAIRS_BYTES && p.acc_bytes() <= DW_ACC_BYTES
-    };
+    let fits = |p: &Plan| p.pairs_bytes(g) <= DW_PAIRS_BYTES && p.acc_bytes() <= DW_ACC_BYTES;
     if g.kernel_height > DW_MAX_KERNEL_HEIGHT || g.out_width == 0 {
         return None;
     }
@@ -296,7 +294,9 @@ impl RowArgs<'_> {
             let last = (self.col0 + self.cols - 1) * self.stride + 2 * (self.pairs - 1) * self.dilation;
             assert!(last < self.span, "positions beyond the span");
             match &self.out {
-                RowOut::Acc { acc, stride } => assert!(*stride >= lanes && acc.len() >= (self.cols - 1) * stride + lanes),
+                RowOut::Acc { acc, stride } => {
+                    assert!(*stride >= lanes && acc.len() >= (self.cols - 1) * stride + lanes)
+                }
                 RowOut::Float(f) => {
                     assert!(f.bias.len() >= lanes && f.scale.len() >= lanes);
                     assert!(f.channels <= lanes && f.stride >= f.channels);
@@ -422,7 +422,9 @@ pub fn run(kernel: &DwKernel, args: DwArgs<'_>, scratch: &mut Scratch) {
     // Bias and Float requantization into bytes run inside the row kernel where it can;
     // everything else through the accumulators and the generic epilogue.
     let fused = match (&stage.requant, &out) {
-        (Some(r @ Requant { scheme: Scheme::Float { scale }, .. }), OutData::U8(_) | OutData::I8(_)) if kernel.fuses_float => {
+        (Some(r @ Requant { scheme: Scheme::Float { scale }, .. }), OutData::U8(_) | OutData::I8(_))
+            if kernel.fuses_float =>
+        {
             Some((*r, *scale))
         }
         _ => None,
@@ -472,9 +474,8 @@ pub fn run(kernel: &DwKernel, args: DwArgs<'_>, scratch: &mut Scratch) {
                     if tags.contains(&key) {
                         continue;
                     }
-                    let free = (0..kh_n)
-                        .find(|&s| !(0..kh_n).any(|k2| needed(k2) == Some(tags[s])))
-                        .expect("a free slot");
+                    let free =
+                        (0..kh_n).find(|&s| !(0..kh_n).any(|k2| needed(k2) == Some(tags[s]))).expect("a free slot");
                     tags[free] = key;
                     let at = (b * g.in_height + key.1) * row_len;
                     kernel.build(BuildArgs {
@@ -499,8 +500,18 @@ pub fn run(kernel: &DwKernel, args: DwArgs<'_>, scratch: &mut Scratch) {
                 }
                 let at = (row * g.out_width + lo - first_pixel) * out_stride + c0;
                 let row_out = match (fused, &mut out) {
-                    (Some((r, _)), OutData::U8(o)) => RowOut::Float(float_out(r, lane_bias, lane_scale, false, &mut o[at..], out_stride, cols_real)),
-                    (Some((r, _)), OutData::I8(o)) => RowOut::Float(float_out(r, lane_bias, lane_scale, true, i8_as_bytes(&mut o[at..]), out_stride, cols_real)),
+                    (Some((r, _)), OutData::U8(o)) => {
+                        RowOut::Float(float_out(r, lane_bias, lane_scale, false, &mut o[at..], out_stride, cols_real))
+                    }
+                    (Some((r, _)), OutData::I8(o)) => RowOut::Float(float_out(
+                        r,
+                        lane_bias,
+                        lane_scale,
+                        true,
+                        i8_as_bytes(&mut o[at..]),
+                        out_stride,
+                        cols_real,
+                    )),
                     _ => RowOut::Acc { acc, stride: chunks * LANES },
                 };
                 kernel.row(RowArgs {
@@ -563,8 +574,19 @@ fn i8_as_bytes(v: &mut [i8]) -> &mut [u8] {
 /// scalar path here.
 #[inline(always)]
 pub(crate) fn build_with(args: BuildArgs<'_>, mut fast: impl FnMut(&[u8], &[u8], &mut [i32], usize, usize)) {
-    let BuildArgs { input_row, in_channels, multiplier, channel0, out_channels, chunks, iw0, span, dilation, zero_point, dst } =
-        args;
+    let BuildArgs {
+        input_row,
+        in_channels,
+        multiplier,
+        channel0,
+        out_channels,
+        chunks,
+        iw0,
+        span,
+        dilation,
+        zero_point,
+        dst,
+    } = args;
     let width = (input_row.len() / in_channels.max(1)) as isize;
     let zp = i32::from(zero_point);
     let pixel = |iw: isize| (iw >= 0 && iw < width).then(|| &input_row[iw as usize * in_channels..][..in_channels]);

@@ -48,7 +48,9 @@ impl ConvGeometry {
     /// The input row read by output row `oh` at kernel row `kh`, or `None` in the padding.
     #[inline]
     pub fn input_row(&self, oh: usize, kh: usize) -> Option<usize> {
-        (oh * self.stride_height + kh * self.dilation_height).checked_sub(self.pad_top).filter(|&ih| ih < self.in_height)
+        (oh * self.stride_height + kh * self.dilation_height)
+            .checked_sub(self.pad_top)
+            .filter(|&ih| ih < self.in_height)
     }
 
     /// The input column read by output column `ow` at kernel column `kw`, or `None` in
@@ -155,38 +157,61 @@ impl<'a> Rows<'a> {
 impl Im2col<'_> {
     #[inline]
     fn row<'s>(&'s self, r: usize, k0: usize, k1: usize, buf: &'s mut [u8]) -> &'s [u8] {
-        let g = &self.geometry;
-        let cg = self.group_channels;
-        let (b, oh, ow) = g.pixel(self.first_pixel + r);
-        // The input offset of tap (kh, kw)'s first channel, or None in the padding.
-        let tap_at = |tap: usize| {
-            let (kh, kw) = (tap / g.kernel_width, tap % g.kernel_width);
-            let ih = g.input_row(oh, kh)?;
-            let iw = g.input_col(ow, kw)?;
-            Some(((b * g.in_height + ih) * g.in_width + iw) * g.in_channels + self.channel0)
-        };
         if k1 <= k0 {
             return &[];
         }
-        if k0 / cg == (k1 - 1) / cg {
-            // One tap: borrow it when it is in the input.
-            if let Some(at) = tap_at(k0 / cg) {
-                let c = k0 % cg;
-                return &self.input[at + c..at + c + (k1 - k0)];
-            }
-        }
-        let dst = &mut buf[..k1 - k0];
+        let g = &self.geometry;
+        let cg = self.group_channels;
+        let (b, oh, ow) = g.pixel(self.first_pixel + r);
+        // K runs over kernel rows of KW·cg values. Within one kernel row, the taps of
+        // kernel columns whose input columns are all inside the image are contiguous
+        // in the input when the horizontal dilation is 1 and the group is all channels
+        // (NHWC): then a kernel row is one copy, or a borrow when it is the whole range.
+        let kernel_row = g.kernel_width * cg;
+        let contiguous = g.dilation_width == 1 && cg == g.in_channels;
+        let pixel_at =
+            |ih: usize, iw: usize| ((b * g.in_height + ih) * g.in_width + iw) * g.in_channels + self.channel0;
         let mut k = k0;
+        let mut filled = 0;
         while k < k1 {
-            let (tap, c) = (k / cg, k % cg);
-            let len = (cg - c).min(k1 - k);
-            let part = &mut dst[k - k0..k - k0 + len];
-            match tap_at(tap) {
-                Some(at) => part.copy_from_slice(&self.input[at + c..at + c + len]),
-                None => part.fill(self.zero_point),
+            let kh = k / kernel_row;
+            let end = k1.min((kh + 1) * kernel_row);
+            let (first_kw, c) = ((k % kernel_row) / cg, k % cg);
+            let last_kw = (end - 1 - kh * kernel_row) / cg;
+            let ih = g.input_row(oh, kh);
+            let span_inside = contiguous && g.input_col(ow, first_kw).is_some() && g.input_col(ow, last_kw).is_some();
+            match (ih, span_inside) {
+                (Some(ih), true) => {
+                    let iw = g.input_col(ow, first_kw).expect("inside");
+                    let src = &self.input[pixel_at(ih, iw) + c..][..end - k];
+                    if k == k0 && end == k1 {
+                        return src;
+                    }
+                    buf[filled..filled + src.len()].copy_from_slice(src);
+                }
+                (None, _) => buf[filled..filled + end - k].fill(self.zero_point),
+                (Some(ih), false) => {
+                    if let Some(iw) = g.input_col(ow, first_kw).filter(|_| k == k0 && end == k1 && first_kw == last_kw)
+                    {
+                        // One tap inside the image (a 1×1, say): borrow it.
+                        return &self.input[pixel_at(ih, iw) + c..][..end - k];
+                    }
+                    let mut at = filled;
+                    for kw in first_kw..=last_kw {
+                        let c0 = if kw == first_kw { c } else { 0 };
+                        let len = (cg - c0).min(end - k - (at - filled));
+                        let part = &mut buf[at..at + len];
+                        match g.input_col(ow, kw) {
+                            Some(iw) => part.copy_from_slice(&self.input[pixel_at(ih, iw) + c0..][..len]),
+                            None => part.fill(self.zero_point),
+                        }
+                        at += len;
+                    }
+                }
             }
-            k += len;
+            filled += end - k;
+            k = end;
         }
-        dst
+        &buf[..k1 - k0]
     }
 }

@@ -4,9 +4,9 @@
 #![cfg(target_arch = "x86_64")]
 
 use qgemm_kernels::driver::{GemmArgs, gemm};
-use qgemm_kernels::rows::Rows;
 use qgemm_kernels::output::{OutData, OutputStage};
 use qgemm_kernels::pack::{BLayout, PackedB};
+use qgemm_kernels::rows::Rows;
 use qgemm_kernels::x86_64::avx2;
 use qgemm_kernels::{Blocking, Kernel};
 use qgemm_reference as reference;

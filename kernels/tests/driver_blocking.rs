@@ -3,9 +3,9 @@
 //! reference. The public crate's harness covers the default blocking.
 
 use qgemm_kernels::driver::{GemmArgs, gemm};
-use qgemm_kernels::rows::Rows;
 use qgemm_kernels::output::{OutData, OutputStage, Param, Requant, Rounding, Scheme};
 use qgemm_kernels::pack::{BLayout, PackedB};
+use qgemm_kernels::rows::Rows;
 use qgemm_kernels::{Blocking, Kernel, portable};
 use qgemm_reference as reference;
 

@@ -107,8 +107,8 @@ unsafe fn row_with(args: RowArgs<'_>, kernel_rows: usize, pairs: usize) {
             for i in 0..cols {
                 let first = (col0 + i) * stride;
                 let mut sum = _mm256_setzero_si256();
-                for kh in 0..kernel_rows {
-                    let r = rows.add(row_at[kh] + (chunk * span + first) * LANES);
+                for (kh, &at) in row_at.iter().enumerate().take(kernel_rows) {
+                    let r = rows.add(at + (chunk * span + first) * LANES);
                     for j in 0..pairs {
                         let t = kh * pairs + j;
                         let wt = if t < 16 { wv[t] } else { _mm256_loadu_si256(w.add(t * LANES).cast()) };
