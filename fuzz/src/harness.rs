@@ -9,8 +9,9 @@
 use arbitrary::Unstructured;
 use qgemm::reference::{self, Conv2dProblem, GemmProblem, OutputData};
 use qgemm::{
-    Activations, Channelwise, Conv2dParams, ConvInput, ConvWeights, ErrorKind, FixedPointParams, Options, OutputMatrix,
-    OutputStage, OutputType, PackedConvWeights, PackedWeights, Requantization, Requantize, WeightLayout, Weights,
+    Activations, Channelwise, Conv2dParams, ConvInput, ConvWeights, ErrorKind, FilterLayout, FixedPointParams, Options,
+    OutputMatrix, OutputStage, OutputType, PackedConvWeights, PackedWeights, Requantization, Requantize, WeightLayout,
+    Weights,
 };
 
 /// A target's body.
@@ -276,6 +277,19 @@ pub fn conv2d(bytes: &[u8]) {
     let stage = stage(&mut inp, p.out_channels, out, 24);
     let out_stride = p.out_channels + inp.below(3);
     let threads = 1 + inp.below(3);
+    // The weights handed over in OIHW order, half the time (read last, so that older
+    // seeds keep their meaning).
+    let oihw = inp.flip();
+    let (taps, layout) = (p.kernel_height * p.kernel_width, if oihw { FilterLayout::Oihw } else { FilterLayout::Ohwi });
+    let handed: Vec<i8> = if oihw {
+        // OIHW[o][c][t] = OHWI[o][t][c].
+        (0..weights.len())
+            .map(|i| (i / (cg * taps), (i / taps) % cg, i % taps))
+            .map(|(o, c, t)| weights[(o * taps + t) * cg + c])
+            .collect()
+    } else {
+        weights.clone()
+    };
 
     let fits = p.out_height().is_some() && p.out_width().is_some();
     let rows = p.batch * p.out_height().unwrap_or(0) * p.out_width().unwrap_or(0);
@@ -291,8 +305,8 @@ pub fn conv2d(bytes: &[u8]) {
     });
     for &isa in qgemm::available_isas() {
         let w = ConvWeights {
-            data: &weights,
-            layout: qgemm::FilterLayout::Ohwi,
+            data: &handed,
+            layout,
             out_channels: p.out_channels,
             kernel_height: p.kernel_height,
             kernel_width: p.kernel_width,

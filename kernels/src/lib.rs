@@ -9,6 +9,11 @@
 //! |---|---|---|
 //! | [`portable`] | `4x32c2-portable` | every CPU (multiversioned for AVX2, SSE4.1, NEON) |
 //! | [`x86_64::avx2`] | `6x8c4-avx2-madd`, fast path `6x8c4-avx2-maddubs` | x86-64 with AVX2 |
+//! | [`dwconv`] | `dw8c2-portable` (depthwise convolution) | every CPU |
+//! | [`x86_64::avx2_dwconv`] | `dw8c2-avx2-madd` (depthwise convolution) | x86-64 with AVX2 |
+//!
+//! [`rows`] feeds the loop nest its rows of A: a matrix, or a convolution's taps
+//! gathered while packing.
 //!
 //! Each ISA module hands out its [`Kernel`] through a function that detects the CPU
 //! features first, so holding a `Kernel` proves it can run.
