@@ -4,12 +4,14 @@
 //! Every output channel is a separate dot product over `KH × KW` taps, so the
 //! kernels vectorize across channels (NHWC keeps them contiguous) and multiply in
 //! i16 pairs with `vpmaddwd`-style instructions: each i32 lane holds two taps of one
-//! channel, `(x(kh, kw), x(kh, kw + 1))` against `(w(kh, kw), w(kh, kw + 1))`. Both
-//! sides are stored with their zero points already subtracted, so the accumulator is
-//! `Σ (x − x_zp)(w − w_zp)` itself: no row or column sums, and a tap in the padding is
-//! a zero pair. Every value lies in [−255, 255], every product in ±65025 and every
-//! pair sum in ±130050, so the i16 multiply is exact and only the i32 sum can wrap, as
-//! the reference's does. An odd KW pairs its last tap with a zero weight.
+//! channel, `(x(kh, kw), x(kh, kw + 1))` against `(w(kh, kw), w(kh, kw + 1))`. The
+//! weights are stored with their zero point subtracted, the activations as they are
+//! (a tap in the padding reads the input zero point), so the accumulator is
+//! `Σ x·(w − w_zp)` and the input zero point costs one per-channel constant,
+//! `−x_zp · Σ (w − w_zp)`, added with the bias: no row sums. Every x lies in [0, 255]
+//! and every weight in [−255, 255], every product in ±65025 and every pair sum in
+//! ±130050, so the i16 multiply is exact and only the i32 sum can wrap, as the
+//! reference's does. An odd KW pairs its last tap with a zero weight.
 //!
 //! **Pair rows.** For one input row and a block of channels, the pair row holds, at
 //! each position `p` of the block's column span, the pair `(x[iw], x[iw + dw])` of
@@ -20,7 +22,7 @@
 //! block of channels, not once per tap:
 //!
 //! ```text
-//!  pair row (i32 lanes, lo = x[iw] − zp, hi = x[iw + dw] − zp), chunk-major:
+//!  pair row (i32 lanes, lo = x[iw], hi = x[iw + dw], as i16), chunk-major:
 //!  ┌ chunk 0 (channels 0..8) ──────────────────┐┌ chunk 1 (channels 8..16) ── …
 //!  │ p 0: [c0 pair][c1 pair] … [c7 pair]       ││ p 0: …
 //!  │ p 1: …                   (span positions) ││
@@ -65,6 +67,9 @@ pub struct PackedDw {
     kernel_height: usize,
     kernel_width: usize,
     data: Vec<i32>,
+    /// `−Σ_taps (w − w_zp)` per channel (times the input zero point, the activations'
+    /// correction), padded to whole chunks.
+    neg_sums: Vec<i32>,
     zeros: Vec<i32>,
 }
 
@@ -90,8 +95,10 @@ impl PackedDw {
         let pairs = kw.div_ceil(2);
         let chunks = oc.div_ceil(LANES);
         let mut packed = zeroed::<i32>(chunks * kh * pairs * LANES)?;
+        let mut neg_sums = zeroed::<i32>(chunks * LANES)?;
         for (o, taps) in data.chunks_exact((kh * kw).max(1)).enumerate().take(oc) {
             let zp = zero_points[if zero_points.len() == 1 { 0 } else { o }];
+            neg_sums[o] = -taps.iter().map(|&t| i32::from(t) - zp).sum::<i32>();
             let (chunk, lane) = (o / LANES, o % LANES);
             for r in 0..kh {
                 for j in 0..pairs {
@@ -101,7 +108,7 @@ impl PackedDw {
             }
         }
         let zeros = zeroed::<i32>(chunks * LANES)?;
-        Ok(PackedDw { out_channels: oc, kernel_height: kh, kernel_width: kw, data: packed, zeros })
+        Ok(PackedDw { out_channels: oc, kernel_height: kh, kernel_width: kw, data: packed, neg_sums, zeros })
     }
 
     /// OC.
@@ -111,7 +118,7 @@ impl PackedDw {
 
     /// Bytes held.
     pub fn heap_size(&self) -> usize {
-        4 * (self.data.capacity() + self.zeros.capacity())
+        4 * (self.data.capacity() + self.neg_sums.capacity() + self.zeros.capacity())
     }
 
     fn pairs(&self) -> usize {
@@ -432,8 +439,10 @@ pub fn run(kernel: &DwKernel, args: DwArgs<'_>, scratch: &mut Scratch) {
     let acc_len = if fused.is_some() { 0 } else { plan.cols * plan.chunks * LANES };
     let DwScratch { pair_rows, acc, row_sums, tags, row_at, lane_bias, lane_scale } =
         scratch.dw((kh_n + 1) * slot_len, acc_len, plan.cols, kh_n, plan.chunks * LANES);
-    // Slots 0..KH hold pair rows; slot KH stays zero, for kernel rows in the padding.
-    pair_rows[kh_n * slot_len..].fill(0);
+    // Slots 0..KH hold pair rows; slot KH holds the zero point, for kernel rows in the
+    // padding.
+    let zp = i32::from(zero_point);
+    pair_rows[kh_n * slot_len..].fill(pair(zp, zp));
     row_sums.fill(0);
     let row_len = g.in_width * g.in_channels;
     let (first_row, last_row) = (first_pixel / g.out_width, (first_pixel + pixels - 1) / g.out_width);
@@ -446,7 +455,8 @@ pub fn run(kernel: &DwKernel, args: DwArgs<'_>, scratch: &mut Scratch) {
         if let Some((_, scale)) = fused {
             for l in 0..chunks * LANES {
                 let real = l < cols_real;
-                lane_bias[l] = stage.bias.filter(|_| real).map_or(0, |b| b[c0 + l]);
+                let bias = stage.bias.filter(|_| real).map_or(0, |b| b[c0 + l]);
+                lane_bias[l] = bias.wrapping_add(w.neg_sums[c0 + l].wrapping_mul(zp));
                 lane_scale[l] = if real { scale.at(c0 + l) } else { 0.0 };
             }
         }
@@ -536,7 +546,7 @@ pub fn run(kernel: &DwKernel, args: DwArgs<'_>, scratch: &mut Scratch) {
                     rows: hi - lo,
                     cols: cols_real,
                     row_sums,
-                    zero_points: ZeroPoints { a_zp: 0, col_offsets: &w.zeros[c0..], b_zp: &w.zeros[c0..] },
+                    zero_points: ZeroPoints { a_zp: zp, col_offsets: &w.neg_sums[c0..], b_zp: &w.zeros[c0..] },
                     stage: stage.from_column(c0),
                     out: out.tail(at),
                     out_stride,
@@ -609,8 +619,8 @@ pub(crate) fn build_with(args: BuildArgs<'_>, mut fast: impl FnMut(&[u8], &[u8],
             for (l, lane) in lanes.iter_mut().enumerate() {
                 let oc = oc0 + l;
                 let v = |x: Option<&[u8]>| match x {
-                    Some(x) if oc < out_channels => i32::from(x[oc / multiplier]) - zp,
-                    _ => 0,
+                    Some(x) if oc < out_channels => i32::from(x[oc / multiplier]),
+                    _ => zp,
                 };
                 *lane = pair(v(x0), v(x1));
             }
@@ -624,13 +634,12 @@ pub(crate) mod portable {
 
     /// Builds a pair row in plain Rust.
     pub(crate) fn build(args: BuildArgs<'_>) {
-        let zp = i32::from(args.zero_point);
         build_with(args, |x0, x1, dst, chunks, stride| {
             for c in 0..chunks {
                 let lanes = &mut dst[c * stride..][..LANES];
                 let (x0, x1) = (&x0[c * LANES..][..LANES], &x1[c * LANES..][..LANES]);
                 for ((lane, &a), &b) in lanes.iter_mut().zip(x0).zip(x1) {
-                    *lane = pair(i32::from(a) - zp, i32::from(b) - zp);
+                    *lane = pair(i32::from(a), i32::from(b));
                 }
             }
         })

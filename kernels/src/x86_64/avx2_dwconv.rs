@@ -5,9 +5,10 @@
 //!  per output column, per chunk of 8 channels:
 //!      acc = Σ over kernel rows kh, column pairs j:
 //!            vpmaddwd(pair row kh at position ow·sw + 2j·dw, weights (kh, j))
-//!      → 8 i32 lanes, (x0 − zp)(w0 − wzp) + (x1 − zp)(w1 − wzp) each: exact
+//!      → 8 i32 lanes, x0·(w0 − wzp) + x1·(w1 − wzp) each: exact
+//!      (+ bias − zp·Σ(w − wzp), then Float requantization, fused)
 //!  building a pair row, per position and chunk of 8 channels:
-//!      vmovq x[iw], vmovq x[iw + dw] → vpunpcklbw → vpmovzxbw → vpsubw zp → store
+//!      vmovq x[iw], vmovq x[iw + dw] → vpunpcklbw → vpmovzxbw → store
 //! ```
 //!
 //! 3×3 and 5×5 kernels run instances with the kernel size fixed at compile time, so
@@ -34,7 +35,6 @@ static KERNEL: DwKernel = {
 /// AVX2 must be available; the arguments satisfy `BuildArgs` (checked by the caller).
 #[target_feature(enable = "avx2")]
 unsafe fn build(args: BuildArgs<'_>) {
-    let zp = _mm256_set1_epi16(i16::from(args.zero_point));
     build_with(args, |x0, x1, dst, chunks, stride| {
         assert!(x0.len() >= chunks * LANES && x1.len() >= chunks * LANES);
         assert!(dst.len() >= (chunks - 1) * stride + LANES);
@@ -46,7 +46,7 @@ unsafe fn build(args: BuildArgs<'_>) {
             unsafe {
                 let a = _mm_loadl_epi64(x0.add(c * LANES).cast());
                 let b = _mm_loadl_epi64(x1.add(c * LANES).cast());
-                let pairs = _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm_unpacklo_epi8(a, b)), zp);
+                let pairs = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(a, b));
                 _mm256_storeu_si256(dst.add(c * stride).cast(), pairs);
             }
         }
@@ -104,11 +104,17 @@ unsafe fn row_with(args: RowArgs<'_>, kernel_rows: usize, pairs: usize) {
                 ),
                 None => (_mm256_setzero_si256(), _mm256_setzero_ps()),
             };
+            // This chunk's first read position in each kernel row's pair row.
+            let mut row_ptr = [rows; 16];
+            for (p, &at) in row_ptr.iter_mut().zip(row_at) {
+                *p = rows.add(at + (chunk * span + col0 * stride) * LANES);
+            }
             for i in 0..cols {
-                let first = (col0 + i) * stride;
+                let step = i * stride * LANES;
                 let mut sum = _mm256_setzero_si256();
-                for (kh, &at) in row_at.iter().enumerate().take(kernel_rows) {
-                    let r = rows.add(at + (chunk * span + first) * LANES);
+                for kh in 0..kernel_rows {
+                    let r = if kh < 16 { row_ptr[kh] } else { rows.add(row_at[kh] + (chunk * span + col0 * stride) * LANES) }
+                        .add(step);
                     for j in 0..pairs {
                         let t = kh * pairs + j;
                         let wt = if t < 16 { wv[t] } else { _mm256_loadu_si256(w.add(t * LANES).cast()) };
