@@ -217,12 +217,12 @@ pub fn pack_a(
     }
     // Const K-groups and widths make each group's copy a single move.
     match (tile.kg, wide) {
-        (4, false) => pack_a_with::<4, 1>(args),
-        (4, true) => pack_a_with::<4, 2>(args),
-        (2, false) => pack_a_with::<2, 1>(args),
-        (2, true) => pack_a_with::<2, 2>(args),
-        (1, false) => pack_a_with::<1, 1>(args),
-        (1, true) => pack_a_with::<1, 2>(args),
+        (4, false) => pack_a_with::<4, 1>(args, NO_FOUR),
+        (4, true) => pack_a_with::<4, 2>(args, NO_FOUR),
+        (2, false) => pack_a_with::<2, 1>(args, NO_FOUR),
+        (2, true) => pack_a_with::<2, 2>(args, NO_FOUR),
+        (1, false) => pack_a_with::<1, 1>(args, NO_FOUR),
+        (1, true) => pack_a_with::<1, 2>(args, NO_FOUR),
         (kg, _) => unimplemented!("packing A for K-groups of {kg}"),
     }
 }
@@ -248,12 +248,39 @@ struct PackA<'a, 'r> {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn pack_a_4x2_avx2(args: PackA<'_, '_>) {
-    pack_a_with::<4, 2>(args)
+    use std::arch::x86_64::*;
+    // Four k-groups of a row at a time: 16 bytes widened to 16 i16 by one vpmovzxbw,
+    // then each group's 8 bytes stored to its slot, `stride` bytes apart.
+    let four = |src: &[u8], dst: &mut [u8], at: usize, stride: usize| {
+        assert!(src.len() >= 16 && dst.len() >= at + 3 * stride + 8);
+        // SAFETY: AVX2 is enabled in this function; the load reads 16 bytes of `src` and
+        // the four 8-byte stores end at or before `at + 3 · stride + 8 ≤ dst.len()`
+        // (asserted); all unaligned.
+        unsafe {
+            let wide = _mm256_cvtepu8_epi16(_mm_loadu_si128(src.as_ptr().cast()));
+            let (lo, hi) = (_mm256_castsi256_si128(wide), _mm256_extracti128_si256::<1>(wide));
+            let d = dst.as_mut_ptr().add(at);
+            _mm_storel_epi64(d.cast(), lo);
+            _mm_storel_epi64(d.add(stride).cast(), _mm_unpackhi_epi64(lo, lo));
+            _mm_storel_epi64(d.add(2 * stride).cast(), hi);
+            _mm_storel_epi64(d.add(3 * stride).cast(), _mm_unpackhi_epi64(hi, hi));
+        }
+    };
+    pack_a_with::<4, 2>(args, Some(four))
 }
 
+/// No four-group fast path.
+const NO_FOUR: Option<fn(&[u8], &mut [u8], usize, usize)> = None;
+
 /// [`pack_a`] for K-groups of `KG` values stored `WIDTH` bytes each (1: u8, 2: LE i16).
+/// `four`, where given, packs four whole groups of a row at once:
+/// `four(src, panel, at, stride)` with `src` the groups' `4·KG` values, `at` the byte
+/// offset of the first group's slot in the panel and `stride` the bytes between slots.
 #[inline(always)]
-fn pack_a_with<const KG: usize, const WIDTH: usize>(args: PackA<'_, '_>) {
+fn pack_a_with<const KG: usize, const WIDTH: usize>(
+    args: PackA<'_, '_>,
+    four: Option<impl Fn(&[u8], &mut [u8], usize, usize)>,
+) {
     let PackA { mr, a, rows, k, g0, groups, dst, mut row_sums, gather } = args;
     let panels = rows.div_ceil(mr);
     let panel_bytes = groups * mr * KG * WIDTH;
@@ -271,6 +298,17 @@ fn pack_a_with<const KG: usize, const WIDTH: usize>(args: PackA<'_, '_>) {
                 let sum = src.iter().fold(0u32, |s, &v| s.wrapping_add(u32::from(v))) as i32;
                 row_sums[r] = row_sums[r].wrapping_add(sum);
             }
+            let (mut whole, tail) = src.split_at(src.len().min(full_groups * KG));
+            let mut g = 0;
+            if let Some(four) = &four {
+                let blocks = whole.chunks_exact(4 * KG);
+                let rest = blocks.remainder();
+                for block in blocks {
+                    four(block, pdst, (g * mr + i) * KG * WIDTH, mr * KG * WIDTH);
+                    g += 4;
+                }
+                whole = rest;
+            }
             // Group g of this row goes to slot (g · mr + i); past the row's data, zeros.
             let mut put = |g: usize, group: [u8; KG]| {
                 let at = (g * mr + i) * KG * WIDTH;
@@ -287,8 +325,6 @@ fn pack_a_with<const KG: usize, const WIDTH: usize>(args: PackA<'_, '_>) {
                     bytes.copy_from_slice(&u16::from(v).to_le_bytes()[..WIDTH]);
                 }
             };
-            let (whole, tail) = src.split_at(src.len().min(full_groups * KG));
-            let mut g = 0;
             for chunk in whole.chunks_exact(KG) {
                 put(g, chunk.try_into().expect("KG values"));
                 g += 1;
