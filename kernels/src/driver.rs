@@ -188,7 +188,14 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
     // rather than in kc-sized pieces a panel apart. (Not for gathered rows, whose
     // gather buffer holds one kc block.)
     let matrix = matches!(a, Rows::Matrix { .. });
-    let kc_groups = if m <= tile.mr && hold_all && matrix { kgroups_total.max(1) } else { blocking.kc / tile.kg };
+    let kc_groups = if m <= tile.mr && hold_all && matrix {
+        kgroups_total.max(1)
+    } else {
+        // K blocks of equal size, none larger than kc: K = 576 runs as 2 × 288 rather
+        // than 512 + 64, whose short block costs a whole accumulator pass.
+        let most = blocking.kc / tile.kg;
+        kgroups_total.div_ceil(kgroups_total.div_ceil(most).max(1)).max(1)
+    };
     let a_pack_len = if hold_all { mc_max * kgroups_total * tile.kg } else { mc_max * kc_groups * tile.kg };
     let Scratch { a_pack, acc, row_sums, gather, .. } = scratch;
     let a_pack = grown(a_pack, a_pack_len * a_width);

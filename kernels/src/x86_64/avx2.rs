@@ -29,7 +29,7 @@
 use std::arch::x86_64::*;
 
 use crate::kernel::{BlockArgs, Blocking, Kernel, Tile};
-use crate::output::{EpilogueArgs, epilogue_scalar};
+use crate::output::EpilogueArgs;
 
 const MR: usize = 6;
 const NR: usize = 8;
@@ -58,8 +58,12 @@ static EXACT: Kernel = {
     }
 };
 
-fn epilogue(args: EpilogueArgs<'_>) {
-    epilogue_scalar(args)
+/// # Safety
+/// AVX2 must be available, and `args` must pass `EpilogueArgs::check` (checked by
+/// `Kernel::epilogue`).
+unsafe fn epilogue(args: EpilogueArgs<'_>) {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { super::avx2_epilogue::epilogue(args) }
 }
 
 /// # Safety

@@ -2,3 +2,4 @@
 
 pub mod avx2;
 pub mod avx2_dwconv;
+mod avx2_epilogue;
