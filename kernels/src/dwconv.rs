@@ -416,13 +416,24 @@ pub struct DwArgs<'a> {
 /// If [`plan`] returns `None` for this shape, or a buffer is shorter than the shapes
 /// say (the public crate validates all of this first).
 pub fn run(kernel: &DwKernel, args: DwArgs<'_>, scratch: &mut Scratch) {
+    let plan = plan(&args.geometry, args.weights.out_channels).expect("a depthwise plan");
+    run_with_plan(kernel, args, plan, scratch)
+}
+
+/// [`run`] cut by `plan` rather than by [`plan`]'s choice (tests use tiny channel
+/// blocks and column tiles to reach every boundary with small problems).
+///
+/// # Panics
+/// As [`run`], and if the plan has a zero size.
+pub fn run_with_plan(kernel: &DwKernel, args: DwArgs<'_>, plan: Plan, scratch: &mut Scratch) {
     let DwArgs { input, geometry: g, zero_point, weights: w, first_pixel, pixels, stage, mut out, out_stride } = args;
     if pixels == 0 || w.out_channels == 0 {
         return;
     }
     assert_eq!((w.kernel_height, w.kernel_width), (g.kernel_height, g.kernel_width), "weights for another kernel");
     assert!(w.out_channels.is_multiple_of(g.in_channels.max(1)), "OC a multiple of C");
-    let plan = plan(&g, w.out_channels).expect("a depthwise plan");
+    assert!(plan.chunks > 0 && plan.cols > 0, "an empty plan");
+    let plan = Plan { cols: plan.cols.min(g.out_width), ..plan };
     let (kh_n, pairs, chunks_total) = (g.kernel_height, w.pairs(), w.chunks());
     let span_max = plan.span(&g);
     let slot_len = plan.chunks * span_max * LANES;

@@ -269,8 +269,11 @@ unsafe fn pack_a_4x2_avx2(args: PackA<'_, '_>) {
     pack_a_with::<4, 2>(args, Some(four))
 }
 
+/// Packs four whole k-groups of one row; see [`pack_a_with`].
+type FourGroups = fn(&[u8], &mut [u8], usize, usize);
+
 /// No four-group fast path.
-const NO_FOUR: Option<fn(&[u8], &mut [u8], usize, usize)> = None;
+const NO_FOUR: Option<FourGroups> = None;
 
 /// [`pack_a`] for K-groups of `KG` values stored `WIDTH` bytes each (1: u8, 2: LE i16).
 /// `four`, where given, packs four whole groups of a row at once:

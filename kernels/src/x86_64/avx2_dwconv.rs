@@ -113,8 +113,12 @@ unsafe fn row_with(args: RowArgs<'_>, kernel_rows: usize, pairs: usize) {
                 let step = i * stride * LANES;
                 let mut sum = _mm256_setzero_si256();
                 for kh in 0..kernel_rows {
-                    let r = if kh < 16 { row_ptr[kh] } else { rows.add(row_at[kh] + (chunk * span + col0 * stride) * LANES) }
-                        .add(step);
+                    let r = if kh < 16 {
+                        row_ptr[kh]
+                    } else {
+                        rows.add(row_at[kh] + (chunk * span + col0 * stride) * LANES)
+                    }
+                    .add(step);
                     for j in 0..pairs {
                         let t = kh * pairs + j;
                         let wt = if t < 16 { wv[t] } else { _mm256_loadu_si256(w.add(t * LANES).cast()) };

@@ -53,7 +53,11 @@ unsafe fn float(args: EpilogueArgs<'_>, r: Requant<'_>, scale: Param<'_, f32>) {
 /// As [`float`]; `SIGNED` says the output is i8, `B_ZP` that some weight zero point of
 /// the block is nonzero.
 #[inline(always)]
-unsafe fn float_with<const SIGNED: bool, const B_ZP: bool>(args: EpilogueArgs<'_>, r: Requant<'_>, scale: Param<'_, f32>) {
+unsafe fn float_with<const SIGNED: bool, const B_ZP: bool>(
+    args: EpilogueArgs<'_>,
+    r: Requant<'_>,
+    scale: Param<'_, f32>,
+) {
     let EpilogueArgs { acc, acc_stride, rows, cols, row_sums, zero_points: zp, stage, mut out, out_stride } = args;
     let out_ptr = match &mut out {
         OutData::U8(o) => o.as_mut_ptr(),

@@ -1,0 +1,334 @@
+//! The convolution machinery below the public API, against the reference: the
+//! depthwise loop nest with tiny channel blocks and column tiles and with pixel ranges
+//! that start and end inside output rows (as thread splits do), and the im2col rows
+//! gathered while packing, under tiny cache blocks. Small enough for miri, which CI
+//! runs on it (with AVX2 emulated, so the AVX2 kernels' pointer arithmetic is checked
+//! too).
+
+use qgemm_kernels::driver::{GemmArgs, Scratch, gemm_in};
+use qgemm_kernels::dwconv::{self, DwArgs, DwKernel, PackedDw, Plan};
+use qgemm_kernels::output::{OutData, OutputStage, Param, Requant, Rounding, Scheme};
+use qgemm_kernels::pack::{BLayout, PackedB};
+use qgemm_kernels::rows::{ConvGeometry, Im2col, Rows};
+use qgemm_kernels::{Blocking, Kernel, portable};
+use qgemm_reference as reference;
+use reference::{Channelwise, Conv2dParams};
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+fn dw_kernels() -> Vec<&'static DwKernel> {
+    #[allow(unused_mut)]
+    let mut kernels = vec![dwconv::portable_kernel()];
+    #[cfg(target_arch = "x86_64")]
+    kernels.extend(qgemm_kernels::x86_64::avx2_dwconv::dw_kernel());
+    kernels
+}
+
+fn geometry(p: &Conv2dParams) -> ConvGeometry {
+    ConvGeometry {
+        batch: p.batch,
+        in_height: p.in_height,
+        in_width: p.in_width,
+        in_channels: p.in_channels,
+        kernel_height: p.kernel_height,
+        kernel_width: p.kernel_width,
+        stride_height: p.stride_height,
+        stride_width: p.stride_width,
+        dilation_height: p.dilation_height,
+        dilation_width: p.dilation_width,
+        pad_top: p.pad_top,
+        pad_left: p.pad_left,
+        out_height: p.out_height().unwrap(),
+        out_width: p.out_width().unwrap(),
+    }
+}
+
+/// One problem's data and its three output stages, in the kernels' and the
+/// reference's terms: i32; Float to u8 per channel with bias (fused where the kernel
+/// fuses); fixed point to i8 (through the accumulators).
+struct Case {
+    p: Conv2dParams,
+    input: Vec<u8>,
+    input_zp: u8,
+    weights: Vec<i8>,
+    weight_zp: Vec<i8>,
+    bias: Vec<i32>,
+    scales: Vec<f32>,
+}
+
+impl Case {
+    fn new(rng: &mut Rng, p: Conv2dParams) -> Case {
+        let cg = p.in_channels / p.groups;
+        let input = (0..p.batch * p.in_height * p.in_width * p.in_channels).map(|_| rng.next() as u8).collect();
+        let weights = (0..p.out_channels * p.kernel_height * p.kernel_width * cg).map(|_| rng.next() as i8).collect();
+        Case {
+            p,
+            input,
+            input_zp: rng.next() as u8,
+            weights,
+            weight_zp: (0..p.out_channels).map(|_| rng.next() as i8).collect(),
+            bias: (0..p.out_channels).map(|_| (rng.next() as i32) >> 16).collect(),
+            scales: (0..p.out_channels).map(|i| 0.0005 + 0.0003 * (i % 7) as f32).collect(),
+        }
+    }
+
+    fn reference(&self, stage: usize) -> reference::OutputData {
+        let problem = reference::Conv2dProblem {
+            params: self.p,
+            input: &self.input,
+            input_zero_point: self.input_zp,
+            weights: &self.weights,
+            weight_zero_point: &Channelwise::PerChannel(self.weight_zp.clone()),
+        };
+        let (stage, out) = match stage {
+            0 => (reference::OutputStage::default(), reference::OutputType::I32),
+            1 => (
+                reference::OutputStage {
+                    bias: Some(self.bias.clone()),
+                    requantize: Some(reference::Requantize {
+                        scheme: reference::Requantization::Float {
+                            scale: Channelwise::PerChannel(self.scales.clone()),
+                        },
+                        zero_point: 90,
+                        min: 5,
+                        max: 240,
+                    }),
+                },
+                reference::OutputType::U8,
+            ),
+            _ => (
+                reference::OutputStage {
+                    bias: None,
+                    requantize: Some(reference::Requantize {
+                        scheme: reference::Requantization::FixedPointHalfUp(reference::FixedPointParams {
+                            multiplier: Channelwise::PerTensor(1 << 30),
+                            shift: Channelwise::PerTensor(-9),
+                        }),
+                        zero_point: -3,
+                        min: -128,
+                        max: 127,
+                    }),
+                },
+                reference::OutputType::I8,
+            ),
+        };
+        reference::conv2d(&problem, &stage, out)
+    }
+
+    fn stage(&self, stage: usize) -> OutputStage<'_> {
+        match stage {
+            0 => OutputStage::default(),
+            1 => OutputStage {
+                bias: Some(&self.bias),
+                requant: Some(Requant {
+                    scheme: Scheme::Float { scale: Param::Channel(&self.scales) },
+                    zero_point: 90,
+                    min: 5,
+                    max: 240,
+                }),
+            },
+            _ => OutputStage {
+                bias: None,
+                requant: Some(Requant {
+                    scheme: Scheme::FixedPoint {
+                        rounding: Rounding::DoubleHalfUp,
+                        multiplier: Param::Tensor(1 << 30),
+                        shift: Param::Tensor(-9),
+                    },
+                    zero_point: -3,
+                    min: -128,
+                    max: 127,
+                }),
+            },
+        }
+    }
+
+    fn pixels(&self) -> usize {
+        self.p.batch * self.p.out_height().unwrap() * self.p.out_width().unwrap()
+    }
+
+    /// Runs `f(first_pixel, pixels, out)` over `ranges` (consecutive pixel counts) into
+    /// one output of the stage's type, and returns it in the reference's terms.
+    fn output(
+        &self,
+        stage: usize,
+        ranges: &[usize],
+        mut f: impl FnMut(usize, usize, OutData<'_>),
+    ) -> reference::OutputData {
+        let (len, oc) = (self.pixels() * self.p.out_channels, self.p.out_channels);
+        let mut first = 0;
+        match stage {
+            0 => {
+                let mut out = vec![0i32; len];
+                for &n in ranges {
+                    f(first, n, OutData::I32(&mut out[first * oc..]));
+                    first += n;
+                }
+                reference::OutputData::I32(out)
+            }
+            1 => {
+                let mut out = vec![0u8; len];
+                for &n in ranges {
+                    f(first, n, OutData::U8(&mut out[first * oc..]));
+                    first += n;
+                }
+                reference::OutputData::U8(out)
+            }
+            _ => {
+                let mut out = vec![0i8; len];
+                for &n in ranges {
+                    f(first, n, OutData::I8(&mut out[first * oc..]));
+                    first += n;
+                }
+                reference::OutputData::I8(out)
+            }
+        }
+    }
+}
+
+/// Pixel ranges covering `pixels`: whole, and three uneven pieces that start and end
+/// inside output rows.
+fn splits(pixels: usize) -> Vec<Vec<usize>> {
+    let a = pixels / 3 + 1;
+    let b = (pixels - a.min(pixels)) / 2 + 2;
+    let b = b.min(pixels - a.min(pixels));
+    vec![vec![pixels], vec![a.min(pixels), b, pixels - a.min(pixels) - b]]
+}
+
+fn dw_shapes() -> Vec<Conv2dParams> {
+    let p = Conv2dParams::new;
+    let shapes = vec![
+        p(1, 5, 6, 8, 8, 3, 3).with_padding(1, 1, 1, 1).with_groups(8),
+        p(2, 6, 7, 13, 13, 3, 3).with_stride(2, 2).with_padding(1, 0, 1, 1).with_groups(13),
+        p(1, 7, 8, 9, 9, 5, 5).with_padding(2, 2, 2, 2).with_groups(9),
+        p(1, 9, 9, 8, 8, 3, 3).with_dilation(2, 3).with_padding(2, 1, 2, 3).with_groups(8),
+        p(1, 5, 5, 3, 9, 3, 2).with_stride(1, 2).with_padding(1, 1, 1, 1).with_groups(3),
+        p(1, 4, 6, 16, 16, 4, 1).with_padding(3, 0, 2, 0).with_groups(16),
+    ];
+    // Under miri (slow: it checks every access), one small shape.
+    if cfg!(miri) { vec![p(1, 3, 4, 9, 9, 3, 3).with_padding(1, 1, 1, 1).with_groups(9)] } else { shapes }
+}
+
+#[test]
+fn depthwise_loop_nest_matches_reference() {
+    let mut rng = Rng(0x51_7cc1_b727_220a);
+    let mut scratch = Scratch::new();
+    for p in dw_shapes() {
+        let case = Case::new(&mut rng, p);
+        let g = geometry(&p);
+        let zps: Vec<i32> = case.weight_zp.iter().map(|&z| i32::from(z)).collect();
+        let packed = PackedDw::try_new(&case.weights, p.out_channels, p.kernel_height, p.kernel_width, &zps).unwrap();
+        let default = dwconv::plan(&g, p.out_channels).unwrap();
+        let plans = [default, Plan { chunks: 1, cols: 1 }, Plan { chunks: 1, cols: 3 }, Plan { chunks: 2, cols: 2 }];
+        let plans = if cfg!(miri) { &plans[1..2] } else { &plans[..] };
+        for kernel in dw_kernels() {
+            for stage in 0..3 {
+                let expected = case.reference(stage);
+                for &plan in plans {
+                    for ranges in splits(case.pixels()).into_iter().skip(usize::from(cfg!(miri))) {
+                        let got = case.output(stage, &ranges, |first_pixel, pixels, out| {
+                            let args = DwArgs {
+                                input: &case.input,
+                                geometry: g,
+                                zero_point: case.input_zp,
+                                weights: &packed,
+                                first_pixel,
+                                pixels,
+                                stage: case.stage(stage),
+                                out,
+                                out_stride: p.out_channels,
+                            };
+                            dwconv::run_with_plan(kernel, args, plan, &mut scratch);
+                        });
+                        assert_eq!(got, expected, "{} {p:?} stage {stage} {plan:?} ranges {ranges:?}", kernel.name());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Every GEMM kernel here, with its own blocking and tiny ones.
+fn gemm_kernels() -> Vec<Kernel> {
+    #[allow(unused_mut)]
+    let mut bases = vec![*portable::kernel()];
+    #[cfg(target_arch = "x86_64")]
+    if let Some(avx2) = qgemm_kernels::x86_64::avx2::kernel() {
+        bases.extend([*avx2, avx2.without_fast_path()]);
+    }
+    bases
+        .into_iter()
+        .flat_map(|base| {
+            let t = base.tile();
+            [base, base.with_blocking(Blocking { mc: t.mr, kc: 3 * t.kg, nc: t.nr })]
+        })
+        .collect()
+}
+
+#[test]
+fn im2col_rows_match_reference() {
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let p = Conv2dParams::new;
+    let shapes = [
+        p(1, 5, 6, 3, 5, 3, 3).with_padding(1, 2, 1, 0),
+        p(2, 7, 6, 4, 6, 3, 2).with_stride(2, 1).with_dilation(1, 2).with_padding(2, 1, 0, 2),
+        p(1, 6, 7, 6, 4, 1, 1).with_stride(2, 3).with_padding(1, 1, 1, 1).with_groups(2),
+        p(1, 4, 4, 5, 3, 3, 3).with_padding(4, 3, 4, 5),
+    ];
+    let mut scratch = Scratch::new();
+    let shapes = if cfg!(miri) { &shapes[..1] } else { &shapes[..] };
+    for &params in shapes {
+        let case = Case::new(&mut rng, params);
+        let g = geometry(&params);
+        let (cg, ocg) = (params.in_channels / params.groups, params.out_channels / params.groups);
+        let k = params.kernel_height * params.kernel_width * cg;
+        let max_value = case.input.iter().copied().max().unwrap().max(case.input_zp);
+        // Under miri, the tiny blockings only.
+        for kernel in gemm_kernels().into_iter().skip(usize::from(cfg!(miri))).step_by(1 + usize::from(cfg!(miri))) {
+            let groups: Vec<PackedB> = (0..params.groups)
+                .map(|gi| {
+                    let w = &case.weights[gi * ocg * k..(gi + 1) * ocg * k];
+                    let zps = &case.weight_zp[gi * ocg..(gi + 1) * ocg];
+                    PackedB::try_new(kernel.tile(), w, BLayout::NxK, k, ocg, zps).unwrap()
+                })
+                .collect();
+            for stage in 0..3 {
+                let expected = case.reference(stage);
+                for ranges in splits(case.pixels()).into_iter().skip(usize::from(cfg!(miri))) {
+                    let got = case.output(stage, &ranges, |first_pixel, pixels, mut out| {
+                        for (gi, b) in groups.iter().enumerate() {
+                            let rows = Rows::Im2col(Im2col {
+                                input: &case.input,
+                                geometry: g,
+                                channel0: gi * cg,
+                                group_channels: cg,
+                                first_pixel,
+                                zero_point: case.input_zp,
+                                max_value,
+                            });
+                            let args = GemmArgs {
+                                m: pixels,
+                                a: rows,
+                                a_zp: case.input_zp,
+                                b,
+                                stage: case.stage(stage).from_column(gi * ocg),
+                                out: out.tail(gi * ocg),
+                                out_stride: params.out_channels,
+                            };
+                            gemm_in(&kernel, args, &mut scratch);
+                        }
+                    });
+                    assert_eq!(got, expected, "{} {params:?} stage {stage} ranges {ranges:?}", kernel.name());
+                }
+            }
+        }
+    }
+}
