@@ -210,9 +210,9 @@ pub fn pack_a(
 ) {
     let args = PackA { mr: tile.mr, a, rows, k, g0, groups, dst, row_sums, gather };
     #[cfg(target_arch = "x86_64")]
-    if tile.kg == 4 && wide && std::arch::is_x86_feature_detected!("avx2") {
+    if tile.kg == 4 && std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: AVX2 was detected just above.
-        unsafe { pack_a_4x2_avx2(args) };
+        unsafe { if wide { pack_a_4x2_avx2(args) } else { pack_a_4x1_avx2(args) } };
         return;
     }
     // Const K-groups and widths make each group's copy a single move.
@@ -272,6 +272,17 @@ unsafe fn pack_a_4x2_avx2(args: PackA<'_, '_>) {
 /// Packs four whole k-groups of one row; see [`pack_a_with`].
 type FourGroups = fn(&[u8], &mut [u8], usize, usize);
 
+/// [`pack_a_with`] for the AVX2 fast path's format (u8), compiled for AVX2 so that
+/// the row sums vectorize with it.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn pack_a_4x1_avx2(args: PackA<'_, '_>) {
+    pack_a_with::<4, 1>(args, NO_FOUR)
+}
+
 /// No four-group fast path.
 const NO_FOUR: Option<FourGroups> = None;
 
@@ -322,6 +333,11 @@ fn pack_a_with<const KG: usize, const WIDTH: usize>(
                     let x = u64::from(u32::from_le_bytes(group[..4].try_into().expect("4 bytes")));
                     let wide = (x & 0xff) | (x & 0xff00) << 8 | (x & 0xff_0000) << 16 | (x & 0xff00_0000) << 24;
                     slot.copy_from_slice(&wide.to_le_bytes());
+                    return;
+                }
+                if WIDTH == 1 {
+                    // One KG-byte store.
+                    slot.copy_from_slice(&group);
                     return;
                 }
                 for (bytes, v) in slot.chunks_exact_mut(WIDTH).zip(group) {
