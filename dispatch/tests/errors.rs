@@ -480,6 +480,50 @@ fn conv_errors() {
     })
     .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Dimension);
+    // OIHW weights one value short: the message names the layout and its dimensions.
+    let e = PackedConvWeights::new(ConvWeights {
+        data: &[0; 71],
+        layout: qgemm::FilterLayout::Oihw,
+        out_channels: 2,
+        kernel_height: 3,
+        kernel_width: 3,
+        in_channels: 4,
+        groups: 1,
+        zero_point: &Channelwise::PerTensor(0),
+    })
+    .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::BufferLength);
+    assert!(e.to_string().contains("OIHW [2, 4, 3, 3]"), "{e}");
+    // `path` validates like the call itself.
+    assert_eq!(weights.path(&other).unwrap_err().kind(), ErrorKind::WeightsMismatch);
+    assert_eq!(weights.path(&good.with_stride(0, 1)).unwrap_err().kind(), ErrorKind::Dimension);
+    assert_eq!(weights.path(&good).unwrap(), qgemm::ConvPath::Im2col);
+    // A rejected call through a workspace writes nothing and leaves the workspace usable.
+    let input = vec![1u8; len];
+    let mut workspace = qgemm::Workspace::new();
+    let mut out = vec![-7i32; 40];
+    let e = qgemm::conv2d_in(
+        &ConvInput { data: &input[..len - 1], zero_point: 0 },
+        &weights,
+        &good,
+        &OutputStage::default(),
+        OutputMatrix::i32(&mut out, 16, 2),
+        &qgemm::Options::default(),
+        &mut workspace,
+    )
+    .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::BufferLength);
+    assert!(out.iter().all(|&v| v == -7));
+    qgemm::conv2d_in(
+        &ConvInput { data: &input, zero_point: 0 },
+        &weights,
+        &good,
+        &OutputStage::default(),
+        OutputMatrix::i32(&mut out, 16, 2),
+        &qgemm::Options::default(),
+        &mut workspace,
+    )
+    .unwrap();
     // An output of the wrong shape.
     let input = vec![1u8; len];
     let mut out = vec![-7i32; 40];

@@ -14,6 +14,16 @@ use qgemm::{
     Weights,
 };
 
+thread_local! {
+    /// One workspace for every call on this thread, so that state left in the scratch
+    /// by one input (another shape, path or ISA) meets the next.
+    static WORKSPACE: std::cell::RefCell<qgemm::Workspace> = std::cell::RefCell::new(qgemm::Workspace::new());
+}
+
+fn with_workspace<T>(f: impl FnOnce(&mut qgemm::Workspace) -> T) -> T {
+    WORKSPACE.with(|w| f(&mut w.borrow_mut()))
+}
+
 /// A target's body.
 pub type Target = fn(&[u8]);
 
@@ -210,7 +220,7 @@ impl GemmCase {
             let activations = Activations::new(&self.a, m, k, self.a_zp).with_row_stride(self.a_stride);
             let options = Options::new().with_threads(threads).with_isa(isa);
             let got = run_into(out, m, n, self.out_stride, |c| {
-                qgemm::gemm_with(&activations, &packed, &self.stage, c, &options)
+                with_workspace(|w| qgemm::gemm_in(&activations, &packed, &self.stage, c, &options, w))
             })
             .expect("a valid call succeeds");
             assert_eq!(got, expected, "{isa} differs from the reference (m={m} n={n} k={k})");
@@ -318,7 +328,7 @@ pub fn conv2d(bytes: &[u8]) {
         let options = Options::new().with_threads(threads).with_isa(isa);
         let x = ConvInput { data: &input, zero_point: input_zp };
         let got = run_into(out, rows, p.out_channels, out_stride, |c| {
-            qgemm::conv2d_with(&x, &packed, &params, &stage, c, &options)
+            with_workspace(|w| qgemm::conv2d_in(&x, &packed, &params, &stage, c, &options, w))
         });
         match (&expected, got) {
             (Some(expected), Ok(got)) => assert_eq!(&got, expected, "{isa} conv differs from the reference"),
