@@ -171,13 +171,16 @@ impl Im2col<'_> {
         let contiguous = g.dilation_width == 1 && cg == g.in_channels;
         let pixel_at =
             |ih: usize, iw: usize| ((b * g.in_height + ih) * g.in_width + iw) * g.in_channels + self.channel0;
+        // Divisions only where K starts and ends; kernel rows in between start at
+        // kernel column 0, channel 0, and end at the last column.
+        let (mut kh, start) = (k0 / kernel_row, k0 % kernel_row);
+        let (mut first_kw, mut c) = (start / cg, start % cg);
         let mut k = k0;
         let mut filled = 0;
         while k < k1 {
-            let kh = k / kernel_row;
-            let end = k1.min((kh + 1) * kernel_row);
-            let (first_kw, c) = ((k % kernel_row) / cg, k % cg);
-            let last_kw = (end - 1 - kh * kernel_row) / cg;
+            let row_end = (kh + 1) * kernel_row;
+            let end = k1.min(row_end);
+            let last_kw = if end == row_end { g.kernel_width - 1 } else { (end - 1 - kh * kernel_row) / cg };
             let ih = g.input_row(oh, kh);
             let span_inside = contiguous && g.input_col(ow, first_kw).is_some() && g.input_col(ow, last_kw).is_some();
             match (ih, span_inside) {
@@ -211,6 +214,7 @@ impl Im2col<'_> {
             }
             filled += end - k;
             k = end;
+            (kh, first_kw, c) = (kh + 1, 0, 0);
         }
         &buf[..k1 - k0]
     }
