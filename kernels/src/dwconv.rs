@@ -15,7 +15,7 @@
 //!
 //! **Pair rows.** For one input row and a block of channels, the pair row holds, at
 //! each position `p` of the block's column span, the pair `(x[iw], x[iw + dw])` of
-//! every channel, `iw = iw0 + p` (outside the image: 0). Output column `ow` of the
+//! every channel, `iw = iw0 + p` (outside the image: the input zero point). Output column `ow` of the
 //! tile reads kernel-column pair `j` at position `ow·sw + 2j·dw`, for any stride and
 //! dilation. A row is built once and kept while the next output rows read it (a cache
 //! of `KH` slots keyed by input row), so each input value is widened about once per
@@ -33,7 +33,7 @@
 //! `j` of kernel columns, 8 i32 lanes each `(w(kh, 2j) − zp, w(kh, 2j + 1) − zp)`;
 //! channels past OC and the partner of an odd last column are 0.
 //!
-//! **Scratch**: the pair rows of `KH` input rows plus one zero row, and the i32
+//! **Scratch**: the pair rows of `KH` input rows plus one padding row, and the i32
 //! accumulators of one tile of output columns, are bounded by [`DW_PAIRS_BYTES`] and
 //! [`DW_ACC_BYTES`]: a wide image or many channels make the channel block and the
 //! column tile smaller, never the scratch larger ([`plan`]).
@@ -263,7 +263,7 @@ pub enum RowOut<'a> {
         stride: usize,
     },
     /// Bias and Float requantization fused in registers (kernels that
-    /// [`fuse_float`](DwKernel::fuses_float)): `q = clamp(round((acc + bias) · scale),
+    /// [`fuses_float`](DwKernel::fuses_float)): `q = clamp(round((acc + bias) · scale),
     /// lo, hi) + zero_point` as the reference computes it, stored as bytes.
     Float(FloatOut<'a>),
 }
