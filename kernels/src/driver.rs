@@ -2,8 +2,8 @@
 //!
 //! ```text
 //! for each block of mc rows of A                            (ic)
+//!     choose the fast path or the exact kernel for this row block
 //!     for each block of kc values of K                      (pc)
-//!         choose the fast path or the exact kernel for this block
 //!         pack A[ic.., pc..] (mc × kc) as it wants, adding row sums
 //!     for each block of nc columns of packed B              (jc)
 //!         for each block of kc values of K but the last     (pc)
@@ -22,8 +22,8 @@
 //! The rows of A come from a [`Rows`]: a matrix, or a convolution's taps gathered while
 //! packing (im2col fused into the packing, never materialized).
 //!
-//! The fast path (see [`Kernel`]) runs on a block when the weights' pair sums fit in
-//! i16 for any activation, or when the block's activations are all ≤ 127; both
+//! The fast path (see [`Kernel`]) runs on a row block when the weights' pair sums fit
+//! in i16 for any activation, or when the block's activations are all ≤ 127; both
 //! conditions make its `vpmaddubsw` exact, so the choice never changes a result.
 //!
 //! B was packed once, whole, at weight-load time, so blocking over K and N only moves
@@ -202,8 +202,6 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
     let acc = grown(acc, mc_max * nc_max);
     let row_sums = grown(row_sums, mc_max);
     let gather = grown(gather, if matrix { 0 } else { kc_groups * tile.kg });
-    // (first k-group, k-groups, kernel, offset in a_pack) per K block of a row block.
-    let mut a_blocks: Vec<(usize, usize, Kernel, usize)> = Vec::with_capacity(kgroups_total.div_ceil(kc_groups.max(1)));
     let zero_points = ZeroPoints { a_zp: i32::from(a_zp), col_offsets: b.col_offsets(), b_zp: b.zero_points() };
 
     for ic in (0..m).step_by(blocking.mc) {
@@ -211,24 +209,24 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
         let row_panels = rows.div_ceil(tile.mr);
         let a_block = a.skip(ic);
         row_sums.fill(0);
-        a_blocks.clear();
-        let mut offset = 0;
-        for g0 in (0..kgroups_total).step_by(kc_groups) {
-            let groups = kc_groups.min(kgroups_total - g0);
-            let block_kernel = match fast {
-                Some(f)
-                    if b.pair_sums_fit_i16()
-                        || a_block.max_value(rows, (g0 * tile.kg).min(k), ((g0 + groups) * tile.kg).min(k)) <= 127 =>
-                {
-                    f
-                }
-                _ => *kernel,
-            };
-            a_blocks.push((g0, groups, block_kernel, offset));
-            if hold_all {
+        // One choice per row block: the fast path where it is exact for this block's
+        // activations (or for any, by the weights), the exact kernel otherwise.
+        let block_kernel = match fast {
+            Some(f) if b.pair_sums_fit_i16() || a_block.max_value(rows, 0, k) <= 127 => f,
+            _ => *kernel,
+        };
+        let wide = block_kernel.wide_a();
+        // K block i covers k-groups [i·kc_groups, …) and, holding all of K, starts at
+        // i · block_bytes of packed A (each block but the last is kc_groups long).
+        let k_blocks = kgroups_total.div_ceil(kc_groups);
+        let block_bytes = row_panels * tile.mr * kc_groups * tile.kg * if wide { 2 } else { 1 };
+        let offset = |i: usize| if hold_all { i * block_bytes } else { 0 };
+        let groups_of = |i: usize| kc_groups.min(kgroups_total - i * kc_groups);
+        if hold_all {
+            for i in 0..k_blocks {
                 let sums = Some(&mut row_sums[..]);
-                pack_a(tile, &a_block, rows, k, g0, groups, block_kernel.wide_a(), &mut a_pack[offset..], sums, gather);
-                offset += row_panels * tile.mr * groups * tile.kg * if block_kernel.wide_a() { 2 } else { 1 };
+                let dst = &mut a_pack[offset(i)..];
+                pack_a(tile, &a_block, rows, k, i * kc_groups, groups_of(i), wide, dst, sums, gather);
             }
         }
         for jc in (0..n).step_by(blocking.nc) {
@@ -237,14 +235,13 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
             let b_block = |g0: usize| &b.data()[(jc / tile.nr) * b.panel_stride() + g0 * tile.nr * tile.kg..];
             // Without room for all of K, each K block is packed here, as it is used (the
             // row sums on the first block of columns only).
-            let mut pack_now =
-                |g0: usize, groups: usize, block_kernel: &Kernel, a_pack: &mut [u8], row_sums: &mut [i32]| {
-                    if !hold_all {
-                        let sums = if jc == 0 { Some(row_sums) } else { None };
-                        pack_a(tile, &a_block, rows, k, g0, groups, block_kernel.wide_a(), a_pack, sums, gather);
-                    }
-                };
-            let Some((&(g_last, groups_last, last_kernel, last_offset), earlier)) = a_blocks.split_last() else {
+            let mut pack_now = |i: usize, a_pack: &mut [u8], row_sums: &mut [i32]| {
+                if !hold_all {
+                    let sums = if jc == 0 { Some(row_sums) } else { None };
+                    pack_a(tile, &a_block, rows, k, i * kc_groups, groups_of(i), wide, a_pack, sums, gather);
+                }
+            };
+            if k_blocks == 0 {
                 // K = 0: no block writes the accumulators.
                 acc.fill(0);
                 epilogue(
@@ -263,37 +260,39 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
                     out_stride,
                 );
                 continue;
-            };
+            }
             // Every K block but the last, over the whole block: each B panel slice stays
             // in L1 while the row panels stream by.
-            for (i, &(g0, groups, block_kernel, offset)) in earlier.iter().enumerate() {
-                pack_now(g0, groups, &block_kernel, a_pack, row_sums);
+            for i in 0..k_blocks - 1 {
+                pack_now(i, a_pack, row_sums);
                 block_kernel.block(BlockArgs {
-                    a: &a_pack[offset..],
-                    b: b_block(g0),
+                    a: &a_pack[offset(i)..],
+                    b: b_block(i * kc_groups),
                     b_panel_stride: b.panel_stride(),
                     row_panels,
                     rows,
                     col_panels,
-                    kgroups: groups,
+                    kgroups: kc_groups,
                     acc,
                     acc_stride: nc_max,
                     accumulate: i > 0,
                 });
             }
-            pack_now(g_last, groups_last, &last_kernel, a_pack, row_sums);
+            let last = k_blocks - 1;
+            let (g_last, groups_last, last_offset) = (last * kc_groups, groups_of(last), offset(last));
+            pack_now(last, a_pack, row_sums);
             // The last K block a strip of row panels at a time, each strip followed at
             // once by the output stage of its rows while their accumulators are still
             // in cache: the output stage is fused per strip, never a pass over a large
             // block. A strip's packed A fits in 16 KiB, so each B panel slice is read
             // once per strip from L1.
-            let a_panel_bytes = groups_last * tile.mr * tile.kg * if last_kernel.wide_a() { 2 } else { 1 };
+            let a_panel_bytes = groups_last * tile.mr * tile.kg * if wide { 2 } else { 1 };
             let strip_panels = (STRIP_A_BYTES / a_panel_bytes.max(1)).clamp(1, row_panels);
             for ip in (0..row_panels).step_by(strip_panels) {
                 let panels = strip_panels.min(row_panels - ip);
                 let r0 = ip * tile.mr;
                 let strip_rows = (panels * tile.mr).min(rows - r0);
-                last_kernel.block(BlockArgs {
+                block_kernel.block(BlockArgs {
                     a: &a_pack[last_offset + ip * a_panel_bytes..],
                     b: b_block(g_last),
                     b_panel_stride: b.panel_stride(),
@@ -303,7 +302,7 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
                     kgroups: groups_last,
                     acc: &mut acc[r0 * nc_max..],
                     acc_stride: nc_max,
-                    accumulate: !earlier.is_empty(),
+                    accumulate: last > 0,
                 });
                 epilogue(
                     kernel,

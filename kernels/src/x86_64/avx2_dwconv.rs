@@ -83,13 +83,12 @@ unsafe fn row_with(args: RowArgs<'_>, kernel_rows: usize, pairs: usize) {
     // SAFETY: AVX2 is available (this function's contract).
     let (lo, hi, zp) = unsafe { (_mm256_set1_ps(lo), _mm256_set1_ps(hi), _mm256_set1_epi32(zp)) };
     for chunk in 0..chunks {
-        // SAFETY: `RowArgs::check` proved, for every kernel row, `row_at[kh] + chunks ·
-        // span · 8 ≤ pair_rows.len()` and every read position `< span`; the weights
-        // hold `chunks · KH · pairs · 8` lanes; the accumulators hold `(cols − 1) ·
-        // stride + chunks · 8` lanes, or the fused output's bias and scale `chunks · 8`
-        // lanes and its bytes `(cols − 1) · stride + channels`, of which a chunk
-        // writes its whole 8 only when they are all below `channels`. All accesses are
-        // unaligned.
+        // `RowArgs::check` proved: `row_at[kh] + chunks · span · 8 ≤ pair_rows.len()` and
+        // every read position `< span`; weights of `chunks · KH · pairs · 8` lanes;
+        // accumulators of `(cols − 1) · stride + chunks · 8` lanes, or the fused output's
+        // bias and scale of `chunks · 8` lanes and `(cols − 1) · stride + channels` bytes,
+        // of which a chunk stores all 8 only when all 8 are real channels.
+        // SAFETY: AVX2 is available; every (unaligned) access is in bounds as above.
         unsafe {
             let w = weights.as_ptr().add(chunk * kernel_rows * pairs * LANES);
             let mut wv = [_mm256_setzero_si256(); 16];

@@ -93,12 +93,11 @@ unsafe fn float_with<const SIGNED: bool, const B_ZP: bool>(
         let whole = width / 8 * 8;
         for row in 0..rows {
             let acc_row = &acc[row * acc_stride + c0..][..width];
-            // SAFETY: AVX2 is available. Whole groups read 8 lanes of `acc_row` at
-            // `j + 8 ≤ whole ≤ width`, the partial one its copy in `tail`; `terms`,
-            // `scales` and `b_zps` hold CHUNK ≥ j + 8 lanes. A group stores its 8 bytes
-            // (or `width − whole` of them) at `row · out_stride + c0 + j`, inside the
-            // output, which `EpilogueArgs::check` proved holds `(rows − 1) · out_stride
-            // + cols` values.
+            // Reads: 8 lanes of `acc_row` at `j + 8 ≤ whole ≤ width` (the tail from its
+            // copy); `terms`, `scales`, `b_zps` hold CHUNK ≥ j + 8 lanes. Stores: at most
+            // `width` bytes from `row · out_stride + c0`, inside the output by
+            // `EpilogueArgs::check` (`(rows − 1) · out_stride + cols` values).
+            // SAFETY: AVX2 is available; every access is in bounds as listed above.
             unsafe {
                 let rs = _mm256_set1_epi32(if B_ZP { row_sums[row] } else { 0 });
                 let one = |v: __m256i, j: usize| {
