@@ -212,7 +212,7 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
         // One choice per row block: the fast path where it is exact for this block's
         // activations (or for any, by the weights), the exact kernel otherwise.
         let block_kernel = match fast {
-            Some(f) if b.pair_sums_fit_i16() || a_block.max_value(rows, 0, k) <= 127 => f,
+            Some(f) if b.pair_sums_fit_i16() || a_block.max_value(rows, k) <= 127 => f,
             _ => *kernel,
         };
         let wide = block_kernel.wide_a();

@@ -111,11 +111,6 @@ impl PackedDw {
         Ok(PackedDw { out_channels: oc, kernel_height: kh, kernel_width: kw, data: packed, neg_sums, zeros })
     }
 
-    /// OC.
-    pub fn out_channels(&self) -> usize {
-        self.out_channels
-    }
-
     /// Bytes held.
     pub fn heap_size(&self) -> usize {
         4 * (self.data.capacity() + self.neg_sums.capacity() + self.zeros.capacity())

@@ -140,15 +140,13 @@ impl<'a> Rows<'a> {
         }
     }
 
-    /// An upper bound of the values in rows `0..rows`, columns `k0..k1` (exact for a
+    /// An upper bound of the values in rows `0..rows`, columns `0..k` (exact for a
     /// matrix; for a convolution, the largest input value or padding value).
-    pub fn max_value(&self, rows: usize, k0: usize, k1: usize) -> u8 {
+    pub fn max_value(&self, rows: usize, k: usize) -> u8 {
         match self {
-            Rows::Matrix { data, stride } if k1 > k0 => (0..rows)
-                .map(|r| data[r * stride + k0..r * stride + k1].iter().fold(0, |m, &v| m.max(v)))
-                .max()
-                .unwrap_or(0),
-            Rows::Matrix { .. } => 0,
+            Rows::Matrix { data, stride } => {
+                (0..rows).map(|r| data[r * stride..r * stride + k].iter().fold(0, |m, &v| m.max(v))).max().unwrap_or(0)
+            }
             Rows::Im2col(g) => g.max_value,
         }
     }

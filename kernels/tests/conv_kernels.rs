@@ -5,24 +5,17 @@
 //! runs on it (with AVX2 emulated, so the AVX2 kernels' pointer arithmetic is checked
 //! too).
 
+mod common;
+
+use common::{Rng, gemm_kernels};
 use qgemm_kernels::driver::{GemmArgs, Scratch, gemm_in};
 use qgemm_kernels::dwconv::{self, DwArgs, DwKernel, PackedDw, Plan};
 use qgemm_kernels::output::{OutData, OutputStage, Param, Requant, Rounding, Scheme};
 use qgemm_kernels::pack::{BLayout, PackedB};
 use qgemm_kernels::rows::{ConvGeometry, Im2col, Rows};
-use qgemm_kernels::{Blocking, Kernel, portable};
+use qgemm_kernels::{Blocking, Kernel};
 use qgemm_reference as reference;
 use reference::{Channelwise, Conv2dParams};
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
 
 fn dw_kernels() -> Vec<&'static DwKernel> {
     #[allow(unused_mut)]
@@ -256,15 +249,9 @@ fn depthwise_loop_nest_matches_reference() {
     }
 }
 
-/// Every GEMM kernel here, with its own blocking and tiny ones.
-fn gemm_kernels() -> Vec<Kernel> {
-    #[allow(unused_mut)]
-    let mut bases = vec![*portable::kernel()];
-    #[cfg(target_arch = "x86_64")]
-    if let Some(avx2) = qgemm_kernels::x86_64::avx2::kernel() {
-        bases.extend([*avx2, avx2.without_fast_path()]);
-    }
-    bases
+/// Every GEMM kernel here, with its own blocking and a tiny one.
+fn kernels() -> Vec<Kernel> {
+    gemm_kernels()
         .into_iter()
         .flat_map(|base| {
             let t = base.tile();
@@ -292,7 +279,7 @@ fn im2col_rows_match_reference() {
         let k = params.kernel_height * params.kernel_width * cg;
         let max_value = case.input.iter().copied().max().unwrap().max(case.input_zp);
         // Under miri, the tiny blockings only.
-        for kernel in gemm_kernels().into_iter().skip(usize::from(cfg!(miri))).step_by(1 + usize::from(cfg!(miri))) {
+        for kernel in kernels().into_iter().skip(usize::from(cfg!(miri))).step_by(1 + usize::from(cfg!(miri))) {
             let groups: Vec<PackedB> = (0..params.groups)
                 .map(|gi| {
                     let w = &case.weights[gi * ocg * k..(gi + 1) * ocg * k];

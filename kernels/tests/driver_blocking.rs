@@ -6,33 +6,16 @@ use qgemm_kernels::driver::{GemmArgs, gemm};
 use qgemm_kernels::output::{OutData, OutputStage, Param, Requant, Rounding, Scheme};
 use qgemm_kernels::pack::{BLayout, PackedB};
 use qgemm_kernels::rows::Rows;
-use qgemm_kernels::{Blocking, Kernel, portable};
-use qgemm_reference as reference;
+mod common;
 
-/// xorshift64*: deterministic data without a dependency.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
+use common::{Rng, gemm_kernels};
+use qgemm_kernels::{Blocking, Kernel};
+use qgemm_reference as reference;
 
 /// Every kernel this CPU runs (the AVX2 one also without its fast path), each with its
 /// own blocking and two tiny ones.
 fn kernels() -> Vec<Kernel> {
-    #[allow(unused_mut)]
-    let mut bases = vec![*portable::kernel()];
-    #[cfg(target_arch = "x86_64")]
-    if let Some(avx2) = qgemm_kernels::x86_64::avx2::kernel() {
-        bases.extend([*avx2, avx2.without_fast_path()]);
-    }
-    bases
+    gemm_kernels()
         .into_iter()
         .flat_map(|base| {
             let t = base.tile();

@@ -1,0 +1,32 @@
+//! What the kernel-level tests share.
+
+use qgemm_kernels::{Kernel, portable};
+
+/// xorshift64*: deterministic data without a dependency.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    #[allow(dead_code)] // not every test file draws bounded values
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// Every GEMM kernel this CPU runs, with its own blocking (the AVX2 one also without
+/// its fast path).
+pub fn gemm_kernels() -> Vec<Kernel> {
+    #[allow(unused_mut)]
+    let mut kernels = vec![*portable::kernel()];
+    #[cfg(target_arch = "x86_64")]
+    if let Some(avx2) = qgemm_kernels::x86_64::avx2::kernel() {
+        kernels.extend([*avx2, avx2.without_fast_path()]);
+    }
+    kernels
+}
