@@ -441,7 +441,7 @@ pub fn conv2d_in(
     // The fast path's test on gathered rows: no tap can exceed the input's largest
     // value, or the zero point where a tap reads padding. Only computed when a group's
     // weights do not already allow the fast path for any input.
-    let needs_max = kernel.fast_path().is_some() && weights.groups.iter().any(|b| !b.pair_sums_fit_i16());
+    let needs_max = weights.groups.iter().any(|b| kernel.fast_path_depends_on_activations(b));
     let max_value = if needs_max {
         let max = input.data.iter().copied().max().unwrap_or(0);
         if geometry.reads_padding() { max.max(input.zero_point) } else { max }

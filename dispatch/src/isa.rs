@@ -95,9 +95,11 @@ impl Isa {
 pub struct KernelInfo {
     /// `MRxNRcKG-isa`, as in `4x32c2-portable`.
     pub name: &'static str,
-    /// The kernel's fast path, if it has one: the same tile with `vpmaddubsw`, run on
-    /// blocks whose activations are all ≤ 127 or with weights whose aligned pairs have
-    /// `|w0| + |w1| ≤ 128`, where it is exact too.
+    /// The kernel's fast path, if it has one: the same tile summing two products per
+    /// i16 lane, run only where that cannot overflow, so it is exact too. AVX2's
+    /// (`vpmaddubsw`) runs on blocks whose activations are all ≤ 127 or with weights
+    /// whose aligned pairs have `|w0| + |w1| ≤ 128`; NEON's (`smlal2`) with weights
+    /// that exclude −128 (TFLite's int8 weight range).
     pub fast_path: Option<&'static str>,
     /// Rows per tile.
     pub mr: usize,
@@ -137,6 +139,12 @@ fn built_kernel(isa: Isa) -> Option<&'static Kernel> {
         Isa::Portable => Some(portable::kernel()),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => qgemm_kernels::x86_64::avx2::kernel(),
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => qgemm_kernels::aarch64::neon::kernel(),
+        #[cfg(target_arch = "aarch64")]
+        Isa::NeonDotprod => qgemm_kernels::aarch64::neon_dotprod::kernel(),
+        #[cfg(target_arch = "aarch64")]
+        Isa::NeonI8mm => qgemm_kernels::aarch64::neon_i8mm::kernel(),
         _ => None,
     }
 }

@@ -40,7 +40,19 @@ fn child_entry() {
 }
 
 fn run_child(value: &str) -> String {
-    let out = Command::new(std::env::current_exe().unwrap())
+    // Under emulation (the AArch64 runs in CI) the child needs the emulator too:
+    // `QGEMM_TEST_RUNNER` names it, and its own settings (QEMU_CPU, QEMU_LD_PREFIX)
+    // pass through the environment.
+    let exe = std::env::current_exe().unwrap();
+    let mut child = match std::env::var_os("QGEMM_TEST_RUNNER").filter(|r| !r.is_empty()) {
+        Some(runner) => {
+            let mut c = Command::new(runner);
+            c.arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
+    let out = child
         .args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
         .env(CHILD, "1")
         .env("QGEMM_ISA", value)

@@ -22,9 +22,9 @@
 //! The rows of A come from a [`Rows`]: a matrix, or a convolution's taps gathered while
 //! packing (im2col fused into the packing, never materialized).
 //!
-//! The fast path (see [`Kernel`]) runs on a row block when the weights' pair sums fit
-//! in i16 for any activation, or when the block's activations are all ≤ 127; both
-//! conditions make its `vpmaddubsw` exact, so the choice never changes a result.
+//! The fast path (see [`Kernel`]) runs on a row block where it is exact
+//! ([`Kernel::for_block`]: by the weights alone, or by the block's activations), so
+//! the choice never changes a result.
 //!
 //! B was packed once, whole, at weight-load time, so blocking over K and N only moves
 //! the starting point within its panels. The accumulators of one `mc × nc` block live
@@ -176,8 +176,7 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
 
     let kgroups_total = b.k_padded() / tile.kg;
     let fast = kernel.fast_path();
-    let wide = kernel.wide_a() || fast.is_some_and(|f| f.wide_a());
-    let a_width = if wide { 2 } else { 1 };
+    let a_width = kernel.a_format().bytes().max(fast.map_or(1, |f| f.a_format().bytes()));
     let mc_max = blocking.mc.min(m.div_ceil(tile.mr) * tile.mr);
     let nc_max = blocking.nc.min(n.div_ceil(tile.nr) * tile.nr);
     // Pack a row block once for all of K when that fits; otherwise one K block at a
@@ -209,24 +208,23 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
         let row_panels = rows.div_ceil(tile.mr);
         let a_block = a.skip(ic);
         row_sums.fill(0);
-        // One choice per row block: the fast path where it is exact for this block's
-        // activations (or for any, by the weights), the exact kernel otherwise.
-        let block_kernel = match fast {
-            Some(f) if b.pair_sums_fit_i16() || a_block.max_value(rows, k) <= 127 => f,
-            _ => *kernel,
-        };
-        let wide = block_kernel.wide_a();
+        // One choice per row block: the fast path where it is exact for these weights
+        // (and, for some kernels, this block's activations), the exact kernel otherwise.
+        let block_kernel = kernel.for_block(b, || a_block.max_value(rows, k));
+        let format = block_kernel.a_format();
+        // Flipped activations (`a − 128`) have the zero point `a_zp − 128`.
+        let zero_points = ZeroPoints { a_zp: i32::from(a_zp) - format.offset(), ..zero_points };
         // K block i covers k-groups [i·kc_groups, …) and, holding all of K, starts at
         // i · block_bytes of packed A (each block but the last is kc_groups long).
         let k_blocks = kgroups_total.div_ceil(kc_groups);
-        let block_bytes = row_panels * tile.mr * kc_groups * tile.kg * if wide { 2 } else { 1 };
+        let block_bytes = row_panels * tile.mr * kc_groups * tile.kg * format.bytes();
         let offset = |i: usize| if hold_all { i * block_bytes } else { 0 };
         let groups_of = |i: usize| kc_groups.min(kgroups_total - i * kc_groups);
         if hold_all {
             for i in 0..k_blocks {
                 let sums = Some(&mut row_sums[..]);
                 let dst = &mut a_pack[offset(i)..];
-                pack_a(tile, &a_block, rows, k, i * kc_groups, groups_of(i), wide, dst, sums, gather);
+                pack_a(tile, &a_block, rows, k, i * kc_groups, groups_of(i), format, dst, sums, gather);
             }
         }
         for jc in (0..n).step_by(blocking.nc) {
@@ -238,7 +236,7 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
             let mut pack_now = |i: usize, a_pack: &mut [u8], row_sums: &mut [i32]| {
                 if !hold_all {
                     let sums = if jc == 0 { Some(row_sums) } else { None };
-                    pack_a(tile, &a_block, rows, k, i * kc_groups, groups_of(i), wide, a_pack, sums, gather);
+                    pack_a(tile, &a_block, rows, k, i * kc_groups, groups_of(i), format, a_pack, sums, gather);
                 }
             };
             if k_blocks == 0 {
@@ -286,7 +284,7 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
             // in cache: the output stage is fused per strip, never a pass over a large
             // block. A strip's packed A fits in 16 KiB, so each B panel slice is read
             // once per strip from L1.
-            let a_panel_bytes = groups_last * tile.mr * tile.kg * if wide { 2 } else { 1 };
+            let a_panel_bytes = groups_last * tile.mr * tile.kg * format.bytes();
             let strip_panels = (STRIP_A_BYTES / a_panel_bytes.max(1)).clamp(1, row_panels);
             for ip in (0..row_panels).step_by(strip_panels) {
                 let panels = strip_panels.min(row_panels - ip);

@@ -30,8 +30,8 @@ pub struct Blocking {
 /// `accumulate`, `acc = A_block · B_block`) over every
 /// `mr × nr` tile of the block.
 ///
-/// Packed A holds `row_panels` panels of `kgroups × mr × kg` values each (bytes, or
-/// little-endian i16 for a kernel with [`Kernel::wide_a`]), of which the first `rows`
+/// Packed A holds `row_panels` panels of `kgroups × mr × kg` values each, in the
+/// kernel's [`AFormat`], of which the first `rows`
 /// rows are real and the rest zero padding; packed B holds
 /// `col_panels` panels, the first at `b[0]` and each next one `b_panel_stride` bytes on,
 /// of which the first `kgroups × nr × kg` are read (see [`crate::pack`] for the
@@ -84,10 +84,9 @@ pub type EpilogueFn = unsafe fn(EpilogueArgs<'_>);
 /// that detects the CPU features first. Calling through a `Kernel` is therefore safe.
 ///
 /// A kernel may carry a *fast path*: a second kernel with the same tile and blocking
-/// that is exact only when no u8 × i8 pair sum leaves i16 (`vpmaddubsw`). The driver
-/// runs it on a block when the packed weights prove that for every activation
-/// ([`crate::pack::PackedB::pair_sums_fit_i16`]) or when the block's activations are
-/// all ≤ 127, and runs the kernel itself otherwise.
+/// that sums two products in an i16 lane, and is exact only where [`FastWhen`] says
+/// that sum cannot leave i16. The driver runs it on a row block where that holds and
+/// runs the kernel itself otherwise, so the choice never changes a result.
 #[derive(Clone, Copy, Debug)]
 pub struct Kernel {
     name: &'static str,
@@ -95,8 +94,56 @@ pub struct Kernel {
     blocking: Blocking,
     block: BlockFn,
     epilogue: EpilogueFn,
-    wide_a: bool,
+    a_format: AFormat,
     fast: Option<FastPath>,
+}
+
+/// How a kernel wants its A block packed (see [`crate::pack::pack_a`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AFormat {
+    /// The activations as they are, one byte each.
+    U8,
+    /// Each activation widened to a little-endian i16 (two bytes), once at packing
+    /// time rather than on every use in the inner loop (`vpmaddwd`).
+    I16,
+    /// Each activation with its top bit flipped, `a ^ 0x80 = a − 128` as an i8: for
+    /// signed × signed instructions (`smull`, `sdot`). The kernel then computes
+    /// `Σ (a − 128)·b`, which is the product of activations whose zero point is
+    /// `a_zp − 128`: the driver hands the epilogue that zero point and row sums of the
+    /// flipped values, and the zero-point correction does the rest.
+    FlippedI8,
+}
+
+impl AFormat {
+    /// Bytes per packed value.
+    pub const fn bytes(self) -> usize {
+        match self {
+            AFormat::U8 | AFormat::FlippedI8 => 1,
+            AFormat::I16 => 2,
+        }
+    }
+
+    /// What packing subtracts from each activation (the flip's 128, or 0).
+    pub const fn offset(self) -> i32 {
+        match self {
+            AFormat::FlippedI8 => 128,
+            AFormat::U8 | AFormat::I16 => 0,
+        }
+    }
+}
+
+/// Where a kernel's fast path is exact.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FastWhen {
+    /// When every u8 × i8 pair sum `a0·b0 + a1·b1` of aligned k pairs fits in i16
+    /// (`vpmaddubsw`): for any activation when the weights' pairs have
+    /// `|w0| + |w1| ≤ 128` ([`crate::pack::PackedB::pair_sums_fit_i16`]), and for
+    /// any weights when the block's activations are all ≤ 127.
+    PairSumsFitI16,
+    /// When no weight is −128 ([`crate::pack::PackedB::excludes_i8_min`]): then a
+    /// flipped activation times a weight is at most 128·127 in magnitude and any two
+    /// such products sum within i16 (`smull` + `smlal2`). Activations do not matter.
+    NoMinWeight,
 }
 
 /// What a fast path changes: its name, its block function and its A format. The tile,
@@ -105,7 +152,8 @@ pub struct Kernel {
 struct FastPath {
     name: &'static str,
     block: BlockFn,
-    wide_a: bool,
+    a_format: AFormat,
+    when: FastWhen,
 }
 
 impl Kernel {
@@ -129,41 +177,62 @@ impl Kernel {
         assert!(blocking.mc > 0 && blocking.mc.is_multiple_of(tile.mr));
         assert!(blocking.kc > 0 && blocking.kc.is_multiple_of(tile.kg));
         assert!(blocking.nc > 0 && blocking.nc.is_multiple_of(tile.nr));
-        Kernel { name, tile, blocking, block, epilogue, wide_a: false, fast: None }
+        Kernel { name, tile, blocking, block, epilogue, a_format: AFormat::U8, fast: None }
     }
 
-    /// The same kernel, reading packed A as little-endian i16 (widened once at packing
-    /// time rather than in the inner loop).
-    pub const fn with_wide_a(mut self) -> Kernel {
-        self.wide_a = true;
+    /// The same kernel, reading packed A in `format` (u8 unless said otherwise).
+    pub const fn with_a_format(mut self, format: AFormat) -> Kernel {
+        self.a_format = format;
         self
     }
 
-    /// The same kernel with a fast path (see [`Kernel`]).
+    /// The same kernel with a fast path (see [`Kernel`]), exact where `when` says.
     ///
     /// # Safety
-    /// `fast` must compute the same accumulators as `self` whenever every pair sum
-    /// `a0·b0 + a1·b1` of its K-groups fits in i16, and satisfy the contract of
-    /// [`Kernel::new`] on every CPU where `self` does.
+    /// `fast` must compute the same accumulators as `self` wherever `when` holds, and
+    /// satisfy the contract of [`Kernel::new`] on every CPU where `self` does.
     ///
     /// # Panics
-    /// If the tiles or blockings differ, or `fast` has a fast path of its own.
-    pub const unsafe fn with_fast_path(mut self, fast: Kernel) -> Kernel {
+    /// If the tiles differ, or `fast` has a fast path of its own.
+    pub const unsafe fn with_fast_path(mut self, fast: Kernel, when: FastWhen) -> Kernel {
         assert!(fast.tile.mr == self.tile.mr && fast.tile.nr == self.tile.nr && fast.tile.kg == self.tile.kg);
         assert!(fast.fast.is_none());
-        self.fast = Some(FastPath { name: fast.name, block: fast.block, wide_a: fast.wide_a });
+        self.fast = Some(FastPath { name: fast.name, block: fast.block, a_format: fast.a_format, when });
         self
     }
 
-    /// Whether packed A holds i16 rather than u8 values.
-    pub fn wide_a(&self) -> bool {
-        self.wide_a
+    /// How packed A is laid out for this kernel.
+    pub fn a_format(&self) -> AFormat {
+        self.a_format
     }
 
     /// The fast path, if the kernel has one, as a kernel of its own.
     pub fn fast_path(&self) -> Option<Kernel> {
         let f = self.fast?;
-        Some(Kernel { name: f.name, block: f.block, wide_a: f.wide_a, fast: None, ..*self })
+        Some(Kernel { name: f.name, block: f.block, a_format: f.a_format, fast: None, ..*self })
+    }
+
+    /// Where the fast path is exact, if the kernel has one.
+    pub fn fast_when(&self) -> Option<FastWhen> {
+        self.fast.map(|f| f.when)
+    }
+
+    /// The kernel to run on a row block with weights `b`: the fast path where it is
+    /// exact for them, else the kernel itself. `max_activation` gives the block's
+    /// largest activation; it is called only when the answer depends on it.
+    pub fn for_block(&self, b: &crate::pack::PackedB, max_activation: impl FnOnce() -> u8) -> Kernel {
+        let Some(fast) = self.fast_path() else { return *self };
+        let exact = match self.fast_when() {
+            Some(FastWhen::PairSumsFitI16) => b.pair_sums_fit_i16() || max_activation() <= 127,
+            Some(FastWhen::NoMinWeight) => b.excludes_i8_min(),
+            None => false,
+        };
+        if exact { fast } else { self.without_fast_path() }
+    }
+
+    /// Whether [`Kernel::for_block`] may look at the activations for weights `b`.
+    pub fn fast_path_depends_on_activations(&self, b: &crate::pack::PackedB) -> bool {
+        self.fast_when() == Some(FastWhen::PairSumsFitI16) && !b.pair_sums_fit_i16()
     }
 
     /// The same kernel without its fast path (tests use it to run the exact path on
@@ -196,7 +265,7 @@ impl Kernel {
         // SAFETY: the entry points are unchanged, so the CPU support that made `self`
         // constructible still holds; blocking only changes which arguments they get.
         let kernel = unsafe { Kernel::new(self.name, self.tile, blocking, self.block, self.epilogue) };
-        Kernel { wide_a: self.wide_a, fast: self.fast, ..kernel }
+        Kernel { a_format: self.a_format, fast: self.fast, ..kernel }
     }
 
     /// Accumulates a block.
@@ -205,7 +274,7 @@ impl Kernel {
     /// If the buffers are smaller than [`BlockArgs`] says they must be.
     pub fn block(&self, args: BlockArgs<'_>) {
         let t = self.tile;
-        let a_len = args.row_panels * args.kgroups * t.mr * t.kg * if self.wide_a { 2 } else { 1 };
+        let a_len = args.row_panels * args.kgroups * t.mr * t.kg * self.a_format.bytes();
         let b_len = match args.col_panels {
             0 => 0,
             panels => (panels - 1) * args.b_panel_stride + args.kgroups * t.nr * t.kg,

@@ -29,12 +29,15 @@
 //! ```
 //!
 //! A kernel that multiplies in i16 (`vpmaddwd`) takes the same layout with each value
-//! widened to a little-endian i16 ([`pack_a`] with `wide`): widening costs once per
-//! packed value instead of once per use in the inner loop.
+//! widened to a little-endian i16 ([`AFormat::I16`]): widening costs once per packed
+//! value instead of once per use in the inner loop. One that multiplies signed by
+//! signed (`smull`, `sdot`) takes each value with its top bit flipped
+//! ([`AFormat::FlippedI8`], `a − 128` as an i8), and its row sums are of the flipped
+//! values.
 
 use std::collections::TryReserveError;
 
-use crate::kernel::Tile;
+use crate::kernel::{AFormat, Tile};
 use crate::rows::Rows;
 
 /// How the source weight matrix B (K×N) is laid out.
@@ -57,6 +60,7 @@ pub struct PackedB {
     col_offsets: Vec<i32>,
     zero_points: Vec<i32>,
     pair_sums_fit_i16: bool,
+    excludes_i8_min: bool,
 }
 
 impl PackedB {
@@ -119,7 +123,18 @@ impl PackedB {
                     i32::from(at(kk, nn)).abs() + i32::from(w1).abs() <= 128
                 })
             });
-        Ok(PackedB { tile, k, n, kp, data, col_offsets, zero_points: column_zero_points, pair_sums_fit_i16 })
+        let excludes_i8_min = !b.contains(&i8::MIN);
+        Ok(PackedB {
+            tile,
+            k,
+            n,
+            kp,
+            data,
+            col_offsets,
+            zero_points: column_zero_points,
+            pair_sums_fit_i16,
+            excludes_i8_min,
+        })
     }
 
     /// Whether every aligned pair of weights `(k = 2j, 2j + 1)` of every column has
@@ -127,6 +142,13 @@ impl PackedB {
     /// activations: the condition for a kernel's fast path on every block.
     pub fn pair_sums_fit_i16(&self) -> bool {
         self.pair_sums_fit_i16
+    }
+
+    /// Whether no weight is −128, as TFLite's int8 weight specification ([−127, 127])
+    /// guarantees: then a flipped activation (`a − 128`) times a weight is at most
+    /// 128·127 in magnitude and any two such products sum within i16.
+    pub fn excludes_i8_min(&self) -> bool {
+        self.excludes_i8_min
     }
 
     /// The tile it was packed for.
@@ -186,8 +208,8 @@ fn zeroed<T: Clone + Default>(len: usize) -> Result<Vec<T>, TryReserveError> {
 
 /// Packs rows `0..rows` and k-groups `[g0, g0 + groups)` of A into `dst` (layout in the
 /// module documentation), and adds each row's sum over the packed k range to
-/// `row_sums`, if given. With `wide`, each value is stored as a little-endian i16 (two
-/// bytes).
+/// `row_sums`, if given, in `format` (the row sums are of the values as stored: for
+/// [`AFormat::FlippedI8`], `Σ (a − 128)` over the real k).
 ///
 /// `a` starts at the block's first row and has `k` values per row; values at or past
 /// `k` are packed as zero. Rows that are not contiguous in memory (convolution taps)
@@ -203,27 +225,34 @@ pub fn pack_a(
     k: usize,
     g0: usize,
     groups: usize,
-    wide: bool,
+    format: AFormat,
     dst: &mut [u8],
     row_sums: Option<&mut [i32]>,
     gather: &mut [u8],
 ) {
     let args = PackA { mr: tile.mr, a, rows, k, g0, groups, dst, row_sums, gather };
     #[cfg(target_arch = "x86_64")]
-    if tile.kg == 4 && std::arch::is_x86_feature_detected!("avx2") {
+    if tile.kg == 4 && format != AFormat::FlippedI8 && std::arch::is_x86_feature_detected!("avx2") {
+        let wide = format == AFormat::I16;
         // SAFETY: AVX2 was detected just above.
         unsafe { if wide { pack_a_4x2_avx2(args) } else { pack_a_4x1_avx2(args) } };
         return;
     }
-    // Const K-groups and widths make each group's copy a single move.
-    match (tile.kg, wide) {
-        (4, false) => pack_a_with::<4, 1>(args, NO_FOUR),
-        (4, true) => pack_a_with::<4, 2>(args, NO_FOUR),
-        (2, false) => pack_a_with::<2, 1>(args, NO_FOUR),
-        (2, true) => pack_a_with::<2, 2>(args, NO_FOUR),
-        (1, false) => pack_a_with::<1, 1>(args, NO_FOUR),
-        (1, true) => pack_a_with::<1, 2>(args, NO_FOUR),
-        (kg, _) => unimplemented!("packing A for K-groups of {kg}"),
+    // Const K-groups and formats make each group's copy a single move.
+    use AFormat::{FlippedI8 as F, I16, U8};
+    match (tile.kg, format) {
+        (16, U8) => pack_a_with::<16, 1, false>(args, NO_FOUR),
+        (16, F) => pack_a_with::<16, 1, true>(args, NO_FOUR),
+        (8, U8) => pack_a_with::<8, 1, false>(args, NO_FOUR),
+        (8, F) => pack_a_with::<8, 1, true>(args, NO_FOUR),
+        (4, U8) => pack_a_with::<4, 1, false>(args, NO_FOUR),
+        (4, I16) => pack_a_with::<4, 2, false>(args, NO_FOUR),
+        (4, F) => pack_a_with::<4, 1, true>(args, NO_FOUR),
+        (2, U8) => pack_a_with::<2, 1, false>(args, NO_FOUR),
+        (2, I16) => pack_a_with::<2, 2, false>(args, NO_FOUR),
+        (1, U8) => pack_a_with::<1, 1, false>(args, NO_FOUR),
+        (1, I16) => pack_a_with::<1, 2, false>(args, NO_FOUR),
+        (kg, format) => unimplemented!("packing A for K-groups of {kg} in {format:?}"),
     }
 }
 
@@ -266,7 +295,7 @@ unsafe fn pack_a_4x2_avx2(args: PackA<'_, '_>) {
             _mm_storel_epi64(d.add(3 * stride).cast(), _mm_unpackhi_epi64(hi, hi));
         }
     };
-    pack_a_with::<4, 2>(args, Some(four))
+    pack_a_with::<4, 2, false>(args, Some(four))
 }
 
 /// Packs four whole k-groups of one row; see [`pack_a_with`].
@@ -280,18 +309,19 @@ type FourGroups = fn(&[u8], &mut [u8], usize, usize);
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn pack_a_4x1_avx2(args: PackA<'_, '_>) {
-    pack_a_with::<4, 1>(args, NO_FOUR)
+    pack_a_with::<4, 1, false>(args, NO_FOUR)
 }
 
 /// No four-group fast path.
 const NO_FOUR: Option<FourGroups> = None;
 
-/// [`pack_a`] for K-groups of `KG` values stored `WIDTH` bytes each (1: u8, 2: LE i16).
+/// [`pack_a`] for K-groups of `KG` values stored `WIDTH` bytes each (1: u8, 2: LE i16),
+/// with the top bit of each value flipped if `FLIP` (only with `WIDTH` 1).
 /// `four`, where given, packs four whole groups of a row at once:
 /// `four(src, panel, at, stride)` with `src` the groups' `4·KG` values, `at` the byte
 /// offset of the first group's slot in the panel and `stride` the bytes between slots.
 #[inline(always)]
-fn pack_a_with<const KG: usize, const WIDTH: usize>(
+fn pack_a_with<const KG: usize, const WIDTH: usize, const FLIP: bool>(
     args: PackA<'_, '_>,
     four: Option<impl Fn(&[u8], &mut [u8], usize, usize)>,
 ) {
@@ -310,7 +340,9 @@ fn pack_a_with<const KG: usize, const WIDTH: usize>(
                 // Wrapping, as the reference's i32 sums do (a block of all of K may
                 // exceed u32 when K is huge).
                 let sum = src.iter().fold(0u32, |s, &v| s.wrapping_add(u32::from(v))) as i32;
-                row_sums[r] = row_sums[r].wrapping_add(sum);
+                // Flipped values are `a − 128`: their sum is 128 per value less.
+                let flip = if FLIP { (src.len() as i32).wrapping_mul(128) } else { 0 };
+                row_sums[r] = row_sums[r].wrapping_add(sum).wrapping_sub(flip);
             }
             let (mut whole, tail) = src.split_at(src.len().min(full_groups * KG));
             let mut g = 0;
@@ -336,8 +368,8 @@ fn pack_a_with<const KG: usize, const WIDTH: usize>(
                     return;
                 }
                 if WIDTH == 1 {
-                    // One KG-byte store.
-                    slot.copy_from_slice(&group);
+                    // One KG-byte store (padding flips too: it meets zero weights).
+                    slot.copy_from_slice(&if FLIP { group.map(|v| v ^ 0x80) } else { group });
                     return;
                 }
                 for (bytes, v) in slot.chunks_exact_mut(WIDTH).zip(group) {

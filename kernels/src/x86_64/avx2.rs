@@ -28,7 +28,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::kernel::{BlockArgs, Blocking, Kernel, Tile};
+use crate::kernel::{AFormat, BlockArgs, Blocking, FastWhen, Kernel, Tile};
 use crate::output::EpilogueArgs;
 
 const MR: usize = 6;
@@ -54,7 +54,9 @@ static EXACT: Kernel = {
     // by `Kernel::block`/`epilogue`), and run only after `kernel()` detected AVX2.
     unsafe {
         let fast = Kernel::new("6x8c4-avx2-maddubs", TILE, BLOCKING, block_maddubs, epilogue);
-        Kernel::new("6x8c4-avx2-madd", TILE, BLOCKING, block_madd, epilogue).with_wide_a().with_fast_path(fast)
+        Kernel::new("6x8c4-avx2-madd", TILE, BLOCKING, block_madd, epilogue)
+            .with_a_format(AFormat::I16)
+            .with_fast_path(fast, FastWhen::PairSumsFitI16)
     }
 };
 

@@ -19,14 +19,23 @@ impl Rng {
     }
 }
 
-/// Every GEMM kernel this CPU runs, with its own blocking (the AVX2 one also without
-/// its fast path).
+/// Every GEMM kernel this CPU runs, with its own blocking (those with a fast path also
+/// without it).
 pub fn gemm_kernels() -> Vec<Kernel> {
     #[allow(unused_mut)]
     let mut kernels = vec![*portable::kernel()];
     #[cfg(target_arch = "x86_64")]
     if let Some(avx2) = qgemm_kernels::x86_64::avx2::kernel() {
         kernels.extend([*avx2, avx2.without_fast_path()]);
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        use qgemm_kernels::aarch64::{neon, neon_dotprod, neon_i8mm};
+        if let Some(neon) = neon::kernel() {
+            kernels.extend([*neon, neon.without_fast_path()]);
+        }
+        kernels.extend(neon_dotprod::kernel().copied());
+        kernels.extend(neon_i8mm::kernel().copied());
     }
     kernels
 }

@@ -1,0 +1,152 @@
+//! ARMv8.0 NEON: `4x4c16-neon-mull`, exact for every input, and its fast path
+//! `4x4c16-neon-mlal`, exact when no weight is −128.
+//!
+//! NEON has no u8 × i8 multiply, so A is packed flipped (`a ^ 0x80 = a − 128` as an
+//! i8, [`AFormat::FlippedI8`]) and the driver moves the 128 into the zero point. Both
+//! paths read the same packing, 16 k per group:
+//!
+//! ```text
+//!  A group: [row 0: k0..16][row 1: k0..16][row 2][row 3]        4 × 16 B (flipped)
+//!  B group: [col 0: k0..16][col 1: k0..16][col 2][col 3]        4 × 16 B
+//!
+//!  per (row r, column c), acc[r][c] is 4 i32 lanes:
+//!    mull (exact): smull  t0.8h, a.8b,  b.8b      products of k 0..8, each |·| ≤ 2^14
+//!                  smull2 t1.8h, a.16b, b.16b     products of k 8..16
+//!                  sadalp acc.4s, t0.8h           pairs of products into i32
+//!                  sadalp acc.4s, t1.8h           4 instructions per 16 MACs
+//!    mlal (fast):  smull  t.8h, a.8b, b.8b
+//!                  smlal2 t.8h, a.16b, b.16b      two products per i16 lane: exact
+//!                  sadalp acc.4s, t.8h            when |b| ≤ 127, since then
+//!                                                 |(a−128)·b| ≤ 128·127 and two sum
+//!                                                 to at most 32512 < 2^15;
+//!                                                 3 instructions per 16 MACs
+//!  end of tile:    addp, addp, addp → [c0 c1 c2 c3] per row
+//! ```
+//!
+//! The tile is 4 × 4: 16 accumulators, 4 A and 4 B registers and the products fit in
+//! the 32 vector registers. A panel with fewer real rows runs the instance for that
+//! many rows.
+
+use std::arch::aarch64::*;
+
+use super::Out;
+use crate::kernel::{AFormat, BlockArgs, Blocking, FastWhen, Kernel, Tile};
+
+const MR: usize = 4;
+const NR: usize = 4;
+const KG: usize = 16;
+const TILE: Tile = Tile { mr: MR, nr: NR, kg: KG };
+// 64 × 512 A bytes (32 KiB) and 512 × 4 B bytes per panel (2 KiB) fit the L1/L2 of
+// Cortex-A57/A76-class cores; accumulators 64 × 512 i32 (128 KiB) stay in L2.
+const BLOCKING: Blocking = Blocking { mc: 64, kc: 512, nc: 512 };
+
+/// The exact kernel with its fast path, or `None` if this CPU lacks NEON.
+pub fn kernel() -> Option<&'static Kernel> {
+    if std::arch::is_aarch64_feature_detected!("neon") { Some(&EXACT) } else { None }
+}
+
+// Private: handed out only by `kernel()`, after detection. The fast path computes the
+// same accumulators whenever no weight is −128, which is when no i16 lane can
+// overflow.
+static EXACT: Kernel = {
+    // SAFETY: the entry points touch memory only through the slices they get (checked
+    // by `Kernel::block`/`epilogue`), and run only after `kernel()` detected NEON.
+    unsafe {
+        let fast = Kernel::new("4x4c16-neon-mlal", TILE, BLOCKING, block_mlal, super::neon_epilogue::epilogue)
+            .with_a_format(AFormat::FlippedI8);
+        Kernel::new("4x4c16-neon-mull", TILE, BLOCKING, block_mull, super::neon_epilogue::epilogue)
+            .with_a_format(AFormat::FlippedI8)
+            .with_fast_path(fast, FastWhen::NoMinWeight)
+    }
+};
+
+/// # Safety
+/// NEON must be available, and the buffers must satisfy [`BlockArgs`] for this
+/// kernel (checked by `Kernel::block`).
+unsafe fn block_mull(args: BlockArgs<'_>) {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { block::<false>(args) }
+}
+
+/// # Safety
+/// As [`block_mull`], and no weight of the block is −128.
+unsafe fn block_mlal(args: BlockArgs<'_>) {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { block::<true>(args) }
+}
+
+/// Every tile of the block: B panels outer (one stays in L1), A panels inner.
+///
+/// # Safety
+/// As [`block_mull`] (`!MLAL`) or [`block_mlal`].
+#[target_feature(enable = "neon")]
+unsafe fn block<const MLAL: bool>(args: BlockArgs<'_>) {
+    let BlockArgs { a, b, b_panel_stride, row_panels, rows, col_panels, kgroups, acc, acc_stride, accumulate } = args;
+    let a_panel_bytes = kgroups * MR * KG;
+    for jp in 0..col_panels {
+        let b_panel = &b[jp * b_panel_stride..][..kgroups * NR * KG];
+        for ip in 0..row_panels {
+            let a_panel = &a[ip * a_panel_bytes..][..a_panel_bytes];
+            let real_rows = rows.saturating_sub(ip * MR).min(MR);
+            let acc_tile = &mut acc[ip * MR * acc_stride + jp * NR..];
+            assert!(acc_tile.len() >= (real_rows.max(1) - 1) * acc_stride + NR, "accumulator tile");
+            let (ap, bp) = (a_panel.as_ptr().cast::<i8>(), b_panel.as_ptr());
+            let out = Out { acc: acc_tile.as_mut_ptr(), accumulate };
+            // SAFETY: NEON is enabled here; the panels hold `kgroups` groups of this
+            // kernel's layout (sliced just above) and the accumulator tile holds
+            // `real_rows` rows of NR values at `acc_stride` (asserted just above).
+            unsafe {
+                match real_rows {
+                    4 => tile::<4, MLAL>(ap, bp, kgroups, out, acc_stride),
+                    3 => tile::<3, MLAL>(ap, bp, kgroups, out, acc_stride),
+                    2 => tile::<2, MLAL>(ap, bp, kgroups, out, acc_stride),
+                    1 => tile::<1, MLAL>(ap, bp, kgroups, out, acc_stride),
+                    _ => {} // a panel with no real rows: nothing to compute
+                }
+            }
+        }
+    }
+}
+
+/// `acc[r][0..4] += Σ_g A[r, g] · B[g]` for the first `R` rows of a panel.
+///
+/// # Safety
+/// NEON; `a` and `b` hold `kgroups` groups of 64 bytes, `out.acc` holds `R` rows of
+/// 4 i32 at `acc_stride`; with `MLAL`, no weight is −128.
+#[target_feature(enable = "neon")]
+unsafe fn tile<const R: usize, const MLAL: bool>(
+    a: *const i8,
+    b: *const i8,
+    kgroups: usize,
+    out: Out,
+    acc_stride: usize,
+) {
+    let mut c = [[vdupq_n_s32(0); NR]; R];
+    for g in 0..kgroups {
+        // SAFETY: group g lies within the panels (the function's contract); 16-byte
+        // loads, no alignment needed.
+        let (bv, ag) = unsafe {
+            let bg = b.add(g * NR * KG);
+            ([vld1q_s8(bg), vld1q_s8(bg.add(16)), vld1q_s8(bg.add(32)), vld1q_s8(bg.add(48))], a.add(g * MR * KG))
+        };
+        for (r, cr) in c.iter_mut().enumerate() {
+            // SAFETY: row r < R ≤ MR of group g (the function's contract).
+            let av = unsafe { vld1q_s8(ag.add(r * KG)) };
+            let a_lo = vget_low_s8(av);
+            for (cell, &bj) in cr.iter_mut().zip(&bv) {
+                if MLAL {
+                    let pairs = vmlal_high_s8(vmull_s8(a_lo, vget_low_s8(bj)), av, bj);
+                    *cell = vpadalq_s16(*cell, pairs);
+                } else {
+                    *cell = vpadalq_s16(*cell, vmull_s8(a_lo, vget_low_s8(bj)));
+                    *cell = vpadalq_s16(*cell, vmull_high_s8(av, bj));
+                }
+            }
+        }
+    }
+    for (r, cr) in c.iter().enumerate() {
+        let sums = vpaddq_s32(vpaddq_s32(cr[0], cr[1]), vpaddq_s32(cr[2], cr[3]));
+        // SAFETY: row r < R of the accumulator tile (the function's contract).
+        unsafe { out.put4(r * acc_stride, sums) };
+    }
+}

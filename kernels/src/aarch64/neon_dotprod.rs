@@ -1,0 +1,149 @@
+//! NEON with the dot-product extension: `8x8c4-neon-sdot`, exact for every input.
+//!
+//! `sdot` multiplies signed by signed, so A is packed flipped (`a − 128` as an i8,
+//! [`AFormat::FlippedI8`]) and the driver moves the 128 into the zero point. One
+//! `sdot` by element adds, for one row and four columns, the four products of a
+//! k-group into each column's i32 lane: products are at most 2^14 in magnitude, so
+//! nothing saturates or wraps but the running i32 sum, as in the reference.
+//!
+//! ```text
+//!  A group: [r0: k0..4][r1][r2][r3] | [r4][r5][r6][r7]      a_lo, a_hi  (2 × 16 B)
+//!  B group: [c0: k0..4][c1][c2][c3] | [c4][c5][c6][c7]      b_lo, b_hi  (2 × 16 B)
+//!
+//!  for r in 0..8:  sdot acc[r][0].4s, b_lo.16b, a_{lo,hi}.4b[r % 4]   columns 0–3
+//!                  sdot acc[r][1].4s, b_hi.16b, a_{lo,hi}.4b[r % 4]   columns 4–7
+//!  16 sdot (512 MACs) per 4 loads of 16 B; 16 accumulators of 32 registers
+//! ```
+//!
+//! This is ruy's 8 × 8 dot-product tile. A panel with fewer real rows runs the
+//! instance for that many rows (GEMV runs one row, not eight).
+
+use std::arch::aarch64::*;
+use std::arch::asm;
+
+use super::Out;
+use crate::kernel::{AFormat, BlockArgs, Blocking, Kernel, Tile};
+
+const MR: usize = 8;
+const NR: usize = 8;
+const KG: usize = 4;
+const TILE: Tile = Tile { mr: MR, nr: NR, kg: KG };
+// As for the other NEON kernels: 64 × 512 A bytes, 512 × 8 B bytes per panel slice,
+// 64 × 512 i32 accumulators.
+const BLOCKING: Blocking = Blocking { mc: 64, kc: 512, nc: 512 };
+
+/// The kernel, or `None` if this CPU lacks the dot-product extension.
+pub fn kernel() -> Option<&'static Kernel> {
+    let ok = std::arch::is_aarch64_feature_detected!("neon") && std::arch::is_aarch64_feature_detected!("dotprod");
+    if ok { Some(&KERNEL) } else { None }
+}
+
+// Private: handed out only by `kernel()`, after detection.
+static KERNEL: Kernel = {
+    // SAFETY: the entry points touch memory only through the slices they get (checked
+    // by `Kernel::block`/`epilogue`), and run only after `kernel()` detected dotprod.
+    unsafe {
+        Kernel::new("8x8c4-neon-sdot", TILE, BLOCKING, block, super::neon_epilogue::epilogue)
+            .with_a_format(AFormat::FlippedI8)
+    }
+};
+
+/// Every tile of the block: B panels outer (one stays in L1), A panels inner.
+///
+/// # Safety
+/// NEON and dotprod must be available, and the buffers must satisfy [`BlockArgs`]
+/// for this kernel (checked by `Kernel::block`).
+#[target_feature(enable = "neon,dotprod")]
+unsafe fn block(args: BlockArgs<'_>) {
+    let BlockArgs { a, b, b_panel_stride, row_panels, rows, col_panels, kgroups, acc, acc_stride, accumulate } = args;
+    let a_panel_bytes = kgroups * MR * KG;
+    for jp in 0..col_panels {
+        let b_panel = &b[jp * b_panel_stride..][..kgroups * NR * KG];
+        for ip in 0..row_panels {
+            let a_panel = &a[ip * a_panel_bytes..][..a_panel_bytes];
+            let real_rows = rows.saturating_sub(ip * MR).min(MR);
+            let acc_tile = &mut acc[ip * MR * acc_stride + jp * NR..];
+            assert!(acc_tile.len() >= (real_rows.max(1) - 1) * acc_stride + NR, "accumulator tile");
+            let (ap, bp) = (a_panel.as_ptr().cast::<i8>(), b_panel.as_ptr());
+            let out = Out { acc: acc_tile.as_mut_ptr(), accumulate };
+            // SAFETY: dotprod is enabled here; the panels hold `kgroups` groups of this
+            // kernel's layout (sliced just above) and the accumulator tile holds
+            // `real_rows` rows of NR values at `acc_stride` (asserted just above).
+            unsafe {
+                match real_rows {
+                    8 => tile::<8>(ap, bp, kgroups, out, acc_stride),
+                    7 => tile::<7>(ap, bp, kgroups, out, acc_stride),
+                    6 => tile::<6>(ap, bp, kgroups, out, acc_stride),
+                    5 => tile::<5>(ap, bp, kgroups, out, acc_stride),
+                    4 => tile::<4>(ap, bp, kgroups, out, acc_stride),
+                    3 => tile::<3>(ap, bp, kgroups, out, acc_stride),
+                    2 => tile::<2>(ap, bp, kgroups, out, acc_stride),
+                    1 => tile::<1>(ap, bp, kgroups, out, acc_stride),
+                    _ => {} // a panel with no real rows: nothing to compute
+                }
+            }
+        }
+    }
+}
+
+/// `acc += b · a[lane]` by the dot-product instruction: each i32 lane `j` of `acc`
+/// gains `Σ_{t<4} b[4j + t] · a[4·lane + t]`, all signed bytes.
+macro_rules! sdot {
+    ($acc:expr, $b:expr, $a:expr, $lane:literal) => {
+        // SAFETY: `sdot` only reads and writes the registers named; the enclosing
+        // function is compiled with dotprod and reached only after its detection.
+        unsafe {
+            asm!(
+                "sdot {acc:v}.4s, {b:v}.16b, {a:v}.4b[{lane}]",
+                acc = inout(vreg) $acc,
+                b = in(vreg) $b,
+                a = in(vreg) $a,
+                lane = const $lane,
+                options(pure, nomem, nostack, preserves_flags),
+            )
+        }
+    };
+}
+
+/// `acc[r][0..8] += Σ_g A[r, g] · B[g]` for the first `R` rows of a panel.
+///
+/// # Safety
+/// NEON and dotprod; `a` and `b` hold `kgroups` groups of 32 bytes, `out.acc` holds
+/// `R` rows of 8 i32 at `acc_stride`.
+#[target_feature(enable = "neon,dotprod")]
+unsafe fn tile<const R: usize>(a: *const i8, b: *const i8, kgroups: usize, out: Out, acc_stride: usize) {
+    let mut c = [[vdupq_n_s32(0); 2]; MR];
+    for g in 0..kgroups {
+        // SAFETY: group g lies within the panels (the function's contract); the second
+        // half of A is read only when some row of it is real.
+        let (b_lo, b_hi, a_lo, a_hi) = unsafe {
+            let (bg, ag) = (b.add(g * NR * KG), a.add(g * MR * KG));
+            let a_hi = if R > 4 { vld1q_s8(ag.add(16)) } else { vdupq_n_s8(0) };
+            (vld1q_s8(bg), vld1q_s8(bg.add(16)), vld1q_s8(ag), a_hi)
+        };
+        // One row: both halves of B against its four activations, broadcast by lane.
+        macro_rules! row {
+            ($r:literal, $a:ident, $lane:literal) => {
+                if R > $r {
+                    sdot!(c[$r][0], b_lo, $a, $lane);
+                    sdot!(c[$r][1], b_hi, $a, $lane);
+                }
+            };
+        }
+        row!(0, a_lo, 0);
+        row!(1, a_lo, 1);
+        row!(2, a_lo, 2);
+        row!(3, a_lo, 3);
+        row!(4, a_hi, 0);
+        row!(5, a_hi, 1);
+        row!(6, a_hi, 2);
+        row!(7, a_hi, 3);
+    }
+    for (r, cr) in c.iter().enumerate().take(R) {
+        // SAFETY: row r < R of the accumulator tile (the function's contract).
+        unsafe {
+            out.put4(r * acc_stride, cr[0]);
+            out.put4(r * acc_stride + 4, cr[1]);
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! The NEON output stage, shared by the three AArch64 kernels: the zero-point
+//! correction, bias, requantization (every scheme), clamp and narrowing of 8 columns
+//! at a time, straight from the accumulators to the output.
+//!
+//! ```text
+//!  v = acc + (a_zp·col_offset + bias) − b_zp·row_sum        add, mls: wrapping i32
+//!
+//!  Float:           q = cvtn(clamp(scvtf(v) · scale, min − zp, max − zp)) + zp
+//!                   (scvtf and fcvtns round to nearest, ties to even, as the
+//!                   reference's f32 arithmetic does; no fused multiply-add)
+//!  TFLite double:   y = sqrdmulh(v << left, multiplier)     (= gemmlowp's
+//!                   SaturatingRoundingDoublingHighMul, bit for bit)
+//!    ties away:     q = srshl(sqadd(y, (y & −right) >> 31), −right)
+//!                   (srshl rounds ties up; the −1 on negative y turns that into ties
+//!                   away from zero, gemmlowp's RoundingDivideByPOT)
+//!    ties up:       q = srshl(y, −right)
+//!  TFLite single:   q = sqxtn(srshl(smull(v, multiplier), −(31 − shift)))   (64-bit)
+//!  then             q = clamp(sqadd(q, zp), min, max) → xtn → xtn   (8 bytes)
+//! ```
+//!
+//! `srshl` by a negative amount is a rounding right shift computed without
+//! intermediate overflow, which is what the reference's 64-bit arithmetic does.
+
+use std::arch::aarch64::*;
+
+use crate::output::{EpilogueArgs, OutData, OutputStage, Requant, Rounding, Scheme, ZeroPoints};
+
+/// Columns whose per-column terms are computed at a time (on the stack).
+const CHUNK: usize = 64;
+
+/// How one vector of corrected accumulators becomes requantized values.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// No requantization: i32 output.
+    Raw,
+    Float,
+    TiesAway,
+    HalfUp,
+    Single,
+}
+
+/// The epilogue.
+///
+/// # Safety
+/// NEON must be available, and `args` must pass `EpilogueArgs::check` (checked by
+/// `Kernel::epilogue`).
+pub(crate) unsafe fn epilogue(args: EpilogueArgs<'_>) {
+    let kind = match args.stage.requant.map(|r| r.scheme) {
+        None => Kind::Raw,
+        Some(Scheme::Float { .. }) => Kind::Float,
+        Some(Scheme::FixedPoint { rounding: Rounding::DoubleTiesAway, .. }) => Kind::TiesAway,
+        Some(Scheme::FixedPoint { rounding: Rounding::DoubleHalfUp, .. }) => Kind::HalfUp,
+        Some(Scheme::FixedPoint { rounding: Rounding::Single, .. }) => Kind::Single,
+    };
+    let b_zp = args.zero_points.b_zp[..args.cols].iter().any(|&z| z != 0);
+    // u8 and i8 narrow alike once clamped, so the instances differ in the scheme and
+    // in whether the row sums take part.
+    macro_rules! with_kind {
+        ($($k:ident),*) => {
+            match (kind, b_zp) {
+                $(
+                    // SAFETY: forwarded from this function's contract.
+                    (Kind::$k, false) => unsafe { run::<{ Kind::$k as u8 }, false>(args) },
+                    // SAFETY: as above.
+                    (Kind::$k, true) => unsafe { run::<{ Kind::$k as u8 }, true>(args) },
+                )*
+            }
+        };
+    }
+    with_kind!(Raw, Float, TiesAway, HalfUp, Single)
+}
+
+/// The per-column values of one chunk, lanes past its width zero.
+struct Columns {
+    /// `a_zp·col_offset + bias`, wrapping.
+    terms: [i32; CHUNK],
+    b_zp: [i32; CHUNK],
+    /// Float: the scale's bits. Fixed point: the multiplier.
+    multiplier: [i32; CHUNK],
+    /// Double rounding: the left shift. Single: −(31 − shift).
+    left: [i32; CHUNK],
+    /// Double rounding: −(right shift).
+    neg_right: [i32; CHUNK],
+}
+
+impl Columns {
+    fn fill(&mut self, zp: &ZeroPoints<'_>, stage: &OutputStage<'_>, c0: usize, width: usize) {
+        let (scale, multiplier, shift) = match stage.requant.map(|r| r.scheme) {
+            Some(Scheme::Float { scale }) => (Some(scale), None, None),
+            Some(Scheme::FixedPoint { multiplier, shift, .. }) => (None, Some(multiplier), Some(shift)),
+            None => (None, None, None),
+        };
+        let single =
+            matches!(stage.requant.map(|r| r.scheme), Some(Scheme::FixedPoint { rounding: Rounding::Single, .. }));
+        for j in 0..CHUNK {
+            let c = c0 + j;
+            let real = j < width;
+            let offset = if real { zp.col_offsets[c].wrapping_mul(zp.a_zp) } else { 0 };
+            self.terms[j] = match stage.bias {
+                Some(b) if real => offset.wrapping_add(b[c]),
+                _ => offset,
+            };
+            self.b_zp[j] = if real { zp.b_zp[c] } else { 0 };
+            let s = match shift {
+                Some(s) if real => s.at(c),
+                _ => 0,
+            };
+            self.multiplier[j] = match (scale, multiplier) {
+                (Some(sc), _) if real => sc.at(c).to_bits() as i32,
+                (_, Some(m)) if real => m.at(c),
+                _ => 0,
+            };
+            self.left[j] = if single { s - 31 } else { s.max(0) };
+            self.neg_right[j] = -((-s).max(0));
+        }
+    }
+}
+
+/// Loads 4 i32 from `v[j..]`.
+///
+/// # Safety
+/// `j + 4 ≤ CHUNK`.
+#[inline(always)]
+unsafe fn lane4(v: &[i32; CHUNK], j: usize) -> int32x4_t {
+    debug_assert!(j + 4 <= CHUNK);
+    // SAFETY: the caller keeps j + 4 within the array.
+    unsafe { vld1q_s32(v.as_ptr().add(j)) }
+}
+
+/// The requantized values (before the output zero point) of 4 corrected
+/// accumulators at columns `j..j + 4` of the chunk.
+///
+/// # Safety
+/// `j + 4 ≤ CHUNK`.
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn requantize<const KIND: u8>(v: int32x4_t, cols: &Columns, j: usize, r: &Requant<'_>) -> int32x4_t {
+    // SAFETY: forwarded from this function's contract.
+    let (m, left, neg_right) = unsafe { (lane4(&cols.multiplier, j), lane4(&cols.left, j), lane4(&cols.neg_right, j)) };
+    let zp = vdupq_n_s32(r.zero_point);
+    if KIND == Kind::Float as u8 {
+        let lo = vdupq_n_f32((r.min - r.zero_point) as f32);
+        let hi = vdupq_n_f32((r.max - r.zero_point) as f32);
+        let x = vmulq_f32(vcvtq_f32_s32(v), vreinterpretq_f32_s32(m));
+        // The bounds are integers, so the rounded value stays within [min, max].
+        return vaddq_s32(vcvtnq_s32_f32(vminq_f32(vmaxq_f32(x, lo), hi)), zp);
+    }
+    let q = if KIND == Kind::Single as u8 {
+        // 64-bit products, one rounding shift by 31 − shift (in `left`, negated).
+        let lo = vrshlq_s64(vmull_s32(vget_low_s32(v), vget_low_s32(m)), vmovl_s32(vget_low_s32(left)));
+        let hi = vrshlq_s64(vmull_high_s32(v, m), vmovl_high_s32(left));
+        vcombine_s32(vqmovn_s64(lo), vqmovn_s64(hi))
+    } else {
+        let y = vqrdmulhq_s32(vshlq_s32(v, left), m);
+        if KIND == Kind::TiesAway as u8 {
+            let fixup = vshrq_n_s32::<31>(vandq_s32(y, neg_right));
+            vrshlq_s32(vqaddq_s32(y, fixup), neg_right)
+        } else {
+            vrshlq_s32(y, neg_right)
+        }
+    };
+    // Saturation keeps any value past i32 beyond the clamp bounds, as the reference's
+    // 64-bit sum would be.
+    vminq_s32(vmaxq_s32(vqaddq_s32(q, zp), vdupq_n_s32(r.min)), vdupq_n_s32(r.max))
+}
+
+/// The epilogue for one scheme (`KIND`, a [`Kind`]), output type and weight zero
+/// point class.
+///
+/// # Safety
+/// As [`epilogue`].
+#[target_feature(enable = "neon")]
+unsafe fn run<const KIND: u8, const B_ZP: bool>(args: EpilogueArgs<'_>) {
+    let mut cols = Columns {
+        terms: [0; CHUNK],
+        b_zp: [0; CHUNK],
+        multiplier: [0; CHUNK],
+        left: [0; CHUNK],
+        neg_right: [0; CHUNK],
+    };
+    let EpilogueArgs { acc, acc_stride, rows, cols: ncols, row_sums, zero_points, stage, mut out, out_stride } = args;
+    let requant = stage.requant;
+    // Raw destination pointers: every store below lies within the first
+    // `(rows − 1) · out_stride + cols` elements, which `EpilogueArgs::check` verified.
+    let (out_i32, out_bytes) = match &mut out {
+        OutData::I32(o) => (o.as_mut_ptr(), std::ptr::null_mut()),
+        OutData::U8(o) => (std::ptr::null_mut(), o.as_mut_ptr()),
+        OutData::I8(o) => (std::ptr::null_mut(), o.as_mut_ptr().cast::<u8>()),
+    };
+    let mut tail = [0i32; 8];
+    for c0 in (0..ncols).step_by(CHUNK) {
+        let width = CHUNK.min(ncols - c0);
+        cols.fill(&zero_points, &stage, c0, width);
+        for row in 0..rows {
+            let acc_row = &acc[row * acc_stride + c0..][..width];
+            let rs = vdupq_n_s32(if B_ZP { row_sums[row] } else { 0 });
+            let dst = row * out_stride + c0;
+            // Columns j..j + 8 of the chunk (j + 8 ≤ CHUNK: j is a multiple of 8 below
+            // width ≤ CHUNK, itself a multiple of 8).
+            for j in (0..width).step_by(8) {
+                let n = (width - j).min(8);
+                // Eight columns from the row, or the last few through a copy.
+                let src = if n == 8 {
+                    &acc_row[j..j + 8]
+                } else {
+                    tail[..n].copy_from_slice(&acc_row[j..]);
+                    &tail[..]
+                };
+                // SAFETY: `src` holds 8 i32 (sliced or copied just above); the column
+                // arrays hold CHUNK ≥ j + 8 lanes.
+                let (v0, v1) = unsafe {
+                    let (v0, v1) = (vld1q_s32(src.as_ptr()), vld1q_s32(src.as_ptr().add(4)));
+                    let v0 = vaddq_s32(v0, lane4(&cols.terms, j));
+                    let v1 = vaddq_s32(v1, lane4(&cols.terms, j + 4));
+                    if B_ZP {
+                        (vmlsq_s32(v0, lane4(&cols.b_zp, j), rs), vmlsq_s32(v1, lane4(&cols.b_zp, j + 4), rs))
+                    } else {
+                        (v0, v1)
+                    }
+                };
+                if KIND == Kind::Raw as u8 {
+                    let mut vals = [0i32; 8];
+                    // SAFETY: `vals` holds 8 i32; the destination holds `n` values at
+                    // `dst + j` (see `out_i32`), and `n` are copied.
+                    unsafe {
+                        vst1q_s32(vals.as_mut_ptr(), v0);
+                        vst1q_s32(vals.as_mut_ptr().add(4), v1);
+                        std::ptr::copy_nonoverlapping(vals.as_ptr(), out_i32.add(dst + j), n);
+                    }
+                    continue;
+                }
+                let Some(r) = requant else { unreachable!("checked by EpilogueArgs::check") };
+                // SAFETY: j + 8 ≤ CHUNK (see the loop).
+                let (q0, q1) =
+                    unsafe { (requantize::<KIND>(v0, &cols, j, &r), requantize::<KIND>(v1, &cols, j + 4, &r)) };
+                // The values lie within [min, max] ⊂ the output type: plain narrowing.
+                let q8 = vreinterpret_u8_s8(vmovn_s16(vcombine_s16(vmovn_s32(q0), vmovn_s32(q1))));
+                // SAFETY: the destination holds `n` bytes at `dst + j` (see
+                // `out_bytes`): 8 stored directly, fewer through a copy.
+                unsafe {
+                    if n == 8 {
+                        vst1_u8(out_bytes.add(dst + j), q8);
+                    } else {
+                        let mut bytes = [0u8; 8];
+                        vst1_u8(bytes.as_mut_ptr(), q8);
+                        std::ptr::copy_nonoverlapping(bytes.as_ptr(), out_bytes.add(dst + j), n);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! NEON with the int8 matrix-multiply extension: `8x8c8-neon-usmmla`, exact for every
+//! input.
+//!
+//! `usmmla` multiplies u8 by s8 natively, so A is packed as it is. One instruction
+//! multiplies a 2 × 8 block of A (two rows, 8 k) by an 8 × 2 block of B (8 k, two
+//! columns) and adds the 2 × 2 result to four i32 lanes: 32 MACs. Products are at most
+//! 255·128 and eight of them at most 2^18, so only the running i32 sum wraps, as in
+//! the reference.
+//!
+//! ```text
+//!  A group: [r0: k0..8][r1: k0..8] [r2 r3] [r4 r5] [r6 r7]     a01 a23 a45 a67 (4 × 16 B)
+//!  B group: [c0: k0..8][c1: k0..8] [c2 c3] [c4 c5] [c6 c7]     b01 b23 b45 b67 (4 × 16 B)
+//!
+//!  usmmla acc[p][q].4s, a(2p,2p+1).16b, b(2q,2q+1).16b       p, q in 0..4
+//!    → acc[p][q] = [r2p·c2q, r2p·c2q+1, r2p+1·c2q, r2p+1·c2q+1]
+//!  16 usmmla (1024 MACs) per 8 loads of 16 B; 16 accumulators
+//!  end of tile: trn1/trn2 on 64-bit lanes → rows 2p and 2p+1, 4 columns at a time
+//! ```
+//!
+//! The packing is the generic one with K-groups of 8: a pair of rows (or columns) is
+//! 16 contiguous bytes, exactly the operand `usmmla` takes. A panel with fewer real
+//! rows computes only the row pairs it needs.
+
+use std::arch::aarch64::*;
+use std::arch::asm;
+
+use super::Out;
+use crate::kernel::{BlockArgs, Blocking, Kernel, Tile};
+
+const MR: usize = 8;
+const NR: usize = 8;
+const KG: usize = 8;
+const TILE: Tile = Tile { mr: MR, nr: NR, kg: KG };
+// As for the other NEON kernels: 64 × 512 A bytes, 512 × 8 B bytes per panel slice,
+// 64 × 512 i32 accumulators.
+const BLOCKING: Blocking = Blocking { mc: 64, kc: 512, nc: 512 };
+
+/// The kernel, or `None` if this CPU lacks the int8 matrix-multiply extension.
+pub fn kernel() -> Option<&'static Kernel> {
+    let ok = std::arch::is_aarch64_feature_detected!("neon") && std::arch::is_aarch64_feature_detected!("i8mm");
+    if ok { Some(&KERNEL) } else { None }
+}
+
+// Private: handed out only by `kernel()`, after detection.
+static KERNEL: Kernel = {
+    // SAFETY: the entry points touch memory only through the slices they get (checked
+    // by `Kernel::block`/`epilogue`), and run only after `kernel()` detected i8mm.
+    unsafe { Kernel::new("8x8c8-neon-usmmla", TILE, BLOCKING, block, super::neon_epilogue::epilogue) }
+};
+
+/// Every tile of the block: B panels outer (one stays in L1), A panels inner.
+///
+/// # Safety
+/// NEON and i8mm must be available, and the buffers must satisfy [`BlockArgs`] for
+/// this kernel (checked by `Kernel::block`).
+#[target_feature(enable = "neon,i8mm")]
+unsafe fn block(args: BlockArgs<'_>) {
+    let BlockArgs { a, b, b_panel_stride, row_panels, rows, col_panels, kgroups, acc, acc_stride, accumulate } = args;
+    let a_panel_bytes = kgroups * MR * KG;
+    for jp in 0..col_panels {
+        let b_panel = &b[jp * b_panel_stride..][..kgroups * NR * KG];
+        for ip in 0..row_panels {
+            let a_panel = &a[ip * a_panel_bytes..][..a_panel_bytes];
+            let real_rows = rows.saturating_sub(ip * MR).min(MR);
+            let acc_tile = &mut acc[ip * MR * acc_stride + jp * NR..];
+            assert!(acc_tile.len() >= (real_rows.max(1) - 1) * acc_stride + NR, "accumulator tile");
+            let (ap, bp) = (a_panel.as_ptr(), b_panel.as_ptr());
+            let out = Out { acc: acc_tile.as_mut_ptr(), accumulate };
+            // SAFETY: i8mm is enabled here; the panels hold `kgroups` groups of this
+            // kernel's layout (sliced just above) and the accumulator tile holds
+            // `real_rows` rows of NR values at `acc_stride` (asserted just above).
+            unsafe {
+                match real_rows {
+                    8 => tile::<8>(ap, bp, kgroups, out, acc_stride),
+                    7 => tile::<7>(ap, bp, kgroups, out, acc_stride),
+                    6 => tile::<6>(ap, bp, kgroups, out, acc_stride),
+                    5 => tile::<5>(ap, bp, kgroups, out, acc_stride),
+                    4 => tile::<4>(ap, bp, kgroups, out, acc_stride),
+                    3 => tile::<3>(ap, bp, kgroups, out, acc_stride),
+                    2 => tile::<2>(ap, bp, kgroups, out, acc_stride),
+                    1 => tile::<1>(ap, bp, kgroups, out, acc_stride),
+                    _ => {} // a panel with no real rows: nothing to compute
+                }
+            }
+        }
+    }
+}
+
+/// `acc += a · bᵀ` by the matrix-multiply instruction: `a` holds two rows of 8 u8,
+/// `b` two columns of 8 s8, `acc` the 2 × 2 i32 result, row-major.
+macro_rules! usmmla {
+    ($acc:expr, $a:expr, $b:expr) => {
+        // SAFETY: `usmmla` only reads and writes the registers named; the enclosing
+        // function is compiled with i8mm and reached only after its detection.
+        unsafe {
+            asm!(
+                "usmmla {acc:v}.4s, {a:v}.16b, {b:v}.16b",
+                acc = inout(vreg) $acc,
+                a = in(vreg) $a,
+                b = in(vreg) $b,
+                options(pure, nomem, nostack, preserves_flags),
+            )
+        }
+    };
+}
+
+/// `acc[r][0..8] += Σ_g A[r, g] · B[g]` for the first `R` rows of a panel.
+///
+/// # Safety
+/// NEON and i8mm; `a` and `b` hold `kgroups` groups of 64 bytes, `out.acc` holds `R`
+/// rows of 8 i32 at `acc_stride`.
+#[target_feature(enable = "neon,i8mm")]
+unsafe fn tile<const R: usize>(a: *const u8, b: *const i8, kgroups: usize, out: Out, acc_stride: usize) {
+    let mut c = [[vdupq_n_s32(0); 4]; 4];
+    for g in 0..kgroups {
+        // SAFETY: group g lies within the panels (the function's contract).
+        let (bv, ag) = unsafe {
+            let bg = b.add(g * NR * KG);
+            ([vld1q_s8(bg), vld1q_s8(bg.add(16)), vld1q_s8(bg.add(32)), vld1q_s8(bg.add(48))], a.add(g * MR * KG))
+        };
+        // One pair of rows against the four pairs of columns.
+        macro_rules! pair {
+            ($p:literal) => {
+                if R > 2 * $p {
+                    // SAFETY: rows 2p and 2p + 1 of group g: row 2p is real, and the
+                    // pair lies within the panel, whose rows are padded to MR.
+                    let ap = unsafe { vld1q_u8(ag.add(16 * $p)) };
+                    usmmla!(c[$p][0], ap, bv[0]);
+                    usmmla!(c[$p][1], ap, bv[1]);
+                    usmmla!(c[$p][2], ap, bv[2]);
+                    usmmla!(c[$p][3], ap, bv[3]);
+                }
+            };
+        }
+        pair!(0);
+        pair!(1);
+        pair!(2);
+        pair!(3);
+    }
+    for (p, cp) in c.iter().enumerate().take(R.div_ceil(2)) {
+        let q = [0, 1, 2, 3].map(|i| vreinterpretq_s64_s32(cp[i]));
+        // Row 2p is the low half of each 2 × 2 block, row 2p + 1 the high half.
+        let first = [vtrn1q_s64(q[0], q[1]), vtrn1q_s64(q[2], q[3])].map(|v| vreinterpretq_s32_s64(v));
+        let second = [vtrn2q_s64(q[0], q[1]), vtrn2q_s64(q[2], q[3])].map(|v| vreinterpretq_s32_s64(v));
+        // SAFETY: rows 2p (and 2p + 1, when below R) of the accumulator tile (the
+        // function's contract).
+        unsafe {
+            out.put4(2 * p * acc_stride, first[0]);
+            out.put4(2 * p * acc_stride + 4, first[1]);
+            if 2 * p + 1 < R {
+                out.put4((2 * p + 1) * acc_stride, second[0]);
+                out.put4((2 * p + 1) * acc_stride + 4, second[1]);
+            }
+        }
+    }
+}
