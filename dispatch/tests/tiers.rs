@@ -36,6 +36,9 @@ fn the_tiers_this_run_exercises() {
     }
 }
 
+/// The activation at a flat index of A.
+type ActivationAt = fn(usize) -> u8;
+
 #[test]
 fn every_tier_is_exact_on_adversarial_full_range_data() {
     let mut rng = Rng::new(0x7e5);
@@ -44,7 +47,7 @@ fn every_tier_is_exact_on_adversarial_full_range_data() {
     let shapes = [(9, 13, 45), (17, 9, 130), (1, 33, 71), (3, 5, 70_000)];
     let weights: [(&str, [i8; 2]); 4] =
         [("−128/127", [-128, 127]), ("−127/127", [-127, 127]), ("all −128", [-128, -128]), ("all −127", [-127, -127])];
-    let activations: [(&str, fn(usize) -> u8); 3] =
+    let activations: [(&str, ActivationAt); 3] =
         [("all 0", |_| 0), ("all 255", |_| 255), ("255/0 pairs", |i| if (i / 2) % 2 == 0 { 255 } else { 0 })];
     for &(m, n, k) in &shapes {
         for (w_name, pair) in weights {
