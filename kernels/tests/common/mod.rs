@@ -21,6 +21,7 @@ impl Rng {
 
 /// Every GEMM kernel this CPU runs, with its own blocking (those with a fast path also
 /// without it).
+#[allow(dead_code)] // not every test file runs every kernel
 pub fn gemm_kernels() -> Vec<Kernel> {
     #[allow(unused_mut)]
     let mut kernels = vec![*portable::kernel()];
