@@ -8,12 +8,12 @@
 //! | module | kernel | runs on |
 //! |---|---|---|
 //! | [`portable`] | `4x32c2-portable` | every CPU (multiversioned for AVX2, SSE4.1, NEON) |
-//! | [`x86_64::avx2`] | `6x8c4-avx2-madd`, fast path `6x8c4-avx2-maddubs` | x86-64 with AVX2 |
+//! | `x86_64::avx2` | `6x8c4-avx2-madd`, fast path `6x8c4-avx2-maddubs` | x86-64 with AVX2 |
 //! | `aarch64::neon` | `4x4c16-neon-mull`, fast path `4x4c16-neon-mlal` | AArch64 (ARMv8.0 NEON) |
 //! | `aarch64::neon_dotprod` | `8x8c4-neon-sdot` | AArch64 with the dot-product extension |
 //! | `aarch64::neon_i8mm` | `8x8c8-neon-usmmla` | AArch64 with the int8 matrix-multiply extension |
 //! | [`dwconv`] | `dw8c2-portable` (depthwise convolution) | every CPU |
-//! | [`x86_64::avx2_dwconv`] | `dw8c2-avx2-madd` (depthwise convolution) | x86-64 with AVX2 |
+//! | `x86_64::avx2_dwconv` | `dw8c2-avx2-madd` (depthwise convolution) | x86-64 with AVX2 |
 //!
 //! [`rows`] feeds the loop nest its rows of A: a matrix, or a convolution's taps
 //! gathered while packing.

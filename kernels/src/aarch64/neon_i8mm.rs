@@ -138,10 +138,11 @@ unsafe fn tile<const R: usize>(a: *const u8, b: *const i8, kgroups: usize, out: 
         pair!(3);
     }
     for (p, cp) in c.iter().enumerate().take(R.div_ceil(2)) {
-        let q = [0, 1, 2, 3].map(|i| vreinterpretq_s64_s32(cp[i]));
+        let (q0, q1) = (vreinterpretq_s64_s32(cp[0]), vreinterpretq_s64_s32(cp[1]));
+        let (q2, q3) = (vreinterpretq_s64_s32(cp[2]), vreinterpretq_s64_s32(cp[3]));
         // Row 2p is the low half of each 2 × 2 block, row 2p + 1 the high half.
-        let first = [vtrn1q_s64(q[0], q[1]), vtrn1q_s64(q[2], q[3])].map(|v| vreinterpretq_s32_s64(v));
-        let second = [vtrn2q_s64(q[0], q[1]), vtrn2q_s64(q[2], q[3])].map(|v| vreinterpretq_s32_s64(v));
+        let first = [vreinterpretq_s32_s64(vtrn1q_s64(q0, q1)), vreinterpretq_s32_s64(vtrn1q_s64(q2, q3))];
+        let second = [vreinterpretq_s32_s64(vtrn2q_s64(q0, q1)), vreinterpretq_s32_s64(vtrn2q_s64(q2, q3))];
         // SAFETY: rows 2p (and 2p + 1, when below R) of the accumulator tile (the
         // function's contract).
         unsafe {
