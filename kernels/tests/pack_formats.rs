@@ -1,0 +1,94 @@
+//! Packed A in every format and K-group the kernels use, against a naive model of the
+//! layout (`kernels/src/pack.rs`): values, zero padding past K and past the last row,
+//! and the row sums, for blocks that start and end anywhere in K. The flipped format
+//! (`a ^ 0x80`, the NEON kernels') runs here on every architecture, so its packing and
+//! its row sums (`Σ (a − 128)`) are checked natively and under miri, not only under
+//! emulation.
+
+mod common;
+
+use common::Rng;
+use qgemm_kernels::Tile;
+use qgemm_kernels::kernel::AFormat;
+use qgemm_kernels::pack::pack_a;
+use qgemm_kernels::rows::Rows;
+
+/// The packed bytes and row sums the layout documentation describes.
+fn model(
+    a: &[u8],
+    k: usize,
+    rows: usize,
+    tile: Tile,
+    g0: usize,
+    groups: usize,
+    format: AFormat,
+) -> (Vec<u8>, Vec<i32>) {
+    let panels = rows.div_ceil(tile.mr);
+    let mut bytes = Vec::new();
+    let mut sums = vec![0i32; rows];
+    for panel in 0..panels {
+        for g in g0..g0 + groups {
+            for i in 0..tile.mr {
+                let r = panel * tile.mr + i;
+                for kk in g * tile.kg..(g + 1) * tile.kg {
+                    let real = r < rows && kk < k;
+                    let v = if real { a[r * k + kk] } else { 0 };
+                    if real {
+                        sums[r] = sums[r].wrapping_add(i32::from(v) - format.offset());
+                    }
+                    match format {
+                        AFormat::U8 => bytes.push(v),
+                        AFormat::I16 => bytes.extend(u16::from(v).to_le_bytes()),
+                        AFormat::FlippedI8 => bytes.push(v ^ 0x80),
+                    }
+                }
+            }
+        }
+    }
+    (bytes, sums)
+}
+
+#[test]
+fn every_format_matches_the_layout() {
+    let mut rng = Rng(0x9ac4_f0e5_0000_0001);
+    let formats: [(usize, AFormat); 11] = [
+        (1, AFormat::U8),
+        (1, AFormat::I16),
+        (2, AFormat::U8),
+        (2, AFormat::I16),
+        (4, AFormat::U8),
+        (4, AFormat::I16),
+        (4, AFormat::FlippedI8),
+        (8, AFormat::U8),
+        (8, AFormat::FlippedI8),
+        (16, AFormat::U8),
+        (16, AFormat::FlippedI8),
+    ];
+    // Under miri, a sample: a tail in K, rows past a panel.
+    let ks: &[usize] = if cfg!(miri) { &[17, 40] } else { &[1, 3, 16, 17, 40, 63, 130] };
+    let mrs: &[usize] = if cfg!(miri) { &[1, 6, 8] } else { &[1, 4, 6, 8] };
+    for (kg, format) in formats {
+        for &mr in mrs {
+            for &k in ks {
+                let all_rows = [1, mr, mr + 1, 2 * mr + 3];
+                for &rows in if cfg!(miri) { &all_rows[2..3] } else { &all_rows[..] } {
+                    let a: Vec<u8> = (0..rows * k).map(|_| rng.next() as u8).collect();
+                    let tile = Tile { mr, nr: 4, kg };
+                    let total_groups = k.div_ceil(kg);
+                    // The whole of K, then a block from the middle to past the end.
+                    for (g0, groups) in [(0, total_groups), (total_groups / 2, total_groups - total_groups / 2 + 1)] {
+                        let (want, want_sums) = model(&a, k, rows, tile, g0, groups, format);
+                        let mut dst = vec![0x5a_u8; want.len() + 7];
+                        let mut sums = vec![0i32; rows];
+                        let rows_of_a = Rows::Matrix { data: &a, stride: k };
+                        pack_a(tile, &rows_of_a, rows, k, g0, groups, format, &mut dst, Some(&mut sums), &mut []);
+                        let label = format!("{format:?} kg {kg} mr {mr} k {k} rows {rows} groups {g0}+{groups}");
+                        assert_eq!(&dst[..want.len()], &want[..], "{label}");
+                        assert!(dst[want.len()..].iter().all(|&b| b == 0x5a), "{label}: wrote past the block");
+                        assert_eq!(sums, want_sums, "{label}");
+                    }
+                }
+            }
+        }
+    }
+}
