@@ -99,16 +99,22 @@ fn fast_path_wraps_past_its_bound() {
 #[test]
 fn driver_takes_the_exact_path_where_a_weight_is_min() {
     let kernel = neon_kernel();
-    for at in [0, 7, K * N / 2, K * N - 1] {
+    let fast = kernel.fast_path().unwrap();
+    // One column with −128 at k and k + 8 of one 16-group: the two products `smlal2`
+    // adds into one i16 lane. Against A = 0 (flipped −128) they sum to 32768, so the
+    // fast path goes wrong on exactly this data; the driver must not take it.
+    for (kk, nn) in [(0, 0), (19, N / 2), (36, N - 1)] {
         let mut b = weights(&[-127, -127, 127]);
-        b[at] = -128;
+        b[kk * N + nn] = -128;
+        b[(kk + 8) * N + nn] = -128;
         let packed = pack(&b);
         assert!(!packed.excludes_i8_min());
-        // Every activation 0 except a few 255: flipped, −128 against every weight.
         let mut a = vec![0u8; M * K];
-        a[at % (M * K)] = 255;
+        a[(kk + 1) % (M * K)] = 255;
+        let want = expected(&a, 0, &b);
+        assert_ne!(run(&fast, &a, 0, &packed), want, "the data must break the fast path");
         for k in [kernel, tiny(kernel)] {
-            assert_eq!(run(&k, &a, 0, &packed), expected(&a, 0, &b), "{} −128 at {at}", k.name());
+            assert_eq!(run(&k, &a, 0, &packed), want, "{} −128 pair at k {kk}, column {nn}", k.name());
         }
     }
 }
