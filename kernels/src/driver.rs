@@ -9,8 +9,9 @@
 //!         for each block of kc values of K but the last     (pc)
 //!             kernel.block: acc (=, then +=) A_block · B[pc.., jc..]   (mr × nr tiles)
 //!         for each strip of row panels (≤ 16 KiB of packed A)
-//!             kernel.block, last K block, this strip's tiles
-//!             kernel.epilogue: correct, bias, requantize, store its rows
+//!             kernel.block_with_stage, last K block, this strip's tiles, then
+//!             the output stage: correct, bias, requantize, store (per tile, in
+//!             registers, where the kernel fuses it; else over the strip)
 //! ```
 //!
 //! A row block is packed once for all of K and reused for every block of columns, so
@@ -242,8 +243,7 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
             if k_blocks == 0 {
                 // K = 0: no block writes the accumulators.
                 acc.fill(0);
-                epilogue(
-                    kernel,
+                let args = epilogue_args(
                     acc,
                     nc_max,
                     row_sums,
@@ -257,6 +257,7 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
                     &mut out,
                     out_stride,
                 );
+                kernel.epilogue(args);
                 continue;
             }
             // Every K block but the last, over the whole block: each B panel slice stays
@@ -290,7 +291,7 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
                 let panels = strip_panels.min(row_panels - ip);
                 let r0 = ip * tile.mr;
                 let strip_rows = (panels * tile.mr).min(rows - r0);
-                block_kernel.block(BlockArgs {
+                let block_args = BlockArgs {
                     a: &a_pack[last_offset + ip * a_panel_bytes..],
                     b: b_block(g_last),
                     b_panel_stride: b.panel_stride(),
@@ -301,10 +302,11 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
                     acc: &mut acc[r0 * nc_max..],
                     acc_stride: nc_max,
                     accumulate: last > 0,
-                });
-                epilogue(
-                    kernel,
-                    acc,
+                };
+                // The accumulators come from the block (`block_with_stage` reads them
+                // itself where the kernel does not fuse the stage into its tiles).
+                let stage_args = epilogue_args(
+                    &[],
                     nc_max,
                     row_sums,
                     r0,
@@ -317,30 +319,31 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
                     &mut out,
                     out_stride,
                 );
+                block_kernel.block_with_stage(block_args, stage_args);
             }
         }
     }
 }
 
-/// The output stage of rows `r0..r0 + rows` of the accumulator block at `(ic, jc)`.
+/// The output stage of rows `r0..r0 + rows` of the accumulator block at `(ic, jc)`
+/// (`acc` is the whole block, or empty where the kernel computes the sums itself).
 #[allow(clippy::too_many_arguments)]
-fn epilogue(
-    kernel: &Kernel,
-    acc: &[i32],
+fn epilogue_args<'a>(
+    acc: &'a [i32],
     acc_stride: usize,
-    row_sums: &[i32],
+    row_sums: &'a [i32],
     r0: usize,
     rows: usize,
     cols: usize,
     ic: usize,
     jc: usize,
-    zero_points: ZeroPoints<'_>,
-    stage: OutputStage<'_>,
-    out: &mut OutData<'_>,
+    zero_points: ZeroPoints<'a>,
+    stage: OutputStage<'a>,
+    out: &'a mut OutData<'_>,
     out_stride: usize,
-) {
-    kernel.epilogue(EpilogueArgs {
-        acc: &acc[r0 * acc_stride..],
+) -> EpilogueArgs<'a> {
+    EpilogueArgs {
+        acc: acc.get(r0 * acc_stride..).unwrap_or(&[]),
         acc_stride,
         rows,
         cols,
@@ -353,5 +356,5 @@ fn epilogue(
         stage: stage.from_column(jc),
         out: out.tail((ic + r0) * out_stride + jc),
         out_stride,
-    })
+    }
 }

@@ -77,6 +77,14 @@ pub type BlockFn = unsafe fn(BlockArgs<'_>);
 /// As for [`BlockFn`].
 pub type EpilogueFn = unsafe fn(EpilogueArgs<'_>);
 
+/// Accumulates the last K block of a block and applies the output stage to each tile
+/// while its sums are in registers, storing the output instead of the accumulators;
+/// see [`Kernel::block_with_stage`].
+///
+/// # Safety
+/// As for [`BlockFn`].
+pub type StagedBlockFn = unsafe fn(BlockArgs<'_>, EpilogueArgs<'_>);
+
 /// One ISA's GEMM implementation: its tile, its blocking and its two entry points.
 ///
 /// A `Kernel` can only exist where its instructions can run: the constructor is
@@ -95,6 +103,7 @@ pub struct Kernel {
     block: BlockFn,
     epilogue: EpilogueFn,
     a_format: AFormat,
+    staged: Option<StagedBlockFn>,
     fast: Option<FastPath>,
 }
 
@@ -152,6 +161,7 @@ pub enum FastWhen {
 struct FastPath {
     name: &'static str,
     block: BlockFn,
+    staged: Option<StagedBlockFn>,
     a_format: AFormat,
     when: FastWhen,
 }
@@ -177,13 +187,30 @@ impl Kernel {
         assert!(blocking.mc > 0 && blocking.mc.is_multiple_of(tile.mr));
         assert!(blocking.kc > 0 && blocking.kc.is_multiple_of(tile.kg));
         assert!(blocking.nc > 0 && blocking.nc.is_multiple_of(tile.nr));
-        Kernel { name, tile, blocking, block, epilogue, a_format: AFormat::U8, fast: None }
+        Kernel { name, tile, blocking, block, epilogue, a_format: AFormat::U8, staged: None, fast: None }
     }
 
     /// The same kernel, reading packed A in `format` (u8 unless said otherwise).
     pub const fn with_a_format(mut self, format: AFormat) -> Kernel {
         self.a_format = format;
         self
+    }
+
+    /// The same kernel, with the output stage fused into its tiles on the last K block.
+    ///
+    /// # Safety
+    /// `staged` must compute what [`Kernel::block`] followed by [`Kernel::epilogue`]
+    /// computes (see [`Kernel::block_with_stage`]), and satisfy the contract of
+    /// [`Kernel::new`].
+    pub const unsafe fn with_staged_block(mut self, staged: StagedBlockFn) -> Kernel {
+        self.staged = Some(staged);
+        self
+    }
+
+    /// Whether the kernel fuses the output stage into its tiles
+    /// ([`Kernel::block_with_stage`]).
+    pub fn has_staged_block(&self) -> bool {
+        self.staged.is_some()
     }
 
     /// The same kernel with a fast path (see [`Kernel`]), exact where `when` says.
@@ -197,7 +224,8 @@ impl Kernel {
     pub const unsafe fn with_fast_path(mut self, fast: Kernel, when: FastWhen) -> Kernel {
         assert!(fast.tile.mr == self.tile.mr && fast.tile.nr == self.tile.nr && fast.tile.kg == self.tile.kg);
         assert!(fast.fast.is_none());
-        self.fast = Some(FastPath { name: fast.name, block: fast.block, a_format: fast.a_format, when });
+        self.fast =
+            Some(FastPath { name: fast.name, block: fast.block, staged: fast.staged, a_format: fast.a_format, when });
         self
     }
 
@@ -209,7 +237,7 @@ impl Kernel {
     /// The fast path, if the kernel has one, as a kernel of its own.
     pub fn fast_path(&self) -> Option<Kernel> {
         let f = self.fast?;
-        Some(Kernel { name: f.name, block: f.block, a_format: f.a_format, fast: None, ..*self })
+        Some(Kernel { name: f.name, block: f.block, staged: f.staged, a_format: f.a_format, fast: None, ..*self })
     }
 
     /// Where the fast path is exact, if the kernel has one.
@@ -265,7 +293,7 @@ impl Kernel {
         // SAFETY: the entry points are unchanged, so the CPU support that made `self`
         // constructible still holds; blocking only changes which arguments they get.
         let kernel = unsafe { Kernel::new(self.name, self.tile, blocking, self.block, self.epilogue) };
-        Kernel { a_format: self.a_format, fast: self.fast, ..kernel }
+        Kernel { a_format: self.a_format, staged: self.staged, fast: self.fast, ..kernel }
     }
 
     /// Accumulates a block.
@@ -273,6 +301,41 @@ impl Kernel {
     /// # Panics
     /// If the buffers are smaller than [`BlockArgs`] says they must be.
     pub fn block(&self, args: BlockArgs<'_>) {
+        self.check_block(&args);
+        // SAFETY: the kernel exists, so the CPU supports its instructions (see
+        // `Kernel::new`), and the buffers were just checked against `BlockArgs`.
+        unsafe { (self.block)(args) }
+    }
+
+    /// The last K block of a block, with the output stage: what [`Kernel::block`]
+    /// followed by [`Kernel::epilogue`] on rows `0..stage.rows` and columns
+    /// `0..stage.cols` of the accumulators computes, with the stage applied to each
+    /// tile as soon as its sums are complete (`stage.acc` is not read: the sums come
+    /// from the tiles, plus `args.acc` when `args.accumulate`). Kernels without a
+    /// fused version run exactly that pair.
+    ///
+    /// # Panics
+    /// If the buffers are smaller than [`BlockArgs`] and [`EpilogueArgs`] say they
+    /// must be, or the stage's rows are not the block's, or it has columns past it.
+    pub fn block_with_stage(&self, args: BlockArgs<'_>, stage: EpilogueArgs<'_>) {
+        self.check_block(&args);
+        stage.check_output();
+        assert!(stage.rows == args.rows && stage.cols <= args.col_panels * self.tile.nr, "stage and block differ");
+        match self.staged {
+            // SAFETY: as in `block`, and the output was just checked against
+            // `EpilogueArgs` (all but `acc`, which a fused kernel does not read).
+            Some(staged) => unsafe { staged(args, stage) },
+            None => {
+                let mut args = args;
+                let acc = std::mem::take(&mut args.acc);
+                let acc_stride = args.acc_stride;
+                self.block(BlockArgs { acc: &mut *acc, ..args });
+                self.epilogue(EpilogueArgs { acc, acc_stride, ..stage });
+            }
+        }
+    }
+
+    fn check_block(&self, args: &BlockArgs<'_>) {
         let t = self.tile;
         let a_len = args.row_panels * args.kgroups * t.mr * t.kg * self.a_format.bytes();
         let b_len = match args.col_panels {
@@ -284,9 +347,6 @@ impl Kernel {
         assert!(args.acc_stride >= args.col_panels * t.nr, "accumulator stride");
         assert!(args.acc.len() >= args.row_panels * t.mr * args.acc_stride, "accumulators");
         assert!(args.rows <= args.row_panels * t.mr, "rows beyond the panels");
-        // SAFETY: the kernel exists, so the CPU supports its instructions (see
-        // `Kernel::new`), and the buffers were just checked against `BlockArgs`.
-        unsafe { (self.block)(args) }
     }
 
     /// Applies the output stage to a block and stores it.

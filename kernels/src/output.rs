@@ -211,6 +211,16 @@ impl EpilogueArgs<'_> {
             return;
         }
         assert!(self.acc_stride >= cols && self.acc.len() >= (rows - 1) * self.acc_stride + cols);
+        self.check_output();
+    }
+
+    /// Panics unless every slice but the accumulators covers the rows and columns to
+    /// be stored (what a kernel that fuses the stage into its tiles reads).
+    pub(crate) fn check_output(&self) {
+        let (rows, cols) = (self.rows, self.cols);
+        if rows == 0 || cols == 0 {
+            return;
+        }
         assert!(self.row_sums.len() >= rows);
         assert!(self.zero_points.col_offsets.len() >= cols && self.zero_points.b_zp.len() >= cols);
         assert!(self.stage.covers(cols), "output stage shorter than the block");

@@ -2,11 +2,16 @@
 //! each rounding corner: i32::MIN and MAX, exact ties at every shift, values that
 //! overflow the left shift, and the wrapping of the zero-point correction. The GEMM
 //! tests reach these stages only through products; here every scheme, shift, zero
-//! point class and clamp is driven directly, byte for byte.
+//! point class and clamp is driven directly, byte for byte: through each kernel's
+//! epilogue, and through its tiles (`Kernel::block_with_stage` on a block of no
+//! k-groups that accumulates onto these values, which is where the NEON kernels apply
+//! the stage in registers).
 
 mod common;
 
 use common::{Rng, gemm_kernels};
+use qgemm_kernels::Kernel;
+use qgemm_kernels::kernel::BlockArgs;
 use qgemm_kernels::output::{
     EpilogueArgs, OutData, OutputStage, Param, Requant, Rounding, Scheme, ZeroPoints, epilogue_scalar,
 };
@@ -143,6 +148,31 @@ fn run(
     }
 }
 
+/// The stage through `kernel`'s tiles: a block of no k-groups whose tiles add their
+/// (zero) sums to accumulators holding `acc`, laid out for the kernel's tile.
+fn through_tiles(kernel: &Kernel, acc: &[i32], stage: EpilogueArgs<'_>) {
+    let t = kernel.tile();
+    let (row_panels, col_panels) = (ROWS.div_ceil(t.mr), COLS.div_ceil(t.nr));
+    let stride = col_panels * t.nr;
+    let mut tile_acc = vec![0i32; row_panels * t.mr * stride];
+    for r in 0..ROWS {
+        tile_acc[r * stride..][..COLS].copy_from_slice(&acc[r * ACC_STRIDE..][..COLS]);
+    }
+    let block = BlockArgs {
+        a: &[],
+        b: &[],
+        b_panel_stride: 0,
+        row_panels,
+        rows: ROWS,
+        col_panels,
+        kgroups: 0,
+        acc: &mut tile_acc,
+        acc_stride: stride,
+        accumulate: true,
+    };
+    kernel.block_with_stage(block, EpilogueArgs { acc: &[], acc_stride: 0, ..stage });
+}
+
 #[test]
 fn every_epilogue_matches_the_scalar_one() {
     let mut rng = Rng(0x0e91_7a0e_5eed_0001);
@@ -161,6 +191,14 @@ fn every_epilogue_matches_the_scalar_one() {
                         got,
                         want,
                         "{}: {out_type} a_zp {a_zp} b_zp class {b_zp_class} {stage:?}",
+                        kernel.name()
+                    );
+                    let staged = |a: EpilogueArgs<'_>| through_tiles(&kernel, &acc, a);
+                    let got = run(&staged, &acc, &row_sums, zero_points, stage, out_type);
+                    assert_eq!(
+                        got,
+                        want,
+                        "{} tiles: {out_type} a_zp {a_zp} b_zp {b_zp_class} {stage:?}",
                         kernel.name()
                     );
                 }

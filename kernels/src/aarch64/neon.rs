@@ -30,7 +30,9 @@
 use std::arch::aarch64::*;
 
 use super::Out;
+use super::neon_epilogue::FusedStage;
 use crate::kernel::{AFormat, BlockArgs, Blocking, FastWhen, Kernel, Tile};
+use crate::output::EpilogueArgs;
 
 const MR: usize = 4;
 const NR: usize = 4;
@@ -53,9 +55,11 @@ static EXACT: Kernel = {
     // by `Kernel::block`/`epilogue`), and run only after `kernel()` detected NEON.
     unsafe {
         let fast = Kernel::new("4x4c16-neon-mlal", TILE, BLOCKING, block_mlal, super::neon_epilogue::epilogue)
-            .with_a_format(AFormat::FlippedI8);
+            .with_a_format(AFormat::FlippedI8)
+            .with_staged_block(block_mlal_staged);
         Kernel::new("4x4c16-neon-mull", TILE, BLOCKING, block_mull, super::neon_epilogue::epilogue)
             .with_a_format(AFormat::FlippedI8)
+            .with_staged_block(block_mull_staged)
             .with_fast_path(fast, FastWhen::NoMinWeight)
     }
 };
@@ -65,14 +69,33 @@ static EXACT: Kernel = {
 /// kernel (checked by `Kernel::block`).
 unsafe fn block_mull(args: BlockArgs<'_>) {
     // SAFETY: forwarded from this function's contract.
-    unsafe { block::<false>(args) }
+    unsafe { block::<false>(args, None) }
+}
+
+/// [`block_mull`] on the last K block, with the output stage fused into each tile.
+///
+/// # Safety
+/// As [`block_mull`], and `stage` passed `EpilogueArgs::check_output` for the
+/// block's rows (checked by `Kernel::block_with_stage`).
+unsafe fn block_mull_staged(args: BlockArgs<'_>, stage: EpilogueArgs<'_>) {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { block::<false>(args, Some(stage)) }
 }
 
 /// # Safety
 /// As [`block_mull`], and no weight of the block is −128.
 unsafe fn block_mlal(args: BlockArgs<'_>) {
     // SAFETY: forwarded from this function's contract.
-    unsafe { block::<true>(args) }
+    unsafe { block::<true>(args, None) }
+}
+
+/// [`block_mlal`] with the output stage fused into each tile.
+///
+/// # Safety
+/// As [`block_mull_staged`], and no weight of the block is −128.
+unsafe fn block_mlal_staged(args: BlockArgs<'_>, stage: EpilogueArgs<'_>) {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { block::<true>(args, Some(stage)) }
 }
 
 /// Every tile of the block: B panels outer (one stays in L1), A panels inner.
@@ -80,10 +103,14 @@ unsafe fn block_mlal(args: BlockArgs<'_>) {
 /// # Safety
 /// As [`block_mull`] (`!MLAL`) or [`block_mlal`].
 #[target_feature(enable = "neon")]
-unsafe fn block<const MLAL: bool>(args: BlockArgs<'_>) {
+unsafe fn block<const MLAL: bool>(args: BlockArgs<'_>, stage: Option<EpilogueArgs<'_>>) {
     let BlockArgs { a, b, b_panel_stride, row_panels, rows, col_panels, kgroups, acc, acc_stride, accumulate } = args;
     let a_panel_bytes = kgroups * MR * KG;
+    // On the last K block of a fused call, each tile's sums go through the output
+    // stage to the output, one column panel's stage at a time.
+    let fused = stage.map(FusedStage::new);
     for jp in 0..col_panels {
+        let panel = fused.as_ref().map(|f| f.panel(jp * NR, NR));
         let b_panel = &b[jp * b_panel_stride..][..kgroups * NR * KG];
         for ip in 0..row_panels {
             let a_panel = &a[ip * a_panel_bytes..][..a_panel_bytes];
@@ -91,16 +118,16 @@ unsafe fn block<const MLAL: bool>(args: BlockArgs<'_>) {
             let acc_tile = &mut acc[ip * MR * acc_stride + jp * NR..];
             assert!(acc_tile.len() >= (real_rows.max(1) - 1) * acc_stride + NR, "accumulator tile");
             let (ap, bp) = (a_panel.as_ptr().cast::<i8>(), b_panel.as_ptr());
-            let out = Out { acc: acc_tile.as_mut_ptr(), accumulate };
+            let out = Out { acc: acc_tile.as_mut_ptr(), acc_stride, accumulate, stage: panel.as_ref(), row0: ip * MR };
             // SAFETY: NEON is enabled here; the panels hold `kgroups` groups of this
             // kernel's layout (sliced just above) and the accumulator tile holds
             // `real_rows` rows of NR values at `acc_stride` (asserted just above).
             unsafe {
                 match real_rows {
-                    4 => tile::<4, MLAL>(ap, bp, kgroups, out, acc_stride),
-                    3 => tile::<3, MLAL>(ap, bp, kgroups, out, acc_stride),
-                    2 => tile::<2, MLAL>(ap, bp, kgroups, out, acc_stride),
-                    1 => tile::<1, MLAL>(ap, bp, kgroups, out, acc_stride),
+                    4 => tile::<4, MLAL>(ap, bp, kgroups, out),
+                    3 => tile::<3, MLAL>(ap, bp, kgroups, out),
+                    2 => tile::<2, MLAL>(ap, bp, kgroups, out),
+                    1 => tile::<1, MLAL>(ap, bp, kgroups, out),
                     _ => {} // a panel with no real rows: nothing to compute
                 }
             }
@@ -108,19 +135,13 @@ unsafe fn block<const MLAL: bool>(args: BlockArgs<'_>) {
     }
 }
 
-/// `acc[r][0..4] += Σ_g A[r, g] · B[g]` for the first `R` rows of a panel.
+/// `Σ_g A[r, g] · B[g]` for the first `R` rows of a panel, delivered to `out`.
 ///
 /// # Safety
-/// NEON; `a` and `b` hold `kgroups` groups of 64 bytes, `out.acc` holds `R` rows of
-/// 4 i32 at `acc_stride`; with `MLAL`, no weight is −128.
+/// NEON; `a` and `b` hold `kgroups` groups of 64 bytes, `out` takes `R` rows of 4
+/// columns; with `MLAL`, no weight is −128.
 #[target_feature(enable = "neon")]
-unsafe fn tile<const R: usize, const MLAL: bool>(
-    a: *const i8,
-    b: *const i8,
-    kgroups: usize,
-    out: Out,
-    acc_stride: usize,
-) {
+unsafe fn tile<const R: usize, const MLAL: bool>(a: *const i8, b: *const i8, kgroups: usize, out: Out<'_>) {
     let mut c = [[vdupq_n_s32(0); NR]; R];
     for g in 0..kgroups {
         // SAFETY: group g lies within the panels (the function's contract); 16-byte
@@ -147,6 +168,6 @@ unsafe fn tile<const R: usize, const MLAL: bool>(
     for (r, cr) in c.iter().enumerate() {
         let sums = vpaddq_s32(vpaddq_s32(cr[0], cr[1]), vpaddq_s32(cr[2], cr[3]));
         // SAFETY: row r < R of the accumulator tile (the function's contract).
-        unsafe { out.put4(r * acc_stride, sums) };
+        unsafe { out.put4(r, 0, sums) };
     }
 }

@@ -22,7 +22,9 @@ use std::arch::aarch64::*;
 use std::arch::asm;
 
 use super::Out;
+use super::neon_epilogue::FusedStage;
 use crate::kernel::{AFormat, BlockArgs, Blocking, Kernel, Tile};
+use crate::output::EpilogueArgs;
 
 const MR: usize = 8;
 const NR: usize = 8;
@@ -43,21 +45,44 @@ static KERNEL: Kernel = {
     // SAFETY: the entry points touch memory only through the slices they get (checked
     // by `Kernel::block`/`epilogue`), and run only after `kernel()` detected dotprod.
     unsafe {
-        Kernel::new("8x8c4-neon-sdot", TILE, BLOCKING, block, super::neon_epilogue::epilogue)
+        Kernel::new("8x8c4-neon-sdot", TILE, BLOCKING, block_only, super::neon_epilogue::epilogue)
             .with_a_format(AFormat::FlippedI8)
+            .with_staged_block(block_staged)
     }
 };
 
-/// Every tile of the block: B panels outer (one stays in L1), A panels inner.
+/// # Safety
+/// As [`block`], without a stage.
+unsafe fn block_only(args: BlockArgs<'_>) {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { block(args, None) }
+}
+
+/// [`block`] on the last K block, with the output stage fused into each tile.
+///
+/// # Safety
+/// As [`block`], and `stage` passed `EpilogueArgs::check_output` for the block's rows
+/// (checked by `Kernel::block_with_stage`).
+unsafe fn block_staged(args: BlockArgs<'_>, stage: EpilogueArgs<'_>) {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { block(args, Some(stage)) }
+}
+
+/// Every tile of the block: B panels outer (one stays in L1), A panels inner; with a
+/// stage, each tile's sums go through it to the output.
 ///
 /// # Safety
 /// NEON and dotprod must be available, and the buffers must satisfy [`BlockArgs`]
 /// for this kernel (checked by `Kernel::block`).
 #[target_feature(enable = "neon,dotprod")]
-unsafe fn block(args: BlockArgs<'_>) {
+unsafe fn block(args: BlockArgs<'_>, stage: Option<EpilogueArgs<'_>>) {
     let BlockArgs { a, b, b_panel_stride, row_panels, rows, col_panels, kgroups, acc, acc_stride, accumulate } = args;
     let a_panel_bytes = kgroups * MR * KG;
+    // On the last K block of a fused call, each tile's sums go through the output
+    // stage to the output, one column panel's stage at a time.
+    let fused = stage.map(FusedStage::new);
     for jp in 0..col_panels {
+        let panel = fused.as_ref().map(|f| f.panel(jp * NR, NR));
         let b_panel = &b[jp * b_panel_stride..][..kgroups * NR * KG];
         for ip in 0..row_panels {
             let a_panel = &a[ip * a_panel_bytes..][..a_panel_bytes];
@@ -65,20 +90,20 @@ unsafe fn block(args: BlockArgs<'_>) {
             let acc_tile = &mut acc[ip * MR * acc_stride + jp * NR..];
             assert!(acc_tile.len() >= (real_rows.max(1) - 1) * acc_stride + NR, "accumulator tile");
             let (ap, bp) = (a_panel.as_ptr().cast::<i8>(), b_panel.as_ptr());
-            let out = Out { acc: acc_tile.as_mut_ptr(), accumulate };
+            let out = Out { acc: acc_tile.as_mut_ptr(), acc_stride, accumulate, stage: panel.as_ref(), row0: ip * MR };
             // SAFETY: dotprod is enabled here; the panels hold `kgroups` groups of this
             // kernel's layout (sliced just above) and the accumulator tile holds
             // `real_rows` rows of NR values at `acc_stride` (asserted just above).
             unsafe {
                 match real_rows {
-                    8 => tile::<8>(ap, bp, kgroups, out, acc_stride),
-                    7 => tile::<7>(ap, bp, kgroups, out, acc_stride),
-                    6 => tile::<6>(ap, bp, kgroups, out, acc_stride),
-                    5 => tile::<5>(ap, bp, kgroups, out, acc_stride),
-                    4 => tile::<4>(ap, bp, kgroups, out, acc_stride),
-                    3 => tile::<3>(ap, bp, kgroups, out, acc_stride),
-                    2 => tile::<2>(ap, bp, kgroups, out, acc_stride),
-                    1 => tile::<1>(ap, bp, kgroups, out, acc_stride),
+                    8 => tile::<8>(ap, bp, kgroups, out),
+                    7 => tile::<7>(ap, bp, kgroups, out),
+                    6 => tile::<6>(ap, bp, kgroups, out),
+                    5 => tile::<5>(ap, bp, kgroups, out),
+                    4 => tile::<4>(ap, bp, kgroups, out),
+                    3 => tile::<3>(ap, bp, kgroups, out),
+                    2 => tile::<2>(ap, bp, kgroups, out),
+                    1 => tile::<1>(ap, bp, kgroups, out),
                     _ => {} // a panel with no real rows: nothing to compute
                 }
             }
@@ -108,10 +133,10 @@ macro_rules! sdot {
 /// `acc[r][0..8] += Σ_g A[r, g] · B[g]` for the first `R` rows of a panel.
 ///
 /// # Safety
-/// NEON and dotprod; `a` and `b` hold `kgroups` groups of 32 bytes, `out.acc` holds
-/// `R` rows of 8 i32 at `acc_stride`.
+/// NEON and dotprod; `a` and `b` hold `kgroups` groups of 32 bytes, `out` takes `R` rows
+/// of 8 columns.
 #[target_feature(enable = "neon,dotprod")]
-unsafe fn tile<const R: usize>(a: *const i8, b: *const i8, kgroups: usize, out: Out, acc_stride: usize) {
+unsafe fn tile<const R: usize>(a: *const i8, b: *const i8, kgroups: usize, out: Out<'_>) {
     let mut c = [[vdupq_n_s32(0); 2]; MR];
     for g in 0..kgroups {
         // SAFETY: group g lies within the panels (the function's contract); the second
@@ -142,8 +167,8 @@ unsafe fn tile<const R: usize>(a: *const i8, b: *const i8, kgroups: usize, out: 
     for (r, cr) in c.iter().enumerate().take(R) {
         // SAFETY: row r < R of the accumulator tile (the function's contract).
         unsafe {
-            out.put4(r * acc_stride, cr[0]);
-            out.put4(r * acc_stride + 4, cr[1]);
+            out.put4(r, 0, cr[0]);
+            out.put4(r, 4, cr[1]);
         }
     }
 }

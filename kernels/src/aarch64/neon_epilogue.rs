@@ -39,20 +39,46 @@ enum Kind {
     Single,
 }
 
+impl Kind {
+    fn of(stage: &OutputStage<'_>) -> Kind {
+        match stage.requant.map(|r| r.scheme) {
+            None => Kind::Raw,
+            Some(Scheme::Float { .. }) => Kind::Float,
+            Some(Scheme::FixedPoint { rounding: Rounding::DoubleTiesAway, .. }) => Kind::TiesAway,
+            Some(Scheme::FixedPoint { rounding: Rounding::DoubleHalfUp, .. }) => Kind::HalfUp,
+            Some(Scheme::FixedPoint { rounding: Rounding::Single, .. }) => Kind::Single,
+        }
+    }
+}
+
+/// Whether some weight zero point of the block's columns is nonzero (then the row
+/// sums take part in the correction).
+fn any_b_zp(args: &EpilogueArgs<'_>) -> bool {
+    args.zero_points.b_zp[..args.cols].iter().any(|&z| z != 0)
+}
+
+/// The output zero point and clamp bounds.
+#[derive(Clone, Copy)]
+struct Bounds {
+    zero_point: i32,
+    min: i32,
+    max: i32,
+}
+
+impl Bounds {
+    fn of(r: &Requant<'_>) -> Bounds {
+        Bounds { zero_point: r.zero_point, min: r.min, max: r.max }
+    }
+}
+
 /// The epilogue.
 ///
 /// # Safety
 /// NEON must be available, and `args` must pass `EpilogueArgs::check` (checked by
 /// `Kernel::epilogue`).
 pub(crate) unsafe fn epilogue(args: EpilogueArgs<'_>) {
-    let kind = match args.stage.requant.map(|r| r.scheme) {
-        None => Kind::Raw,
-        Some(Scheme::Float { .. }) => Kind::Float,
-        Some(Scheme::FixedPoint { rounding: Rounding::DoubleTiesAway, .. }) => Kind::TiesAway,
-        Some(Scheme::FixedPoint { rounding: Rounding::DoubleHalfUp, .. }) => Kind::HalfUp,
-        Some(Scheme::FixedPoint { rounding: Rounding::Single, .. }) => Kind::Single,
-    };
-    let b_zp = args.zero_points.b_zp[..args.cols].iter().any(|&z| z != 0);
+    let kind = Kind::of(&args.stage);
+    let b_zp = any_b_zp(&args);
     // u8 and i8 narrow alike once clamped, so the instances differ in the scheme and
     // in whether the row sums take part.
     macro_rules! with_kind {
@@ -70,20 +96,28 @@ pub(crate) unsafe fn epilogue(args: EpilogueArgs<'_>) {
     with_kind!(Raw, Float, TiesAway, HalfUp, Single)
 }
 
-/// The per-column values of one chunk, lanes past its width zero.
-struct Columns {
+/// The per-column values of `N` columns (a chunk, or one panel of a tile), lanes past
+/// the real columns zero.
+struct Columns<const N: usize> {
     /// `a_zp·col_offset + bias`, wrapping.
-    terms: [i32; CHUNK],
-    b_zp: [i32; CHUNK],
+    terms: [i32; N],
+    b_zp: [i32; N],
     /// Float: the scale's bits. Fixed point: the multiplier.
-    multiplier: [i32; CHUNK],
+    multiplier: [i32; N],
     /// Double rounding: the left shift. Single: −(31 − shift).
-    left: [i32; CHUNK],
+    left: [i32; N],
     /// Double rounding: −(right shift).
-    neg_right: [i32; CHUNK],
+    neg_right: [i32; N],
 }
 
-impl Columns {
+impl<const N: usize> Columns<N> {
+    fn new() -> Columns<N> {
+        Columns { terms: [0; N], b_zp: [0; N], multiplier: [0; N], left: [0; N], neg_right: [0; N] }
+    }
+
+    /// Columns `c0..c0 + width` of the block (`width ≤ N`), into lanes `0..width`; the
+    /// lanes up to the next multiple of 8 are zeroed (vectors read them), the rest
+    /// are left as they were.
     fn fill(&mut self, zp: &ZeroPoints<'_>, stage: &OutputStage<'_>, c0: usize, width: usize) {
         let (scale, multiplier, shift) = match stage.requant.map(|r| r.scheme) {
             Some(Scheme::Float { scale }) => (Some(scale), None, None),
@@ -92,7 +126,7 @@ impl Columns {
         };
         let single =
             matches!(stage.requant.map(|r| r.scheme), Some(Scheme::FixedPoint { rounding: Rounding::Single, .. }));
-        for j in 0..CHUNK {
+        for j in 0..width.next_multiple_of(8).min(N) {
             let c = c0 + j;
             let real = j < width;
             let offset = if real { zp.col_offsets[c].wrapping_mul(zp.a_zp) } else { 0 };
@@ -119,10 +153,10 @@ impl Columns {
 /// Loads 4 i32 from `v[j..]`.
 ///
 /// # Safety
-/// `j + 4 ≤ CHUNK`.
+/// `j + 4 ≤ N`.
 #[inline(always)]
-unsafe fn lane4(v: &[i32; CHUNK], j: usize) -> int32x4_t {
-    debug_assert!(j + 4 <= CHUNK);
+unsafe fn lane4<const N: usize>(v: &[i32; N], j: usize) -> int32x4_t {
+    debug_assert!(j + 4 <= N);
     // SAFETY: the caller keeps j + 4 within the array.
     unsafe { vld1q_s32(v.as_ptr().add(j)) }
 }
@@ -131,10 +165,15 @@ unsafe fn lane4(v: &[i32; CHUNK], j: usize) -> int32x4_t {
 /// accumulators at columns `j..j + 4` of the chunk.
 ///
 /// # Safety
-/// `j + 4 ≤ CHUNK`.
+/// `j + 4 ≤ N`.
 #[inline]
 #[target_feature(enable = "neon")]
-unsafe fn requantize<const KIND: u8>(v: int32x4_t, cols: &Columns, j: usize, r: &Requant<'_>) -> int32x4_t {
+unsafe fn requantize<const KIND: u8, const N: usize>(
+    v: int32x4_t,
+    cols: &Columns<N>,
+    j: usize,
+    r: Bounds,
+) -> int32x4_t {
     // SAFETY: forwarded from this function's contract.
     let (m, left, neg_right) = unsafe { (lane4(&cols.multiplier, j), lane4(&cols.left, j), lane4(&cols.neg_right, j)) };
     let zp = vdupq_n_s32(r.zero_point);
@@ -171,13 +210,7 @@ unsafe fn requantize<const KIND: u8>(v: int32x4_t, cols: &Columns, j: usize, r: 
 /// As [`epilogue`].
 #[target_feature(enable = "neon")]
 unsafe fn run<const KIND: u8, const B_ZP: bool>(args: EpilogueArgs<'_>) {
-    let mut cols = Columns {
-        terms: [0; CHUNK],
-        b_zp: [0; CHUNK],
-        multiplier: [0; CHUNK],
-        left: [0; CHUNK],
-        neg_right: [0; CHUNK],
-    };
+    let mut cols = Columns::<CHUNK>::new();
     let EpilogueArgs { acc, acc_stride, rows, cols: ncols, row_sums, zero_points, stage, mut out, out_stride } = args;
     let requant = stage.requant;
     // Raw destination pointers: every store below lies within the first
@@ -229,10 +262,11 @@ unsafe fn run<const KIND: u8, const B_ZP: bool>(args: EpilogueArgs<'_>) {
                     }
                     continue;
                 }
-                let Some(r) = requant else { unreachable!("checked by EpilogueArgs::check") };
+                let Some(r) = requant.as_ref().map(Bounds::of) else { unreachable!("checked by EpilogueArgs::check") };
                 // SAFETY: j + 8 ≤ CHUNK (see the loop).
-                let (q0, q1) =
-                    unsafe { (requantize::<KIND>(v0, &cols, j, &r), requantize::<KIND>(v1, &cols, j + 4, &r)) };
+                let (q0, q1) = unsafe {
+                    (requantize::<KIND, CHUNK>(v0, &cols, j, r), requantize::<KIND, CHUNK>(v1, &cols, j + 4, r))
+                };
                 // The values lie within [min, max] ⊂ the output type: plain narrowing.
                 let q8 = vreinterpret_u8_s8(vmovn_s16(vcombine_s16(vmovn_s32(q0), vmovn_s32(q1))));
                 // SAFETY: the destination holds `n` bytes at `dst + j` (see
@@ -246,6 +280,115 @@ unsafe fn run<const KIND: u8, const B_ZP: bool>(args: EpilogueArgs<'_>) {
                         std::ptr::copy_nonoverlapping(bytes.as_ptr(), out_bytes.add(dst + j), n);
                     }
                 }
+            }
+        }
+    }
+}
+
+/// The output stage of a kernel that applies it to each tile in registers (see
+/// `Kernel::block_with_stage`): what is fixed for the call, with raw pointers to the
+/// output.
+pub(crate) struct FusedStage<'a> {
+    zero_points: ZeroPoints<'a>,
+    stage: OutputStage<'a>,
+    row_sums: &'a [i32],
+    cols: usize,
+    kind: Kind,
+    b_zp: bool,
+    bounds: Bounds,
+    out_i32: *mut i32,
+    out_bytes: *mut u8,
+    out_stride: usize,
+}
+
+impl<'a> FusedStage<'a> {
+    /// Takes over the output of `args`, which `EpilogueArgs::check_output` accepted.
+    pub(crate) fn new(args: EpilogueArgs<'a>) -> FusedStage<'a> {
+        let (kind, b_zp) = (Kind::of(&args.stage), any_b_zp(&args));
+        let bounds = args.stage.requant.as_ref().map_or(Bounds { zero_point: 0, min: 0, max: 0 }, Bounds::of);
+        let EpilogueArgs { cols, row_sums, zero_points, stage, mut out, out_stride, .. } = args;
+        let (out_i32, out_bytes) = match &mut out {
+            OutData::I32(o) => (o.as_mut_ptr(), std::ptr::null_mut()),
+            OutData::U8(o) => (std::ptr::null_mut(), o.as_mut_ptr()),
+            OutData::I8(o) => (std::ptr::null_mut(), o.as_mut_ptr().cast::<u8>()),
+        };
+        FusedStage { zero_points, stage, row_sums, cols, kind, b_zp, bounds, out_i32, out_bytes, out_stride }
+    }
+
+    /// The stage of the columns `c0..c0 + nr` (`nr ≤ 8`) of one column panel.
+    pub(crate) fn panel(&self, c0: usize, nr: usize) -> PanelStage<'_> {
+        let width = self.cols.saturating_sub(c0).min(nr);
+        let mut cols = Columns::<8>::new();
+        cols.fill(&self.zero_points, &self.stage, c0, width);
+        PanelStage {
+            cols,
+            width,
+            out_i32: self.out_i32.wrapping_add(c0),
+            out_bytes: self.out_bytes.wrapping_add(c0),
+            fused: self,
+        }
+    }
+}
+
+/// The output stage of one column panel: its columns' values, and where its output
+/// starts.
+pub(crate) struct PanelStage<'a> {
+    cols: Columns<8>,
+    /// Real columns of the panel (the stage may end inside it).
+    width: usize,
+    out_i32: *mut i32,
+    out_bytes: *mut u8,
+    fused: &'a FusedStage<'a>,
+}
+
+impl PanelStage<'_> {
+    /// Corrects, requantizes and stores the sums of columns `c..c + 4` of the panel in
+    /// output row `row`: the stores stop at the stage's last column.
+    ///
+    /// # Safety
+    /// NEON; `row` below the stage's rows, `c + 4 ≤ 8`. The output then holds every
+    /// element stored (`EpilogueArgs::check_output` checked the stage's rows and
+    /// columns).
+    #[inline]
+    #[target_feature(enable = "neon")]
+    pub(crate) unsafe fn store4(&self, row: usize, c: usize, sums: int32x4_t) {
+        if c >= self.width {
+            return;
+        }
+        let n = (self.width - c).min(4);
+        let f = self.fused;
+        let at = row * f.out_stride + c;
+        // SAFETY: c + 4 ≤ 8 lanes of the column arrays; the row sums hold the stage's
+        // rows; every store covers `n` elements of row `row` from column `c` of the
+        // panel, inside the output (this function's contract).
+        unsafe {
+            let mut v = vaddq_s32(sums, lane4(&self.cols.terms, c));
+            if f.b_zp {
+                v = vmlsq_s32(v, lane4(&self.cols.b_zp, c), vdupq_n_s32(f.row_sums[row]));
+            }
+            let q = match f.kind {
+                Kind::Raw => {
+                    if n == 4 {
+                        vst1q_s32(self.out_i32.add(at), v);
+                    } else {
+                        let mut vals = [0i32; 4];
+                        vst1q_s32(vals.as_mut_ptr(), v);
+                        std::ptr::copy_nonoverlapping(vals.as_ptr(), self.out_i32.add(at), n);
+                    }
+                    return;
+                }
+                Kind::Float => requantize::<{ Kind::Float as u8 }, 8>(v, &self.cols, c, f.bounds),
+                Kind::TiesAway => requantize::<{ Kind::TiesAway as u8 }, 8>(v, &self.cols, c, f.bounds),
+                Kind::HalfUp => requantize::<{ Kind::HalfUp as u8 }, 8>(v, &self.cols, c, f.bounds),
+                Kind::Single => requantize::<{ Kind::Single as u8 }, 8>(v, &self.cols, c, f.bounds),
+            };
+            // Within [min, max] ⊂ the output type: plain narrowing, 4 bytes.
+            let q16 = vmovn_s32(q);
+            let bytes = vget_lane_u32::<0>(vreinterpret_u32_s8(vmovn_s16(vcombine_s16(q16, q16))));
+            if n == 4 {
+                self.out_bytes.add(at).cast::<u32>().write_unaligned(bytes);
+            } else {
+                std::ptr::copy_nonoverlapping(bytes.to_le_bytes().as_ptr(), self.out_bytes.add(at), n);
             }
         }
     }

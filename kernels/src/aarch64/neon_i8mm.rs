@@ -25,7 +25,9 @@ use std::arch::aarch64::*;
 use std::arch::asm;
 
 use super::Out;
+use super::neon_epilogue::FusedStage;
 use crate::kernel::{BlockArgs, Blocking, Kernel, Tile};
+use crate::output::EpilogueArgs;
 
 const MR: usize = 8;
 const NR: usize = 8;
@@ -45,19 +47,44 @@ pub fn kernel() -> Option<&'static Kernel> {
 static KERNEL: Kernel = {
     // SAFETY: the entry points touch memory only through the slices they get (checked
     // by `Kernel::block`/`epilogue`), and run only after `kernel()` detected i8mm.
-    unsafe { Kernel::new("8x8c8-neon-usmmla", TILE, BLOCKING, block, super::neon_epilogue::epilogue) }
+    unsafe {
+        Kernel::new("8x8c8-neon-usmmla", TILE, BLOCKING, block_only, super::neon_epilogue::epilogue)
+            .with_staged_block(block_staged)
+    }
 };
 
-/// Every tile of the block: B panels outer (one stays in L1), A panels inner.
+/// # Safety
+/// As [`block`], without a stage.
+unsafe fn block_only(args: BlockArgs<'_>) {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { block(args, None) }
+}
+
+/// [`block`] on the last K block, with the output stage fused into each tile.
+///
+/// # Safety
+/// As [`block`], and `stage` passed `EpilogueArgs::check_output` for the block's rows
+/// (checked by `Kernel::block_with_stage`).
+unsafe fn block_staged(args: BlockArgs<'_>, stage: EpilogueArgs<'_>) {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { block(args, Some(stage)) }
+}
+
+/// Every tile of the block: B panels outer (one stays in L1), A panels inner; with a
+/// stage, each tile's sums go through it to the output.
 ///
 /// # Safety
 /// NEON and i8mm must be available, and the buffers must satisfy [`BlockArgs`] for
 /// this kernel (checked by `Kernel::block`).
 #[target_feature(enable = "neon,i8mm")]
-unsafe fn block(args: BlockArgs<'_>) {
+unsafe fn block(args: BlockArgs<'_>, stage: Option<EpilogueArgs<'_>>) {
     let BlockArgs { a, b, b_panel_stride, row_panels, rows, col_panels, kgroups, acc, acc_stride, accumulate } = args;
     let a_panel_bytes = kgroups * MR * KG;
+    // On the last K block of a fused call, each tile's sums go through the output
+    // stage to the output, one column panel's stage at a time.
+    let fused = stage.map(FusedStage::new);
     for jp in 0..col_panels {
+        let panel = fused.as_ref().map(|f| f.panel(jp * NR, NR));
         let b_panel = &b[jp * b_panel_stride..][..kgroups * NR * KG];
         for ip in 0..row_panels {
             let a_panel = &a[ip * a_panel_bytes..][..a_panel_bytes];
@@ -65,20 +92,20 @@ unsafe fn block(args: BlockArgs<'_>) {
             let acc_tile = &mut acc[ip * MR * acc_stride + jp * NR..];
             assert!(acc_tile.len() >= (real_rows.max(1) - 1) * acc_stride + NR, "accumulator tile");
             let (ap, bp) = (a_panel.as_ptr(), b_panel.as_ptr());
-            let out = Out { acc: acc_tile.as_mut_ptr(), accumulate };
+            let out = Out { acc: acc_tile.as_mut_ptr(), acc_stride, accumulate, stage: panel.as_ref(), row0: ip * MR };
             // SAFETY: i8mm is enabled here; the panels hold `kgroups` groups of this
             // kernel's layout (sliced just above) and the accumulator tile holds
             // `real_rows` rows of NR values at `acc_stride` (asserted just above).
             unsafe {
                 match real_rows {
-                    8 => tile::<8>(ap, bp, kgroups, out, acc_stride),
-                    7 => tile::<7>(ap, bp, kgroups, out, acc_stride),
-                    6 => tile::<6>(ap, bp, kgroups, out, acc_stride),
-                    5 => tile::<5>(ap, bp, kgroups, out, acc_stride),
-                    4 => tile::<4>(ap, bp, kgroups, out, acc_stride),
-                    3 => tile::<3>(ap, bp, kgroups, out, acc_stride),
-                    2 => tile::<2>(ap, bp, kgroups, out, acc_stride),
-                    1 => tile::<1>(ap, bp, kgroups, out, acc_stride),
+                    8 => tile::<8>(ap, bp, kgroups, out),
+                    7 => tile::<7>(ap, bp, kgroups, out),
+                    6 => tile::<6>(ap, bp, kgroups, out),
+                    5 => tile::<5>(ap, bp, kgroups, out),
+                    4 => tile::<4>(ap, bp, kgroups, out),
+                    3 => tile::<3>(ap, bp, kgroups, out),
+                    2 => tile::<2>(ap, bp, kgroups, out),
+                    1 => tile::<1>(ap, bp, kgroups, out),
                     _ => {} // a panel with no real rows: nothing to compute
                 }
             }
@@ -107,10 +134,10 @@ macro_rules! usmmla {
 /// `acc[r][0..8] += Σ_g A[r, g] · B[g]` for the first `R` rows of a panel.
 ///
 /// # Safety
-/// NEON and i8mm; `a` and `b` hold `kgroups` groups of 64 bytes, `out.acc` holds `R`
-/// rows of 8 i32 at `acc_stride`.
+/// NEON and i8mm; `a` and `b` hold `kgroups` groups of 64 bytes, `out` takes `R` rows of
+/// 8 columns.
 #[target_feature(enable = "neon,i8mm")]
-unsafe fn tile<const R: usize>(a: *const u8, b: *const i8, kgroups: usize, out: Out, acc_stride: usize) {
+unsafe fn tile<const R: usize>(a: *const u8, b: *const i8, kgroups: usize, out: Out<'_>) {
     let mut c = [[vdupq_n_s32(0); 4]; 4];
     for g in 0..kgroups {
         // SAFETY: group g lies within the panels (the function's contract).
@@ -146,11 +173,11 @@ unsafe fn tile<const R: usize>(a: *const u8, b: *const i8, kgroups: usize, out: 
         // SAFETY: rows 2p (and 2p + 1, when below R) of the accumulator tile (the
         // function's contract).
         unsafe {
-            out.put4(2 * p * acc_stride, first[0]);
-            out.put4(2 * p * acc_stride + 4, first[1]);
+            out.put4(2 * p, 0, first[0]);
+            out.put4(2 * p, 4, first[1]);
             if 2 * p + 1 < R {
-                out.put4((2 * p + 1) * acc_stride, second[0]);
-                out.put4((2 * p + 1) * acc_stride + 4, second[1]);
+                out.put4(2 * p + 1, 0, second[0]);
+                out.put4(2 * p + 1, 4, second[1]);
             }
         }
     }
