@@ -30,7 +30,8 @@
 //! B was packed once, whole, at weight-load time, so blocking over K and N only moves
 //! the starting point within its panels. The accumulators of one `mc × nc` block live
 //! in scratch across the K loop; the output stage runs on each strip of rows as soon
-//! as its last K block is done, while it is in cache, and the output is written
+//! as its last K block is done (inside each tile, on its registers, for kernels that
+//! fuse it; else over the strip while it is in cache), and the output is written
 //! exactly once.
 
 use crate::kernel::{BlockArgs, Kernel};
@@ -280,11 +281,11 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
             let last = k_blocks - 1;
             let (g_last, groups_last, last_offset) = (last * kc_groups, groups_of(last), offset(last));
             pack_now(last, a_pack, row_sums);
-            // The last K block a strip of row panels at a time, each strip followed at
-            // once by the output stage of its rows while their accumulators are still
-            // in cache: the output stage is fused per strip, never a pass over a large
-            // block. A strip's packed A fits in 16 KiB, so each B panel slice is read
-            // once per strip from L1.
+            // The last K block a strip of row panels at a time, with the output stage
+            // of its rows: fused into each tile where the kernel can, else straight
+            // after the strip while its accumulators are still in cache; never a pass
+            // over a large block. A strip's packed A fits in 16 KiB, so each B panel
+            // slice is read once per strip from L1.
             let a_panel_bytes = groups_last * tile.mr * tile.kg * format.bytes();
             let strip_panels = (STRIP_A_BYTES / a_panel_bytes.max(1)).clamp(1, row_panels);
             for ip in (0..row_panels).step_by(strip_panels) {
