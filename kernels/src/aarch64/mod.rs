@@ -38,22 +38,35 @@ pub(crate) struct Out<'s> {
 }
 
 impl Out<'_> {
-    /// Delivers the sums of row `r`, columns `c..c + 4` of the tile.
+    /// Delivers a tile's sums, `rows[r][v]` holding row `r`, columns `4v..4v + 4`:
+    /// added to (or stored in) its accumulators, or, with a stage, through the stage
+    /// to the output, in one call per tile.
     ///
     /// # Safety
-    /// NEON; the accumulators hold row `r`, columns `c..c + 4`; with a stage, row
-    /// `row0 + r` is one of its rows and `c + 4 ≤ 8`.
+    /// NEON; the accumulators hold `rows.len() ≤ 8` rows of `4·V ≤ 8` columns; with a
+    /// stage, rows `row0..row0 + rows.len()` are among its rows.
     #[inline(always)]
-    pub unsafe fn put4(self, r: usize, c: usize, sums: int32x4_t) {
-        // SAFETY: the caller guarantees the accumulators and the stage's row (NEON
-        // loads and stores need no alignment beyond the element's).
-        unsafe {
-            let at = self.acc.add(r * self.acc_stride + c);
-            let value = if self.accumulate { vaddq_s32(vld1q_s32(at), sums) } else { sums };
-            match self.stage {
-                None => vst1q_s32(at, value),
-                Some(stage) => stage.store4(self.row0 + r, c, value),
+    pub unsafe fn finish<const V: usize>(self, rows: &[[int32x4_t; V]]) {
+        // SAFETY: NEON is part of the target (the function's contract); a constant.
+        let zero = unsafe { vdupq_n_s32(0) };
+        let mut staged = [[zero; 2]; 8];
+        for (r, row) in rows.iter().enumerate() {
+            for (v, &sums) in row.iter().enumerate() {
+                // SAFETY: row r, columns 4v..4v + 4 of the accumulators (the contract);
+                // NEON loads and stores need no alignment beyond the element's.
+                unsafe {
+                    let at = self.acc.add(r * self.acc_stride + 4 * v);
+                    let value = if self.accumulate { vaddq_s32(vld1q_s32(at), sums) } else { sums };
+                    match self.stage {
+                        None => vst1q_s32(at, value),
+                        Some(_) => staged[r][v] = value,
+                    }
+                }
             }
+        }
+        if let Some(stage) = self.stage {
+            // SAFETY: the stage's rows include these (the contract), V ≤ 2.
+            unsafe { stage.store_tile(self.row0, &staged[..rows.len()], V) }
         }
     }
 }

@@ -165,9 +165,8 @@ unsafe fn tile<const R: usize, const MLAL: bool>(a: *const i8, b: *const i8, kgr
             }
         }
     }
-    for (r, cr) in c.iter().enumerate() {
-        let sums = vpaddq_s32(vpaddq_s32(cr[0], cr[1]), vpaddq_s32(cr[2], cr[3]));
-        // SAFETY: row r < R of the accumulator tile (the function's contract).
-        unsafe { out.put4(r, 0, sums) };
-    }
+    // Each row's four columns, folded from their four lanes each.
+    let rows = c.map(|cr| [vpaddq_s32(vpaddq_s32(cr[0], cr[1]), vpaddq_s32(cr[2], cr[3]))]);
+    // SAFETY: R rows of 4 columns (the function's contract).
+    unsafe { out.finish(&rows) };
 }

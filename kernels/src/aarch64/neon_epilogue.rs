@@ -342,16 +342,50 @@ pub(crate) struct PanelStage<'a> {
 }
 
 impl PanelStage<'_> {
-    /// Corrects, requantizes and stores the sums of columns `c..c + 4` of the panel in
-    /// output row `row`: the stores stop at the stage's last column.
+    /// Corrects, requantizes and stores a tile's sums: `rows[r][v]` holds output row
+    /// `row0 + r`, columns `4v..4v + 4` of the panel; the stores stop at the stage's
+    /// last column. One call per tile, the scheme matched once.
     ///
     /// # Safety
-    /// NEON; `row` below the stage's rows, `c + 4 ≤ 8`. The output then holds every
-    /// element stored (`EpilogueArgs::check_output` checked the stage's rows and
-    /// columns).
+    /// NEON; rows `row0..row0 + rows.len()` among the stage's rows, `vectors ≤ 2`. The
+    /// output then holds every element stored (`EpilogueArgs::check_output` checked
+    /// the stage's rows and columns).
+    #[target_feature(enable = "neon")]
+    pub(crate) unsafe fn store_tile(&self, row0: usize, rows: &[[int32x4_t; 2]], vectors: usize) {
+        // SAFETY: forwarded from this function's contract.
+        unsafe {
+            match self.fused.kind {
+                Kind::Raw => self.store_rows::<{ Kind::Raw as u8 }>(row0, rows, vectors),
+                Kind::Float => self.store_rows::<{ Kind::Float as u8 }>(row0, rows, vectors),
+                Kind::TiesAway => self.store_rows::<{ Kind::TiesAway as u8 }>(row0, rows, vectors),
+                Kind::HalfUp => self.store_rows::<{ Kind::HalfUp as u8 }>(row0, rows, vectors),
+                Kind::Single => self.store_rows::<{ Kind::Single as u8 }>(row0, rows, vectors),
+            }
+        }
+    }
+
+    /// [`PanelStage::store_tile`] for one scheme.
+    ///
+    /// # Safety
+    /// As [`PanelStage::store_tile`].
     #[inline]
     #[target_feature(enable = "neon")]
-    pub(crate) unsafe fn store4(&self, row: usize, c: usize, sums: int32x4_t) {
+    unsafe fn store_rows<const KIND: u8>(&self, row0: usize, rows: &[[int32x4_t; 2]], vectors: usize) {
+        for (r, row) in rows.iter().enumerate() {
+            for (v, &sums) in row.iter().enumerate().take(vectors) {
+                // SAFETY: forwarded from this function's contract; 4v + 4 ≤ 8.
+                unsafe { self.store4::<KIND>(row0 + r, 4 * v, sums) };
+            }
+        }
+    }
+
+    /// Columns `c..c + 4` of the panel in output row `row`.
+    ///
+    /// # Safety
+    /// NEON; `row` among the stage's rows, `c + 4 ≤ 8`.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn store4<const KIND: u8>(&self, row: usize, c: usize, sums: int32x4_t) {
         if c >= self.width {
             return;
         }
@@ -366,22 +400,17 @@ impl PanelStage<'_> {
             if f.b_zp {
                 v = vmlsq_s32(v, lane4(&self.cols.b_zp, c), vdupq_n_s32(f.row_sums[row]));
             }
-            let q = match f.kind {
-                Kind::Raw => {
-                    if n == 4 {
-                        vst1q_s32(self.out_i32.add(at), v);
-                    } else {
-                        let mut vals = [0i32; 4];
-                        vst1q_s32(vals.as_mut_ptr(), v);
-                        std::ptr::copy_nonoverlapping(vals.as_ptr(), self.out_i32.add(at), n);
-                    }
-                    return;
+            if KIND == Kind::Raw as u8 {
+                if n == 4 {
+                    vst1q_s32(self.out_i32.add(at), v);
+                } else {
+                    let mut vals = [0i32; 4];
+                    vst1q_s32(vals.as_mut_ptr(), v);
+                    std::ptr::copy_nonoverlapping(vals.as_ptr(), self.out_i32.add(at), n);
                 }
-                Kind::Float => requantize::<{ Kind::Float as u8 }, 8>(v, &self.cols, c, f.bounds),
-                Kind::TiesAway => requantize::<{ Kind::TiesAway as u8 }, 8>(v, &self.cols, c, f.bounds),
-                Kind::HalfUp => requantize::<{ Kind::HalfUp as u8 }, 8>(v, &self.cols, c, f.bounds),
-                Kind::Single => requantize::<{ Kind::Single as u8 }, 8>(v, &self.cols, c, f.bounds),
-            };
+                return;
+            }
+            let q = requantize::<KIND, 8>(v, &self.cols, c, f.bounds);
             // Within [min, max] ⊂ the output type: plain narrowing, 4 bytes.
             let q16 = vmovn_s32(q);
             let bytes = vget_lane_u32::<0>(vreinterpret_u32_s8(vmovn_s16(vcombine_s16(q16, q16))));

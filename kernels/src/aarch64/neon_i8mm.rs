@@ -164,21 +164,14 @@ unsafe fn tile<const R: usize>(a: *const u8, b: *const i8, kgroups: usize, out: 
         pair!(2);
         pair!(3);
     }
+    // Row 2p is the low half of each 2 × 2 block of pair p, row 2p + 1 the high half.
+    let mut rows = [[vdupq_n_s32(0); 2]; MR];
     for (p, cp) in c.iter().enumerate().take(R.div_ceil(2)) {
         let (q0, q1) = (vreinterpretq_s64_s32(cp[0]), vreinterpretq_s64_s32(cp[1]));
         let (q2, q3) = (vreinterpretq_s64_s32(cp[2]), vreinterpretq_s64_s32(cp[3]));
-        // Row 2p is the low half of each 2 × 2 block, row 2p + 1 the high half.
-        let first = [vreinterpretq_s32_s64(vtrn1q_s64(q0, q1)), vreinterpretq_s32_s64(vtrn1q_s64(q2, q3))];
-        let second = [vreinterpretq_s32_s64(vtrn2q_s64(q0, q1)), vreinterpretq_s32_s64(vtrn2q_s64(q2, q3))];
-        // SAFETY: rows 2p (and 2p + 1, when below R) of the accumulator tile (the
-        // function's contract).
-        unsafe {
-            out.put4(2 * p, 0, first[0]);
-            out.put4(2 * p, 4, first[1]);
-            if 2 * p + 1 < R {
-                out.put4(2 * p + 1, 0, second[0]);
-                out.put4(2 * p + 1, 4, second[1]);
-            }
-        }
+        rows[2 * p] = [vreinterpretq_s32_s64(vtrn1q_s64(q0, q1)), vreinterpretq_s32_s64(vtrn1q_s64(q2, q3))];
+        rows[2 * p + 1] = [vreinterpretq_s32_s64(vtrn2q_s64(q0, q1)), vreinterpretq_s32_s64(vtrn2q_s64(q2, q3))];
     }
+    // SAFETY: R rows of 8 columns (the function's contract).
+    unsafe { out.finish(&rows[..R]) };
 }
