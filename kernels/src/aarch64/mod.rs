@@ -19,7 +19,10 @@ pub mod neon_i8mm;
 
 use std::arch::aarch64::*;
 
-use neon_epilogue::PanelStage;
+use neon_epilogue::{FusedStage, PanelStage};
+
+use crate::kernel::{BlockArgs, Tile};
+use crate::output::EpilogueArgs;
 
 /// Where a tile's sums go: added to (or stored in) its accumulators, or, on the last K
 /// block of a fused call, through the output stage to the output.
@@ -67,6 +70,55 @@ impl Out<'_> {
         if let Some(stage) = self.stage {
             // SAFETY: the stage's rows include these (the contract), V ≤ 2.
             unsafe { stage.store_tile(self.row0, &staged[..rows.len()], V) }
+        }
+    }
+}
+
+/// One tile of a block, as [`for_each_tile`] hands it to a kernel.
+pub(crate) struct TileJob<'s> {
+    /// The tile's panel of packed A: `kgroups` groups of `mr × kg` values.
+    pub a: *const u8,
+    /// The tile's panel of packed B: `kgroups` groups of `nr × kg` values.
+    pub b: *const i8,
+    pub kgroups: usize,
+    /// Real rows of the panel (1..=mr).
+    pub rows: usize,
+    /// Where its sums go.
+    pub out: Out<'s>,
+}
+
+/// The loop every NEON kernel runs over a block (see [`BlockArgs`]): B panels outer
+/// (one stays in L1), A panels inner, panels without real rows skipped. With a stage
+/// (the last K block of a fused call), each tile's sums go through the output stage
+/// of its column panel to the output.
+///
+/// Every [`TileJob`] it hands out is sound for a tile function of `tile`'s layout: its
+/// panels hold `kgroups` groups (sliced here) and its `out` covers `rows` rows of
+/// `nr` accumulators at `acc_stride` (asserted here), and the stage's rows.
+#[inline(always)]
+pub(crate) fn for_each_tile(
+    tile: Tile,
+    args: BlockArgs<'_>,
+    stage: Option<EpilogueArgs<'_>>,
+    mut run: impl FnMut(TileJob<'_>),
+) {
+    let Tile { mr, nr, kg } = tile;
+    let BlockArgs { a, b, b_panel_stride, row_panels, rows, col_panels, kgroups, acc, acc_stride, accumulate } = args;
+    let a_panel_bytes = kgroups * mr * kg;
+    let fused = stage.map(FusedStage::new);
+    for jp in 0..col_panels {
+        let panel = fused.as_ref().map(|f| f.panel(jp * nr, nr));
+        let b_panel = &b[jp * b_panel_stride..][..kgroups * nr * kg];
+        for ip in 0..row_panels {
+            let a_panel = &a[ip * a_panel_bytes..][..a_panel_bytes];
+            let real_rows = rows.saturating_sub(ip * mr).min(mr);
+            if real_rows == 0 {
+                continue; // a panel with no real rows: nothing to compute
+            }
+            let acc_tile = &mut acc[ip * mr * acc_stride + jp * nr..];
+            assert!(acc_tile.len() >= (real_rows - 1) * acc_stride + nr, "accumulator tile");
+            let out = Out { acc: acc_tile.as_mut_ptr(), acc_stride, accumulate, stage: panel.as_ref(), row0: ip * mr };
+            run(TileJob { a: a_panel.as_ptr(), b: b_panel.as_ptr(), kgroups, rows: real_rows, out });
         }
     }
 }

@@ -29,8 +29,7 @@
 
 use std::arch::aarch64::*;
 
-use super::Out;
-use super::neon_epilogue::FusedStage;
+use super::{Out, for_each_tile};
 use crate::kernel::{AFormat, BlockArgs, Blocking, FastWhen, Kernel, Tile};
 use crate::output::EpilogueArgs;
 
@@ -104,35 +103,19 @@ unsafe fn block_mlal_staged(args: BlockArgs<'_>, stage: EpilogueArgs<'_>) {
 /// As [`block_mull`] (`!MLAL`) or [`block_mlal`].
 #[target_feature(enable = "neon")]
 unsafe fn block<const MLAL: bool>(args: BlockArgs<'_>, stage: Option<EpilogueArgs<'_>>) {
-    let BlockArgs { a, b, b_panel_stride, row_panels, rows, col_panels, kgroups, acc, acc_stride, accumulate } = args;
-    let a_panel_bytes = kgroups * MR * KG;
-    // On the last K block of a fused call, each tile's sums go through the output
-    // stage to the output, one column panel's stage at a time.
-    let fused = stage.map(FusedStage::new);
-    for jp in 0..col_panels {
-        let panel = fused.as_ref().map(|f| f.panel(jp * NR, NR));
-        let b_panel = &b[jp * b_panel_stride..][..kgroups * NR * KG];
-        for ip in 0..row_panels {
-            let a_panel = &a[ip * a_panel_bytes..][..a_panel_bytes];
-            let real_rows = rows.saturating_sub(ip * MR).min(MR);
-            let acc_tile = &mut acc[ip * MR * acc_stride + jp * NR..];
-            assert!(acc_tile.len() >= (real_rows.max(1) - 1) * acc_stride + NR, "accumulator tile");
-            let (ap, bp) = (a_panel.as_ptr().cast::<i8>(), b_panel.as_ptr());
-            let out = Out { acc: acc_tile.as_mut_ptr(), acc_stride, accumulate, stage: panel.as_ref(), row0: ip * MR };
-            // SAFETY: NEON is enabled here; the panels hold `kgroups` groups of this
-            // kernel's layout (sliced just above) and the accumulator tile holds
-            // `real_rows` rows of NR values at `acc_stride` (asserted just above).
-            unsafe {
-                match real_rows {
-                    4 => tile::<4, MLAL>(ap, bp, kgroups, out),
-                    3 => tile::<3, MLAL>(ap, bp, kgroups, out),
-                    2 => tile::<2, MLAL>(ap, bp, kgroups, out),
-                    1 => tile::<1, MLAL>(ap, bp, kgroups, out),
-                    _ => {} // a panel with no real rows: nothing to compute
-                }
+    for_each_tile(TILE, args, stage, |t| {
+        // SAFETY: NEON is enabled here, with MLAL only where the contract allows it;
+        // `for_each_tile` hands out panels and outputs that fit this layout.
+        unsafe {
+            match t.rows {
+                4 => tile::<4, MLAL>(t.a.cast(), t.b, t.kgroups, t.out),
+                3 => tile::<3, MLAL>(t.a.cast(), t.b, t.kgroups, t.out),
+                2 => tile::<2, MLAL>(t.a.cast(), t.b, t.kgroups, t.out),
+                1 => tile::<1, MLAL>(t.a.cast(), t.b, t.kgroups, t.out),
+                _ => unreachable!("a panel has at most MR real rows"),
             }
         }
-    }
+    });
 }
 
 /// `Σ_g A[r, g] · B[g]` for the first `R` rows of a panel, delivered to `out`.
