@@ -7,7 +7,8 @@
 //! | [`neon_i8mm`] | `8x8c8-neon-usmmla` | the int8 matrix-multiply extension (`usmmla`) |
 //!
 //! All three share the NEON output stage of [`neon_epilogue`], which they apply to each
-//! tile in registers on the last K block (`Kernel::block_with_stage`). On stable Rust the
+//! tile as soon as its sums are complete on the last K block
+//! (`Kernel::block_with_stage`). On stable Rust the
 //! dot-product and matrix-multiply intrinsics are unstable, so those two kernels issue
 //! their one multiply instruction through `asm!`, inside functions compiled with the
 //! feature enabled, and reachable only after it was detected.
