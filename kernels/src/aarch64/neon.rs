@@ -31,7 +31,7 @@ use std::arch::aarch64::*;
 
 use super::{Out, for_each_tile};
 use crate::kernel::{AFormat, BlockArgs, Blocking, FastWhen, Kernel, Tile};
-use crate::output::EpilogueArgs;
+use crate::output::{EpilogueArgs, epilogue_scalar};
 
 const MR: usize = 4;
 const NR: usize = 4;
@@ -53,10 +53,10 @@ static EXACT: Kernel = {
     // SAFETY: the entry points touch memory only through the slices they get (checked
     // by `Kernel::block`/`epilogue`), and run only after `kernel()` detected NEON.
     unsafe {
-        let fast = Kernel::new("4x4c16-neon-mlal", TILE, BLOCKING, block_mlal, super::neon_epilogue::epilogue)
+        let fast = Kernel::new("4x4c16-neon-mlal", TILE, BLOCKING, block_mlal, epilogue_scalar)
             .with_a_format(AFormat::FlippedI8)
             .with_staged_block(block_mlal_staged);
-        Kernel::new("4x4c16-neon-mull", TILE, BLOCKING, block_mull, super::neon_epilogue::epilogue)
+        Kernel::new("4x4c16-neon-mull", TILE, BLOCKING, block_mull, epilogue_scalar)
             .with_a_format(AFormat::FlippedI8)
             .with_staged_block(block_mull_staged)
             .with_fast_path(fast, FastWhen::NoMinWeight)

@@ -23,7 +23,7 @@ use std::arch::asm;
 
 use super::{Out, for_each_tile};
 use crate::kernel::{AFormat, BlockArgs, Blocking, Kernel, Tile};
-use crate::output::EpilogueArgs;
+use crate::output::{EpilogueArgs, epilogue_scalar};
 
 const MR: usize = 8;
 const NR: usize = 8;
@@ -44,7 +44,7 @@ static KERNEL: Kernel = {
     // SAFETY: the entry points touch memory only through the slices they get (checked
     // by `Kernel::block`/`epilogue`), and run only after `kernel()` detected dotprod.
     unsafe {
-        Kernel::new("8x8c4-neon-sdot", TILE, BLOCKING, block_only, super::neon_epilogue::epilogue)
+        Kernel::new("8x8c4-neon-sdot", TILE, BLOCKING, block_only, epilogue_scalar)
             .with_a_format(AFormat::FlippedI8)
             .with_staged_block(block_staged)
     }

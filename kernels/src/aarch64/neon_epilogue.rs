@@ -1,6 +1,8 @@
-//! The NEON output stage, shared by the three AArch64 kernels: the zero-point
-//! correction, bias, requantization (every scheme), clamp and narrowing of 8 columns
-//! at a time, straight from the accumulators to the output.
+//! The NEON output stage, shared by the three AArch64 kernels and applied to each tile
+//! as soon as its sums are complete (`Kernel::block_with_stage`): the zero-point
+//! correction, bias, requantization (every scheme), clamp and narrowing of 4 columns
+//! at a time, straight from the sums to the output. (Their block-wide epilogue, which
+//! only a GEMM with K = 0 reaches, is the scalar one.)
 //!
 //! ```text
 //!  v = acc + (a_zp·col_offset + bias) − b_zp·row_sum        add, mls: wrapping i32
@@ -15,7 +17,7 @@
 //!                   away from zero, gemmlowp's RoundingDivideByPOT)
 //!    ties up:       q = srshl(y, −right)
 //!  TFLite single:   q = sqxtn(srshl(smull(v, multiplier), −(31 − shift)))   (64-bit)
-//!  then             q = clamp(sqadd(q, zp), min, max) → xtn → xtn   (8 bytes)
+//!  then             q = clamp(sqadd(q, zp), min, max) → xtn → xtn   (4 bytes)
 //! ```
 //!
 //! `srshl` by a negative amount is a rounding right shift computed without
@@ -24,9 +26,6 @@
 use std::arch::aarch64::*;
 
 use crate::output::{EpilogueArgs, OutData, OutputStage, Requant, Rounding, Scheme, ZeroPoints};
-
-/// Columns whose per-column terms are computed at a time (on the stack).
-const CHUNK: usize = 64;
 
 /// How one vector of corrected accumulators becomes requantized values.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -71,34 +70,11 @@ impl Bounds {
     }
 }
 
-/// The epilogue.
-///
-/// # Safety
-/// NEON must be available, and `args` must pass `EpilogueArgs::check` (checked by
-/// `Kernel::epilogue`).
-pub(crate) unsafe fn epilogue(args: EpilogueArgs<'_>) {
-    let kind = Kind::of(&args.stage);
-    let b_zp = any_b_zp(&args);
-    // u8 and i8 narrow alike once clamped, so the instances differ in the scheme and
-    // in whether the row sums take part.
-    macro_rules! with_kind {
-        ($($k:ident),*) => {
-            match (kind, b_zp) {
-                $(
-                    // SAFETY: forwarded from this function's contract.
-                    (Kind::$k, false) => unsafe { run::<{ Kind::$k as u8 }, false>(args) },
-                    // SAFETY: as above.
-                    (Kind::$k, true) => unsafe { run::<{ Kind::$k as u8 }, true>(args) },
-                )*
-            }
-        };
-    }
-    with_kind!(Raw, Float, TiesAway, HalfUp, Single)
-}
+/// Lanes of the per-column values: one column panel (4 or 8 columns).
+const N: usize = 8;
 
-/// The per-column values of `N` columns (a chunk, or one panel of a tile), lanes past
-/// the real columns zero.
-struct Columns<const N: usize> {
+/// The per-column values of one column panel, lanes past its real columns zero.
+struct Columns {
     /// `a_zp·col_offset + bias`, wrapping.
     terms: [i32; N],
     b_zp: [i32; N],
@@ -110,14 +86,13 @@ struct Columns<const N: usize> {
     neg_right: [i32; N],
 }
 
-impl<const N: usize> Columns<N> {
-    fn new() -> Columns<N> {
+impl Columns {
+    fn new() -> Columns {
         Columns { terms: [0; N], b_zp: [0; N], multiplier: [0; N], left: [0; N], neg_right: [0; N] }
     }
 
     /// Columns `c0..c0 + width` of the block (`width ≤ N`), into lanes `0..width`; the
-    /// lanes up to the next multiple of 8 are zeroed (vectors read them), the rest
-    /// are left as they were.
+    /// other lanes are zeroed.
     fn fill(&mut self, zp: &ZeroPoints<'_>, stage: &OutputStage<'_>, c0: usize, width: usize) {
         let (scale, multiplier, shift) = match stage.requant.map(|r| r.scheme) {
             Some(Scheme::Float { scale }) => (Some(scale), None, None),
@@ -126,7 +101,7 @@ impl<const N: usize> Columns<N> {
         };
         let single =
             matches!(stage.requant.map(|r| r.scheme), Some(Scheme::FixedPoint { rounding: Rounding::Single, .. }));
-        for j in 0..width.next_multiple_of(8).min(N) {
+        for j in 0..N {
             let c = c0 + j;
             let real = j < width;
             let offset = if real { zp.col_offsets[c].wrapping_mul(zp.a_zp) } else { 0 };
@@ -155,25 +130,20 @@ impl<const N: usize> Columns<N> {
 /// # Safety
 /// `j + 4 ≤ N`.
 #[inline(always)]
-unsafe fn lane4<const N: usize>(v: &[i32; N], j: usize) -> int32x4_t {
+unsafe fn lane4(v: &[i32; N], j: usize) -> int32x4_t {
     debug_assert!(j + 4 <= N);
     // SAFETY: the caller keeps j + 4 within the array.
     unsafe { vld1q_s32(v.as_ptr().add(j)) }
 }
 
 /// The requantized values (before the output zero point) of 4 corrected
-/// accumulators at columns `j..j + 4` of the chunk.
+/// accumulators at columns `j..j + 4` of the panel.
 ///
 /// # Safety
 /// `j + 4 ≤ N`.
 #[inline]
 #[target_feature(enable = "neon")]
-unsafe fn requantize<const KIND: u8, const N: usize>(
-    v: int32x4_t,
-    cols: &Columns<N>,
-    j: usize,
-    r: Bounds,
-) -> int32x4_t {
+unsafe fn requantize<const KIND: u8>(v: int32x4_t, cols: &Columns, j: usize, r: Bounds) -> int32x4_t {
     // SAFETY: forwarded from this function's contract.
     let (m, left, neg_right) = unsafe { (lane4(&cols.multiplier, j), lane4(&cols.left, j), lane4(&cols.neg_right, j)) };
     let zp = vdupq_n_s32(r.zero_point);
@@ -201,88 +171,6 @@ unsafe fn requantize<const KIND: u8, const N: usize>(
     // Saturation keeps any value past i32 beyond the clamp bounds, as the reference's
     // 64-bit sum would be.
     vminq_s32(vmaxq_s32(vqaddq_s32(q, zp), vdupq_n_s32(r.min)), vdupq_n_s32(r.max))
-}
-
-/// The epilogue for one scheme (`KIND`, a [`Kind`]), output type and weight zero
-/// point class.
-///
-/// # Safety
-/// As [`epilogue`].
-#[target_feature(enable = "neon")]
-unsafe fn run<const KIND: u8, const B_ZP: bool>(args: EpilogueArgs<'_>) {
-    let mut cols = Columns::<CHUNK>::new();
-    let EpilogueArgs { acc, acc_stride, rows, cols: ncols, row_sums, zero_points, stage, mut out, out_stride } = args;
-    let requant = stage.requant;
-    // Raw destination pointers: every store below lies within the first
-    // `(rows − 1) · out_stride + cols` elements, which `EpilogueArgs::check` verified.
-    let (out_i32, out_bytes) = match &mut out {
-        OutData::I32(o) => (o.as_mut_ptr(), std::ptr::null_mut()),
-        OutData::U8(o) => (std::ptr::null_mut(), o.as_mut_ptr()),
-        OutData::I8(o) => (std::ptr::null_mut(), o.as_mut_ptr().cast::<u8>()),
-    };
-    let mut tail = [0i32; 8];
-    for c0 in (0..ncols).step_by(CHUNK) {
-        let width = CHUNK.min(ncols - c0);
-        cols.fill(&zero_points, &stage, c0, width);
-        for row in 0..rows {
-            let acc_row = &acc[row * acc_stride + c0..][..width];
-            let rs = vdupq_n_s32(if B_ZP { row_sums[row] } else { 0 });
-            let dst = row * out_stride + c0;
-            // Columns j..j + 8 of the chunk (j + 8 ≤ CHUNK: j is a multiple of 8 below
-            // width ≤ CHUNK, itself a multiple of 8).
-            for j in (0..width).step_by(8) {
-                let n = (width - j).min(8);
-                // Eight columns from the row, or the last few through a copy.
-                let src = if n == 8 {
-                    &acc_row[j..j + 8]
-                } else {
-                    tail[..n].copy_from_slice(&acc_row[j..]);
-                    &tail[..]
-                };
-                // SAFETY: `src` holds 8 i32 (sliced or copied just above); the column
-                // arrays hold CHUNK ≥ j + 8 lanes.
-                let (v0, v1) = unsafe {
-                    let (v0, v1) = (vld1q_s32(src.as_ptr()), vld1q_s32(src.as_ptr().add(4)));
-                    let v0 = vaddq_s32(v0, lane4(&cols.terms, j));
-                    let v1 = vaddq_s32(v1, lane4(&cols.terms, j + 4));
-                    if B_ZP {
-                        (vmlsq_s32(v0, lane4(&cols.b_zp, j), rs), vmlsq_s32(v1, lane4(&cols.b_zp, j + 4), rs))
-                    } else {
-                        (v0, v1)
-                    }
-                };
-                if KIND == Kind::Raw as u8 {
-                    let mut vals = [0i32; 8];
-                    // SAFETY: `vals` holds 8 i32; the destination holds `n` values at
-                    // `dst + j` (see `out_i32`), and `n` are copied.
-                    unsafe {
-                        vst1q_s32(vals.as_mut_ptr(), v0);
-                        vst1q_s32(vals.as_mut_ptr().add(4), v1);
-                        std::ptr::copy_nonoverlapping(vals.as_ptr(), out_i32.add(dst + j), n);
-                    }
-                    continue;
-                }
-                let Some(r) = requant.as_ref().map(Bounds::of) else { unreachable!("checked by EpilogueArgs::check") };
-                // SAFETY: j + 8 ≤ CHUNK (see the loop).
-                let (q0, q1) = unsafe {
-                    (requantize::<KIND, CHUNK>(v0, &cols, j, r), requantize::<KIND, CHUNK>(v1, &cols, j + 4, r))
-                };
-                // The values lie within [min, max] ⊂ the output type: plain narrowing.
-                let q8 = vreinterpret_u8_s8(vmovn_s16(vcombine_s16(vmovn_s32(q0), vmovn_s32(q1))));
-                // SAFETY: the destination holds `n` bytes at `dst + j` (see
-                // `out_bytes`): 8 stored directly, fewer through a copy.
-                unsafe {
-                    if n == 8 {
-                        vst1_u8(out_bytes.add(dst + j), q8);
-                    } else {
-                        let mut bytes = [0u8; 8];
-                        vst1_u8(bytes.as_mut_ptr(), q8);
-                        std::ptr::copy_nonoverlapping(bytes.as_ptr(), out_bytes.add(dst + j), n);
-                    }
-                }
-            }
-        }
-    }
 }
 
 /// The output stage of a kernel that applies it to each tile in registers (see
@@ -318,7 +206,7 @@ impl<'a> FusedStage<'a> {
     /// The stage of the columns `c0..c0 + nr` (`nr ≤ 8`) of one column panel.
     pub(crate) fn panel(&self, c0: usize, nr: usize) -> PanelStage<'_> {
         let width = self.cols.saturating_sub(c0).min(nr);
-        let mut cols = Columns::<8>::new();
+        let mut cols = Columns::new();
         cols.fill(&self.zero_points, &self.stage, c0, width);
         PanelStage {
             cols,
@@ -333,7 +221,7 @@ impl<'a> FusedStage<'a> {
 /// The output stage of one column panel: its columns' values, and where its output
 /// starts.
 pub(crate) struct PanelStage<'a> {
-    cols: Columns<8>,
+    cols: Columns,
     /// Real columns of the panel (the stage may end inside it).
     width: usize,
     out_i32: *mut i32,
@@ -410,7 +298,7 @@ impl PanelStage<'_> {
                 }
                 return;
             }
-            let q = requantize::<KIND, 8>(v, &self.cols, c, f.bounds);
+            let q = requantize::<KIND>(v, &self.cols, c, f.bounds);
             // Within [min, max] ⊂ the output type: plain narrowing, 4 bytes.
             let q16 = vmovn_s32(q);
             let bytes = vget_lane_u32::<0>(vreinterpret_u32_s8(vmovn_s16(vcombine_s16(q16, q16))));

@@ -26,7 +26,7 @@ use std::arch::asm;
 
 use super::{Out, for_each_tile};
 use crate::kernel::{BlockArgs, Blocking, Kernel, Tile};
-use crate::output::EpilogueArgs;
+use crate::output::{EpilogueArgs, epilogue_scalar};
 
 const MR: usize = 8;
 const NR: usize = 8;
@@ -47,8 +47,7 @@ static KERNEL: Kernel = {
     // SAFETY: the entry points touch memory only through the slices they get (checked
     // by `Kernel::block`/`epilogue`), and run only after `kernel()` detected i8mm.
     unsafe {
-        Kernel::new("8x8c8-neon-usmmla", TILE, BLOCKING, block_only, super::neon_epilogue::epilogue)
-            .with_staged_block(block_staged)
+        Kernel::new("8x8c8-neon-usmmla", TILE, BLOCKING, block_only, epilogue_scalar).with_staged_block(block_staged)
     }
 };
 
