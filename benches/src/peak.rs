@@ -5,7 +5,8 @@
 //! can use: the portable kernel's best multiversioned clone and the exact AVX2 kernel
 //! use AVX2's `vpmaddwd` + `vpaddd` (two i16 products summed into an i32, then
 //! accumulated); the AVX2 fast path on 7-bit data uses `vpmaddubsw` + `vpmaddwd` +
-//! `vpaddd`. Later ISAs add their own probes here.
+//! `vpaddd`; the VNNI tiers use `vpdpbusd` on their own width (ymm for AVX-VNNI, zmm
+//! for AVX-512 VNNI), one instruction per 4 MACs per lane.
 
 use std::time::Instant;
 
@@ -31,6 +32,20 @@ pub fn measure(isa: Isa, data: crate::DataKind) -> Peak {
         return best_of("avx2 vpmaddubsw+vpmaddwd+vpaddd", x86::AVX2_MADDUBS_MACS_PER_ITER, |iters| {
             // SAFETY: AVX2 was detected just above.
             unsafe { x86::avx2_maddubs_loop(iters) }
+        });
+    }
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::AvxVnni && isa.cpu_supports() {
+        return best_of("avx-vnni vpdpbusd ymm", x86::DPBUSD_CHAINS as u64 * 32, |iters| {
+            // SAFETY: AVX-VNNI and AVX2 were detected (`cpu_supports`) just above.
+            unsafe { x86::avx_vnni_loop(iters) }
+        });
+    }
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni && isa.cpu_supports() {
+        return best_of("avx512-vnni vpdpbusd zmm", x86::DPBUSD_CHAINS as u64 * 64, |iters| {
+            // SAFETY: AVX-512 F and VNNI were detected (`cpu_supports`) just above.
+            unsafe { x86::avx512_vnni_loop(iters) }
         });
     }
     let _ = (isa, data);
@@ -73,6 +88,48 @@ fn best_of(probe: &'static str, macs_per_iter: u64, run: impl Fn(u64) -> u64) ->
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::asm;
+
+    use std::arch::x86_64::*;
+
+    /// Independent `vpdpbusd` chains per iteration of the VNNI probes: enough to cover
+    /// its latency (about 5 cycles) on two ports.
+    pub const DPBUSD_CHAINS: usize = 12;
+
+    /// `iters` rounds of [`DPBUSD_CHAINS`] independent `vpdpbusd` on zmm, in registers.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F and VNNI.
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    pub unsafe fn avx512_vnni_loop(iters: u64) -> u64 {
+        let x = _mm512_set1_epi8(std::hint::black_box(3));
+        let mut acc = [_mm512_setzero_si512(); DPBUSD_CHAINS];
+        for _ in 0..iters {
+            for a in &mut acc {
+                *a = _mm512_dpbusd_epi32(*a, x, x);
+            }
+        }
+        let sum = acc.iter().fold(_mm512_setzero_si512(), |s, &a| _mm512_add_epi32(s, a));
+        std::hint::black_box(sum);
+        iters
+    }
+
+    /// As [`avx512_vnni_loop`], with the VEX `vpdpbusd` on ymm.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and AVX-VNNI.
+    #[target_feature(enable = "avx2,avxvnni")]
+    pub unsafe fn avx_vnni_loop(iters: u64) -> u64 {
+        let x = _mm256_set1_epi8(std::hint::black_box(3));
+        let mut acc = [_mm256_setzero_si256(); DPBUSD_CHAINS];
+        for _ in 0..iters {
+            for a in &mut acc {
+                *a = _mm256_dpbusd_avx_epi32(*a, x, x);
+            }
+        }
+        let sum = acc.iter().fold(_mm256_setzero_si256(), |s, &a| _mm256_add_epi32(s, a));
+        std::hint::black_box(sum);
+        iters
+    }
 
     /// Six independent accumulator chains of 16 i16 pairs each.
     pub const AVX2_MACS_PER_ITER: u64 = 6 * 16;

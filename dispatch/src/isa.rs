@@ -139,6 +139,10 @@ fn built_kernel(isa: Isa) -> Option<&'static Kernel> {
         Isa::Portable => Some(portable::kernel()),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => qgemm_kernels::x86_64::avx2::kernel(),
+        #[cfg(target_arch = "x86_64")]
+        Isa::AvxVnni => qgemm_kernels::x86_64::avx_vnni::kernel(),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => qgemm_kernels::x86_64::avx512_vnni::kernel(),
         #[cfg(target_arch = "aarch64")]
         Isa::Neon => qgemm_kernels::aarch64::neon::kernel(),
         #[cfg(target_arch = "aarch64")]
@@ -150,12 +154,16 @@ fn built_kernel(isa: Isa) -> Option<&'static Kernel> {
 }
 
 /// The depthwise kernel for `isa`, once [`kernel_for`] has accepted it: the ISA's own
-/// where it has one, else the portable one (which runs everywhere).
+/// where it has one, else the portable one (which runs everywhere). The VNNI tiers use
+/// AVX2's (every CPU with them has AVX2; VNNI's `vpdpbusd` has no use in a depthwise
+/// kernel that widens both operands to i16).
 pub(crate) fn dw_kernel_for(isa: Isa) -> Result<&'static DwKernel> {
     kernel_for(isa)?;
     Ok(match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => qgemm_kernels::x86_64::avx2_dwconv::dw_kernel().unwrap_or(dwconv::portable_kernel()),
+        Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni => {
+            qgemm_kernels::x86_64::avx2_dwconv::dw_kernel().unwrap_or(dwconv::portable_kernel())
+        }
         _ => dwconv::portable_kernel(),
     })
 }

@@ -42,7 +42,7 @@ type ActivationAt = fn(usize) -> u8;
 #[test]
 fn every_tier_is_exact_on_adversarial_full_range_data() {
     let mut rng = Rng::new(0x7e5);
-    // Tails of every tile here (4×4c16, 8×8c4, 8×8c8, 6×8c4, 4×32c2) and a K that
+    // Tails of every tile here (4×4c16, 8×8c4, 8×8c8, 6×8c4, 6×16c4, 8×48c4, 4×32c2) and a K that
     // makes the i32 sums wrap.
     let shapes = [(9, 13, 45), (17, 9, 130), (1, 33, 71), (3, 5, 70_000)];
     let weights: [(&str, [i8; 2]); 4] =

@@ -17,9 +17,13 @@ use qgemm_kernels::output::{
 };
 
 const ROWS: usize = 3;
-const COLS: usize = 21; // two vectors of 8 and a tail of 5
+const COLS: usize = 21; // two vectors of 8 and a tail of 5; one of 16 and a tail of 5
 const ACC_STRIDE: usize = 24;
-const OUT_STRIDE: usize = 26;
+// Gaps of 19 between rows, and as much again past the last row, inside the buffer the
+// test checks: a store that runs past a row's last column by up to a vector of 16
+// bytes lands where the test sees it, never outside the buffer.
+const OUT_STRIDE: usize = 40;
+const GUARD: usize = OUT_STRIDE - COLS;
 
 /// Accumulators: the extremes, powers of two and their neighbours (the ties of
 /// every shift once scaled), and random values.
@@ -108,7 +112,8 @@ fn for_each_stage(c: &Columns, rng: &mut Rng, mut f: impl FnMut(OutputStage<'_>,
     }
 }
 
-/// The output of one epilogue, stride gaps and all (they must keep their fill).
+/// The output of one epilogue, stride gaps and the guard past the last row included
+/// (they must keep their fill).
 fn run(
     epilogue: &dyn Fn(EpilogueArgs<'_>),
     acc: &[i32],
@@ -131,18 +136,18 @@ fn run(
     };
     match out_type {
         "i32" => {
-            let mut out = vec![0x5a5a_5a5a_i32; len];
-            epilogue(args(OutData::I32(&mut out)));
+            let mut out = vec![0x5a5a_5a5a_i32; len + GUARD];
+            epilogue(args(OutData::I32(&mut out[..len])));
             out.into_iter().map(i64::from).collect()
         }
         "u8" => {
-            let mut out = vec![0x5a_u8; len];
-            epilogue(args(OutData::U8(&mut out)));
+            let mut out = vec![0x5a_u8; len + GUARD];
+            epilogue(args(OutData::U8(&mut out[..len])));
             out.into_iter().map(i64::from).collect()
         }
         _ => {
-            let mut out = vec![0x5a_i8; len];
-            epilogue(args(OutData::I8(&mut out)));
+            let mut out = vec![0x5a_i8; len + GUARD];
+            epilogue(args(OutData::I8(&mut out[..len])));
             out.into_iter().map(i64::from).collect()
         }
     }

@@ -28,6 +28,7 @@
 
 use std::arch::x86_64::*;
 
+use super::dot4_tile::{self, Dot4};
 use crate::kernel::{AFormat, BlockArgs, Blocking, FastWhen, Kernel, Tile};
 use crate::output::EpilogueArgs;
 
@@ -73,24 +74,68 @@ unsafe fn epilogue(args: EpilogueArgs<'_>) {
 /// with i16 A (checked by `Kernel::block`).
 unsafe fn block_madd(args: BlockArgs<'_>) {
     // SAFETY: forwarded from this function's contract.
-    unsafe { block::<true>(args) }
+    unsafe { block_madd_tiles(args) }
 }
 
 /// # Safety
 /// As [`block_madd`], with u8 A, and every pair sum of the block fitting in i16.
+#[target_feature(enable = "avx2")]
 unsafe fn block_maddubs(args: BlockArgs<'_>) {
-    // SAFETY: forwarded from this function's contract.
-    unsafe { block::<false>(args) }
+    // SAFETY: forwarded from this function's contract; AVX2 is enabled here, and the
+    // shared body is inlined into this function.
+    unsafe { dot4_tile::block::<PairSums, MR, 1>(args) }
+}
+
+/// `vpmaddubsw` then `vpmaddwd` with ones: a 4-deep dot product per i32 lane that is
+/// exact only when each pair sum `a0·b0 + a1·b1` fits in i16 (else it saturates).
+#[derive(Clone, Copy)]
+struct PairSums(__m256i);
+
+impl Dot4 for PairSums {
+    const LANES: usize = 8;
+
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        // SAFETY: the caller runs on a CPU with AVX2 (the trait's contract).
+        PairSums(unsafe { _mm256_setzero_si256() })
+    }
+
+    #[inline(always)]
+    unsafe fn load_b(p: *const i8) -> Self {
+        // SAFETY: AVX2, and 32 readable bytes at `p` (the trait's contract).
+        PairSums(unsafe { _mm256_loadu_si256(p.cast()) })
+    }
+
+    #[inline(always)]
+    unsafe fn splat_a(p: *const u8) -> Self {
+        // SAFETY: AVX2, and 4 readable bytes at `p` (the trait's contract).
+        PairSums(unsafe { _mm256_set1_epi32(p.cast::<i32>().read_unaligned()) })
+    }
+
+    #[inline(always)]
+    unsafe fn dot(self, a: Self, b: Self) -> Self {
+        // SAFETY: AVX2 (the trait's contract).
+        unsafe {
+            let pairs = _mm256_maddubs_epi16(a.0, b.0);
+            PairSums(_mm256_add_epi32(self.0, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))))
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn store(self, p: *mut i32, accumulate: bool) {
+        // SAFETY: AVX2, and 8 writable i32 at `p` (the trait's contract).
+        unsafe { Out { acc: p, accumulate }.row(0, self.0) }
+    }
 }
 
 /// Every tile of the block: B panels outer (one stays in L1), A panels inner.
 ///
 /// # Safety
-/// As [`block_madd`] (`WIDE`) or [`block_maddubs`].
+/// As [`block_madd`].
 #[target_feature(enable = "avx2")]
-unsafe fn block<const WIDE: bool>(args: BlockArgs<'_>) {
+unsafe fn block_madd_tiles(args: BlockArgs<'_>) {
     let BlockArgs { a, b, b_panel_stride, row_panels, rows, col_panels, kgroups, acc, acc_stride, accumulate } = args;
-    let a_panel_bytes = kgroups * MR * KG * if WIDE { 2 } else { 1 };
+    let a_panel_bytes = kgroups * MR * KG * 2;
     for jp in 0..col_panels {
         let b_panel = &b[jp * b_panel_stride..][..kgroups * NR * KG];
         for ip in 0..row_panels {
@@ -103,19 +148,13 @@ unsafe fn block<const WIDE: bool>(args: BlockArgs<'_>) {
             // kernel's layout (sliced just above) and the accumulator tile holds
             // `real_rows` rows of NR values at `acc_stride` (asserted just above).
             unsafe {
-                match (WIDE, real_rows) {
-                    (true, 6) => tile_madd::<6>(ap, bp, kgroups, cp, acc_stride),
-                    (true, 5) => tile_madd::<5>(ap, bp, kgroups, cp, acc_stride),
-                    (true, 4) => tile_madd::<4>(ap, bp, kgroups, cp, acc_stride),
-                    (true, 3) => tile_madd::<3>(ap, bp, kgroups, cp, acc_stride),
-                    (true, 2) => tile_madd::<2>(ap, bp, kgroups, cp, acc_stride),
-                    (true, 1) => tile_madd::<1>(ap, bp, kgroups, cp, acc_stride),
-                    (false, 6) => tile_maddubs::<6>(ap, bp, kgroups, cp, acc_stride),
-                    (false, 5) => tile_maddubs::<5>(ap, bp, kgroups, cp, acc_stride),
-                    (false, 4) => tile_maddubs::<4>(ap, bp, kgroups, cp, acc_stride),
-                    (false, 3) => tile_maddubs::<3>(ap, bp, kgroups, cp, acc_stride),
-                    (false, 2) => tile_maddubs::<2>(ap, bp, kgroups, cp, acc_stride),
-                    (false, 1) => tile_maddubs::<1>(ap, bp, kgroups, cp, acc_stride),
+                match real_rows {
+                    6 => tile_madd::<6>(ap, bp, kgroups, cp, acc_stride),
+                    5 => tile_madd::<5>(ap, bp, kgroups, cp, acc_stride),
+                    4 => tile_madd::<4>(ap, bp, kgroups, cp, acc_stride),
+                    3 => tile_madd::<3>(ap, bp, kgroups, cp, acc_stride),
+                    2 => tile_madd::<2>(ap, bp, kgroups, cp, acc_stride),
+                    1 => tile_madd::<1>(ap, bp, kgroups, cp, acc_stride),
                     _ => {} // a panel with no real rows: nothing to compute
                 }
             }
@@ -153,32 +192,6 @@ unsafe fn tile_madd<const R: usize>(a: *const u8, b: *const i8, kgroups: usize, 
         let sums = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_hadd_epi32(lo[r], hi[r]));
         // SAFETY: row r < R of the accumulator tile (the function's contract).
         unsafe { acc.row(r * acc_stride, sums) };
-    }
-}
-
-/// As [`tile_madd`] with `vpmaddubsw`: exact only when every pair sum fits in i16.
-///
-/// # Safety
-/// As [`tile_madd`], with `a` holding `MR` rows × 4 u8 per group.
-#[target_feature(enable = "avx2")]
-unsafe fn tile_maddubs<const R: usize>(a: *const u8, b: *const i8, kgroups: usize, acc: Out, acc_stride: usize) {
-    let ones = _mm256_set1_epi16(1);
-    let mut c = [_mm256_setzero_si256(); R];
-    for g in 0..kgroups {
-        // SAFETY: group g lies within the panels (the function's contract).
-        unsafe {
-            let bg = _mm256_loadu_si256(b.add(g * NR * KG).cast());
-            let ag = a.add(g * MR * KG);
-            for (r, cr) in c.iter_mut().enumerate() {
-                let a4 = _mm256_set1_epi32(ag.add(r * KG).cast::<i32>().read_unaligned());
-                let pairs = _mm256_maddubs_epi16(a4, bg);
-                *cr = _mm256_add_epi32(*cr, _mm256_madd_epi16(pairs, ones));
-            }
-        }
-    }
-    for (r, &cr) in c.iter().enumerate() {
-        // SAFETY: row r < R of the accumulator tile (the function's contract).
-        unsafe { acc.row(r * acc_stride, cr) };
     }
 }
 

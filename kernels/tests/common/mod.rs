@@ -29,6 +29,12 @@ pub fn gemm_kernels() -> Vec<Kernel> {
     if let Some(avx2) = qgemm_kernels::x86_64::avx2::kernel() {
         kernels.extend([*avx2, avx2.without_fast_path()]);
     }
+    #[cfg(target_arch = "x86_64")]
+    {
+        use qgemm_kernels::x86_64::{avx_vnni, avx512_vnni};
+        kernels.extend(avx_vnni::kernel().copied());
+        kernels.extend(avx512_vnni::kernel().copied());
+    }
     #[cfg(target_arch = "aarch64")]
     {
         use qgemm_kernels::aarch64::{neon, neon_dotprod, neon_i8mm};

@@ -1,0 +1,154 @@
+//! One kernel body for every x86 kernel built on a 4-deep u8 × i8 dot product per i32
+//! lane: AVX2's fast path (`vpmaddubsw` + `vpmaddwd`), AVX-VNNI (`vpdpbusd` on ymm)
+//! and AVX-512 VNNI (`vpdpbusd` on zmm). Only [`Dot4`], a handful of one-line
+//! methods per ISA, differs between them, so the AVX2 instance that runs on every CI
+//! machine also checks the loops, the addressing and the write-out the VNNI kernels
+//! use.
+//!
+//! Layouts (see [`crate::pack`]): packed B holds, per k-group, `NR = NV · LANES`
+//! columns of 4 consecutive i8, so one vector load brings `LANES` columns × 4 k; packed
+//! A holds, per k-group, `MR` rows of 4 consecutive u8, broadcast 4 bytes at a time.
+//!
+//! ```text
+//!            B group g: │ c0: k0..4 │ c1: k0..4 │ … │ c(NR−1) │   NV vectors
+//!                          └── vector 0 (LANES columns) ──┘ …
+//!  A row r of group g: [a0 a1 a2 a3] → broadcast to every lane
+//!
+//!  acc[r][v] (lane l) += Σ_{i<4} a_i · B[g][v·LANES + l][i]      for r < R, v < NV
+//! ```
+//!
+//! The accumulators stay in registers for the whole K loop: `R · NV` of them, plus
+//! `NV` for B and one broadcast (AVX2 6 × 1 and AVX-VNNI 6 × 2 in 16 ymm, AVX-512
+//! 8 × 3 in 32 zmm). Edges need no masks: packed B is padded to whole panels with zero
+//! columns and the accumulator block has room for them, and a panel's padding rows
+//! are never computed (`R` real rows only).
+
+use crate::kernel::BlockArgs;
+
+/// A vector of i32 lanes that can accumulate 4-deep u8 × i8 dot products.
+///
+/// The methods carry no `#[target_feature]` (so they can be `#[inline(always)]`):
+/// they are only called from [`block`], which is inlined into a function compiled
+/// with the ISA's features.
+pub(super) trait Dot4: Copy {
+    /// i32 lanes per vector: columns per vector of packed B.
+    const LANES: usize;
+
+    /// All lanes zero.
+    ///
+    /// # Safety
+    /// The CPU has the ISA's features.
+    unsafe fn zero() -> Self;
+
+    /// `LANES · 4` bytes of packed B.
+    ///
+    /// # Safety
+    /// The CPU has the ISA's features, and `p` points to that many readable bytes.
+    unsafe fn load_b(p: *const i8) -> Self;
+
+    /// 4 bytes of packed A, repeated in every lane.
+    ///
+    /// # Safety
+    /// The CPU has the ISA's features, and `p` points to 4 readable bytes.
+    unsafe fn splat_a(p: *const u8) -> Self;
+
+    /// `self + Σ_{i<4} a_i · b_i` per lane, wrapping in i32. For AVX2 only where no
+    /// pair sum `a_0·b_0 + a_1·b_1` leaves i16 (the driver's check).
+    ///
+    /// # Safety
+    /// The CPU has the ISA's features.
+    unsafe fn dot(self, a: Self, b: Self) -> Self;
+
+    /// Stores the lanes at `p`, adding to what is there (wrapping) if `accumulate`.
+    ///
+    /// # Safety
+    /// The CPU has the ISA's features, and `p` points to `LANES` writable i32.
+    unsafe fn store(self, p: *mut i32, accumulate: bool);
+}
+
+/// Every tile of a block: B panels outer (one stays in L1), A panels inner, each tile
+/// with its `MR × NV·LANES` accumulators in registers.
+///
+/// # Safety
+/// The CPU has `V`'s features, and the caller is compiled with them (this function is
+/// inlined into it); `args` satisfies [`BlockArgs`] for a kernel with tile
+/// `MR × NV·LANES`, K-group 4 and u8 A (checked by `Kernel::block`).
+#[inline(always)]
+pub(super) unsafe fn block<V: Dot4, const MR: usize, const NV: usize>(args: BlockArgs<'_>) {
+    let BlockArgs { a, b, b_panel_stride, row_panels, rows, col_panels, kgroups, acc, acc_stride, accumulate } = args;
+    let nr = NV * V::LANES;
+    let a_panel_bytes = kgroups * MR * 4;
+    for jp in 0..col_panels {
+        let b_panel = &b[jp * b_panel_stride..][..kgroups * nr * 4];
+        for ip in 0..row_panels {
+            let a_panel = &a[ip * a_panel_bytes..][..a_panel_bytes];
+            let real_rows = rows.saturating_sub(ip * MR).min(MR);
+            let acc_tile = &mut acc[ip * MR * acc_stride + jp * nr..];
+            assert!(acc_tile.len() >= (real_rows.max(1) - 1) * acc_stride + nr, "accumulator tile");
+            let (ap, bp, cp) = (a_panel.as_ptr(), b_panel.as_ptr(), acc_tile.as_mut_ptr());
+            // SAFETY: the CPU has V's features (this function's contract); the panels
+            // hold `kgroups` groups of this layout (sliced just above), and the
+            // accumulator tile holds `real_rows ≤ MR` rows of `nr` values at
+            // `acc_stride` (asserted just above).
+            unsafe {
+                match real_rows {
+                    8 => tile::<V, MR, 8, NV>(ap, bp, kgroups, cp, acc_stride, accumulate),
+                    7 => tile::<V, MR, 7, NV>(ap, bp, kgroups, cp, acc_stride, accumulate),
+                    6 => tile::<V, MR, 6, NV>(ap, bp, kgroups, cp, acc_stride, accumulate),
+                    5 => tile::<V, MR, 5, NV>(ap, bp, kgroups, cp, acc_stride, accumulate),
+                    4 => tile::<V, MR, 4, NV>(ap, bp, kgroups, cp, acc_stride, accumulate),
+                    3 => tile::<V, MR, 3, NV>(ap, bp, kgroups, cp, acc_stride, accumulate),
+                    2 => tile::<V, MR, 2, NV>(ap, bp, kgroups, cp, acc_stride, accumulate),
+                    1 => tile::<V, MR, 1, NV>(ap, bp, kgroups, cp, acc_stride, accumulate),
+                    _ => {} // a panel with no real rows: nothing to compute
+                }
+            }
+        }
+    }
+}
+
+/// `acc[r][0..NV·LANES] (+)= Σ_g A[r, g] · B[g]` for the first `R` rows of a panel of
+/// `MR`. `R > MR` never happens (the caller's `min`); such instances are empty.
+///
+/// # Safety
+/// The CPU has `V`'s features; `a` holds `kgroups` groups of `MR` rows × 4 u8, `b`
+/// holds `kgroups` groups of `NV · LANES · 4` bytes, and `acc` holds `R` rows of
+/// `NV · LANES` i32 at `acc_stride`.
+#[inline(always)]
+unsafe fn tile<V: Dot4, const MR: usize, const R: usize, const NV: usize>(
+    a: *const u8,
+    b: *const i8,
+    kgroups: usize,
+    acc: *mut i32,
+    acc_stride: usize,
+    accumulate: bool,
+) {
+    if R > MR {
+        return;
+    }
+    let group_b = NV * V::LANES * 4;
+    // SAFETY: the CPU has V's features (the contract); every pointer below stays
+    // within group g < kgroups of the panels and row r < R of the tile.
+    unsafe {
+        let mut c = [[V::zero(); NV]; R];
+        for g in 0..kgroups {
+            let bg = b.add(g * group_b);
+            let mut bv = [V::zero(); NV];
+            for (v, bv) in bv.iter_mut().enumerate() {
+                *bv = V::load_b(bg.add(v * V::LANES * 4));
+            }
+            let ag = a.add(g * MR * 4);
+            for (r, cr) in c.iter_mut().enumerate() {
+                let a4 = V::splat_a(ag.add(r * 4));
+                for (cv, &bv) in cr.iter_mut().zip(&bv) {
+                    *cv = cv.dot(a4, bv);
+                }
+            }
+        }
+        for (r, cr) in c.iter().enumerate() {
+            for (v, cv) in cr.iter().enumerate() {
+                cv.store(acc.add(r * acc_stride + v * V::LANES), accumulate);
+            }
+        }
+    }
+}
