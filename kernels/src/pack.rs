@@ -241,17 +241,17 @@ pub fn pack_a(
     // Const K-groups and formats make each group's copy a single move.
     use AFormat::{FlippedI8 as F, I16, U8};
     match (tile.kg, format) {
-        (16, U8) => pack_a_with::<16, 1, false>(args, NO_FOUR),
-        (16, F) => pack_a_with::<16, 1, true>(args, NO_FOUR),
-        (8, U8) => pack_a_with::<8, 1, false>(args, NO_FOUR),
-        (8, F) => pack_a_with::<8, 1, true>(args, NO_FOUR),
-        (4, U8) => pack_a_with::<4, 1, false>(args, NO_FOUR),
-        (4, I16) => pack_a_with::<4, 2, false>(args, NO_FOUR),
-        (4, F) => pack_a_with::<4, 1, true>(args, NO_FOUR),
-        (2, U8) => pack_a_with::<2, 1, false>(args, NO_FOUR),
-        (2, I16) => pack_a_with::<2, 2, false>(args, NO_FOUR),
-        (1, U8) => pack_a_with::<1, 1, false>(args, NO_FOUR),
-        (1, I16) => pack_a_with::<1, 2, false>(args, NO_FOUR),
+        (16, U8) => pack_a_with::<16, 1, false>(args, NO_FOUR, byte_sum),
+        (16, F) => pack_a_with::<16, 1, true>(args, NO_FOUR, byte_sum),
+        (8, U8) => pack_a_with::<8, 1, false>(args, NO_FOUR, byte_sum),
+        (8, F) => pack_a_with::<8, 1, true>(args, NO_FOUR, byte_sum),
+        (4, U8) => pack_a_with::<4, 1, false>(args, NO_FOUR, byte_sum),
+        (4, I16) => pack_a_with::<4, 2, false>(args, NO_FOUR, byte_sum),
+        (4, F) => pack_a_with::<4, 1, true>(args, NO_FOUR, byte_sum),
+        (2, U8) => pack_a_with::<2, 1, false>(args, NO_FOUR, byte_sum),
+        (2, I16) => pack_a_with::<2, 2, false>(args, NO_FOUR, byte_sum),
+        (1, U8) => pack_a_with::<1, 1, false>(args, NO_FOUR, byte_sum),
+        (1, I16) => pack_a_with::<1, 2, false>(args, NO_FOUR, byte_sum),
         (kg, format) => unimplemented!("packing A for K-groups of {kg} in {format:?}"),
     }
 }
@@ -295,21 +295,68 @@ unsafe fn pack_a_4x2_avx2(args: PackA<'_, '_>) {
             _mm_storel_epi64(d.add(3 * stride).cast(), _mm_unpackhi_epi64(hi, hi));
         }
     };
-    pack_a_with::<4, 2, false>(args, Some(four))
+    pack_a_with::<4, 2, false>(args, Some(four), |src| {
+        // SAFETY: AVX2 is enabled in this function (the closure inherits it).
+        unsafe { byte_sum_avx2(src) }
+    })
 }
 
 /// Packs four whole k-groups of one row; see [`pack_a_with`].
 type FourGroups = fn(&[u8], &mut [u8], usize, usize);
 
-/// [`pack_a_with`] for the AVX2 fast path's format (u8), compiled for AVX2 so that
-/// the row sums vectorize with it.
+/// [`pack_a_with`] for the u8 format with K-groups of 4 (AVX2's fast path, the VNNI
+/// kernels), compiled for AVX2.
 ///
 /// # Safety
 /// The CPU must support AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn pack_a_4x1_avx2(args: PackA<'_, '_>) {
-    pack_a_with::<4, 1, false>(args, NO_FOUR)
+    // Four k-groups of a row at a time: two 8-byte loads, four 4-byte stores to their
+    // slots, `stride` bytes apart (one bounds check per four groups, not per group).
+    let four = |src: &[u8], dst: &mut [u8], at: usize, stride: usize| {
+        assert!(src.len() >= 16 && dst.len() >= at + 3 * stride + 4);
+        let lo = u64::from_le_bytes(src[..8].try_into().expect("8 bytes"));
+        let hi = u64::from_le_bytes(src[8..16].try_into().expect("8 bytes"));
+        for (i, group) in [lo as u32, (lo >> 32) as u32, hi as u32, (hi >> 32) as u32].into_iter().enumerate() {
+            let d = dst.as_mut_ptr().wrapping_add(at + i * stride).cast::<u32>();
+            // SAFETY: `at + i · stride + 4 ≤ at + 3 · stride + 4 ≤ dst.len()` (asserted
+            // above); unaligned store.
+            unsafe { d.write_unaligned(group.to_le()) };
+        }
+    };
+    pack_a_with::<4, 1, false>(args, Some(four), |src| {
+        // SAFETY: AVX2 is enabled in this function (the closure inherits it).
+        unsafe { byte_sum_avx2(src) }
+    })
+}
+
+/// `Σ src`, wrapping in u32: the sum of every byte, 32 at a time with `vpsadbw`.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn byte_sum_avx2(src: &[u8]) -> u32 {
+    use std::arch::x86_64::*;
+    let chunks = src.chunks_exact(32);
+    let rest = byte_sum(chunks.remainder());
+    let zero = _mm256_setzero_si256();
+    let mut sums = zero; // four u64 lanes: no lane can overflow for any slice length
+    for chunk in chunks {
+        // SAFETY: `chunk` holds 32 bytes; unaligned load.
+        let v = unsafe { _mm256_loadu_si256(chunk.as_ptr().cast()) };
+        sums = _mm256_add_epi64(sums, _mm256_sad_epu8(v, zero));
+    }
+    let pair = _mm_add_epi64(_mm256_castsi256_si128(sums), _mm256_extracti128_si256::<1>(sums));
+    let total = (_mm_cvtsi128_si64(pair) as u64).wrapping_add(_mm_extract_epi64::<1>(pair) as u64);
+    // The low 32 bits of the exact sum are the u32 wrapping sum.
+    (total as u32).wrapping_add(rest)
+}
+
+/// `Σ src`, wrapping in u32.
+fn byte_sum(src: &[u8]) -> u32 {
+    src.iter().fold(0u32, |s, &v| s.wrapping_add(u32::from(v)))
 }
 
 /// No four-group fast path.
@@ -320,10 +367,12 @@ const NO_FOUR: Option<FourGroups> = None;
 /// `four`, where given, packs four whole groups of a row at once:
 /// `four(src, panel, at, stride)` with `src` the groups' `4·KG` values, `at` the byte
 /// offset of the first group's slot in the panel and `stride` the bytes between slots.
+/// `byte_sum` sums a row's values, wrapping in u32 ([`byte_sum`] or a vector version).
 #[inline(always)]
 fn pack_a_with<const KG: usize, const WIDTH: usize, const FLIP: bool>(
     args: PackA<'_, '_>,
     four: Option<impl Fn(&[u8], &mut [u8], usize, usize)>,
+    byte_sum: impl Fn(&[u8]) -> u32,
 ) {
     let PackA { mr, a, rows, k, g0, groups, dst, mut row_sums, gather } = args;
     let panels = rows.div_ceil(mr);
@@ -339,7 +388,7 @@ fn pack_a_with<const KG: usize, const WIDTH: usize, const FLIP: bool>(
             if let Some(row_sums) = row_sums.as_deref_mut().filter(|_| r < rows) {
                 // Wrapping, as the reference's i32 sums do (a block of all of K may
                 // exceed u32 when K is huge).
-                let sum = src.iter().fold(0u32, |s, &v| s.wrapping_add(u32::from(v))) as i32;
+                let sum = byte_sum(src) as i32;
                 // Flipped values are `a − 128`: their sum is 128 per value less.
                 let flip = if FLIP { (src.len() as i32).wrapping_mul(128) } else { 0 };
                 row_sums[r] = row_sums[r].wrapping_add(sum).wrapping_sub(flip);
