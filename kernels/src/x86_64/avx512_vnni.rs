@@ -28,7 +28,7 @@ const TILE: Tile = Tile { mr: MR, nr: NV * 16, kg: 4 };
 // A B panel slice of 512 × 48 (24 KiB) stays in L1 (48 KiB on Ice Lake and later
 // servers) while the block's row panels (8 × 512, 4 KiB each) stream from L2; the
 // 96 × 960 accumulators (360 KiB) stay in L2.
-const BLOCKING: Blocking = Blocking { mc: 96, kc: 512, nc: 960 };
+const BLOCKING: Blocking = Blocking { mc: 128, kc: 512, nc: 480 };
 
 /// The kernel, or `None` if this CPU lacks AVX-512 F/BW/VL with VNNI (or AVX2, which
 /// packing uses and every such CPU has).
