@@ -107,6 +107,34 @@ pub(super) unsafe fn block<V: Dot4, const MR: usize, const NV: usize>(args: Bloc
     }
 }
 
+/// One k-group: `c[r][v] += A[r, g] · B[g][v]` for every row r < R and vector v < NV.
+///
+/// # Safety
+/// As [`tile`], with `g < kgroups`.
+#[inline(always)]
+unsafe fn step<V: Dot4, const MR: usize, const R: usize, const NV: usize>(
+    c: &mut [[V; NV]; R],
+    a: *const u8,
+    b: *const i8,
+    g: usize,
+) {
+    // SAFETY: group g lies within both panels (the contract).
+    unsafe {
+        let bg = b.add(g * NV * V::LANES * 4);
+        let mut bv = [V::zero(); NV];
+        for (v, bv) in bv.iter_mut().enumerate() {
+            *bv = V::load_b(bg.add(v * V::LANES * 4));
+        }
+        let ag = a.add(g * MR * 4);
+        for (r, cr) in c.iter_mut().enumerate() {
+            let a4 = V::splat_a(ag.add(r * 4));
+            for (cv, &bv) in cr.iter_mut().zip(&bv) {
+                *cv = cv.dot(a4, bv);
+            }
+        }
+    }
+}
+
 /// `acc[r][0..NV·LANES] (+)= Σ_g A[r, g] · B[g]` for the first `R` rows of a panel of
 /// `MR`. `R > MR` never happens (the caller's `min`); such instances are empty.
 ///
@@ -126,24 +154,21 @@ unsafe fn tile<V: Dot4, const MR: usize, const R: usize, const NV: usize>(
     if R > MR {
         return;
     }
-    let group_b = NV * V::LANES * 4;
     // SAFETY: the CPU has V's features (the contract); every pointer below stays
     // within group g < kgroups of the panels and row r < R of the tile.
     unsafe {
         let mut c = [[V::zero(); NV]; R];
-        for g in 0..kgroups {
-            let bg = b.add(g * group_b);
-            let mut bv = [V::zero(); NV];
-            for (v, bv) in bv.iter_mut().enumerate() {
-                *bv = V::load_b(bg.add(v * V::LANES * 4));
+        // Four k-groups per iteration: the loop's own scalar instructions (pointer
+        // increments, counter, branch) then take fewer of the issue slots the
+        // multiply-accumulates need (about 3% on AVX-512 VNNI, measured).
+        const U: usize = 4;
+        for chunk in 0..kgroups / U {
+            for u in 0..U {
+                step::<V, MR, R, NV>(&mut c, a, b, U * chunk + u);
             }
-            let ag = a.add(g * MR * 4);
-            for (r, cr) in c.iter_mut().enumerate() {
-                let a4 = V::splat_a(ag.add(r * 4));
-                for (cv, &bv) in cr.iter_mut().zip(&bv) {
-                    *cv = cv.dot(a4, bv);
-                }
-            }
+        }
+        for g in kgroups / U * U..kgroups {
+            step::<V, MR, R, NV>(&mut c, a, b, g);
         }
         for (r, cr) in c.iter().enumerate() {
             for (v, cv) in cr.iter().enumerate() {
