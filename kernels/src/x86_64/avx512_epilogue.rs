@@ -1,6 +1,8 @@
 //! The AVX-512 output stage for Float requantization to u8 or i8: AVX2's
-//! ([`super::avx2_epilogue`]) at 16 columns per vector, with the row's last columns
-//! read and written under a mask instead of through a copy. Every other stage goes
+//! ([`super::avx2_epilogue`]) at 16 columns per vector, with a row's last columns read
+//! and written under a mask instead of through a copy. The AVX-512 VNNI kernel applies
+//! it to each tile's sums in registers ([`Float16::quantize`]); [`epilogue`] applies it
+//! to a block of accumulators (K = 0, and other kernels' tests). Every other stage goes
 //! through the portable epilogue.
 //!
 //! ```text
@@ -14,23 +16,126 @@
 
 use std::arch::x86_64::*;
 
-use crate::output::{EpilogueArgs, OutData, Param, Requant, Scheme, epilogue_scalar};
+use crate::output::{EpilogueArgs, OutData, OutputStage, Param, Requant, Scheme, ZeroPoints, epilogue_scalar};
 
-/// Columns whose correction terms are computed at a time (on the stack).
-const CHUNK: usize = 64;
+/// Columns whose per-column values are prepared at a time (on the stack).
+pub(super) const CHUNK: usize = 64;
+
+/// The stage's values that depend on the column alone, for up to [`CHUNK`] columns
+/// from some first column; lanes past the real columns hold 0.
+pub(super) struct Columns {
+    /// `a_zp · col_offset + bias`, wrapping.
+    terms: [i32; CHUNK],
+    scales: [f32; CHUNK],
+    b_zps: [i32; CHUNK],
+}
+
+impl Columns {
+    pub(super) const fn new() -> Columns {
+        Columns { terms: [0; CHUNK], scales: [0.0; CHUNK], b_zps: [0; CHUNK] }
+    }
+
+    /// Columns `c0..c0 + width` (`width ≤ CHUNK`, and within the stage's columns).
+    pub(super) fn fill(&mut self, zp: &ZeroPoints<'_>, stage: &OutputStage<'_>, scale: Param<'_, f32>, c0: usize, width: usize) {
+        for j in 0..CHUNK {
+            let real = j < width;
+            let offset = if real { zp.col_offsets[c0 + j].wrapping_mul(zp.a_zp) } else { 0 };
+            self.terms[j] = match stage.bias {
+                Some(b) if real => offset.wrapping_add(b[c0 + j]),
+                _ => offset,
+            };
+            self.scales[j] = if real { scale.at(c0 + j) } else { 0.0 };
+            self.b_zps[j] = if real { zp.b_zp[c0 + j] } else { 0 };
+        }
+    }
+}
+
+/// The stage's constants, as vectors.
+#[derive(Clone, Copy)]
+pub(super) struct Float16 {
+    lo: __m512,
+    hi: __m512,
+    zero_point: __m512i,
+}
+
+impl Float16 {
+    /// # Safety
+    /// AVX-512 F.
+    #[inline(always)]
+    pub(super) unsafe fn new(r: &Requant<'_>) -> Float16 {
+        // SAFETY: AVX-512 F (the contract).
+        unsafe {
+            Float16 {
+                lo: _mm512_set1_ps((r.min - r.zero_point) as f32),
+                hi: _mm512_set1_ps((r.max - r.zero_point) as f32),
+                zero_point: _mm512_set1_epi32(r.zero_point),
+            }
+        }
+    }
+
+    /// The output values (each within `[min, max]`) of sums `v` in columns
+    /// `j..j + 16` of `cols`, in a row whose activations sum to `row_sum`.
+    ///
+    /// # Safety
+    /// AVX-512 F, and `j + 16 ≤ CHUNK`.
+    #[inline(always)]
+    pub(super) unsafe fn quantize<const B_ZP: bool>(self, v: __m512i, cols: &Columns, j: usize, row_sum: __m512i) -> __m512i {
+        assert!(j + 16 <= CHUNK);
+        // SAFETY: AVX-512 F (the contract); the three loads read lanes j..j + 16 of
+        // arrays of CHUNK (asserted just above).
+        unsafe {
+            let v = _mm512_add_epi32(v, _mm512_loadu_si512(cols.terms.as_ptr().add(j).cast()));
+            let v = if B_ZP {
+                _mm512_sub_epi32(v, _mm512_mullo_epi32(_mm512_loadu_si512(cols.b_zps.as_ptr().add(j).cast()), row_sum))
+            } else {
+                v
+            };
+            let x = _mm512_mul_ps(_mm512_cvtepi32_ps(v), _mm512_loadu_ps(cols.scales.as_ptr().add(j)));
+            let x = _mm512_min_ps(_mm512_max_ps(x, self.lo), self.hi);
+            _mm512_add_epi32(_mm512_cvtps_epi32(x), self.zero_point)
+        }
+    }
+}
+
+/// The lanes of a vector starting at column `j` that are below `width`.
+pub(super) fn mask_below(width: usize, j: usize) -> __mmask16 {
+    match width.saturating_sub(j) {
+        n if n >= 16 => !0,
+        n => (1u16 << n) - 1,
+    }
+}
+
+/// The stage's scale, when it is one this module fuses: Float to u8 or i8.
+pub(super) fn fused_scale<'a>(stage: &OutputStage<'a>, out: &OutData<'_>) -> Option<(Requant<'a>, Param<'a, f32>)> {
+    match stage.requant {
+        Some(r @ Requant { scheme: Scheme::Float { scale }, .. }) if !matches!(out, OutData::I32(_)) => Some((r, scale)),
+        _ => None,
+    }
+}
+
+/// The output as bytes (u8, or i8 stored as its bit pattern), if it is not i32.
+pub(super) fn out_bytes(out: &mut OutData<'_>) -> Option<*mut u8> {
+    match out {
+        OutData::U8(o) => Some(o.as_mut_ptr()),
+        OutData::I8(o) => Some(o.as_mut_ptr().cast::<u8>()),
+        OutData::I32(_) => None,
+    }
+}
 
 /// The epilogue: Float to u8/i8 here, everything else portable.
 ///
 /// # Safety
 /// AVX-512 F must be available, and `args` must pass `EpilogueArgs::check`.
 pub(crate) unsafe fn epilogue(args: EpilogueArgs<'_>) {
-    match args.stage.requant {
-        Some(r @ Requant { scheme: Scheme::Float { scale }, .. }) if !matches!(args.out, OutData::I32(_)) => {
+    match fused_scale(&args.stage, &args.out) {
+        Some((r, scale)) => {
             let any_b_zp = args.zero_points.b_zp[..args.cols].iter().any(|&z| z != 0);
             // SAFETY: forwarded from this function's contract.
-            unsafe { if any_b_zp { float::<true>(args, r, scale) } else { float::<false>(args, r, scale) } }
+            unsafe {
+                if any_b_zp { float::<true>(args, r, scale) } else { float::<false>(args, r, scale) }
+            }
         }
-        _ => epilogue_scalar(args),
+        None => epilogue_scalar(args),
     }
 }
 
@@ -39,55 +144,28 @@ pub(crate) unsafe fn epilogue(args: EpilogueArgs<'_>) {
 /// zero point of the block is nonzero.
 #[target_feature(enable = "avx512f")]
 unsafe fn float<const B_ZP: bool>(args: EpilogueArgs<'_>, r: Requant<'_>, scale: Param<'_, f32>) {
-    let EpilogueArgs { acc, acc_stride, rows, cols, row_sums, zero_points: zp, stage, mut out, out_stride } = args;
-    let out_ptr = match &mut out {
-        OutData::U8(o) => o.as_mut_ptr(),
-        OutData::I8(o) => o.as_mut_ptr().cast::<u8>(),
-        OutData::I32(_) => unreachable!("checked by the caller"),
-    };
-    let mut terms = [0i32; CHUNK];
-    let mut scales = [0f32; CHUNK];
-    let mut b_zps = [0i32; CHUNK];
-    let lo = _mm512_set1_ps((r.min - r.zero_point) as f32);
-    let hi = _mm512_set1_ps((r.max - r.zero_point) as f32);
-    let out_zp = _mm512_set1_epi32(r.zero_point);
+    let EpilogueArgs { acc, acc_stride, rows, cols, row_sums, zero_points, stage, mut out, out_stride } = args;
+    let out_ptr = out_bytes(&mut out).expect("u8 or i8 output (checked by the caller)");
+    let mut columns = Columns::new();
+    // SAFETY: AVX-512 F is enabled here.
+    let k = unsafe { Float16::new(&r) };
     for c0 in (0..cols).step_by(CHUNK) {
         let width = CHUNK.min(cols - c0);
-        // What depends on the column alone, once per chunk; lanes past `width` stay 0.
-        for j in 0..CHUNK {
-            let real = j < width;
-            let offset = if real { zp.col_offsets[c0 + j].wrapping_mul(zp.a_zp) } else { 0 };
-            terms[j] = match stage.bias {
-                Some(b) if real => offset.wrapping_add(b[c0 + j]),
-                _ => offset,
-            };
-            scales[j] = if real { scale.at(c0 + j) } else { 0.0 };
-            b_zps[j] = if real { zp.b_zp[c0 + j] } else { 0 };
-        }
+        columns.fill(&zero_points, &stage, scale, c0, width);
         for row in 0..rows {
             let acc_row = &acc[row * acc_stride + c0..][..width];
             let rs = _mm512_set1_epi32(if B_ZP { row_sums[row] } else { 0 });
             let dst = out_ptr.wrapping_add(row * out_stride + c0);
             for j in (0..width).step_by(16) {
-                // Lanes j.. of this row that exist: all 16, or the row's last few.
-                let mask: __mmask16 = if width - j >= 16 { !0 } else { (1u16 << (width - j)) - 1 };
-                // Reads: `mask` lanes of `acc_row` from j (within `width`); `terms`,
-                // `scales`, `b_zps` hold CHUNK ≥ j + 16 lanes. Stores: `mask` bytes from
-                // `row · out_stride + c0 + j`, inside the output by `EpilogueArgs::check`
-                // (`(rows − 1) · out_stride + cols` values).
+                let mask = mask_below(width, j);
+                // Reads: `mask` lanes of `acc_row` from j (within `width`). Stores: `mask`
+                // bytes from `row · out_stride + c0 + j`, inside the output by
+                // `EpilogueArgs::check` (`(rows − 1) · out_stride + cols` values).
                 // SAFETY: AVX-512 F is enabled here; every access is in bounds as listed
-                // above (masked lanes are neither read nor written).
+                // above (masked lanes are neither read nor written), and j + 16 ≤ CHUNK.
                 unsafe {
                     let v = _mm512_maskz_loadu_epi32(mask, acc_row.as_ptr().add(j));
-                    let v = _mm512_add_epi32(v, _mm512_loadu_si512(terms.as_ptr().add(j).cast()));
-                    let v = if B_ZP {
-                        _mm512_sub_epi32(v, _mm512_mullo_epi32(_mm512_loadu_si512(b_zps.as_ptr().add(j).cast()), rs))
-                    } else {
-                        v
-                    };
-                    let x = _mm512_mul_ps(_mm512_cvtepi32_ps(v), _mm512_loadu_ps(scales.as_ptr().add(j)));
-                    let x = _mm512_min_ps(_mm512_max_ps(x, lo), hi);
-                    let q = _mm512_add_epi32(_mm512_cvtps_epi32(x), out_zp);
+                    let q = k.quantize::<B_ZP>(v, &columns, j, rs);
                     _mm512_mask_cvtepi32_storeu_epi8(dst.add(j).cast(), mask, q);
                 }
             }

@@ -13,14 +13,17 @@
 //! ```
 //!
 //! The tile and K-group are those of FBGEMM's AVX-512 VNNI kernel (8 × 48, 4 k per
-//! group). The output stage ([`super::avx512_epilogue`]) runs per strip of
-//! accumulators after the last K block, while they are in cache.
+//! group). On the last K block, the output stage ([`super::avx512_epilogue`]) runs on
+//! each tile's sums in registers (Float requantization to u8/i8; other stages run
+//! after the block, over its accumulators), and only the output bytes are stored,
+//! under masks at the edges.
 
 use std::arch::x86_64::*;
 
-use super::dot4_tile::{self, Dot4};
+use super::avx512_epilogue::{Columns, Float16, fused_scale, mask_below, out_bytes};
+use super::dot4_tile::{self, Dot4, Panels, Sink};
 use crate::kernel::{BlockArgs, Blocking, Kernel, Tile};
-use crate::output::EpilogueArgs;
+use crate::output::{EpilogueArgs, OutputStage, Param, ZeroPoints};
 
 const MR: usize = 8;
 const NV: usize = 3;
@@ -46,7 +49,7 @@ static KERNEL: Kernel = {
     // SAFETY: the entry points touch memory only through the slices they get (checked
     // by `Kernel::block`/`epilogue`), and run only after `kernel()` detected the
     // features they are compiled for.
-    unsafe { Kernel::new("8x48c4-avx512vnni", TILE, BLOCKING, block, epilogue) }
+    unsafe { Kernel::new("8x48c4-avx512vnni", TILE, BLOCKING, block, epilogue).with_staged_block(block_staged) }
 };
 
 /// # Safety
@@ -57,6 +60,129 @@ unsafe fn block(args: BlockArgs<'_>) {
     // SAFETY: forwarded from this function's contract; the shared body is inlined here,
     // where the features are enabled.
     unsafe { dot4_tile::block::<Zmm, MR, NV>(args) }
+}
+
+/// The last K block of a block, with the output stage fused into each tile where it is
+/// Float to u8/i8; any other stage runs after the block (see
+/// `Kernel::block_with_stage`).
+///
+/// # Safety
+/// As [`block`]; `stage` passes `EpilogueArgs::check_output`, and its rows are the
+/// block's and its columns within the block's (checked by `Kernel::block_with_stage`).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn block_staged(args: BlockArgs<'_>, mut stage: EpilogueArgs<'_>) {
+    let BlockArgs { a, b, b_panel_stride, row_panels, rows, col_panels, kgroups, acc, acc_stride, accumulate } = args;
+    let Some((r, scale)) = fused_scale(&stage.stage, &stage.out) else {
+        // SAFETY: forwarded from this function's contract; the epilogue's accumulators
+        // are the block's, checked just before use.
+        unsafe {
+            block(BlockArgs { a, b, b_panel_stride, row_panels, rows, col_panels, kgroups, acc, acc_stride, accumulate });
+            let stage = EpilogueArgs { acc: &*acc, acc_stride, ..stage };
+            stage.check();
+            epilogue(stage)
+        }
+        return;
+    };
+    let out = out_bytes(&mut stage.out).expect("u8 or i8 output (fused_scale)");
+    let panels = Panels { a, b, b_panel_stride, row_panels, rows, col_panels, kgroups };
+    let EpilogueArgs { cols, row_sums, zero_points, stage: output, out_stride, .. } = stage;
+    let prior = if accumulate { Some(&*acc) } else { None };
+    // SAFETY: AVX-512 F is enabled here.
+    let float = unsafe { Float16::new(&r) };
+    let fused = |b_zp| Fused {
+        prior,
+        acc_stride,
+        out,
+        out_stride,
+        cols,
+        row_sums,
+        zero_points,
+        output,
+        scale,
+        float,
+        b_zp,
+        columns: Columns::new(),
+        col0: 0,
+        masks: [0; NV],
+    };
+    // SAFETY: forwarded from this function's contract: the panels are the block's, and
+    // `Fused` writes only the stage's rows and columns (see its `tile`).
+    unsafe {
+        if zero_points.b_zp[..cols].iter().any(|&z| z != 0) {
+            dot4_tile::block_into::<Zmm, MR, NV, _>(panels, &mut fused(true));
+        } else {
+            dot4_tile::block_into::<Zmm, MR, NV, _>(panels, &mut fused(false));
+        }
+    }
+}
+
+/// The Float stage applied to each tile's sums (plus the earlier K blocks' sums from
+/// `prior`), storing output bytes.
+struct Fused<'a> {
+    prior: Option<&'a [i32]>,
+    acc_stride: usize,
+    out: *mut u8,
+    out_stride: usize,
+    cols: usize,
+    row_sums: &'a [i32],
+    zero_points: ZeroPoints<'a>,
+    output: OutputStage<'a>,
+    scale: Param<'a, f32>,
+    float: Float16,
+    /// Whether some weight zero point of the block is nonzero.
+    b_zp: bool,
+    /// The current column panel's values, from column `col0`.
+    columns: Columns,
+    col0: usize,
+    /// The panel's real columns, per vector.
+    masks: [__mmask16; NV],
+}
+
+impl Sink<Zmm, NV> for Fused<'_> {
+    #[inline(always)]
+    unsafe fn panel(&mut self, jp: usize) {
+        self.col0 = jp * NV * 16;
+        let width = self.cols.saturating_sub(self.col0).min(NV * 16);
+        self.columns.fill(&self.zero_points, &self.output, self.scale, self.col0, width);
+        self.masks = std::array::from_fn(|v| mask_below(width, v * 16));
+    }
+
+    #[inline(always)]
+    unsafe fn tile<const R: usize>(&mut self, row0: usize, c: &[[Zmm; NV]; R]) {
+        if let Some(prior) = self.prior {
+            assert!(prior.len() >= (row0 + R - 1) * self.acc_stride + self.col0 + NV * 16, "accumulator tile");
+        }
+        for (r, cr) in c.iter().enumerate() {
+            let row = row0 + r;
+            // SAFETY (the block below): the CPU has AVX-512 F (the trait's contract).
+            // Reads of `prior`: 16 values at `row · acc_stride + col0 + 16v`, in bounds by
+            // the assert above. Stores: the `masks[v]` lanes of row `row` (a row of the
+            // stage: the block's rows are the stage's) from column `col0 + 16v`, all
+            // below `cols`, so inside the output (`EpilogueArgs::check_output`: at
+            // least `(rows − 1) · out_stride + cols` values); a vector without real
+            // columns is skipped before its address is formed.
+            unsafe {
+                let rs = _mm512_set1_epi32(if self.b_zp { self.row_sums[row] } else { 0 });
+                for (v, cv) in cr.iter().enumerate() {
+                    if self.masks[v] == 0 {
+                        continue;
+                    }
+                    let at = row * self.acc_stride + self.col0 + v * 16;
+                    let sums = match self.prior {
+                        Some(prior) => _mm512_add_epi32(cv.0, _mm512_loadu_si512(prior.as_ptr().add(at).cast())),
+                        None => cv.0,
+                    };
+                    let q = if self.b_zp {
+                        self.float.quantize::<true>(sums, &self.columns, v * 16, rs)
+                    } else {
+                        self.float.quantize::<false>(sums, &self.columns, v * 16, rs)
+                    };
+                    let dst = self.out.add(row * self.out_stride + self.col0 + v * 16);
+                    _mm512_mask_cvtepi32_storeu_epi8(dst.cast(), self.masks[v], q);
+                }
+            }
+        }
+    }
 }
 
 /// # Safety

@@ -66,8 +66,51 @@ pub(super) trait Dot4: Copy {
     unsafe fn store(self, p: *mut i32, accumulate: bool);
 }
 
-/// Every tile of a block: B panels outer (one stays in L1), A panels inner, each tile
-/// with its `MR × NV·LANES` accumulators in registers.
+/// Where each tile's sums go: the accumulator block ([`StoreAcc`]), or an output stage
+/// fused into the tiles.
+pub(super) trait Sink<V: Dot4, const NV: usize> {
+    /// Called before the tiles of column panel `jp` (columns `jp · NV·LANES..`).
+    ///
+    /// # Safety
+    /// The CPU has `V`'s features.
+    unsafe fn panel(&mut self, jp: usize);
+
+    /// The sums of rows `row0..row0 + R` of the current column panel, all real rows.
+    ///
+    /// # Safety
+    /// The CPU has `V`'s features, and the rows lie within the block.
+    unsafe fn tile<const R: usize>(&mut self, row0: usize, c: &[[V; NV]; R]);
+}
+
+/// The plain sink: `acc (+)= sums`, row-major with `acc_stride` columns.
+pub(super) struct StoreAcc<'a> {
+    acc: &'a mut [i32],
+    acc_stride: usize,
+    accumulate: bool,
+    col0: usize,
+}
+
+impl<V: Dot4, const NV: usize> Sink<V, NV> for StoreAcc<'_> {
+    #[inline(always)]
+    unsafe fn panel(&mut self, jp: usize) {
+        self.col0 = jp * NV * V::LANES;
+    }
+
+    #[inline(always)]
+    unsafe fn tile<const R: usize>(&mut self, row0: usize, c: &[[V; NV]; R]) {
+        let acc_tile = &mut self.acc[row0 * self.acc_stride + self.col0..];
+        assert!(acc_tile.len() >= (R.max(1) - 1) * self.acc_stride + NV * V::LANES, "accumulator tile");
+        for (r, cr) in c.iter().enumerate() {
+            for (v, cv) in cr.iter().enumerate() {
+                // SAFETY: the CPU has V's features (the contract); row r < R of the tile
+                // holds NV·LANES values from column 0 (asserted just above).
+                unsafe { cv.store(acc_tile.as_mut_ptr().add(r * self.acc_stride + v * V::LANES), self.accumulate) };
+            }
+        }
+    }
+}
+
+/// Every tile of a block into the accumulators; see [`block_into`].
 ///
 /// # Safety
 /// The CPU has `V`'s features, and the caller is compiled with them (this function is
@@ -76,30 +119,59 @@ pub(super) trait Dot4: Copy {
 #[inline(always)]
 pub(super) unsafe fn block<V: Dot4, const MR: usize, const NV: usize>(args: BlockArgs<'_>) {
     let BlockArgs { a, b, b_panel_stride, row_panels, rows, col_panels, kgroups, acc, acc_stride, accumulate } = args;
+    let mut sink = StoreAcc { acc, acc_stride, accumulate, col0: 0 };
+    let panels = Panels { a, b, b_panel_stride, row_panels, rows, col_panels, kgroups };
+    // SAFETY: forwarded from this function's contract.
+    unsafe { block_into::<V, MR, NV, _>(panels, &mut sink) }
+}
+
+/// The packed operands of a block (see [`BlockArgs`]).
+pub(super) struct Panels<'a> {
+    pub a: &'a [u8],
+    pub b: &'a [i8],
+    pub b_panel_stride: usize,
+    pub row_panels: usize,
+    pub rows: usize,
+    pub col_panels: usize,
+    pub kgroups: usize,
+}
+
+/// Every tile of a block: B panels outer (one stays in L1), A panels inner, each tile
+/// with its `MR × NV·LANES` sums in registers until `sink` takes them.
+///
+/// # Safety
+/// The CPU has `V`'s features, and the caller is compiled with them (this function is
+/// inlined into it); the panels hold what [`BlockArgs`] says for a kernel with tile
+/// `MR × NV·LANES`, K-group 4 and u8 A.
+#[inline(always)]
+pub(super) unsafe fn block_into<V: Dot4, const MR: usize, const NV: usize, S: Sink<V, NV>>(
+    panels: Panels<'_>,
+    sink: &mut S,
+) {
+    let Panels { a, b, b_panel_stride, row_panels, rows, col_panels, kgroups } = panels;
     let nr = NV * V::LANES;
     let a_panel_bytes = kgroups * MR * 4;
     for jp in 0..col_panels {
         let b_panel = &b[jp * b_panel_stride..][..kgroups * nr * 4];
+        // SAFETY: the CPU has V's features (this function's contract).
+        unsafe { sink.panel(jp) };
         for ip in 0..row_panels {
             let a_panel = &a[ip * a_panel_bytes..][..a_panel_bytes];
             let real_rows = rows.saturating_sub(ip * MR).min(MR);
-            let acc_tile = &mut acc[ip * MR * acc_stride + jp * nr..];
-            assert!(acc_tile.len() >= (real_rows.max(1) - 1) * acc_stride + nr, "accumulator tile");
-            let (ap, bp, cp) = (a_panel.as_ptr(), b_panel.as_ptr(), acc_tile.as_mut_ptr());
+            let (ap, bp, row0) = (a_panel.as_ptr(), b_panel.as_ptr(), ip * MR);
             // SAFETY: the CPU has V's features (this function's contract); the panels
-            // hold `kgroups` groups of this layout (sliced just above), and the
-            // accumulator tile holds `real_rows ≤ MR` rows of `nr` values at
-            // `acc_stride` (asserted just above).
+            // hold `kgroups` groups of this layout (sliced just above), and rows
+            // `row0..row0 + real_rows` are real rows of the block.
             unsafe {
                 match real_rows {
-                    8 => tile::<V, MR, 8, NV>(ap, bp, kgroups, cp, acc_stride, accumulate),
-                    7 => tile::<V, MR, 7, NV>(ap, bp, kgroups, cp, acc_stride, accumulate),
-                    6 => tile::<V, MR, 6, NV>(ap, bp, kgroups, cp, acc_stride, accumulate),
-                    5 => tile::<V, MR, 5, NV>(ap, bp, kgroups, cp, acc_stride, accumulate),
-                    4 => tile::<V, MR, 4, NV>(ap, bp, kgroups, cp, acc_stride, accumulate),
-                    3 => tile::<V, MR, 3, NV>(ap, bp, kgroups, cp, acc_stride, accumulate),
-                    2 => tile::<V, MR, 2, NV>(ap, bp, kgroups, cp, acc_stride, accumulate),
-                    1 => tile::<V, MR, 1, NV>(ap, bp, kgroups, cp, acc_stride, accumulate),
+                    8 => sink.tile(row0, &sums::<V, MR, 8, NV>(ap, bp, kgroups)),
+                    7 => sink.tile(row0, &sums::<V, MR, 7, NV>(ap, bp, kgroups)),
+                    6 => sink.tile(row0, &sums::<V, MR, 6, NV>(ap, bp, kgroups)),
+                    5 => sink.tile(row0, &sums::<V, MR, 5, NV>(ap, bp, kgroups)),
+                    4 => sink.tile(row0, &sums::<V, MR, 4, NV>(ap, bp, kgroups)),
+                    3 => sink.tile(row0, &sums::<V, MR, 3, NV>(ap, bp, kgroups)),
+                    2 => sink.tile(row0, &sums::<V, MR, 2, NV>(ap, bp, kgroups)),
+                    1 => sink.tile(row0, &sums::<V, MR, 1, NV>(ap, bp, kgroups)),
                     _ => {} // a panel with no real rows: nothing to compute
                 }
             }
@@ -110,7 +182,7 @@ pub(super) unsafe fn block<V: Dot4, const MR: usize, const NV: usize>(args: Bloc
 /// One k-group: `c[r][v] += A[r, g] · B[g][v]` for every row r < R and vector v < NV.
 ///
 /// # Safety
-/// As [`tile`], with `g < kgroups`.
+/// As [`sums`], with `g < kgroups`.
 #[inline(always)]
 unsafe fn step<V: Dot4, const MR: usize, const R: usize, const NV: usize>(
     c: &mut [[V; NV]; R],
@@ -135,29 +207,25 @@ unsafe fn step<V: Dot4, const MR: usize, const R: usize, const NV: usize>(
     }
 }
 
-/// `acc[r][0..NV·LANES] (+)= Σ_g A[r, g] · B[g]` for the first `R` rows of a panel of
-/// `MR`. `R > MR` never happens (the caller's `min`); such instances are empty.
+/// `Σ_g A[r, g] · B[g]` for the first `R` rows of a panel of `MR`, wrapping in i32.
+/// `R > MR` never happens (the caller's `min`); such instances return zeros.
 ///
 /// # Safety
-/// The CPU has `V`'s features; `a` holds `kgroups` groups of `MR` rows × 4 u8, `b`
-/// holds `kgroups` groups of `NV · LANES · 4` bytes, and `acc` holds `R` rows of
-/// `NV · LANES` i32 at `acc_stride`.
+/// The CPU has `V`'s features; `a` holds `kgroups` groups of `MR` rows × 4 u8, and `b`
+/// holds `kgroups` groups of `NV · LANES · 4` bytes.
 #[inline(always)]
-unsafe fn tile<V: Dot4, const MR: usize, const R: usize, const NV: usize>(
+unsafe fn sums<V: Dot4, const MR: usize, const R: usize, const NV: usize>(
     a: *const u8,
     b: *const i8,
     kgroups: usize,
-    acc: *mut i32,
-    acc_stride: usize,
-    accumulate: bool,
-) {
-    if R > MR {
-        return;
-    }
+) -> [[V; NV]; R] {
     // SAFETY: the CPU has V's features (the contract); every pointer below stays
-    // within group g < kgroups of the panels and row r < R of the tile.
+    // within group g < kgroups of the panels.
     unsafe {
         let mut c = [[V::zero(); NV]; R];
+        if R > MR {
+            return c;
+        }
         // Four k-groups per iteration: the loop's own scalar instructions (pointer
         // increments, counter, branch) then take fewer of the issue slots the
         // multiply-accumulates need (about 3% on AVX-512 VNNI, measured).
@@ -170,10 +238,6 @@ unsafe fn tile<V: Dot4, const MR: usize, const R: usize, const NV: usize>(
         for g in kgroups / U * U..kgroups {
             step::<V, MR, R, NV>(&mut c, a, b, g);
         }
-        for (r, cr) in c.iter().enumerate() {
-            for (v, cv) in cr.iter().enumerate() {
-                cv.store(acc.add(r * acc_stride + v * V::LANES), accumulate);
-            }
-        }
+        c
     }
 }
