@@ -35,9 +35,18 @@ impl Columns {
         Columns { terms: [0; CHUNK], scales: [0.0; CHUNK], b_zps: [0; CHUNK] }
     }
 
-    /// Columns `c0..c0 + width` (`width ≤ CHUNK`, and within the stage's columns).
-    pub(super) fn fill(&mut self, zp: &ZeroPoints<'_>, stage: &OutputStage<'_>, scale: Param<'_, f32>, c0: usize, width: usize) {
-        for j in 0..CHUNK {
+    /// Columns `c0..c0 + width` in the first `lanes` entries (`width ≤ lanes ≤ CHUNK`,
+    /// and the columns within the stage's).
+    pub(super) fn fill(
+        &mut self,
+        zp: &ZeroPoints<'_>,
+        stage: &OutputStage<'_>,
+        scale: Param<'_, f32>,
+        c0: usize,
+        width: usize,
+        lanes: usize,
+    ) {
+        for j in 0..lanes {
             let real = j < width;
             let offset = if real { zp.col_offsets[c0 + j].wrapping_mul(zp.a_zp) } else { 0 };
             self.terms[j] = match stage.bias {
@@ -79,7 +88,13 @@ impl Float16 {
     /// # Safety
     /// AVX-512 F, and `j + 16 ≤ CHUNK`.
     #[inline(always)]
-    pub(super) unsafe fn quantize<const B_ZP: bool>(self, v: __m512i, cols: &Columns, j: usize, row_sum: __m512i) -> __m512i {
+    pub(super) unsafe fn quantize<const B_ZP: bool>(
+        self,
+        v: __m512i,
+        cols: &Columns,
+        j: usize,
+        row_sum: __m512i,
+    ) -> __m512i {
         assert!(j + 16 <= CHUNK);
         // SAFETY: AVX-512 F (the contract); the three loads read lanes j..j + 16 of
         // arrays of CHUNK (asserted just above).
@@ -108,7 +123,9 @@ pub(super) fn mask_below(width: usize, j: usize) -> __mmask16 {
 /// The stage's scale, when it is one this module fuses: Float to u8 or i8.
 pub(super) fn fused_scale<'a>(stage: &OutputStage<'a>, out: &OutData<'_>) -> Option<(Requant<'a>, Param<'a, f32>)> {
     match stage.requant {
-        Some(r @ Requant { scheme: Scheme::Float { scale }, .. }) if !matches!(out, OutData::I32(_)) => Some((r, scale)),
+        Some(r @ Requant { scheme: Scheme::Float { scale }, .. }) if !matches!(out, OutData::I32(_)) => {
+            Some((r, scale))
+        }
         _ => None,
     }
 }
@@ -131,9 +148,7 @@ pub(crate) unsafe fn epilogue(args: EpilogueArgs<'_>) {
         Some((r, scale)) => {
             let any_b_zp = args.zero_points.b_zp[..args.cols].iter().any(|&z| z != 0);
             // SAFETY: forwarded from this function's contract.
-            unsafe {
-                if any_b_zp { float::<true>(args, r, scale) } else { float::<false>(args, r, scale) }
-            }
+            unsafe { if any_b_zp { float::<true>(args, r, scale) } else { float::<false>(args, r, scale) } }
         }
         None => epilogue_scalar(args),
     }
@@ -151,7 +166,7 @@ unsafe fn float<const B_ZP: bool>(args: EpilogueArgs<'_>, r: Requant<'_>, scale:
     let k = unsafe { Float16::new(&r) };
     for c0 in (0..cols).step_by(CHUNK) {
         let width = CHUNK.min(cols - c0);
-        columns.fill(&zero_points, &stage, scale, c0, width);
+        columns.fill(&zero_points, &stage, scale, c0, width, CHUNK);
         for row in 0..rows {
             let acc_row = &acc[row * acc_stride + c0..][..width];
             let rs = _mm512_set1_epi32(if B_ZP { row_sums[row] } else { 0 });

@@ -76,7 +76,18 @@ unsafe fn block_staged(args: BlockArgs<'_>, mut stage: EpilogueArgs<'_>) {
         // SAFETY: forwarded from this function's contract; the epilogue's accumulators
         // are the block's, checked just before use.
         unsafe {
-            block(BlockArgs { a, b, b_panel_stride, row_panels, rows, col_panels, kgroups, acc, acc_stride, accumulate });
+            block(BlockArgs {
+                a,
+                b,
+                b_panel_stride,
+                row_panels,
+                rows,
+                col_panels,
+                kgroups,
+                acc,
+                acc_stride,
+                accumulate,
+            });
             let stage = EpilogueArgs { acc: &*acc, acc_stride, ..stage };
             stage.check();
             epilogue(stage)
@@ -143,7 +154,7 @@ impl Sink<Zmm, NV> for Fused<'_> {
     unsafe fn panel(&mut self, jp: usize) {
         self.col0 = jp * NV * 16;
         let width = self.cols.saturating_sub(self.col0).min(NV * 16);
-        self.columns.fill(&self.zero_points, &self.output, self.scale, self.col0, width);
+        self.columns.fill(&self.zero_points, &self.output, self.scale, self.col0, width, NV * 16);
         self.masks = std::array::from_fn(|v| mask_below(width, v * 16));
     }
 
