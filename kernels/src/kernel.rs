@@ -52,6 +52,9 @@ pub struct BlockArgs<'a> {
     pub rows: usize,
     /// Panels of `nr` columns in the block.
     pub col_panels: usize,
+    /// Columns of the block that are real (`≤ col_panels · nr`); a kernel may skip the
+    /// padding columns of the last panel, whose accumulators are never read.
+    pub cols: usize,
     /// Groups of `kg` values of K in the block.
     pub kgroups: usize,
     /// The accumulator block, updated in place.
@@ -320,7 +323,7 @@ impl Kernel {
     pub fn block_with_stage(&self, args: BlockArgs<'_>, stage: EpilogueArgs<'_>) {
         self.check_block(&args);
         stage.check_output();
-        assert!(stage.rows == args.rows && stage.cols <= args.col_panels * self.tile.nr, "stage and block differ");
+        assert!(stage.rows == args.rows && stage.cols <= args.cols, "stage and block differ");
         match self.staged {
             // SAFETY: as in `block`, and the output was just checked against
             // `EpilogueArgs` (all but `acc`, which a fused kernel does not read).
@@ -347,6 +350,7 @@ impl Kernel {
         assert!(args.acc_stride >= args.col_panels * t.nr, "accumulator stride");
         assert!(args.acc.len() >= args.row_panels * t.mr * args.acc_stride, "accumulators");
         assert!(args.rows <= args.row_panels * t.mr, "rows beyond the panels");
+        assert!(args.cols <= args.col_panels * t.nr, "columns beyond the panels");
     }
 
     /// Applies the output stage to a block and stores it.

@@ -170,6 +170,7 @@ fn through_tiles(kernel: &Kernel, acc: &[i32], stage: EpilogueArgs<'_>) {
         row_panels,
         rows: ROWS,
         col_panels,
+        cols: COLS,
         kgroups: 0,
         acc: &mut tile_acc,
         acc_stride: stride,

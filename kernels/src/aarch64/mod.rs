@@ -104,7 +104,8 @@ pub(crate) fn for_each_tile(
     mut run: impl FnMut(TileJob<'_>),
 ) {
     let Tile { mr, nr, kg } = tile;
-    let BlockArgs { a, b, b_panel_stride, row_panels, rows, col_panels, kgroups, acc, acc_stride, accumulate } = args;
+    let BlockArgs { a, b, b_panel_stride, row_panels, rows, col_panels, kgroups, acc, acc_stride, accumulate, .. } =
+        args;
     let a_panel_bytes = kgroups * mr * kg;
     let fused = stage.map(FusedStage::new);
     for jp in 0..col_panels {

@@ -134,7 +134,8 @@ impl Dot4 for PairSums {
 /// As [`block_madd`].
 #[target_feature(enable = "avx2")]
 unsafe fn block_madd_tiles(args: BlockArgs<'_>) {
-    let BlockArgs { a, b, b_panel_stride, row_panels, rows, col_panels, kgroups, acc, acc_stride, accumulate } = args;
+    let BlockArgs { a, b, b_panel_stride, row_panels, rows, col_panels, kgroups, acc, acc_stride, accumulate, .. } =
+        args;
     let a_panel_bytes = kgroups * MR * KG * 2;
     for jp in 0..col_panels {
         let b_panel = &b[jp * b_panel_stride..][..kgroups * NR * KG];

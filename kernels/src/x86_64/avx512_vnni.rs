@@ -71,31 +71,35 @@ unsafe fn block(args: BlockArgs<'_>) {
 /// block's and its columns within the block's (checked by `Kernel::block_with_stage`).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn block_staged(args: BlockArgs<'_>, mut stage: EpilogueArgs<'_>) {
-    let BlockArgs { a, b, b_panel_stride, row_panels, rows, col_panels, kgroups, acc, acc_stride, accumulate } = args;
     let Some((r, scale)) = fused_scale(&stage.stage, &stage.out) else {
+        let mut args = args;
+        let acc = std::mem::take(&mut args.acc);
+        let acc_stride = args.acc_stride;
         // SAFETY: forwarded from this function's contract; the epilogue's accumulators
         // are the block's, checked just before use.
         unsafe {
-            block(BlockArgs {
-                a,
-                b,
-                b_panel_stride,
-                row_panels,
-                rows,
-                col_panels,
-                kgroups,
-                acc,
-                acc_stride,
-                accumulate,
-            });
-            let stage = EpilogueArgs { acc: &*acc, acc_stride, ..stage };
+            block(BlockArgs { acc: &mut *acc, ..args });
+            let stage = EpilogueArgs { acc, acc_stride, ..stage };
             stage.check();
             epilogue(stage)
         }
         return;
     };
+    let BlockArgs {
+        a,
+        b,
+        b_panel_stride,
+        row_panels,
+        rows,
+        col_panels,
+        cols: block_cols,
+        kgroups,
+        acc,
+        acc_stride,
+        accumulate,
+    } = args;
     let out = out_bytes(&mut stage.out).expect("u8 or i8 output (fused_scale)");
-    let panels = Panels { a, b, b_panel_stride, row_panels, rows, col_panels, kgroups };
+    let panels = Panels { a, b, b_panel_stride, row_panels, rows, col_panels, cols: block_cols, kgroups };
     let EpilogueArgs { cols, row_sums, zero_points, stage: output, out_stride, .. } = stage;
     let prior = if accumulate { Some(&*acc) } else { None };
     // SAFETY: AVX-512 F is enabled here.
@@ -159,13 +163,13 @@ impl Sink<Zmm, NV> for Fused<'_> {
     }
 
     #[inline(always)]
-    unsafe fn tile<const R: usize>(&mut self, row0: usize, c: &[[Zmm; NV]; R]) {
+    unsafe fn tile<const R: usize, const NU: usize>(&mut self, row0: usize, c: &[[Zmm; NU]; R]) {
         if let Some(prior) = self.prior {
             assert!(prior.len() >= (row0 + R - 1) * self.acc_stride + self.col0 + NV * 16, "accumulator tile");
         }
         for (r, cr) in c.iter().enumerate() {
             let row = row0 + r;
-            // SAFETY (the block below): the CPU has AVX-512 F (the trait's contract).
+            // SAFETY: the CPU has AVX-512 F (the trait's contract).
             // Reads of `prior`: 16 values at `row · acc_stride + col0 + 16v`, in bounds by
             // the assert above. Stores: the `masks[v]` lanes of row `row` (a row of the
             // stage: the block's rows are the stage's) from column `col0 + 16v`, all

@@ -75,11 +75,13 @@ pub(super) trait Sink<V: Dot4, const NV: usize> {
     /// The CPU has `V`'s features.
     unsafe fn panel(&mut self, jp: usize);
 
-    /// The sums of rows `row0..row0 + R` of the current column panel, all real rows.
+    /// The sums of rows `row0..row0 + R` of the current column panel, all real rows, in
+    /// its first `NU ≤ NV` vectors: the panel's real columns lie within them (the
+    /// rest of the panel is padding, not computed).
     ///
     /// # Safety
     /// The CPU has `V`'s features, and the rows lie within the block.
-    unsafe fn tile<const R: usize>(&mut self, row0: usize, c: &[[V; NV]; R]);
+    unsafe fn tile<const R: usize, const NU: usize>(&mut self, row0: usize, c: &[[V; NU]; R]);
 }
 
 /// The plain sink: `acc (+)= sums`, row-major with `acc_stride` columns.
@@ -97,13 +99,13 @@ impl<V: Dot4, const NV: usize> Sink<V, NV> for StoreAcc<'_> {
     }
 
     #[inline(always)]
-    unsafe fn tile<const R: usize>(&mut self, row0: usize, c: &[[V; NV]; R]) {
+    unsafe fn tile<const R: usize, const NU: usize>(&mut self, row0: usize, c: &[[V; NU]; R]) {
         let acc_tile = &mut self.acc[row0 * self.acc_stride + self.col0..];
-        assert!(acc_tile.len() >= (R.max(1) - 1) * self.acc_stride + NV * V::LANES, "accumulator tile");
+        assert!(acc_tile.len() >= (R.max(1) - 1) * self.acc_stride + NU * V::LANES, "accumulator tile");
         for (r, cr) in c.iter().enumerate() {
             for (v, cv) in cr.iter().enumerate() {
                 // SAFETY: the CPU has V's features (the contract); row r < R of the tile
-                // holds NV·LANES values from column 0 (asserted just above).
+                // holds NU·LANES values from column 0 (asserted just above).
                 unsafe { cv.store(acc_tile.as_mut_ptr().add(r * self.acc_stride + v * V::LANES), self.accumulate) };
             }
         }
@@ -118,9 +120,10 @@ impl<V: Dot4, const NV: usize> Sink<V, NV> for StoreAcc<'_> {
 /// `MR × NV·LANES`, K-group 4 and u8 A (checked by `Kernel::block`).
 #[inline(always)]
 pub(super) unsafe fn block<V: Dot4, const MR: usize, const NV: usize>(args: BlockArgs<'_>) {
-    let BlockArgs { a, b, b_panel_stride, row_panels, rows, col_panels, kgroups, acc, acc_stride, accumulate } = args;
+    let BlockArgs { a, b, b_panel_stride, row_panels, rows, col_panels, cols, kgroups, acc, acc_stride, accumulate } =
+        args;
     let mut sink = StoreAcc { acc, acc_stride, accumulate, col0: 0 };
-    let panels = Panels { a, b, b_panel_stride, row_panels, rows, col_panels, kgroups };
+    let panels = Panels { a, b, b_panel_stride, row_panels, rows, col_panels, cols, kgroups };
     // SAFETY: forwarded from this function's contract.
     unsafe { block_into::<V, MR, NV, _>(panels, &mut sink) }
 }
@@ -133,6 +136,7 @@ pub(super) struct Panels<'a> {
     pub row_panels: usize,
     pub rows: usize,
     pub col_panels: usize,
+    pub cols: usize,
     pub kgroups: usize,
 }
 
@@ -148,10 +152,17 @@ pub(super) unsafe fn block_into<V: Dot4, const MR: usize, const NV: usize, S: Si
     panels: Panels<'_>,
     sink: &mut S,
 ) {
-    let Panels { a, b, b_panel_stride, row_panels, rows, col_panels, kgroups } = panels;
+    let Panels { a, b, b_panel_stride, row_panels, rows, col_panels, cols, kgroups } = panels;
     let nr = NV * V::LANES;
     let a_panel_bytes = kgroups * MR * 4;
     for jp in 0..col_panels {
+        // The vectors of this panel that hold real columns: the last panel of a block
+        // whose N is not a multiple of NR computes only those (N = 256 on an 8 × 48
+        // tile: 16 columns, one vector of three, in its sixth panel).
+        let used = cols.saturating_sub(jp * nr).min(nr).div_ceil(V::LANES);
+        if used == 0 {
+            continue; // padding only: never read
+        }
         let b_panel = &b[jp * b_panel_stride..][..kgroups * nr * 4];
         // SAFETY: the CPU has V's features (this function's contract).
         unsafe { sink.panel(jp) };
@@ -163,29 +174,52 @@ pub(super) unsafe fn block_into<V: Dot4, const MR: usize, const NV: usize, S: Si
             // hold `kgroups` groups of this layout (sliced just above), and rows
             // `row0..row0 + real_rows` are real rows of the block.
             unsafe {
-                match real_rows {
-                    8 => sink.tile(row0, &sums::<V, MR, 8, NV>(ap, bp, kgroups)),
-                    7 => sink.tile(row0, &sums::<V, MR, 7, NV>(ap, bp, kgroups)),
-                    6 => sink.tile(row0, &sums::<V, MR, 6, NV>(ap, bp, kgroups)),
-                    5 => sink.tile(row0, &sums::<V, MR, 5, NV>(ap, bp, kgroups)),
-                    4 => sink.tile(row0, &sums::<V, MR, 4, NV>(ap, bp, kgroups)),
-                    3 => sink.tile(row0, &sums::<V, MR, 3, NV>(ap, bp, kgroups)),
-                    2 => sink.tile(row0, &sums::<V, MR, 2, NV>(ap, bp, kgroups)),
-                    1 => sink.tile(row0, &sums::<V, MR, 1, NV>(ap, bp, kgroups)),
-                    _ => {} // a panel with no real rows: nothing to compute
+                match used {
+                    1 => rows_of::<V, MR, 1, NV, S>(sink, real_rows, row0, ap, bp, kgroups),
+                    2 if NV >= 2 => rows_of::<V, MR, 2, NV, S>(sink, real_rows, row0, ap, bp, kgroups),
+                    _ => rows_of::<V, MR, NV, NV, S>(sink, real_rows, row0, ap, bp, kgroups),
                 }
             }
         }
     }
 }
 
-/// One k-group: `c[r][v] += A[r, g] · B[g][v]` for every row r < R and vector v < NV.
+/// One tile of `real_rows ≤ MR` rows and the first `NU` vectors of a panel, into `sink`.
+///
+/// # Safety
+/// As [`block_into`], for the panels at `a` and `b`.
+#[inline(always)]
+unsafe fn rows_of<V: Dot4, const MR: usize, const NU: usize, const NV: usize, S: Sink<V, NV>>(
+    sink: &mut S,
+    real_rows: usize,
+    row0: usize,
+    a: *const u8,
+    b: *const i8,
+    kgroups: usize,
+) {
+    // SAFETY: forwarded from this function's contract.
+    unsafe {
+        match real_rows {
+            8 => sink.tile(row0, &sums::<V, MR, 8, NU, NV>(a, b, kgroups)),
+            7 => sink.tile(row0, &sums::<V, MR, 7, NU, NV>(a, b, kgroups)),
+            6 => sink.tile(row0, &sums::<V, MR, 6, NU, NV>(a, b, kgroups)),
+            5 => sink.tile(row0, &sums::<V, MR, 5, NU, NV>(a, b, kgroups)),
+            4 => sink.tile(row0, &sums::<V, MR, 4, NU, NV>(a, b, kgroups)),
+            3 => sink.tile(row0, &sums::<V, MR, 3, NU, NV>(a, b, kgroups)),
+            2 => sink.tile(row0, &sums::<V, MR, 2, NU, NV>(a, b, kgroups)),
+            1 => sink.tile(row0, &sums::<V, MR, 1, NU, NV>(a, b, kgroups)),
+            _ => {} // a panel with no real rows: nothing to compute
+        }
+    }
+}
+
+/// One k-group: `c[r][v] += A[r, g] · B[g][v]` for every row r < R and vector v < NU.
 ///
 /// # Safety
 /// As [`sums`], with `g < kgroups`.
 #[inline(always)]
-unsafe fn step<V: Dot4, const MR: usize, const R: usize, const NV: usize>(
-    c: &mut [[V; NV]; R],
+unsafe fn step<V: Dot4, const MR: usize, const R: usize, const NU: usize, const NV: usize>(
+    c: &mut [[V; NU]; R],
     a: *const u8,
     b: *const i8,
     g: usize,
@@ -193,7 +227,7 @@ unsafe fn step<V: Dot4, const MR: usize, const R: usize, const NV: usize>(
     // SAFETY: group g lies within both panels (the contract).
     unsafe {
         let bg = b.add(g * NV * V::LANES * 4);
-        let mut bv = [V::zero(); NV];
+        let mut bv = [V::zero(); NU];
         for (v, bv) in bv.iter_mut().enumerate() {
             *bv = V::load_b(bg.add(v * V::LANES * 4));
         }
@@ -207,23 +241,24 @@ unsafe fn step<V: Dot4, const MR: usize, const R: usize, const NV: usize>(
     }
 }
 
-/// `Σ_g A[r, g] · B[g]` for the first `R` rows of a panel of `MR`, wrapping in i32.
-/// `R > MR` never happens (the caller's `min`); such instances return zeros.
+/// `Σ_g A[r, g] · B[g]` for the first `R` rows of a panel of `MR` and the first `NU`
+/// vectors of a panel of `NV`, wrapping in i32. `R > MR` and `NU > NV` never happen
+/// (the callers' bounds); such instances return zeros.
 ///
 /// # Safety
 /// The CPU has `V`'s features; `a` holds `kgroups` groups of `MR` rows × 4 u8, and `b`
 /// holds `kgroups` groups of `NV · LANES · 4` bytes.
 #[inline(always)]
-unsafe fn sums<V: Dot4, const MR: usize, const R: usize, const NV: usize>(
+unsafe fn sums<V: Dot4, const MR: usize, const R: usize, const NU: usize, const NV: usize>(
     a: *const u8,
     b: *const i8,
     kgroups: usize,
-) -> [[V; NV]; R] {
+) -> [[V; NU]; R] {
     // SAFETY: the CPU has V's features (the contract); every pointer below stays
     // within group g < kgroups of the panels.
     unsafe {
-        let mut c = [[V::zero(); NV]; R];
-        if R > MR {
+        let mut c = [[V::zero(); NU]; R];
+        if R > MR || NU > NV {
             return c;
         }
         // Four k-groups per iteration: the loop's own scalar instructions (pointer
@@ -232,11 +267,11 @@ unsafe fn sums<V: Dot4, const MR: usize, const R: usize, const NV: usize>(
         const U: usize = 4;
         for chunk in 0..kgroups / U {
             for u in 0..U {
-                step::<V, MR, R, NV>(&mut c, a, b, U * chunk + u);
+                step::<V, MR, R, NU, NV>(&mut c, a, b, U * chunk + u);
             }
         }
         for g in kgroups / U * U..kgroups {
-            step::<V, MR, R, NV>(&mut c, a, b, g);
+            step::<V, MR, R, NU, NV>(&mut c, a, b, g);
         }
         c
     }
