@@ -57,11 +57,20 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import onnxruntime as ort
 import torch
-from onnx import helper, numpy_helper
 
-ORT_LIBRARY = f"onnxruntime {ort.__version__}"
+# ONNX Runtime's peers also need the `onnx` package to build their models. A host with
+# torch alone (the Xeon test host has no `onnx`) still runs the PyTorch peers; the ONNX
+# Runtime rows then say why they were skipped.
+try:
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+    ONNX_MISSING = None
+    ORT_LIBRARY = f"onnxruntime {ort.__version__}"
+except ImportError as error:
+    ort = helper = numpy_helper = None
+    ONNX_MISSING = f"onnxruntime and onnx are needed for this peer: {error}"
+    ORT_LIBRARY = "onnxruntime (not importable)"
 TORCH_LIBRARY = f"torch {torch.__version__}"
 # Opset 21 pairs with IR version 10; pin both so a newer `onnx` package cannot
 # produce a model that this onnxruntime refuses to load.
@@ -330,15 +339,25 @@ class Peer:
     setup: Callable[[Problem, int], Bench]
 
 
+def needs_onnx(setup):
+    """`setup`, or a Skip with the reason where onnxruntime or onnx is missing."""
+    @functools.wraps(setup)
+    def checked(p, threads):
+        if ONNX_MISSING:
+            raise Skip(ONNX_MISSING)
+        return setup(p, threads)
+    return checked
+
+
 PEERS = [
     Peer("ort-qlinearmatmul", "ONNX Runtime QLinearMatMul", ORT_LIBRARY, ("gemm",),
-         ort_qlinearmatmul),
+         needs_onnx(ort_qlinearmatmul)),
     Peer("ort-matmulinteger", "ONNX Runtime MatMulInteger", ORT_LIBRARY, ("gemm",),
-         ort_matmulinteger),
+         needs_onnx(ort_matmulinteger)),
     Peer("ort-qlinearconv", "ONNX Runtime QLinearConv (NCHW)", ORT_LIBRARY, ("conv",),
-         ort_qlinearconv),
+         needs_onnx(ort_qlinearconv)),
     Peer("ort-qlinearconv-nhwc", "ONNX Runtime com.microsoft QLinearConv (channels_last)",
-         ORT_LIBRARY, ("conv",), ort_qlinearconv_nhwc),
+         ORT_LIBRARY, ("conv",), needs_onnx(ort_qlinearconv_nhwc)),
 ] + [
     Peer(f"torch-{engine}", f"PyTorch quantized ({engine})", TORCH_LIBRARY, ("gemm", "conv"),
          functools.partial(torch_peer, engine))

@@ -47,8 +47,10 @@ const STRIP_A_BYTES: usize = 16 << 10;
 pub const A_PACK_BYTES: usize = 512 << 10;
 
 /// The most scratch one [`gemm_in`] call holds, in bytes, for the kernels of this crate
-/// (whose blockings are at most 64 × 512 × 1024): packed A ≤ [`A_PACK_BYTES`] (or one
-/// `mc × kc` block of i16, 64 KiB, if larger), accumulators `mc × nc` i32 ≤ 256 KiB,
+/// (whose blockings keep one `mc × kc` block of packed A within 64 KiB and `mc × nc`
+/// within 64 Ki values: 48 × 512 × 1024 on AVX2, 128 × 512 × 480 on AVX-512 VNNI):
+/// packed A ≤ [`A_PACK_BYTES`] (or one `mc × kc` block, 64 KiB, if larger),
+/// accumulators `mc × nc` i32 ≤ 256 KiB,
 /// one K block of gathered taps ≤ 512 bytes, and row sums. Tests assert it.
 pub const GEMM_SCRATCH_BYTES: usize = A_PACK_BYTES + (256 << 10) + (1 << 10);
 
@@ -204,6 +206,9 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
     let row_sums = grown(row_sums, mc_max);
     let gather = grown(gather, if matrix { 0 } else { kc_groups * tile.kg });
     let zero_points = ZeroPoints { a_zp: i32::from(a_zp), col_offsets: b.col_offsets(), b_zp: b.zero_points() };
+    // The row sums only meet nonzero weight zero points (`− b_zp · Σ_k a`); with
+    // symmetric weights, the common case, packing skips them and they stay 0.
+    let sum_rows = b.zero_points().iter().any(|&z| z != 0);
 
     for ic in (0..m).step_by(blocking.mc) {
         let rows = blocking.mc.min(m - ic);
@@ -224,7 +229,7 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
         let groups_of = |i: usize| kc_groups.min(kgroups_total - i * kc_groups);
         if hold_all {
             for i in 0..k_blocks {
-                let sums = Some(&mut row_sums[..]);
+                let sums = if sum_rows { Some(&mut row_sums[..]) } else { None };
                 let dst = &mut a_pack[offset(i)..];
                 pack_a(tile, &a_block, rows, k, i * kc_groups, groups_of(i), format, dst, sums, gather);
             }
@@ -237,7 +242,7 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
             // row sums on the first block of columns only).
             let mut pack_now = |i: usize, a_pack: &mut [u8], row_sums: &mut [i32]| {
                 if !hold_all {
-                    let sums = if jc == 0 { Some(row_sums) } else { None };
+                    let sums = if jc == 0 && sum_rows { Some(row_sums) } else { None };
                     pack_a(tile, &a_block, rows, k, i * kc_groups, groups_of(i), format, a_pack, sums, gather);
                 }
             };

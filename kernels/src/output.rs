@@ -191,7 +191,8 @@ pub struct EpilogueArgs<'a> {
     pub rows: usize,
     /// Columns to store.
     pub cols: usize,
-    /// `Σ_k A[r][k]` per row (only read when some `b_zp` is nonzero).
+    /// `Σ_k A[r][k]` per row (only read when some `b_zp` is nonzero: the driver leaves
+    /// them 0 otherwise).
     pub row_sums: &'a [i32],
     /// Zero points and column sums, from the block's first column.
     pub zero_points: ZeroPoints<'a>,

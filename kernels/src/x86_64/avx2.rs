@@ -20,6 +20,9 @@
 //!                  or weights with |w0| + |w1| ≤ 128 per pair (the driver checks).
 //! ```
 //!
+//! The fast path runs the kernel body shared with the VNNI kernels
+//! ([`super::dot4_tile`]), its 4-deep dot product spelled `vpmaddubsw` + `vpmaddwd`.
+//!
 //! The tile is 6 rows × 8 columns: six accumulator rows of one (fast) or two (exact)
 //! ymm registers, which leaves room for B and the broadcast in 16 registers. Rows of a
 //! panel past the block's last real row are not computed: a panel of one real row
