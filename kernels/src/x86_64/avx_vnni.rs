@@ -26,6 +26,9 @@ const TILE: Tile = Tile { mr: MR, nr: NV * 8, kg: 4 };
 // A B panel slice of 512 × 16 (8 KiB) stays in L1 while the row panels (6 × 512, 3 KiB
 // each) stream from L2; the 48 × 1024 accumulators (192 KiB) stay in L2. As AVX2's.
 const BLOCKING: Blocking = Blocking { mc: 48, kc: 512, nc: 1024 };
+// Within the scratch bound (`crate::driver::GEMM_SCRATCH_BYTES`): one block of packed
+// A ≤ 64 KiB, accumulators ≤ 256 KiB.
+const _: () = assert!(BLOCKING.mc * BLOCKING.kc <= 64 << 10 && BLOCKING.mc * BLOCKING.nc <= 64 << 10);
 
 /// The kernel, or `None` if this CPU lacks AVX-VNNI or AVX2.
 pub fn kernel() -> Option<&'static Kernel> {
