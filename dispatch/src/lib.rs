@@ -42,6 +42,10 @@
 //! # Ok::<(), qgemm::Error>(())
 //! ```
 //!
+//! ## From C
+//! [`ffi`] is the C ABI (`include/qgemm.h`): status codes, a per-thread error
+//! message, a panic boundary on every export; see the README's "Using qgemm from C".
+//!
 //! ## Choosing the ISA
 //! [`available_isas`] lists the kernels that run on this CPU; packing uses the
 //! [`selected_isa`]: the one forced with [`force_isa`], else the one named by the
@@ -52,6 +56,7 @@
 
 mod conv;
 mod error;
+pub mod ffi;
 mod gemm;
 mod isa;
 mod quant;

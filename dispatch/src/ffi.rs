@@ -1,0 +1,803 @@
+//! The C ABI: what C and C++ engines link. `include/qgemm.h` is generated from this
+//! file by cbindgen (`dispatch/cbindgen.toml`); the README's "Using qgemm from C" shows
+//! how to build and link it.
+//!
+//! Conventions, after rustls-ffi:
+//! - every function that can fail returns a [`qgemm_status`], `QGEMM_OK` (0) on
+//!   success; on failure nothing is written to any output, and a human-readable message
+//!   for the calling thread is kept until its next failure ([`qgemm_last_error_message`]);
+//! - every export runs inside a panic boundary: a panic becomes
+//!   `QGEMM_STATUS_PANIC`, never an unwind into C;
+//! - pointers come with lengths (in elements); a null pointer with a nonzero length,
+//!   a length that does not match the shape, or a null handle is an error, never a
+//!   read or write out of bounds;
+//! - enumerations cross the boundary as `uint32_t` with named constants, so an
+//!   out-of-range value from C is an error (`QGEMM_STATUS_INVALID_ENUM`), never an
+//!   invalid Rust enum.
+//!
+//! Handles ([`qgemm_packed_weights`]) are opaque, made by a `_new` function and
+//! released by the matching `_free`. Freeing one twice is undefined behaviour, as for
+//! `free`.
+
+#![allow(non_camel_case_types)]
+
+use std::cell::RefCell;
+use std::ffi::c_char;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use crate::{
+    Activations, Channelwise, Conv2dParams, ConvInput, ConvWeights, Error, ErrorKind, FilterLayout, FixedPointParams,
+    Isa, OutputBuffer, OutputMatrix, OutputStage, PackedConvWeights, PackedWeights, Requantization, Requantize,
+    WeightLayout, Weights,
+};
+
+/// The result of a call: `QGEMM_OK` or why it failed.
+pub type qgemm_status = u32;
+/// Success.
+pub const QGEMM_OK: qgemm_status = 0;
+/// A required pointer is null (or a buffer's pointer is null with a nonzero length).
+pub const QGEMM_STATUS_NULL_POINTER: qgemm_status = 1;
+/// An enumeration value (ISA, layout, output type, scheme) is not one of its constants.
+pub const QGEMM_STATUS_INVALID_ENUM: qgemm_status = 2;
+/// A panic inside qgemm was caught at the boundary (a bug: please report it).
+pub const QGEMM_STATUS_PANIC: qgemm_status = 3;
+/// A dimension is invalid or inconsistent with another.
+pub const QGEMM_STATUS_DIMENSION: qgemm_status = 10;
+/// A row stride is smaller than the row it must hold.
+pub const QGEMM_STATUS_STRIDE: qgemm_status = 11;
+/// A buffer's length does not match the shape it is given with.
+pub const QGEMM_STATUS_BUFFER_LENGTH: qgemm_status = 12;
+/// A size product overflows.
+pub const QGEMM_STATUS_OVERFLOW: qgemm_status = 13;
+/// Memory for packed weights could not be allocated.
+pub const QGEMM_STATUS_OUT_OF_MEMORY: qgemm_status = 14;
+/// A fixed-point multiplier is neither 0 nor in [2^30, 2^31).
+pub const QGEMM_STATUS_MULTIPLIER: qgemm_status = 15;
+/// A fixed-point shift is outside [-31, 30].
+pub const QGEMM_STATUS_SHIFT: qgemm_status = 16;
+/// A scale is NaN, infinite or not positive.
+pub const QGEMM_STATUS_SCALE: qgemm_status = 17;
+/// A zero point is outside the output type's range.
+pub const QGEMM_STATUS_ZERO_POINT: qgemm_status = 18;
+/// A clamp is outside the output type's range, or min > max.
+pub const QGEMM_STATUS_CLAMP: qgemm_status = 19;
+/// The output stage does not fit the output type.
+pub const QGEMM_STATUS_OUTPUT_TYPE: qgemm_status = 20;
+/// Packed weights were made for another shape or ISA.
+pub const QGEMM_STATUS_WEIGHTS_MISMATCH: qgemm_status = 21;
+/// The ISA cannot run on this CPU, or this build has no kernel for it.
+pub const QGEMM_STATUS_ISA_UNAVAILABLE: qgemm_status = 22;
+/// An ISA name is not known.
+pub const QGEMM_STATUS_UNKNOWN_ISA: qgemm_status = 23;
+/// A convolution's kernel does not fit its padded input.
+pub const QGEMM_STATUS_CONV_OUTPUT_SIZE: qgemm_status = 24;
+/// The number of threads is zero.
+pub const QGEMM_STATUS_THREADS: qgemm_status = 25;
+
+/// An instruction-set target (`qgemm::Isa`).
+pub type qgemm_isa = u32;
+/// Plain Rust; runs anywhere.
+pub const QGEMM_ISA_PORTABLE: qgemm_isa = 0;
+/// x86-64 AVX2.
+pub const QGEMM_ISA_AVX2: qgemm_isa = 1;
+/// x86-64 AVX-VNNI.
+pub const QGEMM_ISA_AVX_VNNI: qgemm_isa = 2;
+/// x86-64 AVX-512 with VNNI.
+pub const QGEMM_ISA_AVX512_VNNI: qgemm_isa = 3;
+/// AArch64 NEON (ARMv8.0).
+pub const QGEMM_ISA_NEON: qgemm_isa = 4;
+/// AArch64 NEON with dotprod.
+pub const QGEMM_ISA_NEON_DOTPROD: qgemm_isa = 5;
+/// AArch64 NEON with i8mm.
+pub const QGEMM_ISA_NEON_I8MM: qgemm_isa = 6;
+
+/// How a weight matrix is laid out.
+pub type qgemm_weight_layout = u32;
+/// K×N, row-major.
+pub const QGEMM_LAYOUT_K_BY_N: qgemm_weight_layout = 0;
+/// N×K, row-major (the PyTorch/ONNX linear-weight layout).
+pub const QGEMM_LAYOUT_N_BY_K: qgemm_weight_layout = 1;
+
+/// The order of convolution weights.
+pub type qgemm_filter_layout = u32;
+/// `[out_channels][kernel_height][kernel_width][in_channels / groups]` (TFLite).
+pub const QGEMM_FILTER_OHWI: qgemm_filter_layout = 0;
+/// `[out_channels][in_channels / groups][kernel_height][kernel_width]` (PyTorch, ONNX).
+pub const QGEMM_FILTER_OIHW: qgemm_filter_layout = 1;
+
+/// The element type of an output matrix.
+pub type qgemm_output_type = u32;
+/// Raw i32 (plus bias); the output stage must not requantize.
+pub const QGEMM_OUTPUT_I32: qgemm_output_type = 0;
+/// Requantized u8.
+pub const QGEMM_OUTPUT_U8: qgemm_output_type = 1;
+/// Requantized i8.
+pub const QGEMM_OUTPUT_I8: qgemm_output_type = 2;
+
+/// A requantization scheme (see the README's semantics).
+pub type qgemm_scheme = u32;
+/// No requantization: i32 output.
+pub const QGEMM_SCHEME_NONE: qgemm_scheme = 0;
+/// TFLite reference / gemmlowp: doubling high multiply, rounding shift, ties away.
+pub const QGEMM_SCHEME_FIXED_POINT: qgemm_scheme = 1;
+/// TFLite optimized (ruy): the same, ties toward +infinity.
+pub const QGEMM_SCHEME_FIXED_POINT_HALF_UP: qgemm_scheme = 2;
+/// TFLite single rounding: one 64-bit multiply, one rounding, ties toward +infinity.
+pub const QGEMM_SCHEME_FIXED_POINT_SINGLE_ROUNDING: qgemm_scheme = 3;
+/// ONNX Runtime / PyTorch / XNNPACK: one f32 multiply, round half to even.
+pub const QGEMM_SCHEME_FLOAT: qgemm_scheme = 4;
+
+/// Weights before packing: K×N i8 in `layout`, with one zero point per tensor
+/// (`zero_points_len` = 1) or per output column (`zero_points_len` = N).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct qgemm_weights {
+    /// `k * n` values.
+    pub data: *const i8,
+    /// Elements at `data`; must be `k * n`.
+    pub data_len: usize,
+    /// A `QGEMM_LAYOUT_*` constant.
+    pub layout: qgemm_weight_layout,
+    /// K, the depth.
+    pub k: usize,
+    /// N, the output columns.
+    pub n: usize,
+    /// The weight zero points.
+    pub zero_points: *const i8,
+    /// 1 (per tensor) or N (per column).
+    pub zero_points_len: usize,
+}
+
+/// The activations A of one call: M×K u8, row-major, rows `row_stride` apart.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct qgemm_activations {
+    /// `A[m][k]` is at `data[m * row_stride + k]`.
+    pub data: *const u8,
+    /// Elements at `data`.
+    pub data_len: usize,
+    /// M.
+    pub rows: usize,
+    /// K.
+    pub cols: usize,
+    /// Distance between rows, `>= cols`.
+    pub row_stride: usize,
+    /// The activation zero point.
+    pub zero_point: u8,
+}
+
+/// The output C of one call: M×N of `type`, row-major, rows `row_stride` apart. Only
+/// the `rows × cols` elements are written.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct qgemm_output {
+    /// A `QGEMM_OUTPUT_*` constant: what `data` points to (`int32_t`, `uint8_t` or
+    /// `int8_t`).
+    pub r#type: qgemm_output_type,
+    /// The elements.
+    pub data: *mut core::ffi::c_void,
+    /// Elements (not bytes) at `data`.
+    pub data_len: usize,
+    /// M.
+    pub rows: usize,
+    /// N.
+    pub cols: usize,
+    /// Distance between rows, `>= cols`.
+    pub row_stride: usize,
+}
+
+/// The output stage: optional i32 bias, then requantization by `scheme` with its
+/// parameters per tensor (`params_len` = 1) or per column (`params_len` = N), the
+/// output zero point and the clamp.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct qgemm_output_stage {
+    /// N values added to the accumulators (wrapping), or null for none.
+    pub bias: *const i32,
+    /// N, or 0 with a null `bias`.
+    pub bias_len: usize,
+    /// A `QGEMM_SCHEME_*` constant; `QGEMM_SCHEME_NONE` for i32 output (the fields
+    /// below are then ignored).
+    pub scheme: qgemm_scheme,
+    /// Fixed-point schemes: the Q31 multipliers, each 0 or in [2^30, 2^31).
+    pub multipliers: *const i32,
+    /// Fixed-point schemes: the shifts, each in [-31, 30] (positive shifts left).
+    pub shifts: *const i32,
+    /// `QGEMM_SCHEME_FLOAT`: the f32 scales, finite and positive.
+    pub scales: *const f32,
+    /// Values at `multipliers` and `shifts`, or at `scales`: 1 or N.
+    pub params_len: usize,
+    /// The output zero point, in the output type's range.
+    pub zero_point: i32,
+    /// The lower clamp, in the output type's range.
+    pub min: i32,
+    /// The upper clamp, in the output type's range, `>= min`.
+    pub max: i32,
+}
+
+/// Convolution weights before packing, dense, in `layout` order, with one zero point
+/// per tensor (`zero_points_len` = 1) or per output channel (`zero_points_len` = OC).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct qgemm_conv_weights {
+    /// `out_channels * kernel_height * kernel_width * (in_channels / groups)` values.
+    pub data: *const i8,
+    /// Elements at `data`.
+    pub data_len: usize,
+    /// A `QGEMM_FILTER_*` constant.
+    pub layout: qgemm_filter_layout,
+    /// OC, a multiple of `groups`.
+    pub out_channels: usize,
+    /// KH.
+    pub kernel_height: usize,
+    /// KW.
+    pub kernel_width: usize,
+    /// C, the input channels of the convolution (all groups), a multiple of `groups`.
+    pub in_channels: usize,
+    /// Groups; `groups == in_channels` is depthwise.
+    pub groups: usize,
+    /// The weight zero points.
+    pub zero_points: *const i8,
+    /// 1 (per tensor) or OC (per output channel).
+    pub zero_points_len: usize,
+}
+
+/// The shape of a 2-D convolution: NHWC input `[batch, in_height, in_width,
+/// in_channels]`, output `[batch, out_height, out_width, out_channels]` with
+/// `out = (in + pad_before + pad_after − dilation·(kernel − 1) − 1) / stride + 1`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct qgemm_conv2d_params {
+    /// N.
+    pub batch: usize,
+    /// H.
+    pub in_height: usize,
+    /// W.
+    pub in_width: usize,
+    /// C, a multiple of `groups`.
+    pub in_channels: usize,
+    /// OC, a multiple of `groups`.
+    pub out_channels: usize,
+    /// KH.
+    pub kernel_height: usize,
+    /// KW.
+    pub kernel_width: usize,
+    /// Vertical stride, >= 1.
+    pub stride_height: usize,
+    /// Horizontal stride, >= 1.
+    pub stride_width: usize,
+    /// Vertical dilation, >= 1.
+    pub dilation_height: usize,
+    /// Horizontal dilation, >= 1.
+    pub dilation_width: usize,
+    /// Rows of padding above the input.
+    pub pad_top: usize,
+    /// Columns of padding left of the input.
+    pub pad_left: usize,
+    /// Rows of padding below the input.
+    pub pad_bottom: usize,
+    /// Columns of padding right of the input.
+    pub pad_right: usize,
+    /// Channel groups, >= 1; `groups == in_channels` is depthwise.
+    pub groups: usize,
+}
+
+/// The input of a convolution: NHWC u8, dense.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct qgemm_conv_input {
+    /// `batch * in_height * in_width * in_channels` values.
+    pub data: *const u8,
+    /// Elements at `data`.
+    pub data_len: usize,
+    /// The input zero point; padded taps read as this value.
+    pub zero_point: u8,
+}
+
+/// Weights packed for one ISA's kernel (`qgemm::PackedWeights`); opaque. Immutable
+/// once made, so one handle may serve calls on several threads at once.
+#[derive(Debug)]
+pub struct qgemm_packed_weights(PackedWeights);
+
+// What the handles' documentation promises C callers.
+const _: () = {
+    const fn shareable<T: Send + Sync>() {}
+    shareable::<qgemm_packed_weights>();
+    shareable::<qgemm_packed_conv_weights>();
+};
+
+/// Convolution weights packed for one ISA (`qgemm::PackedConvWeights`); opaque.
+/// Immutable once made, so one handle may serve calls on several threads at once.
+#[derive(Debug)]
+pub struct qgemm_packed_conv_weights(PackedConvWeights);
+
+/// Why a call failed: its status and message.
+struct Failure {
+    status: qgemm_status,
+    message: String,
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
+        let status = match e.kind() {
+            ErrorKind::Dimension => QGEMM_STATUS_DIMENSION,
+            ErrorKind::Stride => QGEMM_STATUS_STRIDE,
+            ErrorKind::BufferLength => QGEMM_STATUS_BUFFER_LENGTH,
+            ErrorKind::Overflow => QGEMM_STATUS_OVERFLOW,
+            ErrorKind::OutOfMemory => QGEMM_STATUS_OUT_OF_MEMORY,
+            ErrorKind::Multiplier => QGEMM_STATUS_MULTIPLIER,
+            ErrorKind::Shift => QGEMM_STATUS_SHIFT,
+            ErrorKind::Scale => QGEMM_STATUS_SCALE,
+            ErrorKind::ZeroPoint => QGEMM_STATUS_ZERO_POINT,
+            ErrorKind::Clamp => QGEMM_STATUS_CLAMP,
+            ErrorKind::OutputType => QGEMM_STATUS_OUTPUT_TYPE,
+            ErrorKind::WeightsMismatch => QGEMM_STATUS_WEIGHTS_MISMATCH,
+            ErrorKind::IsaUnavailable => QGEMM_STATUS_ISA_UNAVAILABLE,
+            ErrorKind::UnknownIsa => QGEMM_STATUS_UNKNOWN_ISA,
+            ErrorKind::ConvOutputSize => QGEMM_STATUS_CONV_OUTPUT_SIZE,
+            ErrorKind::Threads => QGEMM_STATUS_THREADS,
+        };
+        Failure { status, message: e.to_string() }
+    }
+}
+
+fn fail<T>(status: qgemm_status, message: impl Into<String>) -> Result<T, Failure> {
+    Err(Failure { status, message: message.into() })
+}
+
+thread_local! {
+    /// The message of this thread's most recent failed call.
+    static LAST_ERROR: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+/// Runs `f` inside the panic boundary, records a failure's message for this thread
+/// and returns the status.
+fn boundary(f: impl FnOnce() -> Result<(), Failure>) -> qgemm_status {
+    let failure = match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(())) => return QGEMM_OK,
+        Ok(Err(failure)) => failure,
+        Err(_) => Failure {
+            status: QGEMM_STATUS_PANIC,
+            message: "internal error: a panic inside qgemm was caught at the C boundary".into(),
+        },
+    };
+    LAST_ERROR.with(|last| *last.borrow_mut() = failure.message);
+    failure.status
+}
+
+/// `len` elements at `ptr` as a slice; an empty slice for `len` 0 (whatever `ptr`).
+///
+/// # Safety
+/// A non-null `ptr` with `len > 0` must point to `len` readable, initialized `T` that
+/// nothing writes while the slice lives.
+unsafe fn slice<'a, T>(ptr: *const T, len: usize, what: &str) -> Result<&'a [T], Failure> {
+    if len == 0 {
+        return Ok(&[]);
+    }
+    if ptr.is_null() {
+        return fail(QGEMM_STATUS_NULL_POINTER, format!("{what} is null with length {len}"));
+    }
+    if len.checked_mul(size_of::<T>()).is_none_or(|bytes| bytes > isize::MAX as usize) {
+        return fail(QGEMM_STATUS_OVERFLOW, format!("{what}: length {len} exceeds the address space"));
+    }
+    // SAFETY: non-null, `len` elements within isize::MAX bytes (checked above), and
+    // readable and unaliased by the caller's contract.
+    Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
+}
+
+/// As [`slice`], writable.
+///
+/// # Safety
+/// As [`slice`], with the elements writable and not otherwise accessed while the slice
+/// lives.
+unsafe fn slice_mut<'a, T>(ptr: *mut T, len: usize, what: &str) -> Result<&'a mut [T], Failure> {
+    if len == 0 {
+        return Ok(&mut []);
+    }
+    if ptr.is_null() {
+        return fail(QGEMM_STATUS_NULL_POINTER, format!("{what} is null with length {len}"));
+    }
+    if len.checked_mul(size_of::<T>()).is_none_or(|bytes| bytes > isize::MAX as usize) {
+        return fail(QGEMM_STATUS_OVERFLOW, format!("{what}: length {len} exceeds the address space"));
+    }
+    // SAFETY: as in `slice`, and writable and exclusive by the caller's contract.
+    Ok(unsafe { std::slice::from_raw_parts_mut(ptr, len) })
+}
+
+/// `*ptr`, or a null-pointer failure.
+///
+/// # Safety
+/// A non-null `ptr` must point to a valid `T`.
+unsafe fn deref<'a, T>(ptr: *const T, what: &str) -> Result<&'a T, Failure> {
+    // SAFETY: the caller's contract.
+    match unsafe { ptr.as_ref() } {
+        Some(v) => Ok(v),
+        None => fail(QGEMM_STATUS_NULL_POINTER, format!("{what} is null")),
+    }
+}
+
+fn isa_from_c(isa: qgemm_isa) -> Result<Isa, Failure> {
+    match Isa::ALL.get(isa as usize) {
+        Some(&found) if isa as usize == found as usize => Ok(found),
+        _ => fail(QGEMM_STATUS_INVALID_ENUM, format!("ISA {isa} is not a QGEMM_ISA_* constant")),
+    }
+}
+
+fn isa_to_c(isa: Isa) -> qgemm_isa {
+    isa as qgemm_isa
+}
+
+/// One value per tensor (`len` 1) or per column (`len` N).
+fn channelwise<T: Copy>(values: &[T], n: usize, what: &str) -> Result<Channelwise<T>, Failure> {
+    match values.len() {
+        1 => Ok(Channelwise::PerTensor(values[0])),
+        len if len == n => Ok(Channelwise::PerChannel(values.to_vec())),
+        len => fail(QGEMM_STATUS_BUFFER_LENGTH, format!("{what}: {len} values; needs 1 (per tensor) or N = {n}")),
+    }
+}
+
+/// The Rust output stage of a C one, for N output columns.
+///
+/// # Safety
+/// The stage's pointers satisfy [`slice`] for their lengths.
+unsafe fn output_stage(stage: &qgemm_output_stage, n: usize) -> Result<OutputStage, Failure> {
+    // SAFETY: the caller's contract, for each pointer and its length.
+    let bias = unsafe { slice(stage.bias, stage.bias_len, "stage.bias")? };
+    let bias = if stage.bias.is_null() && stage.bias_len == 0 { None } else { Some(bias.to_vec()) };
+    let params = stage.params_len;
+    let fixed = || -> Result<FixedPointParams, Failure> {
+        // SAFETY: the caller's contract.
+        let (multipliers, shifts) = unsafe {
+            (slice(stage.multipliers, params, "stage.multipliers")?, slice(stage.shifts, params, "stage.shifts")?)
+        };
+        Ok(FixedPointParams {
+            multiplier: channelwise(multipliers, n, "stage.multipliers")?,
+            shift: channelwise(shifts, n, "stage.shifts")?,
+        })
+    };
+    let scheme = match stage.scheme {
+        QGEMM_SCHEME_NONE => return Ok(OutputStage { bias, requantize: None }),
+        QGEMM_SCHEME_FIXED_POINT => Requantization::FixedPoint(fixed()?),
+        QGEMM_SCHEME_FIXED_POINT_HALF_UP => Requantization::FixedPointHalfUp(fixed()?),
+        QGEMM_SCHEME_FIXED_POINT_SINGLE_ROUNDING => Requantization::FixedPointSingleRounding(fixed()?),
+        QGEMM_SCHEME_FLOAT => {
+            // SAFETY: the caller's contract.
+            let scales = unsafe { slice(stage.scales, params, "stage.scales")? };
+            Requantization::Float { scale: channelwise(scales, n, "stage.scales")? }
+        }
+        other => return fail(QGEMM_STATUS_INVALID_ENUM, format!("scheme {other} is not a QGEMM_SCHEME_* constant")),
+    };
+    let requantize = Requantize { scheme, zero_point: stage.zero_point, min: stage.min, max: stage.max };
+    Ok(OutputStage { bias, requantize: Some(requantize) })
+}
+
+/// The Rust view of a C output matrix.
+///
+/// # Safety
+/// `c.data` must satisfy [`slice_mut`] for `c.data_len` elements of the type `c.type`
+/// names.
+unsafe fn output_matrix<'a>(c: &qgemm_output, what: &str) -> Result<OutputMatrix<'a>, Failure> {
+    let field = format!("{what}.data");
+    // SAFETY: the caller's contract; `c.type` says what `c.data` points to.
+    let buffer = unsafe {
+        match c.r#type {
+            QGEMM_OUTPUT_I32 => OutputBuffer::I32(slice_mut(c.data.cast(), c.data_len, &field)?),
+            QGEMM_OUTPUT_U8 => OutputBuffer::U8(slice_mut(c.data.cast(), c.data_len, &field)?),
+            QGEMM_OUTPUT_I8 => OutputBuffer::I8(slice_mut(c.data.cast(), c.data_len, &field)?),
+            other => {
+                return fail(QGEMM_STATUS_INVALID_ENUM, format!("{what}.type {other} is not a QGEMM_OUTPUT_* constant"));
+            }
+        }
+    };
+    Ok(OutputMatrix { buffer, rows: c.rows, cols: c.cols, row_stride: c.row_stride })
+}
+
+/// The library's version, as a static NUL-terminated string (`"0.1.0"`).
+#[unsafe(no_mangle)]
+pub extern "C" fn qgemm_version() -> *const c_char {
+    const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "\0");
+    VERSION.as_ptr().cast()
+}
+
+/// Copies the message of this thread's most recent failed call into `buf` (at most
+/// `len - 1` bytes and a NUL; nothing if `buf` is null or `len` is 0), and returns the
+/// message's full length in bytes, without the NUL, so a caller can size a buffer.
+/// An empty message when no call on this thread has failed.
+///
+/// # Safety
+/// A non-null `buf` must point to `len` writable bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn qgemm_last_error_message(buf: *mut c_char, len: usize) -> usize {
+    let copied = catch_unwind(AssertUnwindSafe(|| {
+        LAST_ERROR.with(|last| {
+            let message = last.borrow();
+            if !buf.is_null() && len > 0 {
+                let n = message.len().min(len - 1);
+                // SAFETY: `buf` holds `len > n` writable bytes (the caller's contract).
+                unsafe {
+                    std::ptr::copy_nonoverlapping(message.as_ptr(), buf.cast::<u8>(), n);
+                    *buf.add(n) = 0;
+                }
+            }
+            message.len()
+        })
+    }));
+    copied.unwrap_or(0)
+}
+
+/// Whether this CPU runs `isa` with a kernel of this build (false for values that are
+/// not `QGEMM_ISA_*` constants).
+#[unsafe(no_mangle)]
+pub extern "C" fn qgemm_isa_available(isa: qgemm_isa) -> bool {
+    catch_unwind(|| isa_from_c(isa).is_ok_and(|isa| crate::available_isas().contains(&isa))).unwrap_or(false)
+}
+
+/// The best ISA this CPU runs, ignoring any forcing.
+#[unsafe(no_mangle)]
+pub extern "C" fn qgemm_detected_isa() -> qgemm_isa {
+    catch_unwind(|| isa_to_c(crate::detected_isa())).unwrap_or(QGEMM_ISA_PORTABLE)
+}
+
+/// Writes to `*out` the ISA that packing uses: the one forced with
+/// [`qgemm_force_isa`], else the one named by `QGEMM_ISA`, else the detected one.
+///
+/// # Safety
+/// A non-null `out` must point to a writable `qgemm_isa`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn qgemm_selected_isa(out: *mut qgemm_isa) -> qgemm_status {
+    boundary(|| {
+        if out.is_null() {
+            return fail(QGEMM_STATUS_NULL_POINTER, "out is null");
+        }
+        let isa = isa_to_c(crate::selected_isa()?);
+        // SAFETY: `out` is non-null and writable (the caller's contract).
+        unsafe { out.write(isa) };
+        Ok(())
+    })
+}
+
+/// Forces the ISA that weights packed from now on use; `force` false lifts the
+/// forcing (and `isa` is ignored). An ISA this CPU cannot run is an error and changes
+/// nothing.
+#[unsafe(no_mangle)]
+pub extern "C" fn qgemm_force_isa(force: bool, isa: qgemm_isa) -> qgemm_status {
+    boundary(|| {
+        let isa = if force { Some(isa_from_c(isa)?) } else { None };
+        Ok(crate::force_isa(isa)?)
+    })
+}
+
+/// Packs `weights` for the selected ISA into a new handle, written to `*out`. Release
+/// it with [`qgemm_packed_weights_free`].
+///
+/// # Safety
+/// `weights` and `out` must be null or valid; the weights' pointers must satisfy
+/// their lengths.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn qgemm_packed_weights_new(
+    weights: *const qgemm_weights,
+    out: *mut *mut qgemm_packed_weights,
+) -> qgemm_status {
+    boundary(|| {
+        // SAFETY: the caller's contract.
+        let w = unsafe { deref(weights, "weights")? };
+        if out.is_null() {
+            return fail(QGEMM_STATUS_NULL_POINTER, "out is null");
+        }
+        let layout = match w.layout {
+            QGEMM_LAYOUT_K_BY_N => WeightLayout::KxN,
+            QGEMM_LAYOUT_N_BY_K => WeightLayout::NxK,
+            other => {
+                return fail(QGEMM_STATUS_INVALID_ENUM, format!("layout {other} is not a QGEMM_LAYOUT_* constant"));
+            }
+        };
+        // SAFETY: the caller's contract, for each pointer and its length.
+        let (data, zero_points) = unsafe {
+            (
+                slice(w.data, w.data_len, "weights.data")?,
+                slice(w.zero_points, w.zero_points_len, "weights.zero_points")?,
+            )
+        };
+        let zero_point = channelwise(zero_points, w.n, "weights.zero_points")?;
+        let packed = PackedWeights::new(Weights { data, layout, k: w.k, n: w.n, zero_point: &zero_point })?;
+        // SAFETY: `out` is non-null and writable (the caller's contract).
+        unsafe { out.write(Box::into_raw(Box::new(qgemm_packed_weights(packed)))) };
+        Ok(())
+    })
+}
+
+/// Releases a handle made by [`qgemm_packed_weights_new`]; null does nothing.
+///
+/// # Safety
+/// `weights` must be null or a handle from [`qgemm_packed_weights_new`] not yet freed.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn qgemm_packed_weights_free(weights: *mut qgemm_packed_weights) {
+    if !weights.is_null() {
+        // SAFETY: a live handle from `Box::into_raw` (the caller's contract); dropping
+        // it cannot panic (it only frees memory).
+        drop(unsafe { Box::from_raw(weights) });
+    }
+}
+
+/// The ISA a handle's weights were packed for, written to `*out`.
+///
+/// # Safety
+/// `weights` must be null or a live handle; `out` null or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn qgemm_packed_weights_isa(
+    weights: *const qgemm_packed_weights,
+    out: *mut qgemm_isa,
+) -> qgemm_status {
+    boundary(|| {
+        // SAFETY: the caller's contract.
+        let w = unsafe { deref(weights, "weights")? };
+        if out.is_null() {
+            return fail(QGEMM_STATUS_NULL_POINTER, "out is null");
+        }
+        // SAFETY: `out` is non-null and writable (the caller's contract).
+        unsafe { out.write(isa_to_c(w.0.isa())) };
+        Ok(())
+    })
+}
+
+/// `C = stage(Σ_k (A − a_zp)(B − b_zp))` on the ISA the weights were packed for,
+/// single-threaded (`qgemm::gemm`). Every argument is checked first: on error nothing
+/// is written.
+///
+/// # Safety
+/// Each pointer must be null or valid; the buffers' pointers must satisfy their
+/// lengths, and the output must not overlap any input.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn qgemm_gemm(
+    a: *const qgemm_activations,
+    weights: *const qgemm_packed_weights,
+    stage: *const qgemm_output_stage,
+    c: *const qgemm_output,
+) -> qgemm_status {
+    boundary(|| {
+        // SAFETY: the caller's contract, for each pointer.
+        let (a, w, stage, c) =
+            unsafe { (deref(a, "a")?, deref(weights, "weights")?, deref(stage, "stage")?, deref(c, "c")?) };
+        // SAFETY: the caller's contract, for each buffer and its length.
+        let data = unsafe { slice(a.data, a.data_len, "a.data")? };
+        let activations = Activations::new(data, a.rows, a.cols, a.zero_point).with_row_stride(a.row_stride);
+        // SAFETY: as above.
+        let stage = unsafe { output_stage(stage, c.cols)? };
+        // SAFETY: as above.
+        let output = unsafe { output_matrix(c, "c")? };
+        Ok(crate::gemm(&activations, &w.0, &stage, output)?)
+    })
+}
+
+/// Packs convolution weights for the selected ISA into a new handle, written to
+/// `*out`. Release it with [`qgemm_packed_conv_weights_free`].
+///
+/// # Safety
+/// `weights` and `out` must be null or valid; the weights' pointers must satisfy
+/// their lengths.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn qgemm_packed_conv_weights_new(
+    weights: *const qgemm_conv_weights,
+    out: *mut *mut qgemm_packed_conv_weights,
+) -> qgemm_status {
+    boundary(|| {
+        // SAFETY: the caller's contract.
+        let w = unsafe { deref(weights, "weights")? };
+        if out.is_null() {
+            return fail(QGEMM_STATUS_NULL_POINTER, "out is null");
+        }
+        let layout = match w.layout {
+            QGEMM_FILTER_OHWI => FilterLayout::Ohwi,
+            QGEMM_FILTER_OIHW => FilterLayout::Oihw,
+            other => {
+                return fail(QGEMM_STATUS_INVALID_ENUM, format!("layout {other} is not a QGEMM_FILTER_* constant"));
+            }
+        };
+        // SAFETY: the caller's contract, for each pointer and its length.
+        let (data, zero_points) = unsafe {
+            (
+                slice(w.data, w.data_len, "weights.data")?,
+                slice(w.zero_points, w.zero_points_len, "weights.zero_points")?,
+            )
+        };
+        let zero_point = channelwise(zero_points, w.out_channels, "weights.zero_points")?;
+        let packed = PackedConvWeights::new(ConvWeights {
+            data,
+            layout,
+            out_channels: w.out_channels,
+            kernel_height: w.kernel_height,
+            kernel_width: w.kernel_width,
+            in_channels: w.in_channels,
+            groups: w.groups,
+            zero_point: &zero_point,
+        })?;
+        // SAFETY: `out` is non-null and writable (the caller's contract).
+        unsafe { out.write(Box::into_raw(Box::new(qgemm_packed_conv_weights(packed)))) };
+        Ok(())
+    })
+}
+
+/// Releases a handle made by [`qgemm_packed_conv_weights_new`]; null does nothing.
+///
+/// # Safety
+/// `weights` must be null or a handle from [`qgemm_packed_conv_weights_new`] not yet
+/// freed.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn qgemm_packed_conv_weights_free(weights: *mut qgemm_packed_conv_weights) {
+    if !weights.is_null() {
+        // SAFETY: a live handle from `Box::into_raw` (the caller's contract); dropping
+        // it only frees memory.
+        drop(unsafe { Box::from_raw(weights) });
+    }
+}
+
+/// A convolution, single-threaded (`qgemm::conv2d`): NHWC `input`, packed `weights`,
+/// the output stage per output channel, into `output` viewed as an
+/// `(N·OH·OW) × OC` matrix (its row stride may exceed OC). Every argument is checked
+/// first: on error nothing is written.
+///
+/// # Safety
+/// Each pointer must be null or valid; the buffers' pointers must satisfy their
+/// lengths, and the output must not overlap any input.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn qgemm_conv2d(
+    input: *const qgemm_conv_input,
+    weights: *const qgemm_packed_conv_weights,
+    params: *const qgemm_conv2d_params,
+    stage: *const qgemm_output_stage,
+    output: *const qgemm_output,
+) -> qgemm_status {
+    boundary(|| {
+        // SAFETY: the caller's contract, for each pointer.
+        let (input, w, p, stage, output) = unsafe {
+            (
+                deref(input, "input")?,
+                deref(weights, "weights")?,
+                deref(params, "params")?,
+                deref(stage, "stage")?,
+                deref(output, "output")?,
+            )
+        };
+        // SAFETY: the caller's contract, for each buffer and its length.
+        let data = unsafe { slice(input.data, input.data_len, "input.data")? };
+        let params = Conv2dParams {
+            batch: p.batch,
+            in_height: p.in_height,
+            in_width: p.in_width,
+            in_channels: p.in_channels,
+            out_channels: p.out_channels,
+            kernel_height: p.kernel_height,
+            kernel_width: p.kernel_width,
+            stride_height: p.stride_height,
+            stride_width: p.stride_width,
+            dilation_height: p.dilation_height,
+            dilation_width: p.dilation_width,
+            pad_top: p.pad_top,
+            pad_left: p.pad_left,
+            pad_bottom: p.pad_bottom,
+            pad_right: p.pad_right,
+            groups: p.groups,
+        };
+        // SAFETY: as above.
+        let stage = unsafe { output_stage(stage, p.out_channels)? };
+        // SAFETY: as above.
+        let matrix = unsafe { output_matrix(output, "output")? };
+        let input = ConvInput { data, zero_point: input.zero_point };
+        Ok(crate::conv2d(&input, &w.0, &params, &stage, matrix)?)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_stops_at_the_boundary() {
+        let status = boundary(|| panic!("deliberate"));
+        assert_eq!(status, QGEMM_STATUS_PANIC);
+        let mut buf = [0u8; 128];
+        // SAFETY: `buf` holds 128 writable bytes.
+        let len = unsafe { qgemm_last_error_message(buf.as_mut_ptr().cast(), buf.len()) };
+        assert!(std::str::from_utf8(&buf[..len]).unwrap().contains("panic"));
+    }
+}

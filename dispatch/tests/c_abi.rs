@@ -1,0 +1,544 @@
+//! The C ABI (`qgemm::ffi`) called as C calls it: results equal the reference byte for
+//! byte for every output type and scheme, and every misuse (null pointers, lengths
+//! that do not match, values that are not the constants) returns its status, leaves
+//! the output untouched and leaves a message for the thread.
+
+use std::ffi::CStr;
+use std::ptr;
+
+use qgemm::ffi::*;
+use qgemm::reference::{self, GemmProblem, OutputData};
+use qgemm::{Channelwise, FixedPointParams, OutputStage, Requantization, Requantize, WeightLayout};
+
+/// xorshift64*.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn u8(&mut self) -> u8 {
+        (self.next() >> 56) as u8
+    }
+}
+
+/// This thread's last error message, through a buffer sized by a first call.
+fn last_error() -> String {
+    // SAFETY: a null buffer with length 0 only asks for the length.
+    let len = unsafe { qgemm_last_error_message(ptr::null_mut(), 0) };
+    let mut buf = vec![0u8; len + 1];
+    // SAFETY: `buf` holds `len + 1` writable bytes.
+    let again = unsafe { qgemm_last_error_message(buf.as_mut_ptr().cast(), buf.len()) };
+    assert_eq!(again, len);
+    CStr::from_bytes_with_nul(&buf).unwrap().to_str().unwrap().to_owned()
+}
+
+/// One GEMM problem with its C descriptions.
+struct Problem {
+    m: usize,
+    k: usize,
+    n: usize,
+    a: Vec<u8>,
+    a_zp: u8,
+    b_nxk: Vec<i8>,
+    b_zp: Vec<i8>,
+    bias: Vec<i32>,
+}
+
+impl Problem {
+    fn random(seed: u64, m: usize, k: usize, n: usize, per_column_zp: bool) -> Problem {
+        let mut rng = Rng(seed | 1);
+        let a = (0..m * k).map(|_| rng.u8()).collect();
+        let b_nxk = (0..k * n).map(|_| rng.u8() as i8).collect();
+        let b_zp = if per_column_zp { (0..n).map(|_| rng.u8() as i8).collect() } else { vec![3] };
+        let bias = (0..n).map(|_| (rng.next() as i32) >> 12).collect();
+        Problem { m, k, n, a, a_zp: rng.u8(), b_nxk, b_zp, bias }
+    }
+
+    fn weights(&self) -> qgemm_weights {
+        qgemm_weights {
+            data: self.b_nxk.as_ptr(),
+            data_len: self.b_nxk.len(),
+            layout: QGEMM_LAYOUT_N_BY_K,
+            k: self.k,
+            n: self.n,
+            zero_points: self.b_zp.as_ptr(),
+            zero_points_len: self.b_zp.len(),
+        }
+    }
+
+    fn activations(&self) -> qgemm_activations {
+        qgemm_activations {
+            data: self.a.as_ptr(),
+            data_len: self.a.len(),
+            rows: self.m,
+            cols: self.k,
+            row_stride: self.k,
+            zero_point: self.a_zp,
+        }
+    }
+
+    fn packed(&self) -> *mut qgemm_packed_weights {
+        let mut handle = ptr::null_mut();
+        // SAFETY: the weights point to live buffers of the given lengths.
+        let status = unsafe { qgemm_packed_weights_new(&self.weights(), &mut handle) };
+        assert_eq!(status, QGEMM_OK, "{}", last_error());
+        assert!(!handle.is_null());
+        handle
+    }
+
+    fn expected(&self, stage: &OutputStage, out: qgemm::OutputType) -> OutputData {
+        let zp = if self.b_zp.len() == 1 {
+            Channelwise::PerTensor(self.b_zp[0])
+        } else {
+            Channelwise::PerChannel(self.b_zp.clone())
+        };
+        let problem = GemmProblem {
+            m: self.m,
+            n: self.n,
+            k: self.k,
+            a: &self.a,
+            a_row_stride: self.k,
+            a_zero_point: self.a_zp,
+            b: &self.b_nxk,
+            b_layout: WeightLayout::NxK,
+            b_zero_point: &zp,
+        };
+        reference::gemm(&problem, stage, out)
+    }
+}
+
+/// The C stage for `scheme` with parameters per tensor or per column, and the Rust one.
+struct Stage {
+    c: qgemm_output_stage,
+    rust: OutputStage,
+    _keep: (Vec<i32>, Vec<i32>, Vec<f32>),
+}
+
+fn stage(p: &Problem, scheme: qgemm_scheme, per_column: bool, zero_point: i32, min: i32, max: i32) -> Stage {
+    let count = if per_column { p.n } else { 1 };
+    let multipliers: Vec<i32> = (0..count).map(|j| (1 << 30) + 7919 * j as i32).collect();
+    let shifts: Vec<i32> = (0..count).map(|j| -12 - (j as i32 % 5)).collect();
+    let scales: Vec<f32> = (0..count).map(|j| 1.0 / (4096.0 + 37.0 * j as f32)).collect();
+    let cw = |v: &[i32]| if per_column { Channelwise::PerChannel(v.to_vec()) } else { Channelwise::PerTensor(v[0]) };
+    let fixed = || FixedPointParams { multiplier: cw(&multipliers), shift: cw(&shifts) };
+    let requant = match scheme {
+        QGEMM_SCHEME_NONE => None,
+        QGEMM_SCHEME_FIXED_POINT => Some(Requantization::FixedPoint(fixed())),
+        QGEMM_SCHEME_FIXED_POINT_HALF_UP => Some(Requantization::FixedPointHalfUp(fixed())),
+        QGEMM_SCHEME_FIXED_POINT_SINGLE_ROUNDING => Some(Requantization::FixedPointSingleRounding(fixed())),
+        _ => Some(Requantization::Float {
+            scale: if per_column { Channelwise::PerChannel(scales.clone()) } else { Channelwise::PerTensor(scales[0]) },
+        }),
+    };
+    let rust = OutputStage {
+        bias: Some(p.bias.clone()),
+        requantize: requant.map(|scheme| Requantize { scheme, zero_point, min, max }),
+    };
+    let c = qgemm_output_stage {
+        bias: p.bias.as_ptr(),
+        bias_len: p.bias.len(),
+        scheme,
+        multipliers: multipliers.as_ptr(),
+        shifts: shifts.as_ptr(),
+        scales: scales.as_ptr(),
+        params_len: count,
+        zero_point,
+        min,
+        max,
+    };
+    Stage { c, rust, _keep: (multipliers, shifts, scales) }
+}
+
+/// Runs `qgemm_gemm` into a fresh buffer with a stride gap of 3, returning the status and
+/// the whole buffer (as i64, gaps included).
+fn run(
+    p: &Problem,
+    handle: *const qgemm_packed_weights,
+    stage: &qgemm_output_stage,
+    ty: qgemm_output_type,
+) -> (qgemm_status, Vec<i64>) {
+    let stride = p.n + 3;
+    let len = if p.m == 0 { 0 } else { (p.m - 1) * stride + p.n };
+    let (mut i32s, mut u8s, mut i8s) = (vec![0x5a5a_5a5a_i32; len], vec![0x5a_u8; len], vec![0x5a_i8; len]);
+    let data: *mut core::ffi::c_void = match ty {
+        QGEMM_OUTPUT_I32 => i32s.as_mut_ptr().cast(),
+        QGEMM_OUTPUT_U8 => u8s.as_mut_ptr().cast(),
+        _ => i8s.as_mut_ptr().cast(),
+    };
+    let c = qgemm_output { r#type: ty, data, data_len: len, rows: p.m, cols: p.n, row_stride: stride };
+    // SAFETY: every pointer is live with the length given.
+    let status = unsafe { qgemm_gemm(&p.activations(), handle, stage, &c) };
+    let out = match ty {
+        QGEMM_OUTPUT_I32 => i32s.into_iter().map(i64::from).collect(),
+        QGEMM_OUTPUT_U8 => u8s.into_iter().map(i64::from).collect(),
+        _ => i8s.into_iter().map(i64::from).collect(),
+    };
+    (status, out)
+}
+
+/// The reference's output laid out with the same stride gap and fill as [`run`].
+fn laid_out(p: &Problem, expected: &OutputData, ty: qgemm_output_type) -> Vec<i64> {
+    let stride = p.n + 3;
+    let len = if p.m == 0 { 0 } else { (p.m - 1) * stride + p.n };
+    let fill = if ty == QGEMM_OUTPUT_I32 { 0x5a5a_5a5a } else { 0x5a };
+    let values: Vec<i64> = match expected {
+        OutputData::I32(v) => v.iter().map(|&x| i64::from(x)).collect(),
+        OutputData::U8(v) => v.iter().map(|&x| i64::from(x)).collect(),
+        OutputData::I8(v) => v.iter().map(|&x| i64::from(x)).collect(),
+    };
+    let mut out = vec![fill; len];
+    for r in 0..p.m {
+        out[r * stride..][..p.n].copy_from_slice(&values[r * p.n..][..p.n]);
+    }
+    out
+}
+
+#[test]
+fn version_is_the_crate_version() {
+    // SAFETY: a static NUL-terminated string.
+    let version = unsafe { CStr::from_ptr(qgemm_version()) };
+    assert_eq!(version.to_str().unwrap(), env!("CARGO_PKG_VERSION"));
+}
+
+#[test]
+fn gemm_equals_the_reference_for_every_output_type_and_scheme() {
+    let schemes = [
+        (QGEMM_SCHEME_FIXED_POINT, "fixed point"),
+        (QGEMM_SCHEME_FIXED_POINT_HALF_UP, "half up"),
+        (QGEMM_SCHEME_FIXED_POINT_SINGLE_ROUNDING, "single rounding"),
+        (QGEMM_SCHEME_FLOAT, "float"),
+    ];
+    for (seed, (m, k, n)) in [(7, 33, 19), (1, 64, 50), (17, 5, 9)].into_iter().enumerate() {
+        for per_column in [false, true] {
+            let p = Problem::random(seed as u64 * 7 + 11, m, k, n, per_column);
+            let handle = p.packed();
+            let i32_stage = stage(&p, QGEMM_SCHEME_NONE, per_column, 0, 0, 0);
+            let (status, got) = run(&p, handle, &i32_stage.c, QGEMM_OUTPUT_I32);
+            assert_eq!(status, QGEMM_OK, "{}", last_error());
+            let want = laid_out(&p, &p.expected(&i32_stage.rust, qgemm::OutputType::I32), QGEMM_OUTPUT_I32);
+            assert!(got == want, "i32 {m}x{k}x{n}");
+            for (scheme, name) in schemes {
+                for (ty, out_type, zp, min, max) in [
+                    (QGEMM_OUTPUT_U8, qgemm::OutputType::U8, 128, 3, 250),
+                    (QGEMM_OUTPUT_I8, qgemm::OutputType::I8, -5, -128, 100),
+                ] {
+                    let s = stage(&p, scheme, per_column, zp, min, max);
+                    let (status, got) = run(&p, handle, &s.c, ty);
+                    assert_eq!(status, QGEMM_OK, "{name}: {}", last_error());
+                    let want = laid_out(&p, &p.expected(&s.rust, out_type), ty);
+                    assert!(got == want, "{name} {out_type:?} {m}x{k}x{n} per column {per_column}");
+                }
+            }
+            // SAFETY: a live handle, freed once.
+            unsafe { qgemm_packed_weights_free(handle) };
+        }
+    }
+}
+
+#[test]
+fn misuse_returns_its_status_and_writes_nothing() {
+    let p = Problem::random(5, 4, 8, 6, false);
+    let handle = p.packed();
+    let s = stage(&p, QGEMM_SCHEME_FLOAT, false, 0, 0, 255);
+    let untouched = vec![0x5a_i64; 3 * (p.n + 3) + p.n];
+    let check = |status: qgemm_status, out: Vec<i64>, want: qgemm_status, mentions: &str| {
+        assert_eq!(status, want, "{}", last_error());
+        assert_eq!(out, untouched, "output written on error");
+        let message = last_error();
+        assert!(message.contains(mentions), "{message:?} should mention {mentions:?}");
+    };
+
+    // Null handles and descriptions.
+    let (status, out) = run(&p, ptr::null(), &s.c, QGEMM_OUTPUT_U8);
+    check(status, out, QGEMM_STATUS_NULL_POINTER, "weights");
+    // SAFETY: null pointers are refused before use; the others are live.
+    let status = unsafe { qgemm_gemm(ptr::null(), handle, &s.c, ptr::null()) };
+    assert_eq!(status, QGEMM_STATUS_NULL_POINTER);
+    // A null buffer with a nonzero length.
+    let mut no_bias = s.c;
+    no_bias.bias = ptr::null();
+    let (status, out) = run(&p, handle, &no_bias, QGEMM_OUTPUT_U8);
+    check(status, out, QGEMM_STATUS_NULL_POINTER, "stage.bias");
+    // Lengths that do not match the shape.
+    let mut short_bias = s.c;
+    short_bias.bias_len = p.n - 1;
+    let (status, out) = run(&p, handle, &short_bias, QGEMM_OUTPUT_U8);
+    check(status, out, QGEMM_STATUS_BUFFER_LENGTH, "bias");
+    let mut params = s.c;
+    params.params_len = 2;
+    let (status, out) = run(&p, handle, &params, QGEMM_OUTPUT_U8);
+    check(status, out, QGEMM_STATUS_BUFFER_LENGTH, "stage.scales");
+    // Values that are not the constants.
+    let mut scheme = s.c;
+    scheme.scheme = 99;
+    let (status, out) = run(&p, handle, &scheme, QGEMM_OUTPUT_U8);
+    check(status, out, QGEMM_STATUS_INVALID_ENUM, "scheme 99");
+    // Errors of the Rust API keep their kind: a bad scale, a stage for another type.
+    let mut scale = stage(&p, QGEMM_SCHEME_FLOAT, false, 0, 0, 255);
+    let nan = [f32::NAN];
+    scale.c.scales = nan.as_ptr();
+    let (status, out) = run(&p, handle, &scale.c, QGEMM_OUTPUT_U8);
+    check(status, out, QGEMM_STATUS_SCALE, "scale");
+    let (status, out) = run(&p, handle, &s.c, QGEMM_OUTPUT_I32);
+    assert_eq!((status, out.iter().all(|&v| v == 0x5a5a_5a5a)), (QGEMM_STATUS_OUTPUT_TYPE, true));
+
+    // Packing: null arguments, a bad layout, lengths that disagree.
+    let mut out_handle = ptr::null_mut();
+    // SAFETY: as above.
+    unsafe {
+        assert_eq!(qgemm_packed_weights_new(ptr::null(), &mut out_handle), QGEMM_STATUS_NULL_POINTER);
+        assert_eq!(qgemm_packed_weights_new(&p.weights(), ptr::null_mut()), QGEMM_STATUS_NULL_POINTER);
+        let mut w = p.weights();
+        w.layout = 7;
+        assert_eq!(qgemm_packed_weights_new(&w, &mut out_handle), QGEMM_STATUS_INVALID_ENUM);
+        let mut w = p.weights();
+        w.data_len -= 1;
+        assert_eq!(qgemm_packed_weights_new(&w, &mut out_handle), QGEMM_STATUS_BUFFER_LENGTH);
+        let mut w = p.weights();
+        w.zero_points_len = 2;
+        assert_eq!(qgemm_packed_weights_new(&w, &mut out_handle), QGEMM_STATUS_BUFFER_LENGTH);
+        assert!(out_handle.is_null(), "no handle on error");
+        qgemm_packed_weights_free(ptr::null_mut());
+        qgemm_packed_weights_free(handle);
+    }
+}
+
+#[test]
+fn isa_query_and_forcing() {
+    let detected = qgemm_detected_isa();
+    assert!(qgemm_isa_available(detected));
+    assert!(qgemm_isa_available(QGEMM_ISA_PORTABLE));
+    assert!(!qgemm_isa_available(99));
+    let names = [
+        (QGEMM_ISA_PORTABLE, qgemm::Isa::Portable),
+        (QGEMM_ISA_AVX2, qgemm::Isa::Avx2),
+        (QGEMM_ISA_AVX_VNNI, qgemm::Isa::AvxVnni),
+        (QGEMM_ISA_AVX512_VNNI, qgemm::Isa::Avx512Vnni),
+        (QGEMM_ISA_NEON, qgemm::Isa::Neon),
+        (QGEMM_ISA_NEON_DOTPROD, qgemm::Isa::NeonDotprod),
+        (QGEMM_ISA_NEON_I8MM, qgemm::Isa::NeonI8mm),
+    ];
+    for (c, rust) in names {
+        assert_eq!(qgemm_isa_available(c), qgemm::available_isas().contains(&rust), "{rust}");
+        if !qgemm_isa_available(c) {
+            assert_eq!(qgemm_force_isa(true, c), QGEMM_STATUS_ISA_UNAVAILABLE);
+            assert!(last_error().contains(rust.name()));
+        }
+    }
+    assert_eq!(qgemm_force_isa(true, 42), QGEMM_STATUS_INVALID_ENUM);
+    // SAFETY: null is refused; a live `u32` is writable.
+    unsafe {
+        assert_eq!(qgemm_selected_isa(ptr::null_mut()), QGEMM_STATUS_NULL_POINTER);
+        let mut selected = 99;
+        assert_eq!(qgemm_selected_isa(&mut selected), QGEMM_OK);
+        assert!(qgemm_isa_available(selected));
+    }
+}
+
+#[test]
+fn the_last_error_message_truncates_and_reports_its_length() {
+    assert_eq!(qgemm_force_isa(true, 1234), QGEMM_STATUS_INVALID_ENUM);
+    let full = last_error();
+    assert!(full.contains("1234"), "{full}");
+    let mut small = [0x7f_u8; 6];
+    // SAFETY: `small` holds 6 writable bytes.
+    let len = unsafe { qgemm_last_error_message(small.as_mut_ptr().cast(), small.len()) };
+    assert_eq!(len, full.len());
+    assert_eq!(&small[..5], &full.as_bytes()[..5]);
+    assert_eq!(small[5], 0);
+}
+
+/// A convolution through the C ABI equals the reference's, for OHWI and OIHW weights,
+/// grouped and depthwise, with every output type; misuse returns its status.
+#[test]
+fn conv2d_equals_the_reference() {
+    use qgemm::reference::Conv2dProblem;
+    let shapes = [
+        // (batch, h, w, c, oc, kh, kw, stride, dilation, pad (t, l, b, r), groups)
+        (1, 7, 6, 5, 8, 3, 3, 1, 1, (1, 1, 1, 1), 1),
+        (2, 9, 5, 6, 9, 3, 2, 2, 1, (0, 1, 2, 0), 3),
+        (1, 8, 8, 4, 8, 3, 3, 1, 2, (2, 2, 2, 2), 4),
+    ];
+    for (seed, &(batch, h, w, c, oc, kh, kw, stride, dilation, (pt, pl, pb, pr), groups)) in shapes.iter().enumerate() {
+        let mut rng = Rng(seed as u64 * 31 + 7);
+        let cg = c / groups;
+        let input: Vec<u8> = (0..batch * h * w * c).map(|_| rng.u8()).collect();
+        let ohwi: Vec<i8> = (0..oc * kh * kw * cg).map(|_| rng.u8() as i8).collect();
+        let zps: Vec<i8> = (0..oc).map(|_| rng.u8() as i8).collect();
+        let bias: Vec<i32> = (0..oc).map(|_| (rng.next() as i32) >> 14).collect();
+        let x_zp = rng.u8();
+        let params = qgemm_conv2d_params {
+            batch,
+            in_height: h,
+            in_width: w,
+            in_channels: c,
+            out_channels: oc,
+            kernel_height: kh,
+            kernel_width: kw,
+            stride_height: stride,
+            stride_width: stride,
+            dilation_height: dilation,
+            dilation_width: dilation,
+            pad_top: pt,
+            pad_left: pl,
+            pad_bottom: pb,
+            pad_right: pr,
+            groups,
+        };
+        let rust_params = qgemm::Conv2dParams {
+            batch,
+            in_height: h,
+            in_width: w,
+            in_channels: c,
+            out_channels: oc,
+            kernel_height: kh,
+            kernel_width: kw,
+            stride_height: stride,
+            stride_width: stride,
+            dilation_height: dilation,
+            dilation_width: dilation,
+            pad_top: pt,
+            pad_left: pl,
+            pad_bottom: pb,
+            pad_right: pr,
+            groups,
+        };
+        let rows = batch * rust_params.out_height().unwrap() * rust_params.out_width().unwrap();
+        // OIHW from OHWI: [o][i][y][x] = ohwi[o][y][x][i].
+        let mut oihw = vec![0i8; ohwi.len()];
+        for o in 0..oc {
+            for y in 0..kh {
+                for x in 0..kw {
+                    for i in 0..cg {
+                        oihw[((o * cg + i) * kh + y) * kw + x] = ohwi[((o * kh + y) * kw + x) * cg + i];
+                    }
+                }
+            }
+        }
+        let zp = Channelwise::PerChannel(zps.clone());
+        let problem = Conv2dProblem {
+            params: rust_params,
+            input: &input,
+            input_zero_point: x_zp,
+            weights: &ohwi,
+            weight_zero_point: &zp,
+        };
+        let scales: Vec<f32> = (0..oc).map(|j| 1.0 / (512.0 + 3.0 * j as f32)).collect();
+        for (layout, data) in [(QGEMM_FILTER_OHWI, &ohwi), (QGEMM_FILTER_OIHW, &oihw)] {
+            let weights = qgemm_conv_weights {
+                data: data.as_ptr(),
+                data_len: data.len(),
+                layout,
+                out_channels: oc,
+                kernel_height: kh,
+                kernel_width: kw,
+                in_channels: c,
+                groups,
+                zero_points: zps.as_ptr(),
+                zero_points_len: oc,
+            };
+            let mut handle = ptr::null_mut();
+            // SAFETY: the weights point to live buffers of the given lengths.
+            assert_eq!(unsafe { qgemm_packed_conv_weights_new(&weights, &mut handle) }, QGEMM_OK, "{}", last_error());
+            let conv_input = qgemm_conv_input { data: input.as_ptr(), data_len: input.len(), zero_point: x_zp };
+            for (ty, out_type, scheme) in [
+                (QGEMM_OUTPUT_I32, qgemm::OutputType::I32, QGEMM_SCHEME_NONE),
+                (QGEMM_OUTPUT_U8, qgemm::OutputType::U8, QGEMM_SCHEME_FLOAT),
+                (QGEMM_OUTPUT_I8, qgemm::OutputType::I8, QGEMM_SCHEME_FLOAT),
+            ] {
+                let (zero_point, min, max) = if ty == QGEMM_OUTPUT_I8 { (-3, -128, 127) } else { (120, 0, 255) };
+                let c_stage = qgemm_output_stage {
+                    bias: bias.as_ptr(),
+                    bias_len: oc,
+                    scheme,
+                    multipliers: ptr::null(),
+                    shifts: ptr::null(),
+                    scales: scales.as_ptr(),
+                    params_len: oc,
+                    zero_point,
+                    min,
+                    max,
+                };
+                let rust_stage = OutputStage {
+                    bias: Some(bias.clone()),
+                    requantize: (scheme == QGEMM_SCHEME_FLOAT).then(|| Requantize {
+                        scheme: Requantization::Float { scale: Channelwise::PerChannel(scales.clone()) },
+                        zero_point,
+                        min,
+                        max,
+                    }),
+                };
+                let want: Vec<i64> = match reference::conv2d(&problem, &rust_stage, out_type) {
+                    OutputData::I32(v) => v.into_iter().map(i64::from).collect(),
+                    OutputData::U8(v) => v.into_iter().map(i64::from).collect(),
+                    OutputData::I8(v) => v.into_iter().map(i64::from).collect(),
+                };
+                let mut buf = vec![0i32; rows * oc]; // big enough for every type
+                let out = qgemm_output {
+                    r#type: ty,
+                    data: buf.as_mut_ptr().cast(),
+                    data_len: rows * oc,
+                    rows,
+                    cols: oc,
+                    row_stride: oc,
+                };
+                // SAFETY: every pointer is live with the length given.
+                let status = unsafe { qgemm_conv2d(&conv_input, handle, &params, &c_stage, &out) };
+                assert_eq!(status, QGEMM_OK, "{}", last_error());
+                let got: Vec<i64> = match ty {
+                    QGEMM_OUTPUT_I32 => buf.iter().map(|&v| i64::from(v)).collect(),
+                    // SAFETY: `buf` holds `rows · oc` i32, so at least as many bytes.
+                    QGEMM_OUTPUT_U8 => unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), rows * oc) }
+                        .iter()
+                        .map(|&v| i64::from(v))
+                        .collect(),
+                    // SAFETY: as above.
+                    _ => unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<i8>(), rows * oc) }
+                        .iter()
+                        .map(|&v| i64::from(v))
+                        .collect(),
+                };
+                assert!(got == want, "conv {seed} layout {layout} type {ty}");
+            }
+            // Misuse: a short input, a null stage, an unknown filter layout.
+            let short = qgemm_conv_input { data_len: input.len() - 1, ..conv_input };
+            let mut buf = vec![0x5a5a_5a5a_i32; rows * oc];
+            let out = qgemm_output {
+                r#type: QGEMM_OUTPUT_I32,
+                data: buf.as_mut_ptr().cast(),
+                data_len: rows * oc,
+                rows,
+                cols: oc,
+                row_stride: oc,
+            };
+            let none = qgemm_output_stage {
+                bias: ptr::null(),
+                bias_len: 0,
+                scheme: QGEMM_SCHEME_NONE,
+                multipliers: ptr::null(),
+                shifts: ptr::null(),
+                scales: ptr::null(),
+                params_len: 0,
+                zero_point: 0,
+                min: 0,
+                max: 0,
+            };
+            // SAFETY: as above.
+            unsafe {
+                assert_eq!(qgemm_conv2d(&short, handle, &params, &none, &out), QGEMM_STATUS_BUFFER_LENGTH);
+                assert_eq!(qgemm_conv2d(&conv_input, handle, &params, ptr::null(), &out), QGEMM_STATUS_NULL_POINTER);
+                let mut bad = weights;
+                bad.layout = 5;
+                let mut other = ptr::null_mut();
+                assert_eq!(qgemm_packed_conv_weights_new(&bad, &mut other), QGEMM_STATUS_INVALID_ENUM);
+                assert!(other.is_null());
+                qgemm_packed_conv_weights_free(handle);
+            }
+            assert!(buf.iter().all(|&v| v == 0x5a5a_5a5a), "output written on error");
+        }
+    }
+}

@@ -1,0 +1,144 @@
+/*
+ * qgemm from C: pack weights once, run a GEMM with i32 output and one with u8 output
+ * (bias, then Float requantization), and a padded 3x3 convolution, and check each
+ * against known answers from the Rust reference (known_answers.h). Then show what a
+ * misuse returns.
+ *
+ * Build (see the README, "Using qgemm from C"):
+ *   cargo rustc -p qgemm --release --lib --crate-type staticlib
+ *   cc -std=c11 -Iinclude examples/c/example.c target/release/libqgemm.a \
+ *      -lpthread -ldl -lm -o gemm-example
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "qgemm.h"
+#include "known_answers.h"
+
+enum { M = 5, K = 37, N = 11 };
+
+static int failed(const char *what, qgemm_status status) {
+    char message[256];
+    qgemm_last_error_message(message, sizeof message);
+    fprintf(stderr, "%s: status %u: %s\n", what, (unsigned)status, message);
+    return 1;
+}
+
+/* A 3x3 convolution, padding 1, on a 1x6x5x4 NHWC input with 6 output channels. */
+static int conv(void) {
+    enum { H = 6, W = 5, C = 4, OC = 6, KH = 3, KW = 3 };
+    uint8_t input[H * W * C];
+    int8_t filter[OC * KH * KW * C]; /* OHWI */
+    int32_t bias[OC];
+    for (size_t i = 0; i < H * W * C; i++) input[i] = (uint8_t)(i * 29 + 5);
+    for (size_t i = 0; i < OC * KH * KW * C; i++) filter[i] = (int8_t)(uint8_t)(i * 71 + 3);
+    for (int j = 0; j < OC; j++) bias[j] = 300 * j - 700;
+    const int8_t w_zero_point = 1;
+
+    qgemm_conv_weights weights = {
+        .data = filter, .data_len = OC * KH * KW * C, .layout = QGEMM_FILTER_OHWI,
+        .out_channels = OC, .kernel_height = KH, .kernel_width = KW, .in_channels = C, .groups = 1,
+        .zero_points = &w_zero_point, .zero_points_len = 1,
+    };
+    qgemm_packed_conv_weights *packed = NULL;
+    qgemm_status status = qgemm_packed_conv_weights_new(&weights, &packed);
+    if (status != QGEMM_OK) return failed("qgemm_packed_conv_weights_new", status);
+
+    qgemm_conv2d_params params = {
+        .batch = 1, .in_height = H, .in_width = W, .in_channels = C, .out_channels = OC,
+        .kernel_height = KH, .kernel_width = KW, .stride_height = 1, .stride_width = 1,
+        .dilation_height = 1, .dilation_width = 1,
+        .pad_top = 1, .pad_left = 1, .pad_bottom = 1, .pad_right = 1, .groups = 1,
+    };
+    qgemm_conv_input x = { .data = input, .data_len = H * W * C, .zero_point = 100 };
+    const float scale = 1.0f / 256.0f;
+    qgemm_output_stage stage = {
+        .bias = bias, .bias_len = OC, .scheme = QGEMM_SCHEME_FLOAT, .scales = &scale, .params_len = 1,
+        .zero_point = 128, .min = 0, .max = 255,
+    };
+    /* The output, NHWC [1][6][5][6], seen as a (N*OH*OW) x OC matrix. */
+    uint8_t y[H * W * OC];
+    qgemm_output out = {
+        .type = QGEMM_OUTPUT_U8, .data = y, .data_len = H * W * OC, .rows = H * W, .cols = OC, .row_stride = OC,
+    };
+    status = qgemm_conv2d(&x, packed, &params, &stage, &out);
+    qgemm_packed_conv_weights_free(packed);
+    if (status != QGEMM_OK) return failed("qgemm_conv2d", status);
+    if (memcmp(y, expected_conv_u8, sizeof y) != 0) {
+        fprintf(stderr, "conv output differs from the reference\n");
+        return 1;
+    }
+    printf("conv: u8 output equals the reference's (1x%dx%dx%d, %d channels out, 3x3, pad 1)\n", H, W, C, OC);
+    return 0;
+}
+
+int main(void) {
+    /* The inputs, from the formulas dispatch/tests/c_example_answers.rs uses. */
+    uint8_t a[M * K];
+    int8_t b[N * K]; /* N x K, the PyTorch/ONNX linear-weight layout */
+    int32_t bias[N];
+    for (size_t i = 0; i < M * K; i++) a[i] = (uint8_t)(i * 37 + 11);
+    for (size_t i = 0; i < N * K; i++) b[i] = (int8_t)(uint8_t)(i * 53 + 7);
+    for (int j = 0; j < N; j++) bias[j] = j * 1000 - 5000;
+    const int8_t b_zero_point = -2;
+
+    qgemm_isa isa = qgemm_detected_isa();
+    printf("qgemm %s, detected ISA %u\n", qgemm_version(), (unsigned)isa);
+
+    qgemm_weights weights = {
+        .data = b, .data_len = N * K, .layout = QGEMM_LAYOUT_N_BY_K, .k = K, .n = N,
+        .zero_points = &b_zero_point, .zero_points_len = 1,
+    };
+    qgemm_packed_weights *packed = NULL;
+    qgemm_status status = qgemm_packed_weights_new(&weights, &packed);
+    if (status != QGEMM_OK) return failed("qgemm_packed_weights_new", status);
+
+    qgemm_activations act = {
+        .data = a, .data_len = M * K, .rows = M, .cols = K, .row_stride = K, .zero_point = 3,
+    };
+
+    /* i32 output: no requantization. */
+    int32_t c32[M * N];
+    qgemm_output_stage raw = { .bias = bias, .bias_len = N, .scheme = QGEMM_SCHEME_NONE };
+    qgemm_output out32 = {
+        .type = QGEMM_OUTPUT_I32, .data = c32, .data_len = M * N, .rows = M, .cols = N, .row_stride = N,
+    };
+    status = qgemm_gemm(&act, packed, &raw, &out32);
+    if (status != QGEMM_OK) return failed("qgemm_gemm (i32)", status);
+    if (memcmp(c32, expected_i32, sizeof c32) != 0) {
+        fprintf(stderr, "i32 output differs from the reference\n");
+        return 1;
+    }
+
+    /* u8 output: bias, then x 1/1024 rounded half to even, + 128, clamped. */
+    uint8_t c8[M * N];
+    const float scale = 1.0f / 1024.0f;
+    qgemm_output_stage requantize = {
+        .bias = bias, .bias_len = N, .scheme = QGEMM_SCHEME_FLOAT, .scales = &scale, .params_len = 1,
+        .zero_point = 128, .min = 0, .max = 255,
+    };
+    qgemm_output out8 = {
+        .type = QGEMM_OUTPUT_U8, .data = c8, .data_len = M * N, .rows = M, .cols = N, .row_stride = N,
+    };
+    status = qgemm_gemm(&act, packed, &requantize, &out8);
+    if (status != QGEMM_OK) return failed("qgemm_gemm (u8)", status);
+    if (memcmp(c8, expected_u8, sizeof c8) != 0) {
+        fprintf(stderr, "u8 output differs from the reference\n");
+        return 1;
+    }
+
+    /* A misuse: the output buffer one element short. Nothing is written. */
+    out8.data_len = M * N - 1;
+    status = qgemm_gemm(&act, packed, &requantize, &out8);
+    char message[256];
+    qgemm_last_error_message(message, sizeof message);
+    if (status != QGEMM_STATUS_BUFFER_LENGTH) {
+        fprintf(stderr, "a short buffer returned status %u\n", (unsigned)status);
+        return 1;
+    }
+    printf("a short output buffer: status %u (QGEMM_STATUS_BUFFER_LENGTH): %s\n", (unsigned)status, message);
+
+    qgemm_packed_weights_free(packed);
+    printf("gemm: i32 and u8 outputs equal the reference's (%d x %d x %d)\n", M, K, N);
+    return conv();
+}
