@@ -7,7 +7,9 @@
 //!   success; on failure nothing is written to any output, and a human-readable message
 //!   for the calling thread is kept until its next failure ([`qgemm_last_error_message`]);
 //! - every export runs inside a panic boundary: a panic becomes
-//!   `QGEMM_STATUS_PANIC`, never an unwind into C;
+//!   `QGEMM_STATUS_PANIC` (or the neutral value of a function without a status),
+//!   never an unwind into C; only `qgemm_version`, which returns a constant, has no
+//!   code that could panic;
 //! - pointers come with lengths (in elements); a null pointer with a nonzero length,
 //!   a length that does not match the shape, or a null handle is an error, never a
 //!   read or write out of bounds;
@@ -485,7 +487,10 @@ unsafe fn output_matrix<'a>(c: &qgemm_output, what: &str) -> Result<OutputMatrix
             QGEMM_OUTPUT_U8 => OutputBuffer::U8(slice_mut(c.data.cast(), c.data_len, &field)?),
             QGEMM_OUTPUT_I8 => OutputBuffer::I8(slice_mut(c.data.cast(), c.data_len, &field)?),
             other => {
-                return fail(QGEMM_STATUS_INVALID_ENUM, format!("{what}.type {other} is not a QGEMM_OUTPUT_* constant"));
+                return fail(
+                    QGEMM_STATUS_INVALID_ENUM,
+                    format!("{what}.type {other} is not a QGEMM_OUTPUT_* constant"),
+                );
             }
         }
     };
@@ -613,9 +618,10 @@ pub unsafe extern "C" fn qgemm_packed_weights_new(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn qgemm_packed_weights_free(weights: *mut qgemm_packed_weights) {
     if !weights.is_null() {
-        // SAFETY: a live handle from `Box::into_raw` (the caller's contract); dropping
-        // it cannot panic (it only frees memory).
-        drop(unsafe { Box::from_raw(weights) });
+        // SAFETY: a live handle from `Box::into_raw` (the caller's contract).
+        let handle = unsafe { Box::from_raw(weights) };
+        // Dropping only frees memory; the boundary is there all the same.
+        let _ = catch_unwind(AssertUnwindSafe(|| drop(handle)));
     }
 }
 
@@ -725,9 +731,10 @@ pub unsafe extern "C" fn qgemm_packed_conv_weights_new(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn qgemm_packed_conv_weights_free(weights: *mut qgemm_packed_conv_weights) {
     if !weights.is_null() {
-        // SAFETY: a live handle from `Box::into_raw` (the caller's contract); dropping
-        // it only frees memory.
-        drop(unsafe { Box::from_raw(weights) });
+        // SAFETY: a live handle from `Box::into_raw` (the caller's contract).
+        let handle = unsafe { Box::from_raw(weights) };
+        // Dropping only frees memory; the boundary is there all the same.
+        let _ = catch_unwind(AssertUnwindSafe(|| drop(handle)));
     }
 }
 
