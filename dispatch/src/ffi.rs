@@ -284,6 +284,47 @@ pub struct qgemm_conv2d_params {
     pub groups: usize,
 }
 
+impl From<qgemm_conv2d_params> for Conv2dParams {
+    fn from(p: qgemm_conv2d_params) -> Conv2dParams {
+        let qgemm_conv2d_params {
+            batch,
+            in_height,
+            in_width,
+            in_channels,
+            out_channels,
+            kernel_height,
+            kernel_width,
+            stride_height,
+            stride_width,
+            dilation_height,
+            dilation_width,
+            pad_top,
+            pad_left,
+            pad_bottom,
+            pad_right,
+            groups,
+        } = p;
+        Conv2dParams {
+            batch,
+            in_height,
+            in_width,
+            in_channels,
+            out_channels,
+            kernel_height,
+            kernel_width,
+            stride_height,
+            stride_width,
+            dilation_height,
+            dilation_width,
+            pad_top,
+            pad_left,
+            pad_bottom,
+            pad_right,
+            groups,
+        }
+    }
+}
+
 /// The input of a convolution: NHWC u8, dense.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -767,24 +808,7 @@ pub unsafe extern "C" fn qgemm_conv2d(
         };
         // SAFETY: the caller's contract, for each buffer and its length.
         let data = unsafe { slice(input.data, input.data_len, "input.data")? };
-        let params = Conv2dParams {
-            batch: p.batch,
-            in_height: p.in_height,
-            in_width: p.in_width,
-            in_channels: p.in_channels,
-            out_channels: p.out_channels,
-            kernel_height: p.kernel_height,
-            kernel_width: p.kernel_width,
-            stride_height: p.stride_height,
-            stride_width: p.stride_width,
-            dilation_height: p.dilation_height,
-            dilation_width: p.dilation_width,
-            pad_top: p.pad_top,
-            pad_left: p.pad_left,
-            pad_bottom: p.pad_bottom,
-            pad_right: p.pad_right,
-            groups: p.groups,
-        };
+        let params = Conv2dParams::from(*p);
         // SAFETY: as above.
         let stage = unsafe { output_stage(stage, p.out_channels)? };
         // SAFETY: as above.

@@ -400,24 +400,7 @@ fn conv2d_equals_the_reference() {
             pad_right: pr,
             groups,
         };
-        let rust_params = qgemm::Conv2dParams {
-            batch,
-            in_height: h,
-            in_width: w,
-            in_channels: c,
-            out_channels: oc,
-            kernel_height: kh,
-            kernel_width: kw,
-            stride_height: stride,
-            stride_width: stride,
-            dilation_height: dilation,
-            dilation_width: dilation,
-            pad_top: pt,
-            pad_left: pl,
-            pad_bottom: pb,
-            pad_right: pr,
-            groups,
-        };
+        let rust_params = qgemm::Conv2dParams::from(params);
         let rows = batch * rust_params.out_height().unwrap() * rust_params.out_width().unwrap();
         // OIHW from OHWI: [o][i][y][x] = ohwi[o][y][x][i].
         let mut oihw = vec![0i8; ohwi.len()];
