@@ -175,13 +175,14 @@ impl Sink<Zmm, NV> for Fused<'_> {
         }
         for (r, cr) in c.iter().enumerate() {
             let row = row0 + r;
-            // SAFETY: the CPU has AVX-512 F (the trait's contract).
             // Reads of `prior`: 16 values at `row · acc_stride + col0 + 16v`, in bounds by
             // the assert above. Stores: the `masks[v]` lanes of row `row` (a row of the
             // stage: the block's rows are the stage's) from column `col0 + 16v`, all
             // below `cols`, so inside the output (`EpilogueArgs::check_output`: at
             // least `(rows − 1) · out_stride + cols` values); a vector without real
             // columns is skipped before its address is formed.
+            // SAFETY: the CPU has AVX-512 F (the trait's contract); every access is in
+            // bounds as listed just above.
             unsafe {
                 let rs = _mm512_set1_epi32(if self.b_zp { self.row_sums[row] } else { 0 });
                 for (v, cv) in cr.iter().enumerate() {
