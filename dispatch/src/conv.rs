@@ -21,14 +21,15 @@
 use qgemm_kernels::Kernel;
 use qgemm_kernels::driver::{self, GemmArgs, Scratch};
 use qgemm_kernels::dwconv::{self, DwArgs, DwKernel, PackedDw};
-use qgemm_kernels::output::OutData;
+use qgemm_kernels::output::{OutData, OutputStage as LoweredStage};
 use qgemm_kernels::pack::{BLayout, PackedB};
 use qgemm_kernels::rows::{ConvGeometry, Im2col, Rows};
 use qgemm_reference::{Channelwise, Conv2dParams, OutputStage};
 
 use crate::error::{Result, bail, out_of_memory};
-use crate::gemm::{Options, OutputMatrix, for_row_ranges};
+use crate::gemm::{Options, OutputMatrix};
 use crate::isa::{Isa, dw_kernel_for, kernel_for, selected_isa};
+use crate::parallel::{Grid, Partition, Shape, Tile, run_tasks};
 use crate::validate::{check_weight_zero_points, output_stage, product};
 use crate::workspace::Workspace;
 
@@ -378,108 +379,219 @@ pub fn conv2d_in(
     workspace: &mut Workspace,
 ) -> Result<()> {
     options.check(weights.isa)?;
-    let p = *params;
-    let (oh, ow) = check_params(&p)?;
-    weights.check_shape(&p)?;
-    let input_len = product("conv input N·H·W·C", &[p.batch, p.in_height, p.in_width, p.in_channels])?;
-    if input.data.len() != input_len {
-        bail!(
-            BufferLength,
-            "conv input: {} values for NHWC [{}, {}, {}, {}] (needs {input_len})",
-            input.data.len(),
-            p.batch,
-            p.in_height,
-            p.in_width,
-            p.in_channels
-        );
-    }
-    let m = product("conv output N·OH·OW", &[p.batch, oh, ow])?;
-    if output.rows != m || output.cols != p.out_channels {
-        bail!(
-            Dimension,
-            "conv output is {}×{} but N·OH·OW × OC = {m}×{} (OH = {oh}, OW = {ow})",
-            output.rows,
-            output.cols,
-            p.out_channels
-        );
-    }
-    output.check()?;
-    let stage = output_stage(stage, p.out_channels, output.output_type())?;
+    let partition = Partition::auto(options.threads);
+    let tasks = Conv2dTasks::new(input, weights, params, stage, output, &partition)?;
+    run_tasks(tasks.len(), options.threads, workspace, &|i, scratch| tasks.run_in(i, scratch));
+    Ok(())
+}
 
-    if m == 0 || p.out_channels == 0 {
-        // No output pixels (batch 0) or channels: nothing to compute or write.
-        return Ok(());
+/// One convolution, checked and cut into tasks by a [`Partition`] over its output
+/// pixels (`N·OH·OW` rows) and output channels (columns), for an engine that runs the
+/// tasks on its own threads. As [`GemmTasks`](crate::GemmTasks): run each task
+/// `0..len()` once, on any thread, each thread with its own [`Workspace`]; the result
+/// is byte-identical to [`conv2d`]'s whatever the partition.
+///
+/// [`Partition::Auto`] cuts whole output rows of the image for the depthwise path (so
+/// that each task reuses its input rows), and the channels at group boundaries for a
+/// grouped convolution; a [`Partition::Grid`] may cut anywhere. Each task's scratch is
+/// bounded by [`SCRATCH_BYTES_PER_THREAD`](crate::SCRATCH_BYTES_PER_THREAD).
+#[derive(Debug)]
+pub struct Conv2dTasks<'a> {
+    input: ConvInput<'a>,
+    weights: &'a PackedConvWeights,
+    params: Conv2dParams,
+    geometry: ConvGeometry,
+    path: ConvPath,
+    /// The largest value a gathered tap can take (for the fast path's test), or 255
+    /// where no group's weights need it.
+    max_value: u8,
+    stage: LoweredStage<'a>,
+    out: OutData<'a>,
+    grid: Grid<'a>,
+}
+
+impl<'a> Conv2dTasks<'a> {
+    /// Checks every argument, as [`conv2d_with`] does, and cuts the call by
+    /// `partition`. Nothing is written yet.
+    ///
+    /// # Errors
+    /// As [`conv2d_with`] (except the ISA and thread options); a [`Partition::Grid`]
+    /// whose bounds do not run from 0 to `N·OH·OW` and OC, or decrease; a
+    /// [`Partition::Auto`] with zero threads.
+    pub fn new(
+        input: &ConvInput<'a>,
+        weights: &'a PackedConvWeights,
+        params: &Conv2dParams,
+        stage: &'a OutputStage,
+        output: OutputMatrix<'a>,
+        partition: &'a Partition,
+    ) -> Result<Conv2dTasks<'a>> {
+        let p = *params;
+        let (oh, ow) = check_params(&p)?;
+        weights.check_shape(&p)?;
+        let input_len = product("conv input N·H·W·C", &[p.batch, p.in_height, p.in_width, p.in_channels])?;
+        if input.data.len() != input_len {
+            bail!(
+                BufferLength,
+                "conv input: {} values for NHWC [{}, {}, {}, {}] (needs {input_len})",
+                input.data.len(),
+                p.batch,
+                p.in_height,
+                p.in_width,
+                p.in_channels
+            );
+        }
+        let m = product("conv output N·OH·OW", &[p.batch, oh, ow])?;
+        if output.rows != m || output.cols != p.out_channels {
+            bail!(
+                Dimension,
+                "conv output is {}×{} but N·OH·OW × OC = {m}×{} (OH = {oh}, OW = {ow})",
+                output.rows,
+                output.cols,
+                p.out_channels
+            );
+        }
+        output.check()?;
+        let stage = output_stage(stage, p.out_channels, output.output_type())?;
+        let geometry = geometry(&p, oh, ow);
+        let path = weights.path_for(&p, &geometry);
+        let kernel = weights.kernel;
+        let (tile, blocking) = (kernel.tile(), kernel.blocking());
+        let taps = p.kernel_height * p.kernel_width;
+        let shape = match path {
+            // Whole output rows (each task builds its input rows' pairs once), channels
+            // in blocks of the depthwise kernels' chunks.
+            ConvPath::Depthwise => Shape {
+                m,
+                n: p.out_channels,
+                k: taps,
+                row_unit: ow,
+                col_unit: 4 * dwconv::LANES,
+                row_block: usize::MAX,
+            },
+            // Channels at group boundaries where there are groups.
+            _ => Shape {
+                m,
+                n: p.out_channels,
+                k: taps * p.in_channels_per_group(),
+                row_unit: tile.mr,
+                col_unit: if p.groups == 1 { tile.nr } else { p.out_channels_per_group() },
+                row_block: blocking.mc,
+            },
+        };
+        let grid = Grid::new(partition, shape)?;
+        // The fast path's test on gathered rows: no tap can exceed the input's largest
+        // value, or the zero point where a tap reads padding. Only computed when a
+        // group's weights do not already allow the fast path for any input.
+        let needs_max =
+            path == ConvPath::Im2col && weights.groups.iter().any(|b| kernel.fast_path_depends_on_activations(b));
+        let max_value = if needs_max {
+            let max = input.data.iter().copied().max().unwrap_or(0);
+            if geometry.reads_padding() { max.max(input.zero_point) } else { max }
+        } else {
+            u8::MAX
+        };
+        let out = output.into_out_data();
+        Ok(Conv2dTasks { input: *input, weights, params: p, geometry, path, max_value, stage, out, grid })
     }
-    let geometry = geometry(&p, oh, ow);
-    let out_stride = output.row_stride;
-    let out = output.into_out_data();
-    let path = weights.path_for(&p, &geometry);
-    if let (ConvPath::Depthwise, Some(dw)) = (path, weights.depthwise.as_ref()) {
-        let run = |row0: usize, rows: usize, out: OutData<'_>, scratch: &mut Scratch| {
+
+    /// The number of tasks.
+    pub fn len(&self) -> usize {
+        self.grid.len()
+    }
+
+    /// True when there are no tasks (never: a partition has at least one).
+    pub fn is_empty(&self) -> bool {
+        self.grid.len() == 0
+    }
+
+    /// Task `index`'s tile: output pixels (rows) by output channels (columns).
+    pub fn tile(&self, index: usize) -> Option<Tile> {
+        self.grid.tile(index)
+    }
+
+    /// The path the convolution takes.
+    pub fn path(&self) -> ConvPath {
+        self.path
+    }
+
+    /// Runs task `index` on the calling thread, in `workspace` (one per thread).
+    ///
+    /// # Errors
+    /// An index past the last task, or a task that already ran ([`ErrorKind::Task`]);
+    /// nothing is written then.
+    ///
+    /// [`ErrorKind::Task`]: crate::ErrorKind::Task
+    pub fn run(&self, index: usize, workspace: &mut Workspace) -> Result<()> {
+        let tile = self.grid.start(index)?;
+        self.compute(tile, &mut workspace.threads(1)[0]);
+        Ok(())
+    }
+
+    /// Runs task `index` if it has not run.
+    fn run_in(&self, index: usize, scratch: &mut Scratch) {
+        if let Ok(tile) = self.grid.start(index) {
+            self.compute(tile, scratch);
+        }
+    }
+
+    /// Computes `tile`, which [`Grid::start`] handed out (so to this call alone).
+    fn compute(&self, tile: Tile, scratch: &mut Scratch) {
+        let Tile { rows, cols } = tile;
+        if rows.is_empty() || cols.is_empty() {
+            return;
+        }
+        // SAFETY: `Grid::start` hands out each task's tile once, and the tiles of a
+        // grid share no element, so nothing else reaches this window while it lives.
+        let mut out = unsafe { self.out.window_shared(rows.start, cols.start, rows.len(), cols.len()) };
+        let (p, input, w) = (&self.params, &self.input, self.weights);
+        if let (ConvPath::Depthwise, Some(dw)) = (self.path, w.depthwise.as_ref()) {
             let args = DwArgs {
                 input: input.data,
-                geometry,
+                geometry: self.geometry,
                 zero_point: input.zero_point,
                 weights: dw,
-                first_pixel: row0,
-                pixels: rows,
-                stage,
+                first_pixel: rows.start,
+                pixels: rows.len(),
+                stage: self.stage,
+                channels: cols,
                 out,
-                out_stride,
             };
-            dwconv::run(weights.dw_kernel, args, scratch);
-        };
-        // Whole output rows per thread, so that each keeps its pair rows for longer.
-        for_row_ranges(m, ow, options.threads, out, out_stride, workspace, run);
-        return Ok(());
-    }
-
-    let kernel = weights.kernel;
-    let cg = p.in_channels_per_group();
-    let ocg = p.out_channels_per_group();
-    let dense_pointwise = path == ConvPath::Pointwise;
-    // The fast path's test on gathered rows: no tap can exceed the input's largest
-    // value, or the zero point where a tap reads padding. Only computed when a group's
-    // weights do not already allow the fast path for any input.
-    let needs_max = weights.groups.iter().any(|b| kernel.fast_path_depends_on_activations(b));
-    let max_value = if needs_max {
-        let max = input.data.iter().copied().max().unwrap_or(0);
-        if geometry.reads_padding() { max.max(input.zero_point) } else { max }
-    } else {
-        u8::MAX
-    };
-    let run = |row0: usize, rows: usize, mut out: OutData<'_>, scratch: &mut Scratch| {
-        for (g, packed) in weights.groups.iter().enumerate() {
-            let a = if dense_pointwise {
-                // The input rows are the GEMM rows: A starts at this range's first pixel
+            dwconv::run(w.dw_kernel, args, scratch);
+            return;
+        }
+        let (cg, ocg) = (p.in_channels_per_group(), p.out_channels_per_group());
+        // The groups whose output channels meet `cols`, each on its part of them.
+        for g in cols.start / ocg..cols.end.div_ceil(ocg) {
+            let (first, end) = (cols.start.max(g * ocg), cols.end.min((g + 1) * ocg));
+            let a = if self.path == ConvPath::Pointwise {
+                // The input rows are the GEMM rows: A starts at this tile's first pixel
                 // and this group's first channel, with stride C.
                 Rows::Matrix {
-                    data: input.data.get(row0 * p.in_channels + g * cg..).unwrap_or(&[]),
+                    data: input.data.get(rows.start * p.in_channels + g * cg..).unwrap_or(&[]),
                     stride: p.in_channels,
                 }
             } else {
                 Rows::Im2col(Im2col {
                     input: input.data,
-                    geometry,
+                    geometry: self.geometry,
                     channel0: g * cg,
                     group_channels: cg,
-                    first_pixel: row0,
+                    first_pixel: rows.start,
                     zero_point: input.zero_point,
-                    max_value,
+                    max_value: self.max_value,
                 })
             };
             let args = GemmArgs {
-                m: rows,
+                m: rows.len(),
                 a,
                 a_zp: input.zero_point,
-                b: packed,
-                stage: stage.from_column(g * ocg),
-                out: out.tail(g * ocg),
-                out_stride,
+                b: &w.groups[g],
+                stage: self.stage.from_column(g * ocg),
+                columns: first - g * ocg..end - g * ocg,
+                out: out.window(0, first - cols.start, rows.len(), end - first),
             };
-            driver::gemm_in(kernel, args, scratch);
+            driver::gemm_in(w.kernel, args, scratch);
         }
-    };
-    for_row_ranges(m, kernel.tile().mr, options.threads, out, out_stride, workspace, run);
-    Ok(())
+    }
 }

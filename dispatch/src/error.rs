@@ -41,6 +41,11 @@ pub enum ErrorKind {
     ConvOutputSize,
     /// The number of threads is zero.
     Threads,
+    /// A [`Partition::Grid`](crate::Partition::Grid)'s bounds do not run from 0 to the
+    /// output's rows or columns, or decrease.
+    Partition,
+    /// A task index past the last task of a call, or a task that already ran.
+    Task,
 }
 
 /// An invalid argument, with a message that names the parameter and its values.

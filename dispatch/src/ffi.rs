@@ -75,6 +75,10 @@ pub const QGEMM_STATUS_UNKNOWN_ISA: qgemm_status = 23;
 pub const QGEMM_STATUS_CONV_OUTPUT_SIZE: qgemm_status = 24;
 /// The number of threads is zero.
 pub const QGEMM_STATUS_THREADS: qgemm_status = 25;
+/// A partition's bounds do not cover the output.
+pub const QGEMM_STATUS_PARTITION: qgemm_status = 26;
+/// A task index past the last task, or a task that already ran.
+pub const QGEMM_STATUS_TASK: qgemm_status = 27;
 
 /// An instruction-set target (`qgemm::Isa`).
 pub type qgemm_isa = u32;
@@ -379,6 +383,8 @@ impl From<Error> for Failure {
             ErrorKind::UnknownIsa => QGEMM_STATUS_UNKNOWN_ISA,
             ErrorKind::ConvOutputSize => QGEMM_STATUS_CONV_OUTPUT_SIZE,
             ErrorKind::Threads => QGEMM_STATUS_THREADS,
+            ErrorKind::Partition => QGEMM_STATUS_PARTITION,
+            ErrorKind::Task => QGEMM_STATUS_TASK,
         };
         Failure { status, message: e.to_string() }
     }

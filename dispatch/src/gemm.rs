@@ -2,13 +2,14 @@
 
 use qgemm_kernels::Kernel;
 use qgemm_kernels::driver::{self, GemmArgs, Scratch};
-use qgemm_kernels::output::OutData;
+use qgemm_kernels::output::{OutData, OutView, OutputStage as LoweredStage};
 use qgemm_kernels::pack::{BLayout, PackedB};
 use qgemm_kernels::rows::Rows;
 use qgemm_reference::{Channelwise, OutputStage, OutputType, WeightLayout};
 
 use crate::error::{Result, bail, out_of_memory};
 use crate::isa::{Isa, kernel_for, selected_isa};
+use crate::parallel::{Grid, Partition, Shape, Tile, run_tasks};
 use crate::validate::{check_matrix, check_weight_zero_points, output_stage, product};
 use crate::workspace::Workspace;
 
@@ -202,11 +203,16 @@ impl<'a> OutputMatrix<'a> {
         check_matrix("output", self.len(), self.rows, self.cols, self.row_stride)
     }
 
+    /// The output as the kernels' view of it.
+    ///
+    /// # Panics
+    /// Unless [`check`](OutputMatrix::check) accepted it.
     pub(crate) fn into_out_data(self) -> OutData<'a> {
-        match self.buffer {
-            OutputBuffer::I32(d) => OutData::I32(d),
-            OutputBuffer::U8(d) => OutData::U8(d),
-            OutputBuffer::I8(d) => OutData::I8(d),
+        let OutputMatrix { buffer, rows, cols, row_stride } = self;
+        match buffer {
+            OutputBuffer::I32(d) => OutData::I32(OutView::new(d, rows, cols, row_stride)),
+            OutputBuffer::U8(d) => OutData::U8(OutView::new(d, rows, cols, row_stride)),
+            OutputBuffer::I8(d) => OutData::I8(OutView::new(d, rows, cols, row_stride)),
         }
     }
 }
@@ -216,8 +222,13 @@ impl<'a> OutputMatrix<'a> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Options {
-    /// Threads to run on (the calling thread included), `>= 1`. Results are identical
-    /// for any thread count.
+    /// Threads to run on (the calling thread included), `>= 1`; 1 by default. Results
+    /// are identical for any thread count. The call is cut by
+    /// [`Partition::Auto`](crate::Partition::Auto), so a small problem uses fewer
+    /// threads. The other threads come from rayon's global pool with the `rayon`
+    /// feature (on by default), else they are scoped OS threads started per call; an
+    /// engine with its own pool drives [`GemmTasks`] and [`Conv2dTasks`](crate::Conv2dTasks)
+    /// instead.
     pub threads: usize,
     /// When set, the call fails unless the weights were packed for this ISA.
     pub isa: Option<Isa>,
@@ -266,7 +277,7 @@ pub fn gemm(a: &Activations<'_>, b: &PackedWeights, stage: &OutputStage, c: Outp
     gemm_with(a, b, stage, c, &Options::default())
 }
 
-/// `C = stage(Σ_k (A − a_zp)(B − b_zp))` with explicit [`Options`].
+/// `C = stage(Σ_k (A − a_zp)(B − b_zp))` with explicit [`Options`] (threads, ISA).
 ///
 /// Every argument is checked before anything is written: on error the output is
 /// untouched. `M = 0` or `N = 0` does nothing; `K = 0` gives the bias alone (then
@@ -303,98 +314,147 @@ pub fn gemm_in(
     workspace: &mut Workspace,
 ) -> Result<()> {
     options.check(b.isa())?;
-    if a.cols != b.k() {
-        bail!(WeightsMismatch, "A has K = {} columns but the weights were packed for K = {}", a.cols, b.k());
-    }
-    if c.cols != b.n() {
-        bail!(WeightsMismatch, "output has N = {} columns but the weights were packed for N = {}", c.cols, b.n());
-    }
-    if c.rows != a.rows {
-        bail!(Dimension, "A has M = {} rows but the output has {}", a.rows, c.rows);
-    }
-    check_matrix("A", a.data.len(), a.rows, a.cols, a.row_stride)?;
-    c.check()?;
-    let lowered = output_stage(stage, b.n(), c.output_type())?;
-    let out_stride = c.row_stride;
-    let kernel = b.kernel();
-    let run = |row0: usize, rows: usize, out: OutData<'_>, scratch: &mut Scratch| {
-        driver::gemm_in(
-            kernel,
-            GemmArgs {
-                m: rows,
-                // Empty when K = 0, whatever the stride.
-                a: Rows::Matrix { data: a.data.get(row0 * a.row_stride..).unwrap_or(&[]), stride: a.row_stride },
-                a_zp: a.zero_point,
-                b: b.packed(),
-                stage: lowered,
-                out,
-                out_stride,
-            },
-            scratch,
-        )
-    };
-    for_row_ranges(a.rows, kernel.tile().mr, options.threads, c.into_out_data(), out_stride, workspace, run);
+    let partition = Partition::auto(options.threads);
+    let tasks = GemmTasks::new(a, b, stage, c, &partition)?;
+    run_tasks(tasks.len(), options.threads, workspace, &|i, scratch| tasks.run_in(i, scratch));
     Ok(())
 }
 
-/// Calls `run(row0, rows, out, scratch)` for contiguous ranges of rows `0..m`
-/// (multiples of `align` but the last) on up to `threads` threads, where `out` starts
-/// at row `row0` and holds only that range's rows, and each thread has its own scratch
-/// from `workspace`. Every output element is computed the same way whatever the split,
-/// so results do not depend on the thread count.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn for_row_ranges<F>(
-    m: usize,
-    align: usize,
-    threads: usize,
-    out: OutData<'_>,
-    out_stride: usize,
-    workspace: &mut Workspace,
-    run: F,
-) where
-    F: Fn(usize, usize, OutData<'_>, &mut Scratch) + Sync,
-{
-    let chunks = threads.min(m.div_ceil(align)).max(1);
-    let scratch = workspace.threads(chunks);
-    if chunks == 1 {
-        run(0, m, out, &mut scratch[0]);
-        return;
-    }
-    let rows_per_chunk = m.div_ceil(chunks).div_ceil(align) * align;
-    std::thread::scope(|scope| {
-        let mut rest = out;
-        let mut row0 = 0;
-        let mut scratch = scratch.iter_mut();
-        while row0 < m {
-            let rows = rows_per_chunk.min(m - row0);
-            let (mine, others) = split_rows(rest, rows * out_stride);
-            rest = others;
-            let scratch = scratch.next().expect("one scratch per range");
-            if row0 + rows == m {
-                run(row0, rows, mine, scratch);
-            } else {
-                let run = &run;
-                scope.spawn(move || run(row0, rows, mine, scratch));
-            }
-            row0 += rows;
-        }
-    });
+/// One GEMM, checked and cut into tasks by a [`Partition`], for an engine that runs
+/// the tasks on its own threads (ONNX Runtime-style pools, pthreadpool) rather than
+/// through [`Options::threads`].
+///
+/// Run each task `0..len()` once, on any thread and in any order, each thread with its
+/// own [`Workspace`]; the output is complete once all have run, and byte-identical to
+/// [`gemm`]'s whatever the partition. The tasks are `Sync`: share them by reference.
+///
+/// ```
+/// use qgemm::{Activations, Channelwise, GemmTasks, OutputMatrix, OutputStage, PackedWeights,
+///             Partition, WeightLayout, Weights, Workspace};
+///
+/// let (m, k, n) = (40, 64, 30);
+/// let b: Vec<i8> = (0..k * n).map(|i| (i % 7) as i8 - 3).collect();
+/// let weights = Weights { data: &b, layout: WeightLayout::KxN, k, n, zero_point: &Channelwise::PerTensor(0) };
+/// let packed = PackedWeights::new(weights)?;
+/// let a: Vec<u8> = (0..m * k).map(|i| (i % 251) as u8).collect();
+/// let stage = OutputStage { bias: None, requantize: None };
+/// let mut c = vec![0i32; m * n];
+///
+/// // Rows 0..13 and 13..40 by columns 0..7 and 7..30: four tasks.
+/// let partition = Partition::grid([0, 13, 40], [0, 7, 30]);
+/// let tasks = GemmTasks::new(&Activations::new(&a, m, k, 128), &packed, &stage, OutputMatrix::i32(&mut c, m, n), &partition)?;
+/// std::thread::scope(|s| {
+///     for i in 0..tasks.len() {
+///         let tasks = &tasks;
+///         s.spawn(move || tasks.run(i, &mut Workspace::new()));
+///     }
+/// });
+/// # drop(tasks);
+/// # let mut whole = vec![0i32; m * n];
+/// # qgemm::gemm(&Activations::new(&a, m, k, 128), &packed, &stage, OutputMatrix::i32(&mut whole, m, n))?;
+/// # assert_eq!(c, whole);
+/// # Ok::<(), qgemm::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct GemmTasks<'a> {
+    a: Activations<'a>,
+    kernel: &'static Kernel,
+    b: &'a PackedB,
+    stage: LoweredStage<'a>,
+    out: OutData<'a>,
+    grid: Grid<'a>,
 }
 
-/// Splits an output at element `at` (or at its end, if shorter).
-fn split_rows(out: OutData<'_>, at: usize) -> (OutData<'_>, OutData<'_>) {
-    match out {
-        OutData::I32(d) => {
-            let (x, y) = d.split_at_mut(at.min(d.len()));
-            (OutData::I32(x), OutData::I32(y))
+impl<'a> GemmTasks<'a> {
+    /// Checks every argument, as [`gemm_with`] does, and cuts the call by `partition`
+    /// (its rows are A's rows, its columns the weights' N). Nothing is written yet.
+    ///
+    /// # Errors
+    /// As [`gemm_with`] (except the ISA and thread options); a
+    /// [`Partition::Grid`] whose bounds do not run from 0 to M and N, or decrease; a
+    /// [`Partition::Auto`] with zero threads.
+    pub fn new(
+        a: &Activations<'a>,
+        b: &'a PackedWeights,
+        stage: &'a OutputStage,
+        c: OutputMatrix<'a>,
+        partition: &'a Partition,
+    ) -> Result<GemmTasks<'a>> {
+        if a.cols != b.k() {
+            bail!(WeightsMismatch, "A has K = {} columns but the weights were packed for K = {}", a.cols, b.k());
         }
-        OutData::U8(d) => {
-            let (x, y) = d.split_at_mut(at.min(d.len()));
-            (OutData::U8(x), OutData::U8(y))
+        if c.cols != b.n() {
+            bail!(WeightsMismatch, "output has N = {} columns but the weights were packed for N = {}", c.cols, b.n());
         }
-        OutData::I8(d) => {
-            let (x, y) = d.split_at_mut(at.min(d.len()));
-            (OutData::I8(x), OutData::I8(y))
+        if c.rows != a.rows {
+            bail!(Dimension, "A has M = {} rows but the output has {}", a.rows, c.rows);
         }
+        check_matrix("A", a.data.len(), a.rows, a.cols, a.row_stride)?;
+        c.check()?;
+        let stage = output_stage(stage, b.n(), c.output_type())?;
+        let kernel = b.kernel();
+        let (tile, blocking) = (kernel.tile(), kernel.blocking());
+        let shape =
+            Shape { m: a.rows, n: b.n(), k: b.k(), row_unit: tile.mr, col_unit: tile.nr, row_block: blocking.mc };
+        let grid = Grid::new(partition, shape)?;
+        Ok(GemmTasks { a: *a, kernel, b: b.packed(), stage, out: c.into_out_data(), grid })
+    }
+
+    /// The number of tasks.
+    pub fn len(&self) -> usize {
+        self.grid.len()
+    }
+
+    /// True when there are no tasks (never: a partition has at least one).
+    pub fn is_empty(&self) -> bool {
+        self.grid.len() == 0
+    }
+
+    /// Task `index`'s tile of the output.
+    pub fn tile(&self, index: usize) -> Option<Tile> {
+        self.grid.tile(index)
+    }
+
+    /// Runs task `index` on the calling thread, in `workspace` (one per thread).
+    ///
+    /// # Errors
+    /// An index past the last task, or a task that already ran ([`ErrorKind::Task`]);
+    /// nothing is written then.
+    ///
+    /// [`ErrorKind::Task`]: crate::ErrorKind::Task
+    pub fn run(&self, index: usize, workspace: &mut Workspace) -> Result<()> {
+        let tile = self.grid.start(index)?;
+        self.compute(tile, &mut workspace.threads(1)[0]);
+        Ok(())
+    }
+
+    /// Runs task `index` if it has not run.
+    fn run_in(&self, index: usize, scratch: &mut Scratch) {
+        if let Ok(tile) = self.grid.start(index) {
+            self.compute(tile, scratch);
+        }
+    }
+
+    /// Computes `tile`, which [`Grid::start`] handed out (so to this call alone).
+    fn compute(&self, tile: Tile, scratch: &mut Scratch) {
+        let Tile { rows, cols } = tile;
+        if rows.is_empty() || cols.is_empty() {
+            return;
+        }
+        // SAFETY: `Grid::start` hands out each task's tile once, and the tiles of a
+        // grid share no element, so nothing else reaches this window while it lives.
+        let out = unsafe { self.out.window_shared(rows.start, cols.start, rows.len(), cols.len()) };
+        let a = &self.a;
+        let args = GemmArgs {
+            m: rows.len(),
+            // Empty when K = 0, whatever the stride.
+            a: Rows::Matrix { data: a.data.get(rows.start * a.row_stride..).unwrap_or(&[]), stride: a.row_stride },
+            a_zp: a.zero_point,
+            b: self.b,
+            stage: self.stage,
+            columns: cols,
+            out,
+        };
+        driver::gemm_in(self.kernel, args, scratch);
     }
 }

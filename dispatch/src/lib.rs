@@ -59,14 +59,20 @@ mod error;
 pub mod ffi;
 mod gemm;
 mod isa;
+mod parallel;
 mod quant;
 mod validate;
 mod workspace;
 
-pub use conv::{ConvInput, ConvPath, ConvWeights, FilterLayout, PackedConvWeights, conv2d, conv2d_in, conv2d_with};
+pub use conv::{
+    Conv2dTasks, ConvInput, ConvPath, ConvWeights, FilterLayout, PackedConvWeights, conv2d, conv2d_in, conv2d_with,
+};
 pub use error::{Error, ErrorKind, Result};
-pub use gemm::{Activations, Options, OutputBuffer, OutputMatrix, PackedWeights, Weights, gemm, gemm_in, gemm_with};
+pub use gemm::{
+    Activations, GemmTasks, Options, OutputBuffer, OutputMatrix, PackedWeights, Weights, gemm, gemm_in, gemm_with,
+};
 pub use isa::{Isa, KernelInfo, available_isas, detected_isa, force_isa, selected_isa};
+pub use parallel::{MIN_TASK_MACS, Partition, Tile};
 pub use quant::{onnx_float_scale, quantize_bias, quantize_multiplier, tflite_real_multiplier};
 pub use workspace::{SCRATCH_BYTES_PER_THREAD, Workspace};
 

@@ -34,6 +34,8 @@
 //! fuse it; else over the strip while it is in cache), and the output is written
 //! exactly once.
 
+use std::ops::Range;
+
 use crate::kernel::{BlockArgs, Kernel};
 use crate::output::{EpilogueArgs, OutData, OutputStage, ZeroPoints};
 use crate::pack::{PackedB, pack_a};
@@ -144,12 +146,14 @@ pub struct GemmArgs<'a> {
     pub a_zp: u8,
     /// The packed weights; they give K and N.
     pub b: &'a PackedB,
-    /// The output stage, from column 0.
+    /// The output stage, from column 0 of B.
     pub stage: OutputStage<'a>,
-    /// The output: row `r` is `out[r * out_stride..][..n]`.
+    /// The columns of B to compute, any range within `0..n` (a task of a 2-D
+    /// partition); usually all of them.
+    pub columns: Range<usize>,
+    /// The output: a window of `m` rows by `columns.len()` columns, whose column 0 is
+    /// column `columns.start` of the product.
     pub out: OutData<'a>,
-    /// Distance between rows of the output.
-    pub out_stride: usize,
 }
 
 /// Runs a GEMM with `kernel` on the calling thread, with scratch of its own.
@@ -166,14 +170,21 @@ pub fn gemm(kernel: &Kernel, args: GemmArgs<'_>) {
 /// If the weights were packed for another tile, or a buffer is shorter than the
 /// shapes say (the public crate validates all of this first).
 pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
-    let GemmArgs { m, a, a_zp, b, stage, mut out, out_stride } = args;
+    let GemmArgs { m, a, a_zp, b, stage, columns, mut out } = args;
     let tile = kernel.tile();
     let blocking = kernel.blocking();
     assert_eq!(b.tile(), tile, "weights packed for another tile");
-    let (k, n) = (b.k(), b.n());
-    if m == 0 || n == 0 {
+    let k = b.k();
+    assert!(columns.start <= columns.end && columns.end <= b.n(), "columns outside the weights");
+    assert!(out.rows() >= m && out.cols() >= columns.len(), "output window smaller than the product");
+    if m == 0 || columns.is_empty() {
         return;
     }
+    // The packed panels start every `nr` columns: blocks of columns run from the panel
+    // holding `columns.start`, and a block that starts before it stores only its
+    // columns from `columns.start` on (see `skip` below).
+    let (j0, n) = (columns.start, columns.end);
+    let first_panel_col = j0 / tile.nr * tile.nr;
     if let Rows::Matrix { data, stride } = a {
         assert!(k == 0 || (stride >= k && data.len() >= (m - 1) * stride + k), "A too short");
     }
@@ -182,7 +193,7 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
     let fast = kernel.fast_path();
     let a_width = kernel.a_format().bytes().max(fast.map_or(1, |f| f.a_format().bytes()));
     let mc_max = blocking.mc.min(m.div_ceil(tile.mr) * tile.mr);
-    let nc_max = blocking.nc.min(n.div_ceil(tile.nr) * tile.nr);
+    let nc_max = blocking.nc.min((n - first_panel_col).div_ceil(tile.nr) * tile.nr);
     // Pack a row block once for all of K when that fits; otherwise one K block at a
     // time, as it is used.
     let hold_all = mc_max * kgroups_total * tile.kg * a_width <= A_PACK_BYTES;
@@ -234,36 +245,51 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
                 pack_a(tile, &a_block, rows, k, i * kc_groups, groups_of(i), format, dst, sums, gather);
             }
         }
-        for jc in (0..n).step_by(blocking.nc) {
+        for jc in (first_panel_col..n).step_by(blocking.nc) {
             let cols = blocking.nc.min(n - jc);
+            // Columns of this block before `columns.start`: computed (they share its
+            // first panel) but never stored.
+            let skip = j0.saturating_sub(jc);
             let col_panels = cols.div_ceil(tile.nr);
             let b_block = |g0: usize| &b.data()[(jc / tile.nr) * b.panel_stride() + g0 * tile.nr * tile.kg..];
             // Without room for all of K, each K block is packed here, as it is used (the
             // row sums on the first block of columns only).
             let mut pack_now = |i: usize, a_pack: &mut [u8], row_sums: &mut [i32]| {
                 if !hold_all {
-                    let sums = if jc == 0 && sum_rows { Some(row_sums) } else { None };
+                    let sums = if jc == first_panel_col && sum_rows { Some(row_sums) } else { None };
                     pack_a(tile, &a_block, rows, k, i * kc_groups, groups_of(i), format, a_pack, sums, gather);
                 }
             };
             if k_blocks == 0 {
                 // K = 0: no block writes the accumulators.
                 acc.fill(0);
-                let args = epilogue_args(
-                    acc,
-                    nc_max,
-                    row_sums,
-                    0,
-                    rows,
-                    cols,
-                    ic,
-                    jc,
-                    zero_points,
-                    stage,
-                    &mut out,
-                    out_stride,
-                );
-                kernel.epilogue(args);
+                let at = Position { r0: 0, rows, ic, jc, j0, skip, cols };
+                kernel.epilogue(epilogue_args(acc, nc_max, row_sums, at, zero_points, stage, &mut out));
+                continue;
+            }
+            if skip > 0 {
+                // A block that starts before `columns.start` (only where a partition
+                // cuts inside a panel): every K block through the accumulators, then the
+                // output stage from the first column to store. Slower than the fused
+                // route below, and the same sums.
+                for i in 0..k_blocks {
+                    pack_now(i, a_pack, row_sums);
+                    block_kernel.block(BlockArgs {
+                        a: &a_pack[offset(i)..],
+                        b: b_block(i * kc_groups),
+                        b_panel_stride: b.panel_stride(),
+                        row_panels,
+                        rows,
+                        col_panels,
+                        cols,
+                        kgroups: groups_of(i),
+                        acc,
+                        acc_stride: nc_max,
+                        accumulate: i > 0,
+                    });
+                }
+                let at = Position { r0: 0, rows, ic, jc, j0, skip, cols };
+                kernel.epilogue(epilogue_args(acc, nc_max, row_sums, at, zero_points, stage, &mut out));
                 continue;
             }
             // Every K block but the last, over the whole block: each B panel slice stays
@@ -313,56 +339,53 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
                 };
                 // The accumulators come from the block (`block_with_stage` reads them
                 // itself where the kernel does not fuse the stage into its tiles).
-                let stage_args = epilogue_args(
-                    &[],
-                    nc_max,
-                    row_sums,
-                    r0,
-                    strip_rows,
-                    cols,
-                    ic,
-                    jc,
-                    zero_points,
-                    stage,
-                    &mut out,
-                    out_stride,
-                );
+                let at = Position { r0, rows: strip_rows, ic, jc, j0, skip: 0, cols };
+                let stage_args = epilogue_args(&[], nc_max, row_sums, at, zero_points, stage, &mut out);
                 block_kernel.block_with_stage(block_args, stage_args);
             }
         }
     }
 }
 
-/// The output stage of rows `r0..r0 + rows` of the accumulator block at `(ic, jc)`
-/// (`acc` is the whole block, or empty where the kernel computes the sums itself).
-#[allow(clippy::too_many_arguments)]
+/// Where an output stage call lands: rows `r0..r0 + rows` of the row block at `ic`,
+/// columns `skip..cols` of the column block at `jc`, in an output whose column 0 is
+/// column `j0` of the product.
+#[derive(Clone, Copy)]
+struct Position {
+    r0: usize,
+    rows: usize,
+    ic: usize,
+    jc: usize,
+    j0: usize,
+    skip: usize,
+    cols: usize,
+}
+
+/// The output stage of one [`Position`] of the accumulator block (`acc` is the whole
+/// block, or empty where the kernel computes the sums itself).
 fn epilogue_args<'a>(
     acc: &'a [i32],
     acc_stride: usize,
     row_sums: &'a [i32],
-    r0: usize,
-    rows: usize,
-    cols: usize,
-    ic: usize,
-    jc: usize,
+    at: Position,
     zero_points: ZeroPoints<'a>,
     stage: OutputStage<'a>,
     out: &'a mut OutData<'_>,
-    out_stride: usize,
 ) -> EpilogueArgs<'a> {
+    let Position { r0, rows, ic, jc, j0, skip, cols } = at;
+    let c = jc + skip;
     EpilogueArgs {
-        acc: acc.get(r0 * acc_stride..).unwrap_or(&[]),
+        acc: acc.get(r0 * acc_stride + skip..).unwrap_or(&[]),
         acc_stride,
         rows,
-        cols,
+        cols: cols - skip,
         row_sums: &row_sums[r0..],
         zero_points: ZeroPoints {
-            col_offsets: &zero_points.col_offsets[jc..],
-            b_zp: &zero_points.b_zp[jc..],
+            col_offsets: &zero_points.col_offsets[c..],
+            b_zp: &zero_points.b_zp[c..],
             ..zero_points
         },
-        stage: stage.from_column(jc),
-        out: out.tail((ic + r0) * out_stride + jc),
-        out_stride,
+        stage: stage.from_column(c),
+        out: out.window(ic + r0, c - j0, rows, cols - skip),
     }
 }

@@ -39,9 +39,10 @@
 //! column tile smaller, never the scratch larger ([`plan`]).
 
 use std::collections::TryReserveError;
+use std::ops::Range;
 
 use crate::driver::{DwScratch, Scratch};
-use crate::output::{EpilogueArgs, OutData, OutputStage, Requant, Scheme, ZeroPoints, epilogue_scalar};
+use crate::output::{EpilogueArgs, OutData, OutView, OutputStage, Requant, Scheme, ZeroPoints, epilogue_scalar};
 use crate::rows::ConvGeometry;
 
 /// Channels per chunk: one 256-bit vector of i32 lanes.
@@ -278,13 +279,9 @@ pub struct FloatOut<'a> {
     pub zero_point: i32,
     /// i8 output (else u8).
     pub signed: bool,
-    /// The bytes: column `i`, channel `c` at `i·stride + c`, for the first `channels`
-    /// channels only.
-    pub out: &'a mut [u8],
-    /// Distance between columns.
-    pub stride: usize,
-    /// Channels to store.
-    pub channels: usize,
+    /// The bytes: output column `i`, channel `c` at element `(i, c)`; the window's
+    /// columns are the channels to store.
+    pub out: OutView<'a, u8>,
 }
 
 impl RowArgs<'_> {
@@ -301,8 +298,7 @@ impl RowArgs<'_> {
                 }
                 RowOut::Float(f) => {
                     assert!(f.bias.len() >= lanes && f.scale.len() >= lanes);
-                    assert!(f.channels <= lanes && f.stride >= f.channels);
-                    assert!(f.out.len() >= (self.cols - 1) * f.stride + f.channels);
+                    assert!(f.out.cols() <= lanes && f.out.rows() >= self.cols, "fused output window");
                 }
             }
         }
@@ -398,11 +394,12 @@ pub struct DwArgs<'a> {
     pub pixels: usize,
     /// The output stage, from channel 0.
     pub stage: OutputStage<'a>,
-    /// The output from the first pixel's row: pixel `first_pixel + i`, channel `c` at
-    /// `i·out_stride + c`.
+    /// The output channels to compute, any range within `0..OC` (a task of a 2-D
+    /// partition); usually all of them.
+    pub channels: Range<usize>,
+    /// The output: a window of `pixels` rows by `channels.len()` columns, where pixel
+    /// `first_pixel + i`, channel `channels.start + c` is element `(i, c)`.
     pub out: OutData<'a>,
-    /// Distance between output pixels.
-    pub out_stride: usize,
 }
 
 /// Runs a depthwise convolution in `scratch` (see the module documentation).
@@ -421,8 +418,10 @@ pub fn run(kernel: &DwKernel, args: DwArgs<'_>, scratch: &mut Scratch) {
 /// # Panics
 /// As [`run`], and if the plan has a zero size.
 pub fn run_with_plan(kernel: &DwKernel, args: DwArgs<'_>, plan: Plan, scratch: &mut Scratch) {
-    let DwArgs { input, geometry: g, zero_point, weights: w, first_pixel, pixels, stage, mut out, out_stride } = args;
-    if pixels == 0 || w.out_channels == 0 {
+    let DwArgs { input, geometry: g, zero_point, weights: w, first_pixel, pixels, stage, channels, mut out } = args;
+    assert!(channels.start <= channels.end && channels.end <= w.out_channels, "channels outside the weights");
+    assert!(out.rows() >= pixels && out.cols() >= channels.len(), "output window smaller than the pixels");
+    if pixels == 0 || channels.is_empty() {
         return;
     }
     assert_eq!((w.kernel_height, w.kernel_width), (g.kernel_height, g.kernel_width), "weights for another kernel");
@@ -442,7 +441,13 @@ pub fn run_with_plan(kernel: &DwKernel, args: DwArgs<'_>, plan: Plan, scratch: &
         }
         _ => None,
     };
-    let acc_len = if fused.is_some() { 0 } else { plan.cols * plan.chunks * LANES };
+    // Blocks of channels start every LANES channels; a block that starts before
+    // `channels.start` (only where a partition cuts inside one) stores from there on,
+    // through the accumulators.
+    let ch0 = channels.start;
+    let first_chunk = ch0 / LANES;
+    let unaligned = !ch0.is_multiple_of(LANES);
+    let acc_len = if fused.is_some() && !unaligned { 0 } else { plan.cols * plan.chunks * LANES };
     let DwScratch { pair_rows, acc, row_sums, tags, row_at, lane_bias, lane_scale } =
         scratch.dw((kh_n + 1) * slot_len, acc_len, plan.cols, kh_n, plan.chunks * LANES);
     // Slots 0..KH hold pair rows; slot KH holds the zero point, for kernel rows in the
@@ -453,10 +458,14 @@ pub fn run_with_plan(kernel: &DwKernel, args: DwArgs<'_>, plan: Plan, scratch: &
     let row_len = g.in_width * g.in_channels;
     let (first_row, last_row) = (first_pixel / g.out_width, (first_pixel + pixels - 1) / g.out_width);
 
-    for chunk0 in (0..chunks_total).step_by(plan.chunks) {
-        let chunks = plan.chunks.min(chunks_total - chunk0);
+    let chunks_end = channels.end.div_ceil(LANES).min(chunks_total);
+    for chunk0 in (first_chunk..chunks_end).step_by(plan.chunks) {
+        let chunks = plan.chunks.min(chunks_end - chunk0);
         let c0 = chunk0 * LANES;
-        let cols_real = (chunks * LANES).min(w.out_channels - c0);
+        let cols_real = (chunks * LANES).min(channels.end - c0);
+        // Channels of this block before `channels.start`: computed, not stored.
+        let skip = ch0.saturating_sub(c0);
+        let fused = fused.filter(|_| skip == 0);
         let weights = &w.data[chunk0 * kh_n * pairs * LANES..];
         if let Some((_, scale)) = fused {
             for l in 0..chunks * LANES {
@@ -514,20 +523,17 @@ pub fn run_with_plan(kernel: &DwKernel, args: DwArgs<'_>, plan: Plan, scratch: &
                         None => kh_n * slot_len,
                     };
                 }
-                let at = (row * g.out_width + lo - first_pixel) * out_stride + c0;
+                // This row's first pixel, and this block's first channel, in the window.
+                let (pixel, channel) = (row * g.out_width + lo - first_pixel, c0 + skip - ch0);
                 let row_out = match (fused, &mut out) {
                     (Some((r, _)), OutData::U8(o)) => {
-                        RowOut::Float(float_out(r, lane_bias, lane_scale, false, &mut o[at..], out_stride, cols_real))
+                        let o = o.window(pixel, channel, hi - lo, cols_real);
+                        RowOut::Float(float_out(r, lane_bias, lane_scale, false, o))
                     }
-                    (Some((r, _)), OutData::I8(o)) => RowOut::Float(float_out(
-                        r,
-                        lane_bias,
-                        lane_scale,
-                        true,
-                        i8_as_bytes(&mut o[at..]),
-                        out_stride,
-                        cols_real,
-                    )),
+                    (Some((r, _)), OutData::I8(o)) => {
+                        let o = o.window(pixel, channel, hi - lo, cols_real).into_bytes();
+                        RowOut::Float(float_out(r, lane_bias, lane_scale, true, o))
+                    }
                     _ => RowOut::Acc { acc, stride: chunks * LANES },
                 };
                 kernel.row(RowArgs {
@@ -546,16 +552,16 @@ pub fn run_with_plan(kernel: &DwKernel, args: DwArgs<'_>, plan: Plan, scratch: &
                 if fused.is_some() {
                     continue;
                 }
+                let c = c0 + skip;
                 epilogue_scalar(EpilogueArgs {
-                    acc,
+                    acc: &acc[skip..],
                     acc_stride: chunks * LANES,
                     rows: hi - lo,
-                    cols: cols_real,
+                    cols: cols_real - skip,
                     row_sums,
-                    zero_points: ZeroPoints { a_zp: zp, col_offsets: &w.neg_sums[c0..], b_zp: &w.zeros[c0..] },
-                    stage: stage.from_column(c0),
-                    out: out.tail(at),
-                    out_stride,
+                    zero_points: ZeroPoints { a_zp: zp, col_offsets: &w.neg_sums[c..], b_zp: &w.zeros[c..] },
+                    stage: stage.from_column(c),
+                    out: out.window(pixel, channel, hi - lo, cols_real - skip),
                 });
             }
         }
@@ -567,19 +573,10 @@ fn float_out<'a>(
     bias: &'a [i32],
     scale: &'a [f32],
     signed: bool,
-    out: &'a mut [u8],
-    stride: usize,
-    channels: usize,
+    out: OutView<'a, u8>,
 ) -> FloatOut<'a> {
     let (lo, hi) = ((r.min - r.zero_point) as f32, (r.max - r.zero_point) as f32);
-    FloatOut { bias, scale, lo, hi, zero_point: r.zero_point, signed, out, stride, channels }
-}
-
-/// i8 output viewed as the bytes the fused kernels store.
-fn i8_as_bytes(v: &mut [i8]) -> &mut [u8] {
-    // SAFETY: i8 and u8 have the same size, alignment and validity (every bit pattern),
-    // and the borrow of `v` moves into the result.
-    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast(), v.len()) }
+    FloatOut { bias, scale, lo, hi, zero_point: r.zero_point, signed, out }
 }
 
 /// The pair-row build, written once for every ISA. At each position whose two taps

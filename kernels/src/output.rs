@@ -15,6 +15,9 @@
 //!                                   per-column offset, computed when B is packed
 //! ```
 
+use std::marker::PhantomData;
+use std::ptr::NonNull;
+
 /// A parameter given per tensor or per output channel (a borrowed view).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Param<'a, T> {
@@ -143,44 +146,251 @@ pub struct ZeroPoints<'a> {
     pub b_zp: &'a [i32],
 }
 
-/// The destination of a block: a row-major matrix of one element type.
+/// Write access to a `rows × cols` window of a row-major matrix whose rows are
+/// `stride` elements apart: element `(r, c)` is at `r · stride + c` from its start.
+///
+/// ```text
+///            ◄─────────── stride ───────────►
+///            ◄── cols ──►
+///   row 0    [##########]...................   # this view's elements
+///   row 1    [##########]...................   . the gaps: other views' windows,
+///   ...                                          or the caller's data
+///   rows − 1 [##########]
+/// ```
+///
+/// It borrows exactly the window's elements, never the gaps between its rows, so
+/// windows of one matrix that share no element may be written at once, on different
+/// threads: that is how a GEMM's output is cut into tiles
+/// ([`split_at_row`](OutView::split_at_row), [`split_at_col`](OutView::split_at_col)).
+/// Code that writes through [`as_mut_ptr`](OutView::as_mut_ptr) must stay inside the
+/// window; the epilogue tests check that no kernel writes a gap.
+#[derive(Debug)]
+pub struct OutView<'a, T> {
+    ptr: NonNull<T>,
+    rows: usize,
+    cols: usize,
+    stride: usize,
+    _borrow: PhantomData<&'a mut T>,
+}
+
+// SAFETY: an `OutView` is a unique borrow of its window's elements (the constructors'
+// invariant), so moving it to another thread is moving a `&mut` to those elements.
+unsafe impl<T: Send> Send for OutView<'_, T> {}
+// SAFETY: a shared `&OutView` reads only the view's own fields; every access to the
+// elements takes `&mut self`.
+unsafe impl<T: Sync> Sync for OutView<'_, T> {}
+
+impl<'a, T> OutView<'a, T> {
+    /// The `rows × cols` window at the start of `data`, rows `stride` apart.
+    ///
+    /// # Panics
+    /// If `data` is shorter than `(rows − 1) · stride + cols`, or `stride < cols` with
+    /// more than one row.
+    pub fn new(data: &'a mut [T], rows: usize, cols: usize, stride: usize) -> OutView<'a, T> {
+        if rows > 0 && cols > 0 {
+            assert!(rows == 1 || stride >= cols, "output stride {stride} below its {cols} columns");
+            let needed = (rows - 1).checked_mul(stride).and_then(|x| x.checked_add(cols));
+            assert!(needed.is_some_and(|n| n <= data.len()), "output of {} values too short", data.len());
+        }
+        // SAFETY: the window lies inside `data` (checked above; nothing when empty), whose
+        // unique borrow for 'a moves into the view.
+        unsafe { OutView::from_raw_parts(data.as_mut_ptr(), rows, cols, stride) }
+    }
+
+    /// A view of the window at `ptr`.
+    ///
+    /// # Safety
+    /// For `'a`, every element `ptr + r · stride + c` (`r < rows`, `c < cols`) is valid
+    /// for reads and writes and reached by nothing but this view. `ptr` is non-null.
+    pub unsafe fn from_raw_parts(ptr: *mut T, rows: usize, cols: usize, stride: usize) -> OutView<'a, T> {
+        let ptr = NonNull::new(ptr).expect("a non-null output pointer");
+        OutView { ptr, rows, cols, stride, _borrow: PhantomData }
+    }
+
+    /// Rows of the window.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Columns of the window.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Distance between rows, in elements.
+    pub fn stride(&self) -> usize {
+        self.stride
+    }
+
+    /// Element `(0, 0)`: writes through it must stay inside the window.
+    pub fn as_mut_ptr(&mut self) -> *mut T {
+        self.ptr.as_ptr()
+    }
+
+    /// Columns `c0 .. c0 + len` of row `r`.
+    ///
+    /// # Panics
+    /// Outside the window.
+    pub fn row_mut(&mut self, r: usize, c0: usize, len: usize) -> &mut [T] {
+        assert!(r < self.rows && c0 <= self.cols && len <= self.cols - c0, "outside the output window");
+        // SAFETY: the elements are inside the window (checked), which this view borrows
+        // uniquely; the slice reborrows `self`.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(r * self.stride + c0), len) }
+    }
+
+    /// The `rows × cols` window at `(r0, c0)` of this one, reborrowed.
+    ///
+    /// # Panics
+    /// If it does not fit inside this window.
+    pub fn window(&mut self, r0: usize, c0: usize, rows: usize, cols: usize) -> OutView<'_, T> {
+        assert!(r0 <= self.rows && rows <= self.rows - r0, "rows outside the output window");
+        assert!(c0 <= self.cols && cols <= self.cols - c0, "columns outside the output window");
+        // SAFETY: a sub-window of this view's window, borrowing `self` for its lifetime.
+        unsafe { OutView::from_raw_parts(self.at(r0, c0, rows, cols), rows, cols, self.stride) }
+    }
+
+    /// The `rows × cols` window at `(r0, c0)` of this one, for as long as this view
+    /// lives, from a shared borrow: how one output is handed out to the tasks of a
+    /// partition, on several threads at once.
+    ///
+    /// # Safety
+    /// While the result lives, nothing else may reach its elements: windows taken
+    /// this way must not overlap, and this view must not write them.
+    ///
+    /// # Panics
+    /// If it does not fit inside this window.
+    pub unsafe fn window_shared(&self, r0: usize, c0: usize, rows: usize, cols: usize) -> OutView<'a, T> {
+        assert!(r0 <= self.rows && rows <= self.rows - r0, "rows outside the output window");
+        assert!(c0 <= self.cols && cols <= self.cols - c0, "columns outside the output window");
+        // SAFETY: a sub-window of this view's window, for 'a; the caller keeps it the
+        // only way to its elements.
+        unsafe { OutView::from_raw_parts(self.at(r0, c0, rows, cols), rows, cols, self.stride) }
+    }
+
+    /// Rows `0..r` and `r..` as two views.
+    ///
+    /// # Panics
+    /// If `r > rows`.
+    pub fn split_at_row(self, r: usize) -> (OutView<'a, T>, OutView<'a, T>) {
+        assert!(r <= self.rows, "split below the output window");
+        let (rows, cols, stride) = (self.rows, self.cols, self.stride);
+        let rest = self.at(r, 0, rows - r, cols);
+        // SAFETY: the two windows split this one, whose borrow moves into them, and share
+        // no element.
+        unsafe {
+            (
+                OutView::from_raw_parts(self.ptr.as_ptr(), r, cols, stride),
+                OutView::from_raw_parts(rest, rows - r, cols, stride),
+            )
+        }
+    }
+
+    /// Columns `0..c` and `c..` as two views.
+    ///
+    /// # Panics
+    /// If `c > cols`.
+    pub fn split_at_col(self, c: usize) -> (OutView<'a, T>, OutView<'a, T>) {
+        assert!(c <= self.cols, "split right of the output window");
+        let (rows, cols, stride) = (self.rows, self.cols, self.stride);
+        let rest = self.at(0, c, rows, cols - c);
+        // SAFETY: as in `split_at_row`, by columns: each row's elements go to one side.
+        unsafe {
+            (
+                OutView::from_raw_parts(self.ptr.as_ptr(), rows, c, stride),
+                OutView::from_raw_parts(rest, rows, cols - c, stride),
+            )
+        }
+    }
+
+    /// The address of `(r0, c0)` for a sub-window of `rows × cols` (inside this one);
+    /// a dangling pointer for an empty one, which is never dereferenced.
+    fn at(&self, r0: usize, c0: usize, rows: usize, cols: usize) -> *mut T {
+        if rows == 0 || cols == 0 {
+            return NonNull::dangling().as_ptr();
+        }
+        // SAFETY: `(r0, c0)` is an element of this window (rows and cols nonzero, and
+        // the callers keep the sub-window inside), so the offset stays in the
+        // allocation.
+        unsafe { self.ptr.as_ptr().add(r0 * self.stride + c0) }
+    }
+}
+
+impl<'a> OutView<'a, i8> {
+    /// The same window, as the bytes that SIMD code stores.
+    pub fn into_bytes(self) -> OutView<'a, u8> {
+        // SAFETY: i8 and u8 have the same size, alignment and validity (every bit
+        // pattern), and the borrow of the window moves into the result.
+        unsafe { OutView::from_raw_parts(self.ptr.as_ptr().cast(), self.rows, self.cols, self.stride) }
+    }
+}
+
+/// The destination of a block: a window of a row-major matrix of one element type.
 #[derive(Debug)]
 pub enum OutData<'a> {
     /// i32 output (no requantization).
-    I32(&'a mut [i32]),
+    I32(OutView<'a, i32>),
     /// u8 output.
-    U8(&'a mut [u8]),
+    U8(OutView<'a, u8>),
     /// i8 output.
-    I8(&'a mut [i8]),
+    I8(OutView<'a, i8>),
 }
 
-impl OutData<'_> {
-    /// The number of elements.
-    pub fn len(&self) -> usize {
-        match self {
-            OutData::I32(d) => d.len(),
-            OutData::U8(d) => d.len(),
-            OutData::I8(d) => d.len(),
+/// `$body` on the view inside any variant of an `OutData`, bound to `$v`.
+macro_rules! on_view {
+    ($out:expr, $v:ident => $body:expr) => {
+        match $out {
+            OutData::I32($v) => $body,
+            OutData::U8($v) => $body,
+            OutData::I8($v) => $body,
         }
+    };
+}
+
+/// `$body` on the view inside any variant, rewrapped in the same variant.
+macro_rules! map_view {
+    ($out:expr, $v:ident => $body:expr) => {
+        match $out {
+            OutData::I32($v) => OutData::I32($body),
+            OutData::U8($v) => OutData::U8($body),
+            OutData::I8($v) => OutData::I8($body),
+        }
+    };
+}
+
+impl<'a> OutData<'a> {
+    /// Rows of the window.
+    pub fn rows(&self) -> usize {
+        on_view!(self, v => v.rows())
     }
 
-    /// True when there are no elements.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    /// Columns of the window.
+    pub fn cols(&self) -> usize {
+        on_view!(self, v => v.cols())
     }
 
-    /// Reborrows the elements from `start` on.
-    pub fn tail(&mut self, start: usize) -> OutData<'_> {
-        match self {
-            OutData::I32(d) => OutData::I32(&mut d[start..]),
-            OutData::U8(d) => OutData::U8(&mut d[start..]),
-            OutData::I8(d) => OutData::I8(&mut d[start..]),
-        }
+    /// Distance between rows, in elements.
+    pub fn stride(&self) -> usize {
+        on_view!(self, v => v.stride())
+    }
+
+    /// The `rows × cols` window at `(r0, c0)` from a shared borrow (see
+    /// [`OutView::window_shared`]).
+    ///
+    /// # Safety
+    /// As [`OutView::window_shared`].
+    pub unsafe fn window_shared(&self, r0: usize, c0: usize, rows: usize, cols: usize) -> OutData<'a> {
+        // SAFETY: the caller's contract, passed on.
+        map_view!(self, v => unsafe { v.window_shared(r0, c0, rows, cols) })
+    }
+
+    /// The `rows × cols` window at `(r0, c0)`, reborrowed (see [`OutView::window`]).
+    pub fn window(&mut self, r0: usize, c0: usize, rows: usize, cols: usize) -> OutData<'_> {
+        map_view!(self, v => v.window(r0, c0, rows, cols))
     }
 }
 
 /// One epilogue call: rows `0..rows` and columns `0..cols` of the accumulator block are
-/// corrected, biased, requantized and stored at `out[r * out_stride + c]`.
+/// corrected, biased, requantized and stored at element `(r, c)` of `out`.
 #[derive(Debug)]
 pub struct EpilogueArgs<'a> {
     /// Accumulators `Σ a·b`, row-major with `acc_stride` columns.
@@ -198,10 +408,9 @@ pub struct EpilogueArgs<'a> {
     pub zero_points: ZeroPoints<'a>,
     /// The output stage, from the block's first column.
     pub stage: OutputStage<'a>,
-    /// The destination, from the block's first element.
+    /// The destination: a window of at least `rows × cols` from the block's first
+    /// element.
     pub out: OutData<'a>,
-    /// Distance between rows of `out`.
-    pub out_stride: usize,
 }
 
 impl EpilogueArgs<'_> {
@@ -225,7 +434,7 @@ impl EpilogueArgs<'_> {
         assert!(self.row_sums.len() >= rows);
         assert!(self.zero_points.col_offsets.len() >= cols && self.zero_points.b_zp.len() >= cols);
         assert!(self.stage.covers(cols), "output stage shorter than the block");
-        assert!(self.out_stride >= cols && self.out.len() >= (rows - 1) * self.out_stride + cols);
+        assert!(self.out.rows() >= rows && self.out.cols() >= cols, "output window smaller than the block");
         let needs_requant = !matches!(self.out, OutData::I32(_));
         assert_eq!(self.stage.requant.is_some(), needs_requant, "output type and stage");
     }
@@ -348,7 +557,7 @@ const EPILOGUE_CHUNK: usize = 64;
 
 #[multiversion::multiversion(targets("x86_64+avx2", "x86_64+sse4.1", "aarch64+neon"))]
 fn epilogue_impl(args: EpilogueArgs<'_>) {
-    let EpilogueArgs { acc, acc_stride, rows, cols, row_sums, zero_points: zp, stage, mut out, out_stride } = args;
+    let EpilogueArgs { acc, acc_stride, rows, cols, row_sums, zero_points: zp, stage, mut out } = args;
     let mut column_terms = [0i32; EPILOGUE_CHUNK];
     let mut row = [0i32; EPILOGUE_CHUNK];
     for c0 in (0..cols).step_by(EPILOGUE_CHUNK) {
@@ -378,11 +587,10 @@ fn epilogue_impl(args: EpilogueArgs<'_>) {
                     *v = a.wrapping_add(t);
                 }
             }
-            let base = r * out_stride + c0;
             match (&mut out, &stage.requant) {
-                (OutData::I32(o), _) => o[base..][..width].copy_from_slice(row),
-                (OutData::U8(o), Some(rq)) => requantize_row(rq, row, &mut o[base..][..width]),
-                (OutData::I8(o), Some(rq)) => requantize_row(rq, row, &mut o[base..][..width]),
+                (OutData::I32(o), _) => o.row_mut(r, c0, width).copy_from_slice(row),
+                (OutData::U8(o), Some(rq)) => requantize_row(rq, row, o.row_mut(r, c0, width)),
+                (OutData::I8(o), Some(rq)) => requantize_row(rq, row, o.row_mut(r, c0, width)),
                 (_, None) => unreachable!("checked by EpilogueArgs::check"),
             }
         }

@@ -4,7 +4,7 @@
 #![cfg(target_arch = "x86_64")]
 
 use qgemm_kernels::driver::{GemmArgs, gemm};
-use qgemm_kernels::output::{OutData, OutputStage};
+use qgemm_kernels::output::{OutData, OutView, OutputStage};
 use qgemm_kernels::pack::{BLayout, PackedB};
 use qgemm_kernels::rows::Rows;
 use qgemm_kernels::x86_64::avx2;
@@ -35,8 +35,8 @@ fn run(kernel: &Kernel, a: &[u8], a_zp: u8, m: usize, b: &PackedB) -> Vec<i32> {
         a_zp,
         b,
         stage: OutputStage { bias: None, requant: None },
-        out: OutData::I32(&mut out),
-        out_stride: b.n(),
+        columns: 0..b.n(),
+        out: OutData::I32(OutView::new(&mut out, m, b.n(), b.n())),
     };
     gemm(kernel, args);
     out

@@ -7,10 +7,12 @@
 
 mod common;
 
+use std::ops::Range;
+
 use common::{Rng, gemm_kernels};
 use qgemm_kernels::driver::{GemmArgs, Scratch, gemm_in};
 use qgemm_kernels::dwconv::{self, DwArgs, DwKernel, PackedDw, Plan};
-use qgemm_kernels::output::{OutData, OutputStage, Param, Requant, Rounding, Scheme};
+use qgemm_kernels::output::{OutData, OutView, OutputStage, Param, Requant, Rounding, Scheme};
 use qgemm_kernels::pack::{BLayout, PackedB};
 use qgemm_kernels::rows::{ConvGeometry, Im2col, Rows};
 use qgemm_kernels::{Blocking, Kernel};
@@ -148,43 +150,56 @@ impl Case {
         self.p.batch * self.p.out_height().unwrap() * self.p.out_width().unwrap()
     }
 
-    /// Runs `f(first_pixel, pixels, out)` over `ranges` (consecutive pixel counts) into
-    /// one output of the stage's type, and returns it in the reference's terms.
+    /// Runs `f(first_pixel, pixels, channels, out)` over the tiles of `ranges`
+    /// (consecutive pixel counts) by the channel ranges that `cuts` (inner channel
+    /// boundaries) make, into one output of the stage's type, and returns it in the
+    /// reference's terms.
     fn output(
         &self,
         stage: usize,
         ranges: &[usize],
-        mut f: impl FnMut(usize, usize, OutData<'_>),
+        cuts: &[usize],
+        mut f: impl FnMut(usize, usize, Range<usize>, OutData<'_>),
     ) -> reference::OutputData {
-        let (len, oc) = (self.pixels() * self.p.out_channels, self.p.out_channels);
-        let mut first = 0;
+        let (pixels, oc) = (self.pixels(), self.p.out_channels);
+        let bounds: Vec<usize> = [0].into_iter().chain(cuts.iter().copied()).chain([oc]).collect();
+        let mut tiles = |mut out: OutData<'_>| {
+            let mut first = 0;
+            for &n in ranges {
+                for c in bounds.windows(2) {
+                    f(first, n, c[0]..c[1], out.window(first, c[0], n, c[1] - c[0]));
+                }
+                first += n;
+            }
+        };
         match stage {
             0 => {
-                let mut out = vec![0i32; len];
-                for &n in ranges {
-                    f(first, n, OutData::I32(&mut out[first * oc..]));
-                    first += n;
-                }
+                let mut out = vec![0i32; pixels * oc];
+                tiles(OutData::I32(OutView::new(&mut out, pixels, oc, oc)));
                 reference::OutputData::I32(out)
             }
             1 => {
-                let mut out = vec![0u8; len];
-                for &n in ranges {
-                    f(first, n, OutData::U8(&mut out[first * oc..]));
-                    first += n;
-                }
+                let mut out = vec![0u8; pixels * oc];
+                tiles(OutData::U8(OutView::new(&mut out, pixels, oc, oc)));
                 reference::OutputData::U8(out)
             }
             _ => {
-                let mut out = vec![0i8; len];
-                for &n in ranges {
-                    f(first, n, OutData::I8(&mut out[first * oc..]));
-                    first += n;
-                }
+                let mut out = vec![0i8; pixels * oc];
+                tiles(OutData::I8(OutView::new(&mut out, pixels, oc, oc)));
                 reference::OutputData::I8(out)
             }
         }
     }
+}
+
+/// Channel cuts for `oc` channels: none, one inside a block of 8 channels, and one
+/// at a block boundary (where there are more than 8).
+fn channel_cuts(oc: usize) -> Vec<Vec<usize>> {
+    let mut cuts = vec![vec![], vec![(oc / 2 + 1).min(oc - 1)]];
+    if oc > 8 {
+        cuts.push(vec![8]);
+    }
+    cuts
 }
 
 /// Pixel ranges covering `pixels`: whole, and three uneven pieces that start and end
@@ -227,21 +242,24 @@ fn depthwise_loop_nest_matches_reference() {
                 let expected = case.reference(stage);
                 for &plan in plans {
                     for ranges in splits(case.pixels()).into_iter().skip(usize::from(cfg!(miri))) {
-                        let got = case.output(stage, &ranges, |first_pixel, pixels, out| {
-                            let args = DwArgs {
-                                input: &case.input,
-                                geometry: g,
-                                zero_point: case.input_zp,
-                                weights: &packed,
-                                first_pixel,
-                                pixels,
-                                stage: case.stage(stage),
-                                out,
-                                out_stride: p.out_channels,
-                            };
-                            dwconv::run_with_plan(kernel, args, plan, &mut scratch);
-                        });
-                        assert_eq!(got, expected, "{} {p:?} stage {stage} {plan:?} ranges {ranges:?}", kernel.name());
+                        for cuts in channel_cuts(p.out_channels).into_iter().skip(usize::from(cfg!(miri))) {
+                            let got = case.output(stage, &ranges, &cuts, |first_pixel, pixels, channels, out| {
+                                let args = DwArgs {
+                                    input: &case.input,
+                                    geometry: g,
+                                    zero_point: case.input_zp,
+                                    weights: &packed,
+                                    first_pixel,
+                                    pixels,
+                                    stage: case.stage(stage),
+                                    channels,
+                                    out,
+                                };
+                                dwconv::run_with_plan(kernel, args, plan, &mut scratch);
+                            });
+                            let what = format!("{p:?} stage {stage} {plan:?} ranges {ranges:?} cuts {cuts:?}");
+                            assert_eq!(got, expected, "{} {what}", kernel.name());
+                        }
                     }
                 }
             }
@@ -290,7 +308,7 @@ fn im2col_rows_match_reference() {
             for stage in 0..3 {
                 let expected = case.reference(stage);
                 for ranges in splits(case.pixels()).into_iter().skip(usize::from(cfg!(miri))) {
-                    let got = case.output(stage, &ranges, |first_pixel, pixels, mut out| {
+                    let got = case.output(stage, &ranges, &[], |first_pixel, pixels, _, mut out| {
                         for (gi, b) in groups.iter().enumerate() {
                             let rows = Rows::Im2col(Im2col {
                                 input: &case.input,
@@ -307,8 +325,8 @@ fn im2col_rows_match_reference() {
                                 a_zp: case.input_zp,
                                 b,
                                 stage: case.stage(stage).from_column(gi * ocg),
-                                out: out.tail(gi * ocg),
-                                out_stride: params.out_channels,
+                                columns: 0..ocg,
+                                out: out.window(0, gi * ocg, pixels, ocg),
                             };
                             gemm_in(&kernel, args, &mut scratch);
                         }

@@ -2,8 +2,10 @@
 //! boundary (M, N and K each spanning several blocks, with tails), against the
 //! reference. The public crate's harness covers the default blocking.
 
+use std::ops::Range;
+
 use qgemm_kernels::driver::{GemmArgs, gemm};
-use qgemm_kernels::output::{OutData, OutputStage, Param, Requant, Rounding, Scheme};
+use qgemm_kernels::output::{OutData, OutView, OutputStage, Param, Requant, Rounding, Scheme};
 use qgemm_kernels::pack::{BLayout, PackedB};
 use qgemm_kernels::rows::Rows;
 mod common;
@@ -78,8 +80,8 @@ fn blocked_loop_nest_matches_reference() {
                     a_zp,
                     b: &packed,
                     stage: OutputStage { bias: Some(&bias), requant: None },
-                    out: OutData::I32(&mut out),
-                    out_stride: n,
+                    columns: 0..n,
+                    out: OutData::I32(OutView::new(&mut out, m, n, n)),
                 },
             );
             let stage = reference::OutputStage { bias: Some(bias.clone()), requantize: None };
@@ -106,8 +108,8 @@ fn blocked_loop_nest_matches_reference() {
                     a_zp,
                     b: &packed,
                     stage: OutputStage { bias: None, requant: Some(requant) },
-                    out: OutData::U8(&mut out),
-                    out_stride: n,
+                    columns: 0..n,
+                    out: OutData::U8(OutView::new(&mut out, m, n, n)),
                 },
             );
             let stage = reference::OutputStage {
@@ -151,8 +153,8 @@ fn last_k_block_in_several_strips() {
                     a_zp: 77,
                     b: &packed,
                     stage: OutputStage { bias: Some(&bias), requant: None },
-                    out: OutData::I32(&mut out),
-                    out_stride: n,
+                    columns: 0..n,
+                    out: OutData::I32(OutView::new(&mut out, m, n, n)),
                 },
             );
             let zp = reference::Channelwise::PerTensor(-3);
@@ -170,6 +172,111 @@ fn last_k_block_in_several_strips() {
             let stage = reference::OutputStage { bias: Some(bias), requantize: None };
             let expected = reference::gemm(&problem, &stage, reference::OutputType::I32);
             assert_eq!(reference::OutputData::I32(out), expected, "{} m={m} n={n} k={k}", kernel.name());
+        }
+    }
+}
+
+/// Cuts `0..len` at up to two random points (possibly inside a tile, possibly empty
+/// pieces), as a 2-D partition of an output would.
+fn random_cuts(rng: &mut Rng, len: usize) -> Vec<usize> {
+    let mut cuts = vec![0, rng.below(len + 1), rng.below(len + 1), len];
+    cuts.sort_unstable();
+    cuts
+}
+
+/// The loop nest's arguments for rows `r` by columns `c` of `A · B`, into `out`.
+#[allow(clippy::too_many_arguments)]
+fn tile_args<'a>(
+    a: &'a [u8],
+    k: usize,
+    a_zp: u8,
+    b: &'a PackedB,
+    stage: OutputStage<'a>,
+    r: Range<usize>,
+    c: Range<usize>,
+    out: OutData<'a>,
+) -> GemmArgs<'a> {
+    GemmArgs { m: r.len(), a: Rows::Matrix { data: &a[r.start * k..], stride: k }, a_zp, b, stage, columns: c, out }
+}
+
+#[test]
+fn output_tiles_match_reference() {
+    // The loop nest on tiles of the output (rows `r0..r1` by columns `j0..j1`, cut
+    // anywhere, inside a column panel too), each into its window of one output with
+    // gaps between rows: together they must give the whole product, and nothing may
+    // touch the gaps. Float to u8 (fused into the tiles on AVX-512) and i32.
+    let mut rng = Rng(0x7111_e5ca_7e00_0001);
+    for kernel in kernels() {
+        let t = kernel.tile();
+        for _ in 0..if cfg!(miri) { 2 } else { 24 } {
+            let m = 1 + rng.below(3 * t.mr + 3);
+            let n = 1 + rng.below(3 * t.nr + 3);
+            let k = rng.below(9 * t.kg + 3);
+            let a: Vec<u8> = (0..m * k).map(|_| rng.next() as u8).collect();
+            let b: Vec<i8> = (0..k * n).map(|_| rng.next() as i8).collect();
+            let (a_zp, b_zp) = (rng.next() as u8, rng.next() as i8);
+            let packed = PackedB::try_new(t, &b, BLayout::KxN, k, n, &[b_zp]).unwrap();
+            let bias: Vec<i32> = (0..n).map(|_| rng.next() as i32 >> 12).collect();
+            let scales: Vec<f32> = (0..n).map(|_| 1.0 / (200 + rng.below(5000)) as f32).collect();
+            let (rows, cols) = (random_cuts(&mut rng, m), random_cuts(&mut rng, n));
+            let stride = n + 5;
+            let ref_zp = reference::Channelwise::PerTensor(b_zp);
+            let problem = reference::GemmProblem {
+                m,
+                n,
+                k,
+                a: &a,
+                a_row_stride: k,
+                a_zero_point: a_zp,
+                b: &b,
+                b_layout: reference::WeightLayout::KxN,
+                b_zero_point: &ref_zp,
+            };
+            let tiles: Vec<(Range<usize>, Range<usize>)> =
+                rows.windows(2).flat_map(|r| cols.windows(2).map(move |c| (r[0]..r[1], c[0]..c[1]))).collect();
+            let what = format!("{} m={m} n={n} k={k} rows {rows:?} cols {cols:?}", kernel.name());
+            // Every gap between rows (and past the last) keeps its fill.
+            let gaps_kept = |out: &[i64], fill: i64| (0..m * stride).all(|i| i % stride < n || out[i] == fill);
+
+            let mut out = vec![0x5a5a_5a5a_i32; m * stride];
+            let mut view = OutView::new(&mut out, m, n, stride);
+            for (r, c) in tiles.iter().cloned() {
+                let window = OutData::I32(view.window(r.start, c.start, r.len(), c.len()));
+                let stage = OutputStage { bias: Some(&bias), requant: None };
+                gemm(&kernel, tile_args(&a, k, a_zp, &packed, stage, r, c, window));
+            }
+            let wide: Vec<i64> = out.iter().map(|&v| i64::from(v)).collect();
+            assert!(gaps_kept(&wide, 0x5a5a_5a5a), "{what}: a gap was written");
+            let dense: Vec<i32> = (0..m).flat_map(|r| out[r * stride..][..n].to_vec()).collect();
+            let stage = reference::OutputStage { bias: Some(bias.clone()), requantize: None };
+            let expected = reference::gemm(&problem, &stage, reference::OutputType::I32);
+            assert_eq!(reference::OutputData::I32(dense), expected, "{what}");
+
+            let mut out = vec![0x5a_u8; m * stride];
+            let mut view = OutView::new(&mut out, m, n, stride);
+            let requant =
+                Requant { scheme: Scheme::Float { scale: Param::Channel(&scales) }, zero_point: 7, min: 2, max: 251 };
+            for (r, c) in tiles.iter().cloned() {
+                let window = OutData::U8(view.window(r.start, c.start, r.len(), c.len()));
+                let stage = OutputStage { bias: Some(&bias), requant: Some(requant) };
+                gemm(&kernel, tile_args(&a, k, a_zp, &packed, stage, r, c, window));
+            }
+            let wide: Vec<i64> = out.iter().map(|&v| i64::from(v)).collect();
+            assert!(gaps_kept(&wide, 0x5a), "{what}: a gap was written");
+            let dense: Vec<u8> = (0..m).flat_map(|r| out[r * stride..][..n].to_vec()).collect();
+            let stage = reference::OutputStage {
+                bias: Some(bias.clone()),
+                requantize: Some(reference::Requantize {
+                    scheme: reference::Requantization::Float {
+                        scale: reference::Channelwise::PerChannel(scales.clone()),
+                    },
+                    zero_point: 7,
+                    min: 2,
+                    max: 251,
+                }),
+            };
+            let expected = reference::gemm(&problem, &stage, reference::OutputType::U8);
+            assert_eq!(reference::OutputData::U8(dense), expected, "{what}");
         }
     }
 }

@@ -13,7 +13,7 @@ use common::{Rng, gemm_kernels};
 use qgemm_kernels::Kernel;
 use qgemm_kernels::kernel::BlockArgs;
 use qgemm_kernels::output::{
-    EpilogueArgs, OutData, OutputStage, Param, Requant, Rounding, Scheme, ZeroPoints, epilogue_scalar,
+    EpilogueArgs, OutData, OutView, OutputStage, Param, Requant, Rounding, Scheme, ZeroPoints, epilogue_scalar,
 };
 
 const ROWS: usize = 3;
@@ -123,31 +123,22 @@ fn run(
     out_type: &str,
 ) -> Vec<i64> {
     let len = (ROWS - 1) * OUT_STRIDE + COLS;
-    let args = |out| EpilogueArgs {
-        acc,
-        acc_stride: ACC_STRIDE,
-        rows: ROWS,
-        cols: COLS,
-        row_sums,
-        zero_points,
-        stage,
-        out,
-        out_stride: OUT_STRIDE,
-    };
+    let args =
+        |out| EpilogueArgs { acc, acc_stride: ACC_STRIDE, rows: ROWS, cols: COLS, row_sums, zero_points, stage, out };
     match out_type {
         "i32" => {
             let mut out = vec![0x5a5a_5a5a_i32; len + GUARD];
-            epilogue(args(OutData::I32(&mut out[..len])));
+            epilogue(args(OutData::I32(OutView::new(&mut out[..len], ROWS, COLS, OUT_STRIDE))));
             out.into_iter().map(i64::from).collect()
         }
         "u8" => {
             let mut out = vec![0x5a_u8; len + GUARD];
-            epilogue(args(OutData::U8(&mut out[..len])));
+            epilogue(args(OutData::U8(OutView::new(&mut out[..len], ROWS, COLS, OUT_STRIDE))));
             out.into_iter().map(i64::from).collect()
         }
         _ => {
             let mut out = vec![0x5a_i8; len + GUARD];
-            epilogue(args(OutData::I8(&mut out[..len])));
+            epilogue(args(OutData::I8(OutView::new(&mut out[..len], ROWS, COLS, OUT_STRIDE))));
             out.into_iter().map(i64::from).collect()
         }
     }

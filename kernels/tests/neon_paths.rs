@@ -9,7 +9,7 @@ mod common;
 use common::Rng;
 use qgemm_kernels::aarch64::neon;
 use qgemm_kernels::driver::{GemmArgs, gemm};
-use qgemm_kernels::output::{OutData, OutputStage};
+use qgemm_kernels::output::{OutData, OutView, OutputStage};
 use qgemm_kernels::pack::{BLayout, PackedB};
 use qgemm_kernels::rows::Rows;
 use qgemm_kernels::{Blocking, Kernel};
@@ -38,8 +38,8 @@ fn run(kernel: &Kernel, a: &[u8], a_zp: u8, b: &PackedB) -> Vec<i32> {
         a_zp,
         b,
         stage: OutputStage { bias: None, requant: None },
-        out: OutData::I32(&mut out),
-        out_stride: N,
+        columns: 0..N,
+        out: OutData::I32(OutView::new(&mut out, M, N, N)),
     };
     gemm(kernel, args);
     out

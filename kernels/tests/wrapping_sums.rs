@@ -10,7 +10,7 @@ mod common;
 
 use common::gemm_kernels;
 use qgemm_kernels::driver::{GemmArgs, gemm};
-use qgemm_kernels::output::{OutData, OutputStage};
+use qgemm_kernels::output::{OutData, OutView, OutputStage};
 use qgemm_kernels::pack::{BLayout, PackedB};
 use qgemm_kernels::rows::Rows;
 use qgemm_kernels::{Blocking, Kernel};
@@ -27,8 +27,8 @@ fn accumulators(kernel: &Kernel, a: &[u8], m: usize, b_kxn: &[i8], n: usize) -> 
         a_zp: 0,
         b: &b,
         stage: OutputStage { bias: None, requant: None },
-        out: OutData::I32(&mut out),
-        out_stride: n,
+        columns: 0..n,
+        out: OutData::I32(OutView::new(&mut out, m, n, n)),
     };
     gemm(kernel, args);
     out

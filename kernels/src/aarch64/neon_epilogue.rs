@@ -194,7 +194,8 @@ impl<'a> FusedStage<'a> {
     pub(crate) fn new(args: EpilogueArgs<'a>) -> FusedStage<'a> {
         let (kind, b_zp) = (Kind::of(&args.stage), any_b_zp(&args));
         let bounds = args.stage.requant.as_ref().map_or(Bounds { zero_point: 0, min: 0, max: 0 }, Bounds::of);
-        let EpilogueArgs { cols, row_sums, zero_points, stage, mut out, out_stride, .. } = args;
+        let EpilogueArgs { cols, row_sums, zero_points, stage, mut out, .. } = args;
+        let out_stride = out.stride();
         let (out_i32, out_bytes) = match &mut out {
             OutData::I32(o) => (o.as_mut_ptr(), std::ptr::null_mut()),
             OutData::U8(o) => (std::ptr::null_mut(), o.as_mut_ptr()),

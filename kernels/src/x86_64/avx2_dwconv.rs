@@ -86,7 +86,7 @@ unsafe fn row_with(args: RowArgs<'_>, kernel_rows: usize, pairs: usize) {
         // `RowArgs::check` proved: `row_at[kh] + chunks · span · 8 ≤ pair_rows.len()` and
         // every read position `< span`; weights of `chunks · KH · pairs · 8` lanes;
         // accumulators of `(cols − 1) · stride + chunks · 8` lanes, or the fused output's
-        // bias and scale of `chunks · 8` lanes and `(cols − 1) · stride + channels` bytes,
+        // bias and scale of `chunks · 8` lanes and a window of `cols` × `channels` bytes,
         // of which a chunk stores all 8 only when all 8 are real channels.
         // SAFETY: AVX2 is available; every (unaligned) access is in bounds as above.
         unsafe {
@@ -136,8 +136,9 @@ unsafe fn row_with(args: RowArgs<'_>, kernel_rows: usize, pairs: usize) {
                         let q = _mm256_add_epi32(_mm256_cvtps_epi32(x), zp);
                         let q16 = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256::<1>(q));
                         let q8 = if f.signed { _mm_packs_epi16(q16, q16) } else { _mm_packus_epi16(q16, q16) };
-                        let dst = f.out.as_mut_ptr().add(i * f.stride + chunk * LANES);
-                        let n = f.channels.saturating_sub(chunk * LANES).min(LANES);
+                        let (out_stride, channels) = (f.out.stride(), f.out.cols());
+                        let dst = f.out.as_mut_ptr().add(i * out_stride + chunk * LANES);
+                        let n = channels.saturating_sub(chunk * LANES).min(LANES);
                         if n == LANES {
                             _mm_storel_epi64(dst.cast(), q8);
                         } else {

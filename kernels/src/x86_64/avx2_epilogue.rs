@@ -58,7 +58,8 @@ unsafe fn float_with<const SIGNED: bool, const B_ZP: bool>(
     r: Requant<'_>,
     scale: Param<'_, f32>,
 ) {
-    let EpilogueArgs { acc, acc_stride, rows, cols, row_sums, zero_points: zp, stage, mut out, out_stride } = args;
+    let EpilogueArgs { acc, acc_stride, rows, cols, row_sums, zero_points: zp, stage, mut out } = args;
+    let out_stride = out.stride();
     let out_ptr = match &mut out {
         OutData::U8(o) => o.as_mut_ptr(),
         OutData::I8(o) => o.as_mut_ptr().cast::<u8>(),
@@ -95,8 +96,8 @@ unsafe fn float_with<const SIGNED: bool, const B_ZP: bool>(
             let acc_row = &acc[row * acc_stride + c0..][..width];
             // Reads: 8 lanes of `acc_row` at `j + 8 ≤ whole ≤ width` (the tail from its
             // copy); `terms`, `scales`, `b_zps` hold CHUNK ≥ j + 8 lanes. Stores: at most
-            // `width` bytes from `row · out_stride + c0`, inside the output by
-            // `EpilogueArgs::check` (`(rows − 1) · out_stride + cols` values).
+            // `width` bytes from `row · out_stride + c0`, inside the output window by
+            // `EpilogueArgs::check` (at least `rows × cols`).
             // SAFETY: AVX2 is available; every access is in bounds as listed above.
             unsafe {
                 let rs = _mm256_set1_epi32(if B_ZP { row_sums[row] } else { 0 });

@@ -159,7 +159,8 @@ pub(crate) unsafe fn epilogue(args: EpilogueArgs<'_>) {
 /// zero point of the block is nonzero.
 #[target_feature(enable = "avx512f")]
 unsafe fn float<const B_ZP: bool>(args: EpilogueArgs<'_>, r: Requant<'_>, scale: Param<'_, f32>) {
-    let EpilogueArgs { acc, acc_stride, rows, cols, row_sums, zero_points, stage, mut out, out_stride } = args;
+    let EpilogueArgs { acc, acc_stride, rows, cols, row_sums, zero_points, stage, mut out } = args;
+    let out_stride = out.stride();
     let out_ptr = out_bytes(&mut out).expect("u8 or i8 output (checked by the caller)");
     let mut columns = Columns::new();
     // SAFETY: AVX-512 F is enabled here.
@@ -174,8 +175,8 @@ unsafe fn float<const B_ZP: bool>(args: EpilogueArgs<'_>, r: Requant<'_>, scale:
             for j in (0..width).step_by(16) {
                 let mask = mask_below(width, j);
                 // Reads: `mask` lanes of `acc_row` from j (within `width`). Stores: `mask`
-                // bytes from `row · out_stride + c0 + j`, inside the output by
-                // `EpilogueArgs::check` (`(rows − 1) · out_stride + cols` values).
+                // bytes from `row · out_stride + c0 + j`, inside the output window by
+                // `EpilogueArgs::check` (at least `rows × cols`).
                 // SAFETY: AVX-512 F is enabled here; every access is in bounds as listed
                 // above (masked lanes are neither read nor written), and j + 16 ≤ CHUNK.
                 unsafe {

@@ -104,9 +104,10 @@ unsafe fn block_staged(args: BlockArgs<'_>, mut stage: EpilogueArgs<'_>) {
         acc_stride,
         accumulate,
     } = args;
+    let out_stride = stage.out.stride();
     let out = out_bytes(&mut stage.out).expect("u8 or i8 output (fused_scale)");
     let panels = Panels { a, b, b_panel_stride, row_panels, rows, col_panels, cols: block_cols, kgroups };
-    let EpilogueArgs { cols, row_sums, zero_points, stage: output, out_stride, .. } = stage;
+    let EpilogueArgs { cols, row_sums, zero_points, stage: output, .. } = stage;
     let prior = if accumulate { Some(&*acc) } else { None };
     // SAFETY: AVX-512 F is enabled here.
     let float = unsafe { Float16::new(&r) };
@@ -178,8 +179,8 @@ impl Sink<Zmm, NV> for Fused<'_> {
             // Reads of `prior`: 16 values at `row · acc_stride + col0 + 16v`, in bounds by
             // the assert above. Stores: the `masks[v]` lanes of row `row` (a row of the
             // stage: the block's rows are the stage's) from column `col0 + 16v`, all
-            // below `cols`, so inside the output (`EpilogueArgs::check_output`: at
-            // least `(rows − 1) · out_stride + cols` values); a vector without real
+            // below `cols`, so inside the output window (`EpilogueArgs::check_output`:
+            // at least `rows × cols`); a vector without real
             // columns is skipped before its address is formed.
             // SAFETY: the CPU has AVX-512 F (the trait's contract); every access is in
             // bounds as listed just above.
