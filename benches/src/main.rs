@@ -295,6 +295,27 @@ impl Runner<'_> {
     }
 }
 
+/// Each implementation's speed-up over its own 1-thread figure, per shape, from rows
+/// of the same run.
+fn print_scaling(rows: &[Measurement]) {
+    let gops = |m: &Measurement| m.result.as_ref().ok().map(|t| t.gops);
+    println!("\nscaling: GOPS at t threads ÷ GOPS at 1 thread, same run");
+    println!("{:<24} {:<18} {:>7} {:>9} {:>9}", "shape", "implementation", "threads", "GOPS", "speed-up");
+    for m in rows.iter().filter(|m| m.threads > 1) {
+        let one = rows.iter().find(|o| o.threads == 1 && o.suite == m.suite && o.shape == m.shape && o.id == m.id);
+        if let (Some(g), Some(g1)) = (gops(m), one.and_then(gops)) {
+            println!(
+                "{:<24} {:<18} {:>7} {:>9.2} {:>8.2}×",
+                format!("{} {}", m.suite, m.shape),
+                m.id,
+                m.threads,
+                g,
+                g / g1
+            );
+        }
+    }
+}
+
 fn read_peer_results(paths: &[PathBuf]) -> Result<Vec<Measurement>, String> {
     let mut rows = Vec::new();
     for path in paths {
@@ -437,6 +458,9 @@ fn main() -> ExitCode {
         );
     }
     rows.extend(peer_rows);
+    if !args.json && args.threads.len() > 1 {
+        print_scaling(&rows);
+    }
 
     if args.json {
         for m in &rows {

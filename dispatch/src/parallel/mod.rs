@@ -23,16 +23,18 @@
 //!
 //! [`Partition::Auto`] picks the grid; [`Partition::Grid`] takes the caller's cuts,
 //! anywhere (a cut inside a kernel's column panel costs some repeated work, never a
-//! different result). [`run_tasks`] runs the tasks on the calling thread and rayon's
-//! pool (the `rayon` feature, on by default) or scoped OS threads, each worker with its
-//! own scratch, taking the next task from a shared counter.
+//! different result). [`run_tasks`] runs the tasks on the calling thread and helper
+//! threads (rayon's pool with the `rayon` feature, on by default; else OS threads)
+//! that stay awake between calls ([`helpers`]), each worker with its own scratch,
+//! taking the next task from a shared counter.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+mod helpers;
 
-use qgemm_kernels::driver::Scratch;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Result, bail};
-use crate::workspace::Workspace;
+
+pub(crate) use helpers::run_tasks;
 
 /// The least work [`Partition::Auto`] gives a task, in multiply-accumulates (as MLAS
 /// does): smaller problems run as fewer tasks, down to one, on fewer threads.
@@ -274,56 +276,12 @@ fn even_bound(len: usize, unit: usize, pieces: usize, i: usize) -> usize {
     (units * i / pieces).saturating_mul(unit).min(len)
 }
 
-/// Runs `task(i, scratch)` for every `i` in `0..tasks` on up to `threads` threads, the
-/// calling thread included, each with its own scratch from `workspace`. Workers take
-/// the next task from a shared counter, so a slow or busy thread takes fewer.
-///
-/// The other threads are rayon's global pool with the `rayon` feature (a call from
-/// inside that pool works on it too), scoped OS threads without it. Either way, this
-/// returns when every task has run, and a panic in a task reaches the caller.
-pub(crate) fn run_tasks(
-    tasks: usize,
-    threads: usize,
-    workspace: &mut Workspace,
-    task: &(dyn Fn(usize, &mut Scratch) + Sync),
-) {
-    let workers = threads.min(tasks).max(1);
-    let scratch = workspace.threads(workers);
-    let next = AtomicUsize::new(0);
-    let work = |scratch: &mut Scratch| {
-        loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            if i >= tasks {
-                break;
-            }
-            task(i, scratch);
-        }
-    };
-    let (mine, others) = scratch.split_first_mut().expect("at least one worker");
-    if others.is_empty() {
-        work(mine);
-        return;
-    }
-    let work = &work;
-    #[cfg(feature = "rayon")]
-    rayon::in_place_scope(|scope| {
-        for scratch in others {
-            scope.spawn(move |_| work(scratch));
-        }
-        work(mine);
-    });
-    #[cfg(not(feature = "rayon"))]
-    std::thread::scope(|scope| {
-        for scratch in others {
-            scope.spawn(move || work(scratch));
-        }
-        work(mine);
-    });
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicUsize;
+
     use super::*;
+    use crate::workspace::Workspace;
 
     fn shape(m: usize, n: usize, k: usize) -> Shape {
         Shape { m, n, k, row_unit: 8, col_unit: 48, row_block: 128 }
