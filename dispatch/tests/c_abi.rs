@@ -536,3 +536,273 @@ fn conv2d_equals_the_reference() {
         }
     }
 }
+
+/// A C output buffer of `ty` with a stride gap of 3, filled as [`laid_out`] fills gaps.
+struct Out {
+    ty: qgemm_output_type,
+    i32s: Vec<i32>,
+    u8s: Vec<u8>,
+    i8s: Vec<i8>,
+    rows: usize,
+    cols: usize,
+}
+
+impl Out {
+    fn new(ty: qgemm_output_type, rows: usize, cols: usize) -> Out {
+        let len = if rows == 0 { 0 } else { (rows - 1) * (cols + 3) + cols };
+        Out { ty, i32s: vec![0x5a5a_5a5a; len], u8s: vec![0x5a; len], i8s: vec![0x5a; len], rows, cols }
+    }
+
+    fn c(&mut self) -> qgemm_output {
+        let (data, data_len): (*mut core::ffi::c_void, usize) = match self.ty {
+            QGEMM_OUTPUT_I32 => (self.i32s.as_mut_ptr().cast(), self.i32s.len()),
+            QGEMM_OUTPUT_U8 => (self.u8s.as_mut_ptr().cast(), self.u8s.len()),
+            _ => (self.i8s.as_mut_ptr().cast(), self.i8s.len()),
+        };
+        qgemm_output { r#type: self.ty, data, data_len, rows: self.rows, cols: self.cols, row_stride: self.cols + 3 }
+    }
+
+    fn values(&self) -> Vec<i64> {
+        match self.ty {
+            QGEMM_OUTPUT_I32 => self.i32s.iter().map(|&v| i64::from(v)).collect(),
+            QGEMM_OUTPUT_U8 => self.u8s.iter().map(|&v| i64::from(v)).collect(),
+            _ => self.i8s.iter().map(|&v| i64::from(v)).collect(),
+        }
+    }
+}
+
+/// Runs every task of `tasks` on `threads` threads in a scrambled order, each with a
+/// workspace of its own (or none, for the odd threads), asserting each status.
+fn run_all(tasks: *mut qgemm_tasks, threads: usize) {
+    let mut count = 0;
+    // SAFETY: a live handle and a writable count.
+    assert_eq!(unsafe { qgemm_tasks_count(tasks, &mut count) }, QGEMM_OK, "{}", last_error());
+    let order: Vec<usize> = (0..count).map(|i| (i * 7 + count / 2) % count).collect();
+    let order = if count % 7 == 0 { (0..count).rev().collect() } else { order };
+    /// The handle, shared by the threads as a C pool would share it.
+    #[derive(Clone, Copy)]
+    struct Shared(*const qgemm_tasks);
+    // SAFETY: qgemm documents that any number of threads may run tasks of one handle.
+    unsafe impl Send for Shared {}
+    impl Shared {
+        // A method, so that closures capture the whole `Shared`, not its pointer field.
+        fn get(self) -> *const qgemm_tasks {
+            self.0
+        }
+    }
+    let shared = Shared(tasks);
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let order = &order;
+            s.spawn(move || {
+                let tasks = shared.get();
+                let mut ws = ptr::null_mut();
+                if t % 2 == 0 {
+                    // SAFETY: a writable handle slot.
+                    assert_eq!(unsafe { qgemm_workspace_new(&mut ws) }, QGEMM_OK);
+                }
+                for &i in order.iter().skip(t).step_by(threads) {
+                    // SAFETY: a live tasks handle; `ws` is null or this thread's own.
+                    let status = unsafe { qgemm_tasks_run(tasks, i, ws) };
+                    assert_eq!(status, QGEMM_OK, "task {i}: {}", last_error());
+                }
+                // SAFETY: null or this thread's live workspace.
+                unsafe { qgemm_workspace_free(ws) };
+            });
+        }
+    });
+}
+
+#[test]
+fn threaded_calls_and_tasks_equal_the_reference() {
+    // Under miri, a small problem that still cuts into several tasks.
+    let (m, k, n, threads) = if cfg!(miri) { (9, 12, 10, 2) } else { (70, 130, 90, 3) };
+    let p = Problem::random(0x7415, m, k, n, true);
+    let handle = p.packed();
+    let s = stage(&p, QGEMM_SCHEME_FLOAT, true, 128, 0, 255);
+    let want = laid_out(&p, &p.expected(&s.rust, qgemm::OutputType::U8), QGEMM_OUTPUT_U8);
+
+    let mut ws = ptr::null_mut();
+    // SAFETY: a writable handle slot.
+    assert_eq!(unsafe { qgemm_workspace_new(&mut ws) }, QGEMM_OK);
+    let counts: &[usize] = if cfg!(miri) { &[2] } else { &[1, 2, 3, 7] };
+    for &t in counts {
+        for workspace in [ptr::null_mut(), ws] {
+            let mut out = Out::new(QGEMM_OUTPUT_U8, m, n);
+            // SAFETY: every pointer is live with the length given; `workspace` is null
+            // or this thread's.
+            let status = unsafe { qgemm_gemm_threaded(&p.activations(), handle, &s.c, &out.c(), t, workspace) };
+            assert_eq!(status, QGEMM_OK, "{}", last_error());
+            assert_eq!(out.values(), want, "{t} threads");
+        }
+    }
+
+    let (rows, cols) = ([0, 1, m / 2, m / 2, m], [0, 3, n / 2 + 1, n]);
+    let grid = |r: &[usize], c: &[usize]| qgemm_partition {
+        threads: 0,
+        row_bounds: r.as_ptr(),
+        row_bounds_len: r.len(),
+        col_bounds: c.as_ptr(),
+        col_bounds_len: c.len(),
+    };
+    let auto = qgemm_partition { threads, ..grid(&[], &[]) };
+    let auto = qgemm_partition { row_bounds: ptr::null(), ..auto };
+    for partition in [auto, grid(&rows, &cols)] {
+        let mut out = Out::new(QGEMM_OUTPUT_U8, m, n);
+        let mut tasks = ptr::null_mut();
+        // SAFETY: every pointer is live, and stays so until the handle is freed.
+        let status = unsafe { qgemm_gemm_tasks_new(&p.activations(), handle, &s.c, &out.c(), &partition, &mut tasks) };
+        assert_eq!(status, QGEMM_OK, "{}", last_error());
+        run_all(tasks, threads);
+        // Misuse after the run: a task again, and an index past the end.
+        let mut count = 0;
+        // SAFETY: a live handle and a writable count.
+        assert_eq!(unsafe { qgemm_tasks_count(tasks, &mut count) }, QGEMM_OK);
+        for index in [0, count] {
+            // SAFETY: a live handle; a null workspace.
+            assert_eq!(unsafe { qgemm_tasks_run(tasks, index, ptr::null_mut()) }, QGEMM_STATUS_TASK);
+        }
+        // SAFETY: a live handle, freed once.
+        unsafe { qgemm_tasks_free(tasks) };
+        assert_eq!(out.values(), want, "partition {partition:?}");
+    }
+
+    // Misuse that writes nothing: zero threads, a grid that misses the last row, no
+    // partition, no handle.
+    let mut out = Out::new(QGEMM_OUTPUT_U8, m, n);
+    let untouched = out.values();
+    let short = [0, m - 1];
+    let cases =
+        [(qgemm_partition { threads: 0, ..auto }, QGEMM_STATUS_THREADS), (grid(&short, &cols), QGEMM_STATUS_PARTITION)];
+    for (partition, status) in cases {
+        let mut tasks = ptr::null_mut();
+        // SAFETY: every pointer is live.
+        let got = unsafe { qgemm_gemm_tasks_new(&p.activations(), handle, &s.c, &out.c(), &partition, &mut tasks) };
+        assert_eq!(got, status, "{}", last_error());
+        assert!(tasks.is_null());
+    }
+    let mut tasks = ptr::null_mut();
+    // SAFETY: every pointer is live or null.
+    let got = unsafe { qgemm_gemm_tasks_new(&p.activations(), handle, &s.c, &out.c(), ptr::null(), &mut tasks) };
+    assert_eq!(got, QGEMM_STATUS_NULL_POINTER);
+    assert!(last_error().contains("partition"), "{}", last_error());
+    // SAFETY: every pointer is live.
+    let got = unsafe { qgemm_gemm_threaded(&p.activations(), handle, &s.c, &out.c(), 0, ws) };
+    assert_eq!(got, QGEMM_STATUS_THREADS);
+    // SAFETY: null handles are refused.
+    assert_eq!(unsafe { qgemm_tasks_run(ptr::null(), 0, ptr::null_mut()) }, QGEMM_STATUS_NULL_POINTER);
+    assert_eq!(out.values(), untouched);
+    // SAFETY: live handles, freed once.
+    unsafe {
+        qgemm_workspace_free(ws);
+        qgemm_packed_weights_free(handle);
+    }
+}
+
+#[test]
+fn conv_tasks_and_threads_equal_the_reference() {
+    use qgemm::reference::Conv2dProblem;
+    // A grouped 3×3 convolution: 2 images of 6×7, 8 → 12 channels in 4 groups.
+    let (batch, h, w, c, oc, groups) = if cfg!(miri) { (1, 3, 4, 4, 4, 2) } else { (2, 6, 7, 8, 12, 4) };
+    let mut rng = Rng(0x0074_15c0);
+    let cg = c / groups;
+    let input: Vec<u8> = (0..batch * h * w * c).map(|_| rng.u8()).collect();
+    let ohwi: Vec<i8> = (0..oc * 9 * cg).map(|_| rng.u8() as i8).collect();
+    let zps = [5i8];
+    let x_zp = rng.u8();
+    let params = qgemm_conv2d_params {
+        batch,
+        in_height: h,
+        in_width: w,
+        in_channels: c,
+        out_channels: oc,
+        kernel_height: 3,
+        kernel_width: 3,
+        stride_height: 1,
+        stride_width: 1,
+        dilation_height: 1,
+        dilation_width: 1,
+        pad_top: 1,
+        pad_left: 1,
+        pad_bottom: 1,
+        pad_right: 1,
+        groups,
+    };
+    let rust_params = qgemm::Conv2dParams::from(params);
+    let rows = batch * h * w;
+    let problem = Conv2dProblem {
+        params: rust_params,
+        input: &input,
+        input_zero_point: x_zp,
+        weights: &ohwi,
+        weight_zero_point: &Channelwise::PerTensor(5),
+    };
+    let no_stage = OutputStage::default();
+    let values = match reference::conv2d(&problem, &no_stage, qgemm::OutputType::I32) {
+        OutputData::I32(v) => v,
+        _ => unreachable!(),
+    };
+    let mut want = vec![0x5a5a_5a5a_i64; (rows - 1) * (oc + 3) + oc];
+    for r in 0..rows {
+        for j in 0..oc {
+            want[r * (oc + 3) + j] = i64::from(values[r * oc + j]);
+        }
+    }
+    let weights = qgemm_conv_weights {
+        data: ohwi.as_ptr(),
+        data_len: ohwi.len(),
+        layout: QGEMM_FILTER_OHWI,
+        out_channels: oc,
+        kernel_height: 3,
+        kernel_width: 3,
+        in_channels: c,
+        groups,
+        zero_points: zps.as_ptr(),
+        zero_points_len: 1,
+    };
+    let mut handle = ptr::null_mut();
+    // SAFETY: the weights point to live buffers of the given lengths.
+    assert_eq!(unsafe { qgemm_packed_conv_weights_new(&weights, &mut handle) }, QGEMM_OK, "{}", last_error());
+    let conv_input = qgemm_conv_input { data: input.as_ptr(), data_len: input.len(), zero_point: x_zp };
+    let c_stage = qgemm_output_stage {
+        bias: ptr::null(),
+        bias_len: 0,
+        scheme: QGEMM_SCHEME_NONE,
+        multipliers: ptr::null(),
+        shifts: ptr::null(),
+        scales: ptr::null(),
+        params_len: 0,
+        zero_point: 0,
+        min: 0,
+        max: 0,
+    };
+
+    let mut out = Out::new(QGEMM_OUTPUT_I32, rows, oc);
+    // SAFETY: every pointer is live with the length given.
+    let status = unsafe { qgemm_conv2d_threaded(&conv_input, handle, &params, &c_stage, &out.c(), 3, ptr::null_mut()) };
+    assert_eq!(status, QGEMM_OK, "{}", last_error());
+    assert_eq!(out.values(), want, "3 threads");
+
+    // Pixels cut inside image rows, channels inside groups.
+    let (pixels, channels) = ([0, 2, w + 1, rows / 2, rows], [0, 1, oc / 2 + 1, oc]);
+    let partition = qgemm_partition {
+        threads: 0,
+        row_bounds: pixels.as_ptr(),
+        row_bounds_len: pixels.len(),
+        col_bounds: channels.as_ptr(),
+        col_bounds_len: channels.len(),
+    };
+    let mut out = Out::new(QGEMM_OUTPUT_I32, rows, oc);
+    let mut tasks = ptr::null_mut();
+    // SAFETY: every pointer is live, and stays so until the handle is freed.
+    let status =
+        unsafe { qgemm_conv2d_tasks_new(&conv_input, handle, &params, &c_stage, &out.c(), &partition, &mut tasks) };
+    assert_eq!(status, QGEMM_OK, "{}", last_error());
+    run_all(tasks, 2);
+    // SAFETY: live handles, freed once.
+    unsafe {
+        qgemm_tasks_free(tasks);
+        qgemm_packed_conv_weights_free(handle);
+    }
+    assert_eq!(out.values(), want, "grid");
+}

@@ -1,14 +1,16 @@
 /*
  * qgemm from C: pack weights once, run a GEMM with i32 output and one with u8 output
- * (bias, then Float requantization), and a padded 3x3 convolution, and check each
- * against known answers from the Rust reference (known_answers.h). Then show what a
- * misuse returns.
+ * (bias, then Float requantization), the u8 one again on 3 of qgemm's threads and cut
+ * into tasks run by two pthreads (as an engine's own pool would), and a padded 3x3
+ * convolution, and check each against known answers from the Rust reference
+ * (known_answers.h). Then show what a misuse returns.
  *
  * Build (see the README, "Using qgemm from C"):
  *   cargo rustc -p qgemm --release --lib --crate-type staticlib
  *   cc -std=c11 -Iinclude examples/c/example.c target/release/libqgemm.a \
  *      -lpthread -ldl -lm -o gemm-example
  */
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -22,6 +24,68 @@ static int failed(const char *what, qgemm_status status) {
     qgemm_last_error_message(message, sizeof message);
     fprintf(stderr, "%s: status %u: %s\n", what, (unsigned)status, message);
     return 1;
+}
+
+/* One thread of an engine's pool: every other task, in a workspace of its own. */
+struct worker {
+    const qgemm_tasks *tasks;
+    size_t first, count;
+    qgemm_status status;
+};
+
+static void *run_tasks(void *arg) {
+    struct worker *w = arg;
+    qgemm_workspace *workspace = NULL;
+    w->status = qgemm_workspace_new(&workspace);
+    for (size_t i = w->first; i < w->count && w->status == QGEMM_OK; i += 2) {
+        w->status = qgemm_tasks_run(w->tasks, i, workspace);
+    }
+    qgemm_workspace_free(workspace);
+    return NULL;
+}
+
+/* The u8 GEMM on 3 of qgemm's threads, then cut into a 2 x 2 grid of tasks (rows 0..2,
+ * 2..5 by columns 0..4, 4..11) that two pthreads run: the same bytes either way. */
+static int threads(const qgemm_activations *act, const qgemm_packed_weights *packed,
+                   const qgemm_output_stage *stage) {
+    uint8_t c8[M * N];
+    qgemm_output out = {
+        .type = QGEMM_OUTPUT_U8, .data = c8, .data_len = M * N, .rows = M, .cols = N, .row_stride = N,
+    };
+    qgemm_status status = qgemm_gemm_threaded(act, packed, stage, &out, 3, NULL);
+    if (status != QGEMM_OK) return failed("qgemm_gemm_threaded", status);
+    if (memcmp(c8, expected_u8, sizeof c8) != 0) {
+        fprintf(stderr, "u8 output on 3 threads differs from the reference\n");
+        return 1;
+    }
+
+    memset(c8, 0, sizeof c8);
+    const size_t rows[] = { 0, 2, M }, cols[] = { 0, 4, N };
+    qgemm_partition grid = { .row_bounds = rows, .row_bounds_len = 3, .col_bounds = cols, .col_bounds_len = 3 };
+    qgemm_tasks *tasks = NULL;
+    status = qgemm_gemm_tasks_new(act, packed, stage, &out, &grid, &tasks);
+    if (status != QGEMM_OK) return failed("qgemm_gemm_tasks_new", status);
+    size_t count = 0;
+    qgemm_tasks_count(tasks, &count);
+    struct worker workers[2] = { { tasks, 0, count, QGEMM_OK }, { tasks, 1, count, QGEMM_OK } };
+    pthread_t thread;
+    int started = pthread_create(&thread, NULL, run_tasks, &workers[1]) == 0;
+    run_tasks(&workers[0]);
+    if (started) {
+        pthread_join(thread, NULL);
+    } else {
+        run_tasks(&workers[1]); /* no second thread: this one runs its share too */
+    }
+    qgemm_tasks_free(tasks);
+    for (int t = 0; t < 2; t++) {
+        if (workers[t].status != QGEMM_OK) return failed("qgemm_tasks_run", workers[t].status);
+    }
+    if (memcmp(c8, expected_u8, sizeof c8) != 0) {
+        fprintf(stderr, "u8 output from tasks differs from the reference\n");
+        return 1;
+    }
+    printf("threads: u8 output on 3 threads and from %zu tasks on 2 pthreads equals the reference's\n", count);
+    return 0;
 }
 
 /* A 3x3 convolution, padding 1, on a 1x6x5x4 NHWC input with 6 output channels. */
@@ -126,6 +190,8 @@ int main(void) {
         fprintf(stderr, "u8 output differs from the reference\n");
         return 1;
     }
+
+    if (threads(&act, packed, &requantize) != 0) return 1;
 
     /* A misuse: the output buffer one element short. Nothing is written. */
     out8.data_len = M * N - 1;

@@ -17,11 +17,18 @@
 //!   out-of-range value from C is an error (`QGEMM_STATUS_INVALID_ENUM`), never an
 //!   invalid Rust enum.
 //!
-//! Handles ([`qgemm_packed_weights`]) are opaque, made by a `_new` function and
-//! released by the matching `_free`. Freeing one twice is undefined behaviour, as for
-//! `free`.
+//! Handles ([`qgemm_packed_weights`], [`qgemm_workspace`], [`qgemm_tasks`]) are opaque,
+//! made by a `_new` function and released by the matching `_free`. Freeing one twice
+//! is undefined behaviour, as for `free`.
+//!
+//! Threads: `qgemm_gemm_threaded` and `qgemm_conv2d_threaded` run on qgemm's helper
+//! threads; an engine with its own pool cuts a call into tasks
+//! (`qgemm_gemm_tasks_new`, `qgemm_conv2d_tasks_new`) and runs each with
+//! `qgemm_tasks_run` on its threads ([`threads`]).
 
 #![allow(non_camel_case_types)]
+
+mod threads;
 
 use std::cell::RefCell;
 use std::ffi::c_char;
@@ -30,7 +37,13 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use crate::{
     Activations, Channelwise, Conv2dParams, ConvInput, ConvWeights, Error, ErrorKind, FilterLayout, FixedPointParams,
     Isa, OutputBuffer, OutputMatrix, OutputStage, PackedConvWeights, PackedWeights, Requantization, Requantize,
-    WeightLayout, Weights,
+    WeightLayout, Weights, Workspace,
+};
+
+pub use threads::{
+    qgemm_conv2d_tasks_new, qgemm_conv2d_threaded, qgemm_gemm_tasks_new, qgemm_gemm_threaded, qgemm_partition,
+    qgemm_tasks, qgemm_tasks_count, qgemm_tasks_free, qgemm_tasks_run, qgemm_workspace, qgemm_workspace_free,
+    qgemm_workspace_new,
 };
 
 /// The result of a call: `QGEMM_OK` or why it failed.
@@ -707,19 +720,36 @@ pub unsafe extern "C" fn qgemm_gemm(
     stage: *const qgemm_output_stage,
     c: *const qgemm_output,
 ) -> qgemm_status {
-    boundary(|| {
-        // SAFETY: the caller's contract, for each pointer.
-        let (a, w, stage, c) =
-            unsafe { (deref(a, "a")?, deref(weights, "weights")?, deref(stage, "stage")?, deref(c, "c")?) };
-        // SAFETY: the caller's contract, for each buffer and its length.
-        let data = unsafe { slice(a.data, a.data_len, "a.data")? };
-        let activations = Activations::new(data, a.rows, a.cols, a.zero_point).with_row_stride(a.row_stride);
-        // SAFETY: as above.
-        let stage = unsafe { output_stage(stage, c.cols)? };
-        // SAFETY: as above.
-        let output = unsafe { output_matrix(c, "c")? };
-        Ok(crate::gemm(&activations, &w.0, &stage, output)?)
-    })
+    // SAFETY: the caller's contract, passed on.
+    boundary(|| unsafe { gemm(a, weights, stage, c, 1, std::ptr::null_mut()) })
+}
+
+/// [`qgemm_gemm`] and [`qgemm_gemm_threaded`].
+///
+/// # Safety
+/// As [`qgemm_gemm_threaded`].
+unsafe fn gemm(
+    a: *const qgemm_activations,
+    weights: *const qgemm_packed_weights,
+    stage: *const qgemm_output_stage,
+    c: *const qgemm_output,
+    threads: usize,
+    workspace: *mut qgemm_workspace,
+) -> Result<(), Failure> {
+    // SAFETY: the caller's contract, for each pointer.
+    let (a, w, stage, c) =
+        unsafe { (deref(a, "a")?, deref(weights, "weights")?, deref(stage, "stage")?, deref(c, "c")?) };
+    // SAFETY: the caller's contract, for each buffer and its length.
+    let data = unsafe { slice(a.data, a.data_len, "a.data")? };
+    let activations = Activations::new(data, a.rows, a.cols, a.zero_point).with_row_stride(a.row_stride);
+    // SAFETY: as above.
+    let stage = unsafe { output_stage(stage, c.cols)? };
+    // SAFETY: as above.
+    let output = unsafe { output_matrix(c, "c")? };
+    let mut fresh = Workspace::new();
+    // SAFETY: the caller's contract.
+    let workspace = unsafe { threads::workspace_or(workspace, &mut fresh) };
+    Ok(crate::gemm_in(&activations, &w.0, &stage, output, &threads::options(threads), workspace)?)
 }
 
 /// Packs convolution weights for the selected ISA into a new handle, written to
@@ -801,27 +831,45 @@ pub unsafe extern "C" fn qgemm_conv2d(
     stage: *const qgemm_output_stage,
     output: *const qgemm_output,
 ) -> qgemm_status {
-    boundary(|| {
-        // SAFETY: the caller's contract, for each pointer.
-        let (input, w, p, stage, output) = unsafe {
-            (
-                deref(input, "input")?,
-                deref(weights, "weights")?,
-                deref(params, "params")?,
-                deref(stage, "stage")?,
-                deref(output, "output")?,
-            )
-        };
-        // SAFETY: the caller's contract, for each buffer and its length.
-        let data = unsafe { slice(input.data, input.data_len, "input.data")? };
-        let params = Conv2dParams::from(*p);
-        // SAFETY: as above.
-        let stage = unsafe { output_stage(stage, p.out_channels)? };
-        // SAFETY: as above.
-        let matrix = unsafe { output_matrix(output, "output")? };
-        let input = ConvInput { data, zero_point: input.zero_point };
-        Ok(crate::conv2d(&input, &w.0, &params, &stage, matrix)?)
-    })
+    // SAFETY: the caller's contract, passed on.
+    boundary(|| unsafe { conv2d(input, weights, params, stage, output, 1, std::ptr::null_mut()) })
+}
+
+/// [`qgemm_conv2d`] and [`qgemm_conv2d_threaded`].
+///
+/// # Safety
+/// As [`qgemm_conv2d_threaded`].
+unsafe fn conv2d(
+    input: *const qgemm_conv_input,
+    weights: *const qgemm_packed_conv_weights,
+    params: *const qgemm_conv2d_params,
+    stage: *const qgemm_output_stage,
+    output: *const qgemm_output,
+    threads: usize,
+    workspace: *mut qgemm_workspace,
+) -> Result<(), Failure> {
+    // SAFETY: the caller's contract, for each pointer.
+    let (input, w, p, stage, output) = unsafe {
+        (
+            deref(input, "input")?,
+            deref(weights, "weights")?,
+            deref(params, "params")?,
+            deref(stage, "stage")?,
+            deref(output, "output")?,
+        )
+    };
+    // SAFETY: the caller's contract, for each buffer and its length.
+    let data = unsafe { slice(input.data, input.data_len, "input.data")? };
+    let params = Conv2dParams::from(*p);
+    // SAFETY: as above.
+    let stage = unsafe { output_stage(stage, p.out_channels)? };
+    // SAFETY: as above.
+    let matrix = unsafe { output_matrix(output, "output")? };
+    let input = ConvInput { data, zero_point: input.zero_point };
+    let mut fresh = Workspace::new();
+    // SAFETY: the caller's contract.
+    let workspace = unsafe { threads::workspace_or(workspace, &mut fresh) };
+    Ok(crate::conv2d_in(&input, &w.0, &params, &stage, matrix, &threads::options(threads), workspace)?)
 }
 
 #[cfg(test)]

@@ -1,0 +1,382 @@
+//! The C ABI's threads: calls on qgemm's own threads, workspaces, and calls cut into
+//! tasks for an engine's own thread pool.
+
+use std::mem::ManuallyDrop;
+
+use super::{
+    Failure, QGEMM_STATUS_NULL_POINTER, boundary, deref, fail, output_matrix, output_stage, qgemm_activations,
+    qgemm_conv_input, qgemm_conv2d_params, qgemm_output, qgemm_output_stage, qgemm_packed_conv_weights,
+    qgemm_packed_weights, qgemm_status, slice,
+};
+use crate::{
+    Activations, Conv2dParams, Conv2dTasks, ConvInput, GemmTasks, Options, OutputMatrix, OutputStage, Partition,
+    Workspace,
+};
+
+/// Scratch memory for threaded calls and tasks, kept across calls so that they
+/// allocate nothing once it has grown (`qgemm::Workspace`: at most 1 MiB per thread).
+/// One thread at a time may use a workspace.
+#[derive(Debug)]
+pub struct qgemm_workspace(Workspace);
+
+/// A call checked and cut into tasks, for an engine's own thread pool
+/// (`qgemm::GemmTasks`, `qgemm::Conv2dTasks`): run each task `0..count` once, with
+/// [`qgemm_tasks_run`], on any thread and in any order. It borrows the call's
+/// activations, weights handle and output until [`qgemm_tasks_free`]; the output is
+/// complete once every task has run.
+#[derive(Debug)]
+pub struct qgemm_tasks {
+    /// Borrows `_owned` (and the caller's buffers): dropped first, by hand.
+    tasks: ManuallyDrop<Tasks>,
+    /// Only held, to be freed after the tasks.
+    _owned: Owned,
+}
+
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one per handle, which is boxed
+enum Tasks {
+    Gemm(GemmTasks<'static>),
+    Conv(Conv2dTasks<'static>),
+}
+
+/// The output stage and partition a [`qgemm_tasks`] converted from C, on the heap so
+/// that the tasks can borrow them; freed when dropped.
+#[derive(Debug)]
+struct Owned {
+    stage: *mut OutputStage,
+    partition: *mut Partition,
+}
+
+impl Owned {
+    fn new(stage: OutputStage, partition: Partition) -> Owned {
+        Owned { stage: Box::into_raw(Box::new(stage)), partition: Box::into_raw(Box::new(partition)) }
+    }
+
+    /// The stage and partition, for as long as the tasks that borrow them.
+    ///
+    /// # Safety
+    /// The references must not outlive `self`.
+    unsafe fn parts(&self) -> (&'static OutputStage, &'static Partition) {
+        // SAFETY: both come from `Box::into_raw` and are freed only when `self` drops,
+        // which the caller's contract puts after every use of the references.
+        unsafe { (&*self.stage, &*self.partition) }
+    }
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        // SAFETY: both come from `Box::into_raw` in `new`, and are freed once, here.
+        unsafe {
+            drop(Box::from_raw(self.stage));
+            drop(Box::from_raw(self.partition));
+        }
+    }
+}
+
+impl Drop for qgemm_tasks {
+    fn drop(&mut self) {
+        // SAFETY: dropped once, here, before `_owned` (dropped after this function) frees
+        // what the tasks borrow.
+        unsafe { ManuallyDrop::drop(&mut self.tasks) }
+    }
+}
+
+// The handle is shared by the pool's threads: what it holds must be `Sync`.
+const _: () = {
+    const fn sync<T: Sync>() {}
+    sync::<GemmTasks<'static>>();
+    sync::<Conv2dTasks<'static>>();
+};
+
+/// How a call is cut into tasks: qgemm's grid for `threads` threads when `row_bounds`
+/// is null, else the caller's grid (`qgemm::Partition::Grid`): bounds from 0 to M (GEMM
+/// rows, or convolution output pixels N·OH·OW) and from 0 to N (output channels),
+/// non-decreasing. Task `i·(col_bounds_len − 1) + j` is rows `row_bounds[i]..[i + 1]`
+/// by columns `col_bounds[j]..[j + 1]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct qgemm_partition {
+    /// The threads the tasks will run on, `>= 1` (qgemm's grid only).
+    pub threads: usize,
+    /// Row bounds, or null for qgemm's grid.
+    pub row_bounds: *const usize,
+    /// Elements at `row_bounds`.
+    pub row_bounds_len: usize,
+    /// Column bounds (ignored for qgemm's grid).
+    pub col_bounds: *const usize,
+    /// Elements at `col_bounds`.
+    pub col_bounds_len: usize,
+}
+
+/// # Safety
+/// The bounds' pointers satisfy [`slice`] for their lengths.
+unsafe fn to_partition(p: &qgemm_partition) -> Result<Partition, Failure> {
+    if p.row_bounds.is_null() {
+        return Ok(Partition::auto(p.threads));
+    }
+    // SAFETY: the caller's contract, for each pointer and its length.
+    let (rows, cols) = unsafe {
+        (
+            slice(p.row_bounds, p.row_bounds_len, "partition.row_bounds")?,
+            slice(p.col_bounds, p.col_bounds_len, "partition.col_bounds")?,
+        )
+    };
+    Ok(Partition::grid(rows, cols))
+}
+
+/// `*ptr` as a workspace, or a fresh one in `fresh` when `ptr` is null.
+///
+/// # Safety
+/// A non-null `ptr` is a live workspace handle no other thread uses now.
+pub(super) unsafe fn workspace_or(ptr: *mut qgemm_workspace, fresh: &mut Workspace) -> &mut Workspace {
+    // SAFETY: the caller's contract.
+    match unsafe { ptr.as_mut() } {
+        Some(w) => &mut w.0,
+        None => fresh,
+    }
+}
+
+/// Makes a workspace, written to `*out`. Release it with [`qgemm_workspace_free`].
+///
+/// # Safety
+/// `out` must be null or valid for a write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn qgemm_workspace_new(out: *mut *mut qgemm_workspace) -> qgemm_status {
+    boundary(|| {
+        if out.is_null() {
+            return fail(QGEMM_STATUS_NULL_POINTER, "out is null");
+        }
+        // SAFETY: `out` is non-null and writable (the caller's contract).
+        unsafe { out.write(Box::into_raw(Box::new(qgemm_workspace(Workspace::new())))) };
+        Ok(())
+    })
+}
+
+/// Releases a workspace; null does nothing.
+///
+/// # Safety
+/// `workspace` must be null or a handle from [`qgemm_workspace_new`] not yet freed.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn qgemm_workspace_free(workspace: *mut qgemm_workspace) {
+    if !workspace.is_null() {
+        // SAFETY: a live handle from `Box::into_raw` (the caller's contract).
+        let handle = unsafe { Box::from_raw(workspace) };
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(handle)));
+    }
+}
+
+/// [`qgemm_gemm`](super::qgemm_gemm) on up to `threads` threads (`>= 1`, the caller's
+/// included; qgemm's helper threads), in `workspace` (null: a fresh one for this call).
+/// The result is byte-identical for any thread count.
+///
+/// # Safety
+/// As [`qgemm_gemm`](super::qgemm_gemm); `workspace` is null or a live handle no
+/// other thread uses now.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn qgemm_gemm_threaded(
+    a: *const qgemm_activations,
+    weights: *const qgemm_packed_weights,
+    stage: *const qgemm_output_stage,
+    c: *const qgemm_output,
+    threads: usize,
+    workspace: *mut qgemm_workspace,
+) -> qgemm_status {
+    // SAFETY: the caller's contract, passed on.
+    boundary(|| unsafe { super::gemm(a, weights, stage, c, threads, workspace) })
+}
+
+/// [`qgemm_conv2d`](super::qgemm_conv2d) on up to `threads` threads (`>= 1`), in
+/// `workspace` (null: a fresh one for this call). The result is byte-identical for any
+/// thread count.
+///
+/// # Safety
+/// As [`qgemm_conv2d`](super::qgemm_conv2d); `workspace` is null or a live handle no
+/// other thread uses now.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn qgemm_conv2d_threaded(
+    input: *const qgemm_conv_input,
+    weights: *const qgemm_packed_conv_weights,
+    params: *const qgemm_conv2d_params,
+    stage: *const qgemm_output_stage,
+    output: *const qgemm_output,
+    threads: usize,
+    workspace: *mut qgemm_workspace,
+) -> qgemm_status {
+    // SAFETY: the caller's contract, passed on.
+    boundary(|| unsafe { super::conv2d(input, weights, params, stage, output, threads, workspace) })
+}
+
+/// Checks a GEMM's arguments and cuts it by `partition` into a new tasks handle,
+/// written to `*out`. Nothing is written to the output yet.
+///
+/// # Safety
+/// As [`qgemm_gemm`](super::qgemm_gemm), and the activations, the weights handle and
+/// the output must stay valid, and the output unread and unwritten by anything else,
+/// until [`qgemm_tasks_free`]; `out` must be null or valid for a write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn qgemm_gemm_tasks_new(
+    a: *const qgemm_activations,
+    weights: *const qgemm_packed_weights,
+    stage: *const qgemm_output_stage,
+    c: *const qgemm_output,
+    partition: *const qgemm_partition,
+    out: *mut *mut qgemm_tasks,
+) -> qgemm_status {
+    boundary(|| {
+        // SAFETY: the caller's contract, for each pointer.
+        let (a, w, stage, c, p) = unsafe {
+            (
+                deref(a, "a")?,
+                deref(weights, "weights")?,
+                deref(stage, "stage")?,
+                deref(c, "c")?,
+                deref(partition, "partition")?,
+            )
+        };
+        if out.is_null() {
+            return fail(QGEMM_STATUS_NULL_POINTER, "out is null");
+        }
+        // SAFETY: the caller's contract, for each buffer and its length (valid until
+        // the handle is freed).
+        let data: &'static [u8] = unsafe { slice(a.data, a.data_len, "a.data")? };
+        let activations = Activations::new(data, a.rows, a.cols, a.zero_point).with_row_stride(a.row_stride);
+        // SAFETY: as above.
+        let owned = Owned::new(unsafe { output_stage(stage, c.cols)? }, unsafe { to_partition(p)? });
+        // SAFETY: as above.
+        let output: OutputMatrix<'static> = unsafe { output_matrix(c, "c")? };
+        // SAFETY: the tasks live in the handle beside `owned`, and are dropped first.
+        let (stage, partition) = unsafe { owned.parts() };
+        // SAFETY: the weights handle outlives the tasks (the caller's contract).
+        let weights = unsafe { &*std::ptr::from_ref(&w.0) };
+        let tasks = GemmTasks::new(&activations, weights, stage, output, partition)?;
+        let handle = qgemm_tasks { tasks: ManuallyDrop::new(Tasks::Gemm(tasks)), _owned: owned };
+        // SAFETY: `out` is non-null and writable (the caller's contract).
+        unsafe { out.write(Box::into_raw(Box::new(handle))) };
+        Ok(())
+    })
+}
+
+/// Checks a convolution's arguments and cuts it by `partition` (rows: output pixels,
+/// columns: output channels) into a new tasks handle, written to `*out`. Nothing is
+/// written to the output yet.
+///
+/// # Safety
+/// As [`qgemm_conv2d`](super::qgemm_conv2d), and the input, the weights handle and
+/// the output must stay valid, and the output unread and unwritten by anything else,
+/// until [`qgemm_tasks_free`]; `out` must be null or valid for a write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn qgemm_conv2d_tasks_new(
+    input: *const qgemm_conv_input,
+    weights: *const qgemm_packed_conv_weights,
+    params: *const qgemm_conv2d_params,
+    stage: *const qgemm_output_stage,
+    output: *const qgemm_output,
+    partition: *const qgemm_partition,
+    out: *mut *mut qgemm_tasks,
+) -> qgemm_status {
+    boundary(|| {
+        // SAFETY: the caller's contract, for each pointer.
+        let (input, w, p, stage, output, part) = unsafe {
+            (
+                deref(input, "input")?,
+                deref(weights, "weights")?,
+                deref(params, "params")?,
+                deref(stage, "stage")?,
+                deref(output, "output")?,
+                deref(partition, "partition")?,
+            )
+        };
+        if out.is_null() {
+            return fail(QGEMM_STATUS_NULL_POINTER, "out is null");
+        }
+        // SAFETY: the caller's contract, for each buffer and its length (valid until
+        // the handle is freed).
+        let data: &'static [u8] = unsafe { slice(input.data, input.data_len, "input.data")? };
+        let params = Conv2dParams::from(*p);
+        // SAFETY: as above.
+        let owned = Owned::new(unsafe { output_stage(stage, p.out_channels)? }, unsafe { to_partition(part)? });
+        // SAFETY: as above.
+        let matrix: OutputMatrix<'static> = unsafe { output_matrix(output, "output")? };
+        // SAFETY: the tasks live in the handle beside `owned`, and are dropped first.
+        let (stage, partition) = unsafe { owned.parts() };
+        // SAFETY: the weights handle outlives the tasks (the caller's contract).
+        let weights = unsafe { &*std::ptr::from_ref(&w.0) };
+        let input = ConvInput { data, zero_point: input.zero_point };
+        let tasks = Conv2dTasks::new(&input, weights, &params, stage, matrix, partition)?;
+        let handle = qgemm_tasks { tasks: ManuallyDrop::new(Tasks::Conv(tasks)), _owned: owned };
+        // SAFETY: `out` is non-null and writable (the caller's contract).
+        unsafe { out.write(Box::into_raw(Box::new(handle))) };
+        Ok(())
+    })
+}
+
+/// The number of tasks, written to `*out`.
+///
+/// # Safety
+/// `tasks` must be null or a live handle; `out` null or valid for a write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn qgemm_tasks_count(tasks: *const qgemm_tasks, out: *mut usize) -> qgemm_status {
+    boundary(|| {
+        // SAFETY: the caller's contract.
+        let tasks = unsafe { deref(tasks, "tasks")? };
+        if out.is_null() {
+            return fail(QGEMM_STATUS_NULL_POINTER, "out is null");
+        }
+        let count = match &*tasks.tasks {
+            Tasks::Gemm(t) => t.len(),
+            Tasks::Conv(t) => t.len(),
+        };
+        // SAFETY: `out` is non-null and writable (the caller's contract).
+        unsafe { out.write(count) };
+        Ok(())
+    })
+}
+
+/// Runs task `index` on the calling thread, in `workspace` (null: a fresh one for this
+/// task). Any number of threads may run tasks of one handle at once, each with its own
+/// workspace.
+///
+/// Fails with `QGEMM_STATUS_TASK` for an index past the last task or a task that
+/// already ran, writing nothing.
+///
+/// # Safety
+/// `tasks` must be null or a live handle; `workspace` null or a live handle no other
+/// thread uses now.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn qgemm_tasks_run(
+    tasks: *const qgemm_tasks,
+    index: usize,
+    workspace: *mut qgemm_workspace,
+) -> qgemm_status {
+    boundary(|| {
+        // SAFETY: the caller's contract.
+        let tasks = unsafe { deref(tasks, "tasks")? };
+        let mut fresh = Workspace::new();
+        // SAFETY: the caller's contract.
+        let workspace = unsafe { workspace_or(workspace, &mut fresh) };
+        match &*tasks.tasks {
+            Tasks::Gemm(t) => t.run(index, workspace)?,
+            Tasks::Conv(t) => t.run(index, workspace)?,
+        }
+        Ok(())
+    })
+}
+
+/// Releases a tasks handle (whether or not its tasks ran); null does nothing.
+///
+/// # Safety
+/// `tasks` must be null or a handle from `qgemm_*_tasks_new` not yet freed, with no
+/// task running.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn qgemm_tasks_free(tasks: *mut qgemm_tasks) {
+    if !tasks.is_null() {
+        // SAFETY: a live handle from `Box::into_raw` (the caller's contract).
+        let handle = unsafe { Box::from_raw(tasks) };
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(handle)));
+    }
+}
+
+/// The options a threaded call runs with.
+pub(super) fn options(threads: usize) -> Options {
+    Options::new().with_threads(threads)
+}
