@@ -9,9 +9,9 @@
 use arbitrary::Unstructured;
 use qgemm::reference::{self, Conv2dProblem, GemmProblem, OutputData};
 use qgemm::{
-    Activations, Channelwise, Conv2dParams, ConvInput, ConvWeights, ErrorKind, FilterLayout, FixedPointParams, Options,
-    OutputMatrix, OutputStage, OutputType, PackedConvWeights, PackedWeights, Requantization, Requantize, WeightLayout,
-    Weights,
+    Activations, Channelwise, Conv2dParams, Conv2dTasks, ConvInput, ConvWeights, ErrorKind, FilterLayout,
+    FixedPointParams, GemmTasks, Options, OutputMatrix, OutputStage, OutputType, PackedConvWeights, PackedWeights,
+    Partition, Requantization, Requantize, WeightLayout, Weights,
 };
 
 thread_local! {
@@ -46,6 +46,13 @@ impl Input<'_> {
     }
     fn flip(&mut self) -> bool {
         self.byte() & 1 == 1
+    }
+    /// Bounds from 0 to `len` with up to three cuts anywhere (repeats allowed).
+    fn cuts(&mut self, len: usize) -> Vec<usize> {
+        let mut cuts: Vec<usize> = (0..self.below(4)).map(|_| self.below(len + 1)).collect();
+        cuts.extend([0, len]);
+        cuts.sort_unstable();
+        cuts
     }
     fn i32(&mut self) -> i32 {
         self.0.arbitrary().unwrap_or(0)
@@ -200,7 +207,9 @@ impl GemmCase {
         GemmCase { m, n, k, a, a_stride, a_zp, b, layout, b_zp, stage, out, out_stride }
     }
 
-    fn check(&self, threads: usize) {
+    /// Checks every ISA at `threads` threads and, given a grid, through its tasks
+    /// (run last to first).
+    fn check(&self, threads: usize, grid: Option<&Partition>) {
         let GemmCase { m, n, k, layout, out, .. } = *self;
         let problem = GemmProblem {
             m,
@@ -224,6 +233,13 @@ impl GemmCase {
             })
             .expect("a valid call succeeds");
             assert_eq!(got, expected, "{isa} differs from the reference (m={m} n={n} k={k})");
+            let Some(grid) = grid else { continue };
+            let got = run_into(out, m, n, self.out_stride, |c| {
+                let tasks = GemmTasks::new(&activations, &packed, &self.stage, c, grid)?;
+                with_workspace(|w| (0..tasks.len()).rev().try_for_each(|i| tasks.run(i, w)))
+            })
+            .expect("a valid grid succeeds");
+            assert_eq!(got, expected, "{isa} tasks of {grid:?} differ from the reference (m={m} n={n} k={k})");
         }
     }
 }
@@ -234,7 +250,10 @@ pub fn gemm(bytes: &[u8]) {
     let mut inp = Input(Unstructured::new(bytes));
     let (m, n, k) = (inp.size(20, 70), inp.size(40, 80), inp.size(80, 1100));
     let threads = 1 + inp.below(3);
-    GemmCase::decode(&mut inp, m, n, k, 32).check(threads);
+    let case = GemmCase::decode(&mut inp, m, n, k, 32);
+    // Read last, so that older seeds keep their meaning: sometimes a grid of tasks.
+    let grid = inp.flip().then(|| Partition::grid(inp.cuts(m), inp.cuts(n)));
+    case.check(threads, grid.as_ref());
 }
 
 /// The output stage alone: K of 0, 1 or 2 and full-range i32 biases, so that the
@@ -242,7 +261,7 @@ pub fn gemm(bytes: &[u8]) {
 pub fn requantize(bytes: &[u8]) {
     let mut inp = Input(Unstructured::new(bytes));
     let (m, n, k) = (inp.size(4, 9), inp.size(40, 70), inp.below(3));
-    GemmCase::decode(&mut inp, m, n, k, 32).check(1);
+    GemmCase::decode(&mut inp, m, n, k, 32).check(1, None);
 }
 
 /// Packing: weight shapes across the panels' tails, both layouts, per-column zero
@@ -254,7 +273,7 @@ pub fn pack(bytes: &[u8]) {
     let mut case = GemmCase::decode(&mut inp, m, n, k, 0);
     case.out = OutputType::I32;
     case.stage = OutputStage::default();
-    case.check(1);
+    case.check(1, None);
 }
 
 /// A convolution: batch, image, channels, groups (including depthwise), kernel,
@@ -290,6 +309,8 @@ pub fn conv2d(bytes: &[u8]) {
     // The weights handed over in OIHW order, half the time (read last, so that older
     // seeds keep their meaning).
     let oihw = inp.flip();
+    let rows = p.batch * p.out_height().unwrap_or(0) * p.out_width().unwrap_or(0);
+    let grid = inp.flip().then(|| Partition::grid(inp.cuts(rows), inp.cuts(p.out_channels)));
     let (taps, layout) = (p.kernel_height * p.kernel_width, if oihw { FilterLayout::Oihw } else { FilterLayout::Ohwi });
     let handed: Vec<i8> = if oihw {
         // OIHW[o][c][t] = OHWI[o][t][c].
@@ -302,7 +323,6 @@ pub fn conv2d(bytes: &[u8]) {
     };
 
     let fits = p.out_height().is_some() && p.out_width().is_some();
-    let rows = p.batch * p.out_height().unwrap_or(0) * p.out_width().unwrap_or(0);
     let expected = fits.then(|| {
         let problem = Conv2dProblem {
             params,
@@ -336,6 +356,13 @@ pub fn conv2d(bytes: &[u8]) {
             (Some(_), Err(e)) => panic!("{isa}: a valid conv failed: {e}"),
             (None, Ok(_)) => panic!("{isa}: a conv whose kernel does not fit succeeded"),
         }
+        let (Some(expected), Some(grid)) = (&expected, &grid) else { continue };
+        let got = run_into(out, rows, p.out_channels, out_stride, |c| {
+            let tasks = Conv2dTasks::new(&x, &packed, &params, &stage, c, grid)?;
+            with_workspace(|w| (0..tasks.len()).rev().try_for_each(|i| tasks.run(i, w)))
+        })
+        .expect("a valid grid succeeds");
+        assert_eq!(&got, expected, "{isa} conv tasks of {grid:?} differ from the reference");
     }
 }
 
