@@ -13,14 +13,15 @@
 //! ```text
 //!   caller                                   helper (a 'static loop)
 //!   ──────                                   ───────────────────────
-//!   job on its stack: tasks, counters        ENTERING += 1
-//!   OFFERED = &job  (one call at a time;     p = OFFERED
-//!     a concurrent call runs scoped)         if p is a job it has not served:
-//!   spawn helpers the idle ones don't cover       p.active += 1
-//!   take tasks until none is left            ENTERING −= 1
-//!   OFFERED = null                           take a scratch slot, take tasks
-//!   wait for ENTERING == 0                   p.active −= 1   (p is not touched again)
-//!   wait for job.active == 0                 spin for the next job, up to LINGER
+//!   job on its stack: tasks, counters        spin reading LATEST until it changes
+//!   OFFERED = &job  (one call at a time;     ENTERING += 1
+//!     a concurrent call runs scoped)         p = OFFERED
+//!   LATEST = the job's generation            if p is not null: p.active += 1
+//!   spawn helpers the idle ones don't cover  ENTERING −= 1
+//!   take tasks until none is left            take a scratch slot, take tasks
+//!   OFFERED = null                           p.active −= 1   (p is not touched again)
+//!   wait for ENTERING == 0                   spin for the next job, up to LINGER
+//!   wait for job.active == 0
 //!   the job may now leave the stack
 //! ```
 //!
@@ -52,6 +53,8 @@ static ENTERING: AtomicUsize = AtomicUsize::new(0);
 static IDLE: AtomicUsize = AtomicUsize::new(0);
 /// Numbers the jobs, so that a helper does not enter a job it already left.
 static GENERATION: AtomicU64 = AtomicU64::new(1);
+/// The generation of the latest job offered: what idle helpers watch.
+static LATEST: AtomicU64 = AtomicU64::new(0);
 
 /// One call's tasks, on the caller's stack while helpers may reach it.
 struct Job<'a> {
@@ -127,32 +130,42 @@ impl Drop for Withdraw<'_, '_> {
 
 /// A helper thread's loop: serve offered jobs, and return after [`LINGER`] without
 /// one.
+///
+/// While idle it only reads [`LATEST`], so that idle helpers share its cache line
+/// instead of fighting over it; it raises [`ENTERING`] once per new job.
 fn helper() {
     IDLE.fetch_add(1, SeqCst);
     let mut served = 0;
     let mut since = Instant::now();
     let mut polls = 0u32;
     loop {
-        ENTERING.fetch_add(1, SeqCst);
-        let p = OFFERED.load(SeqCst);
-        // SAFETY: a non-null `OFFERED` is a live job until its caller has seen
-        // `ENTERING == 0` after clearing it, and this helper holds `ENTERING` up.
-        let entered = (!p.is_null() && unsafe { (*p).generation } != served).then(|| {
-            // SAFETY: as above.
-            let job = unsafe { &*p };
-            job.active.fetch_add(1, SeqCst);
-            job
-        });
-        ENTERING.fetch_sub(1, SeqCst);
-        if let Some(job) = entered {
-            IDLE.fetch_sub(1, SeqCst);
-            served = job.generation;
-            job.help();
-            // The last access to the job: the caller may free it from here on.
-            job.active.fetch_sub(1, SeqCst);
-            IDLE.fetch_add(1, SeqCst);
-            since = Instant::now();
-            continue;
+        let latest = LATEST.load(SeqCst);
+        if latest != served {
+            served = latest;
+            ENTERING.fetch_add(1, SeqCst);
+            let p = OFFERED.load(SeqCst);
+            // SAFETY: a non-null `OFFERED` is a live job until its caller has seen
+            // `ENTERING == 0` after clearing it, and this helper holds `ENTERING` up.
+            let entered = (!p.is_null()).then(|| {
+                // SAFETY: as above.
+                let job = unsafe { &*p };
+                job.active.fetch_add(1, SeqCst);
+                job
+            });
+            ENTERING.fetch_sub(1, SeqCst);
+            if let Some(job) = entered {
+                served = job.generation;
+                IDLE.fetch_sub(1, SeqCst);
+                job.help();
+                // Idle again before leaving the job: once the caller sees the job
+                // empty, its next call counts this helper as waiting (else it would
+                // start another, and helpers would pile up past the threads asked).
+                IDLE.fetch_add(1, SeqCst);
+                // The last access to the job: the caller may free it from here on.
+                job.active.fetch_sub(1, SeqCst);
+                since = Instant::now();
+                continue;
+            }
         }
         polls = polls.wrapping_add(1);
         // Check the clock every 64 polls, and let other threads run now and then.
@@ -213,6 +226,7 @@ pub(crate) fn run_tasks(
     }
     {
         let _withdraw = Withdraw(&job);
+        LATEST.store(job.generation, SeqCst);
         for _ in IDLE.load(SeqCst)..workers - 1 {
             spawn_helper();
         }
