@@ -420,6 +420,17 @@ fn main() -> ExitCode {
         for (isa, p) in &peaks {
             println!("peak for {isa}: {:.1} GOPS per thread ({}, measured now)", p.gops, p.probe);
         }
+        // The machine's own scaling: the same probe on every thread at once.
+        if let Some(&isa) = args.isas.first() {
+            for &threads in args.threads.iter().filter(|&&t| t > 1) {
+                let one = peak::measure(isa, args.data).gops;
+                let all = peak::measure_threads(isa, args.data, threads);
+                println!(
+                    "peak for {isa} on {threads} threads at once: {all:.1} GOPS, {:.2}× one thread ({one:.1}, measured just before)",
+                    all / one
+                );
+            }
+        }
         let bandwidth = peak::read_bandwidth(16 << 20);
         println!(
             "memory: {bandwidth:.1} GB/s reading 16 MiB on one thread, so a GEMV whose weights are that large \

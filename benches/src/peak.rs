@@ -52,6 +52,23 @@ pub fn measure(isa: Isa, data: crate::DataKind) -> Peak {
     host_widening_mac()
 }
 
+/// The probe of [`measure`] on `threads` threads at once (started together), in GOPS
+/// summed over the threads: the machine's own ceiling for thread scaling.
+pub fn measure_threads(isa: Isa, data: crate::DataKind, threads: usize) -> f64 {
+    let start = std::sync::Barrier::new(threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    start.wait();
+                    measure(isa, data).gops
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("the probe does not panic")).sum()
+    })
+}
+
 fn host_widening_mac() -> Peak {
     #[cfg(target_arch = "x86_64")]
     {
