@@ -267,34 +267,13 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
                 kernel.epilogue(epilogue_args(acc, nc_max, row_sums, at, zero_points, stage, &mut out));
                 continue;
             }
-            if skip > 0 {
-                // A block that starts before `columns.start` (only where a partition
-                // cuts inside a panel): every K block through the accumulators, then the
-                // output stage from the first column to store. Slower than the fused
-                // route below, and the same sums.
-                for i in 0..k_blocks {
-                    pack_now(i, a_pack, row_sums);
-                    block_kernel.block(BlockArgs {
-                        a: &a_pack[offset(i)..],
-                        b: b_block(i * kc_groups),
-                        b_panel_stride: b.panel_stride(),
-                        row_panels,
-                        rows,
-                        col_panels,
-                        cols,
-                        kgroups: groups_of(i),
-                        acc,
-                        acc_stride: nc_max,
-                        accumulate: i > 0,
-                    });
-                }
-                let at = Position { r0: 0, rows, ic, jc, j0, skip, cols };
-                kernel.epilogue(epilogue_args(acc, nc_max, row_sums, at, zero_points, stage, &mut out));
-                continue;
-            }
-            // Every K block but the last, over the whole block: each B panel slice stays
-            // in L1 while the row panels stream by.
-            for i in 0..k_blocks - 1 {
+            // K blocks through the accumulators, over the whole block (each B panel
+            // slice stays in L1 while the row panels stream by): every one but the last;
+            // or all of them where the block starts before `columns.start` (only where a
+            // partition cuts inside a panel), whose output stage then runs from the
+            // first column to store: slower than the fused route below, the same sums.
+            let through_acc = if skip > 0 { k_blocks } else { k_blocks - 1 };
+            for i in 0..through_acc {
                 pack_now(i, a_pack, row_sums);
                 block_kernel.block(BlockArgs {
                     a: &a_pack[offset(i)..],
@@ -304,11 +283,16 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
                     rows,
                     col_panels,
                     cols,
-                    kgroups: kc_groups,
+                    kgroups: groups_of(i),
                     acc,
                     acc_stride: nc_max,
                     accumulate: i > 0,
                 });
+            }
+            if skip > 0 {
+                let at = Position { r0: 0, rows, ic, jc, j0, skip, cols };
+                kernel.epilogue(epilogue_args(acc, nc_max, row_sums, at, zero_points, stage, &mut out));
+                continue;
             }
             let last = k_blocks - 1;
             let (g_last, groups_last, last_offset) = (last * kc_groups, groups_of(last), offset(last));
