@@ -206,12 +206,17 @@ fn output_tiles_match_reference() {
     // gaps between rows: together they must give the whole product, and nothing may
     // touch the gaps. Float to u8 (fused into the tiles on AVX-512) and i32.
     let mut rng = Rng(0x7111_e5ca_7e00_0001);
-    for kernel in kernels() {
+    // Under miri (slow: it checks every access), each kernel with its own blocking,
+    // one small problem each (cuts still fall inside panels).
+    let kernels: Vec<Kernel> = if cfg!(miri) { kernels().into_iter().step_by(3).collect() } else { kernels() };
+    for kernel in kernels {
         let t = kernel.tile();
-        for _ in 0..if cfg!(miri) { 2 } else { 24 } {
-            let m = 1 + rng.below(3 * t.mr + 3);
-            let n = 1 + rng.below(3 * t.nr + 3);
-            let k = rng.below(9 * t.kg + 3);
+        for _ in 0..if cfg!(miri) { 1 } else { 24 } {
+            let (m, n, k) = if cfg!(miri) {
+                (1 + rng.below(2 * t.mr), 1 + rng.below(2 * t.nr), rng.below(3 * t.kg + 3))
+            } else {
+                (1 + rng.below(3 * t.mr + 3), 1 + rng.below(3 * t.nr + 3), rng.below(9 * t.kg + 3))
+            };
             let a: Vec<u8> = (0..m * k).map(|_| rng.next() as u8).collect();
             let b: Vec<i8> = (0..k * n).map(|_| rng.next() as i8).collect();
             let (a_zp, b_zp) = (rng.next() as u8, rng.next() as i8);
