@@ -42,6 +42,12 @@
 //! # Ok::<(), qgemm::Error>(())
 //! ```
 //!
+//! ## Threads
+//! [`Options::with_threads`] runs a call on several threads (rayon's pool with the
+//! `rayon` feature, on by default); an engine with its own pool cuts a call into
+//! tasks with [`GemmTasks`] or [`Conv2dTasks`] and a [`Partition`] and runs them on its
+//! threads. Results are byte-identical for any thread count and any partition.
+//!
 //! ## From C
 //! [`ffi`] is the C ABI (`include/qgemm.h`): status codes, a per-thread error
 //! message, a panic boundary on every export; see the README's "Using qgemm from C".

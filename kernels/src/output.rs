@@ -161,7 +161,7 @@ pub struct ZeroPoints<'a> {
 /// It borrows exactly the window's elements, never the gaps between its rows, so
 /// windows of one matrix that share no element may be written at once, on different
 /// threads: that is how a GEMM's output is cut into tiles
-/// ([`split_at_row`](OutView::split_at_row), [`split_at_col`](OutView::split_at_col)).
+/// ([`window_shared`](OutView::window_shared)).
 /// Code that writes through [`as_mut_ptr`](OutView::as_mut_ptr) must stay inside the
 /// window; the epilogue tests check that no kernel writes a gap.
 #[derive(Debug)]
@@ -265,41 +265,6 @@ impl<'a, T> OutView<'a, T> {
         // SAFETY: a sub-window of this view's window, for 'a; the caller keeps it the
         // only way to its elements.
         unsafe { OutView::from_raw_parts(self.at(r0, c0, rows, cols), rows, cols, self.stride) }
-    }
-
-    /// Rows `0..r` and `r..` as two views.
-    ///
-    /// # Panics
-    /// If `r > rows`.
-    pub fn split_at_row(self, r: usize) -> (OutView<'a, T>, OutView<'a, T>) {
-        assert!(r <= self.rows, "split below the output window");
-        let (rows, cols, stride) = (self.rows, self.cols, self.stride);
-        let rest = self.at(r, 0, rows - r, cols);
-        // SAFETY: the two windows split this one, whose borrow moves into them, and share
-        // no element.
-        unsafe {
-            (
-                OutView::from_raw_parts(self.ptr.as_ptr(), r, cols, stride),
-                OutView::from_raw_parts(rest, rows - r, cols, stride),
-            )
-        }
-    }
-
-    /// Columns `0..c` and `c..` as two views.
-    ///
-    /// # Panics
-    /// If `c > cols`.
-    pub fn split_at_col(self, c: usize) -> (OutView<'a, T>, OutView<'a, T>) {
-        assert!(c <= self.cols, "split right of the output window");
-        let (rows, cols, stride) = (self.rows, self.cols, self.stride);
-        let rest = self.at(0, c, rows, cols - c);
-        // SAFETY: as in `split_at_row`, by columns: each row's elements go to one side.
-        unsafe {
-            (
-                OutView::from_raw_parts(self.ptr.as_ptr(), rows, c, stride),
-                OutView::from_raw_parts(rest, rows, cols - c, stride),
-            )
-        }
     }
 
     /// The address of `(r0, c0)` for a sub-window of `rows × cols` (inside this one);

@@ -24,7 +24,7 @@
 //! Threads: `qgemm_gemm_threaded` and `qgemm_conv2d_threaded` run on qgemm's helper
 //! threads; an engine with its own pool cuts a call into tasks
 //! (`qgemm_gemm_tasks_new`, `qgemm_conv2d_tasks_new`) and runs each with
-//! `qgemm_tasks_run` on its threads ([`threads`]).
+//! `qgemm_tasks_run` on its threads.
 
 #![allow(non_camel_case_types)]
 
