@@ -557,6 +557,93 @@ unsafe fn output_matrix<'a>(c: &qgemm_output, what: &str) -> Result<OutputMatrix
     Ok(OutputMatrix { buffer, rows: c.rows, cols: c.cols, row_stride: c.row_stride })
 }
 
+/// Releases a handle made by `Box::into_raw`; null does nothing.
+///
+/// # Safety
+/// `handle` must be null or such a handle, not yet freed.
+unsafe fn free_handle<T>(handle: *mut T) {
+    if !handle.is_null() {
+        // SAFETY: a live handle from `Box::into_raw` (the caller's contract).
+        let handle = unsafe { Box::from_raw(handle) };
+        // Dropping frees memory (a tasks handle drops its tasks first); the boundary is
+        // there all the same.
+        let _ = catch_unwind(AssertUnwindSafe(|| drop(handle)));
+    }
+}
+
+/// A GEMM's arguments from C, checked and converted; they borrow the caller's buffers
+/// and weights handle for `'a`.
+struct GemmCall<'a> {
+    activations: Activations<'a>,
+    weights: &'a PackedWeights,
+    stage: OutputStage,
+    output: OutputMatrix<'a>,
+}
+
+/// The arguments of [`qgemm_gemm`] and its threaded and tasks forms.
+///
+/// # Safety
+/// Each pointer is null or valid, and the buffers satisfy their lengths, for `'a`.
+unsafe fn gemm_call<'a>(
+    a: *const qgemm_activations,
+    weights: *const qgemm_packed_weights,
+    stage: *const qgemm_output_stage,
+    c: *const qgemm_output,
+) -> Result<GemmCall<'a>, Failure> {
+    // SAFETY: the caller's contract, for each pointer.
+    let (a, w, stage, c) =
+        unsafe { (deref(a, "a")?, deref(weights, "weights")?, deref(stage, "stage")?, deref(c, "c")?) };
+    // SAFETY: the caller's contract, for each buffer and its length.
+    let data = unsafe { slice(a.data, a.data_len, "a.data")? };
+    let activations = Activations::new(data, a.rows, a.cols, a.zero_point).with_row_stride(a.row_stride);
+    // SAFETY: as above.
+    let stage = unsafe { output_stage(stage, c.cols)? };
+    // SAFETY: as above.
+    let output = unsafe { output_matrix(c, "c")? };
+    Ok(GemmCall { activations, weights: &w.0, stage, output })
+}
+
+/// A convolution's arguments from C, checked and converted; they borrow the caller's
+/// buffers and weights handle for `'a`.
+struct ConvCall<'a> {
+    input: ConvInput<'a>,
+    weights: &'a PackedConvWeights,
+    params: Conv2dParams,
+    stage: OutputStage,
+    output: OutputMatrix<'a>,
+}
+
+/// The arguments of [`qgemm_conv2d`] and its threaded and tasks forms.
+///
+/// # Safety
+/// Each pointer is null or valid, and the buffers satisfy their lengths, for `'a`.
+unsafe fn conv_call<'a>(
+    input: *const qgemm_conv_input,
+    weights: *const qgemm_packed_conv_weights,
+    params: *const qgemm_conv2d_params,
+    stage: *const qgemm_output_stage,
+    output: *const qgemm_output,
+) -> Result<ConvCall<'a>, Failure> {
+    // SAFETY: the caller's contract, for each pointer.
+    let (input, w, p, stage, output) = unsafe {
+        (
+            deref(input, "input")?,
+            deref(weights, "weights")?,
+            deref(params, "params")?,
+            deref(stage, "stage")?,
+            deref(output, "output")?,
+        )
+    };
+    // SAFETY: the caller's contract, for each buffer and its length.
+    let data = unsafe { slice(input.data, input.data_len, "input.data")? };
+    // SAFETY: as above.
+    let stage = unsafe { output_stage(stage, p.out_channels)? };
+    // SAFETY: as above.
+    let output = unsafe { output_matrix(output, "output")? };
+    let input = ConvInput { data, zero_point: input.zero_point };
+    Ok(ConvCall { input, weights: &w.0, params: Conv2dParams::from(*p), stage, output })
+}
+
 /// The library's version, as a static NUL-terminated string (`"0.1.0"`).
 #[unsafe(no_mangle)]
 pub extern "C" fn qgemm_version() -> *const c_char {
@@ -677,12 +764,8 @@ pub unsafe extern "C" fn qgemm_packed_weights_new(
 /// `weights` must be null or a handle from [`qgemm_packed_weights_new`] not yet freed.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn qgemm_packed_weights_free(weights: *mut qgemm_packed_weights) {
-    if !weights.is_null() {
-        // SAFETY: a live handle from `Box::into_raw` (the caller's contract).
-        let handle = unsafe { Box::from_raw(weights) };
-        // Dropping only frees memory; the boundary is there all the same.
-        let _ = catch_unwind(AssertUnwindSafe(|| drop(handle)));
-    }
+    // SAFETY: the caller's contract.
+    unsafe { free_handle(weights) }
 }
 
 /// The ISA a handle's weights were packed for, written to `*out`.
@@ -736,20 +819,12 @@ unsafe fn gemm(
     threads: usize,
     workspace: *mut qgemm_workspace,
 ) -> Result<(), Failure> {
-    // SAFETY: the caller's contract, for each pointer.
-    let (a, w, stage, c) =
-        unsafe { (deref(a, "a")?, deref(weights, "weights")?, deref(stage, "stage")?, deref(c, "c")?) };
-    // SAFETY: the caller's contract, for each buffer and its length.
-    let data = unsafe { slice(a.data, a.data_len, "a.data")? };
-    let activations = Activations::new(data, a.rows, a.cols, a.zero_point).with_row_stride(a.row_stride);
-    // SAFETY: as above.
-    let stage = unsafe { output_stage(stage, c.cols)? };
-    // SAFETY: as above.
-    let output = unsafe { output_matrix(c, "c")? };
+    // SAFETY: the caller's contract.
+    let GemmCall { activations, weights, stage, output } = unsafe { gemm_call(a, weights, stage, c)? };
     let mut fresh = Workspace::new();
     // SAFETY: the caller's contract.
     let workspace = unsafe { threads::workspace_or(workspace, &mut fresh) };
-    Ok(crate::gemm_in(&activations, &w.0, &stage, output, &threads::options(threads), workspace)?)
+    Ok(crate::gemm_in(&activations, weights, &stage, output, &threads::options(threads), workspace)?)
 }
 
 /// Packs convolution weights for the selected ISA into a new handle, written to
@@ -807,12 +882,8 @@ pub unsafe extern "C" fn qgemm_packed_conv_weights_new(
 /// freed.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn qgemm_packed_conv_weights_free(weights: *mut qgemm_packed_conv_weights) {
-    if !weights.is_null() {
-        // SAFETY: a live handle from `Box::into_raw` (the caller's contract).
-        let handle = unsafe { Box::from_raw(weights) };
-        // Dropping only frees memory; the boundary is there all the same.
-        let _ = catch_unwind(AssertUnwindSafe(|| drop(handle)));
-    }
+    // SAFETY: the caller's contract.
+    unsafe { free_handle(weights) }
 }
 
 /// A convolution, single-threaded (`qgemm::conv2d`): NHWC `input`, packed `weights`,
@@ -848,28 +919,13 @@ unsafe fn conv2d(
     threads: usize,
     workspace: *mut qgemm_workspace,
 ) -> Result<(), Failure> {
-    // SAFETY: the caller's contract, for each pointer.
-    let (input, w, p, stage, output) = unsafe {
-        (
-            deref(input, "input")?,
-            deref(weights, "weights")?,
-            deref(params, "params")?,
-            deref(stage, "stage")?,
-            deref(output, "output")?,
-        )
-    };
-    // SAFETY: the caller's contract, for each buffer and its length.
-    let data = unsafe { slice(input.data, input.data_len, "input.data")? };
-    let params = Conv2dParams::from(*p);
-    // SAFETY: as above.
-    let stage = unsafe { output_stage(stage, p.out_channels)? };
-    // SAFETY: as above.
-    let matrix = unsafe { output_matrix(output, "output")? };
-    let input = ConvInput { data, zero_point: input.zero_point };
+    // SAFETY: the caller's contract.
+    let ConvCall { input, weights, params, stage, output } =
+        unsafe { conv_call(input, weights, params, stage, output)? };
     let mut fresh = Workspace::new();
     // SAFETY: the caller's contract.
     let workspace = unsafe { threads::workspace_or(workspace, &mut fresh) };
-    Ok(crate::conv2d_in(&input, &w.0, &params, &stage, matrix, &threads::options(threads), workspace)?)
+    Ok(crate::conv2d_in(&input, weights, &params, &stage, output, &threads::options(threads), workspace)?)
 }
 
 #[cfg(test)]

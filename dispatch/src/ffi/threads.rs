@@ -4,14 +4,11 @@
 use std::mem::ManuallyDrop;
 
 use super::{
-    Failure, QGEMM_STATUS_NULL_POINTER, boundary, deref, fail, output_matrix, output_stage, qgemm_activations,
-    qgemm_conv_input, qgemm_conv2d_params, qgemm_output, qgemm_output_stage, qgemm_packed_conv_weights,
-    qgemm_packed_weights, qgemm_status, slice,
+    ConvCall, Failure, GemmCall, QGEMM_STATUS_NULL_POINTER, boundary, conv_call, deref, fail, free_handle, gemm_call,
+    qgemm_activations, qgemm_conv_input, qgemm_conv2d_params, qgemm_output, qgemm_output_stage,
+    qgemm_packed_conv_weights, qgemm_packed_weights, qgemm_status, slice,
 };
-use crate::{
-    Activations, Conv2dParams, Conv2dTasks, ConvInput, GemmTasks, Options, OutputMatrix, OutputStage, Partition,
-    Workspace,
-};
+use crate::{Conv2dTasks, GemmTasks, Options, OutputStage, Partition, Workspace};
 
 /// Scratch memory for threaded calls and tasks, kept across calls so that they
 /// allocate nothing once it has grown (`qgemm::Workspace`: at most 1 MiB per thread).
@@ -158,11 +155,8 @@ pub unsafe extern "C" fn qgemm_workspace_new(out: *mut *mut qgemm_workspace) -> 
 /// `workspace` must be null or a handle from [`qgemm_workspace_new`] not yet freed.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn qgemm_workspace_free(workspace: *mut qgemm_workspace) {
-    if !workspace.is_null() {
-        // SAFETY: a live handle from `Box::into_raw` (the caller's contract).
-        let handle = unsafe { Box::from_raw(workspace) };
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(handle)));
-    }
+    // SAFETY: the caller's contract.
+    unsafe { free_handle(workspace) }
 }
 
 /// [`qgemm_gemm`](super::qgemm_gemm) on up to `threads` threads (`>= 1`, the caller's
@@ -223,32 +217,18 @@ pub unsafe extern "C" fn qgemm_gemm_tasks_new(
     out: *mut *mut qgemm_tasks,
 ) -> qgemm_status {
     boundary(|| {
-        // SAFETY: the caller's contract, for each pointer.
-        let (a, w, stage, c, p) = unsafe {
-            (
-                deref(a, "a")?,
-                deref(weights, "weights")?,
-                deref(stage, "stage")?,
-                deref(c, "c")?,
-                deref(partition, "partition")?,
-            )
-        };
+        // SAFETY: the caller's contract (valid until the handle is freed).
+        let call: GemmCall<'static> = unsafe { gemm_call(a, weights, stage, c)? };
+        // SAFETY: the caller's contract.
+        let p = unsafe { deref(partition, "partition")? };
         if out.is_null() {
             return fail(QGEMM_STATUS_NULL_POINTER, "out is null");
         }
-        // SAFETY: the caller's contract, for each buffer and its length (valid until
-        // the handle is freed).
-        let data: &'static [u8] = unsafe { slice(a.data, a.data_len, "a.data")? };
-        let activations = Activations::new(data, a.rows, a.cols, a.zero_point).with_row_stride(a.row_stride);
         // SAFETY: as above.
-        let owned = Owned::new(unsafe { output_stage(stage, c.cols)? }, unsafe { to_partition(p)? });
-        // SAFETY: as above.
-        let output: OutputMatrix<'static> = unsafe { output_matrix(c, "c")? };
+        let owned = Owned::new(call.stage, unsafe { to_partition(p)? });
         // SAFETY: the tasks live in the handle beside `owned`, and are dropped first.
         let (stage, partition) = unsafe { owned.parts() };
-        // SAFETY: the weights handle outlives the tasks (the caller's contract).
-        let weights = unsafe { &*std::ptr::from_ref(&w.0) };
-        let tasks = GemmTasks::new(&activations, weights, stage, output, partition)?;
+        let tasks = GemmTasks::new(&call.activations, call.weights, stage, call.output, partition)?;
         let handle = qgemm_tasks { tasks: ManuallyDrop::new(Tasks::Gemm(tasks)), _owned: owned };
         // SAFETY: `out` is non-null and writable (the caller's contract).
         unsafe { out.write(Box::into_raw(Box::new(handle))) };
@@ -275,34 +255,18 @@ pub unsafe extern "C" fn qgemm_conv2d_tasks_new(
     out: *mut *mut qgemm_tasks,
 ) -> qgemm_status {
     boundary(|| {
-        // SAFETY: the caller's contract, for each pointer.
-        let (input, w, p, stage, output, part) = unsafe {
-            (
-                deref(input, "input")?,
-                deref(weights, "weights")?,
-                deref(params, "params")?,
-                deref(stage, "stage")?,
-                deref(output, "output")?,
-                deref(partition, "partition")?,
-            )
-        };
+        // SAFETY: the caller's contract (valid until the handle is freed).
+        let call: ConvCall<'static> = unsafe { conv_call(input, weights, params, stage, output)? };
+        // SAFETY: the caller's contract.
+        let part = unsafe { deref(partition, "partition")? };
         if out.is_null() {
             return fail(QGEMM_STATUS_NULL_POINTER, "out is null");
         }
-        // SAFETY: the caller's contract, for each buffer and its length (valid until
-        // the handle is freed).
-        let data: &'static [u8] = unsafe { slice(input.data, input.data_len, "input.data")? };
-        let params = Conv2dParams::from(*p);
         // SAFETY: as above.
-        let owned = Owned::new(unsafe { output_stage(stage, p.out_channels)? }, unsafe { to_partition(part)? });
-        // SAFETY: as above.
-        let matrix: OutputMatrix<'static> = unsafe { output_matrix(output, "output")? };
+        let owned = Owned::new(call.stage, unsafe { to_partition(part)? });
         // SAFETY: the tasks live in the handle beside `owned`, and are dropped first.
         let (stage, partition) = unsafe { owned.parts() };
-        // SAFETY: the weights handle outlives the tasks (the caller's contract).
-        let weights = unsafe { &*std::ptr::from_ref(&w.0) };
-        let input = ConvInput { data, zero_point: input.zero_point };
-        let tasks = Conv2dTasks::new(&input, weights, &params, stage, matrix, partition)?;
+        let tasks = Conv2dTasks::new(&call.input, call.weights, &call.params, stage, call.output, partition)?;
         let handle = qgemm_tasks { tasks: ManuallyDrop::new(Tasks::Conv(tasks)), _owned: owned };
         // SAFETY: `out` is non-null and writable (the caller's contract).
         unsafe { out.write(Box::into_raw(Box::new(handle))) };
@@ -369,11 +333,8 @@ pub unsafe extern "C" fn qgemm_tasks_run(
 /// task running.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn qgemm_tasks_free(tasks: *mut qgemm_tasks) {
-    if !tasks.is_null() {
-        // SAFETY: a live handle from `Box::into_raw` (the caller's contract).
-        let handle = unsafe { Box::from_raw(tasks) };
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(handle)));
-    }
+    // SAFETY: the caller's contract.
+    unsafe { free_handle(tasks) }
 }
 
 /// The options a threaded call runs with.
