@@ -21,6 +21,7 @@
 use qgemm_kernels::Kernel;
 use qgemm_kernels::driver::{self, GemmArgs, Scratch};
 use qgemm_kernels::dwconv::{self, DwArgs, DwKernel, PackedDw};
+use qgemm_kernels::indirect::{self, IndirectConv, IndirectGemm, Plan};
 use qgemm_kernels::output::{OutData, OutputStage as LoweredStage};
 use qgemm_kernels::pack::{BLayout, PackedB};
 use qgemm_kernels::rows::{ConvGeometry, Im2col, Rows};
@@ -85,6 +86,10 @@ pub struct PackedConvWeights {
     dw_kernel: &'static DwKernel,
     shape: FilterShape,
     groups: Vec<PackedB>,
+    /// The weights packed run by run for an indirect convolution over kernel rows,
+    /// where a kernel row (`KW·C` values) is not a whole number of K-groups (one
+    /// group only); empty otherwise, where `groups` serves.
+    runs: Option<PackedB>,
     /// Present when groups = in_channels (and the kernel is not absurdly tall); the
     /// GEMMs above stay for shapes whose pair rows would not fit the scratch bound.
     depthwise: Option<PackedDw>,
@@ -166,7 +171,16 @@ impl PackedConvWeights {
         } else {
             None
         };
-        Ok(PackedConvWeights { isa, kernel, dw_kernel, shape, groups, depthwise })
+        let indirect = kernel.has_indirect() || kernel.fast_path().is_some_and(|f| f.has_indirect());
+        let (runs, run_len) = indirect::kernel_row_runs(w.kernel_height, w.kernel_width, w.in_channels);
+        let runs = if indirect && w.groups == 1 && !run_len.is_multiple_of(4) {
+            let packed = PackedB::try_new_runs(tile, ohwi, runs, run_len, w.out_channels, zps)
+                .map_err(|e| out_of_memory("conv weights (kernel rows)", e))?;
+            Some(packed)
+        } else {
+            None
+        };
+        Ok(PackedConvWeights { isa, kernel, dw_kernel, shape, groups, runs, depthwise })
     }
 
     /// The ISA the weights were packed for.
@@ -178,13 +192,34 @@ impl PackedConvWeights {
     ///
     /// # Errors
     /// As [`conv2d_in`] for invalid `params` or weights packed for another shape.
+    /// On AVX2, whose indirect kernel is its fast path, the choice between
+    /// [`ConvPath::Indirect`] and [`ConvPath::Im2col`] may depend on the input as well
+    /// (activations ≤ 127 allow it for any weights): this is the choice for an input
+    /// of any values, and [`Conv2dTasks::path`] the one a call makes.
+    ///
+    /// # Errors
+    /// As [`conv2d_in`] for invalid `params` or weights packed for another shape.
     pub fn path(&self, params: &Conv2dParams) -> Result<ConvPath> {
         let (oh, ow) = check_params(params)?;
         self.check_shape(params)?;
-        Ok(self.path_for(params, &geometry(params, oh, ow)))
+        Ok(self.path_for(params, &geometry(params, oh, ow), u8::MAX))
     }
 
-    fn path_for(&self, p: &Conv2dParams, geometry: &ConvGeometry) -> ConvPath {
+    /// How the convolution runs indirectly, if it does, for activations at most
+    /// `max_value`.
+    fn indirect_plan(&self, p: &Conv2dParams, geometry: &ConvGeometry, max_value: u8) -> Option<Plan> {
+        let plan = indirect::plan(geometry, p.in_channels_per_group(), self.kernel)?;
+        (0..p.groups)
+            .all(|g| self.indirect_weights(&plan, g).is_some_and(|b| indirect::runs_on(self.kernel, b, max_value)))
+            .then_some(plan)
+    }
+
+    /// The weights of group `g` for an indirect `plan`.
+    fn indirect_weights(&self, plan: &Plan, g: usize) -> Option<&PackedB> {
+        if plan.needs_run_weights() { self.runs.as_ref() } else { self.groups.get(g) }
+    }
+
+    fn path_for(&self, p: &Conv2dParams, geometry: &ConvGeometry, max_value: u8) -> ConvPath {
         let dense_pointwise = p.kernel_height == 1
             && p.kernel_width == 1
             && p.stride_height == 1
@@ -192,6 +227,8 @@ impl PackedConvWeights {
             && p.pad_top + p.pad_left + p.pad_bottom + p.pad_right == 0;
         if self.depthwise.is_some() && dwconv::plan(geometry, p.out_channels).is_some() {
             ConvPath::Depthwise
+        } else if !dense_pointwise && self.indirect_plan(p, geometry, max_value).is_some() {
+            ConvPath::Indirect
         } else if dense_pointwise {
             ConvPath::Pointwise
         } else {
@@ -216,6 +253,7 @@ impl PackedConvWeights {
     /// Bytes of packed data held.
     pub fn heap_size(&self) -> usize {
         self.groups.iter().map(PackedB::heap_size).sum::<usize>()
+            + self.runs.as_ref().map_or(0, PackedB::heap_size)
             + self.depthwise.as_ref().map_or(0, PackedDw::heap_size)
     }
 }
@@ -232,6 +270,10 @@ pub enum ConvPath {
     Im2col,
     /// The depthwise kernels.
     Depthwise,
+    /// One GEMM per group whose kernel reads the input in place through offsets, one
+    /// per output pixel and kernel row (or tap): no gathering, no packing of A
+    /// ([`qgemm_kernels::indirect`]).
+    Indirect,
 }
 
 fn geometry(p: &Conv2dParams, oh: usize, ow: usize) -> ConvGeometry {
@@ -402,6 +444,8 @@ pub struct Conv2dTasks<'a> {
     params: Conv2dParams,
     geometry: ConvGeometry,
     path: ConvPath,
+    /// How [`ConvPath::Indirect`] runs.
+    indirect: Option<Plan>,
     /// The largest value a gathered tap can take (for the fast path's test), or 255
     /// where no group's weights need it.
     max_value: u8,
@@ -454,8 +498,21 @@ impl<'a> Conv2dTasks<'a> {
         output.check()?;
         let stage = output_stage(stage, p.out_channels, output.output_type())?;
         let geometry = geometry(&p, oh, ow);
-        let path = weights.path_for(&p, &geometry);
         let kernel = weights.kernel;
+        // The fast path's test on gathered or in-place rows: no tap can exceed the
+        // input's largest value, or the zero point where a tap reads padding. Only
+        // computed when a group's weights do not already allow the fast path for any
+        // input.
+        let depends = |b: &PackedB| kernel.fast_path_depends_on_activations(b);
+        let needs_max = weights.groups.iter().chain(&weights.runs).any(depends);
+        let max_value = if needs_max {
+            let max = input.data.iter().copied().max().unwrap_or(0);
+            if geometry.reads_padding() { max.max(input.zero_point) } else { max }
+        } else {
+            u8::MAX
+        };
+        let path = weights.path_for(&p, &geometry, max_value);
+        let indirect = if path == ConvPath::Indirect { weights.indirect_plan(&p, &geometry, max_value) } else { None };
         let (tile, blocking) = (kernel.tile(), kernel.blocking());
         let taps = p.kernel_height * p.kernel_width;
         let shape = match path {
@@ -480,19 +537,8 @@ impl<'a> Conv2dTasks<'a> {
             },
         };
         let grid = Grid::new(partition, shape)?;
-        // The fast path's test on gathered rows: no tap can exceed the input's largest
-        // value, or the zero point where a tap reads padding. Only computed when a
-        // group's weights do not already allow the fast path for any input.
-        let needs_max =
-            path == ConvPath::Im2col && weights.groups.iter().any(|b| kernel.fast_path_depends_on_activations(b));
-        let max_value = if needs_max {
-            let max = input.data.iter().copied().max().unwrap_or(0);
-            if geometry.reads_padding() { max.max(input.zero_point) } else { max }
-        } else {
-            u8::MAX
-        };
         let out = output.into_out_data();
-        Ok(Conv2dTasks { input: *input, weights, params: p, geometry, path, max_value, stage, out, grid })
+        Ok(Conv2dTasks { input: *input, weights, params: p, geometry, path, indirect, max_value, stage, out, grid })
     }
 
     /// The number of tasks.
@@ -564,6 +610,29 @@ impl<'a> Conv2dTasks<'a> {
         // The groups whose output channels meet `cols`, each on its part of them.
         for g in cols.start / ocg..cols.end.div_ceil(ocg) {
             let (first, end) = (cols.start.max(g * ocg), cols.end.min((g + 1) * ocg));
+            if let Some(plan) = self.indirect {
+                let b = w.indirect_weights(&plan, g).expect("planned with these weights");
+                let conv = IndirectConv {
+                    input: input.data,
+                    geometry: self.geometry,
+                    channel0: g * cg,
+                    group_channels: cg,
+                    first_pixel: rows.start,
+                    zero_point: input.zero_point,
+                    max_value: self.max_value,
+                };
+                let args = IndirectGemm {
+                    m: rows.len(),
+                    conv,
+                    plan,
+                    b,
+                    stage: self.stage.from_column(g * ocg),
+                    columns: first - g * ocg..end - g * ocg,
+                    out: out.window(0, first - cols.start, rows.len(), end - first),
+                };
+                indirect::gemm_in(w.kernel, args, scratch);
+                continue;
+            }
             let a = if self.path == ConvPath::Pointwise {
                 // The input rows are the GEMM rows: A starts at this tile's first pixel
                 // and this group's first channel, with stride C.

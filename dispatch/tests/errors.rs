@@ -497,7 +497,8 @@ fn conv_errors() {
     // `path` validates like the call itself.
     assert_eq!(weights.path(&other).unwrap_err().kind(), ErrorKind::WeightsMismatch);
     assert_eq!(weights.path(&good.with_stride(0, 1)).unwrap_err().kind(), ErrorKind::Dimension);
-    assert_eq!(weights.path(&good).unwrap(), qgemm::ConvPath::Im2col);
+    let path = weights.path(&good).unwrap();
+    assert!(matches!(path, qgemm::ConvPath::Im2col | qgemm::ConvPath::Indirect), "{path:?}");
     // A rejected call through a workspace writes nothing and leaves the workspace usable.
     let input = vec![1u8; len];
     let mut workspace = qgemm::Workspace::new();

@@ -72,6 +72,7 @@ pub struct Scratch {
     acc: Vec<i32>,
     row_sums: Vec<i32>,
     gather: Vec<u8>,
+    offsets: Vec<usize>,
     pair_rows: Vec<i32>,
     tags: Vec<(usize, usize)>,
     row_at: Vec<usize>,
@@ -101,9 +102,27 @@ impl Scratch {
         self.a_pack.capacity()
             + 4 * (self.acc.capacity() + self.row_sums.capacity() + self.pair_rows.capacity())
             + self.gather.capacity()
+            + size_of::<usize>() * self.offsets.capacity()
             + size_of::<(usize, usize)>() * self.tags.capacity()
             + size_of::<usize>() * self.row_at.capacity()
             + 4 * (self.lane_bias.capacity() + self.lane_scale.capacity())
+    }
+
+    /// The buffers of an indirect convolution, grown to these lengths: offsets, pad
+    /// runs (in packed A's room), accumulators and row sums.
+    pub(crate) fn indirect(
+        &mut self,
+        offsets: usize,
+        pad: usize,
+        acc: usize,
+        rows: usize,
+    ) -> (&mut [usize], &mut [u8], &mut [i32], &mut [i32]) {
+        (
+            grown(&mut self.offsets, offsets),
+            grown(&mut self.a_pack, pad),
+            grown(&mut self.acc, acc),
+            grown(&mut self.row_sums, rows),
+        )
     }
 
     /// The buffers of a depthwise call, grown to these lengths.
@@ -128,7 +147,7 @@ impl Scratch {
 }
 
 /// `v` with at least `len` elements (contents unspecified).
-fn grown<T: Copy + Default>(v: &mut Vec<T>, len: usize) -> &mut [T] {
+pub(crate) fn grown<T: Copy + Default>(v: &mut Vec<T>, len: usize) -> &mut [T] {
     if v.len() < len {
         v.resize(len, T::default());
     }
@@ -335,19 +354,19 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
 /// columns `skip..cols` of the column block at `jc`, in an output whose column 0 is
 /// column `j0` of the product.
 #[derive(Clone, Copy)]
-struct Position {
-    r0: usize,
-    rows: usize,
-    ic: usize,
-    jc: usize,
-    j0: usize,
-    skip: usize,
-    cols: usize,
+pub(crate) struct Position {
+    pub r0: usize,
+    pub rows: usize,
+    pub ic: usize,
+    pub jc: usize,
+    pub j0: usize,
+    pub skip: usize,
+    pub cols: usize,
 }
 
 /// The output stage of one [`Position`] of the accumulator block (`acc` is the whole
 /// block, or empty where the kernel computes the sums itself).
-fn epilogue_args<'a>(
+pub(crate) fn epilogue_args<'a>(
     acc: &'a [i32],
     acc_stride: usize,
     row_sums: &'a [i32],

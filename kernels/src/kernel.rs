@@ -66,6 +66,83 @@ pub struct BlockArgs<'a> {
     pub acc_stride: usize,
 }
 
+/// Rows of A read in place, through offsets: an indirect convolution's view of its
+/// input (see [`crate::indirect`]). Row `r`'s K is `segments` runs of `seg_groups · 4`
+/// bytes, run `s` at `offsets[r · segments + s]`; an offset below `input.len()` is
+/// into `input`, any other `o` is `pad[o − input.len()]` (rows filled with the zero
+/// point, and copies of runs that cross the padding or the input's end). Every run
+/// lies within the buffer it starts in ([`Kernel::indirect_block`] checks it).
+#[derive(Clone, Copy, Debug)]
+pub struct IndirectA<'a> {
+    /// The input the offsets below its length point into.
+    pub input: &'a [u8],
+    /// The runs that are not in the input.
+    pub pad: &'a [u8],
+    /// `rows × segments` offsets, row-major.
+    pub offsets: &'a [usize],
+    /// Runs per row.
+    pub segments: usize,
+    /// K-groups of 4 bytes per run.
+    pub seg_groups: usize,
+}
+
+impl IndirectA<'_> {
+    /// Panics unless every run of rows `0..rows` lies within its buffer.
+    fn check(&self, rows: usize) {
+        let run = self.seg_groups * 4;
+        let (input, pad) = (self.input.len(), self.pad.len());
+        assert!(self.offsets.len() >= rows * self.segments, "indirection offsets");
+        for &o in &self.offsets[..rows * self.segments] {
+            let inside = if o < input { input - o >= run } else { o - input <= pad && pad - (o - input) >= run };
+            assert!(inside, "an indirect run outside its buffer");
+        }
+    }
+}
+
+/// One call of a kernel's indirect block function: `acc = A · B_block` over every
+/// `mr × nr` tile of `rows` rows (read through [`IndirectA`]) and `col_panels` panels
+/// of B, for all of K (`segments · seg_groups` k-groups) at once. The layout of B and
+/// `acc` is [`BlockArgs`]'s.
+#[derive(Debug)]
+pub struct IndirectArgs<'a> {
+    /// A, read in place.
+    pub a: IndirectA<'a>,
+    /// Packed B, at the block's first panel.
+    pub b: &'a [i8],
+    /// Distance in bytes between consecutive panels of packed B.
+    pub b_panel_stride: usize,
+    /// Rows of the block.
+    pub rows: usize,
+    /// Panels of `nr` columns in the block.
+    pub col_panels: usize,
+    /// Columns of the block that are real (`≤ col_panels · nr`).
+    pub cols: usize,
+    /// The accumulator block, overwritten (its real rows).
+    pub acc: &'a mut [i32],
+    /// Distance between rows of `acc`.
+    pub acc_stride: usize,
+}
+
+/// Computes an indirect block into the accumulators; see [`IndirectArgs`].
+///
+/// # Safety
+/// As for [`BlockFn`].
+pub type IndirectFn = unsafe fn(IndirectArgs<'_>);
+
+/// Computes an indirect block and applies the output stage to each tile in registers;
+/// see [`Kernel::indirect_with_stage`].
+///
+/// # Safety
+/// As for [`BlockFn`].
+pub type StagedIndirectFn = unsafe fn(IndirectArgs<'_>, EpilogueArgs<'_>);
+
+/// A kernel's indirect entry points (see [`Kernel::with_indirect`]).
+#[derive(Clone, Copy, Debug)]
+struct IndirectFns {
+    block: IndirectFn,
+    staged: Option<StagedIndirectFn>,
+}
+
 /// Accumulates a block; see [`BlockArgs`].
 ///
 /// # Safety
@@ -107,6 +184,7 @@ pub struct Kernel {
     epilogue: EpilogueFn,
     a_format: AFormat,
     staged: Option<StagedBlockFn>,
+    indirect: Option<IndirectFns>,
     fast: Option<FastPath>,
 }
 
@@ -165,6 +243,7 @@ struct FastPath {
     name: &'static str,
     block: BlockFn,
     staged: Option<StagedBlockFn>,
+    indirect: Option<IndirectFns>,
     a_format: AFormat,
     when: FastWhen,
 }
@@ -190,7 +269,17 @@ impl Kernel {
         assert!(blocking.mc > 0 && blocking.mc.is_multiple_of(tile.mr));
         assert!(blocking.kc > 0 && blocking.kc.is_multiple_of(tile.kg));
         assert!(blocking.nc > 0 && blocking.nc.is_multiple_of(tile.nr));
-        Kernel { name, tile, blocking, block, epilogue, a_format: AFormat::U8, staged: None, fast: None }
+        Kernel {
+            name,
+            tile,
+            blocking,
+            block,
+            epilogue,
+            a_format: AFormat::U8,
+            staged: None,
+            indirect: None,
+            fast: None,
+        }
     }
 
     /// The same kernel, reading packed A in `format` (u8 unless said otherwise).
@@ -210,6 +299,23 @@ impl Kernel {
         self
     }
 
+    /// The same kernel, able to read A in place through offsets (an indirect
+    /// convolution): `block` computes what [`Kernel::block`] computes on the same rows
+    /// packed, and `staged`, where given, what [`Kernel::block_with_stage`] computes.
+    ///
+    /// # Safety
+    /// As [`Kernel::with_staged_block`], for [`IndirectArgs`]; the kernel's A format is
+    /// u8, which the rows are read as.
+    pub const unsafe fn with_indirect(mut self, block: IndirectFn, staged: Option<StagedIndirectFn>) -> Kernel {
+        self.indirect = Some(IndirectFns { block, staged });
+        self
+    }
+
+    /// Whether the kernel reads A in place ([`Kernel::indirect_block`]).
+    pub fn has_indirect(&self) -> bool {
+        self.indirect.is_some()
+    }
+
     /// Whether the kernel fuses the output stage into its tiles
     /// ([`Kernel::block_with_stage`]).
     pub fn has_staged_block(&self) -> bool {
@@ -227,8 +333,14 @@ impl Kernel {
     pub const unsafe fn with_fast_path(mut self, fast: Kernel, when: FastWhen) -> Kernel {
         assert!(fast.tile.mr == self.tile.mr && fast.tile.nr == self.tile.nr && fast.tile.kg == self.tile.kg);
         assert!(fast.fast.is_none());
-        self.fast =
-            Some(FastPath { name: fast.name, block: fast.block, staged: fast.staged, a_format: fast.a_format, when });
+        self.fast = Some(FastPath {
+            name: fast.name,
+            block: fast.block,
+            staged: fast.staged,
+            indirect: fast.indirect,
+            a_format: fast.a_format,
+            when,
+        });
         self
     }
 
@@ -240,7 +352,15 @@ impl Kernel {
     /// The fast path, if the kernel has one, as a kernel of its own.
     pub fn fast_path(&self) -> Option<Kernel> {
         let f = self.fast?;
-        Some(Kernel { name: f.name, block: f.block, staged: f.staged, a_format: f.a_format, fast: None, ..*self })
+        Some(Kernel {
+            name: f.name,
+            block: f.block,
+            staged: f.staged,
+            indirect: f.indirect,
+            a_format: f.a_format,
+            fast: None,
+            ..*self
+        })
     }
 
     /// Where the fast path is exact, if the kernel has one.
@@ -296,7 +416,7 @@ impl Kernel {
         // SAFETY: the entry points are unchanged, so the CPU support that made `self`
         // constructible still holds; blocking only changes which arguments they get.
         let kernel = unsafe { Kernel::new(self.name, self.tile, blocking, self.block, self.epilogue) };
-        Kernel { a_format: self.a_format, staged: self.staged, fast: self.fast, ..kernel }
+        Kernel { a_format: self.a_format, staged: self.staged, indirect: self.indirect, fast: self.fast, ..kernel }
     }
 
     /// Accumulates a block.
@@ -350,6 +470,59 @@ impl Kernel {
         assert!(args.acc_stride >= args.col_panels * t.nr, "accumulator stride");
         assert!(args.acc.len() >= args.row_panels * t.mr * args.acc_stride, "accumulators");
         assert!(args.rows <= args.row_panels * t.mr, "rows beyond the panels");
+        assert!(args.cols <= args.col_panels * t.nr, "columns beyond the panels");
+    }
+
+    /// Computes an indirect block into its accumulators.
+    ///
+    /// # Panics
+    /// If the kernel has no indirect entry ([`Kernel::has_indirect`]), a run lies
+    /// outside its buffer, or a buffer is smaller than [`IndirectArgs`] says.
+    pub fn indirect_block(&self, args: IndirectArgs<'_>) {
+        let fns = self.indirect.expect("a kernel without an indirect entry");
+        self.check_indirect(&args);
+        // SAFETY: the kernel exists, so the CPU supports its instructions, and every
+        // run and buffer was just checked against `IndirectArgs`.
+        unsafe { (fns.block)(args) }
+    }
+
+    /// An indirect block with the output stage: what [`Kernel::indirect_block`]
+    /// followed by [`Kernel::epilogue`] on rows `0..stage.rows` and columns
+    /// `0..stage.cols` computes, fused into each tile where the kernel can.
+    ///
+    /// # Panics
+    /// As [`Kernel::indirect_block`] and [`Kernel::block_with_stage`].
+    pub fn indirect_with_stage(&self, args: IndirectArgs<'_>, stage: EpilogueArgs<'_>) {
+        let fns = self.indirect.expect("a kernel without an indirect entry");
+        self.check_indirect(&args);
+        stage.check_output();
+        assert!(stage.rows == args.rows && stage.cols <= args.cols, "stage and block differ");
+        match fns.staged {
+            // SAFETY: as in `indirect_block`, and the output was just checked against
+            // `EpilogueArgs` (all but `acc`, which a fused kernel does not read).
+            Some(staged) => unsafe { staged(args, stage) },
+            None => {
+                let mut args = args;
+                let acc = std::mem::take(&mut args.acc);
+                let acc_stride = args.acc_stride;
+                self.indirect_block(IndirectArgs { acc: &mut *acc, ..args });
+                self.epilogue(EpilogueArgs { acc, acc_stride, ..stage });
+            }
+        }
+    }
+
+    fn check_indirect(&self, args: &IndirectArgs<'_>) {
+        let t = self.tile;
+        assert!(t.kg == 4 && self.a_format == AFormat::U8, "indirect A is u8 in K-groups of 4");
+        args.a.check(args.rows);
+        let kgroups = args.a.segments * args.a.seg_groups;
+        let b_len = match args.col_panels {
+            0 => 0,
+            panels => (panels - 1) * args.b_panel_stride + kgroups * t.nr * t.kg,
+        };
+        assert!(args.b.len() >= b_len, "packed B block too short");
+        assert!(args.acc_stride >= args.col_panels * t.nr, "accumulator stride");
+        assert!(args.acc.len() >= args.rows.div_ceil(t.mr) * t.mr * args.acc_stride, "accumulators");
         assert!(args.cols <= args.col_panels * t.nr, "columns beyond the panels");
     }
 

@@ -29,6 +29,7 @@
 pub mod aarch64;
 pub mod driver;
 pub mod dwconv;
+pub mod indirect;
 pub mod kernel;
 pub mod output;
 pub mod pack;
@@ -37,4 +38,4 @@ pub mod rows;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;
 
-pub use kernel::{Blocking, Kernel, Tile};
+pub use kernel::{Blocking, IndirectA, IndirectArgs, Kernel, Tile};

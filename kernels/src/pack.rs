@@ -137,6 +137,43 @@ impl PackedB {
         })
     }
 
+    /// Packs N×K weights whose K is `runs` runs of `run_len` values for an indirect
+    /// convolution that reads each run as `run_len` rounded up to the K-group (see
+    /// [`crate::indirect`]): each run is padded with zero weights to a whole number of
+    /// K-groups, so whatever the padding lanes of A hold adds nothing. [`PackedB::k`] is
+    /// the padded depth; the zero-point correction ([`PackedB::col_offsets`]) is that
+    /// of the real K.
+    ///
+    /// # Errors
+    /// As [`PackedB::try_new`].
+    ///
+    /// # Panics
+    /// As [`PackedB::try_new`], and if `b.len() != runs · run_len · n`.
+    pub fn try_new_runs(
+        tile: Tile,
+        b: &[i8],
+        runs: usize,
+        run_len: usize,
+        n: usize,
+        zero_points: &[i8],
+    ) -> Result<PackedB, TryReserveError> {
+        let k = runs.checked_mul(run_len).expect("K overflows");
+        assert_eq!(Some(b.len()), k.checked_mul(n), "B length");
+        let padded_len = run_len.div_ceil(tile.kg) * tile.kg;
+        let kp = runs.checked_mul(padded_len).expect("K overflows");
+        let mut padded = zeroed::<i8>(kp.checked_mul(n).expect("B size overflows"))?;
+        for (dst, src) in padded.chunks_exact_mut(padded_len.max(1)).zip(b.chunks_exact(run_len.max(1))) {
+            dst[..run_len].copy_from_slice(src);
+        }
+        let mut packed = PackedB::try_new(tile, &padded, BLayout::NxK, kp, n, zero_points)?;
+        // `kp·b_zp − Σ B` over the padded runs; the real K has `kp − k` fewer values.
+        let extra = (kp - k) as i32;
+        for (offset, &zp) in packed.col_offsets.iter_mut().zip(&packed.zero_points) {
+            *offset = offset.wrapping_sub(extra.wrapping_mul(zp));
+        }
+        Ok(packed)
+    }
+
     /// Whether every aligned pair of weights `(k = 2j, 2j + 1)` of every column has
     /// `|w0| + |w1| ≤ 128`, so that a u8 × i8 pair sum fits in i16 whatever the
     /// activations: the condition for a kernel's fast path on every block.
@@ -352,6 +389,16 @@ unsafe fn byte_sum_avx2(src: &[u8]) -> u32 {
     let total = (_mm_cvtsi128_si64(pair) as u64).wrapping_add(_mm_extract_epi64::<1>(pair) as u64);
     // The low 32 bits of the exact sum are the u32 wrapping sum.
     (total as u32).wrapping_add(rest)
+}
+
+/// `Σ src`, wrapping in u32, vectorized where the CPU allows.
+pub(crate) fn row_sum(src: &[u8]) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 was detected just above.
+        return unsafe { byte_sum_avx2(src) };
+    }
+    byte_sum(src)
 }
 
 /// `Σ src`, wrapping in u32.

@@ -433,3 +433,16 @@ impl ConvCase {
         }
     }
 }
+
+/// The path a case marked `path` takes on `isa`: [`ConvPath::Indirect`] marks a
+/// convolution that runs indirectly where the tier's kernel reads A in place for any
+/// input (the VNNI tiers) and gathers its taps ([`ConvPath::Im2col`]) elsewhere.
+#[allow(dead_code)]
+pub fn path_on(path: qgemm::ConvPath, isa: qgemm::Isa) -> qgemm::ConvPath {
+    use qgemm::{ConvPath, Isa};
+    match (path, isa) {
+        (ConvPath::Indirect, Isa::Avx512Vnni | Isa::AvxVnni) => ConvPath::Indirect,
+        (ConvPath::Indirect, _) => ConvPath::Im2col,
+        (path, _) => path,
+    }
+}

@@ -32,7 +32,7 @@
 use std::arch::x86_64::*;
 
 use super::dot4_tile::{self, Dot4};
-use crate::kernel::{AFormat, BlockArgs, Blocking, FastWhen, Kernel, Tile};
+use crate::kernel::{AFormat, BlockArgs, Blocking, FastWhen, IndirectArgs, Kernel, Tile};
 use crate::output::EpilogueArgs;
 
 const MR: usize = 6;
@@ -57,7 +57,8 @@ static EXACT: Kernel = {
     // SAFETY: the entry points touch memory only through the slices they get (checked
     // by `Kernel::block`/`epilogue`), and run only after `kernel()` detected AVX2.
     unsafe {
-        let fast = Kernel::new("6x8c4-avx2-maddubs", TILE, BLOCKING, block_maddubs, epilogue);
+        let fast = Kernel::new("6x8c4-avx2-maddubs", TILE, BLOCKING, block_maddubs, epilogue)
+            .with_indirect(indirect_maddubs, None);
         Kernel::new("6x8c4-avx2-madd", TILE, BLOCKING, block_madd, epilogue)
             .with_a_format(AFormat::I16)
             .with_fast_path(fast, FastWhen::PairSumsFitI16)
@@ -87,6 +88,16 @@ unsafe fn block_maddubs(args: BlockArgs<'_>) {
     // SAFETY: forwarded from this function's contract; AVX2 is enabled here, and the
     // shared body is inlined into this function.
     unsafe { dot4_tile::block::<PairSums, MR, 1>(args) }
+}
+
+/// # Safety
+/// As [`block_maddubs`], for `args` satisfying [`IndirectArgs`] (checked by
+/// `Kernel::indirect_block`).
+#[target_feature(enable = "avx2")]
+unsafe fn indirect_maddubs(args: IndirectArgs<'_>) {
+    // SAFETY: forwarded from this function's contract; AVX2 is enabled here, and the
+    // shared body is inlined into this function.
+    unsafe { dot4_tile::indirect_block::<PairSums, MR, 1>(args) }
 }
 
 /// `vpmaddubsw` then `vpmaddwd` with ones: a 4-deep dot product per i32 lane that is

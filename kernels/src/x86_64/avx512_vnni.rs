@@ -21,8 +21,8 @@
 use std::arch::x86_64::*;
 
 use super::avx512_epilogue::{Columns, Float16, fused_scale, mask_below, out_bytes};
-use super::dot4_tile::{self, Dot4, Panels, Sink};
-use crate::kernel::{BlockArgs, Blocking, Kernel, Tile};
+use super::dot4_tile::{self, Dot4, PackedA, Panels, Sink, TileA};
+use crate::kernel::{BlockArgs, Blocking, IndirectArgs, Kernel, Tile};
 use crate::output::{EpilogueArgs, OutputStage, Param, ZeroPoints};
 
 const MR: usize = 8;
@@ -55,7 +55,11 @@ static KERNEL: Kernel = {
     // SAFETY: the entry points touch memory only through the slices they get (checked
     // by `Kernel::block`/`epilogue`), and run only after `kernel()` detected the
     // features they are compiled for.
-    unsafe { Kernel::new("8x48c4-avx512vnni", TILE, BLOCKING, block, epilogue).with_staged_block(block_staged) }
+    unsafe {
+        Kernel::new("8x48c4-avx512vnni", TILE, BLOCKING, block, epilogue)
+            .with_staged_block(block_staged)
+            .with_indirect(indirect, Some(indirect_staged))
+    }
 };
 
 /// # Safety
@@ -68,6 +72,16 @@ unsafe fn block(args: BlockArgs<'_>) {
     unsafe { dot4_tile::block::<Zmm, MR, NV>(args) }
 }
 
+/// # Safety
+/// As [`block`], for `args` satisfying [`IndirectArgs`] (checked by
+/// `Kernel::indirect_block`).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn indirect(args: IndirectArgs<'_>) {
+    // SAFETY: forwarded from this function's contract; the shared body is inlined here,
+    // where the features are enabled.
+    unsafe { dot4_tile::indirect_block::<Zmm, MR, NV>(args) }
+}
+
 /// The last K block of a block, with the output stage fused into each tile where it is
 /// Float to u8/i8; any other stage runs after the block (see
 /// `Kernel::block_with_stage`).
@@ -76,8 +90,8 @@ unsafe fn block(args: BlockArgs<'_>) {
 /// As [`block`]; `stage` passes `EpilogueArgs::check_output`, and its rows are the
 /// block's and its columns within the block's (checked by `Kernel::block_with_stage`).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn block_staged(args: BlockArgs<'_>, mut stage: EpilogueArgs<'_>) {
-    let Some((r, scale)) = fused_scale(&stage.stage, &stage.out) else {
+unsafe fn block_staged(args: BlockArgs<'_>, stage: EpilogueArgs<'_>) {
+    if fused_scale(&stage.stage, &stage.out).is_none() {
         let mut args = args;
         let acc = std::mem::take(&mut args.acc);
         let acc_stride = args.acc_stride;
@@ -90,26 +104,63 @@ unsafe fn block_staged(args: BlockArgs<'_>, mut stage: EpilogueArgs<'_>) {
             epilogue(stage)
         }
         return;
-    };
-    let BlockArgs {
-        a,
-        b,
-        b_panel_stride,
-        row_panels,
-        rows,
-        col_panels,
-        cols: block_cols,
-        kgroups,
-        acc,
-        acc_stride,
-        accumulate,
-    } = args;
+    }
+    let BlockArgs { a, b, b_panel_stride, row_panels, rows, col_panels, cols, kgroups, acc, acc_stride, accumulate } =
+        args;
+    let panels = Panels { a: PackedA { a, kgroups }, b, b_panel_stride, row_panels, rows, col_panels, cols };
+    let prior = if accumulate { Some(&*acc) } else { None };
+    // SAFETY: forwarded from this function's contract.
+    unsafe { staged(panels, prior, acc_stride, stage) }
+}
+
+/// An indirect block with the output stage fused into each tile where it is Float to
+/// u8/i8; any other stage runs after the block (see `Kernel::indirect_with_stage`).
+///
+/// # Safety
+/// As [`indirect`]; `stage` as for [`block_staged`] (checked by
+/// `Kernel::indirect_with_stage`).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn indirect_staged(args: IndirectArgs<'_>, stage: EpilogueArgs<'_>) {
+    if fused_scale(&stage.stage, &stage.out).is_none() {
+        let mut args = args;
+        let acc = std::mem::take(&mut args.acc);
+        let acc_stride = args.acc_stride;
+        // SAFETY: forwarded from this function's contract; the epilogue's accumulators
+        // are the block's, checked just before use.
+        unsafe {
+            indirect(IndirectArgs { acc: &mut *acc, ..args });
+            let stage = EpilogueArgs { acc, acc_stride, ..stage };
+            stage.check();
+            epilogue(stage)
+        }
+        return;
+    }
+    let IndirectArgs { a, b, b_panel_stride, rows, col_panels, cols, acc_stride, .. } = args;
+    let panels = Panels::indirect::<MR>(a, b, b_panel_stride, rows, col_panels, cols);
+    // SAFETY: forwarded from this function's contract.
+    unsafe { staged(panels, None, acc_stride, stage) }
+}
+
+/// Every tile of a block with the Float stage fused into it (`fused_scale` holds),
+/// adding `prior` (the earlier K blocks' sums) where given.
+///
+/// # Safety
+/// The CPU has AVX-512 F/BW/VL with VNNI and the caller is compiled with them; the
+/// panels hold what [`BlockArgs`] says for this kernel; `prior`, where given, holds the
+/// block's accumulators with `acc_stride`; `stage` passes
+/// `EpilogueArgs::check_output`, its rows are the block's and its columns within it.
+#[inline(always)]
+unsafe fn staged<A: TileA>(
+    panels: Panels<'_, A>,
+    prior: Option<&[i32]>,
+    acc_stride: usize,
+    mut stage: EpilogueArgs<'_>,
+) {
+    let (r, scale) = fused_scale(&stage.stage, &stage.out).expect("a fused stage");
     let out_stride = stage.out.stride();
     let out = out_bytes(&mut stage.out).expect("u8 or i8 output (fused_scale)");
-    let panels = Panels { a, b, b_panel_stride, row_panels, rows, col_panels, cols: block_cols, kgroups };
     let EpilogueArgs { cols, row_sums, zero_points, stage: output, .. } = stage;
-    let prior = if accumulate { Some(&*acc) } else { None };
-    // SAFETY: AVX-512 F is enabled here.
+    // SAFETY: AVX-512 F is enabled in the caller.
     let float = unsafe { Float16::new(&r) };
     let fused = |b_zp| Fused {
         prior,
@@ -131,9 +182,9 @@ unsafe fn block_staged(args: BlockArgs<'_>, mut stage: EpilogueArgs<'_>) {
     // `Fused` writes only the stage's rows and columns (see its `tile`).
     unsafe {
         if zero_points.b_zp[..cols].iter().any(|&z| z != 0) {
-            dot4_tile::block_into::<Zmm, MR, NV, _>(panels, &mut fused(true));
+            dot4_tile::block_into::<Zmm, MR, NV, _, _>(panels, &mut fused(true));
         } else {
-            dot4_tile::block_into::<Zmm, MR, NV, _>(panels, &mut fused(false));
+            dot4_tile::block_into::<Zmm, MR, NV, _, _>(panels, &mut fused(false));
         }
     }
 }

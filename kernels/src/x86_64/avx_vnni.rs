@@ -17,7 +17,7 @@
 use std::arch::x86_64::*;
 
 use super::dot4_tile::{self, Dot4};
-use crate::kernel::{BlockArgs, Blocking, Kernel, Tile};
+use crate::kernel::{BlockArgs, Blocking, IndirectArgs, Kernel, Tile};
 use crate::output::EpilogueArgs;
 
 const MR: usize = 6;
@@ -41,7 +41,7 @@ static KERNEL: Kernel = {
     // SAFETY: the entry points touch memory only through the slices they get (checked
     // by `Kernel::block`/`epilogue`), and run only after `kernel()` detected the
     // features they are compiled for.
-    unsafe { Kernel::new("6x16c4-avxvnni", TILE, BLOCKING, block, epilogue) }
+    unsafe { Kernel::new("6x16c4-avxvnni", TILE, BLOCKING, block, epilogue).with_indirect(indirect, None) }
 };
 
 /// # Safety
@@ -52,6 +52,16 @@ unsafe fn block(args: BlockArgs<'_>) {
     // SAFETY: forwarded from this function's contract; the shared body is inlined here,
     // where the features are enabled.
     unsafe { dot4_tile::block::<Ymm, MR, NV>(args) }
+}
+
+/// # Safety
+/// As [`block`], for `args` satisfying [`IndirectArgs`] (checked by
+/// `Kernel::indirect_block`).
+#[target_feature(enable = "avx2,avxvnni")]
+unsafe fn indirect(args: IndirectArgs<'_>) {
+    // SAFETY: forwarded from this function's contract; the shared body is inlined here,
+    // where the features are enabled.
+    unsafe { dot4_tile::indirect_block::<Ymm, MR, NV>(args) }
 }
 
 /// # Safety

@@ -23,7 +23,7 @@
 //! columns and the accumulator block has room for them, and a panel's padding rows
 //! are never computed (`R` real rows only).
 
-use crate::kernel::BlockArgs;
+use crate::kernel::{BlockArgs, IndirectA, IndirectArgs};
 
 /// A vector of i32 lanes that can accumulate 4-deep u8 × i8 dot products.
 ///
@@ -123,21 +123,185 @@ pub(super) unsafe fn block<V: Dot4, const MR: usize, const NV: usize>(args: Bloc
     let BlockArgs { a, b, b_panel_stride, row_panels, rows, col_panels, cols, kgroups, acc, acc_stride, accumulate } =
         args;
     let mut sink = StoreAcc { acc, acc_stride, accumulate, col0: 0 };
-    let panels = Panels { a, b, b_panel_stride, row_panels, rows, col_panels, cols, kgroups };
+    let panels = Panels { a: PackedA { a, kgroups }, b, b_panel_stride, row_panels, rows, col_panels, cols };
     // SAFETY: forwarded from this function's contract.
-    unsafe { block_into::<V, MR, NV, _>(panels, &mut sink) }
+    unsafe { block_into::<V, MR, NV, _, _>(panels, &mut sink) }
 }
 
-/// The packed operands of a block (see [`BlockArgs`]).
-pub(super) struct Panels<'a> {
-    pub a: &'a [u8],
+/// Every tile of an indirect block into the accumulators; see [`block_into`].
+///
+/// # Safety
+/// As [`block`], for `args` satisfying [`IndirectArgs`] (checked by
+/// `Kernel::indirect_block`).
+#[inline(always)]
+pub(super) unsafe fn indirect_block<V: Dot4, const MR: usize, const NV: usize>(args: IndirectArgs<'_>) {
+    let IndirectArgs { a, b, b_panel_stride, rows, col_panels, cols, acc, acc_stride } = args;
+    let mut sink = StoreAcc { acc, acc_stride, accumulate: false, col0: 0 };
+    let panels = Panels::indirect::<MR>(a, b, b_panel_stride, rows, col_panels, cols);
+    // SAFETY: forwarded from this function's contract.
+    unsafe { block_into::<V, MR, NV, _, _>(panels, &mut sink) }
+}
+
+/// The operands of a block (see [`BlockArgs`]): A as a [`TileA`], B packed.
+pub(super) struct Panels<'a, A> {
+    pub a: A,
     pub b: &'a [i8],
     pub b_panel_stride: usize,
     pub row_panels: usize,
     pub rows: usize,
     pub col_panels: usize,
     pub cols: usize,
+}
+
+impl<'a> Panels<'a, Indirect<'a>> {
+    /// The operands of an indirect block.
+    pub(super) fn indirect<const MR: usize>(
+        a: IndirectA<'a>,
+        b: &'a [i8],
+        b_panel_stride: usize,
+        rows: usize,
+        col_panels: usize,
+        cols: usize,
+    ) -> Self {
+        let a = Indirect {
+            input: a.input.as_ptr(),
+            input_len: a.input.len(),
+            pad: a.pad.as_ptr(),
+            offsets: a.offsets,
+            segments: a.segments,
+            seg_groups: a.seg_groups,
+        };
+        Panels { a, b, b_panel_stride, row_panels: rows.div_ceil(MR), rows, col_panels, cols }
+    }
+}
+
+/// Where a tile's rows of A come from, and how its sums are computed over K.
+pub(super) trait TileA {
+    /// k-groups of K (the B panels' depth).
+    fn kgroups(&self) -> usize;
+
+    /// `Σ_g A[r, g] · B[g]` for rows `row0..row0 + R` (row panel `row0 / MR`) and the
+    /// first `NU` vectors of a B panel of `NV`, wrapping in i32. `R > MR` and `NU > NV`
+    /// never happen (the callers' bounds); such instances return zeros.
+    ///
+    /// # Safety
+    /// The CPU has `V`'s features; the rows are real rows of the block and `b` holds
+    /// `kgroups` groups of `NV · LANES · 4` bytes.
+    unsafe fn sums<V: Dot4, const MR: usize, const R: usize, const NU: usize, const NV: usize>(
+        &self,
+        row0: usize,
+        b: *const i8,
+    ) -> [[V; NU]; R];
+}
+
+/// Packed A: panels of `MR` rows, `kgroups × MR × 4` bytes each.
+pub(super) struct PackedA<'a> {
+    pub a: &'a [u8],
     pub kgroups: usize,
+}
+
+impl TileA for PackedA<'_> {
+    #[inline(always)]
+    fn kgroups(&self) -> usize {
+        self.kgroups
+    }
+
+    #[inline(always)]
+    unsafe fn sums<V: Dot4, const MR: usize, const R: usize, const NU: usize, const NV: usize>(
+        &self,
+        row0: usize,
+        b: *const i8,
+    ) -> [[V; NU]; R] {
+        let a_panel_bytes = self.kgroups * MR * 4;
+        let a_panel = &self.a[row0 / MR * a_panel_bytes..][..a_panel_bytes];
+        // SAFETY: forwarded from this function's contract; the A panel holds `kgroups`
+        // groups of this layout (sliced just above).
+        unsafe { sums::<V, MR, R, NU, NV>(a_panel.as_ptr(), b, self.kgroups) }
+    }
+}
+
+/// A read in place: row `r`'s K is `segments` runs of `seg_groups · 4` bytes, each at
+/// its offset (see [`IndirectA`]), whose bounds `Kernel::indirect_block` checked.
+pub(super) struct Indirect<'a> {
+    input: *const u8,
+    input_len: usize,
+    pad: *const u8,
+    offsets: &'a [usize],
+    segments: usize,
+    seg_groups: usize,
+}
+
+impl TileA for Indirect<'_> {
+    #[inline(always)]
+    fn kgroups(&self) -> usize {
+        self.segments * self.seg_groups
+    }
+
+    #[inline(always)]
+    unsafe fn sums<V: Dot4, const MR: usize, const R: usize, const NU: usize, const NV: usize>(
+        &self,
+        row0: usize,
+        b: *const i8,
+    ) -> [[V; NU]; R] {
+        // SAFETY: the CPU has V's features (the contract).
+        let mut c = unsafe { [[V::zero(); NU]; R] };
+        if R > MR || NU > NV {
+            return c;
+        }
+        let (segments, seg_groups) = (self.segments, self.seg_groups);
+        let offsets = &self.offsets[row0 * segments..][..R * segments];
+        // SAFETY: the CPU has V's features (the contract); every offset of these rows
+        // addresses `seg_groups · 4` readable bytes of the input or of the pad buffer
+        // (`IndirectA`, checked by `Kernel::indirect_block`), and segment s covers
+        // groups `s · seg_groups..` of the B panel, within its `kgroups`.
+        unsafe {
+            for s in 0..segments {
+                let at: [*const u8; R] = std::array::from_fn(|r| {
+                    let off = offsets[r * segments + s];
+                    if off < self.input_len { self.input.add(off) } else { self.pad.add(off - self.input_len) }
+                });
+                let bs = b.add(s * seg_groups * NV * V::LANES * 4);
+                const U: usize = 4;
+                for chunk in 0..seg_groups / U {
+                    for u in 0..U {
+                        step_rows::<V, R, NU, NV>(&mut c, &at, bs, U * chunk + u);
+                    }
+                }
+                for g in seg_groups / U * U..seg_groups {
+                    step_rows::<V, R, NU, NV>(&mut c, &at, bs, g);
+                }
+            }
+        }
+        c
+    }
+}
+
+/// One k-group of a tile whose rows are at `at[r]`: `c[r][v] += A[r, g] · B[g][v]`.
+///
+/// # Safety
+/// The CPU has `V`'s features; each `at[r]` holds group `g` (4 bytes at `4g`), and `b`
+/// holds group `g` of a panel of `NV · LANES` columns.
+#[inline(always)]
+unsafe fn step_rows<V: Dot4, const R: usize, const NU: usize, const NV: usize>(
+    c: &mut [[V; NU]; R],
+    at: &[*const u8; R],
+    b: *const i8,
+    g: usize,
+) {
+    // SAFETY: group g lies within every row's run and the B panel (the contract).
+    unsafe {
+        let bg = b.add(g * NV * V::LANES * 4);
+        let mut bv = [V::zero(); NU];
+        for (v, bv) in bv.iter_mut().enumerate() {
+            *bv = V::load_b(bg.add(v * V::LANES * 4));
+        }
+        for (cr, &p) in c.iter_mut().zip(at) {
+            let a4 = V::splat_a(p.add(g * 4));
+            for (cv, &bv) in cr.iter_mut().zip(&bv) {
+                *cv = cv.dot(a4, bv);
+            }
+        }
+    }
 }
 
 /// Every tile of a block: B panels outer (one stays in L1), A panels inner, each tile
@@ -145,16 +309,16 @@ pub(super) struct Panels<'a> {
 ///
 /// # Safety
 /// The CPU has `V`'s features, and the caller is compiled with them (this function is
-/// inlined into it); the panels hold what [`BlockArgs`] says for a kernel with tile
-/// `MR × NV·LANES`, K-group 4 and u8 A.
+/// inlined into it); the operands hold what [`BlockArgs`] (or [`IndirectArgs`]) says
+/// for a kernel with tile `MR × NV·LANES`, K-group 4 and u8 A.
 #[inline(always)]
-pub(super) unsafe fn block_into<V: Dot4, const MR: usize, const NV: usize, S: Sink<V, NV>>(
-    panels: Panels<'_>,
+pub(super) unsafe fn block_into<V: Dot4, const MR: usize, const NV: usize, A: TileA, S: Sink<V, NV>>(
+    panels: Panels<'_, A>,
     sink: &mut S,
 ) {
-    let Panels { a, b, b_panel_stride, row_panels, rows, col_panels, cols, kgroups } = panels;
+    let Panels { a, b, b_panel_stride, row_panels, rows, col_panels, cols } = panels;
     let nr = NV * V::LANES;
-    let a_panel_bytes = kgroups * MR * 4;
+    let kgroups = a.kgroups();
     for jp in 0..col_panels {
         // The vectors of this panel that hold real columns: the last panel of a block
         // whose N is not a multiple of NR computes only those (N = 256 on an 8 × 48
@@ -167,17 +331,16 @@ pub(super) unsafe fn block_into<V: Dot4, const MR: usize, const NV: usize, S: Si
         // SAFETY: the CPU has V's features (this function's contract).
         unsafe { sink.panel(jp) };
         for ip in 0..row_panels {
-            let a_panel = &a[ip * a_panel_bytes..][..a_panel_bytes];
             let real_rows = rows.saturating_sub(ip * MR).min(MR);
-            let (ap, bp, row0) = (a_panel.as_ptr(), b_panel.as_ptr(), ip * MR);
-            // SAFETY: the CPU has V's features (this function's contract); the panels
-            // hold `kgroups` groups of this layout (sliced just above), and rows
+            let (bp, row0) = (b_panel.as_ptr(), ip * MR);
+            // SAFETY: the CPU has V's features (this function's contract); the B panel
+            // holds `kgroups` groups of this layout (sliced just above), and rows
             // `row0..row0 + real_rows` are real rows of the block.
             unsafe {
                 match used {
-                    1 => rows_of::<V, MR, 1, NV, S>(sink, real_rows, row0, ap, bp, kgroups),
-                    2 if NV >= 2 => rows_of::<V, MR, 2, NV, S>(sink, real_rows, row0, ap, bp, kgroups),
-                    _ => rows_of::<V, MR, NV, NV, S>(sink, real_rows, row0, ap, bp, kgroups),
+                    1 => rows_of::<V, MR, 1, NV, A, S>(sink, &a, real_rows, row0, bp),
+                    2 if NV >= 2 => rows_of::<V, MR, 2, NV, A, S>(sink, &a, real_rows, row0, bp),
+                    _ => rows_of::<V, MR, NV, NV, A, S>(sink, &a, real_rows, row0, bp),
                 }
             }
         }
@@ -187,27 +350,26 @@ pub(super) unsafe fn block_into<V: Dot4, const MR: usize, const NV: usize, S: Si
 /// One tile of `real_rows ≤ MR` rows and the first `NU` vectors of a panel, into `sink`.
 ///
 /// # Safety
-/// As [`block_into`], for the panels at `a` and `b`.
+/// As [`block_into`], for the rows at `row0` and the B panel at `b`.
 #[inline(always)]
-unsafe fn rows_of<V: Dot4, const MR: usize, const NU: usize, const NV: usize, S: Sink<V, NV>>(
+unsafe fn rows_of<V: Dot4, const MR: usize, const NU: usize, const NV: usize, A: TileA, S: Sink<V, NV>>(
     sink: &mut S,
+    a: &A,
     real_rows: usize,
     row0: usize,
-    a: *const u8,
     b: *const i8,
-    kgroups: usize,
 ) {
     // SAFETY: forwarded from this function's contract.
     unsafe {
         match real_rows {
-            8 => sink.tile(row0, &sums::<V, MR, 8, NU, NV>(a, b, kgroups)),
-            7 => sink.tile(row0, &sums::<V, MR, 7, NU, NV>(a, b, kgroups)),
-            6 => sink.tile(row0, &sums::<V, MR, 6, NU, NV>(a, b, kgroups)),
-            5 => sink.tile(row0, &sums::<V, MR, 5, NU, NV>(a, b, kgroups)),
-            4 => sink.tile(row0, &sums::<V, MR, 4, NU, NV>(a, b, kgroups)),
-            3 => sink.tile(row0, &sums::<V, MR, 3, NU, NV>(a, b, kgroups)),
-            2 => sink.tile(row0, &sums::<V, MR, 2, NU, NV>(a, b, kgroups)),
-            1 => sink.tile(row0, &sums::<V, MR, 1, NU, NV>(a, b, kgroups)),
+            8 => sink.tile(row0, &a.sums::<V, MR, 8, NU, NV>(row0, b)),
+            7 => sink.tile(row0, &a.sums::<V, MR, 7, NU, NV>(row0, b)),
+            6 => sink.tile(row0, &a.sums::<V, MR, 6, NU, NV>(row0, b)),
+            5 => sink.tile(row0, &a.sums::<V, MR, 5, NU, NV>(row0, b)),
+            4 => sink.tile(row0, &a.sums::<V, MR, 4, NU, NV>(row0, b)),
+            3 => sink.tile(row0, &a.sums::<V, MR, 3, NU, NV>(row0, b)),
+            2 => sink.tile(row0, &a.sums::<V, MR, 2, NU, NV>(row0, b)),
+            1 => sink.tile(row0, &a.sums::<V, MR, 1, NU, NV>(row0, b)),
             _ => {} // a panel with no real rows: nothing to compute
         }
     }

@@ -1,0 +1,351 @@
+//! Indirect convolution: the microkernel reads its activations straight from the NHWC
+//! input through offsets, one per output pixel and *run*, so A is never gathered or
+//! packed (XNNPACK's IGEMM, after Dukhan, "The Indirect Convolution Algorithm", 2019).
+//!
+//! A run is a stretch of one output pixel's K that is contiguous in NHWC ([`Runs`]):
+//!
+//! - **Kernel rows**, when the group is all the channels and the horizontal dilation is
+//!   1: the `KW` taps of one kernel row are `KW·C` consecutive bytes, so a pixel has
+//!   `KH` runs (`conv1`, C = 3: 7 runs of 21 values instead of 49 taps of 3).
+//! - **Taps** otherwise (groups, dilation): each tap's `C/groups` channels, `KH·KW`
+//!   runs, for channel counts that are multiples of 4.
+//!
+//! The kernels read K in groups of 4, so a run of `L` values is read as
+//! `L' = ⌈L/4⌉·4` bytes; its last `L' − L` weights are zero
+//! ([`PackedB::try_new_runs`]), so whatever those bytes hold adds nothing.
+//!
+//! ```text
+//!  offsets[p·S + s] ─┬─▶ input[(b, ih, iw, c0)..][..L']    in place (most runs)
+//!                    └─▶ pad[o − input.len()..][..L']       o ≥ input.len():
+//!                        pad: │ zero-point row │ copy │ copy │ …
+//! ```
+//!
+//! A run in a padding row points at the row of zero points, so padded taps add
+//! exactly zero as everywhere else in qgemm. A run that crosses the left or right
+//! padding (kernel rows), or whose `L'` bytes would pass the end of the input, is
+//! copied into the pad buffer with its padded taps as the zero point. Row sums, needed
+//! only for nonzero weight zero points, are summed from the runs' `L` real values
+//! once per row block.
+//!
+//! The loop nest, with no K blocking: a tile keeps its sums in registers over all of K,
+//! and the output stage runs on them (fused into the tile where the kernel can):
+//!
+//! ```text
+//! for each block of output pixels (rows)
+//!     offsets of its runs (copies at the borders; row sums if needed)
+//!     for each block of nc output channels
+//!         for each column panel, for each tile of mr pixels: Σ over all runs, stage
+//! ```
+//!
+//! **Scratch**: the offsets (8 bytes per run) and the pad buffer of one row block
+//! share packed A's room, [`INDIRECT_BYTES`]; [`plan`] makes the row block smaller
+//! for deep kernels and declines a convolution whose single tile would not fit.
+
+use std::ops::Range;
+
+use crate::driver::{Position, Scratch, epilogue_args};
+use crate::kernel::{IndirectA, IndirectArgs, Kernel};
+use crate::output::{OutData, OutputStage, ZeroPoints};
+use crate::pack::{PackedB, row_sum};
+use crate::rows::ConvGeometry;
+
+/// The most offsets and pad bytes one row block holds: packed A's room
+/// ([`crate::driver::A_PACK_BYTES`]), which an indirect convolution does not use.
+pub const INDIRECT_BYTES: usize = crate::driver::A_PACK_BYTES;
+
+/// How a pixel's K is cut into runs (see the module documentation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Runs {
+    /// One run per kernel row, `KW·C` values.
+    KernelRows,
+    /// One run per tap, `C/groups` values.
+    Taps,
+}
+
+/// How one convolution runs indirectly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Plan {
+    /// The runs.
+    pub runs: Runs,
+    /// Runs per output pixel.
+    pub segments: usize,
+    /// Values per run.
+    pub run_len: usize,
+    /// K-groups of 4 per run, the padding included.
+    pub seg_groups: usize,
+    /// Output pixels per row block, a multiple of the tile's rows.
+    pub block_rows: usize,
+}
+
+impl Plan {
+    /// Whether the weights must be packed run by run ([`PackedB::try_new_runs`]):
+    /// when a run is not a whole number of K-groups. Otherwise the weights packed for
+    /// the convolution as a GEMM serve as they are.
+    pub fn needs_run_weights(&self) -> bool {
+        !self.run_len.is_multiple_of(4)
+    }
+}
+
+/// The runs of kernel rows of a convolution with all `channels` in one group and
+/// kernel width `kw`: `(runs per kernel, values per run)` for `kh` kernel rows.
+pub fn kernel_row_runs(kh: usize, kw: usize, channels: usize) -> (usize, usize) {
+    (kh, kw * channels)
+}
+
+/// How `kernel` runs this convolution (one group of `group_channels` input channels)
+/// indirectly, or `None` where it does not: a kernel without an indirect entry, runs
+/// that would waste more than a quarter of K on padding lanes (taps of 3 channels),
+/// or a kernel so deep that one tile's runs do not fit [`INDIRECT_BYTES`].
+pub fn plan(g: &ConvGeometry, group_channels: usize, kernel: &Kernel) -> Option<Plan> {
+    let tile = kernel.tile();
+    let can = kernel.has_indirect() || kernel.fast_path().is_some_and(|f| f.has_indirect());
+    if !can || tile.kg != 4 || group_channels == 0 {
+        return None;
+    }
+    let (runs, segments, run_len) = if g.dilation_width == 1 && group_channels == g.in_channels {
+        let (segments, len) = kernel_row_runs(g.kernel_height, g.kernel_width, group_channels);
+        (Runs::KernelRows, segments, len)
+    } else if group_channels.is_multiple_of(4) {
+        (Runs::Taps, g.kernel_height * g.kernel_width, group_channels)
+    } else {
+        return None;
+    };
+    let seg_groups = run_len.div_ceil(4);
+    let k = segments.checked_mul(run_len)?;
+    let kp = segments.checked_mul(seg_groups * 4)?;
+    if kp.checked_mul(4)? > k.next_multiple_of(4).checked_mul(5)? {
+        return None;
+    }
+    // Per row: an offset and, at worst, a copy for every run; plus one zero-point row.
+    let per_row = segments.checked_mul(8 + seg_groups * 4)?;
+    let room = INDIRECT_BYTES.checked_sub(seg_groups * 4)?;
+    let block_rows = (room / per_row / tile.mr * tile.mr).min(kernel.blocking().mc);
+    if block_rows == 0 {
+        return None;
+    }
+    Some(Plan { runs, segments, run_len, seg_groups, block_rows })
+}
+
+/// One group of a convolution, read in place.
+#[derive(Clone, Copy, Debug)]
+pub struct IndirectConv<'a> {
+    /// The whole NHWC input.
+    pub input: &'a [u8],
+    /// The convolution's shape.
+    pub geometry: ConvGeometry,
+    /// The group's first input channel.
+    pub channel0: usize,
+    /// Input channels per group.
+    pub group_channels: usize,
+    /// The output pixel of row 0.
+    pub first_pixel: usize,
+    /// What a tap in the padding reads.
+    pub zero_point: u8,
+    /// No input value, nor the zero point where a tap reads padding, exceeds this (the
+    /// fast path's test).
+    pub max_value: u8,
+}
+
+/// One indirect convolution call: `out[m × columns] = stage(Σ (A − a_zp)(B − b_zp))`,
+/// A the `m` output pixels' runs.
+#[derive(Debug)]
+pub struct IndirectGemm<'a> {
+    /// Output pixels.
+    pub m: usize,
+    /// The input.
+    pub conv: IndirectConv<'a>,
+    /// How it runs ([`plan`]).
+    pub plan: Plan,
+    /// The weights: packed run by run where [`Plan::needs_run_weights`], else as for
+    /// the GEMM.
+    pub b: &'a PackedB,
+    /// The output stage, from column 0 of B.
+    pub stage: OutputStage<'a>,
+    /// The columns of B to compute.
+    pub columns: Range<usize>,
+    /// The output: a window of `m` rows by `columns.len()` columns.
+    pub out: OutData<'a>,
+}
+
+/// Whether `kernel` runs an indirect convolution with weights `b` and activations at
+/// most `max_value`: it, or its fast path where that is exact, has an indirect entry.
+pub fn runs_on(kernel: &Kernel, b: &PackedB, max_value: u8) -> bool {
+    kernel.for_block(b, || max_value).has_indirect()
+}
+
+/// Runs an indirect convolution on the calling thread, in `scratch`.
+///
+/// # Panics
+/// If the weights were packed for another tile or another plan, the kernel cannot
+/// run it ([`runs_on`]), or a buffer is shorter than the shapes say (the public crate
+/// validates all of this first).
+pub fn gemm_in(kernel: &Kernel, args: IndirectGemm<'_>, scratch: &mut Scratch) {
+    let IndirectGemm { m, conv, plan, b, stage, columns, mut out } = args;
+    let tile = kernel.tile();
+    let blocking = kernel.blocking();
+    assert_eq!(b.tile(), tile, "weights packed for another tile");
+    assert_eq!(b.k_padded(), plan.segments * plan.seg_groups * 4, "weights packed for another plan");
+    assert!(columns.start <= columns.end && columns.end <= b.n(), "columns outside the weights");
+    assert!(out.rows() >= m && out.cols() >= columns.len(), "output window smaller than the product");
+    if m == 0 || columns.is_empty() {
+        return;
+    }
+    let block_kernel = kernel.for_block(b, || conv.max_value);
+    assert!(block_kernel.has_indirect(), "a kernel without an indirect entry");
+    let (j0, n) = (columns.start, columns.end);
+    let first_panel_col = j0 / tile.nr * tile.nr;
+    let mc_max = plan.block_rows.min(m.div_ceil(tile.mr) * tile.mr);
+    let nc_max = blocking.nc.min((n - first_panel_col).div_ceil(tile.nr) * tile.nr);
+    let run_bytes = plan.seg_groups * 4;
+    let (offsets, pad, acc, row_sums) =
+        scratch.indirect(mc_max * plan.segments, run_bytes * (1 + mc_max * plan.segments), mc_max * nc_max, mc_max);
+    let zero_points =
+        ZeroPoints { a_zp: i32::from(conv.zero_point), col_offsets: b.col_offsets(), b_zp: b.zero_points() };
+    let sum_rows = b.zero_points().iter().any(|&z| z != 0);
+    // The zero-point row: `L` zero points, then padding lanes (zero weights).
+    pad[..plan.run_len].fill(conv.zero_point);
+    pad[plan.run_len..run_bytes].fill(0);
+
+    // LOOP 3: blocks of output pixels.
+    for ic in (0..m).step_by(plan.block_rows) {
+        let rows = plan.block_rows.min(m - ic);
+        let offsets = &mut offsets[..rows * plan.segments];
+        let pad_len = fill(&conv, &plan, ic, rows, offsets, pad);
+        row_sums.fill(0);
+        if sum_rows {
+            sum_runs(&conv, &plan, offsets, &pad[..pad_len], &mut row_sums[..rows]);
+        }
+        // LOOP 2: blocks of output channels.
+        for jc in (first_panel_col..n).step_by(blocking.nc) {
+            let cols = blocking.nc.min(n - jc);
+            let skip = j0.saturating_sub(jc);
+            let args = IndirectArgs {
+                a: IndirectA {
+                    input: conv.input,
+                    pad: &pad[..pad_len],
+                    offsets,
+                    segments: plan.segments,
+                    seg_groups: plan.seg_groups,
+                },
+                b: &b.data()[(jc / tile.nr) * b.panel_stride()..],
+                b_panel_stride: b.panel_stride(),
+                rows,
+                col_panels: cols.div_ceil(tile.nr),
+                cols,
+                acc,
+                acc_stride: nc_max,
+            };
+            // LOOP 1 and the microkernel: every tile over all of K, in the kernel.
+            let at = Position { r0: 0, rows, ic, jc, j0, skip, cols };
+            if skip > 0 {
+                // A block that starts before `columns.start` (a partition cut inside a
+                // panel): through the accumulators, then the stage from the first
+                // column to store.
+                block_kernel.indirect_block(args);
+                kernel.epilogue(epilogue_args(acc, nc_max, row_sums, at, zero_points, stage, &mut out));
+            } else {
+                let stage_args = epilogue_args(&[], nc_max, row_sums, at, zero_points, stage, &mut out);
+                block_kernel.indirect_with_stage(args, stage_args);
+            }
+        }
+    }
+}
+
+/// The pad buffer being filled: the zero-point row, then copies of runs.
+struct Copies<'p> {
+    pad: &'p mut [u8],
+    used: usize,
+    len: usize,
+    run_bytes: usize,
+    input_len: usize,
+}
+
+impl Copies<'_> {
+    /// A new copy of a run, whose `len` values `parts` writes (the padding lanes are
+    /// 0); returns its offset.
+    fn copy(&mut self, parts: impl FnOnce(&mut [u8])) -> usize {
+        let at = self.used;
+        let dst = &mut self.pad[at..at + self.run_bytes];
+        parts(&mut dst[..self.len]);
+        dst[self.len..].fill(0);
+        self.used += self.run_bytes;
+        self.input_len + at
+    }
+
+    /// The run at `at` of `input`: in place where its `L'` bytes lie in the input, else
+    /// a copy of its `L` values.
+    fn run(&mut self, input: &[u8], at: usize) -> usize {
+        if input.len() - at >= self.run_bytes {
+            at
+        } else {
+            let len = self.len;
+            self.copy(|d| d.copy_from_slice(&input[at..at + len]))
+        }
+    }
+}
+
+/// Writes the offsets of rows `row0..row0 + rows` (`rows × segments`), copying the runs
+/// that cannot be read in place into `pad` after its zero-point row; returns the pad
+/// bytes used.
+fn fill(
+    conv: &IndirectConv<'_>,
+    plan: &Plan,
+    row0: usize,
+    rows: usize,
+    offsets: &mut [usize],
+    pad: &mut [u8],
+) -> usize {
+    let g = &conv.geometry;
+    let (input, cg) = (conv.input, conv.group_channels);
+    let run_bytes = plan.seg_groups * 4;
+    let mut pad = Copies { pad, used: run_bytes, len: plan.run_len, run_bytes, input_len: input.len() };
+    let zero_row = input.len();
+    for (r, row) in offsets.chunks_exact_mut(plan.segments).take(rows).enumerate() {
+        let (b, oh, ow) = g.pixel(conv.first_pixel + row0 + r);
+        let pixel_at =
+            |ih: usize, iw: usize| ((b * g.in_height + ih) * g.in_width + iw) * g.in_channels + conv.channel0;
+        match plan.runs {
+            Runs::KernelRows => {
+                for (kh, o) in row.iter_mut().enumerate() {
+                    let Some(ih) = g.input_row(oh, kh) else {
+                        *o = zero_row;
+                        continue;
+                    };
+                    *o = match (g.input_col(ow, 0), g.input_col(ow, g.kernel_width - 1)) {
+                        // Dilation 1: the whole kernel row is one stretch of the input.
+                        (Some(iw), Some(_)) => pad.run(input, pixel_at(ih, iw)),
+                        _ => pad.copy(|d| {
+                            for (kw, tap) in d.chunks_exact_mut(cg).enumerate() {
+                                match g.input_col(ow, kw) {
+                                    Some(iw) => tap.copy_from_slice(&input[pixel_at(ih, iw)..][..cg]),
+                                    None => tap.fill(conv.zero_point),
+                                }
+                            }
+                        }),
+                    };
+                }
+            }
+            Runs::Taps => {
+                for (t, o) in row.iter_mut().enumerate() {
+                    let (kh, kw) = (t / g.kernel_width, t % g.kernel_width);
+                    *o = match (g.input_row(oh, kh), g.input_col(ow, kw)) {
+                        (Some(ih), Some(iw)) => pad.run(input, pixel_at(ih, iw)),
+                        _ => zero_row,
+                    };
+                }
+            }
+        }
+    }
+    pad.used
+}
+
+/// Each row's sum of its runs' real values, wrapping.
+fn sum_runs(conv: &IndirectConv<'_>, plan: &Plan, offsets: &[usize], pad: &[u8], row_sums: &mut [i32]) {
+    let (input, len) = (conv.input, plan.run_len);
+    for (sum, row) in row_sums.iter_mut().zip(offsets.chunks_exact(plan.segments)) {
+        *sum = row.iter().fold(0i32, |s, &o| {
+            let run = if o < input.len() { &input[o..o + len] } else { &pad[o - input.len()..][..len] };
+            s.wrapping_add(row_sum(run) as i32)
+        });
+    }
+}
