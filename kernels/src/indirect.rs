@@ -241,11 +241,15 @@ pub fn gemm_in(kernel: &Kernel, args: IndirectGemm<'_>, scratch: &mut Scratch) {
                 // A block that starts before `columns.start` (a partition cut inside a
                 // panel): through the accumulators, then the stage from the first
                 // column to store.
-                block_kernel.indirect_block(args);
+                // SAFETY: `fill` wrote every offset of these rows, each addressing `L'`
+                // bytes of the input or of the pad buffer (its contract), and the pad
+                // slice handed over holds every byte it used.
+                unsafe { block_kernel.indirect_block_unchecked(args) };
                 kernel.epilogue(epilogue_args(acc, nc_max, row_sums, at, zero_points, stage, &mut out));
             } else {
                 let stage_args = epilogue_args(&[], nc_max, row_sums, at, zero_points, stage, &mut out);
-                block_kernel.indirect_with_stage(args, stage_args);
+                // SAFETY: as for `indirect_block_unchecked` above.
+                unsafe { block_kernel.indirect_with_stage_unchecked(args, stage_args) };
             }
         }
     }
@@ -275,7 +279,7 @@ impl Copies<'_> {
     /// The run at `at` of `input`: in place where its `L'` bytes lie in the input, else
     /// a copy of its `L` values.
     fn run(&mut self, input: &[u8], at: usize) -> usize {
-        if input.len() - at >= self.run_bytes {
+        if input.len().checked_sub(at).is_some_and(|rest| rest >= self.run_bytes) {
             at
         } else {
             let len = self.len;
@@ -286,7 +290,12 @@ impl Copies<'_> {
 
 /// Writes the offsets of rows `row0..row0 + rows` (`rows × segments`), copying the runs
 /// that cannot be read in place into `pad` after its zero-point row; returns the pad
-/// bytes used.
+/// bytes used. Every offset it writes addresses `L'` bytes of the input or of `pad`
+/// (checked here, run by run: `Copies::run`), which [`gemm_in`] relies on.
+///
+/// Pixels are walked an output row at a time: the kernel rows inside the image are
+/// one range per output row, and the columns whose taps all lie inside the image
+/// (most of them) take their offsets by one add per run.
 fn fill(
     conv: &IndirectConv<'_>,
     plan: &Plan,
@@ -296,42 +305,77 @@ fn fill(
     pad: &mut [u8],
 ) -> usize {
     let g = &conv.geometry;
-    let (input, cg) = (conv.input, conv.group_channels);
+    let (input, cg, c) = (conv.input, conv.group_channels, g.in_channels);
     let run_bytes = plan.seg_groups * 4;
     let mut pad = Copies { pad, used: run_bytes, len: plan.run_len, run_bytes, input_len: input.len() };
     let zero_row = input.len();
-    for (r, row) in offsets.chunks_exact_mut(plan.segments).take(rows).enumerate() {
-        let (b, oh, ow) = g.pixel(conv.first_pixel + row0 + r);
-        let pixel_at =
-            |ih: usize, iw: usize| ((b * g.in_height + ih) * g.in_width + iw) * g.in_channels + conv.channel0;
-        match plan.runs {
-            Runs::KernelRows => {
-                for (kh, o) in row.iter_mut().enumerate() {
-                    let Some(ih) = g.input_row(oh, kh) else {
-                        *o = zero_row;
-                        continue;
-                    };
-                    *o = match (g.input_col(ow, 0), g.input_col(ow, g.kernel_width - 1)) {
-                        // Dilation 1: the whole kernel row is one stretch of the input.
-                        (Some(iw), Some(_)) => pad.run(input, pixel_at(ih, iw)),
-                        _ => pad.copy(|d| {
-                            for (kw, tap) in d.chunks_exact_mut(cg).enumerate() {
-                                match g.input_col(ow, kw) {
-                                    Some(iw) => tap.copy_from_slice(&input[pixel_at(ih, iw)..][..cg]),
-                                    None => tap.fill(conv.zero_point),
+    let (sw, dw, kw_n) = (g.stride_width, g.dilation_width, g.kernel_width);
+    // Output columns `inner` have every kernel column inside the image.
+    let inner = {
+        let lo = g.pad_left.div_ceil(sw);
+        let reach = (kw_n - 1) * dw;
+        let hi = (g.in_width + g.pad_left).checked_sub(reach).map_or(0, |x| x.div_ceil(sw));
+        lo..hi.min(g.out_width)
+    };
+    // Input rows are `row_step` apart; a kernel row `g.dilation_height` input rows on.
+    let row_step = g.in_width * c;
+    let kh_step = g.dilation_height * row_step;
+    let mut rows_left = offsets.chunks_exact_mut(plan.segments).take(rows);
+    let (mut pixel, end) = (conv.first_pixel + row0, conv.first_pixel + row0 + rows);
+    while pixel < end {
+        let (b, oh, ow0) = g.pixel(pixel);
+        let n = (g.out_width - ow0).min(end - pixel);
+        pixel += n;
+        // The kernel rows inside the image for this output row, and the first one's
+        // input row.
+        let top = oh * g.stride_height;
+        let kh_lo = g.pad_top.saturating_sub(top).div_ceil(g.dilation_height);
+        let kh_hi = (g.in_height + g.pad_top).saturating_sub(top).div_ceil(g.dilation_height).min(g.kernel_height);
+        let kh_lo = kh_lo.min(kh_hi);
+        let ih_lo = top + kh_lo * g.dilation_height - g.pad_top.min(top + kh_lo * g.dilation_height);
+        // Offset of input pixel (ih of kernel row `kh_lo`, 0), channel 0 of the group.
+        let base = (b * g.in_height + ih_lo) * row_step + conv.channel0;
+        for (ow, row) in (ow0..ow0 + n).zip(&mut rows_left) {
+            let inside = inner.contains(&ow);
+            let iw0 = (ow * sw).wrapping_sub(g.pad_left);
+            match plan.runs {
+                Runs::KernelRows => {
+                    let (above, rest) = row.split_at_mut(kh_lo);
+                    let (inside_rows, below) = rest.split_at_mut(kh_hi - kh_lo);
+                    above.fill(zero_row);
+                    below.fill(zero_row);
+                    for (i, o) in inside_rows.iter_mut().enumerate() {
+                        let at = base + i * kh_step;
+                        *o = if inside {
+                            // Dilation 1: the whole kernel row is one stretch of the input.
+                            pad.run(input, at + iw0 * c)
+                        } else {
+                            pad.copy(|d| {
+                                for (kw, tap) in d.chunks_exact_mut(cg).enumerate() {
+                                    match g.input_col(ow, kw) {
+                                        Some(iw) => tap.copy_from_slice(&input[at + iw * c..][..cg]),
+                                        None => tap.fill(conv.zero_point),
+                                    }
                                 }
-                            }
-                        }),
-                    };
+                            })
+                        };
+                    }
                 }
-            }
-            Runs::Taps => {
-                for (t, o) in row.iter_mut().enumerate() {
-                    let (kh, kw) = (t / g.kernel_width, t % g.kernel_width);
-                    *o = match (g.input_row(oh, kh), g.input_col(ow, kw)) {
-                        (Some(ih), Some(iw)) => pad.run(input, pixel_at(ih, iw)),
-                        _ => zero_row,
-                    };
+                Runs::Taps => {
+                    for (kh, taps) in row.chunks_exact_mut(kw_n).enumerate() {
+                        if !(kh_lo..kh_hi).contains(&kh) {
+                            taps.fill(zero_row);
+                            continue;
+                        }
+                        let at = base + (kh - kh_lo) * kh_step;
+                        for (kw, o) in taps.iter_mut().enumerate() {
+                            let iw = if inside { Some(iw0 + kw * dw) } else { g.input_col(ow, kw) };
+                            *o = match iw {
+                                Some(iw) => pad.run(input, at + iw * c),
+                                None => zero_row,
+                            };
+                        }
+                    }
                 }
             }
         }

@@ -92,10 +92,21 @@ impl IndirectA<'_> {
         let run = self.seg_groups * 4;
         let (input, pad) = (self.input.len(), self.pad.len());
         assert!(self.offsets.len() >= rows * self.segments, "indirection offsets");
+        // The largest offset into each buffer (branch-free, so the check stays cheap
+        // beside the kernel), then one bound each.
+        let (mut last_in, mut last_pad, mut any_in, mut any_pad) = (0, 0, false, false);
         for &o in &self.offsets[..rows * self.segments] {
-            let inside = if o < input { input - o >= run } else { o - input <= pad && pad - (o - input) >= run };
-            assert!(inside, "an indirect run outside its buffer");
+            let is_in = o < input;
+            last_in = if is_in { last_in.max(o) } else { last_in };
+            last_pad = if is_in { last_pad } else { last_pad.max(o) };
+            any_in |= is_in;
+            any_pad |= !is_in;
         }
+        assert!(!any_in || input - last_in >= run, "an indirect run outside the input");
+        assert!(
+            !any_pad || (last_pad - input <= pad && pad - (last_pad - input) >= run),
+            "an indirect run outside the pad"
+        );
     }
 }
 
@@ -479,10 +490,21 @@ impl Kernel {
     /// If the kernel has no indirect entry ([`Kernel::has_indirect`]), a run lies
     /// outside its buffer, or a buffer is smaller than [`IndirectArgs`] says.
     pub fn indirect_block(&self, args: IndirectArgs<'_>) {
+        args.a.check(args.rows);
+        // SAFETY: every run was just checked.
+        unsafe { self.indirect_block_unchecked(args) }
+    }
+
+    /// [`Kernel::indirect_block`] without the scan of the runs' bounds (the rest is
+    /// checked), for offsets built to be in bounds ([`crate::indirect`]).
+    ///
+    /// # Safety
+    /// Every run of rows `0..args.rows` lies within its buffer ([`IndirectA`]).
+    pub(crate) unsafe fn indirect_block_unchecked(&self, args: IndirectArgs<'_>) {
         let fns = self.indirect.expect("a kernel without an indirect entry");
         self.check_indirect(&args);
-        // SAFETY: the kernel exists, so the CPU supports its instructions, and every
-        // run and buffer was just checked against `IndirectArgs`.
+        // SAFETY: the kernel exists, so the CPU supports its instructions; the buffers
+        // were just checked against `IndirectArgs`, and the runs by the caller.
         unsafe { (fns.block)(args) }
     }
 
@@ -493,19 +515,30 @@ impl Kernel {
     /// # Panics
     /// As [`Kernel::indirect_block`] and [`Kernel::block_with_stage`].
     pub fn indirect_with_stage(&self, args: IndirectArgs<'_>, stage: EpilogueArgs<'_>) {
+        args.a.check(args.rows);
+        // SAFETY: every run was just checked.
+        unsafe { self.indirect_with_stage_unchecked(args, stage) }
+    }
+
+    /// [`Kernel::indirect_with_stage`] without the scan of the runs' bounds.
+    ///
+    /// # Safety
+    /// As [`Kernel::indirect_block_unchecked`].
+    pub(crate) unsafe fn indirect_with_stage_unchecked(&self, args: IndirectArgs<'_>, stage: EpilogueArgs<'_>) {
         let fns = self.indirect.expect("a kernel without an indirect entry");
         self.check_indirect(&args);
         stage.check_output();
         assert!(stage.rows == args.rows && stage.cols <= args.cols, "stage and block differ");
         match fns.staged {
-            // SAFETY: as in `indirect_block`, and the output was just checked against
-            // `EpilogueArgs` (all but `acc`, which a fused kernel does not read).
+            // SAFETY: as in `indirect_block_unchecked`, and the output was just checked
+            // against `EpilogueArgs` (all but `acc`, which a fused kernel does not read).
             Some(staged) => unsafe { staged(args, stage) },
             None => {
                 let mut args = args;
                 let acc = std::mem::take(&mut args.acc);
                 let acc_stride = args.acc_stride;
-                self.indirect_block(IndirectArgs { acc: &mut *acc, ..args });
+                // SAFETY: forwarded from this function's contract.
+                unsafe { self.indirect_block_unchecked(IndirectArgs { acc: &mut *acc, ..args }) };
                 self.epilogue(EpilogueArgs { acc, acc_stride, ..stage });
             }
         }
@@ -514,7 +547,7 @@ impl Kernel {
     fn check_indirect(&self, args: &IndirectArgs<'_>) {
         let t = self.tile;
         assert!(t.kg == 4 && self.a_format == AFormat::U8, "indirect A is u8 in K-groups of 4");
-        args.a.check(args.rows);
+        assert!(args.a.offsets.len() >= args.rows * args.a.segments, "indirection offsets");
         let kgroups = args.a.segments * args.a.seg_groups;
         let b_len = match args.col_panels {
             0 => 0,
