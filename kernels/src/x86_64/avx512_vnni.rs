@@ -15,15 +15,19 @@
 //! The tile and K-group are those of FBGEMM's AVX-512 VNNI kernel (8 × 48, 4 k per
 //! group). On the last K block, the output stage ([`super::avx512_epilogue`]) runs on
 //! each tile's sums in registers (Float requantization to u8/i8; other stages run
-//! after the block, over its accumulators), and only the output bytes are stored,
-//! under masks at the edges.
+//! after the block, over its accumulators), and only the output bytes are stored: a
+//! row's three vectors packed to 48 bytes (`vpackssdw`, `vpack[su]swb`, `vpermd`) and
+//! written by one masked store, which on small K (a 1×1 convolution over 24 channels)
+//! costs noticeably less than three truncating `vpmovdb` stores (+4–8% measured on an
+//! AMD EPYC, Zen 4). The same kernel reads a convolution's input in place
+//! ([`crate::indirect`]).
 
 use std::arch::x86_64::*;
 
-use super::avx512_epilogue::{Columns, Float16, fused_scale, mask_below, out_bytes};
+use super::avx512_epilogue::{Columns, Float16, fused_scale, out_bytes};
 use super::dot4_tile::{self, Dot4, PackedA, Panels, Sink, TileA};
 use crate::kernel::{BlockArgs, Blocking, IndirectArgs, Kernel, Tile};
-use crate::output::{EpilogueArgs, OutputStage, Param, ZeroPoints};
+use crate::output::{EpilogueArgs, OutData, OutputStage, Param, ZeroPoints};
 
 const MR: usize = 8;
 const NV: usize = 3;
@@ -158,6 +162,7 @@ unsafe fn staged<A: TileA>(
 ) {
     let (r, scale) = fused_scale(&stage.stage, &stage.out).expect("a fused stage");
     let out_stride = stage.out.stride();
+    let signed = matches!(stage.out, OutData::I8(_));
     let out = out_bytes(&mut stage.out).expect("u8 or i8 output (fused_scale)");
     let EpilogueArgs { cols, row_sums, zero_points, stage: output, .. } = stage;
     // SAFETY: AVX-512 F is enabled in the caller.
@@ -167,6 +172,7 @@ unsafe fn staged<A: TileA>(
         acc_stride,
         out,
         out_stride,
+        signed,
         cols,
         row_sums,
         zero_points,
@@ -176,7 +182,7 @@ unsafe fn staged<A: TileA>(
         b_zp,
         columns: Columns::new(),
         col0: 0,
-        masks: [0; NV],
+        mask: 0,
     };
     // SAFETY: forwarded from this function's contract: the panels are the block's, and
     // `Fused` writes only the stage's rows and columns (see its `tile`).
@@ -196,6 +202,8 @@ struct Fused<'a> {
     acc_stride: usize,
     out: *mut u8,
     out_stride: usize,
+    /// i8 output (else u8).
+    signed: bool,
     cols: usize,
     row_sums: &'a [i32],
     zero_points: ZeroPoints<'a>,
@@ -207,9 +215,22 @@ struct Fused<'a> {
     /// The current column panel's values, from column `col0`.
     columns: Columns,
     col0: usize,
-    /// The panel's real columns, per vector.
-    masks: [__mmask16; NV],
+    /// The panel's real columns, as one bit per output byte.
+    mask: __mmask64,
 }
+
+/// Where [`Fused`] finds each 4-byte piece after two rounds of packing: per 128-bit
+/// lane L, the bytes of vectors 0..4 at columns 4L..4L + 4 (`vpackssdw` and
+/// `vpack[su]swb` work within lanes); output dword `i` is vector `i / 4`'s piece `i % 4`.
+const PACKED_ORDER: [i32; 16] = {
+    let mut order = [0; 16];
+    let mut i = 0;
+    while i < 16 {
+        order[i] = (4 * (i % 4) + i / 4) as i32;
+        i += 1;
+    }
+    order
+};
 
 impl Sink<Zmm, NV> for Fused<'_> {
     #[inline(always)]
@@ -217,7 +238,7 @@ impl Sink<Zmm, NV> for Fused<'_> {
         self.col0 = jp * NV * 16;
         let width = self.cols.saturating_sub(self.col0).min(NV * 16);
         self.columns.fill(&self.zero_points, &self.output, self.scale, self.col0, width, NV * 16);
-        self.masks = std::array::from_fn(|v| mask_below(width, v * 16));
+        self.mask = if width >= 64 { !0 } else { (1u64 << width) - 1 };
     }
 
     #[inline(always)]
@@ -225,35 +246,47 @@ impl Sink<Zmm, NV> for Fused<'_> {
         if let Some(prior) = self.prior {
             assert!(prior.len() >= (row0 + R - 1) * self.acc_stride + self.col0 + NV * 16, "accumulator tile");
         }
+        if self.mask == 0 {
+            return; // no column of this panel is the stage's: nothing to store
+        }
         for (r, cr) in c.iter().enumerate() {
             let row = row0 + r;
             // Reads of `prior`: 16 values at `row · acc_stride + col0 + 16v`, in bounds by
-            // the assert above. Stores: the `masks[v]` lanes of row `row` (a row of the
-            // stage: the block's rows are the stage's) from column `col0 + 16v`, all
-            // below `cols`, so inside the output window (`EpilogueArgs::check_output`:
-            // at least `rows × cols`); a vector without real
-            // columns is skipped before its address is formed.
-            // SAFETY: the CPU has AVX-512 F (the trait's contract); every access is in
-            // bounds as listed just above.
+            // the assert above. Store: the `mask` bytes of row `row` (a row of the stage:
+            // the block's rows are the stage's) from column `col0`, all below `cols`, so
+            // inside the output window (`EpilogueArgs::check_output`: at least
+            // `rows × cols`); a panel without real columns returned above, before any
+            // address was formed.
+            // SAFETY: the CPU has AVX-512 F/BW (the trait's contract); every access is
+            // in bounds as listed just above.
             unsafe {
                 let rs = _mm512_set1_epi32(if self.b_zp { self.row_sums[row] } else { 0 });
+                let mut q = [_mm512_setzero_si512(); 4];
                 for (v, cv) in cr.iter().enumerate() {
-                    if self.masks[v] == 0 {
-                        continue;
-                    }
                     let at = row * self.acc_stride + self.col0 + v * 16;
                     let sums = match self.prior {
                         Some(prior) => _mm512_add_epi32(cv.0, _mm512_loadu_si512(prior.as_ptr().add(at).cast())),
                         None => cv.0,
                     };
-                    let q = if self.b_zp {
+                    q[v] = if self.b_zp {
                         self.float.quantize::<true>(sums, &self.columns, v * 16, rs)
                     } else {
                         self.float.quantize::<false>(sums, &self.columns, v * 16, rs)
                     };
-                    let dst = self.out.add(row * self.out_stride + self.col0 + v * 16);
-                    _mm512_mask_cvtepi32_storeu_epi8(dst.cast(), self.masks[v], q);
                 }
+                let dst = self.out.add(row * self.out_stride + self.col0);
+                if NU == 1 {
+                    _mm512_mask_cvtepi32_storeu_epi8(dst.cast(), self.mask as __mmask16, q[0]);
+                    continue;
+                }
+                // Each q is within the output type's range ([min, max]), so the
+                // saturating packs are exact: i32 → i16 → u8 or i8, then the pieces in
+                // column order and one masked store of the row's bytes.
+                let lo = _mm512_packs_epi32(q[0], q[1]);
+                let hi = _mm512_packs_epi32(q[2], q[3]);
+                let bytes = if self.signed { _mm512_packs_epi16(lo, hi) } else { _mm512_packus_epi16(lo, hi) };
+                let bytes = _mm512_permutexvar_epi32(_mm512_loadu_si512(PACKED_ORDER.as_ptr().cast()), bytes);
+                _mm512_mask_storeu_epi8(dst.cast(), self.mask, bytes);
             }
         }
     }
