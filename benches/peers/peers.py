@@ -57,7 +57,17 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
+
+# A host without torch still runs the ONNX Runtime peers; the PyTorch rows then say why
+# they were skipped (and the other way round, below).
+try:
+    import torch
+    TORCH_MISSING = None
+    TORCH_LIBRARY = f"torch {torch.__version__}"
+except ImportError as error:
+    torch = None
+    TORCH_MISSING = f"torch is needed for this peer: {error}"
+    TORCH_LIBRARY = "torch (not importable)"
 
 # ONNX Runtime's peers also need the `onnx` package to build their models. A host with
 # torch alone (the Xeon test host has no `onnx`) still runs the PyTorch peers; the ONNX
@@ -71,7 +81,6 @@ except ImportError as error:
     ort = helper = numpy_helper = None
     ONNX_MISSING = f"onnxruntime and onnx are needed for this peer: {error}"
     ORT_LIBRARY = "onnxruntime (not importable)"
-TORCH_LIBRARY = f"torch {torch.__version__}"
 # Opset 21 pairs with IR version 10; pin both so a newer `onnx` package cannot
 # produce a model that this onnxruntime refuses to load.
 ONNX_OPSET = 21
@@ -316,6 +325,8 @@ def torch_conv(p):
 
 
 def torch_peer(engine, p, threads):
+    if TORCH_MISSING:
+        raise Skip(TORCH_MISSING)
     if engine not in torch.backends.quantized.supported_engines:
         raise Skip(f"quantized engine {engine} not built into this torch")
     # Prepacked weights are engine-specific, so the engine must be set before
