@@ -397,7 +397,7 @@ fn fmt_gops(gops: f64) -> String {
 /// A bar's colour, the same for an implementation in every chart (qgemm dark, peers
 /// from a palette by id), filled when exact and hollow when `wrong`.
 fn bar_style(column: &Column, wrong: bool) -> ShapeStyle {
-    const PEERS: [&str; 9] = [
+    const PEERS: [&str; 10] = [
         "rten-gemm",
         "tract-linalg",
         "ort-qlinearmatmul",
@@ -407,6 +407,7 @@ fn bar_style(column: &Column, wrong: bool) -> ShapeStyle {
         "torch-fbgemm",
         "torch-x86",
         "torch-onednn",
+        "xnnpack",
     ];
     let fnv = |s: &str| s.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
     let color = if column.is_qgemm {
@@ -414,9 +415,9 @@ fn bar_style(column: &Column, wrong: bool) -> ShapeStyle {
             [RGBColor(20, 30, 90), RGBColor(40, 90, 170), RGBColor(0, 130, 120), RGBColor(90, 90, 90)];
         QGEMM[fnv(column.id) as usize % QGEMM.len()].to_rgba()
     } else {
-        // Tableau's ten colours, minus its blue (qgemm's family): distinct, and dark
-        // enough to read as an outline.
-        const PALETTE: [RGBColor; 9] = [
+        // Tableau's ten colours, minus its blue (qgemm's family), and a gold: distinct,
+        // and dark enough to read as an outline.
+        const PALETTE: [RGBColor; 10] = [
             RGBColor(255, 127, 14),
             RGBColor(44, 160, 44),
             RGBColor(214, 39, 40),
@@ -426,6 +427,7 @@ fn bar_style(column: &Column, wrong: bool) -> ShapeStyle {
             RGBColor(188, 189, 34),
             RGBColor(23, 190, 207),
             RGBColor(127, 127, 127),
+            RGBColor(230, 171, 2),
         ];
         let index = PEERS.iter().position(|&p| p == column.id).unwrap_or(fnv(column.id) as usize);
         PALETTE[index % PALETTE.len()].to_rgba()
