@@ -3,8 +3,8 @@
 
 `qgemm-bench --export DIR` writes each benchmark problem (u8 activations, i8
 weights, i32 bias, quantisation parameters) and qgemm's reference outputs to
-DIR. This script feeds the same bytes to ONNX Runtime and PyTorch's quantized
-engines, times them (one warm-up run, then at least 3 runs and at least
+DIR. This script feeds the same bytes to ONNX Runtime, PyTorch's quantized
+engines and XNNPACK (through LiteRT, TFLite's runtime), times them (one warm-up run, then at least 3 runs and at least
 --min-time seconds; the median is reported) and writes one JSON line per
 (peer, problem, thread count).
 
@@ -28,6 +28,12 @@ Peers and what they are compared against (see the manifest's "expected"):
                         torch.ops.quantized.linear/conv2d
                         under that quantized engine        -> u8 (no bias: torch
                         takes a float bias and applies it in float)
+  xnnpack               LiteRT (TFLite) FULLY_CONNECTED / CONV_2D /
+                        DEPTHWISE_CONV_2D, int8 (activations a ^ 0x80),
+                        run by the XNNPACK delegate   -> u8_bias (output
+                        xored back); skipped where the delegate does not
+                        take the node, and for padding other than VALID or
+                        TensorFlow's SAME
 
 Layout conversions (NHWC<->NCHW, OHWI->OIHW, NxK->KxN) happen once at set-up
 and are not timed; whatever a peer does internally (ORT transposes NCHW input
@@ -57,7 +63,17 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
+
+# A host without torch still runs the ONNX Runtime peers; the PyTorch rows then say why
+# they were skipped (and the other way round, below).
+try:
+    import torch
+    TORCH_MISSING = None
+    TORCH_LIBRARY = f"torch {torch.__version__}"
+except ImportError as error:
+    torch = None
+    TORCH_MISSING = f"torch is needed for this peer: {error}"
+    TORCH_LIBRARY = "torch (not importable)"
 
 # ONNX Runtime's peers also need the `onnx` package to build their models. A host with
 # torch alone (the Xeon test host has no `onnx`) still runs the PyTorch peers; the ONNX
@@ -71,7 +87,20 @@ except ImportError as error:
     ort = helper = numpy_helper = None
     ONNX_MISSING = f"onnxruntime and onnx are needed for this peer: {error}"
     ORT_LIBRARY = "onnxruntime (not importable)"
-TORCH_LIBRARY = f"torch {torch.__version__}"
+# XNNPACK runs through LiteRT (TFLite), whose default delegate it is; the models are
+# built with the flatbuffer schema that ai-edge-litert ships.
+try:
+    from importlib.metadata import version as package_version
+
+    import flatbuffers
+    from ai_edge_litert import interpreter as litert
+    from ai_edge_litert import schema_py_generated as tfl
+    LITERT_MISSING = None
+    LITERT_LIBRARY = f"ai-edge-litert {package_version('ai-edge-litert')}"
+except ImportError as error:
+    flatbuffers = litert = tfl = None
+    LITERT_MISSING = f"ai-edge-litert and flatbuffers are needed for this peer: {error}"
+    LITERT_LIBRARY = "ai-edge-litert (not importable)"
 # Opset 21 pairs with IR version 10; pin both so a newer `onnx` package cannot
 # produce a model that this onnxruntime refuses to load.
 ONNX_OPSET = 21
@@ -316,6 +345,8 @@ def torch_conv(p):
 
 
 def torch_peer(engine, p, threads):
+    if TORCH_MISSING:
+        raise Skip(TORCH_MISSING)
     if engine not in torch.backends.quantized.supported_engines:
         raise Skip(f"quantized engine {engine} not built into this torch")
     # Prepacked weights are engine-specific, so the engine must be set before
@@ -323,6 +354,132 @@ def torch_peer(engine, p, threads):
     torch.backends.quantized.engine = engine
     torch.set_num_threads(threads)
     return torch_gemm(p) if p.op == "gemm" else torch_conv(p)
+
+
+# --------------------------------------------------------------------------
+# XNNPACK, through LiteRT's (TFLite's) XNNPACK delegate
+# --------------------------------------------------------------------------
+#
+# TFLite's int8 ops take s8 activations, so the model's input is a ^ 0x80 with zero
+# point a_zp - 128 (the same a - a_zp), and its s8 output is y ^ 0x80 with zero point
+# y_zp - 128. Weights are s8 with one scale per output channel (all b_scale) and zero
+# point 0, as TFLite requires; the bias is i32 with scale a_scale * b_scale, added to
+# the accumulator. XNNPACK requantizes in f32 (scale a_scale * b_scale / y_scale, one
+# multiply, round half to even), which is the reference's Float rounding.
+
+
+def tflite_padding(p):
+    """SAME or VALID for the manifest's padding, or a Skip: TFLite has no other."""
+    pads = list(p["padding"])
+    if pads == [0, 0, 0, 0]:
+        return tfl.Padding.VALID
+    before, after = [], []  # TensorFlow's SAME: out = ceil(in / stride), the odd pad after
+    for i, axis in enumerate(("height", "width")):
+        size, stride = p[f"in_{axis}"], p["stride"][i]
+        extent = (p[f"kernel_{axis}"] - 1) * p["dilation"][i] + 1
+        total = max((-(-size // stride) - 1) * stride + extent - size, 0)
+        before.append(total // 2)
+        after.append(total - total // 2)
+    same = before + after  # [top, left, bottom, right]
+    if pads == same:
+        return tfl.Padding.SAME
+    raise Skip(f"padding {pads} (top, left, bottom, right) is neither VALID nor TFLite's SAME "
+               f"({same} here); TFLite has no other")
+
+
+def tflite_model(op, options_type, options, x, weight, w_axis, bias, out_shape, p):
+    """A one-operator int8 model: input x (s8), constant weight (s8, per-channel scales
+    along w_axis) and bias (i32), output y (s8); returns the flatbuffer."""
+    a_scale, b_scale = f32(p["a_scale"]), f32(p["b_scale"])
+    channels = weight.shape[w_axis]
+
+    def quantization(scales, zero_point, axis=0):
+        return tfl.QuantizationParametersT(scale=list(scales), zeroPoint=[zero_point] * len(scales),
+                                           quantizedDimension=axis)
+
+    def tensor(name, shape, dtype, buffer, quant):
+        return tfl.TensorT(name=name, shape=list(shape), type=dtype, buffer=buffer, quantization=quant)
+
+    tensors = [
+        tensor("x", x.shape, tfl.TensorType.INT8, 0,
+               quantization([a_scale], int(p["a_zero_point"]) - 128)),
+        tensor("w", weight.shape, tfl.TensorType.INT8, 1,
+               quantization([b_scale] * channels, int(p["b_zero_point"]), w_axis)),
+        tensor("bias", bias.shape, tfl.TensorType.INT32, 2,
+               quantization([f32(a_scale * b_scale)] * channels, 0)),
+        tensor("y", out_shape, tfl.TensorType.INT8, 0,
+               quantization([f32(p["y_scale"])], int(p["y_zero_point"]) - 128)),
+    ]
+    buffers = [tfl.BufferT(), tfl.BufferT(), tfl.BufferT()]
+    buffers[1].data = np.ascontiguousarray(weight).view(np.uint8).reshape(-1)
+    buffers[2].data = np.ascontiguousarray(bias, dtype="<i4").view(np.uint8).reshape(-1)
+    operator = tfl.OperatorT(opcodeIndex=0, inputs=[0, 1, 2], outputs=[3],
+                             builtinOptionsType=options_type, builtinOptions=options)
+    subgraph = tfl.SubGraphT(tensors=tensors, inputs=[0], outputs=[3], operators=[operator],
+                             name="peer")
+    code = tfl.OperatorCodeT(deprecatedBuiltinCode=op, builtinCode=op, version=1)
+    model = tfl.ModelT(version=3, operatorCodes=[code], subgraphs=[subgraph], buffers=buffers,
+                       description="qgemm peer")
+    builder = flatbuffers.Builder(weight.nbytes + bias.nbytes + 4096)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def xnnpack(p, threads):
+    if int(p["b_zero_point"]) != 0:
+        raise Skip(f"weight zero point {p['b_zero_point']} (TFLite's int8 weights have 0)")
+    x = (p.a() ^ 0x80).view(np.int8)
+    bias = p.bias()
+    if p.op == "gemm":
+        weight = p.b()  # [N, K]: TFLite's FULLY_CONNECTED weights, as stored
+        op, w_axis = tfl.BuiltinOperator.FULLY_CONNECTED, 0
+        options_type = tfl.BuiltinOptions.FullyConnectedOptions
+        options = tfl.FullyConnectedOptionsT()
+    else:
+        padding = tflite_padding(p)
+        (stride_h, stride_w), (dilation_h, dilation_w) = p["stride"], p["dilation"]
+        groups, channels = p["groups"], p["in_channels"]
+        if groups == channels:
+            # Depthwise: OHWI [C·m, KH, KW, 1] -> [1, KH, KW, C·m]; output channel
+            # c·m + j reads input channel c in both.
+            weight = np.ascontiguousarray(p.b().transpose(3, 1, 2, 0))
+            op, w_axis = tfl.BuiltinOperator.DEPTHWISE_CONV_2D, 3
+            options_type = tfl.BuiltinOptions.DepthwiseConv2DOptions
+            options = tfl.DepthwiseConv2DOptionsT()
+            options.depthMultiplier = p["out_channels"] // channels
+        else:
+            weight = p.b()  # OHWI, with C/groups input channels: grouped when groups > 1
+            op, w_axis = tfl.BuiltinOperator.CONV_2D, 0
+            options_type = tfl.BuiltinOptions.Conv2DOptions
+            options = tfl.Conv2DOptionsT()
+        options.padding = padding
+        options.strideH, options.strideW = stride_h, stride_w
+        options.dilationHFactor, options.dilationWFactor = dilation_h, dilation_w
+    model = tflite_model(op, options_type, options, x, weight, w_axis, bias, p.out_shape(), p)
+    interpreter = litert.Interpreter(model_content=model, num_threads=threads)
+    interpreter.allocate_tensors()  # applies the default delegate, XNNPACK
+    # A delegated model lists its one operator and the DELEGATE node that replaced it.
+    ops = [node["op_name"] for node in interpreter._get_ops_details()]
+    if "DELEGATE" not in ops:
+        raise Skip(f"the XNNPACK delegate did not take the operator (nodes: {', '.join(ops)})")
+    x_index = interpreter.get_input_details()[0]["index"]
+    y_index = interpreter.get_output_details()[0]["index"]
+    interpreter.set_tensor(x_index, x)  # stays in place across invokes
+    # Poison the output, so that a first run (the one checked) that writes nothing fails.
+    interpreter.set_tensor(y_index, np.full(p.out_shape(), 0x5a, np.int8))
+    return Bench(run=interpreter.invoke,
+                 result=lambda _: interpreter.get_tensor(y_index).view(np.uint8) ^ 0x80,
+                 checked_against="u8_bias")
+
+
+def needs_litert(setup):
+    """`setup`, or a Skip with the reason where ai-edge-litert or flatbuffers is missing."""
+    @functools.wraps(setup)
+    def checked(p, threads):
+        if LITERT_MISSING:
+            raise Skip(LITERT_MISSING)
+        return setup(p, threads)
+    return checked
 
 
 # --------------------------------------------------------------------------
@@ -358,6 +515,8 @@ PEERS = [
          needs_onnx(ort_qlinearconv)),
     Peer("ort-qlinearconv-nhwc", "ONNX Runtime com.microsoft QLinearConv (channels_last)",
          ORT_LIBRARY, ("conv",), needs_onnx(ort_qlinearconv_nhwc)),
+    Peer("xnnpack", "XNNPACK (LiteRT's XNNPACK delegate)", LITERT_LIBRARY, ("gemm", "conv"),
+         needs_litert(xnnpack)),
 ] + [
     Peer(f"torch-{engine}", f"PyTorch quantized ({engine})", TORCH_LIBRARY, ("gemm", "conv"),
          functools.partial(torch_peer, engine))

@@ -6,6 +6,7 @@
 //! DIR/manifest.json         what each problem is; the format is documented in
 //!                           benches/peers/README.md
 //! DIR/<op>_<shape>.a.u8     activations: GEMM M×K row-major, conv NHWC
+//!                           (<shape> is the label with each '/' made '_')
 //! DIR/<op>_<shape>.b.i8     weights: GEMM N×K row-major, conv OHWI
 //! DIR/<op>_<shape>.bias.i32 per-column bias, little-endian
 //! DIR/<op>_<shape>.<variant> reference results, M×N / NHWC:
@@ -44,7 +45,8 @@ pub fn export(dir: &Path, problems: &[Problem], mut progress: impl FnMut(usize, 
 
 /// Writes one problem's files; returns its manifest entry.
 fn write_problem(dir: &Path, problem: &Problem) -> io::Result<String> {
-    let stem = format!("{}_{}", problem.shape.op(), problem.shape.label());
+    // A conv spec's '/' would be a directory; specs have no '_', so the stems differ.
+    let stem = format!("{}_{}", problem.shape.op(), problem.shape.label().replace('/', "_"));
     let file = |suffix: &str| format!("{stem}.{suffix}");
     let expected = problem.reference_variants();
     fs::write(dir.join(file("a.u8")), problem.activations())?;

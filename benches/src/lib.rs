@@ -6,6 +6,9 @@ pub mod export;
 pub mod peak;
 pub mod report;
 pub mod rust_peers;
+pub mod spec;
+
+pub use spec::{CONV_SPEC_SYNTAX, conv_spec, parse_conv_spec};
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -28,10 +31,11 @@ pub enum Shape {
         /// Columns.
         n: usize,
     },
-    /// A named NHWC convolution.
+    /// An NHWC convolution.
     Conv {
-        /// Its name in the suite.
-        name: &'static str,
+        /// Its label: its name in the suite (`r50_3x3`), or for a convolution given as
+        /// a spec, its canonical spec (`1x56x56x128/128/3x3/s2/p1`, see [`conv_spec`]).
+        name: String,
         /// Its shape.
         params: Conv2dParams,
     },
@@ -46,12 +50,18 @@ impl Shape {
         }
     }
 
-    /// `MxKxN` for GEMM, the name for conv.
+    /// `MxKxN` for GEMM, the name or canonical spec for conv. Exports, peer results and
+    /// reports key their rows by it, and [`spec`](Self::spec) makes it parse back.
     pub fn label(&self) -> String {
         match self {
             Shape::Gemm { m, k, n } => format!("{m}x{k}x{n}"),
-            Shape::Conv { name, .. } => (*name).to_string(),
+            Shape::Conv { name, .. } => name.clone(),
         }
+    }
+
+    /// `op:label`, which [`parse_shapes`] reads back as this shape.
+    pub fn spec(&self) -> String {
+        format!("{}:{}", self.op(), self.label())
     }
 
     /// Operations: 2·M·N·K for GEMM, 2·output pixels·OC·KH·KW·C/groups for conv.
@@ -66,20 +76,35 @@ impl Shape {
     }
 }
 
-/// The named convolutions of the suite (NHWC, batch 1).
+/// The named convolutions of the suite: name and spec (see [`spec`]). ResNet-50's
+/// stem, 3×3 and 1×1 layers, stride 2 (downsampling) and a batch of 4; MobileNetV2's
+/// 1×1 and depthwise 3×3 layers, stride 1 and 2; EfficientNet's depthwise 5×5.
+pub const CONV_SUITE: [(&str, &str); 11] = [
+    ("conv1", "1x224x224x3/64/7x7/s2/p3"),
+    ("r50_3x3", "1x56x56x64/64/3x3/p1"),
+    ("r50_3x3_s2", "1x56x56x128/128/3x3/s2/p1"),
+    ("r50_3x3_b4", "4x28x28x128/128/3x3/p1"),
+    ("r50_1x1", "1x56x56x64/256/1x1"),
+    ("r50_1x1_s2", "1x56x56x256/512/1x1/s2"),
+    ("r50_late3x3", "1x14x14x256/256/3x3/p1"),
+    ("mbv2_1x1", "1x56x56x24/144/1x1"),
+    ("mbv2_dw", "1x56x56x144/144/3x3/p1/g144"),
+    ("mbv2_dw_s2", "1x112x112x96/96/3x3/s2/p1/g96"),
+    ("effnet_dw5", "1x28x28x240/240/5x5/p2/g240"),
+];
+
+/// The named convolutions of the suite, in [`CONV_SUITE`]'s order.
 pub fn conv_shapes() -> Vec<Shape> {
-    let conv = |name, params| Shape::Conv { name, params };
-    vec![
-        conv("conv1", Conv2dParams::new(1, 224, 224, 3, 64, 7, 7).with_stride(2, 2).with_padding(3, 3, 3, 3)),
-        conv("r50_3x3", Conv2dParams::new(1, 56, 56, 64, 64, 3, 3).with_padding(1, 1, 1, 1)),
-        conv("r50_1x1", Conv2dParams::new(1, 56, 56, 64, 256, 1, 1)),
-        conv("r50_late3x3", Conv2dParams::new(1, 14, 14, 256, 256, 3, 3).with_padding(1, 1, 1, 1)),
-        conv("mbv2_1x1", Conv2dParams::new(1, 56, 56, 24, 144, 1, 1)),
-        conv("mbv2_dw", Conv2dParams::new(1, 56, 56, 144, 144, 3, 3).with_padding(1, 1, 1, 1).with_groups(144)),
-    ]
+    CONV_SUITE
+        .iter()
+        .map(|&(name, spec)| Shape::Conv {
+            name: name.to_string(),
+            params: parse_conv_spec(spec).unwrap_or_else(|e| panic!("the suite's {name}: {e}")),
+        })
+        .collect()
 }
 
-/// The default suite: eight GEMMs, then the six convolutions.
+/// The default suite: eight GEMMs, then the named convolutions ([`CONV_SUITE`]).
 pub fn default_suite() -> Vec<Shape> {
     let gemm = |m, k, n| Shape::Gemm { m, k, n };
     let mut suite = vec![
@@ -96,7 +121,10 @@ pub fn default_suite() -> Vec<Shape> {
     suite
 }
 
-/// Parses `gemm:MxKxN,conv:NAME,...`.
+/// Parses a comma-separated list of shapes: `gemm:MxKxN`, `conv:NAME` (a name of
+/// [`CONV_SUITE`]) or `conv:SPEC` (any convolution, [`CONV_SPEC_SYNTAX`], see [`spec`]).
+/// A convolution given as a spec is labelled with its canonical spec. The error names
+/// the item and what is wrong with it.
 pub fn parse_shapes(list: &str) -> Result<Vec<Shape>, String> {
     list.split(',')
         .filter(|s| !s.trim().is_empty())
@@ -111,13 +139,18 @@ pub fn parse_shapes(list: &str) -> Result<Vec<Shape>, String> {
                     [m, k, n] if m > 0 && k > 0 && n > 0 => Ok(Shape::Gemm { m, k, n }),
                     _ => Err(format!("{item}: expected gemm:MxKxN with positive sizes")),
                 }
-            } else if let Some(name) = item.strip_prefix("conv:") {
-                conv_shapes().into_iter().find(|s| s.label() == name).ok_or_else(|| {
-                    let names: Vec<String> = conv_shapes().iter().map(Shape::label).collect();
-                    format!("{item}: unknown conv; known: {}", names.join(", "))
-                })
+            } else if let Some(spec) = item.strip_prefix("conv:") {
+                if spec.starts_with(|c: char| c.is_ascii_digit()) {
+                    let params = parse_conv_spec(spec).map_err(|e| format!("{item}: {e}"))?;
+                    Ok(Shape::Conv { name: conv_spec(&params), params })
+                } else {
+                    conv_shapes().into_iter().find(|s| s.label() == spec).ok_or_else(|| {
+                        let names: Vec<&str> = CONV_SUITE.iter().map(|&(name, _)| name).collect();
+                        format!("{item}: unknown conv; known: {}; or conv:{CONV_SPEC_SYNTAX}", names.join(", "))
+                    })
+                }
             } else {
-                Err(format!("{item}: expected gemm:MxKxN or conv:NAME"))
+                Err(format!("{item}: expected gemm:MxKxN, conv:NAME or conv:{CONV_SPEC_SYNTAX}"))
             }
         })
         .collect()
@@ -399,12 +432,81 @@ mod tests {
 
     #[test]
     fn parses_shapes() {
-        let s = parse_shapes("gemm:1x2x3, conv:r50_1x1").unwrap();
+        let s = parse_shapes("gemm:1x2x3, conv:r50_1x1,conv:1x56x56x128/128/3x3/s2/p1").unwrap();
         assert_eq!(s[0], Shape::Gemm { m: 1, k: 2, n: 3 });
         assert_eq!(s[1].label(), "r50_1x1");
+        let p = Conv2dParams::new(1, 56, 56, 128, 128, 3, 3).with_stride(2, 2).with_padding(1, 1, 1, 1);
+        assert_eq!(s[2], Shape::Conv { name: "1x56x56x128/128/3x3/s2/p1".into(), params: p });
+        let dw = parse_shapes("conv:1x112x112x96/96/3x3/s2/p1/g96").unwrap();
+        assert_eq!(dw[0], named("mbv2_dw_s2").with_label("1x112x112x96/96/3x3/s2/p1/g96"));
         assert!(parse_shapes("gemm:1x2").is_err());
-        assert!(parse_shapes("conv:nope").is_err());
         assert!(parse_shapes("matmul:1x1x1").is_err());
+    }
+
+    impl Shape {
+        fn with_label(self, label: &str) -> Shape {
+            match self {
+                Shape::Conv { params, .. } => Shape::Conv { name: label.into(), params },
+                gemm => gemm,
+            }
+        }
+    }
+
+    fn named(name: &str) -> Shape {
+        conv_shapes().into_iter().find(|s| s.label() == name).unwrap()
+    }
+
+    #[test]
+    fn errors_name_the_item() {
+        let cases = [
+            ("gemm:1x2", "gemm:1x2: expected gemm:MxKxN with positive sizes"),
+            ("conv:nope", "conv:nope: unknown conv; known: conv1, r50_3x3, r50_3x3_s2,"),
+            ("conv:nope", "; or conv:NxHxWxC/OC/KHxKW[/sS][/pP][/dD][/gG]"),
+            ("matmul:1x1x1", "matmul:1x1x1: expected gemm:MxKxN, conv:NAME or conv:NxHxWxC/OC/KHxKW"),
+            ("gemm:1x1x1, conv:1x5x5x4/4/3x3/q1 ", "conv:1x5x5x4/4/3x3/q1: unknown option \"q1\""),
+            ("conv:1x5x5x4/4", "conv:1x5x5x4/4: missing the kernel size"),
+            ("conv:1x5x5x4/4/3x3/g3", "conv:1x5x5x4/4/3x3/g3: 4 input channels do not split into 3 groups"),
+            ("conv:1x5x5x4/4/8x8/p1", "conv:1x5x5x4/4/8x8/p1: the kernel's height spans 8"),
+        ];
+        for (list, message) in cases {
+            match parse_shapes(list) {
+                Ok(s) => panic!("{list} parsed as {s:?}"),
+                Err(e) => assert!(e.contains(message), "{list}: got {e:?}, expected {message:?} in it"),
+            }
+        }
+    }
+
+    #[test]
+    fn labels_parse_back_as_the_same_shape() {
+        let parsed = parse_shapes(
+            "conv:1x20x20x16/16/3x3/s2/p1x0x1x2/g4,conv:1x9x9x8/8/3x3/g8/d2x1/p1x1x1x1/s1x2,\
+             conv:2x7x5x6/4/1x3/s2x1/p0x1x0x1,conv:1x56x56x128/128/3x3/s2/p1",
+        )
+        .unwrap();
+        assert_eq!(parsed[0].label(), "1x20x20x16/16/3x3/s2/p1x0x1x2/g4");
+        assert_eq!(parsed[1].label(), "1x9x9x8/8/3x3/s1x2/p1/d2x1/g8", "the canonical spec");
+        let suite = default_suite();
+        assert_eq!(suite.len(), 8 + CONV_SUITE.len());
+        for shape in suite.iter().chain(&parsed) {
+            assert_eq!(parse_shapes(&shape.spec()), Ok(vec![shape.clone()]), "{}", shape.spec());
+        }
+        let labels: std::collections::HashSet<String> = suite.iter().map(Shape::label).collect();
+        assert_eq!(labels.len(), suite.len(), "the suite's labels are distinct");
+    }
+
+    #[test]
+    fn the_suite_names_its_convolutions_by_their_specs() {
+        for (shape, (name, spec)) in conv_shapes().iter().zip(CONV_SUITE) {
+            let Shape::Conv { params, .. } = shape else { panic!("{name} is a conv") };
+            assert_eq!(shape.label(), name);
+            assert_eq!(conv_spec(params), spec, "{name}'s spec is canonical");
+        }
+        let Shape::Conv { params: s2, .. } = named("r50_3x3_s2") else { unreachable!() };
+        assert_eq!((s2.out_height(), s2.out_width(), s2.stride_height), (Some(28), Some(28), 2));
+        assert_eq!(named("r50_3x3_b4").ops(), 2 * 4 * 28 * 28 * 128 * 128 * 9);
+        assert_eq!(named("effnet_dw5").ops(), 2 * 28 * 28 * 240 * 25);
+        assert_eq!(named("mbv2_dw_s2").ops(), 2 * 56 * 56 * 96 * 9);
+        assert_eq!(named("r50_1x1_s2").ops(), 2 * 28 * 28 * 512 * 256);
     }
 
     #[test]
@@ -418,14 +520,15 @@ mod tests {
 
     #[test]
     fn a_small_problem_is_exact_on_every_isa() {
-        for shape in parse_shapes("gemm:7x33x65").unwrap() {
+        let shapes = "gemm:7x33x65,conv:1x20x20x16/16/3x3/s2/p1x0x1x2/g4,conv:2x9x7x8/12/3x2/s1x2/p0x2x1x0/d2x1";
+        for shape in parse_shapes(shapes).unwrap() {
             for data in [DataKind::Full, DataKind::SevenBit] {
                 let p = Problem::new(shape.clone(), data, 1);
                 let expected = p.reference();
                 for &isa in qgemm::available_isas() {
                     let mut out = vec![0u8; p.output_len()];
                     p.run(&p.pack(isa).unwrap(), 2, &mut out, &mut qgemm::Workspace::new()).unwrap();
-                    assert_eq!(out, expected, "{isa}");
+                    assert_eq!(out, expected, "{} on {isa}", shape.label());
                 }
             }
         }
@@ -434,7 +537,7 @@ mod tests {
     #[test]
     fn export_writes_what_the_manifest_says() {
         let dir = std::env::temp_dir().join(format!("qgemm-export-test-{}", std::process::id()));
-        let problems: Vec<Problem> = parse_shapes("gemm:3x5x7,conv:mbv2_1x1")
+        let problems: Vec<Problem> = parse_shapes("gemm:3x5x7,conv:mbv2_1x1,conv:1x6x5x4/6/3x3/s2x1/p1x0x2x1/d1x2/g2")
             .unwrap()
             .into_iter()
             .enumerate()
@@ -448,6 +551,14 @@ mod tests {
         for (entry, problem) in manifest["problems"].as_array().unwrap().iter().zip(&problems) {
             assert_eq!(entry["shape"], problem.shape.label().as_str());
             assert_eq!(entry["ops"], problem.shape.ops());
+            if let Shape::Conv { params: p, .. } = &problem.shape {
+                let pair = |a: usize, b: usize| serde_json::json!([a, b]);
+                assert_eq!(entry["stride"], pair(p.stride_height, p.stride_width));
+                assert_eq!(entry["dilation"], pair(p.dilation_height, p.dilation_width));
+                assert_eq!(entry["padding"], serde_json::json!([p.pad_top, p.pad_left, p.pad_bottom, p.pad_right]));
+                assert_eq!(entry["groups"], p.groups);
+                assert_eq!(entry["out_height"], p.out_height().unwrap());
+            }
             assert_eq!(read(&entry["a"]), problem.activations());
             assert_eq!(read(&entry["b"]), problem.weights().iter().map(|&w| w as u8).collect::<Vec<_>>());
             assert_eq!(entry["a_zero_point"], problem.activation_zero_point());
@@ -461,6 +572,10 @@ mod tests {
             assert_eq!(i32s, problem.reference_i32(problem.activation_zero_point()));
             assert_eq!(read(&entry["expected"]["u8"]).len(), problem.output_len());
         }
+        let conv = &manifest["problems"][2];
+        assert_eq!(conv["shape"], "1x6x5x4/6/3x3/s2x1/p1x0x2x1/d1x2/g2");
+        assert_eq!(conv["a"], "conv_1x6x5x4_6_3x3_s2x1_p1x0x2x1_d1x2_g2.a.u8", "no '/' in file names");
+        assert_eq!(conv["padding"], serde_json::json!([1, 0, 2, 1]));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use qgemm::Isa;
 use qgemm_bench::report::{self, Measurement, Table, Timing};
-use qgemm_bench::{DataKind, Problem, Shape, default_suite, export, median, parse_shapes, peak, rust_peers};
+use qgemm_bench::{
+    CONV_SUITE, DataKind, Problem, Shape, default_suite, export, median, parse_shapes, peak, rust_peers,
+};
 
 const HELP: &str = "\
 qgemm-bench: the qgemm throughput study
@@ -20,9 +22,19 @@ Runs each shape on each ISA, times it (median of repeated runs), checks the resu
 against the scalar reference byte for byte, and prints one row per measurement.
 
 Options:
-  --shapes LIST        comma-separated shapes: gemm:MxKxN (M x K x N) or conv:NAME
-                       (conv1, r50_3x3, r50_1x1, r50_late3x3, mbv2_1x1, mbv2_dw);
-                       default: the whole suite
+  --shapes LIST        comma-separated shapes (default: the whole suite):
+                         gemm:MxKxN   M x K x N
+                         conv:NAME    a convolution of the suite (listed below)
+                         conv:NxHxWxC/OC/KHxKW[/sS][/pP][/dD][/gG]
+                                      any NHWC convolution: batch x height x width x
+                                      channels, output channels, kernel height x width;
+                                      options in any order, each at most once:
+                                      sS stride, S = one value or AxB (vertical x
+                                      horizontal), default 1; pP padding, P = one value
+                                      or TxLxBxR (top, left, bottom, right), default 0;
+                                      dD dilation, like S; gG groups, dividing C and OC,
+                                      default 1. E.g. conv:1x56x56x128/128/3x3/s2/p1.
+                                      Its rows are labelled with the canonical spec.
   --isa LIST           comma-separated ISAs (default: every ISA available here)
   --threads LIST       comma-separated thread counts (default 1)
   --data KIND          full (default): full-range data; 7bit: activations in 0..=127
@@ -38,7 +50,16 @@ Options:
   --help               this text
 
 Exit status: 0 when every qgemm row is exact, 1 when any is not, 2 on bad arguments
-or I/O errors. Peers' wrong outputs are reported, not failed on.";
+or I/O errors. Peers' wrong outputs are reported, not failed on.
+
+The suite's convolutions (NAME: spec):";
+
+/// The help text: [`HELP`] and the suite's named convolutions.
+fn help() -> String {
+    let width = CONV_SUITE.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
+    let names: Vec<String> = CONV_SUITE.iter().map(|(name, spec)| format!("  {name:<width$}  {spec}")).collect();
+    format!("{HELP}\n{}", names.join("\n"))
+}
 
 struct Args {
     shapes: Vec<Shape>,
@@ -148,6 +169,11 @@ fn progress(line: &str) {
 fn seed(shape: &Shape) -> u64 {
     let label = format!("{}:{}", shape.op(), shape.label());
     label.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+}
+
+/// The width of the tables' shape column: `op label` of the longest shape, at least 24.
+fn shape_width(shapes: &[Shape]) -> usize {
+    shapes.iter().map(|s| s.op().len() + 1 + s.label().len()).fold(24, usize::max)
 }
 
 /// Compares an output with the reference: the count of elements that differ, and the
@@ -281,7 +307,7 @@ impl Runner<'_> {
         let exact = if t.wrong == 0 { "yes".to_string() } else { format!("NO ({})", t.wrong) };
         let scratch = t.scratch_bytes.map_or("-".to_string(), |b| format!("{:.1}", b as f64 / 1024.0));
         println!(
-            "{:<24} {:<18} {:<40} {:>7} {:>11.3} {:>9.2} {:>7} {:>6} {:>12}",
+            "{:<w$} {:<18} {:<40} {:>7} {:>11.3} {:>9.2} {:>7} {:>6} {:>12}",
             format!("{} {}", m.suite, m.shape),
             m.id,
             kernel,
@@ -290,22 +316,23 @@ impl Runner<'_> {
             t.gops,
             peak,
             exact,
-            scratch
+            scratch,
+            w = shape_width(&self.args.shapes)
         );
     }
 }
 
 /// Each implementation's speed-up over its own 1-thread figure, per shape, from rows
 /// of the same run.
-fn print_scaling(rows: &[Measurement]) {
+fn print_scaling(rows: &[Measurement], w: usize) {
     let gops = |m: &Measurement| m.result.as_ref().ok().map(|t| t.gops);
     println!("\nscaling: GOPS at t threads ÷ GOPS at 1 thread, same run");
-    println!("{:<24} {:<18} {:>7} {:>9} {:>9}", "shape", "implementation", "threads", "GOPS", "speed-up");
+    println!("{:<w$} {:<18} {:>7} {:>9} {:>9}", "shape", "implementation", "threads", "GOPS", "speed-up");
     for m in rows.iter().filter(|m| m.threads > 1) {
         let one = rows.iter().find(|o| o.threads == 1 && o.suite == m.suite && o.shape == m.shape && o.id == m.id);
         if let (Some(g), Some(g1)) = (gops(m), one.and_then(gops)) {
             println!(
-                "{:<24} {:<18} {:>7} {:>9.2} {:>8.2}×",
+                "{:<w$} {:<18} {:>7} {:>9.2} {:>8.2}×",
                 format!("{} {}", m.suite, m.shape),
                 m.id,
                 m.threads,
@@ -396,7 +423,7 @@ fn main() -> ExitCode {
     let args = match parse_args() {
         Ok(Some(args)) => args,
         Ok(None) => {
-            println!("{HELP}");
+            println!("{}", help());
             return ExitCode::SUCCESS;
         }
         Err(e) => {
@@ -442,8 +469,17 @@ fn main() -> ExitCode {
             args.data.name()
         );
         println!(
-            "{:<24} {:<18} {:<40} {:>7} {:>11} {:>9} {:>7} {:>6} {:>12}",
-            "shape", "implementation", "kernel", "threads", "median ms", "GOPS", "% peak", "exact", "scratch KiB"
+            "{:<w$} {:<18} {:<40} {:>7} {:>11} {:>9} {:>7} {:>6} {:>12}",
+            "shape",
+            "implementation",
+            "kernel",
+            "threads",
+            "median ms",
+            "GOPS",
+            "% peak",
+            "exact",
+            "scratch KiB",
+            w = shape_width(&args.shapes)
         );
     }
 
@@ -470,7 +506,7 @@ fn main() -> ExitCode {
     }
     rows.extend(peer_rows);
     if !args.json && args.threads.len() > 1 {
-        print_scaling(&rows);
+        print_scaling(&rows, shape_width(&args.shapes));
     }
 
     if args.json {

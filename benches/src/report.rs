@@ -19,7 +19,7 @@ use plotters::style::text_anchor;
 pub struct Measurement {
     /// `gemm` or `conv`.
     pub suite: String,
-    /// The shape's label (`1024x1024x1024`, `r50_3x3`).
+    /// The shape's label (`1024x1024x1024`, `r50_3x3`, `1x56x56x128/128/3x3/s2/p1`).
     pub shape: String,
     /// Threads it ran on.
     pub threads: usize,
@@ -287,6 +287,8 @@ impl<'a> Table<'a> {
                 "qgemm, checked byte for byte against the reference"
             } else if c.inexact {
                 "**inexact**: wrong outputs on this data"
+            } else if !self.rows.iter().any(|m| m.id == c.id && m.result.is_ok()) {
+                "skipped on every shape here"
             } else {
                 "exact on every shape here"
             };
@@ -311,7 +313,12 @@ impl<'a> Table<'a> {
     pub fn chart(&self, path: &Path) -> Result<(), String> {
         let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
         let bars: Vec<&Column> = self.columns.iter().collect();
-        let width = (180 + self.shapes.len() * (bars.len() * 14 + 30)).max(700) as u32;
+        // Each group as wide as its bars or as the longest label (a conv spec such as
+        // `1x112x112x96/96/3x3/s2/p1/g96`; about 7 px a character at 13 px, and a
+        // margin for the axes' share of the width).
+        let label = self.shapes.iter().map(|s| s.chars().count()).max().unwrap_or(0);
+        let group = (bars.len() * 14 + 30).max(label * 7 + 40);
+        let width = (180 + self.shapes.len() * group).max(700) as u32;
         let root = SVGBackend::new(path, (width, 580)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| err(&e))?;
         let title = format!("{}: GOPS (log scale)", self.title());
@@ -390,7 +397,7 @@ fn fmt_gops(gops: f64) -> String {
 /// A bar's colour, the same for an implementation in every chart (qgemm dark, peers
 /// from a palette by id), filled when exact and hollow when `wrong`.
 fn bar_style(column: &Column, wrong: bool) -> ShapeStyle {
-    const PEERS: [&str; 9] = [
+    const PEERS: [&str; 10] = [
         "rten-gemm",
         "tract-linalg",
         "ort-qlinearmatmul",
@@ -400,6 +407,7 @@ fn bar_style(column: &Column, wrong: bool) -> ShapeStyle {
         "torch-fbgemm",
         "torch-x86",
         "torch-onednn",
+        "xnnpack",
     ];
     let fnv = |s: &str| s.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
     let color = if column.is_qgemm {
@@ -407,9 +415,9 @@ fn bar_style(column: &Column, wrong: bool) -> ShapeStyle {
             [RGBColor(20, 30, 90), RGBColor(40, 90, 170), RGBColor(0, 130, 120), RGBColor(90, 90, 90)];
         QGEMM[fnv(column.id) as usize % QGEMM.len()].to_rgba()
     } else {
-        // Tableau's ten colours, minus its blue (qgemm's family): distinct, and dark
-        // enough to read as an outline.
-        const PALETTE: [RGBColor; 9] = [
+        // Tableau's ten colours, minus its blue (qgemm's family), and a gold: distinct,
+        // and dark enough to read as an outline.
+        const PALETTE: [RGBColor; 10] = [
             RGBColor(255, 127, 14),
             RGBColor(44, 160, 44),
             RGBColor(214, 39, 40),
@@ -419,6 +427,7 @@ fn bar_style(column: &Column, wrong: bool) -> ShapeStyle {
             RGBColor(188, 189, 34),
             RGBColor(23, 190, 207),
             RGBColor(127, 127, 127),
+            RGBColor(230, 171, 2),
         ];
         let index = PEERS.iter().position(|&p| p == column.id).unwrap_or(fnv(column.id) as usize);
         PALETTE[index % PALETTE.len()].to_rgba()
@@ -509,6 +518,31 @@ mod tests {
         let skipped = r#"{"peer":"torch-onednn","name":"n","library":"l","op":"conv","shape":"c","threads":1,"data":"full","skipped":"asymmetric padding"}"#;
         assert_eq!(Measurement::from_peer_json(skipped).unwrap().result.unwrap_err(), "asymmetric padding");
         assert!(Measurement::from_peer_json("{\"peer\": 1}").is_err());
+    }
+
+    #[test]
+    fn a_peer_skipped_everywhere_is_not_called_exact() {
+        let mut skipped = measurement("skipper", false, "a", 1.0, 0);
+        skipped.result = Err("asymmetric padding".into());
+        let all =
+            vec![measurement("qgemm avx2", true, "a", 100.0, 0), measurement("exact", false, "a", 50.0, 0), skipped];
+        let md = Table::split(&all)[0].markdown();
+        assert!(md.contains("`exact`: exact (lib 1); exact on every shape here."), "{md}");
+        assert!(md.contains("`skipper`: skipper (lib 1); skipped on every shape here."), "{md}");
+        assert!(md.contains("- `skipper` on a: asymmetric padding"), "{md}");
+    }
+
+    #[test]
+    fn the_chart_widens_for_long_labels() {
+        let dir = std::env::temp_dir().join(format!("qgemm-report-width-test-{}", std::process::id()));
+        let label = "1x112x112x96/96/3x3/s2/p1/g96";
+        let all: Vec<Measurement> =
+            (0..6).map(|i| measurement("qgemm avx2", true, &format!("{label}{i}"), 10.0, 0)).collect();
+        write(&dir, "", &all).unwrap();
+        let svg = std::fs::read_to_string(dir.join("gemm-1t-full.svg")).unwrap();
+        let width: usize = svg.split("width=\"").nth(1).and_then(|w| w.split('"').next()).unwrap().parse().unwrap();
+        assert!(width >= 6 * (label.len() + 1) * 7, "the chart is {width} px wide for six {label:?} labels");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
