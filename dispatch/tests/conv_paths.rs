@@ -43,6 +43,21 @@ fn cases() -> Vec<(&'static str, ConvPath, Conv2dParams)> {
         ("3x3 groups 4", IN, p(1, 6, 6, 16, 12, 3, 3).with_padding(1, 1, 1, 1).with_groups(4)),
         ("grouped 3x3, 2 in / 4 out per group", IM, p(2, 5, 5, 6, 12, 3, 3).with_groups(3)),
         ("kernel larger than the input", IN, p(1, 3, 2, 4, 5, 5, 4).with_padding(2, 1, 2, 1)),
+        // Indirect runs: kernel rows whose last K-group passes the input's end (copied),
+        // a vertical dilation (kernel rows apart), taps of 8 channels per group with
+        // padding on every side wider than the kernel, and 1×1 runs at a stride.
+        ("7x7 C=3 unpadded: runs end at the input's end", IN, p(1, 9, 9, 3, 4, 7, 7)),
+        ("3x3 dilation (2,1), C=8", IN, p(2, 9, 7, 8, 20, 3, 3).with_dilation(2, 1).with_padding(2, 1, 0, 1)),
+        (
+            "3x3 groups 2 of 8, stride 2, padding 4",
+            IN,
+            p(1, 7, 8, 16, 10, 3, 3).with_stride(2, 2).with_padding(4, 4, 3, 5).with_groups(2),
+        ),
+        ("5x5 C=5 stride (2,3), batch 2", IN, p(2, 11, 13, 5, 50, 5, 5).with_stride(2, 3).with_padding(2, 0, 1, 2)),
+        ("1x7 C=12 pad (0,3)", IN, p(1, 6, 9, 12, 52, 1, 7).with_padding(0, 3, 0, 3)),
+        // Kernel rows of 3 × 24000 channels: one tile's runs do not fit the indirect
+        // scratch, so the taps are gathered.
+        ("3x3 C=24000 (too deep to run indirectly)", IM, p(1, 3, 3, 24000, 3, 3, 3).with_padding(1, 1, 1, 1)),
         // Depthwise.
         ("dw 3x3 s1 p1", DW, p(1, 9, 9, 16, 16, 3, 3).with_padding(1, 1, 1, 1).with_groups(16)),
         (
@@ -201,8 +216,13 @@ fn scratch_stays_within_the_bound() {
         p(1, 7, 40000, 3, 3, 5, 5).with_dilation(1, 3).with_padding(2, 6, 2, 6).with_groups(3),
         // A depthwise kernel 200 rows tall.
         p(1, 220, 8, 16, 16, 200, 3).with_groups(16),
-        // A big image through im2col.
+        // A big image through im2col (indirect on the VNNI tiers).
         p(1, 300, 300, 16, 32, 3, 3).with_padding(1, 1, 1, 1),
+        // Indirect kernel rows of 3 × 4096 channels: row blocks of 8 pixels, every run a
+        // copy at the borders.
+        p(1, 4, 5, 4096, 16, 3, 3).with_padding(1, 1, 1, 1),
+        // Indirect taps of 3000 channels (groups 2), padding everywhere.
+        p(1, 5, 4, 6000, 6, 3, 3).with_padding(2, 2, 2, 2).with_groups(2),
     ];
     for params in shapes {
         let peak = conv_scratch(params);
