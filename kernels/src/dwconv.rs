@@ -58,6 +58,10 @@ pub const DW_ACC_BYTES: usize = 256 << 10;
 /// bias and scale of the fused output.
 const MAX_CHUNKS: usize = 128;
 
+/// Lanes per cache line: pair rows start on one, so that a vector of 8 or 16 lanes at
+/// any position never straddles two.
+const ALIGN_LANES: usize = 16;
+
 /// The tallest kernel the depthwise path takes (taller ones run as grouped GEMMs).
 pub const DW_MAX_KERNEL_HEIGHT: usize = 256;
 
@@ -154,9 +158,16 @@ impl Plan {
         (self.cols - 1) * g.stride_width + 2 * (g.kernel_width.div_ceil(2) - 1) * g.dilation_width + 1
     }
 
-    /// Bytes of pair rows: `KH` rows and the zero row.
+    /// Lanes of one slot (one pair row): whole cache lines, so that every slot starts
+    /// on one.
+    fn slot_lanes(&self, g: &ConvGeometry) -> usize {
+        self.span(g).saturating_mul(self.chunks * LANES).next_multiple_of(ALIGN_LANES)
+    }
+
+    /// Bytes of pair rows: `KH` rows and the zero row, and the lanes skipped to align
+    /// the first.
     fn pairs_bytes(&self, g: &ConvGeometry) -> usize {
-        [self.span(g), self.chunks, LANES * 4].iter().fold(g.kernel_height + 1, |b, &x| b.saturating_mul(x))
+        self.slot_lanes(g).saturating_mul(g.kernel_height + 1).saturating_add(ALIGN_LANES - 1).saturating_mul(4)
     }
 
     fn acc_bytes(&self) -> usize {
@@ -333,6 +344,7 @@ pub struct DwKernel {
     build: BuildFn,
     row: RowFn,
     fuses_float: bool,
+    lanes: usize,
 }
 
 impl DwKernel {
@@ -343,7 +355,21 @@ impl DwKernel {
     /// [`BuildArgs`] and [`RowArgs`] (as their `check`s assert), and touch memory only
     /// through the slices they get.
     pub const unsafe fn new(name: &'static str, build: BuildFn, row: RowFn) -> DwKernel {
-        DwKernel { name, build, row, fuses_float: false }
+        DwKernel { name, build, row, fuses_float: false, lanes: LANES }
+    }
+
+    /// The same kernel, declaring that it processes chunks in pairs, 16 channels per
+    /// vector, with pair rows in [`lane_at`]'s 16-lane layout.
+    pub const fn with_wide_vectors(mut self) -> DwKernel {
+        self.lanes = 2 * LANES;
+        self
+    }
+
+    /// Channels per vector: 8, or 16 for a kernel that processes chunks in pairs (its
+    /// pair rows use [`lane_at`]'s 16-lane layout). Channel ranges that start at a
+    /// multiple of it keep a block's pairs of chunks whole.
+    pub fn lanes(&self) -> usize {
+        self.lanes
     }
 
     /// The same kernel, declaring that `row` also takes [`RowOut::Float`].
@@ -429,8 +455,7 @@ pub fn run_with_plan(kernel: &DwKernel, args: DwArgs<'_>, plan: Plan, scratch: &
     assert!(plan.chunks > 0 && plan.cols > 0, "an empty plan");
     let plan = Plan { cols: plan.cols.min(g.out_width), ..plan };
     let (kh_n, pairs, chunks_total) = (g.kernel_height, w.pairs(), w.chunks());
-    let span_max = plan.span(&g);
-    let slot_len = plan.chunks * span_max * LANES;
+    let slot_len = plan.slot_lanes(&g);
     // Bias and Float requantization into bytes run inside the row kernel where it can;
     // everything else through the accumulators and the generic epilogue.
     let fused = match (&stage.requant, &out) {
@@ -449,7 +474,11 @@ pub fn run_with_plan(kernel: &DwKernel, args: DwArgs<'_>, plan: Plan, scratch: &
     let unaligned = !ch0.is_multiple_of(LANES);
     let acc_len = if fused.is_some() && !unaligned { 0 } else { plan.cols * plan.chunks * LANES };
     let DwScratch { pair_rows, acc, row_sums, tags, row_at, lane_bias, lane_scale } =
-        scratch.dw((kh_n + 1) * slot_len, acc_len, plan.cols, kh_n, plan.chunks * LANES);
+        scratch.dw((kh_n + 1) * slot_len + ALIGN_LANES - 1, acc_len, plan.cols, kh_n, plan.chunks * LANES);
+    // The slots from the first cache line (unaligned vectors that straddle two lines
+    // cost up to twice as much).
+    let skip_lanes = pair_rows.as_ptr().align_offset(ALIGN_LANES * 4).min(ALIGN_LANES - 1);
+    let pair_rows = &mut pair_rows[skip_lanes..][..(kh_n + 1) * slot_len];
     // Slots 0..KH hold pair rows; slot KH holds the zero point, for kernel rows in the
     // padding.
     let zp = i32::from(zero_point);
@@ -579,14 +608,30 @@ fn float_out<'a>(
     FloatOut { bias, scale, lo, hi, zero_point: r.zero_point, signed, out }
 }
 
-/// The pair-row build, written once for every ISA. At each position whose two taps
-/// are both inside the row, with multiplier 1, the whole chunks of channels go
-/// through `fast(x0, x1, dst, chunks, chunk_stride)`: `x0` and `x1` are the two input
-/// pixels from the block's first channel, `dst` starts at the position's lanes of
-/// chunk 0, and chunk `c` is `c · chunk_stride` lanes on. Everything else takes the
-/// scalar path here.
+/// The lane where chunk `chunk`'s 8 lanes at position `p` start in a pair row of
+/// `chunks` chunks of `span` positions: chunk-major (the module documentation), or,
+/// with `wide`, the 16-lane layout of kernels that process two chunks per vector: each
+/// pair of chunks `2q, 2q + 1` holds at every position 16 lanes (chunk `2q`'s, then
+/// `2q + 1`'s) where chunk `2q` starts, and an odd last chunk is chunk-major. Both
+/// layouts fill the same `chunks × span × LANES` lanes.
 #[inline(always)]
-pub(crate) fn build_with(args: BuildArgs<'_>, mut fast: impl FnMut(&[u8], &[u8], &mut [i32], usize, usize)) {
+pub fn lane_at(wide: bool, chunks: usize, span: usize, chunk: usize, p: usize) -> usize {
+    if wide && chunk < chunks & !1 {
+        (chunk & !1) * span * LANES + p * 2 * LANES + (chunk & 1) * LANES
+    } else {
+        (chunk * span + p) * LANES
+    }
+}
+
+/// The pair-row build, written once for every ISA, in the chunk-major layout or, with
+/// `wide`, the 16-lane one ([`lane_at`]). At each position whose two taps are both
+/// inside the row, with multiplier 1, the chunks whose channels all exist go through
+/// `fast(x0, x1, dst, lanes)`: `x0` and `x1` are the two input pixels from the chunk's
+/// first channel, `dst` starts at the chunk's lanes at this position, and `lanes` is
+/// 16 where two whole chunks lie together (only with `wide`), else 8. Everything else
+/// takes the scalar path here.
+#[inline(always)]
+pub(crate) fn build_with(args: BuildArgs<'_>, wide: bool, mut fast: impl FnMut(&[u8], &[u8], &mut [i32], usize)) {
     let BuildArgs {
         input_row,
         in_channels,
@@ -605,19 +650,24 @@ pub(crate) fn build_with(args: BuildArgs<'_>, mut fast: impl FnMut(&[u8], &[u8],
     let pixel = |iw: isize| (iw >= 0 && iw < width).then(|| &input_row[iw as usize * in_channels..][..in_channels]);
     // Chunks whose 8 channels all exist (the rest are the block's channel tail).
     let whole = ((out_channels - channel0) / LANES).min(chunks);
-    let chunk_stride = span * LANES;
+    // Chunks laid out in pairs (with `wide`).
+    let paired = if wide { chunks & !1 } else { 0 };
     for p in 0..span {
         let iw = iw0 + p as isize;
         let (x0, x1) = (pixel(iw), pixel(iw + dilation as isize));
         let mut first_scalar = 0;
         if let (Some(x0), Some(x1), 1) = (x0, x1, multiplier) {
-            if whole > 0 {
-                fast(&x0[channel0..], &x1[channel0..], &mut dst[p * LANES..], whole, chunk_stride);
+            let mut chunk = 0;
+            while chunk < whole {
+                let n = if chunk + 1 < whole && chunk + 1 < paired { 2 } else { 1 };
+                let c = channel0 + chunk * LANES;
+                fast(&x0[c..], &x1[c..], &mut dst[lane_at(wide, chunks, span, chunk, p)..], n * LANES);
+                chunk += n;
             }
             first_scalar = whole;
         }
         for chunk in first_scalar..chunks {
-            let lanes = &mut dst[chunk * chunk_stride + p * LANES..][..LANES];
+            let lanes = &mut dst[lane_at(wide, chunks, span, chunk, p)..][..LANES];
             let oc0 = channel0 + chunk * LANES;
             for (l, lane) in lanes.iter_mut().enumerate() {
                 let oc = oc0 + l;
@@ -637,13 +687,9 @@ pub(crate) mod portable {
 
     /// Builds a pair row in plain Rust.
     pub(crate) fn build(args: BuildArgs<'_>) {
-        build_with(args, |x0, x1, dst, chunks, stride| {
-            for c in 0..chunks {
-                let lanes = &mut dst[c * stride..][..LANES];
-                let (x0, x1) = (&x0[c * LANES..][..LANES], &x1[c * LANES..][..LANES]);
-                for ((lane, &a), &b) in lanes.iter_mut().zip(x0).zip(x1) {
-                    *lane = pair(i32::from(a), i32::from(b));
-                }
+        build_with(args, false, |x0, x1, dst, lanes| {
+            for ((lane, &a), &b) in dst[..lanes].iter_mut().zip(&x0[..lanes]).zip(&x1[..lanes]) {
+                *lane = pair(i32::from(a), i32::from(b));
             }
         })
     }

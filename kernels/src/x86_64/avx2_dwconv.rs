@@ -35,20 +35,16 @@ static KERNEL: DwKernel = {
 /// AVX2 must be available; the arguments satisfy `BuildArgs` (checked by the caller).
 #[target_feature(enable = "avx2")]
 unsafe fn build(args: BuildArgs<'_>) {
-    build_with(args, |x0, x1, dst, chunks, stride| {
-        assert!(x0.len() >= chunks * LANES && x1.len() >= chunks * LANES);
-        assert!(dst.len() >= (chunks - 1) * stride + LANES);
-        let (x0, x1, dst) = (x0.as_ptr(), x1.as_ptr(), dst.as_mut_ptr());
-        for c in 0..chunks {
-            // SAFETY: AVX2 is enabled here; chunk `c < chunks` reads 8 bytes at `8c` of
-            // `x0` and `x1` and writes 8 lanes at `c · stride` of `dst`, all in bounds
-            // (asserted above); loads and stores are unaligned.
-            unsafe {
-                let a = _mm_loadl_epi64(x0.add(c * LANES).cast());
-                let b = _mm_loadl_epi64(x1.add(c * LANES).cast());
-                let pairs = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(a, b));
-                _mm256_storeu_si256(dst.add(c * stride).cast(), pairs);
-            }
+    build_with(args, false, |x0, x1, dst, lanes| {
+        assert!(lanes == LANES && x0.len() >= LANES && x1.len() >= LANES && dst.len() >= LANES);
+        // SAFETY: AVX2 is enabled here; reads 8 bytes of `x0` and `x1` and writes 8
+        // lanes of `dst`, all in bounds (asserted above); loads and stores are
+        // unaligned.
+        unsafe {
+            let a = _mm_loadl_epi64(x0.as_ptr().cast());
+            let b = _mm_loadl_epi64(x1.as_ptr().cast());
+            let pairs = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(a, b));
+            _mm256_storeu_si256(dst.as_mut_ptr().cast(), pairs);
         }
     })
 }
