@@ -623,15 +623,44 @@ pub fn lane_at(wide: bool, chunks: usize, span: usize, chunk: usize, p: usize) -
     }
 }
 
+/// One run of [`build_with`]'s fast path: `positions` consecutive positions of one
+/// chunk (8 lanes) or one pair of chunks (16 lanes), every tap inside the row, with
+/// multiplier 1. Position `k` pairs `x[k·pixel..][..lanes]` with
+/// `x[k·pixel + dilation..][..lanes]` into `dst[k·lanes..][..lanes]`, lane `l` being
+/// `pair(x0[l], x1[l])`.
+#[derive(Debug)]
+pub(crate) struct FastRun<'a> {
+    /// The input row from the first position's pixel and the chunk's first channel.
+    pub x: &'a [u8],
+    /// Bytes from one pixel to the next (the input channels).
+    pub pixel: usize,
+    /// Bytes from a pair's first tap to its second.
+    pub dilation: usize,
+    /// The first position's lanes.
+    pub dst: &'a mut [i32],
+    /// Positions.
+    pub positions: usize,
+    /// Lanes per position: 8 or 16.
+    pub lanes: usize,
+}
+
+impl FastRun<'_> {
+    /// Asserts that every access the run describes is in bounds.
+    #[inline(always)]
+    pub(crate) fn check(&self) {
+        assert!(self.positions > 0 && (self.lanes == LANES || self.lanes == 2 * LANES));
+        assert!(self.x.len() >= (self.positions - 1) * self.pixel + self.dilation + self.lanes, "fast run input");
+        assert!(self.dst.len() >= self.positions * self.lanes, "fast run output");
+    }
+}
+
 /// The pair-row build, written once for every ISA, in the chunk-major layout or, with
-/// `wide`, the 16-lane one ([`lane_at`]). At each position whose two taps are both
-/// inside the row, with multiplier 1, the chunks whose channels all exist go through
-/// `fast(x0, x1, dst, lanes)`: `x0` and `x1` are the two input pixels from the chunk's
-/// first channel, `dst` starts at the chunk's lanes at this position, and `lanes` is
-/// 16 where two whole chunks lie together (only with `wide`), else 8. Everything else
-/// takes the scalar path here.
+/// `wide`, the 16-lane one ([`lane_at`]). With multiplier 1, the positions whose two
+/// taps are both inside the row, for each chunk whose channels all exist, go through
+/// `fast` (a [`FastRun`] per chunk, or per pair of whole chunks that lie together with
+/// `wide`). Everything else takes the scalar path here.
 #[inline(always)]
-pub(crate) fn build_with(args: BuildArgs<'_>, wide: bool, mut fast: impl FnMut(&[u8], &[u8], &mut [i32], usize)) {
+pub(crate) fn build_with(args: BuildArgs<'_>, wide: bool, mut fast: impl FnMut(FastRun<'_>)) {
     let BuildArgs {
         input_row,
         in_channels,
@@ -652,20 +681,30 @@ pub(crate) fn build_with(args: BuildArgs<'_>, wide: bool, mut fast: impl FnMut(&
     let whole = ((out_channels - channel0) / LANES).min(chunks);
     // Chunks laid out in pairs (with `wide`).
     let paired = if wide { chunks & !1 } else { 0 };
+    // The positions whose two taps are inside the row: `inner`, with multiplier 1.
+    let first = (-iw0).clamp(0, span as isize);
+    let end = (width - dilation as isize - iw0).clamp(first, span as isize);
+    let inner = if multiplier == 1 { first as usize..end as usize } else { 0..0 };
+    if !inner.is_empty() {
+        let at = (iw0 + inner.start as isize) as usize * in_channels;
+        let mut chunk = 0;
+        while chunk < whole {
+            let n = if chunk + 1 < whole && chunk + 1 < paired { 2 } else { 1 };
+            fast(FastRun {
+                x: &input_row[at + channel0 + chunk * LANES..],
+                pixel: in_channels,
+                dilation: dilation * in_channels,
+                dst: &mut dst[lane_at(wide, chunks, span, chunk, inner.start)..],
+                positions: inner.len(),
+                lanes: n * LANES,
+            });
+            chunk += n;
+        }
+    }
     for p in 0..span {
         let iw = iw0 + p as isize;
         let (x0, x1) = (pixel(iw), pixel(iw + dilation as isize));
-        let mut first_scalar = 0;
-        if let (Some(x0), Some(x1), 1) = (x0, x1, multiplier) {
-            let mut chunk = 0;
-            while chunk < whole {
-                let n = if chunk + 1 < whole && chunk + 1 < paired { 2 } else { 1 };
-                let c = channel0 + chunk * LANES;
-                fast(&x0[c..], &x1[c..], &mut dst[lane_at(wide, chunks, span, chunk, p)..], n * LANES);
-                chunk += n;
-            }
-            first_scalar = whole;
-        }
+        let first_scalar = if inner.contains(&p) { whole } else { 0 };
         for chunk in first_scalar..chunks {
             let lanes = &mut dst[lane_at(wide, chunks, span, chunk, p)..][..LANES];
             let oc0 = channel0 + chunk * LANES;
@@ -687,9 +726,15 @@ pub(crate) mod portable {
 
     /// Builds a pair row in plain Rust.
     pub(crate) fn build(args: BuildArgs<'_>) {
-        build_with(args, false, |x0, x1, dst, lanes| {
-            for ((lane, &a), &b) in dst[..lanes].iter_mut().zip(&x0[..lanes]).zip(&x1[..lanes]) {
-                *lane = pair(i32::from(a), i32::from(b));
+        build_with(args, false, |run| {
+            run.check();
+            for k in 0..run.positions {
+                let lanes = &mut run.dst[k * run.lanes..][..run.lanes];
+                let x0 = &run.x[k * run.pixel..][..run.lanes];
+                let x1 = &run.x[k * run.pixel + run.dilation..][..run.lanes];
+                for ((lane, &a), &b) in lanes.iter_mut().zip(x0).zip(x1) {
+                    *lane = pair(i32::from(a), i32::from(b));
+                }
             }
         })
     }

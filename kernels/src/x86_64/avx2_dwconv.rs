@@ -17,7 +17,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::dwconv::{BuildArgs, DwKernel, LANES, RowArgs, RowOut, build_with};
+use crate::dwconv::{BuildArgs, DwKernel, FastRun, LANES, RowArgs, RowOut, build_with};
 
 /// The AVX2 depthwise kernel, or `None` if this CPU lacks AVX2.
 pub fn dw_kernel() -> Option<&'static DwKernel> {
@@ -35,16 +35,21 @@ static KERNEL: DwKernel = {
 /// AVX2 must be available; the arguments satisfy `BuildArgs` (checked by the caller).
 #[target_feature(enable = "avx2")]
 unsafe fn build(args: BuildArgs<'_>) {
-    build_with(args, false, |x0, x1, dst, lanes| {
-        assert!(lanes == LANES && x0.len() >= LANES && x1.len() >= LANES && dst.len() >= LANES);
-        // SAFETY: AVX2 is enabled here; reads 8 bytes of `x0` and `x1` and writes 8
-        // lanes of `dst`, all in bounds (asserted above); loads and stores are
-        // unaligned.
-        unsafe {
-            let a = _mm_loadl_epi64(x0.as_ptr().cast());
-            let b = _mm_loadl_epi64(x1.as_ptr().cast());
-            let pairs = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(a, b));
-            _mm256_storeu_si256(dst.as_mut_ptr().cast(), pairs);
+    build_with(args, false, |run| {
+        run.check();
+        let FastRun { x, pixel, dilation, dst, positions, .. } = run;
+        let (x, dst) = (x.as_ptr(), dst.as_mut_ptr());
+        for k in 0..positions {
+            // SAFETY: AVX2 is enabled here; position `k` reads 8 bytes at `k · pixel`
+            // and at `k · pixel + dilation` of `x` and writes 8 lanes at `8k` of `dst`,
+            // all in bounds (`FastRun::check`, lanes = 8 since this layout has no
+            // pairs); loads and stores are unaligned.
+            unsafe {
+                let a = _mm_loadl_epi64(x.add(k * pixel).cast());
+                let b = _mm_loadl_epi64(x.add(k * pixel + dilation).cast());
+                let pairs = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(a, b));
+                _mm256_storeu_si256(dst.add(k * LANES).cast(), pairs);
+            }
         }
     })
 }

@@ -9,9 +9,9 @@
 //!      → 16 i32 lanes, acc + x0·(w0 − wzp) + x1·(w1 − wzp) each: exact
 //!      (+ bias − zp·Σ(w − wzp), then Float requantization, fused; narrowed with
 //!      vpmovdb, stored whole or under a mask at the channel tail)
-//!  building a pair row, per position and pair of chunks:
-//!      vmovdqu x[iw], vmovdqu x[iw + dw] (16 bytes each) → vpunpcklbw/hbw
-//!      → vpmovzxbw (zmm) → store
+//!  building a pair row, per pair of chunks, along the positions inside the row:
+//!      vpmovzxbd x[iw], vpmovzxbd x[iw + dw] (16 bytes each) → vpslld 16, vpord
+//!      → store
 //! ```
 //!
 //! The pair rows use [`lane_at`]'s 16-lane layout, so one aligned-or-not zmm load
@@ -27,7 +27,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::dwconv::{BuildArgs, DwKernel, FloatOut, LANES, RowArgs, RowOut, build_with, lane_at};
+use crate::dwconv::{BuildArgs, DwKernel, FastRun, FloatOut, LANES, RowArgs, RowOut, build_with, lane_at};
 
 /// The AVX-512 depthwise kernel, or `None` if this CPU lacks any of AVX-512 F, BW, VL,
 /// VNNI or AVX2.
@@ -52,26 +52,29 @@ static KERNEL: DwKernel = {
 /// (checked by the caller).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2")]
 unsafe fn build(args: BuildArgs<'_>) {
-    build_with(args, true, |x0, x1, dst, lanes| {
-        assert!(x0.len() >= lanes && x1.len() >= lanes && dst.len() >= lanes);
+    build_with(args, true, |run| {
+        run.check();
+        let FastRun { x, pixel, dilation, dst, positions, lanes } = run;
+        let (x, dst) = (x.as_ptr(), dst.as_mut_ptr());
         if lanes == 2 * LANES {
-            // SAFETY: the features are enabled here; reads 16 bytes of `x0` and `x1`
-            // and writes 16 lanes of `dst`, all in bounds (asserted above); loads and
-            // stores are unaligned.
-            unsafe {
-                let a = _mm_loadu_si128(x0.as_ptr().cast());
-                let b = _mm_loadu_si128(x1.as_ptr().cast());
-                let lo = _mm256_castsi128_si256(_mm_unpacklo_epi8(a, b));
-                let bytes = _mm256_inserti128_si256::<1>(lo, _mm_unpackhi_epi8(a, b));
-                _mm512_storeu_si512(dst.as_mut_ptr().cast(), _mm512_cvtepu8_epi16(bytes));
+            for k in 0..positions {
+                // SAFETY: the features are enabled here; position `k` reads 16 bytes at
+                // `k · pixel` and at `k · pixel + dilation` of `x` and writes 16 lanes at
+                // `16k` of `dst`, all in bounds (`FastRun::check`); unaligned.
+                unsafe {
+                    let a = _mm512_cvtepu8_epi32(_mm_loadu_si128(x.add(k * pixel).cast()));
+                    let b = _mm512_cvtepu8_epi32(_mm_loadu_si128(x.add(k * pixel + dilation).cast()));
+                    _mm512_storeu_si512(dst.add(k * 2 * LANES).cast(), _mm512_or_si512(a, _mm512_slli_epi32::<16>(b)));
+                }
             }
         } else {
-            // SAFETY: as above, for 8 bytes and 8 lanes.
-            unsafe {
-                let a = _mm_loadl_epi64(x0.as_ptr().cast());
-                let b = _mm_loadl_epi64(x1.as_ptr().cast());
-                let pairs = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(a, b));
-                _mm256_storeu_si256(dst.as_mut_ptr().cast(), pairs);
+            for k in 0..positions {
+                // SAFETY: as above, for 8 bytes and 8 lanes.
+                unsafe {
+                    let a = _mm256_cvtepu8_epi32(_mm_loadl_epi64(x.add(k * pixel).cast()));
+                    let b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(x.add(k * pixel + dilation).cast()));
+                    _mm256_storeu_si256(dst.add(k * LANES).cast(), _mm256_or_si256(a, _mm256_slli_epi32::<16>(b)));
+                }
             }
         }
     })
