@@ -626,7 +626,7 @@ pub fn lane_at(wide: bool, chunks: usize, span: usize, chunk: usize, p: usize) -
 /// One run of [`build_with`]'s fast path: `positions` consecutive positions of one
 /// chunk (8 lanes) or one pair of chunks (16 lanes), every tap inside the row, with
 /// multiplier 1. Position `k` pairs `x[k·pixel..][..lanes]` with
-/// `x[k·pixel + dilation..][..lanes]` into `dst[k·lanes..][..lanes]`, lane `l` being
+/// `x[k·pixel + dilation..][..lanes]` into `dst[k·step..][..lanes]`, lane `l` being
 /// `pair(x0[l], x1[l])`.
 #[derive(Debug)]
 pub(crate) struct FastRun<'a> {
@@ -642,15 +642,18 @@ pub(crate) struct FastRun<'a> {
     pub positions: usize,
     /// Lanes per position: 8 or 16.
     pub lanes: usize,
+    /// Lanes from one position to the next: 8, or 16 in the 16-lane layout's pairs
+    /// (also for a whole chunk whose partner is the channel tail).
+    pub step: usize,
 }
 
 impl FastRun<'_> {
     /// Asserts that every access the run describes is in bounds.
     #[inline(always)]
     pub(crate) fn check(&self) {
-        assert!(self.positions > 0 && (self.lanes == LANES || self.lanes == 2 * LANES));
+        assert!(self.positions > 0 && (self.lanes == LANES || self.lanes == 2 * LANES) && self.step >= self.lanes);
         assert!(self.x.len() >= (self.positions - 1) * self.pixel + self.dilation + self.lanes, "fast run input");
-        assert!(self.dst.len() >= self.positions * self.lanes, "fast run output");
+        assert!(self.dst.len() >= (self.positions - 1) * self.step + self.lanes, "fast run output");
     }
 }
 
@@ -697,6 +700,7 @@ pub(crate) fn build_with(args: BuildArgs<'_>, wide: bool, mut fast: impl FnMut(F
                 dst: &mut dst[lane_at(wide, chunks, span, chunk, inner.start)..],
                 positions: inner.len(),
                 lanes: n * LANES,
+                step: if chunk < paired { 2 * LANES } else { LANES },
             });
             chunk += n;
         }
@@ -729,7 +733,7 @@ pub(crate) mod portable {
         build_with(args, false, |run| {
             run.check();
             for k in 0..run.positions {
-                let lanes = &mut run.dst[k * run.lanes..][..run.lanes];
+                let lanes = &mut run.dst[k * run.step..][..run.lanes];
                 let x0 = &run.x[k * run.pixel..][..run.lanes];
                 let x1 = &run.x[k * run.pixel + run.dilation..][..run.lanes];
                 for ((lane, &a), &b) in lanes.iter_mut().zip(x0).zip(x1) {

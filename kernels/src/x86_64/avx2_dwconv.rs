@@ -37,18 +37,18 @@ static KERNEL: DwKernel = {
 unsafe fn build(args: BuildArgs<'_>) {
     build_with(args, false, |run| {
         run.check();
-        let FastRun { x, pixel, dilation, dst, positions, .. } = run;
+        let FastRun { x, pixel, dilation, dst, positions, step, .. } = run;
         let (x, dst) = (x.as_ptr(), dst.as_mut_ptr());
         for k in 0..positions {
             // SAFETY: AVX2 is enabled here; position `k` reads 8 bytes at `k · pixel`
-            // and at `k · pixel + dilation` of `x` and writes 8 lanes at `8k` of `dst`,
-            // all in bounds (`FastRun::check`, lanes = 8 since this layout has no
+            // and at `k · pixel + dilation` of `x` and writes 8 lanes at `k · step` of
+            // `dst`, all in bounds (`FastRun::check`; lanes = 8, as this layout has no
             // pairs); loads and stores are unaligned.
             unsafe {
                 let a = _mm_loadl_epi64(x.add(k * pixel).cast());
                 let b = _mm_loadl_epi64(x.add(k * pixel + dilation).cast());
                 let pairs = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(a, b));
-                _mm256_storeu_si256(dst.add(k * LANES).cast(), pairs);
+                _mm256_storeu_si256(dst.add(k * step).cast(), pairs);
             }
         }
     })

@@ -54,17 +54,17 @@ static KERNEL: DwKernel = {
 unsafe fn build(args: BuildArgs<'_>) {
     build_with(args, true, |run| {
         run.check();
-        let FastRun { x, pixel, dilation, dst, positions, lanes } = run;
+        let FastRun { x, pixel, dilation, dst, positions, lanes, step } = run;
         let (x, dst) = (x.as_ptr(), dst.as_mut_ptr());
         if lanes == 2 * LANES {
             for k in 0..positions {
                 // SAFETY: the features are enabled here; position `k` reads 16 bytes at
                 // `k · pixel` and at `k · pixel + dilation` of `x` and writes 16 lanes at
-                // `16k` of `dst`, all in bounds (`FastRun::check`); unaligned.
+                // `k · step` of `dst`, all in bounds (`FastRun::check`); unaligned.
                 unsafe {
                     let a = _mm512_cvtepu8_epi32(_mm_loadu_si128(x.add(k * pixel).cast()));
                     let b = _mm512_cvtepu8_epi32(_mm_loadu_si128(x.add(k * pixel + dilation).cast()));
-                    _mm512_storeu_si512(dst.add(k * 2 * LANES).cast(), _mm512_or_si512(a, _mm512_slli_epi32::<16>(b)));
+                    _mm512_storeu_si512(dst.add(k * step).cast(), _mm512_or_si512(a, _mm512_slli_epi32::<16>(b)));
                 }
             }
         } else {
@@ -73,7 +73,7 @@ unsafe fn build(args: BuildArgs<'_>) {
                 unsafe {
                     let a = _mm256_cvtepu8_epi32(_mm_loadl_epi64(x.add(k * pixel).cast()));
                     let b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(x.add(k * pixel + dilation).cast()));
-                    _mm256_storeu_si256(dst.add(k * LANES).cast(), _mm256_or_si256(a, _mm256_slli_epi32::<16>(b)));
+                    _mm256_storeu_si256(dst.add(k * step).cast(), _mm256_or_si256(a, _mm256_slli_epi32::<16>(b)));
                 }
             }
         }
