@@ -104,10 +104,13 @@ trait Lanes: Copy {
     unsafe fn zero() -> Self;
     /// `acc + Σ` of the two i16 products of each lane, wrapping.
     unsafe fn dp(acc: Self, x: Self, w: Self) -> Self;
+    /// Wrapping i32 sums.
+    unsafe fn add(a: Self, b: Self) -> Self;
     unsafe fn store(self, p: *mut i32);
-    /// `(self + bias) · scale` clamped, rounded, plus the zero point, stored as the
+    /// `self · scale` (`self` already holds the bias) clamped, rounded, plus the zero
+    /// point, stored as the
     /// first `n` bytes at `dst`.
-    unsafe fn quantize(self, bias: Self, scale: *const f32, f: &FloatOut<'_>, dst: *mut u8, n: usize);
+    unsafe fn quantize(self, scale: *const f32, f: &FloatOut<'_>, dst: *mut u8, n: usize);
 }
 
 impl Lanes for __m512i {
@@ -141,20 +144,26 @@ impl Lanes for __m512i {
     }
 
     #[inline(always)]
+    unsafe fn add(a: Self, b: Self) -> Self {
+        // SAFETY: the caller's contract.
+        unsafe { _mm512_add_epi32(a, b) }
+    }
+
+    #[inline(always)]
     unsafe fn store(self, p: *mut i32) {
         // SAFETY: the caller's contract.
         unsafe { _mm512_storeu_si512(p.cast(), self) }
     }
 
     #[inline(always)]
-    unsafe fn quantize(self, bias: Self, scale: *const f32, f: &FloatOut<'_>, dst: *mut u8, n: usize) {
+    unsafe fn quantize(self, scale: *const f32, f: &FloatOut<'_>, dst: *mut u8, n: usize) {
         // SAFETY: the caller's contract: 16 scales readable, `n` bytes writable.
         unsafe {
-            // The AVX2 kernel's operations, lane for lane: (acc + bias) as f32 · scale,
+            // The AVX2 kernel's operations, lane for lane: (bias + acc) as f32 · scale,
             // clamped, rounded to nearest even (the default MXCSR mode, as the
             // reference's f32 arithmetic), plus the zero point; already in the output
             // type's range, so vpmovdb's truncation is exact for u8 and i8.
-            let x = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(self, bias)), _mm512_loadu_ps(scale));
+            let x = _mm512_mul_ps(_mm512_cvtepi32_ps(self), _mm512_loadu_ps(scale));
             let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(f.lo)), _mm512_set1_ps(f.hi));
             let q = _mm512_add_epi32(_mm512_cvtps_epi32(x), _mm512_set1_epi32(f.zero_point));
             // vpmovdb to a register, then a plain store (or a masked one at the channel
@@ -197,16 +206,22 @@ impl Lanes for __m256i {
     }
 
     #[inline(always)]
+    unsafe fn add(a: Self, b: Self) -> Self {
+        // SAFETY: the caller's contract.
+        unsafe { _mm256_add_epi32(a, b) }
+    }
+
+    #[inline(always)]
     unsafe fn store(self, p: *mut i32) {
         // SAFETY: the caller's contract.
         unsafe { _mm256_storeu_si256(p.cast(), self) }
     }
 
     #[inline(always)]
-    unsafe fn quantize(self, bias: Self, scale: *const f32, f: &FloatOut<'_>, dst: *mut u8, n: usize) {
+    unsafe fn quantize(self, scale: *const f32, f: &FloatOut<'_>, dst: *mut u8, n: usize) {
         // SAFETY: the caller's contract: 8 scales readable, `n` bytes writable.
         unsafe {
-            let x = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(self, bias)), _mm256_loadu_ps(scale));
+            let x = _mm256_mul_ps(_mm256_cvtepi32_ps(self), _mm256_loadu_ps(scale));
             let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(f.lo)), _mm256_set1_ps(f.hi));
             let q = _mm256_add_epi32(_mm256_cvtps_epi32(x), _mm256_set1_epi32(f.zero_point));
             let bytes = _mm256_cvtepi32_epi8(q);
@@ -273,15 +288,18 @@ unsafe fn chunk_cols<V: Lanes>(args: &mut RowArgs<'_>, chunk: usize, kernel_rows
         }
         for i in 0..cols {
             let step = i * stride * pos;
-            let mut sum = V::zero();
+            // Two sums (even and odd taps) halve the chain of dependent `vpdpwssd`;
+            // the bias (0 for the accumulators) starts one: wrapping adds commute.
+            let mut sums = [bias, V::zero()];
             for kh in 0..kernel_rows {
                 let r = if kh < 16 { row_ptr[kh] } else { rows.add(row_at[kh] + base) }.add(step);
                 for j in 0..pairs {
                     let t = kh * pairs + j;
                     let wt = if t < 16 { wv[t] } else { V::load_w(w.add(t * LANES), chunk_stride) };
-                    sum = V::dp(sum, V::load(r.add(2 * j * dilation * pos)), wt);
+                    sums[t % 2] = V::dp(sums[t % 2], V::load(r.add(2 * j * dilation * pos)), wt);
                 }
             }
+            let sum = V::add(sums[0], sums[1]);
             match out {
                 RowOut::Acc { acc, stride: acc_stride } => {
                     sum.store(acc.as_mut_ptr().add(i * *acc_stride + chunk * LANES))
@@ -290,7 +308,7 @@ unsafe fn chunk_cols<V: Lanes>(args: &mut RowArgs<'_>, chunk: usize, kernel_rows
                     let n = f.out.cols().saturating_sub(chunk * LANES).min(V::N);
                     if n > 0 {
                         let dst = f.out.as_mut_ptr().add(i * f.out.stride() + chunk * LANES);
-                        sum.quantize(bias, f.scale.as_ptr().add(chunk * LANES), f, dst, n);
+                        sum.quantize(f.scale.as_ptr().add(chunk * LANES), f, dst, n);
                     }
                 }
             }
