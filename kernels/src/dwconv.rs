@@ -678,7 +678,6 @@ pub(crate) fn build_with(args: BuildArgs<'_>, wide: bool, mut fast: impl FnMut(F
         dst,
     } = args;
     let width = (input_row.len() / in_channels.max(1)) as isize;
-    let zp = i32::from(zero_point);
     let pixel = |iw: isize| (iw >= 0 && iw < width).then(|| &input_row[iw as usize * in_channels..][..in_channels]);
     // Chunks whose 8 channels all exist (the rest are the block's channel tail).
     let whole = ((out_channels - channel0) / LANES).min(chunks);
@@ -712,13 +711,20 @@ pub(crate) fn build_with(args: BuildArgs<'_>, wide: bool, mut fast: impl FnMut(F
         for chunk in first_scalar..chunks {
             let lanes = &mut dst[lane_at(wide, chunks, span, chunk, p)..][..LANES];
             let oc0 = channel0 + chunk * LANES;
-            for (l, lane) in lanes.iter_mut().enumerate() {
-                let oc = oc0 + l;
-                let v = |x: Option<&[u8]>| match x {
-                    Some(x) if oc < out_channels => i32::from(x[oc / multiplier]),
-                    _ => zp,
-                };
-                *lane = pair(v(x0), v(x1));
+            // The chunk's channels that exist, from each tap (the zero point elsewhere).
+            let real = out_channels.saturating_sub(oc0).min(LANES);
+            let taps = |x: Option<&[u8]>| {
+                let mut v = [zero_point; LANES];
+                match x {
+                    Some(x) if multiplier == 1 => v[..real].copy_from_slice(&x[oc0..oc0 + real]),
+                    Some(x) => v.iter_mut().take(real).enumerate().for_each(|(l, v)| *v = x[(oc0 + l) / multiplier]),
+                    None => {}
+                }
+                v
+            };
+            let (v0, v1) = (taps(x0), taps(x1));
+            for ((lane, &a), &b) in lanes.iter_mut().zip(&v0).zip(&v1) {
+                *lane = pair(i32::from(a), i32::from(b));
             }
         }
     }
