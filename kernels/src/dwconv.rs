@@ -624,18 +624,21 @@ pub fn lane_at(wide: bool, chunks: usize, span: usize, chunk: usize, p: usize) -
 }
 
 /// One run of [`build_with`]'s fast path: `positions` consecutive positions of one
-/// chunk (8 lanes) or one pair of chunks (16 lanes), every tap inside the row, with
-/// multiplier 1. Position `k` pairs `x[k·pixel..][..lanes]` with
-/// `x[k·pixel + dilation..][..lanes]` into `dst[k·step..][..lanes]`, lane `l` being
-/// `pair(x0[l], x1[l])`.
+/// chunk (8 lanes) or one pair of chunks (16 lanes), with multiplier 1. Position `k`
+/// pairs `x0[k·pixel0..][..lanes]` with `x1[k·pixel1..][..lanes]` into
+/// `dst[k·step..][..lanes]`, lane `l` being `pair(x0[l], x1[l])`. A tap in the padding
+/// reads a vector of the zero point, with pixel stride 0.
 #[derive(Debug)]
 pub(crate) struct FastRun<'a> {
-    /// The input row from the first position's pixel and the chunk's first channel.
-    pub x: &'a [u8],
-    /// Bytes from one pixel to the next (the input channels).
-    pub pixel: usize,
-    /// Bytes from a pair's first tap to its second.
-    pub dilation: usize,
+    /// The first taps: the input row from the first position's pixel and the chunk's
+    /// first channel, or the zero points.
+    pub x0: &'a [u8],
+    /// The second taps, likewise.
+    pub x1: &'a [u8],
+    /// Bytes from one position's first tap to the next's (the input channels, or 0).
+    pub pixel0: usize,
+    /// Bytes from one position's second tap to the next's (the input channels, or 0).
+    pub pixel1: usize,
     /// The first position's lanes.
     pub dst: &'a mut [i32],
     /// Positions.
@@ -652,16 +655,17 @@ impl FastRun<'_> {
     #[inline(always)]
     pub(crate) fn check(&self) {
         assert!(self.positions > 0 && (self.lanes == LANES || self.lanes == 2 * LANES) && self.step >= self.lanes);
-        assert!(self.x.len() >= (self.positions - 1) * self.pixel + self.dilation + self.lanes, "fast run input");
+        assert!(self.x0.len() >= (self.positions - 1) * self.pixel0 + self.lanes, "fast run input");
+        assert!(self.x1.len() >= (self.positions - 1) * self.pixel1 + self.lanes, "fast run input");
         assert!(self.dst.len() >= (self.positions - 1) * self.step + self.lanes, "fast run output");
     }
 }
 
 /// The pair-row build, written once for every ISA, in the chunk-major layout or, with
-/// `wide`, the 16-lane one ([`lane_at`]). With multiplier 1, the positions whose two
-/// taps are both inside the row, for each chunk whose channels all exist, go through
-/// `fast` (a [`FastRun`] per chunk, or per pair of whole chunks that lie together with
-/// `wide`). Everything else takes the scalar path here.
+/// `wide`, the 16-lane one ([`lane_at`]). With multiplier 1, the chunks whose channels
+/// all exist go through `fast`, a [`FastRun`] per chunk (or per pair of whole chunks
+/// that lie together, with `wide`) and per run of positions whose taps are inside the
+/// row or in the padding alike. Everything else takes the scalar path here.
 #[inline(always)]
 pub(crate) fn build_with(args: BuildArgs<'_>, wide: bool, mut fast: impl FnMut(FastRun<'_>)) {
     let BuildArgs {
@@ -683,31 +687,45 @@ pub(crate) fn build_with(args: BuildArgs<'_>, wide: bool, mut fast: impl FnMut(F
     let whole = ((out_channels - channel0) / LANES).min(chunks);
     // Chunks laid out in pairs (with `wide`).
     let paired = if wide { chunks & !1 } else { 0 };
-    // The positions whose two taps are inside the row: `inner`, with multiplier 1.
-    let first = (-iw0).clamp(0, span as isize);
-    let end = (width - dilation as isize - iw0).clamp(first, span as isize);
-    let inner = if multiplier == 1 { first as usize..end as usize } else { 0..0 };
-    if !inner.is_empty() {
-        let at = (iw0 + inner.start as isize) as usize * in_channels;
+    let zero_points = [zero_point; 2 * LANES];
+    // Whether each tap of position `p` is inside the row.
+    let inside = |p: usize| {
+        let iw = iw0 + p as isize;
+        ((0..width).contains(&iw), (0..width).contains(&(iw + dilation as isize)))
+    };
+    let mut p0 = 0;
+    while multiplier == 1 && whole > 0 && p0 < span {
+        let taps = inside(p0);
+        let p1 = (p0 + 1..span).find(|&p| inside(p) != taps).unwrap_or(span);
+        // A tap's bytes for chunk `chunk` from position `p0` on, and their pixel stride.
+        let source = |inside: bool, iw: isize, chunk: usize| match inside {
+            true => (&input_row[iw as usize * in_channels + channel0 + chunk * LANES..], in_channels),
+            false => (&zero_points[..], 0),
+        };
+        let iw = iw0 + p0 as isize;
         let mut chunk = 0;
         while chunk < whole {
             let n = if chunk + 1 < whole && chunk + 1 < paired { 2 } else { 1 };
+            let ((x0, pixel0), (x1, pixel1)) =
+                (source(taps.0, iw, chunk), source(taps.1, iw + dilation as isize, chunk));
             fast(FastRun {
-                x: &input_row[at + channel0 + chunk * LANES..],
-                pixel: in_channels,
-                dilation: dilation * in_channels,
-                dst: &mut dst[lane_at(wide, chunks, span, chunk, inner.start)..],
-                positions: inner.len(),
+                x0,
+                x1,
+                pixel0,
+                pixel1,
+                dst: &mut dst[lane_at(wide, chunks, span, chunk, p0)..],
+                positions: p1 - p0,
                 lanes: n * LANES,
                 step: if chunk < paired { 2 * LANES } else { LANES },
             });
             chunk += n;
         }
+        p0 = p1;
     }
+    let first_scalar = if multiplier == 1 { whole } else { 0 };
     for p in 0..span {
         let iw = iw0 + p as isize;
         let (x0, x1) = (pixel(iw), pixel(iw + dilation as isize));
-        let first_scalar = if inner.contains(&p) { whole } else { 0 };
         for chunk in first_scalar..chunks {
             let lanes = &mut dst[lane_at(wide, chunks, span, chunk, p)..][..LANES];
             let oc0 = channel0 + chunk * LANES;
@@ -740,8 +758,8 @@ pub(crate) mod portable {
             run.check();
             for k in 0..run.positions {
                 let lanes = &mut run.dst[k * run.step..][..run.lanes];
-                let x0 = &run.x[k * run.pixel..][..run.lanes];
-                let x1 = &run.x[k * run.pixel + run.dilation..][..run.lanes];
+                let x0 = &run.x0[k * run.pixel0..][..run.lanes];
+                let x1 = &run.x1[k * run.pixel1..][..run.lanes];
                 for ((lane, &a), &b) in lanes.iter_mut().zip(x0).zip(x1) {
                     *lane = pair(i32::from(a), i32::from(b));
                 }

@@ -54,16 +54,16 @@ static KERNEL: DwKernel = {
 unsafe fn build(args: BuildArgs<'_>) {
     build_with(args, true, |run| {
         run.check();
-        let FastRun { x, pixel, dilation, dst, positions, lanes, step } = run;
-        let (x, dst) = (x.as_ptr(), dst.as_mut_ptr());
+        let FastRun { x0, x1, pixel0, pixel1, dst, positions, lanes, step } = run;
+        let (x0, x1, dst) = (x0.as_ptr(), x1.as_ptr(), dst.as_mut_ptr());
         if lanes == 2 * LANES {
             for k in 0..positions {
                 // SAFETY: the features are enabled here; position `k` reads 16 bytes at
-                // `k · pixel` and at `k · pixel + dilation` of `x` and writes 16 lanes at
+                // `k · pixel0` of `x0` and at `k · pixel1` of `x1` and writes 16 lanes at
                 // `k · step` of `dst`, all in bounds (`FastRun::check`); unaligned.
                 unsafe {
-                    let a = _mm512_cvtepu8_epi32(_mm_loadu_si128(x.add(k * pixel).cast()));
-                    let b = _mm512_cvtepu8_epi32(_mm_loadu_si128(x.add(k * pixel + dilation).cast()));
+                    let a = _mm512_cvtepu8_epi32(_mm_loadu_si128(x0.add(k * pixel0).cast()));
+                    let b = _mm512_cvtepu8_epi32(_mm_loadu_si128(x1.add(k * pixel1).cast()));
                     _mm512_storeu_si512(dst.add(k * step).cast(), _mm512_or_si512(a, _mm512_slli_epi32::<16>(b)));
                 }
             }
@@ -71,8 +71,8 @@ unsafe fn build(args: BuildArgs<'_>) {
             for k in 0..positions {
                 // SAFETY: as above, for 8 bytes and 8 lanes.
                 unsafe {
-                    let a = _mm256_cvtepu8_epi32(_mm_loadl_epi64(x.add(k * pixel).cast()));
-                    let b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(x.add(k * pixel + dilation).cast()));
+                    let a = _mm256_cvtepu8_epi32(_mm_loadl_epi64(x0.add(k * pixel0).cast()));
+                    let b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(x1.add(k * pixel1).cast()));
                     _mm256_storeu_si256(dst.add(k * step).cast(), _mm256_or_si256(a, _mm256_slli_epi32::<16>(b)));
                 }
             }
