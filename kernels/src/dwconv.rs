@@ -29,6 +29,10 @@
 //!  └───────────────────────────────────────────┘└──────────
 //! ```
 //!
+//! Kernels that process two chunks per vector ([`DwKernel::lanes`] 16) lay each pair
+//! of chunks out position-major instead, 16 lanes per position ([`lane_at`]), in the
+//! same room; every pair row starts on a cache line.
+//!
 //! **Packed weights**, once: chunks of 8 output channels, then kernel rows, then pairs
 //! `j` of kernel columns, 8 i32 lanes each `(w(kh, 2j) − zp, w(kh, 2j + 1) − zp)`;
 //! channels past OC and the partner of an odd last column are 0.
