@@ -517,13 +517,14 @@ impl<'a> Conv2dTasks<'a> {
         let taps = p.kernel_height * p.kernel_width;
         let shape = match path {
             // Whole output rows (each task builds its input rows' pairs once), channels
-            // in blocks of the depthwise kernels' chunks.
+            // in blocks of the depthwise kernels' chunks, and a multiple of the
+            // kernel's vector (so that no task's block starts inside a pair of chunks).
             ConvPath::Depthwise => Shape {
                 m,
                 n: p.out_channels,
                 k: taps,
                 row_unit: ow,
-                col_unit: 4 * dwconv::LANES,
+                col_unit: (4 * dwconv::LANES).next_multiple_of(2 * weights.dw_kernel.lanes()),
                 row_block: usize::MAX,
             },
             // Channels at group boundaries where there are groups.

@@ -154,14 +154,20 @@ fn built_kernel(isa: Isa) -> Option<&'static Kernel> {
 }
 
 /// The depthwise kernel for `isa`, once [`kernel_for`] has accepted it: the ISA's own
-/// where it has one, else the portable one (which runs everywhere). The VNNI tiers use
-/// AVX2's (every CPU with them has AVX2; VNNI's `vpdpbusd` has no use in a depthwise
-/// kernel that widens both operands to i16).
+/// where it has one, else the portable one (which runs everywhere). AVX-512 VNNI has
+/// `dw16c2-avx512-vnni` (16 channels per zmm, `vpdpwssd`; its detection checks every
+/// feature it uses, AVX2's if that fails); AVX-VNNI uses AVX2's (every CPU with it has
+/// AVX2; its `vpdpbusd` has no use in a depthwise kernel that widens both operands to
+/// i16).
 pub(crate) fn dw_kernel_for(isa: Isa) -> Result<&'static DwKernel> {
     kernel_for(isa)?;
     Ok(match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni => {
+        Isa::Avx512Vnni => qgemm_kernels::x86_64::avx512_dwconv::dw_kernel()
+            .or_else(qgemm_kernels::x86_64::avx2_dwconv::dw_kernel)
+            .unwrap_or(dwconv::portable_kernel()),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::AvxVnni => {
             qgemm_kernels::x86_64::avx2_dwconv::dw_kernel().unwrap_or(dwconv::portable_kernel())
         }
         _ => dwconv::portable_kernel(),

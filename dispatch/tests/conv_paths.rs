@@ -86,6 +86,12 @@ fn cases() -> Vec<(&'static str, ConvPath, Conv2dParams)> {
         ("dw padding 4 (larger than the kernel)", DW, p(1, 4, 5, 8, 8, 3, 3).with_padding(4, 4, 4, 3).with_groups(8)),
         ("dw 3x3 batch 3, C=40", DW, p(3, 6, 6, 40, 40, 3, 3).with_padding(1, 1, 1, 1).with_groups(40)),
         ("dw kernel larger than the input", DW, p(1, 2, 3, 8, 8, 5, 5).with_padding(2, 2, 2, 2).with_groups(8)),
+        // Around the 16-lane vectors of the AVX-512 kernel: pairs of chunks, a lone
+        // chunk, a whole chunk beside the channel tail.
+        ("dw 3x3 C=144 (mbv2-like)", DW, p(1, 6, 7, 144, 144, 3, 3).with_padding(1, 1, 1, 1).with_groups(144)),
+        ("dw 3x3 s3, C=33", DW, p(2, 8, 9, 33, 33, 3, 3).with_stride(3, 3).with_padding(1, 2, 1, 0).with_groups(33)),
+        ("dw 1x7, C=17", DW, p(1, 4, 11, 17, 17, 1, 7).with_padding(0, 3, 0, 3).with_groups(17)),
+        ("dw 7x1 multiplier 2, C=12", DW, p(1, 10, 4, 12, 24, 7, 1).with_padding(3, 0, 3, 0).with_groups(12)),
         // A depthwise kernel too tall for the pair-row cache runs as grouped GEMMs.
         ("dw 257x1 (grouped GEMMs)", IM, p(1, 257, 2, 3, 3, 257, 1).with_groups(3)),
     ]
@@ -154,6 +160,7 @@ fn every_path_on_extreme_data() {
         Conv2dParams::new(1, 4, 4, 40, 9, 1, 1),
         Conv2dParams::new(1, 6, 6, 24, 24, 3, 3).with_stride(2, 2).with_padding(1, 1, 1, 1).with_groups(24),
         Conv2dParams::new(1, 7, 7, 16, 16, 5, 5).with_padding(2, 2, 2, 2).with_groups(16),
+        Conv2dParams::new(1, 5, 6, 33, 33, 3, 3).with_padding(1, 1, 1, 1).with_groups(33),
     ];
     for params in shapes {
         let oc = params.out_channels;

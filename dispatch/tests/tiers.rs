@@ -11,12 +11,13 @@ mod common;
 use common::{GemmCase, Rng};
 use qgemm::{Channelwise, ErrorKind, Isa, PackedWeights, WeightLayout, Weights};
 
-/// One line per ISA: its name, its kernel and the kernel's fast path.
+/// One line per ISA: its name, its kernel, the kernel's fast path and the depthwise
+/// kernel.
 fn describe(isa: Isa) -> String {
     let info = isa.kernel_info().expect("available ISAs have kernels");
     match info.fast_path {
-        Some(fast) => format!("{isa} [{} + {fast}]", info.name),
-        None => format!("{isa} [{}]", info.name),
+        Some(fast) => format!("{isa} [{} + {fast}; depthwise {}]", info.name, info.depthwise),
+        None => format!("{isa} [{}; depthwise {}]", info.name, info.depthwise),
     }
 }
 

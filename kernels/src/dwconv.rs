@@ -29,6 +29,10 @@
 //!  └───────────────────────────────────────────┘└──────────
 //! ```
 //!
+//! Kernels that process two chunks per vector ([`DwKernel::lanes`] 16) lay each pair
+//! of chunks out position-major instead, 16 lanes per position ([`lane_at`]), in the
+//! same room; every pair row starts on a cache line.
+//!
 //! **Packed weights**, once: chunks of 8 output channels, then kernel rows, then pairs
 //! `j` of kernel columns, 8 i32 lanes each `(w(kh, 2j) − zp, w(kh, 2j + 1) − zp)`;
 //! channels past OC and the partner of an odd last column are 0.
@@ -57,6 +61,10 @@ pub const DW_ACC_BYTES: usize = 256 << 10;
 /// The largest channel block, in chunks (1024 channels), which bounds the per-lane
 /// bias and scale of the fused output.
 const MAX_CHUNKS: usize = 128;
+
+/// Lanes per cache line: pair rows start on one, so that a vector of 8 or 16 lanes at
+/// any position never straddles two.
+const ALIGN_LANES: usize = 16;
 
 /// The tallest kernel the depthwise path takes (taller ones run as grouped GEMMs).
 pub const DW_MAX_KERNEL_HEIGHT: usize = 256;
@@ -154,9 +162,16 @@ impl Plan {
         (self.cols - 1) * g.stride_width + 2 * (g.kernel_width.div_ceil(2) - 1) * g.dilation_width + 1
     }
 
-    /// Bytes of pair rows: `KH` rows and the zero row.
+    /// Lanes of one slot (one pair row): whole cache lines, so that every slot starts
+    /// on one.
+    fn slot_lanes(&self, g: &ConvGeometry) -> usize {
+        self.span(g).saturating_mul(self.chunks * LANES).next_multiple_of(ALIGN_LANES)
+    }
+
+    /// Bytes of pair rows: `KH` rows and the zero row, and the lanes skipped to align
+    /// the first.
     fn pairs_bytes(&self, g: &ConvGeometry) -> usize {
-        [self.span(g), self.chunks, LANES * 4].iter().fold(g.kernel_height + 1, |b, &x| b.saturating_mul(x))
+        self.slot_lanes(g).saturating_mul(g.kernel_height + 1).saturating_add(ALIGN_LANES - 1).saturating_mul(4)
     }
 
     fn acc_bytes(&self) -> usize {
@@ -333,6 +348,7 @@ pub struct DwKernel {
     build: BuildFn,
     row: RowFn,
     fuses_float: bool,
+    lanes: usize,
 }
 
 impl DwKernel {
@@ -343,7 +359,21 @@ impl DwKernel {
     /// [`BuildArgs`] and [`RowArgs`] (as their `check`s assert), and touch memory only
     /// through the slices they get.
     pub const unsafe fn new(name: &'static str, build: BuildFn, row: RowFn) -> DwKernel {
-        DwKernel { name, build, row, fuses_float: false }
+        DwKernel { name, build, row, fuses_float: false, lanes: LANES }
+    }
+
+    /// The same kernel, declaring that it processes chunks in pairs, 16 channels per
+    /// vector, with pair rows in [`lane_at`]'s 16-lane layout.
+    pub const fn with_wide_vectors(mut self) -> DwKernel {
+        self.lanes = 2 * LANES;
+        self
+    }
+
+    /// Channels per vector: 8, or 16 for a kernel that processes chunks in pairs (its
+    /// pair rows use [`lane_at`]'s 16-lane layout). Channel ranges that start at a
+    /// multiple of it keep a block's pairs of chunks whole.
+    pub fn lanes(&self) -> usize {
+        self.lanes
     }
 
     /// The same kernel, declaring that `row` also takes [`RowOut::Float`].
@@ -429,8 +459,7 @@ pub fn run_with_plan(kernel: &DwKernel, args: DwArgs<'_>, plan: Plan, scratch: &
     assert!(plan.chunks > 0 && plan.cols > 0, "an empty plan");
     let plan = Plan { cols: plan.cols.min(g.out_width), ..plan };
     let (kh_n, pairs, chunks_total) = (g.kernel_height, w.pairs(), w.chunks());
-    let span_max = plan.span(&g);
-    let slot_len = plan.chunks * span_max * LANES;
+    let slot_len = plan.slot_lanes(&g);
     // Bias and Float requantization into bytes run inside the row kernel where it can;
     // everything else through the accumulators and the generic epilogue.
     let fused = match (&stage.requant, &out) {
@@ -449,7 +478,11 @@ pub fn run_with_plan(kernel: &DwKernel, args: DwArgs<'_>, plan: Plan, scratch: &
     let unaligned = !ch0.is_multiple_of(LANES);
     let acc_len = if fused.is_some() && !unaligned { 0 } else { plan.cols * plan.chunks * LANES };
     let DwScratch { pair_rows, acc, row_sums, tags, row_at, lane_bias, lane_scale } =
-        scratch.dw((kh_n + 1) * slot_len, acc_len, plan.cols, kh_n, plan.chunks * LANES);
+        scratch.dw((kh_n + 1) * slot_len + ALIGN_LANES - 1, acc_len, plan.cols, kh_n, plan.chunks * LANES);
+    // The slots from the first cache line (unaligned vectors that straddle two lines
+    // cost up to twice as much).
+    let skip_lanes = pair_rows.as_ptr().align_offset(ALIGN_LANES * 4).min(ALIGN_LANES - 1);
+    let pair_rows = &mut pair_rows[skip_lanes..][..(kh_n + 1) * slot_len];
     // Slots 0..KH hold pair rows; slot KH holds the zero point, for kernel rows in the
     // padding.
     let zp = i32::from(zero_point);
@@ -579,14 +612,66 @@ fn float_out<'a>(
     FloatOut { bias, scale, lo, hi, zero_point: r.zero_point, signed, out }
 }
 
-/// The pair-row build, written once for every ISA. At each position whose two taps
-/// are both inside the row, with multiplier 1, the whole chunks of channels go
-/// through `fast(x0, x1, dst, chunks, chunk_stride)`: `x0` and `x1` are the two input
-/// pixels from the block's first channel, `dst` starts at the position's lanes of
-/// chunk 0, and chunk `c` is `c · chunk_stride` lanes on. Everything else takes the
-/// scalar path here.
+/// The lane where chunk `chunk`'s 8 lanes at position `p` start in a pair row of
+/// `chunks` chunks of `span` positions: chunk-major (the module documentation), or,
+/// with `wide`, the 16-lane layout of kernels that process two chunks per vector: each
+/// pair of chunks `2q, 2q + 1` holds at every position 16 lanes (chunk `2q`'s, then
+/// `2q + 1`'s) where chunk `2q` starts, and an odd last chunk is chunk-major. Both
+/// layouts fill the same `chunks × span × LANES` lanes.
 #[inline(always)]
-pub(crate) fn build_with(args: BuildArgs<'_>, mut fast: impl FnMut(&[u8], &[u8], &mut [i32], usize, usize)) {
+pub fn lane_at(wide: bool, chunks: usize, span: usize, chunk: usize, p: usize) -> usize {
+    if wide && chunk < chunks & !1 {
+        (chunk & !1) * span * LANES + p * 2 * LANES + (chunk & 1) * LANES
+    } else {
+        (chunk * span + p) * LANES
+    }
+}
+
+/// One run of [`build_with`]'s fast path: `positions` consecutive positions of one
+/// chunk (8 lanes) or one pair of chunks (16 lanes), with multiplier 1. Position `k`
+/// pairs `x0[k·pixel0..][..lanes]` with `x1[k·pixel1..][..lanes]` into
+/// `dst[k·step..][..lanes]`, lane `l` being `pair(x0[l], x1[l])`. A tap in the padding
+/// reads a vector of the zero point, with pixel stride 0.
+#[derive(Debug)]
+pub(crate) struct FastRun<'a> {
+    /// The first taps: the input row from the first position's pixel and the chunk's
+    /// first channel, or the zero points.
+    pub x0: &'a [u8],
+    /// The second taps, likewise.
+    pub x1: &'a [u8],
+    /// Bytes from one position's first tap to the next's (the input channels, or 0).
+    pub pixel0: usize,
+    /// Bytes from one position's second tap to the next's (the input channels, or 0).
+    pub pixel1: usize,
+    /// The first position's lanes.
+    pub dst: &'a mut [i32],
+    /// Positions.
+    pub positions: usize,
+    /// Lanes per position: 8 or 16.
+    pub lanes: usize,
+    /// Lanes from one position to the next: 8, or 16 in the 16-lane layout's pairs
+    /// (also for a whole chunk whose partner is the channel tail).
+    pub step: usize,
+}
+
+impl FastRun<'_> {
+    /// Asserts that every access the run describes is in bounds.
+    #[inline(always)]
+    pub(crate) fn check(&self) {
+        assert!(self.positions > 0 && (self.lanes == LANES || self.lanes == 2 * LANES) && self.step >= self.lanes);
+        assert!(self.x0.len() >= (self.positions - 1) * self.pixel0 + self.lanes, "fast run input");
+        assert!(self.x1.len() >= (self.positions - 1) * self.pixel1 + self.lanes, "fast run input");
+        assert!(self.dst.len() >= (self.positions - 1) * self.step + self.lanes, "fast run output");
+    }
+}
+
+/// The pair-row build, written once for every ISA, in the chunk-major layout or, with
+/// `wide`, the 16-lane one ([`lane_at`]). With multiplier 1, the chunks whose channels
+/// all exist go through `fast`, a [`FastRun`] per chunk (or per pair of whole chunks
+/// that lie together, with `wide`) and per run of positions whose taps are inside the
+/// row or in the padding alike. Everything else takes the scalar path here.
+#[inline(always)]
+pub(crate) fn build_with(args: BuildArgs<'_>, wide: bool, mut fast: impl FnMut(FastRun<'_>)) {
     let BuildArgs {
         input_row,
         in_channels,
@@ -601,31 +686,67 @@ pub(crate) fn build_with(args: BuildArgs<'_>, mut fast: impl FnMut(&[u8], &[u8],
         dst,
     } = args;
     let width = (input_row.len() / in_channels.max(1)) as isize;
-    let zp = i32::from(zero_point);
     let pixel = |iw: isize| (iw >= 0 && iw < width).then(|| &input_row[iw as usize * in_channels..][..in_channels]);
     // Chunks whose 8 channels all exist (the rest are the block's channel tail).
     let whole = ((out_channels - channel0) / LANES).min(chunks);
-    let chunk_stride = span * LANES;
+    // Chunks laid out in pairs (with `wide`).
+    let paired = if wide { chunks & !1 } else { 0 };
+    let zero_points = [zero_point; 2 * LANES];
+    // Whether each tap of position `p` is inside the row.
+    let inside = |p: usize| {
+        let iw = iw0 + p as isize;
+        ((0..width).contains(&iw), (0..width).contains(&(iw + dilation as isize)))
+    };
+    let mut p0 = 0;
+    while multiplier == 1 && whole > 0 && p0 < span {
+        let taps = inside(p0);
+        let p1 = (p0 + 1..span).find(|&p| inside(p) != taps).unwrap_or(span);
+        // A tap's bytes for chunk `chunk` from position `p0` on, and their pixel stride.
+        let source = |inside: bool, iw: isize, chunk: usize| match inside {
+            true => (&input_row[iw as usize * in_channels + channel0 + chunk * LANES..], in_channels),
+            false => (&zero_points[..], 0),
+        };
+        let iw = iw0 + p0 as isize;
+        let mut chunk = 0;
+        while chunk < whole {
+            let n = if chunk + 1 < whole && chunk + 1 < paired { 2 } else { 1 };
+            let ((x0, pixel0), (x1, pixel1)) =
+                (source(taps.0, iw, chunk), source(taps.1, iw + dilation as isize, chunk));
+            fast(FastRun {
+                x0,
+                x1,
+                pixel0,
+                pixel1,
+                dst: &mut dst[lane_at(wide, chunks, span, chunk, p0)..],
+                positions: p1 - p0,
+                lanes: n * LANES,
+                step: if chunk < paired { 2 * LANES } else { LANES },
+            });
+            chunk += n;
+        }
+        p0 = p1;
+    }
+    let first_scalar = if multiplier == 1 { whole } else { 0 };
     for p in 0..span {
         let iw = iw0 + p as isize;
         let (x0, x1) = (pixel(iw), pixel(iw + dilation as isize));
-        let mut first_scalar = 0;
-        if let (Some(x0), Some(x1), 1) = (x0, x1, multiplier) {
-            if whole > 0 {
-                fast(&x0[channel0..], &x1[channel0..], &mut dst[p * LANES..], whole, chunk_stride);
-            }
-            first_scalar = whole;
-        }
         for chunk in first_scalar..chunks {
-            let lanes = &mut dst[chunk * chunk_stride + p * LANES..][..LANES];
+            let lanes = &mut dst[lane_at(wide, chunks, span, chunk, p)..][..LANES];
             let oc0 = channel0 + chunk * LANES;
-            for (l, lane) in lanes.iter_mut().enumerate() {
-                let oc = oc0 + l;
-                let v = |x: Option<&[u8]>| match x {
-                    Some(x) if oc < out_channels => i32::from(x[oc / multiplier]),
-                    _ => zp,
-                };
-                *lane = pair(v(x0), v(x1));
+            // The chunk's channels that exist, from each tap (the zero point elsewhere).
+            let real = out_channels.saturating_sub(oc0).min(LANES);
+            let taps = |x: Option<&[u8]>| {
+                let mut v = [zero_point; LANES];
+                match x {
+                    Some(x) if multiplier == 1 => v[..real].copy_from_slice(&x[oc0..oc0 + real]),
+                    Some(x) => v.iter_mut().take(real).enumerate().for_each(|(l, v)| *v = x[(oc0 + l) / multiplier]),
+                    None => {}
+                }
+                v
+            };
+            let (v0, v1) = (taps(x0), taps(x1));
+            for ((lane, &a), &b) in lanes.iter_mut().zip(&v0).zip(&v1) {
+                *lane = pair(i32::from(a), i32::from(b));
             }
         }
     }
@@ -637,10 +758,12 @@ pub(crate) mod portable {
 
     /// Builds a pair row in plain Rust.
     pub(crate) fn build(args: BuildArgs<'_>) {
-        build_with(args, |x0, x1, dst, chunks, stride| {
-            for c in 0..chunks {
-                let lanes = &mut dst[c * stride..][..LANES];
-                let (x0, x1) = (&x0[c * LANES..][..LANES], &x1[c * LANES..][..LANES]);
+        build_with(args, false, |run| {
+            run.check();
+            for k in 0..run.positions {
+                let lanes = &mut run.dst[k * run.step..][..run.lanes];
+                let x0 = &run.x0[k * run.pixel0..][..run.lanes];
+                let x1 = &run.x1[k * run.pixel1..][..run.lanes];
                 for ((lane, &a), &b) in lanes.iter_mut().zip(x0).zip(x1) {
                     *lane = pair(i32::from(a), i32::from(b));
                 }

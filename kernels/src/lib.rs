@@ -16,6 +16,7 @@
 //! | `aarch64::neon_i8mm` | `8x8c8-neon-usmmla` | AArch64 with the int8 matrix-multiply extension |
 //! | [`dwconv`] | `dw8c2-portable` (depthwise convolution) | every CPU |
 //! | `x86_64::avx2_dwconv` | `dw8c2-avx2-madd` (depthwise convolution) | x86-64 with AVX2 |
+//! | `x86_64::avx512_dwconv` | `dw16c2-avx512-vnni` (depthwise convolution) | x86-64 with AVX-512 F/BW/VL/VNNI and AVX2 |
 //!
 //! [`rows`] feeds the loop nest its rows of A: a matrix, or a convolution's taps
 //! gathered while packing.

@@ -24,6 +24,8 @@ fn dw_kernels() -> Vec<&'static DwKernel> {
     let mut kernels = vec![dwconv::portable_kernel()];
     #[cfg(target_arch = "x86_64")]
     kernels.extend(qgemm_kernels::x86_64::avx2_dwconv::dw_kernel());
+    #[cfg(target_arch = "x86_64")]
+    kernels.extend(qgemm_kernels::x86_64::avx512_dwconv::dw_kernel());
     kernels
 }
 
@@ -192,12 +194,17 @@ impl Case {
     }
 }
 
-/// Channel cuts for `oc` channels: none, one inside a block of 8 channels, and one
-/// at a block boundary (where there are more than 8).
+/// Channel cuts for `oc` channels: none, one inside a block of 8 channels, one at a
+/// block boundary (where there are more than 8), and (where there are more than 17)
+/// three: inside the first chunk, at an odd chunk, and inside a pair of chunks, so
+/// that blocks start mid-chunk and between the chunks of a 16-lane pair.
 fn channel_cuts(oc: usize) -> Vec<Vec<usize>> {
     let mut cuts = vec![vec![], vec![(oc / 2 + 1).min(oc - 1)]];
     if oc > 8 {
         cuts.push(vec![8]);
+    }
+    if oc > 17 {
+        cuts.push(vec![3, 8, 17]);
     }
     cuts
 }
@@ -220,6 +227,16 @@ fn dw_shapes() -> Vec<Conv2dParams> {
         p(1, 9, 9, 8, 8, 3, 3).with_dilation(2, 3).with_padding(2, 1, 2, 3).with_groups(8),
         p(1, 5, 5, 3, 9, 3, 2).with_stride(1, 2).with_padding(1, 1, 1, 1).with_groups(3),
         p(1, 4, 6, 16, 16, 4, 1).with_padding(3, 0, 2, 0).with_groups(16),
+        // Channel tails around the 16-lane vectors, multipliers, strides 3, dilation 2,
+        // 1×7 and 7×1, padding larger than the kernel on every side.
+        p(1, 5, 6, 1, 1, 3, 3).with_padding(1, 1, 1, 1).with_groups(1),
+        p(2, 6, 5, 7, 7, 3, 3).with_stride(3, 3).with_padding(2, 2, 1, 1).with_groups(7),
+        p(1, 6, 7, 17, 17, 3, 3).with_padding(1, 1, 1, 1).with_groups(17),
+        p(1, 9, 8, 33, 33, 3, 3).with_stride(2, 3).with_dilation(2, 2).with_padding(2, 2, 2, 2).with_groups(33),
+        p(1, 4, 5, 144, 144, 3, 3).with_padding(1, 1, 1, 1).with_groups(144),
+        p(1, 5, 9, 9, 18, 1, 7).with_padding(0, 3, 0, 3).with_groups(9),
+        p(1, 9, 4, 11, 33, 7, 1).with_stride(2, 1).with_padding(3, 0, 3, 0).with_groups(11),
+        p(2, 3, 4, 24, 48, 5, 5).with_padding(6, 7, 5, 6).with_groups(24),
     ];
     // Under miri (slow: it checks every access), one small shape.
     if cfg!(miri) { vec![p(1, 3, 4, 9, 9, 3, 3).with_padding(1, 1, 1, 1).with_groups(9)] } else { shapes }
@@ -235,7 +252,13 @@ fn depthwise_loop_nest_matches_reference() {
         let zps: Vec<i32> = case.weight_zp.iter().map(|&z| i32::from(z)).collect();
         let packed = PackedDw::try_new(&case.weights, p.out_channels, p.kernel_height, p.kernel_width, &zps).unwrap();
         let default = dwconv::plan(&g, p.out_channels).unwrap();
-        let plans = [default, Plan { chunks: 1, cols: 1 }, Plan { chunks: 1, cols: 3 }, Plan { chunks: 2, cols: 2 }];
+        let plans = [
+            default,
+            Plan { chunks: 1, cols: 1 },
+            Plan { chunks: 1, cols: 3 },
+            Plan { chunks: 2, cols: 2 },
+            Plan { chunks: 3, cols: 2 },
+        ];
         let plans = if cfg!(miri) { &plans[1..2] } else { &plans[..] };
         for kernel in dw_kernels() {
             for stage in 0..3 {
@@ -260,6 +283,60 @@ fn depthwise_loop_nest_matches_reference() {
                             let what = format!("{p:?} stage {stage} {plan:?} ranges {ranges:?} cuts {cuts:?}");
                             assert_eq!(got, expected, "{} {what}", kernel.name());
                         }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Full-range extremes through the depthwise loop nest: A = 255 (or alternating
+/// 255/0) with the input zero point at 0 and 255, against weights at −128 and 127 with
+/// per-channel zero points at both ends, for every stage, on channel counts around the
+/// 8- and 16-lane vectors.
+#[test]
+fn depthwise_loop_nest_on_extreme_data() {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut scratch = Scratch::new();
+    let p = Conv2dParams::new;
+    let shapes = [
+        p(1, 5, 6, 33, 33, 3, 3).with_padding(1, 1, 1, 1).with_groups(33),
+        p(1, 6, 7, 16, 32, 5, 5).with_stride(2, 2).with_padding(2, 2, 2, 2).with_groups(16),
+    ];
+    let shapes = if cfg!(miri) { &shapes[..0] } else { &shapes[..] };
+    for &p in shapes {
+        for (input_zp, a_at) in [(0u8, 0usize), (255, 0), (0, 1), (255, 1)] {
+            let mut case = Case::new(&mut rng, p);
+            case.input = (0..case.input.len()).map(|i| if a_at == 0 || i % 2 == 0 { 255 } else { 0 }).collect();
+            case.input_zp = input_zp;
+            let kk = p.kernel_height * p.kernel_width;
+            case.weights = (0..case.weights.len()).map(|i| if (i % kk) % 3 == 2 { 127 } else { -128 }).collect();
+            case.weight_zp = (0..p.out_channels).map(|o| if o % 2 == 0 { -128 } else { 127 }).collect();
+            let g = geometry(&p);
+            let zps: Vec<i32> = case.weight_zp.iter().map(|&z| i32::from(z)).collect();
+            let packed =
+                PackedDw::try_new(&case.weights, p.out_channels, p.kernel_height, p.kernel_width, &zps).unwrap();
+            let plan = dwconv::plan(&g, p.out_channels).unwrap();
+            for kernel in dw_kernels() {
+                for stage in 0..3 {
+                    let expected = case.reference(stage);
+                    for cuts in channel_cuts(p.out_channels) {
+                        let got = case.output(stage, &[case.pixels()], &cuts, |first_pixel, pixels, channels, out| {
+                            let args = DwArgs {
+                                input: &case.input,
+                                geometry: g,
+                                zero_point: case.input_zp,
+                                weights: &packed,
+                                first_pixel,
+                                pixels,
+                                stage: case.stage(stage),
+                                channels,
+                                out,
+                            };
+                            dwconv::run_with_plan(kernel, args, plan, &mut scratch);
+                        });
+                        let what = format!("{p:?} stage {stage} zp {input_zp} pattern {a_at} cuts {cuts:?}");
+                        assert_eq!(got, expected, "{} {what}", kernel.name());
                     }
                 }
             }

@@ -17,7 +17,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::dwconv::{BuildArgs, DwKernel, LANES, RowArgs, RowOut, build_with};
+use crate::dwconv::{BuildArgs, DwKernel, FastRun, LANES, RowArgs, RowOut, build_with};
 
 /// The AVX2 depthwise kernel, or `None` if this CPU lacks AVX2.
 pub fn dw_kernel() -> Option<&'static DwKernel> {
@@ -35,19 +35,20 @@ static KERNEL: DwKernel = {
 /// AVX2 must be available; the arguments satisfy `BuildArgs` (checked by the caller).
 #[target_feature(enable = "avx2")]
 unsafe fn build(args: BuildArgs<'_>) {
-    build_with(args, |x0, x1, dst, chunks, stride| {
-        assert!(x0.len() >= chunks * LANES && x1.len() >= chunks * LANES);
-        assert!(dst.len() >= (chunks - 1) * stride + LANES);
+    build_with(args, false, |run| {
+        run.check();
+        let FastRun { x0, x1, pixel0, pixel1, dst, positions, step, .. } = run;
         let (x0, x1, dst) = (x0.as_ptr(), x1.as_ptr(), dst.as_mut_ptr());
-        for c in 0..chunks {
-            // SAFETY: AVX2 is enabled here; chunk `c < chunks` reads 8 bytes at `8c` of
-            // `x0` and `x1` and writes 8 lanes at `c · stride` of `dst`, all in bounds
-            // (asserted above); loads and stores are unaligned.
+        for k in 0..positions {
+            // SAFETY: AVX2 is enabled here; position `k` reads 8 bytes at `k · pixel0`
+            // of `x0` and at `k · pixel1` of `x1` and writes 8 lanes at `k · step` of
+            // `dst`, all in bounds (`FastRun::check`; lanes = 8, as this layout has no
+            // pairs); loads and stores are unaligned.
             unsafe {
-                let a = _mm_loadl_epi64(x0.add(c * LANES).cast());
-                let b = _mm_loadl_epi64(x1.add(c * LANES).cast());
+                let a = _mm_loadl_epi64(x0.add(k * pixel0).cast());
+                let b = _mm_loadl_epi64(x1.add(k * pixel1).cast());
                 let pairs = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(a, b));
-                _mm256_storeu_si256(dst.add(c * stride).cast(), pairs);
+                _mm256_storeu_si256(dst.add(k * step).cast(), pairs);
             }
         }
     })

@@ -3,6 +3,7 @@
 pub mod avx2;
 pub mod avx2_dwconv;
 mod avx2_epilogue;
+pub mod avx512_dwconv;
 mod avx512_epilogue;
 pub mod avx512_vnni;
 pub mod avx_vnni;
