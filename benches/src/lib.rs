@@ -210,6 +210,16 @@ pub enum Packed {
     Conv(PackedConvWeights),
 }
 
+impl Packed {
+    /// The microkernel the weights were packed for (a tier may pick a tile per N).
+    pub fn kernel_info(&self) -> qgemm::KernelInfo {
+        match self {
+            Packed::Gemm(p) => p.kernel_info(),
+            Packed::Conv(p) => p.kernel_info(),
+        }
+    }
+}
+
 impl Problem {
     /// Generates the problem's data, deterministically from `seed`.
     pub fn new(shape: Shape, data: DataKind, seed: u64) -> Problem {

@@ -225,7 +225,7 @@ impl Runner<'_> {
             let (wrong, max_abs_diff) = compare(&out, expected);
             let gops = shape.ops() as f64 / secs / 1e9;
             // 7-bit activations take the kernel's fast path where it has one.
-            let info = isa.kernel_info();
+            let info = Some(packed.kernel_info());
             let kernel = match (info, problem.data) {
                 (Some(k), _) if problem.conv_path(&packed) == Some(qgemm::ConvPath::Depthwise) => k.depthwise,
                 (Some(k), DataKind::SevenBit) => k.fast_path.unwrap_or(k.name),

@@ -29,7 +29,7 @@ use qgemm_reference::{Channelwise, Conv2dParams, OutputStage};
 
 use crate::error::{Result, bail, out_of_memory};
 use crate::gemm::{Options, OutputMatrix};
-use crate::isa::{Isa, dw_kernel_for, kernel_for, selected_isa};
+use crate::isa::{Isa, KernelInfo, dw_kernel_for, kernel_for_columns, selected_isa};
 use crate::parallel::{Grid, Partition, Shape, Tile, run_tasks};
 use crate::validate::{check_weight_zero_points, output_stage, product};
 use crate::workspace::Workspace;
@@ -111,9 +111,10 @@ impl PackedConvWeights {
     /// # Errors
     /// As [`new`](Self::new), and if `isa` cannot run on this CPU.
     pub fn for_isa(isa: Isa, weights: ConvWeights<'_>) -> Result<PackedConvWeights> {
-        let kernel = kernel_for(isa)?;
-        let dw_kernel = dw_kernel_for(isa)?;
         let w = weights;
+        check_groups(w.groups, w.in_channels, w.out_channels)?;
+        let kernel = kernel_for_columns(isa, w.out_channels / w.groups)?;
+        let dw_kernel = dw_kernel_for(isa)?;
         let shape = FilterShape {
             out_channels: w.out_channels,
             kernel_height: w.kernel_height,
@@ -121,7 +122,6 @@ impl PackedConvWeights {
             in_channels: w.in_channels,
             groups: w.groups,
         };
-        check_groups(w.groups, w.in_channels, w.out_channels)?;
         if w.kernel_height == 0 || w.kernel_width == 0 {
             bail!(Dimension, "kernel size {}×{} has a zero side", w.kernel_height, w.kernel_width);
         }
@@ -186,6 +186,12 @@ impl PackedConvWeights {
     /// The ISA the weights were packed for.
     pub fn isa(&self) -> Isa {
         self.isa
+    }
+
+    /// The microkernel of the GEMM paths: the ISA's, or a sibling with a tile that
+    /// fits the output channels per group better (see [`Isa::kernel_info`]).
+    pub fn kernel_info(&self) -> KernelInfo {
+        KernelInfo::of(self.kernel, self.isa).expect("packed for an available ISA")
     }
 
     /// Which way [`conv2d_in`] computes a convolution with these weights and `params`.

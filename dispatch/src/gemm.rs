@@ -8,7 +8,7 @@ use qgemm_kernels::rows::Rows;
 use qgemm_reference::{Channelwise, OutputStage, OutputType, WeightLayout};
 
 use crate::error::{Result, bail, out_of_memory};
-use crate::isa::{Isa, kernel_for, selected_isa};
+use crate::isa::{Isa, KernelInfo, kernel_for_columns, selected_isa};
 use crate::parallel::{Grid, Partition, Shape, Tile, run_tasks};
 use crate::validate::{check_matrix, check_weight_zero_points, output_stage, product};
 use crate::workspace::Workspace;
@@ -52,8 +52,8 @@ impl PackedWeights {
     /// # Errors
     /// As [`new`](Self::new), and if `isa` cannot run on this CPU.
     pub fn for_isa(isa: Isa, weights: Weights<'_>) -> Result<PackedWeights> {
-        let kernel = kernel_for(isa)?;
         let Weights { data, layout, k, n, zero_point } = weights;
+        let kernel = kernel_for_columns(isa, n)?;
         let len = product("weights K·N", &[k, n])?;
         if data.len() != len {
             bail!(BufferLength, "weights: {} values for K = {k} × N = {n} (needs {len})", data.len());
@@ -79,6 +79,12 @@ impl PackedWeights {
     /// The ISA the weights were packed for; GEMMs with them run on it.
     pub fn isa(&self) -> Isa {
         self.isa
+    }
+
+    /// The microkernel the weights were packed for: the ISA's, or a sibling with a
+    /// tile that fits N better (see [`Isa::kernel_info`]).
+    pub fn kernel_info(&self) -> KernelInfo {
+        KernelInfo::of(self.kernel, self.isa).expect("packed for an available ISA")
     }
 
     /// K, the depth.

@@ -78,15 +78,21 @@ impl Isa {
     /// The microkernel this build has for the ISA, whatever the CPU: its name,
     /// `MR × NR` tile and K-group. `None` where no kernel exists yet.
     pub fn kernel_info(self) -> Option<KernelInfo> {
-        let kernel = built_kernel(self)?;
-        let tile = kernel.tile();
-        let fast_path = kernel.fast_path().map(|f| f.name());
-        let depthwise = dw_kernel_for(self).ok()?.name();
-        Some(KernelInfo { name: kernel.name(), fast_path, mr: tile.mr, nr: tile.nr, k_group: tile.kg, depthwise })
+        KernelInfo::of(built_kernel(self)?, self)
     }
 
     fn from_index(i: u8) -> Option<Isa> {
         Isa::ALL.get(usize::from(i)).copied()
+    }
+}
+
+impl KernelInfo {
+    /// The description of `kernel`, one of `isa`'s.
+    pub(crate) fn of(kernel: &Kernel, isa: Isa) -> Option<KernelInfo> {
+        let tile = kernel.tile();
+        let fast_path = kernel.fast_path().map(|f| f.name());
+        let depthwise = dw_kernel_for(isa).ok()?.name();
+        Some(KernelInfo { name: kernel.name(), fast_path, mr: tile.mr, nr: tile.nr, k_group: tile.kg, depthwise })
     }
 }
 
@@ -262,6 +268,26 @@ pub(crate) fn kernel_for(isa: Isa) -> Result<&'static Kernel> {
             bail!(IsaUnavailable, "this build of qgemm has no {isa} kernel yet; available: {}", list(available_isas()))
         }
     }
+}
+
+/// The kernel for `isa` and products of `n` columns (a GEMM's N, a convolution
+/// group's output channels): the tier's kernel, or a sibling of the same tier whose
+/// panels leave fewer padding columns (AVX-512 VNNI: `6x64c4` where N is a multiple of
+/// 64 but not of 48, as 64 and 256 channels are).
+pub(crate) fn kernel_for_columns(isa: Isa, n: usize) -> Result<&'static Kernel> {
+    let main = kernel_for(isa)?;
+    // (An N that overflows when padded gets the tier's kernel, whose packing then
+    // reports the overflow.)
+    let padding = |k: &Kernel| n.checked_next_multiple_of(k.tile().nr).map_or(usize::MAX, |p| p - n);
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni
+        && let Some(wide) = qgemm_kernels::x86_64::avx512_vnni::wide_kernel()
+        && padding(wide) < padding(main)
+    {
+        return Ok(wide);
+    }
+    let _ = padding;
+    Ok(main)
 }
 
 fn list(isas: &[Isa]) -> String {

@@ -29,9 +29,7 @@ use super::dot4_tile::{self, Dot4, PackedA, Panels, Sink, TileA};
 use crate::kernel::{BlockArgs, Blocking, IndirectArgs, Kernel, Tile};
 use crate::output::{EpilogueArgs, OutData, OutputStage, Param, ZeroPoints};
 
-const MR: usize = 8;
-const NV: usize = 3;
-const TILE: Tile = Tile { mr: MR, nr: NV * 16, kg: 4 };
+const TILE: Tile = Tile { mr: 8, nr: 48, kg: 4 };
 // A B panel slice of 512 × 48 (24 KiB) stays in L1 (48 KiB on Ice Lake and later
 // servers) while the block's row panels (8 × 512, 4 KiB each) stream from L2; the
 // 128 × 480 accumulators (240 KiB) stay in L2. mc = 128 takes M = 128 (a transformer's
@@ -39,30 +37,55 @@ const TILE: Tile = Tile { mr: MR, nr: NV * 16, kg: 4 };
 // Xeon against 96 × 512 × 960 and others (mc 32–128, kc 384–1024, nc 480–1920): the
 // differences were within the machine's noise (±5%) except for M = 128 (+5–9%).
 const BLOCKING: Blocking = Blocking { mc: 128, kc: 512, nc: 480 };
+/// The wide tile, for column counts that are multiples of 64 rather than 48 (64, 256,
+/// 512 channels): 6 × 4 accumulators + 4 B + a broadcast in 32 zmm.
+const WIDE_TILE: Tile = Tile { mr: 6, nr: 64, kg: 4 };
+const WIDE_BLOCKING: Blocking = Blocking { mc: 120, kc: 512, nc: 512 };
 // Within the scratch bound (`crate::driver::GEMM_SCRATCH_BYTES`): one block of packed
 // A ≤ 64 KiB, accumulators ≤ 256 KiB.
 const _: () = assert!(BLOCKING.mc * BLOCKING.kc <= 64 << 10 && BLOCKING.mc * BLOCKING.nc <= 64 << 10);
+const _: () =
+    assert!(WIDE_BLOCKING.mc * WIDE_BLOCKING.kc <= 64 << 10 && WIDE_BLOCKING.mc * WIDE_BLOCKING.nc <= 64 << 10);
 
-/// The kernel, or `None` if this CPU lacks AVX-512 F/BW/VL with VNNI (or AVX2, which
-/// packing uses and every such CPU has).
-pub fn kernel() -> Option<&'static Kernel> {
-    let detected = is_x86_feature_detected!("avx512f")
+/// Whether this CPU has AVX-512 F/BW/VL with VNNI (and AVX2, which packing uses and
+/// every such CPU has).
+fn detected() -> bool {
+    is_x86_feature_detected!("avx512f")
         && is_x86_feature_detected!("avx512bw")
         && is_x86_feature_detected!("avx512vl")
         && is_x86_feature_detected!("avx512vnni")
-        && is_x86_feature_detected!("avx2");
-    if detected { Some(&KERNEL) } else { None }
+        && is_x86_feature_detected!("avx2")
 }
 
-// Private: handed out only by `kernel()`, after detection.
+/// The kernel (`8x48c4`), or `None` if this CPU lacks AVX-512 F/BW/VL with VNNI.
+pub fn kernel() -> Option<&'static Kernel> {
+    if detected() { Some(&KERNEL) } else { None }
+}
+
+/// The wide kernel (`6x64c4`), for N that fills 64-column panels better than 48-column
+/// ones, or `None` if this CPU lacks AVX-512 F/BW/VL with VNNI.
+pub fn wide_kernel() -> Option<&'static Kernel> {
+    if detected() { Some(&WIDE) } else { None }
+}
+
+// Private: handed out only by `kernel()` and `wide_kernel()`, after detection.
 static KERNEL: Kernel = {
     // SAFETY: the entry points touch memory only through the slices they get (checked
     // by `Kernel::block`/`epilogue`), and run only after `kernel()` detected the
     // features they are compiled for.
     unsafe {
-        Kernel::new("8x48c4-avx512vnni", TILE, BLOCKING, block, epilogue)
-            .with_staged_block(block_staged)
-            .with_indirect(indirect, Some(indirect_staged))
+        Kernel::new("8x48c4-avx512vnni", TILE, BLOCKING, block::<8, 3>, epilogue)
+            .with_staged_block(block_staged::<8, 3>)
+            .with_indirect(indirect::<8, 3>, Some(indirect_staged::<8, 3>))
+    }
+};
+
+static WIDE: Kernel = {
+    // SAFETY: as for `KERNEL`, after `wide_kernel()` detected the same features.
+    unsafe {
+        Kernel::new("6x64c4-avx512vnni", WIDE_TILE, WIDE_BLOCKING, block::<6, 4>, epilogue)
+            .with_staged_block(block_staged::<6, 4>)
+            .with_indirect(indirect::<6, 4>, Some(indirect_staged::<6, 4>))
     }
 };
 
@@ -70,7 +93,7 @@ static KERNEL: Kernel = {
 /// AVX-512 F/BW/VL with VNNI must be available, and the buffers must satisfy
 /// [`BlockArgs`] for this kernel (checked by `Kernel::block`).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn block(args: BlockArgs<'_>) {
+unsafe fn block<const MR: usize, const NV: usize>(args: BlockArgs<'_>) {
     // SAFETY: forwarded from this function's contract; the shared body is inlined here,
     // where the features are enabled.
     unsafe { dot4_tile::block::<Zmm, MR, NV>(args) }
@@ -80,7 +103,7 @@ unsafe fn block(args: BlockArgs<'_>) {
 /// As [`block`], for `args` satisfying [`IndirectArgs`] (checked by
 /// `Kernel::indirect_block`).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn indirect(args: IndirectArgs<'_>) {
+unsafe fn indirect<const MR: usize, const NV: usize>(args: IndirectArgs<'_>) {
     // SAFETY: forwarded from this function's contract; the shared body is inlined here,
     // where the features are enabled.
     unsafe { dot4_tile::indirect_block::<Zmm, MR, NV>(args) }
@@ -94,7 +117,7 @@ unsafe fn indirect(args: IndirectArgs<'_>) {
 /// As [`block`]; `stage` passes `EpilogueArgs::check_output`, and its rows are the
 /// block's and its columns within the block's (checked by `Kernel::block_with_stage`).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn block_staged(args: BlockArgs<'_>, stage: EpilogueArgs<'_>) {
+unsafe fn block_staged<const MR: usize, const NV: usize>(args: BlockArgs<'_>, stage: EpilogueArgs<'_>) {
     if fused_scale(&stage.stage, &stage.out).is_none() {
         let mut args = args;
         let acc = std::mem::take(&mut args.acc);
@@ -102,7 +125,7 @@ unsafe fn block_staged(args: BlockArgs<'_>, stage: EpilogueArgs<'_>) {
         // SAFETY: forwarded from this function's contract; the epilogue's accumulators
         // are the block's, checked just before use.
         unsafe {
-            block(BlockArgs { acc: &mut *acc, ..args });
+            block::<MR, NV>(BlockArgs { acc: &mut *acc, ..args });
             let stage = EpilogueArgs { acc, acc_stride, ..stage };
             stage.check();
             epilogue(stage)
@@ -114,7 +137,7 @@ unsafe fn block_staged(args: BlockArgs<'_>, stage: EpilogueArgs<'_>) {
     let panels = Panels { a: PackedA { a, kgroups }, b, b_panel_stride, row_panels, rows, col_panels, cols };
     let prior = if accumulate { Some(&*acc) } else { None };
     // SAFETY: forwarded from this function's contract.
-    unsafe { staged(panels, prior, acc_stride, stage) }
+    unsafe { staged::<_, MR, NV>(panels, prior, acc_stride, stage) }
 }
 
 /// An indirect block with the output stage fused into each tile where it is Float to
@@ -124,7 +147,7 @@ unsafe fn block_staged(args: BlockArgs<'_>, stage: EpilogueArgs<'_>) {
 /// As [`indirect`]; `stage` as for [`block_staged`] (checked by
 /// `Kernel::indirect_with_stage`).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn indirect_staged(args: IndirectArgs<'_>, stage: EpilogueArgs<'_>) {
+unsafe fn indirect_staged<const MR: usize, const NV: usize>(args: IndirectArgs<'_>, stage: EpilogueArgs<'_>) {
     if fused_scale(&stage.stage, &stage.out).is_none() {
         let mut args = args;
         let acc = std::mem::take(&mut args.acc);
@@ -132,7 +155,7 @@ unsafe fn indirect_staged(args: IndirectArgs<'_>, stage: EpilogueArgs<'_>) {
         // SAFETY: forwarded from this function's contract; the epilogue's accumulators
         // are the block's, checked just before use.
         unsafe {
-            indirect(IndirectArgs { acc: &mut *acc, ..args });
+            indirect::<MR, NV>(IndirectArgs { acc: &mut *acc, ..args });
             let stage = EpilogueArgs { acc, acc_stride, ..stage };
             stage.check();
             epilogue(stage)
@@ -142,7 +165,7 @@ unsafe fn indirect_staged(args: IndirectArgs<'_>, stage: EpilogueArgs<'_>) {
     let IndirectArgs { a, b, b_panel_stride, rows, col_panels, cols, acc_stride, .. } = args;
     let panels = Panels::indirect::<MR>(a, b, b_panel_stride, rows, col_panels, cols);
     // SAFETY: forwarded from this function's contract.
-    unsafe { staged(panels, None, acc_stride, stage) }
+    unsafe { staged::<_, MR, NV>(panels, None, acc_stride, stage) }
 }
 
 /// Every tile of a block with the Float stage fused into it (`fused_scale` holds),
@@ -154,7 +177,7 @@ unsafe fn indirect_staged(args: IndirectArgs<'_>, stage: EpilogueArgs<'_>) {
 /// block's accumulators with `acc_stride`; `stage` passes
 /// `EpilogueArgs::check_output`, its rows are the block's and its columns within it.
 #[inline(always)]
-unsafe fn staged<A: TileA>(
+unsafe fn staged<A: TileA, const MR: usize, const NV: usize>(
     panels: Panels<'_, A>,
     prior: Option<&[i32]>,
     acc_stride: usize,
@@ -197,7 +220,7 @@ unsafe fn staged<A: TileA>(
 
 /// The Float stage applied to each tile's sums (plus the earlier K blocks' sums from
 /// `prior`), storing output bytes.
-struct Fused<'a> {
+struct Fused<'a, const NV: usize> {
     prior: Option<&'a [i32]>,
     acc_stride: usize,
     out: *mut u8,
@@ -232,7 +255,7 @@ const PACKED_ORDER: [i32; 16] = {
     order
 };
 
-impl Sink<Zmm, NV> for Fused<'_> {
+impl<const NV: usize> Sink<Zmm, NV> for Fused<'_, NV> {
     #[inline(always)]
     unsafe fn panel(&mut self, jp: usize) {
         self.col0 = jp * NV * 16;

@@ -340,6 +340,7 @@ pub(super) unsafe fn block_into<V: Dot4, const MR: usize, const NV: usize, A: Ti
                 match used {
                     1 => rows_of::<V, MR, 1, NV, A, S>(sink, &a, real_rows, row0, bp),
                     2 if NV >= 2 => rows_of::<V, MR, 2, NV, A, S>(sink, &a, real_rows, row0, bp),
+                    3 if NV >= 3 => rows_of::<V, MR, 3, NV, A, S>(sink, &a, real_rows, row0, bp),
                     _ => rows_of::<V, MR, NV, NV, A, S>(sink, &a, real_rows, row0, bp),
                 }
             }

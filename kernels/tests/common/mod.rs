@@ -34,6 +34,7 @@ pub fn gemm_kernels() -> Vec<Kernel> {
         use qgemm_kernels::x86_64::{avx_vnni, avx512_vnni};
         kernels.extend(avx_vnni::kernel().copied());
         kernels.extend(avx512_vnni::kernel().copied());
+        kernels.extend(avx512_vnni::wide_kernel().copied());
     }
     #[cfg(target_arch = "aarch64")]
     {
