@@ -11,6 +11,11 @@
 //! kernels need no special case. Groups are separate GEMMs over their own packed
 //! weights and their slice of the channels; nothing is copied per call.
 //!
+//! **Indirect.** Where the kernel can read A in place (the VNNI tiers, and AVX2 where
+//! its fast path is exact), the same GEMMs read the input through offsets, one per
+//! output pixel and kernel row (or tap), and nothing is gathered or packed at all
+//! ([`qgemm_kernels::indirect`]).
+//!
 //! **Depthwise** (groups = C, any channel multiplier) runs its own kernels
 //! ([`qgemm_kernels::dwconv`]), vectorized across channels.
 //!
@@ -233,7 +238,7 @@ impl PackedConvWeights {
             && p.pad_top + p.pad_left + p.pad_bottom + p.pad_right == 0;
         if self.depthwise.is_some() && dwconv::plan(geometry, p.out_channels).is_some() {
             ConvPath::Depthwise
-        } else if !dense_pointwise && self.indirect_plan(p, geometry, max_value).is_some() {
+        } else if self.indirect_plan(p, geometry, max_value).is_some() {
             ConvPath::Indirect
         } else if dense_pointwise {
             ConvPath::Pointwise
@@ -268,8 +273,8 @@ impl PackedConvWeights {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ConvPath {
-    /// A dense 1×1 convolution (stride 1, no padding): one GEMM per group over the
-    /// input as it is.
+    /// A dense 1×1 convolution (stride 1, no padding) where [`ConvPath::Indirect`] does
+    /// not run: one GEMM per group over the input as it is.
     Pointwise,
     /// One GEMM per group, its taps gathered while packing (1×1 at other strides or
     /// with padding reads its rows in place, without copies).

@@ -9,25 +9,23 @@
 
 mod common;
 
-use common::{ConvCase, Rng, WEIGHT_FILLS, lay_out, path_on, requantize_for, schemes, weights_kxn};
+use common::{ConvCase, Rng, WEIGHT_FILLS, Want, lay_out, requantize_for, schemes, weights_kxn};
 use qgemm::{
-    Activations, Channelwise, Conv2dParams, ConvPath, FilterLayout, OutputMatrix, OutputStage, OutputType,
-    PackedWeights, SCRATCH_BYTES_PER_THREAD, WeightLayout, Weights, Workspace,
+    Activations, Channelwise, Conv2dParams, FilterLayout, OutputMatrix, OutputStage, OutputType, PackedWeights,
+    SCRATCH_BYTES_PER_THREAD, WeightLayout, Weights, Workspace,
 };
 
-const DW: ConvPath = ConvPath::Depthwise;
-const PW: ConvPath = ConvPath::Pointwise;
-const IM: ConvPath = ConvPath::Im2col;
-/// Indirect where the tier's kernel reads A in place for any input, else gathered
-/// (see [`path_on`]).
-const IN: ConvPath = ConvPath::Indirect;
+const DW: Want = Want::DW;
+const PW: Want = Want::PW;
+const IM: Want = Want::IM;
+const IN: Want = Want::IN;
 
-fn cases() -> Vec<(&'static str, ConvPath, Conv2dParams)> {
+fn cases() -> Vec<(&'static str, Want, Conv2dParams)> {
     let p = Conv2dParams::new;
     vec![
-        // Dense 1×1: the input is A.
+        // Dense 1×1: the input is A (read in place on the VNNI tiers).
         ("1x1", PW, p(1, 5, 7, 16, 24, 1, 1)),
-        ("1x1 batch 2, groups 2", PW, p(2, 4, 3, 12, 10, 1, 1).with_groups(2)),
+        ("1x1 batch 2, groups 2", Want::PW_ONLY, p(2, 4, 3, 12, 10, 1, 1).with_groups(2)),
         // 1×1 at other strides and with padding: rows borrowed in place.
         ("1x1 stride 2", IN, p(1, 9, 8, 8, 12, 1, 1).with_stride(2, 2)),
         ("1x1 stride (1,3) padded", IN, p(2, 5, 10, 6, 7, 1, 1).with_stride(1, 3).with_padding(1, 2, 0, 1)),
@@ -102,7 +100,7 @@ fn each_case_takes_its_path() {
     for (label, path, params) in cases() {
         let case = ConvCase::random(&mut Rng::new(1), params);
         for &isa in qgemm::available_isas() {
-            assert_eq!(case.packed(isa).path(&params).unwrap(), path_on(path, isa), "{label} on {isa}");
+            assert_eq!(case.packed(isa).path(&params).unwrap(), path.on(isa), "{label} on {isa}");
         }
     }
 }

@@ -9,10 +9,10 @@
 
 mod common;
 
-use common::{ConvCase, GemmCase, Rng, first_mismatch, requantize_for, run_into, schemes};
+use common::{ConvCase, GemmCase, Rng, Want, first_mismatch, requantize_for, run_into, schemes};
 use qgemm::reference::OutputData;
 use qgemm::{
-    Activations, Conv2dParams, Conv2dTasks, ConvInput, ConvPath, ErrorKind, GemmTasks, Isa, OutputMatrix, OutputType,
+    Activations, Conv2dParams, Conv2dTasks, ConvInput, ErrorKind, GemmTasks, Isa, OutputMatrix, OutputType,
     PackedWeights, Partition, Weights, Workspace,
 };
 
@@ -147,19 +147,19 @@ fn gemm_tasks_on_uneven_grids_match() {
     }
 }
 
-fn conv_cases() -> Vec<(&'static str, ConvPath, Conv2dParams)> {
+fn conv_cases() -> Vec<(&'static str, Want, Conv2dParams)> {
     let p = Conv2dParams::new;
     vec![
-        ("1x1", ConvPath::Pointwise, p(1, 14, 14, 32, 48, 1, 1)),
-        ("3x3 pad 1", ConvPath::Indirect, p(1, 12, 11, 16, 40, 3, 3).with_padding(1, 1, 1, 1)),
-        ("1x1 stride 2, batch 2", ConvPath::Indirect, p(2, 15, 15, 64, 48, 1, 1).with_stride(2, 2)),
-        ("3x3 groups 4", ConvPath::Indirect, p(1, 12, 12, 32, 40, 3, 3).with_padding(1, 1, 1, 1).with_groups(4)),
-        ("7x7 s2 p3, C=3", ConvPath::Indirect, p(1, 19, 18, 3, 20, 7, 7).with_stride(2, 2).with_padding(3, 3, 3, 3)),
-        ("3x3 groups 3 of 6", ConvPath::Im2col, p(1, 12, 12, 18, 24, 3, 3).with_padding(1, 1, 1, 1).with_groups(3)),
-        ("dw 3x3", ConvPath::Depthwise, p(1, 24, 23, 44, 44, 3, 3).with_padding(1, 1, 1, 1).with_groups(44)),
+        ("1x1", Want::PW, p(1, 14, 14, 32, 48, 1, 1)),
+        ("3x3 pad 1", Want::IN, p(1, 12, 11, 16, 40, 3, 3).with_padding(1, 1, 1, 1)),
+        ("1x1 stride 2, batch 2", Want::IN, p(2, 15, 15, 64, 48, 1, 1).with_stride(2, 2)),
+        ("3x3 groups 4", Want::IN, p(1, 12, 12, 32, 40, 3, 3).with_padding(1, 1, 1, 1).with_groups(4)),
+        ("7x7 s2 p3, C=3", Want::IN, p(1, 19, 18, 3, 20, 7, 7).with_stride(2, 2).with_padding(3, 3, 3, 3)),
+        ("3x3 groups 3 of 6", Want::IM, p(1, 12, 12, 18, 24, 3, 3).with_padding(1, 1, 1, 1).with_groups(3)),
+        ("dw 3x3", Want::DW, p(1, 24, 23, 44, 44, 3, 3).with_padding(1, 1, 1, 1).with_groups(44)),
         (
             "dw 5x5 s2, multiplier 2",
-            ConvPath::Depthwise,
+            Want::DW,
             p(2, 21, 20, 20, 40, 5, 5).with_stride(2, 2).with_padding(2, 2, 2, 2).with_groups(20),
         ),
     ]
@@ -190,7 +190,7 @@ fn conv_is_identical_at_1_2_3_and_7_threads() {
             let expected = case.expected();
             for &isa in qgemm::available_isas() {
                 let packed = case.packed(isa);
-                assert_eq!(packed.path(&params).unwrap(), common::path_on(path, isa), "{label}");
+                assert_eq!(packed.path(&params).unwrap(), path.on(isa), "{label}");
                 let rows = params.batch * params.out_height().unwrap() * params.out_width().unwrap();
                 let mut scratch = vec![0i32; rows * params.out_channels];
                 let input = ConvInput { data: &case.input, zero_point: case.input_zp };

@@ -434,15 +434,33 @@ impl ConvCase {
     }
 }
 
-/// The path a case marked `path` takes on `isa`: [`ConvPath::Indirect`] marks a
-/// convolution that runs indirectly where the tier's kernel reads A in place for any
-/// input (the VNNI tiers) and gathers its taps ([`ConvPath::Im2col`]) elsewhere.
+/// The path a convolution case takes: `vnni` on the tiers whose kernel reads A in
+/// place for any input (the VNNI tiers: [`qgemm::ConvPath::Indirect`] where a case can
+/// run indirectly), `other` elsewhere.
+#[derive(Clone, Copy, Debug)]
+pub struct Want {
+    pub vnni: qgemm::ConvPath,
+    pub other: qgemm::ConvPath,
+}
+
 #[allow(dead_code)]
-pub fn path_on(path: qgemm::ConvPath, isa: qgemm::Isa) -> qgemm::ConvPath {
-    use qgemm::{ConvPath, Isa};
-    match (path, isa) {
-        (ConvPath::Indirect, Isa::Avx512Vnni | Isa::AvxVnni) => ConvPath::Indirect,
-        (ConvPath::Indirect, _) => ConvPath::Im2col,
-        (path, _) => path,
+impl Want {
+    /// A dense 1×1: indirect on the VNNI tiers, a GEMM over the input elsewhere.
+    pub const PW: Want = Want { vnni: qgemm::ConvPath::Indirect, other: qgemm::ConvPath::Pointwise };
+    /// A dense 1×1 that cannot run indirectly (a group's channels not a multiple of 4).
+    pub const PW_ONLY: Want = Want { vnni: qgemm::ConvPath::Pointwise, other: qgemm::ConvPath::Pointwise };
+    /// Indirect on the VNNI tiers, taps gathered elsewhere.
+    pub const IN: Want = Want { vnni: qgemm::ConvPath::Indirect, other: qgemm::ConvPath::Im2col };
+    /// Taps gathered everywhere.
+    pub const IM: Want = Want { vnni: qgemm::ConvPath::Im2col, other: qgemm::ConvPath::Im2col };
+    /// The depthwise kernels everywhere.
+    pub const DW: Want = Want { vnni: qgemm::ConvPath::Depthwise, other: qgemm::ConvPath::Depthwise };
+
+    /// The path on `isa`.
+    pub fn on(self, isa: qgemm::Isa) -> qgemm::ConvPath {
+        match isa {
+            qgemm::Isa::Avx512Vnni | qgemm::Isa::AvxVnni => self.vnni,
+            _ => self.other,
+        }
     }
 }
