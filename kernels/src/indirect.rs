@@ -276,10 +276,15 @@ impl Copies<'_> {
         self.input_len + at
     }
 
+    /// Whether the `L'` bytes at `at` lie in the input.
+    fn fits(&self, input: &[u8], at: usize) -> bool {
+        input.len().checked_sub(at).is_some_and(|rest| rest >= self.run_bytes)
+    }
+
     /// The run at `at` of `input`: in place where its `L'` bytes lie in the input, else
     /// a copy of its `L` values.
     fn run(&mut self, input: &[u8], at: usize) -> usize {
-        if input.len().checked_sub(at).is_some_and(|rest| rest >= self.run_bytes) {
+        if self.fits(input, at) {
             at
         } else {
             let len = self.len;
@@ -296,6 +301,7 @@ impl Copies<'_> {
 /// Pixels are walked an output row at a time: the kernel rows inside the image are
 /// one range per output row, and the columns whose taps all lie inside the image
 /// (most of them) take their offsets by one add per run.
+#[inline(never)] // its loops keep their registers (inlined, they spill)
 fn fill(
     conv: &IndirectConv<'_>,
     plan: &Plan,
@@ -320,11 +326,13 @@ fn fill(
     // Input rows are `row_step` apart; a kernel row `g.dilation_height` input rows on.
     let row_step = g.in_width * c;
     let kh_step = g.dilation_height * row_step;
-    let mut rows_left = offsets.chunks_exact_mut(plan.segments).take(rows);
-    let (mut pixel, end) = (conv.first_pixel + row0, conv.first_pixel + row0 + rows);
+    let segs = plan.segments;
+    let block0 = conv.first_pixel + row0;
+    let (mut pixel, end) = (block0, block0 + rows);
     while pixel < end {
         let (b, oh, ow0) = g.pixel(pixel);
         let n = (g.out_width - ow0).min(end - pixel);
+        let r0 = pixel - block0; // the block row of output column ow0
         pixel += n;
         // The kernel rows inside the image for this output row, and the first one's
         // input row.
@@ -335,19 +343,45 @@ fn fill(
         let ih_lo = top + kh_lo * g.dilation_height - g.pad_top.min(top + kh_lo * g.dilation_height);
         // Offset of input pixel (ih of kernel row `kh_lo`, 0), channel 0 of the group.
         let base = (b * g.in_height + ih_lo) * row_step + conv.channel0;
-        for (ow, row) in (ow0..ow0 + n).zip(&mut rows_left) {
+        let (inner_lo, inner_hi) = (inner.start.clamp(ow0, ow0 + n), inner.end.clamp(ow0, ow0 + n));
+        // The pixels left to the general path below: all, or those either side of the
+        // inner ones.
+        let (mut general, mut rest) = (ow0..ow0 + n, 0..0);
+        if plan.runs == Runs::KernelRows && inner_lo < inner_hi {
+            // The pixels inside the image horizontally, all at once: each kernel row
+            // inside the image is one stretch of the input (dilation 1), a pixel's runs
+            // `kh_step` apart and the pixels `sw · C` apart; the runs rise, so the
+            // last one alone can pass the input's end.
+            let first = base + (inner_lo * sw - g.pad_left) * c;
+            let rows_inner = &mut offsets[(r0 + inner_lo - ow0) * segs..(r0 + inner_hi - ow0) * segs];
+            for (j, row) in rows_inner.chunks_exact_mut(segs).enumerate() {
+                let at = first + j * sw * c;
+                for (kh, o) in row.iter_mut().enumerate() {
+                    *o = if kh >= kh_lo && kh < kh_hi { at + (kh - kh_lo) * kh_step } else { zero_row };
+                }
+            }
+            let last = first + (inner_hi - inner_lo - 1) * sw * c + kh_hi.saturating_sub(kh_lo + 1) * kh_step;
+            if kh_hi > kh_lo && !pad.fits(input, last) {
+                for o in rows_inner.iter_mut().filter(|o| **o != zero_row) {
+                    *o = pad.run(input, *o);
+                }
+            }
+            (general, rest) = (ow0..inner_lo, inner_hi..ow0 + n);
+        }
+        for ow in general.chain(rest) {
+            let row = &mut offsets[(r0 + ow - ow0) * segs..][..segs];
             let inside = inner.contains(&ow);
             let iw0 = (ow * sw).wrapping_sub(g.pad_left);
             match plan.runs {
                 Runs::KernelRows => {
-                    let (above, rest) = row.split_at_mut(kh_lo);
-                    let (inside_rows, below) = rest.split_at_mut(kh_hi - kh_lo);
-                    above.fill(zero_row);
-                    below.fill(zero_row);
-                    for (i, o) in inside_rows.iter_mut().enumerate() {
-                        let at = base + i * kh_step;
+                    // A pixel whose kernel rows cross the left or right padding: copies.
+                    for (kh, o) in row.iter_mut().enumerate() {
+                        if kh < kh_lo || kh >= kh_hi {
+                            *o = zero_row;
+                            continue;
+                        }
+                        let at = base + (kh - kh_lo) * kh_step;
                         *o = if inside {
-                            // Dilation 1: the whole kernel row is one stretch of the input.
                             pad.run(input, at + iw0 * c)
                         } else {
                             pad.copy(|d| {
@@ -363,7 +397,7 @@ fn fill(
                 }
                 Runs::Taps => {
                     for (kh, taps) in row.chunks_exact_mut(kw_n).enumerate() {
-                        if !(kh_lo..kh_hi).contains(&kh) {
+                        if kh < kh_lo || kh >= kh_hi {
                             taps.fill(zero_row);
                             continue;
                         }
