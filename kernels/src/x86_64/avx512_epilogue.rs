@@ -31,6 +31,17 @@ pub(super) struct Columns {
 }
 
 impl Columns {
+    /// `a_zp · col_offset + bias` of columns `j..j + 16`.
+    ///
+    /// # Safety
+    /// AVX-512 F.
+    #[inline(always)]
+    pub(super) unsafe fn terms(&self, j: usize) -> __m512i {
+        let lanes = &self.terms[j..j + 16];
+        // SAFETY: AVX-512 F (the contract); 16 lanes, sliced just above.
+        unsafe { _mm512_loadu_si512(lanes.as_ptr().cast()) }
+    }
+
     pub(super) const fn new() -> Columns {
         Columns { terms: [0; CHUNK], scales: [0.0; CHUNK], b_zps: [0; CHUNK] }
     }
@@ -82,13 +93,15 @@ impl Float16 {
         }
     }
 
+    /// (With `TERMS` false, `v` already holds the columns' terms: sums that started
+    /// from [`Columns::terms`].)
     /// The output values (each within `[min, max]`) of sums `v` in columns
     /// `j..j + 16` of `cols`, in a row whose activations sum to `row_sum`.
     ///
     /// # Safety
     /// AVX-512 F, and `j + 16 ≤ CHUNK`.
     #[inline(always)]
-    pub(super) unsafe fn quantize<const B_ZP: bool>(
+    pub(super) unsafe fn quantize<const B_ZP: bool, const TERMS: bool>(
         self,
         v: __m512i,
         cols: &Columns,
@@ -99,7 +112,7 @@ impl Float16 {
         // SAFETY: AVX-512 F (the contract); the three loads read lanes j..j + 16 of
         // arrays of CHUNK (asserted just above).
         unsafe {
-            let v = _mm512_add_epi32(v, _mm512_loadu_si512(cols.terms.as_ptr().add(j).cast()));
+            let v = if TERMS { _mm512_add_epi32(v, _mm512_loadu_si512(cols.terms.as_ptr().add(j).cast())) } else { v };
             let v = if B_ZP {
                 _mm512_sub_epi32(v, _mm512_mullo_epi32(_mm512_loadu_si512(cols.b_zps.as_ptr().add(j).cast()), row_sum))
             } else {
@@ -181,7 +194,7 @@ unsafe fn float<const B_ZP: bool>(args: EpilogueArgs<'_>, r: Requant<'_>, scale:
                 // above (masked lanes are neither read nor written), and j + 16 ≤ CHUNK.
                 unsafe {
                     let v = _mm512_maskz_loadu_epi32(mask, acc_row.as_ptr().add(j));
-                    let q = k.quantize::<B_ZP>(v, &columns, j, rs);
+                    let q = k.quantize::<B_ZP, true>(v, &columns, j, rs);
                     _mm512_mask_cvtepi32_storeu_epi8(dst.add(j).cast(), mask, q);
                 }
             }

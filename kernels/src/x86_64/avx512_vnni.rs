@@ -264,6 +264,15 @@ impl<const NV: usize> Sink<Zmm, NV> for Fused<'_, NV> {
         self.mask = if width >= 64 { !0 } else { (1u64 << width) - 1 };
     }
 
+    /// The sums start from the columns' terms (`a_zp · col_offset + bias`), which the
+    /// stage would otherwise add to each vector.
+    #[inline(always)]
+    unsafe fn start<const NU: usize>(&self) -> [Zmm; NU] {
+        // SAFETY: AVX-512 F (the trait's contract); NU ≤ NV ≤ 4 vectors of the panel's
+        // columns, within `Columns`' CHUNK.
+        std::array::from_fn(|v| Zmm(unsafe { self.columns.terms(v * 16) }))
+    }
+
     #[inline(always)]
     unsafe fn tile<const R: usize, const NU: usize>(&mut self, row0: usize, c: &[[Zmm; NU]; R]) {
         if let Some(prior) = self.prior {
@@ -292,9 +301,9 @@ impl<const NV: usize> Sink<Zmm, NV> for Fused<'_, NV> {
                         None => cv.0,
                     };
                     q[v] = if self.b_zp {
-                        self.float.quantize::<true>(sums, &self.columns, v * 16, rs)
+                        self.float.quantize::<true, false>(sums, &self.columns, v * 16, rs)
                     } else {
-                        self.float.quantize::<false>(sums, &self.columns, v * 16, rs)
+                        self.float.quantize::<false, false>(sums, &self.columns, v * 16, rs)
                     };
                 }
                 let dst = self.out.add(row * self.out_stride + self.col0);

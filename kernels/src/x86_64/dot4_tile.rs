@@ -82,6 +82,17 @@ pub(super) trait Sink<V: Dot4, const NV: usize> {
     /// # Safety
     /// The CPU has `V`'s features, and the rows lie within the block.
     unsafe fn tile<const R: usize, const NU: usize>(&mut self, row0: usize, c: &[[V; NU]; R]);
+
+    /// What every row's sums of the current panel start from, per vector (zero; a
+    /// fused stage may start them at its per-column term, saving an add per vector).
+    ///
+    /// # Safety
+    /// The CPU has `V`'s features.
+    #[inline(always)]
+    unsafe fn start<const NU: usize>(&self) -> [V; NU] {
+        // SAFETY: the CPU has V's features (the contract).
+        unsafe { [V::zero(); NU] }
+    }
 }
 
 /// The plain sink: `acc (+)= sums`, row-major with `acc_stride` columns.
@@ -191,6 +202,7 @@ pub(super) trait TileA {
         &self,
         row0: usize,
         b: *const i8,
+        start: [V; NU],
     ) -> [[V; NU]; R];
 }
 
@@ -211,12 +223,13 @@ impl TileA for PackedA<'_> {
         &self,
         row0: usize,
         b: *const i8,
+        start: [V; NU],
     ) -> [[V; NU]; R] {
         let a_panel_bytes = self.kgroups * MR * 4;
         let a_panel = &self.a[row0 / MR * a_panel_bytes..][..a_panel_bytes];
         // SAFETY: forwarded from this function's contract; the A panel holds `kgroups`
         // groups of this layout (sliced just above).
-        unsafe { sums::<V, MR, R, NU, NV>(a_panel.as_ptr(), b, self.kgroups) }
+        unsafe { sums::<V, MR, R, NU, NV>(a_panel.as_ptr(), b, self.kgroups, start) }
     }
 }
 
@@ -242,9 +255,9 @@ impl TileA for Indirect<'_> {
         &self,
         row0: usize,
         b: *const i8,
+        start: [V; NU],
     ) -> [[V; NU]; R] {
-        // SAFETY: the CPU has V's features (the contract).
-        let mut c = unsafe { [[V::zero(); NU]; R] };
+        let mut c = [start; R];
         if R > MR || NU > NV {
             return c;
         }
@@ -363,14 +376,14 @@ unsafe fn rows_of<V: Dot4, const MR: usize, const NU: usize, const NV: usize, A:
     // SAFETY: forwarded from this function's contract.
     unsafe {
         match real_rows {
-            8 => sink.tile(row0, &a.sums::<V, MR, 8, NU, NV>(row0, b)),
-            7 => sink.tile(row0, &a.sums::<V, MR, 7, NU, NV>(row0, b)),
-            6 => sink.tile(row0, &a.sums::<V, MR, 6, NU, NV>(row0, b)),
-            5 => sink.tile(row0, &a.sums::<V, MR, 5, NU, NV>(row0, b)),
-            4 => sink.tile(row0, &a.sums::<V, MR, 4, NU, NV>(row0, b)),
-            3 => sink.tile(row0, &a.sums::<V, MR, 3, NU, NV>(row0, b)),
-            2 => sink.tile(row0, &a.sums::<V, MR, 2, NU, NV>(row0, b)),
-            1 => sink.tile(row0, &a.sums::<V, MR, 1, NU, NV>(row0, b)),
+            8 => sink.tile(row0, &a.sums::<V, MR, 8, NU, NV>(row0, b, sink.start())),
+            7 => sink.tile(row0, &a.sums::<V, MR, 7, NU, NV>(row0, b, sink.start())),
+            6 => sink.tile(row0, &a.sums::<V, MR, 6, NU, NV>(row0, b, sink.start())),
+            5 => sink.tile(row0, &a.sums::<V, MR, 5, NU, NV>(row0, b, sink.start())),
+            4 => sink.tile(row0, &a.sums::<V, MR, 4, NU, NV>(row0, b, sink.start())),
+            3 => sink.tile(row0, &a.sums::<V, MR, 3, NU, NV>(row0, b, sink.start())),
+            2 => sink.tile(row0, &a.sums::<V, MR, 2, NU, NV>(row0, b, sink.start())),
+            1 => sink.tile(row0, &a.sums::<V, MR, 1, NU, NV>(row0, b, sink.start())),
             _ => {} // a panel with no real rows: nothing to compute
         }
     }
@@ -416,11 +429,12 @@ unsafe fn sums<V: Dot4, const MR: usize, const R: usize, const NU: usize, const 
     a: *const u8,
     b: *const i8,
     kgroups: usize,
+    start: [V; NU],
 ) -> [[V; NU]; R] {
     // SAFETY: the CPU has V's features (the contract); every pointer below stays
     // within group g < kgroups of the panels.
     unsafe {
-        let mut c = [[V::zero(); NU]; R];
+        let mut c = [start; R];
         if R > MR || NU > NV {
             return c;
         }
