@@ -193,7 +193,7 @@ pub(super) trait TileA {
 
     /// `Σ_g A[r, g] · B[g]` for rows `row0..row0 + R` (row panel `row0 / MR`) and the
     /// first `NU` vectors of a B panel of `NV`, wrapping in i32. `R > MR` and `NU > NV`
-    /// never happen (the callers' bounds); such instances return zeros.
+    /// never happen (the callers' bounds); such instances return `start`.
     ///
     /// # Safety
     /// The CPU has `V`'s features; the rows are real rows of the block and `b` holds
@@ -419,7 +419,7 @@ unsafe fn step<V: Dot4, const MR: usize, const R: usize, const NU: usize, const 
 
 /// `Σ_g A[r, g] · B[g]` for the first `R` rows of a panel of `MR` and the first `NU`
 /// vectors of a panel of `NV`, wrapping in i32. `R > MR` and `NU > NV` never happen
-/// (the callers' bounds); such instances return zeros.
+/// (the callers' bounds); such instances return `start`.
 ///
 /// # Safety
 /// The CPU has `V`'s features; `a` holds `kgroups` groups of `MR` rows × 4 u8, and `b`
