@@ -235,6 +235,11 @@ pub fn gemm_in(kernel: &Kernel, args: IndirectGemm<'_>, scratch: &mut Scratch) {
                 acc,
                 acc_stride: nc_max,
             };
+            if cfg!(debug_assertions) {
+                // What `fill` guarantees, checked where it costs nothing that matters
+                // (debug builds and the test profile).
+                args.a.check(rows);
+            }
             // LOOP 1 and the microkernel: every tile over all of K, in the kernel.
             let at = Position { r0: 0, rows, ic, jc, j0, skip, cols };
             if skip > 0 {

@@ -88,7 +88,7 @@ pub struct IndirectA<'a> {
 
 impl IndirectA<'_> {
     /// Panics unless every run of rows `0..rows` lies within its buffer.
-    fn check(&self, rows: usize) {
+    pub(crate) fn check(&self, rows: usize) {
         let run = self.seg_groups * 4;
         let (input, pad) = (self.input.len(), self.pad.len());
         assert!(self.offsets.len() >= rows * self.segments, "indirection offsets");
