@@ -26,7 +26,7 @@
 use qgemm_kernels::Kernel;
 use qgemm_kernels::driver::{self, GemmArgs, Scratch};
 use qgemm_kernels::dwconv::{self, DwArgs, DwKernel, PackedDw};
-use qgemm_kernels::indirect::{self, IndirectConv, IndirectGemm, Plan};
+use qgemm_kernels::indirect::{self, IndirectGemm, Plan};
 use qgemm_kernels::output::{OutData, OutputStage as LoweredStage};
 use qgemm_kernels::pack::{BLayout, PackedB};
 use qgemm_kernels::rows::{ConvGeometry, Im2col, Rows};
@@ -622,26 +622,21 @@ impl<'a> Conv2dTasks<'a> {
         // The groups whose output channels meet `cols`, each on its part of them.
         for g in cols.start / ocg..cols.end.div_ceil(ocg) {
             let (first, end) = (cols.start.max(g * ocg), cols.end.min((g + 1) * ocg));
+            // The group's taps: read in place (indirect), or gathered while packing.
+            let taps = Im2col {
+                input: input.data,
+                geometry: self.geometry,
+                channel0: g * cg,
+                group_channels: cg,
+                first_pixel: rows.start,
+                zero_point: input.zero_point,
+                max_value: self.max_value,
+            };
+            let (stage, columns) = (self.stage.from_column(g * ocg), first - g * ocg..end - g * ocg);
+            let out = out.window(0, first - cols.start, rows.len(), end - first);
             if let Some(plan) = self.indirect {
                 let b = w.indirect_weights(&plan, g).expect("planned with these weights");
-                let conv = IndirectConv {
-                    input: input.data,
-                    geometry: self.geometry,
-                    channel0: g * cg,
-                    group_channels: cg,
-                    first_pixel: rows.start,
-                    zero_point: input.zero_point,
-                    max_value: self.max_value,
-                };
-                let args = IndirectGemm {
-                    m: rows.len(),
-                    conv,
-                    plan,
-                    b,
-                    stage: self.stage.from_column(g * ocg),
-                    columns: first - g * ocg..end - g * ocg,
-                    out: out.window(0, first - cols.start, rows.len(), end - first),
-                };
+                let args = IndirectGemm { m: rows.len(), conv: taps, plan, b, stage, columns, out };
                 indirect::gemm_in(w.kernel, args, scratch);
                 continue;
             }
@@ -653,25 +648,9 @@ impl<'a> Conv2dTasks<'a> {
                     stride: p.in_channels,
                 }
             } else {
-                Rows::Im2col(Im2col {
-                    input: input.data,
-                    geometry: self.geometry,
-                    channel0: g * cg,
-                    group_channels: cg,
-                    first_pixel: rows.start,
-                    zero_point: input.zero_point,
-                    max_value: self.max_value,
-                })
+                Rows::Im2col(taps)
             };
-            let args = GemmArgs {
-                m: rows.len(),
-                a,
-                a_zp: input.zero_point,
-                b: &w.groups[g],
-                stage: self.stage.from_column(g * ocg),
-                columns: first - g * ocg..end - g * ocg,
-                out: out.window(0, first - cols.start, rows.len(), end - first),
-            };
+            let args = GemmArgs { m: rows.len(), a, a_zp: input.zero_point, b: &w.groups[g], stage, columns, out };
             driver::gemm_in(w.kernel, args, scratch);
         }
     }

@@ -47,7 +47,7 @@ use crate::driver::{Position, Scratch, epilogue_args};
 use crate::kernel::{IndirectA, IndirectArgs, Kernel};
 use crate::output::{OutData, OutputStage, ZeroPoints};
 use crate::pack::{PackedB, row_sum};
-use crate::rows::ConvGeometry;
+use crate::rows::{ConvGeometry, Im2col};
 
 /// The most offsets and pad bytes one row block holds: packed A's room
 /// ([`crate::driver::A_PACK_BYTES`]), which an indirect convolution does not use.
@@ -126,34 +126,15 @@ pub fn plan(g: &ConvGeometry, group_channels: usize, kernel: &Kernel) -> Option<
     Some(Plan { runs, segments, run_len, seg_groups, block_rows })
 }
 
-/// One group of a convolution, read in place.
-#[derive(Clone, Copy, Debug)]
-pub struct IndirectConv<'a> {
-    /// The whole NHWC input.
-    pub input: &'a [u8],
-    /// The convolution's shape.
-    pub geometry: ConvGeometry,
-    /// The group's first input channel.
-    pub channel0: usize,
-    /// Input channels per group.
-    pub group_channels: usize,
-    /// The output pixel of row 0.
-    pub first_pixel: usize,
-    /// What a tap in the padding reads.
-    pub zero_point: u8,
-    /// No input value, nor the zero point where a tap reads padding, exceeds this (the
-    /// fast path's test).
-    pub max_value: u8,
-}
-
 /// One indirect convolution call: `out[m × columns] = stage(Σ (A − a_zp)(B − b_zp))`,
 /// A the `m` output pixels' runs.
 #[derive(Debug)]
 pub struct IndirectGemm<'a> {
     /// Output pixels.
     pub m: usize,
-    /// The input.
-    pub conv: IndirectConv<'a>,
+    /// The group's taps, read in place (`max_value` is also the bound of the bytes
+    /// a run's padding lanes read, all of them input values or zero points).
+    pub conv: Im2col<'a>,
     /// How it runs ([`plan`]).
     pub plan: Plan,
     /// The weights: packed run by run where [`Plan::needs_run_weights`], else as for
@@ -307,14 +288,7 @@ impl Copies<'_> {
 /// one range per output row, and the columns whose taps all lie inside the image
 /// (most of them) take their offsets by one add per run.
 #[inline(never)] // its loops keep their registers (inlined, they spill)
-fn fill(
-    conv: &IndirectConv<'_>,
-    plan: &Plan,
-    row0: usize,
-    rows: usize,
-    offsets: &mut [usize],
-    pad: &mut [u8],
-) -> usize {
+fn fill(conv: &Im2col<'_>, plan: &Plan, row0: usize, rows: usize, offsets: &mut [usize], pad: &mut [u8]) -> usize {
     let g = &conv.geometry;
     let (input, cg, c) = (conv.input, conv.group_channels, g.in_channels);
     let run_bytes = plan.seg_groups * 4;
@@ -423,7 +397,7 @@ fn fill(
 }
 
 /// Each row's sum of its runs' real values, wrapping.
-fn sum_runs(conv: &IndirectConv<'_>, plan: &Plan, offsets: &[usize], pad: &[u8], row_sums: &mut [i32]) {
+fn sum_runs(conv: &Im2col<'_>, plan: &Plan, offsets: &[usize], pad: &[u8], row_sums: &mut [i32]) {
     let (input, len) = (conv.input, plan.run_len);
     for (sum, row) in row_sums.iter_mut().zip(offsets.chunks_exact(plan.segments)) {
         *sum = row.iter().fold(0i32, |s, &o| {

@@ -120,16 +120,9 @@ unsafe fn indirect<const MR: usize, const NV: usize>(args: IndirectArgs<'_>) {
 unsafe fn block_staged<const MR: usize, const NV: usize>(args: BlockArgs<'_>, stage: EpilogueArgs<'_>) {
     if fused_scale(&stage.stage, &stage.out).is_none() {
         let mut args = args;
-        let acc = std::mem::take(&mut args.acc);
-        let acc_stride = args.acc_stride;
-        // SAFETY: forwarded from this function's contract; the epilogue's accumulators
-        // are the block's, checked just before use.
-        unsafe {
-            block::<MR, NV>(BlockArgs { acc: &mut *acc, ..args });
-            let stage = EpilogueArgs { acc, acc_stride, ..stage };
-            stage.check();
-            epilogue(stage)
-        }
+        let (acc, acc_stride) = (std::mem::take(&mut args.acc), args.acc_stride);
+        // SAFETY: forwarded from this function's contract.
+        unsafe { unfused(acc, acc_stride, stage, |acc| block::<MR, NV>(BlockArgs { acc, ..args })) };
         return;
     }
     let BlockArgs { a, b, b_panel_stride, row_panels, rows, col_panels, cols, kgroups, acc, acc_stride, accumulate } =
@@ -150,22 +143,31 @@ unsafe fn block_staged<const MR: usize, const NV: usize>(args: BlockArgs<'_>, st
 unsafe fn indirect_staged<const MR: usize, const NV: usize>(args: IndirectArgs<'_>, stage: EpilogueArgs<'_>) {
     if fused_scale(&stage.stage, &stage.out).is_none() {
         let mut args = args;
-        let acc = std::mem::take(&mut args.acc);
-        let acc_stride = args.acc_stride;
-        // SAFETY: forwarded from this function's contract; the epilogue's accumulators
-        // are the block's, checked just before use.
-        unsafe {
-            indirect::<MR, NV>(IndirectArgs { acc: &mut *acc, ..args });
-            let stage = EpilogueArgs { acc, acc_stride, ..stage };
-            stage.check();
-            epilogue(stage)
-        }
+        let (acc, acc_stride) = (std::mem::take(&mut args.acc), args.acc_stride);
+        // SAFETY: forwarded from this function's contract.
+        unsafe { unfused(acc, acc_stride, stage, |acc| indirect::<MR, NV>(IndirectArgs { acc, ..args })) };
         return;
     }
     let IndirectArgs { a, b, b_panel_stride, rows, col_panels, cols, acc_stride, .. } = args;
     let panels = Panels::indirect::<MR>(a, b, b_panel_stride, rows, col_panels, cols);
     // SAFETY: forwarded from this function's contract.
     unsafe { staged::<_, MR, NV>(panels, None, acc_stride, stage) }
+}
+
+/// A stage this kernel does not fuse: `block` writes the accumulators, then the
+/// epilogue runs over them.
+///
+/// # Safety
+/// AVX-512 F must be available, and `block` must write the rows and columns of `acc`
+/// that `stage` reads (the caller's block over the same rows and columns).
+#[inline(always)]
+unsafe fn unfused(acc: &mut [i32], acc_stride: usize, stage: EpilogueArgs<'_>, block: impl FnOnce(&mut [i32])) {
+    block(&mut *acc);
+    let stage = EpilogueArgs { acc, acc_stride, ..stage };
+    stage.check();
+    // SAFETY: AVX-512 F (the contract); the accumulators were just checked against
+    // the stage.
+    unsafe { epilogue(stage) }
 }
 
 /// Every tile of a block with the Float stage fused into it (`fused_scale` holds),
