@@ -36,7 +36,7 @@
 
 use std::ops::Range;
 
-use crate::kernel::{BlockArgs, Kernel};
+use crate::kernel::{BlockArgs, Kernel, Tile};
 use crate::output::{EpilogueArgs, OutData, OutputStage, ZeroPoints};
 use crate::pack::{PackedB, pack_a};
 use crate::rows::Rows;
@@ -229,6 +229,10 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
         let most = blocking.kc / tile.kg;
         kgroups_total.div_ceil(kgroups_total.div_ceil(most).max(1)).max(1)
     };
+    // One row of a matrix (a GEMV, or decoding one token): the kernel's one-row entry
+    // where it has one, on A packed as a dense row (not a panel of `mr` rows, all but
+    // one padding, which would crowd B's stream out of L1) for all of K at once.
+    let one_row = m == 1 && matrix && hold_all;
     let a_pack_len = if hold_all { mc_max * kgroups_total * tile.kg } else { mc_max * kc_groups * tile.kg };
     let Scratch { a_pack, acc, row_sums, gather, .. } = scratch;
     let a_pack = grown(a_pack, a_pack_len * a_width);
@@ -251,6 +255,8 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
         let format = block_kernel.a_format();
         // Flipped activations (`a − 128`) have the zero point `a_zp − 128`.
         let zero_points = ZeroPoints { a_zp: i32::from(a_zp) - format.offset(), ..zero_points };
+        let row = one_row && block_kernel.has_row();
+        let pack_tile = if row { Tile { mr: 1, ..tile } } else { tile };
         // K block i covers k-groups [i·kc_groups, …) and, holding all of K, starts at
         // i · block_bytes of packed A (each block but the last is kc_groups long).
         let k_blocks = kgroups_total.div_ceil(kc_groups);
@@ -261,7 +267,7 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
             for i in 0..k_blocks {
                 let sums = if sum_rows { Some(&mut row_sums[..]) } else { None };
                 let dst = &mut a_pack[offset(i)..];
-                pack_a(tile, &a_block, rows, k, i * kc_groups, groups_of(i), format, dst, sums, gather);
+                pack_a(pack_tile, &a_block, rows, k, i * kc_groups, groups_of(i), format, dst, sums, gather);
             }
         }
         for jc in (first_panel_col..n).step_by(blocking.nc) {
@@ -284,6 +290,33 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
                 acc.fill(0);
                 let at = Position { r0: 0, rows, ic, jc, j0, skip, cols };
                 kernel.epilogue(epilogue_args(acc, nc_max, row_sums, at, zero_points, stage, &mut out));
+                continue;
+            }
+            if row {
+                // All of K in one block (`kc_groups`), its output stage fused where the
+                // kernel can; from the first column to store where the block starts
+                // before `columns.start`, as below.
+                let block_args = BlockArgs {
+                    a: a_pack,
+                    b: b_block(0),
+                    b_panel_stride: b.panel_stride(),
+                    row_panels: 1,
+                    rows: 1,
+                    col_panels,
+                    cols,
+                    kgroups: kgroups_total,
+                    acc,
+                    acc_stride: nc_max,
+                    accumulate: false,
+                };
+                let at = Position { r0: 0, rows: 1, ic, jc, j0, skip, cols };
+                if skip > 0 {
+                    block_kernel.row_block(block_args);
+                    kernel.epilogue(epilogue_args(acc, nc_max, row_sums, at, zero_points, stage, &mut out));
+                } else {
+                    let stage_args = epilogue_args(&[], nc_max, row_sums, at, zero_points, stage, &mut out);
+                    block_kernel.row_with_stage(block_args, stage_args);
+                }
                 continue;
             }
             // K blocks through the accumulators, over the whole block (each B panel

@@ -25,7 +25,7 @@
 use std::arch::x86_64::*;
 
 use super::avx512_epilogue::{Columns, Float16, fused_scale, out_bytes};
-use super::dot4_tile::{self, Dot4, PackedA, Panels, Sink, TileA};
+use super::dot4_tile::{self, Dot4, PackedA, Panels, RowA, Sink, TileA};
 use crate::kernel::{BlockArgs, Blocking, IndirectArgs, Kernel, Tile};
 use crate::output::{EpilogueArgs, OutData, OutputStage, Param, ZeroPoints};
 
@@ -63,6 +63,7 @@ static KERNEL: Kernel = {
         Kernel::new("8x48c4-avx512vnni", TILE, BLOCKING, block, epilogue)
             .with_staged_block(block_staged)
             .with_indirect(indirect, Some(indirect_staged))
+            .with_row(row, Some(row_staged))
     }
 };
 
@@ -112,6 +113,45 @@ unsafe fn block_staged(args: BlockArgs<'_>, stage: EpilogueArgs<'_>) {
     let BlockArgs { a, b, b_panel_stride, row_panels, rows, col_panels, cols, kgroups, acc, acc_stride, accumulate } =
         args;
     let panels = Panels { a: PackedA { a, kgroups }, b, b_panel_stride, row_panels, rows, col_panels, cols };
+    let prior = if accumulate { Some(&*acc) } else { None };
+    // SAFETY: forwarded from this function's contract.
+    unsafe { staged(panels, prior, acc_stride, stage) }
+}
+
+/// # Safety
+/// As [`block`], for `args` satisfying [`BlockArgs`] for one densely packed row
+/// (checked by `Kernel::row_block`).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn row(args: BlockArgs<'_>) {
+    // SAFETY: forwarded from this function's contract; the shared body is inlined here,
+    // where the features are enabled.
+    unsafe { dot4_tile::row_block::<Zmm, MR, NV>(args) }
+}
+
+/// A block of one densely packed row (the GEMV) with the output stage fused into each
+/// tile where it is Float to u8/i8; any other stage runs after the block (see
+/// `Kernel::row_with_stage`).
+///
+/// # Safety
+/// As [`row`]; `stage` as for [`block_staged`] (checked by `Kernel::row_with_stage`).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn row_staged(args: BlockArgs<'_>, stage: EpilogueArgs<'_>) {
+    if fused_scale(&stage.stage, &stage.out).is_none() {
+        let mut args = args;
+        let acc = std::mem::take(&mut args.acc);
+        let acc_stride = args.acc_stride;
+        // SAFETY: forwarded from this function's contract; the epilogue's accumulators
+        // are the block's, checked just before use.
+        unsafe {
+            row(BlockArgs { acc: &mut *acc, ..args });
+            let stage = EpilogueArgs { acc, acc_stride, ..stage };
+            stage.check();
+            epilogue(stage)
+        }
+        return;
+    }
+    let BlockArgs { a, b, b_panel_stride, col_panels, cols, kgroups, acc, acc_stride, accumulate, .. } = args;
+    let panels = Panels { a: RowA { a, kgroups }, b, b_panel_stride, row_panels: 1, rows: 1, col_panels, cols };
     let prior = if accumulate { Some(&*acc) } else { None };
     // SAFETY: forwarded from this function's contract.
     unsafe { staged(panels, prior, acc_stride, stage) }
@@ -330,6 +370,12 @@ impl Dot4 for Zmm {
         // SAFETY: AVX-512 VNNI (the trait's contract). The wrapping form, never
         // `_mm512_dpbusds_epi32`.
         Zmm(unsafe { _mm512_dpbusd_epi32(self.0, a.0, b.0) })
+    }
+
+    #[inline(always)]
+    unsafe fn add(self, other: Self) -> Self {
+        // SAFETY: AVX-512 F (the trait's contract).
+        Zmm(unsafe { _mm512_add_epi32(self.0, other.0) })
     }
 
     #[inline(always)]
