@@ -23,6 +23,10 @@
 //! The rows of A come from a [`Rows`]: a matrix, or a convolution's taps gathered while
 //! packing (im2col fused into the packing, never materialized).
 //!
+//! A GEMV (M = 1, a matrix A) takes the kernel's one-row entry where it has one
+//! ([`Kernel::row_with_stage`]): A packed as one dense row for all of K, so that the
+//! only stream is B's, each panel read front to back and the panels in memory order.
+//!
 //! The fast path (see [`Kernel`]) runs on a row block where it is exact
 //! ([`Kernel::for_block`]: by the weights alone, or by the block's activations), so
 //! the choice never changes a result.
@@ -233,7 +237,8 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
     // where it has one, on A packed as a dense row (not a panel of `mr` rows, all but
     // one padding, which would crowd B's stream out of L1) for all of K at once.
     let one_row = m == 1 && matrix && hold_all;
-    let a_pack_len = if hold_all { mc_max * kgroups_total * tile.kg } else { mc_max * kc_groups * tile.kg };
+    let rows_packed = if one_row && kernel.has_row() && fast.is_none_or(|f| f.has_row()) { 1 } else { mc_max };
+    let a_pack_len = if hold_all { rows_packed * kgroups_total * tile.kg } else { mc_max * kc_groups * tile.kg };
     let Scratch { a_pack, acc, row_sums, gather, .. } = scratch;
     let a_pack = grown(a_pack, a_pack_len * a_width);
     let acc = grown(acc, mc_max * nc_max);

@@ -135,9 +135,11 @@ impl Case {
             Fill::Random => {
                 ((0..m * k).map(|_| rng.next() as u8).collect(), (0..k * n).map(|_| rng.next() as i8).collect())
             }
-            Fill::Extremes => (vec![255; m * k], (0..k * n).map(|i| if i % n % 2 == 0 { -128 } else { 127 }).collect()),
+            Fill::Extremes => {
+                (vec![255; m * k], (0..k * n).map(|i| if (i % n).is_multiple_of(2) { -128 } else { 127 }).collect())
+            }
             Fill::Alternating => {
-                (vec![255; m * k], (0..k * n).map(|i| if i / n % 2 == 0 { -128 } else { 127 }).collect())
+                (vec![255; m * k], (0..k * n).map(|i| if (i / n).is_multiple_of(2) { -128 } else { 127 }).collect())
             }
         };
         let a_zp = [0, 255, 128, rng.next() as u8][rng.below(4)];

@@ -26,8 +26,9 @@
 //! The tile is 6 rows × 8 columns: six accumulator rows of one (fast) or two (exact)
 //! ymm registers, which leaves room for B and the broadcast in 16 registers. Rows of a
 //! panel past the block's last real row are not computed: a panel of one real row
-//! runs the 1-row instance of the same code, so M = 1 (GEMV) and small M pay only for
-//! their rows.
+//! runs the 1-row instance of the same code, so small M pays only for its rows. M = 1
+//! (GEMV) takes both kernels' one-row entries (`Kernel::with_row`): A packed as one
+//! dense row rather than a 6-row panel of 5 padding rows.
 
 use std::arch::x86_64::*;
 

@@ -22,6 +22,12 @@
 //! 8 × 3 in 32 zmm). Edges need no masks: packed B is padded to whole panels with zero
 //! columns and the accumulator block has room for them, and a panel's padding rows
 //! are never computed (`R` real rows only).
+//!
+//! One row (a GEMV, or a panel's single real row) gives each vector's accumulator one
+//! dot product per k-group, each waiting for the last; [`sums_row`] splits K over
+//! independent partial sums instead, added at the end. The GEMV reads A as one dense
+//! row ([`RowA`], `Kernel::with_row`) rather than a panel of `MR` rows, all but one
+//! padding.
 
 use crate::kernel::{BlockArgs, IndirectA, IndirectArgs};
 
