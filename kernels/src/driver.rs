@@ -40,7 +40,7 @@
 
 use std::ops::Range;
 
-use crate::kernel::{BlockArgs, Kernel, Tile};
+use crate::kernel::{AFormat, BlockArgs, Kernel, Tile};
 use crate::output::{EpilogueArgs, OutData, OutputStage, ZeroPoints};
 use crate::pack::{PackedB, pack_a};
 use crate::rows::Rows;
@@ -217,14 +217,21 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
     let a_width = kernel.a_format().bytes().max(fast.map_or(1, |f| f.a_format().bytes()));
     let mc_max = blocking.mc.min(m.div_ceil(tile.mr) * tile.mr);
     let nc_max = blocking.nc.min((n - first_panel_col).div_ceil(tile.nr) * tile.nr);
+    let matrix = matches!(a, Rows::Matrix { .. });
+    // One row of a matrix (a GEMV, or decoding one token): the kernel's one-row entry
+    // where it (and its fast path) has one, on A packed as a dense row (not a panel of
+    // `mr` rows, all but one padding, which would crowd B's stream out of L1) for all
+    // of K at once.
+    let row_entry = kernel.has_row() && fast.is_none_or(|f| f.has_row());
+    let one_row = m == 1 && matrix && row_entry && kgroups_total * tile.kg * a_width <= A_PACK_BYTES;
+    let rows_packed = if one_row { 1 } else { mc_max };
     // Pack a row block once for all of K when that fits; otherwise one K block at a
     // time, as it is used.
-    let hold_all = mc_max * kgroups_total * tile.kg * a_width <= A_PACK_BYTES;
+    let hold_all = rows_packed * kgroups_total * tile.kg * a_width <= A_PACK_BYTES;
     // With a single row panel, A is tiny and B streams through once: take all of K at
     // once, so that each B panel is read front to back (what prefetchers follow)
     // rather than in kc-sized pieces a panel apart. (Not for gathered rows, whose
     // gather buffer holds one kc block.)
-    let matrix = matches!(a, Rows::Matrix { .. });
     let kc_groups = if m <= tile.mr && hold_all && matrix {
         kgroups_total.max(1)
     } else {
@@ -233,11 +240,6 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
         let most = blocking.kc / tile.kg;
         kgroups_total.div_ceil(kgroups_total.div_ceil(most).max(1)).max(1)
     };
-    // One row of a matrix (a GEMV, or decoding one token): the kernel's one-row entry
-    // where it has one, on A packed as a dense row (not a panel of `mr` rows, all but
-    // one padding, which would crowd B's stream out of L1) for all of K at once.
-    let one_row = m == 1 && matrix && hold_all;
-    let rows_packed = if one_row && kernel.has_row() && fast.is_none_or(|f| f.has_row()) { 1 } else { mc_max };
     let a_pack_len = if hold_all { rows_packed * kgroups_total * tile.kg } else { mc_max * kc_groups * tile.kg };
     let Scratch { a_pack, acc, row_sums, gather, .. } = scratch;
     let a_pack = grown(a_pack, a_pack_len * a_width);
@@ -264,13 +266,16 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
         let zero_points = ZeroPoints { a_zp: i32::from(a_zp) - format.offset(), ..zero_points };
         let row = one_row && block_kernel.has_row();
         let pack_tile = if row { Tile { mr: 1, ..tile } } else { tile };
+        // Where packing the row would only copy it (u8, whole k-groups, no row sums),
+        // the kernel reads it in place.
+        let in_place = row && format == AFormat::U8 && k.is_multiple_of(tile.kg) && !sum_rows;
         // K block i covers k-groups [i·kc_groups, …) and, holding all of K, starts at
         // i · block_bytes of packed A (each block but the last is kc_groups long).
         let k_blocks = kgroups_total.div_ceil(kc_groups);
         let block_bytes = row_panels * tile.mr * kc_groups * tile.kg * format.bytes();
         let offset = |i: usize| if hold_all { i * block_bytes } else { 0 };
         let groups_of = |i: usize| kc_groups.min(kgroups_total - i * kc_groups);
-        if hold_all {
+        if hold_all && !in_place {
             for i in 0..k_blocks {
                 let sums = if sum_rows { Some(&mut row_sums[..]) } else { None };
                 let dst = &mut a_pack[offset(i)..];
@@ -303,8 +308,12 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
                 // All of K in one block (`kc_groups`), its output stage fused where the
                 // kernel can; from the first column to store where the block starts
                 // before `columns.start`, as below.
+                let a_row = match a_block {
+                    Rows::Matrix { data, .. } if in_place => &data[..k],
+                    _ => &a_pack[..],
+                };
                 let block_args = BlockArgs {
-                    a: a_pack,
+                    a: a_row,
                     b: b_block(0),
                     b_panel_stride: b.panel_stride(),
                     row_panels: 1,

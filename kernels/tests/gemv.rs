@@ -290,7 +290,8 @@ fn gemv_large_k_and_n() {
 
 #[test]
 fn gemv_sums_wrap() {
-    // One row, K = 70 000 taken whole (the one-row path never blocks K): A = 255 against
+    // One row, K = 70 000 taken whole (the one-row path never blocks K; its dense row
+    // fits the packing bound for K up to 256 Ki at least), read in place: A = 255 against
     // −128 (the sum falls below i32::MIN) and 127 (above i32::MAX), in every partial
     // sum of the K split.
     let mut rng = Rng(0x6e3f_0005_7777_0001);
