@@ -36,7 +36,9 @@ impl Columns {
     }
 
     /// Columns `c0..c0 + width` in the first `lanes` entries (`width ≤ lanes ≤ CHUNK`,
-    /// and the columns within the stage's).
+    /// and the columns within the stage's). Inlined, so that its loops are compiled
+    /// with the caller's AVX-512 (else SSE2, without a 32-bit multiply).
+    #[inline(always)]
     pub(super) fn fill(
         &mut self,
         zp: &ZeroPoints<'_>,
