@@ -66,6 +66,57 @@ fn every_tail_of_m_n_and_k() {
 }
 
 #[test]
+fn gemv_and_small_m() {
+    // M = 1 runs the kernels' one-row path (A packed as a dense row, K split over
+    // partial sums); M = 2 and 3 the row panels beside it. K and N tails, extreme data,
+    // every zero-point class, every scheme and output type.
+    let mut rng = Rng::new(12);
+    for m in [1, 2, 3] {
+        for k in [1, 3, 5, 63, 65, 4097] {
+            for n in [1, 15, 17, 47, 49, 4095] {
+                let layout = if rng.below(2) == 0 { WeightLayout::KxN } else { WeightLayout::NxK };
+                let mut case = GemmCase::random(&mut rng, m, n, k);
+                if rng.below(3) == 0 {
+                    case.a = vec![255; m * k];
+                    let fill = rng.pick(&WEIGHT_FILLS);
+                    case.b = weights_kxn(&mut rng, k, n, fill);
+                }
+                let case = vary_output(&mut rng, case.with_layout(layout));
+                case.check("gemv and small M");
+            }
+        }
+    }
+    let (k, n) = (301, 53);
+    let mut per_column: Vec<i8> = (0..n).map(|_| rng.i8()).collect();
+    per_column[..2].copy_from_slice(&[-128, 127]);
+    let zps = [
+        Channelwise::PerTensor(0),
+        Channelwise::PerTensor(-128),
+        Channelwise::PerTensor(127),
+        Channelwise::PerChannel(vec![0; n]),
+        Channelwise::PerChannel(per_column),
+    ];
+    for b_zp in zps {
+        for fill in [WeightFill::Random, WeightFill::Alternating] {
+            let mut case = GemmCase::random(&mut rng, 1, n, k);
+            case.b = weights_kxn(&mut rng, k, n, fill);
+            case.b_zp = b_zp.clone();
+            case.clone().check("gemv, i32");
+            for per_channel in [false, true] {
+                for scheme in schemes(&mut rng, n, per_channel, k) {
+                    for out in [OutputType::U8, OutputType::I8] {
+                        let requantize = requantize_for(&mut rng, scheme.clone(), out);
+                        let mut case = case.clone().with_output(out, Some(requantize));
+                        case.stage.bias = Some((0..n).map(|_| (rng.next_u64() as i32) >> 8).collect());
+                        case.check("gemv, every scheme");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn depths_and_sizes_across_cache_blocks() {
     // The default blocking is in the hundreds; these cross several KC, MC and NC
     // blocks with tails. (The kernels crate also runs tiny blockings.)

@@ -23,6 +23,10 @@
 //! The rows of A come from a [`Rows`]: a matrix, or a convolution's taps gathered while
 //! packing (im2col fused into the packing, never materialized).
 //!
+//! A GEMV (M = 1, a matrix A) takes the kernel's one-row entry where it has one
+//! ([`Kernel::row_with_stage`]): A packed as one dense row for all of K, so that the
+//! only stream is B's, each panel read front to back and the panels in memory order.
+//!
 //! The fast path (see [`Kernel`]) runs on a row block where it is exact
 //! ([`Kernel::for_block`]: by the weights alone, or by the block's activations), so
 //! the choice never changes a result.
@@ -36,7 +40,7 @@
 
 use std::ops::Range;
 
-use crate::kernel::{BlockArgs, Kernel};
+use crate::kernel::{AFormat, BlockArgs, Kernel, Tile};
 use crate::output::{EpilogueArgs, OutData, OutputStage, ZeroPoints};
 use crate::pack::{PackedB, pack_a};
 use crate::rows::Rows;
@@ -213,14 +217,21 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
     let a_width = kernel.a_format().bytes().max(fast.map_or(1, |f| f.a_format().bytes()));
     let mc_max = blocking.mc.min(m.div_ceil(tile.mr) * tile.mr);
     let nc_max = blocking.nc.min((n - first_panel_col).div_ceil(tile.nr) * tile.nr);
+    let matrix = matches!(a, Rows::Matrix { .. });
+    // One row of a matrix (a GEMV, or decoding one token): the kernel's one-row entry
+    // where it (and its fast path) has one, on A packed as a dense row (not a panel of
+    // `mr` rows, all but one padding, which would crowd B's stream out of L1) for all
+    // of K at once.
+    let row_entry = kernel.has_row() && fast.is_none_or(|f| f.has_row());
+    let one_row = m == 1 && matrix && row_entry && kgroups_total * tile.kg * a_width <= A_PACK_BYTES;
+    let rows_packed = if one_row { 1 } else { mc_max };
     // Pack a row block once for all of K when that fits; otherwise one K block at a
     // time, as it is used.
-    let hold_all = mc_max * kgroups_total * tile.kg * a_width <= A_PACK_BYTES;
+    let hold_all = rows_packed * kgroups_total * tile.kg * a_width <= A_PACK_BYTES;
     // With a single row panel, A is tiny and B streams through once: take all of K at
     // once, so that each B panel is read front to back (what prefetchers follow)
     // rather than in kc-sized pieces a panel apart. (Not for gathered rows, whose
     // gather buffer holds one kc block.)
-    let matrix = matches!(a, Rows::Matrix { .. });
     let kc_groups = if m <= tile.mr && hold_all && matrix {
         kgroups_total.max(1)
     } else {
@@ -229,7 +240,7 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
         let most = blocking.kc / tile.kg;
         kgroups_total.div_ceil(kgroups_total.div_ceil(most).max(1)).max(1)
     };
-    let a_pack_len = if hold_all { mc_max * kgroups_total * tile.kg } else { mc_max * kc_groups * tile.kg };
+    let a_pack_len = if hold_all { rows_packed * kgroups_total * tile.kg } else { mc_max * kc_groups * tile.kg };
     let Scratch { a_pack, acc, row_sums, gather, .. } = scratch;
     let a_pack = grown(a_pack, a_pack_len * a_width);
     let acc = grown(acc, mc_max * nc_max);
@@ -238,7 +249,9 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
     let zero_points = ZeroPoints { a_zp: i32::from(a_zp), col_offsets: b.col_offsets(), b_zp: b.zero_points() };
     // The row sums only meet nonzero weight zero points (`− b_zp · Σ_k a`); with
     // symmetric weights, the common case, packing skips them and they stay 0.
-    let sum_rows = b.zero_points().iter().any(|&z| z != 0);
+    // (An OR over all of them, which vectorizes, where `any` stops early but goes one
+    // value at a time: N values on every call, a GEMV's only per-column pass.)
+    let sum_rows = b.zero_points().iter().fold(0, |or, &z| or | z) != 0;
 
     for ic in (0..m).step_by(blocking.mc) {
         let rows = blocking.mc.min(m - ic);
@@ -251,17 +264,22 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
         let format = block_kernel.a_format();
         // Flipped activations (`a − 128`) have the zero point `a_zp − 128`.
         let zero_points = ZeroPoints { a_zp: i32::from(a_zp) - format.offset(), ..zero_points };
+        let row = one_row && block_kernel.has_row();
+        let pack_tile = if row { Tile { mr: 1, ..tile } } else { tile };
+        // Where packing the row would only copy it (u8, whole k-groups, no row sums),
+        // the kernel reads it in place.
+        let in_place = row && format == AFormat::U8 && k.is_multiple_of(tile.kg) && !sum_rows;
         // K block i covers k-groups [i·kc_groups, …) and, holding all of K, starts at
         // i · block_bytes of packed A (each block but the last is kc_groups long).
         let k_blocks = kgroups_total.div_ceil(kc_groups);
         let block_bytes = row_panels * tile.mr * kc_groups * tile.kg * format.bytes();
         let offset = |i: usize| if hold_all { i * block_bytes } else { 0 };
         let groups_of = |i: usize| kc_groups.min(kgroups_total - i * kc_groups);
-        if hold_all {
+        if hold_all && !in_place {
             for i in 0..k_blocks {
                 let sums = if sum_rows { Some(&mut row_sums[..]) } else { None };
                 let dst = &mut a_pack[offset(i)..];
-                pack_a(tile, &a_block, rows, k, i * kc_groups, groups_of(i), format, dst, sums, gather);
+                pack_a(pack_tile, &a_block, rows, k, i * kc_groups, groups_of(i), format, dst, sums, gather);
             }
         }
         for jc in (first_panel_col..n).step_by(blocking.nc) {
@@ -284,6 +302,37 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
                 acc.fill(0);
                 let at = Position { r0: 0, rows, ic, jc, j0, skip, cols };
                 kernel.epilogue(epilogue_args(acc, nc_max, row_sums, at, zero_points, stage, &mut out));
+                continue;
+            }
+            if row {
+                // All of K in one block (`kc_groups`), its output stage fused where the
+                // kernel can; from the first column to store where the block starts
+                // before `columns.start`, as below.
+                let a_row = match a_block {
+                    Rows::Matrix { data, .. } if in_place => &data[..k],
+                    _ => &a_pack[..],
+                };
+                let block_args = BlockArgs {
+                    a: a_row,
+                    b: b_block(0),
+                    b_panel_stride: b.panel_stride(),
+                    row_panels: 1,
+                    rows: 1,
+                    col_panels,
+                    cols,
+                    kgroups: kgroups_total,
+                    acc,
+                    acc_stride: nc_max,
+                    accumulate: false,
+                };
+                let at = Position { r0: 0, rows: 1, ic, jc, j0, skip, cols };
+                if skip > 0 {
+                    block_kernel.row_block(block_args);
+                    kernel.epilogue(epilogue_args(acc, nc_max, row_sums, at, zero_points, stage, &mut out));
+                } else {
+                    let stage_args = epilogue_args(&[], nc_max, row_sums, at, zero_points, stage, &mut out);
+                    block_kernel.row_with_stage(block_args, stage_args);
+                }
                 continue;
             }
             // K blocks through the accumulators, over the whole block (each B panel

@@ -154,6 +154,13 @@ struct IndirectFns {
     staged: Option<StagedIndirectFn>,
 }
 
+/// A kernel's one-row (GEMV) entry points (see [`Kernel::with_row`]).
+#[derive(Clone, Copy, Debug)]
+struct RowFns {
+    block: BlockFn,
+    staged: Option<StagedBlockFn>,
+}
+
 /// Accumulates a block; see [`BlockArgs`].
 ///
 /// # Safety
@@ -196,6 +203,7 @@ pub struct Kernel {
     a_format: AFormat,
     staged: Option<StagedBlockFn>,
     indirect: Option<IndirectFns>,
+    row: Option<RowFns>,
     fast: Option<FastPath>,
 }
 
@@ -255,6 +263,7 @@ struct FastPath {
     block: BlockFn,
     staged: Option<StagedBlockFn>,
     indirect: Option<IndirectFns>,
+    row: Option<RowFns>,
     a_format: AFormat,
     when: FastWhen,
 }
@@ -289,6 +298,7 @@ impl Kernel {
             a_format: AFormat::U8,
             staged: None,
             indirect: None,
+            row: None,
             fast: None,
         }
     }
@@ -322,6 +332,26 @@ impl Kernel {
         self
     }
 
+    /// The same kernel, with entry points for a block of one row of A packed densely
+    /// (the GEMV, M = 1): [`BlockArgs`] with `row_panels = rows = 1`, whose packed A is
+    /// that row packed with `mr = 1` (`kgroups × kg` values, in the kernel's
+    /// [`AFormat`]) rather than a panel of `mr` rows, 7 of 8 of them padding.
+    /// `block` computes what [`Kernel::block`] computes on the same row packed in an
+    /// `mr`-row panel, and `staged`, where given, what [`Kernel::block_with_stage`]
+    /// computes.
+    ///
+    /// # Safety
+    /// As [`Kernel::with_staged_block`], for that layout of A.
+    pub const unsafe fn with_row(mut self, block: BlockFn, staged: Option<StagedBlockFn>) -> Kernel {
+        self.row = Some(RowFns { block, staged });
+        self
+    }
+
+    /// Whether the kernel has one-row entry points ([`Kernel::row_block`]).
+    pub fn has_row(&self) -> bool {
+        self.row.is_some()
+    }
+
     /// Whether the kernel reads A in place ([`Kernel::indirect_block`]).
     pub fn has_indirect(&self) -> bool {
         self.indirect.is_some()
@@ -349,6 +379,7 @@ impl Kernel {
             block: fast.block,
             staged: fast.staged,
             indirect: fast.indirect,
+            row: fast.row,
             a_format: fast.a_format,
             when,
         });
@@ -368,6 +399,7 @@ impl Kernel {
             block: f.block,
             staged: f.staged,
             indirect: f.indirect,
+            row: f.row,
             a_format: f.a_format,
             fast: None,
             ..*self
@@ -427,7 +459,14 @@ impl Kernel {
         // SAFETY: the entry points are unchanged, so the CPU support that made `self`
         // constructible still holds; blocking only changes which arguments they get.
         let kernel = unsafe { Kernel::new(self.name, self.tile, blocking, self.block, self.epilogue) };
-        Kernel { a_format: self.a_format, staged: self.staged, indirect: self.indirect, fast: self.fast, ..kernel }
+        Kernel {
+            a_format: self.a_format,
+            staged: self.staged,
+            indirect: self.indirect,
+            row: self.row,
+            fast: self.fast,
+            ..kernel
+        }
     }
 
     /// Accumulates a block.
@@ -467,6 +506,59 @@ impl Kernel {
                 self.epilogue(EpilogueArgs { acc, acc_stride, ..stage });
             }
         }
+    }
+
+    /// Accumulates a block of one row packed densely (see [`Kernel::with_row`]).
+    ///
+    /// # Panics
+    /// If the kernel has no one-row entry ([`Kernel::has_row`]), the block is not one
+    /// row, or the buffers are smaller than [`BlockArgs`] says for that layout.
+    pub fn row_block(&self, args: BlockArgs<'_>) {
+        let fns = self.row.expect("a kernel without a one-row entry");
+        self.check_row(&args);
+        // SAFETY: the kernel exists, so the CPU supports its instructions (see
+        // `Kernel::new`), and the buffers were just checked against `BlockArgs` for one
+        // densely packed row.
+        unsafe { (fns.block)(args) }
+    }
+
+    /// [`Kernel::block_with_stage`] for a block of one row packed densely (see
+    /// [`Kernel::with_row`]).
+    ///
+    /// # Panics
+    /// As [`Kernel::row_block`] and [`Kernel::block_with_stage`].
+    pub fn row_with_stage(&self, args: BlockArgs<'_>, stage: EpilogueArgs<'_>) {
+        let fns = self.row.expect("a kernel without a one-row entry");
+        self.check_row(&args);
+        stage.check_output();
+        assert!(stage.rows == args.rows && stage.cols <= args.cols, "stage and block differ");
+        match fns.staged {
+            // SAFETY: as in `row_block`, and the output was just checked against
+            // `EpilogueArgs` (all but `acc`, which a fused kernel does not read).
+            Some(staged) => unsafe { staged(args, stage) },
+            None => {
+                let mut args = args;
+                let acc = std::mem::take(&mut args.acc);
+                let acc_stride = args.acc_stride;
+                self.row_block(BlockArgs { acc: &mut *acc, ..args });
+                self.epilogue(EpilogueArgs { acc, acc_stride, ..stage });
+            }
+        }
+    }
+
+    fn check_row(&self, args: &BlockArgs<'_>) {
+        let t = self.tile;
+        assert!(args.row_panels == 1 && args.rows == 1, "a one-row block");
+        let a_len = args.kgroups * t.kg * self.a_format.bytes();
+        let b_len = match args.col_panels {
+            0 => 0,
+            panels => (panels - 1) * args.b_panel_stride + args.kgroups * t.nr * t.kg,
+        };
+        assert!(args.a.len() >= a_len, "packed A row too short");
+        assert!(args.b.len() >= b_len, "packed B block too short");
+        assert!(args.acc_stride >= args.col_panels * t.nr, "accumulator stride");
+        assert!(args.acc.len() >= args.acc_stride, "accumulators");
+        assert!(args.cols <= args.col_panels * t.nr, "columns beyond the panels");
     }
 
     fn check_block(&self, args: &BlockArgs<'_>) {

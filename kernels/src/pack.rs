@@ -56,7 +56,7 @@ pub struct PackedB {
     k: usize,
     n: usize,
     kp: usize,
-    data: Vec<i8>,
+    data: LineAligned,
     col_offsets: Vec<i32>,
     zero_points: Vec<i32>,
     pair_sums_fit_i16: bool,
@@ -88,12 +88,12 @@ impl PackedB {
         let panels = n.div_ceil(tile.nr);
         let panel_len = kp.checked_mul(tile.nr).expect("panel size overflows");
         let len = panels.checked_mul(panel_len).expect("packed size overflows");
-        let mut data = zeroed(len)?;
+        let mut data = LineAligned::zeroed(len)?;
         let at = |kk: usize, nn: usize| match layout {
             BLayout::KxN => b[kk * n + nn],
             BLayout::NxK => b[nn * k + kk],
         };
-        for (panel, dst) in data.chunks_exact_mut(panel_len.max(1)).take(panels).enumerate() {
+        for (panel, dst) in data.as_mut_slice().chunks_exact_mut(panel_len.max(1)).take(panels).enumerate() {
             let n0 = panel * tile.nr;
             let cols = tile.nr.min(n - n0);
             for kk in 0..k {
@@ -215,7 +215,7 @@ impl PackedB {
 
     /// The packed panels.
     pub fn data(&self) -> &[i8] {
-        &self.data
+        self.data.as_slice()
     }
 
     /// `K·b_zp[n] − Σ_k B[k][n]` per column, wrapping (K taken modulo 2^32): the
@@ -231,11 +231,64 @@ impl PackedB {
 
     /// Bytes held, packed panels and per-column data together.
     pub fn heap_size(&self) -> usize {
-        self.data.len() + 4 * (self.col_offsets.len() + self.zero_points.len())
+        self.data.buf.len() + 4 * (self.col_offsets.len() + self.zero_points.len())
     }
 }
 
 /// A vector of `len` zeros, or an error instead of an abort when memory runs out.
+/// Zeroed bytes whose first lies at the start of a 64-byte cache line: the packed
+/// panels, so that no 64-byte vector load of a panel straddles two lines (a heap `Vec`
+/// of this size starts 16 bytes into one with glibc's allocator, and a kernel that
+/// reads B from L1 or L2 then moves twice the lines). A clone is aligned afresh;
+/// equality is of the bytes.
+#[derive(Debug)]
+struct LineAligned {
+    buf: Vec<i8>,
+    start: usize,
+    len: usize,
+}
+
+impl LineAligned {
+    const LINE: usize = 64;
+
+    fn zeroed(len: usize) -> Result<LineAligned, TryReserveError> {
+        // An impossible size fails to reserve, as `len` itself would.
+        let buf = zeroed::<i8>(len.saturating_add(Self::LINE - 1))?;
+        let start = buf.as_ptr().addr().wrapping_neg() % Self::LINE;
+        Ok(LineAligned { buf, start, len })
+    }
+
+    fn as_slice(&self) -> &[i8] {
+        &self.buf[self.start..self.start + self.len]
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [i8] {
+        &mut self.buf[self.start..self.start + self.len]
+    }
+}
+
+impl Clone for LineAligned {
+    fn clone(&self) -> LineAligned {
+        // Allocation failure aborts, as for any clone of a `Vec`.
+        let mut copy = LineAligned::zeroed(self.len).unwrap_or_else(|_| {
+            std::alloc::handle_alloc_error(
+                std::alloc::Layout::array::<i8>(self.len.saturating_add(Self::LINE - 1))
+                    .expect("the size was allocated once"),
+            )
+        });
+        copy.as_mut_slice().copy_from_slice(self.as_slice());
+        copy
+    }
+}
+
+impl PartialEq for LineAligned {
+    fn eq(&self, other: &LineAligned) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for LineAligned {}
+
 fn zeroed<T: Clone + Default>(len: usize) -> Result<Vec<T>, TryReserveError> {
     let mut v = Vec::new();
     v.try_reserve_exact(len)?;

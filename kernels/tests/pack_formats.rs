@@ -92,3 +92,24 @@ fn every_format_matches_the_layout() {
         }
     }
 }
+
+#[test]
+fn packed_b_panels_start_on_a_cache_line() {
+    // No 64-byte vector load of a panel straddles two cache lines: the panels start on
+    // one (every panel stride is a multiple of 64 for the AVX-512 tile), clones too.
+    use qgemm_kernels::pack::{BLayout, PackedB};
+    let mut rng = Rng(0x11ae_6400_0000_0001);
+    let tiles = [Tile { mr: 8, nr: 48, kg: 4 }, Tile { mr: 6, nr: 8, kg: 4 }, Tile { mr: 4, nr: 32, kg: 2 }];
+    for tile in tiles {
+        for (k, n) in [(1, 1), (5, 3), (300, 100), (4096, 200)] {
+            let b: Vec<i8> = (0..k * n).map(|_| rng.next() as i8).collect();
+            let packed = PackedB::try_new(tile, &b, BLayout::KxN, k, n, &[3]).unwrap();
+            let copy = packed.clone();
+            for p in [&packed, &copy] {
+                assert_eq!(p.data().as_ptr().addr() % 64, 0, "k={k} n={n} {tile:?}");
+                assert_eq!(p.data().len(), n.div_ceil(tile.nr) * k.div_ceil(tile.kg) * tile.kg * tile.nr);
+            }
+            assert_eq!(copy, packed);
+        }
+    }
+}

@@ -26,8 +26,9 @@
 //! The tile is 6 rows × 8 columns: six accumulator rows of one (fast) or two (exact)
 //! ymm registers, which leaves room for B and the broadcast in 16 registers. Rows of a
 //! panel past the block's last real row are not computed: a panel of one real row
-//! runs the 1-row instance of the same code, so M = 1 (GEMV) and small M pay only for
-//! their rows.
+//! runs the 1-row instance of the same code, so small M pays only for its rows. M = 1
+//! (GEMV) takes both kernels' one-row entries (`Kernel::with_row`): A packed as one
+//! dense row rather than a 6-row panel of 5 padding rows.
 
 use std::arch::x86_64::*;
 
@@ -58,9 +59,11 @@ static EXACT: Kernel = {
     // by `Kernel::block`/`epilogue`), and run only after `kernel()` detected AVX2.
     unsafe {
         let fast = Kernel::new("6x8c4-avx2-maddubs", TILE, BLOCKING, block_maddubs, epilogue)
-            .with_indirect(indirect_maddubs, None);
+            .with_indirect(indirect_maddubs, None)
+            .with_row(row_maddubs, None);
         Kernel::new("6x8c4-avx2-madd", TILE, BLOCKING, block_madd, epilogue)
             .with_a_format(AFormat::I16)
+            .with_row(row_madd, None)
             .with_fast_path(fast, FastWhen::PairSumsFitI16)
     }
 };
@@ -100,6 +103,16 @@ unsafe fn indirect_maddubs(args: IndirectArgs<'_>) {
     unsafe { dot4_tile::indirect_block::<PairSums, MR, 1>(args) }
 }
 
+/// # Safety
+/// As [`block_maddubs`], for `args` satisfying [`BlockArgs`] for one densely packed
+/// row (checked by `Kernel::row_block`).
+#[target_feature(enable = "avx2")]
+unsafe fn row_maddubs(args: BlockArgs<'_>) {
+    // SAFETY: forwarded from this function's contract; AVX2 is enabled here, and the
+    // shared body is inlined into this function.
+    unsafe { dot4_tile::row_block::<PairSums, MR, 1>(args) }
+}
+
 /// `vpmaddubsw` then `vpmaddwd` with ones: a 4-deep dot product per i32 lane that is
 /// exact only when each pair sum `a0·b0 + a1·b1` fits in i16 (else it saturates).
 #[derive(Clone, Copy)]
@@ -136,6 +149,12 @@ impl Dot4 for PairSums {
     }
 
     #[inline(always)]
+    unsafe fn add(self, other: Self) -> Self {
+        // SAFETY: AVX2 (the trait's contract).
+        PairSums(unsafe { _mm256_add_epi32(self.0, other.0) })
+    }
+
+    #[inline(always)]
     unsafe fn store(self, p: *mut i32, accumulate: bool) {
         // SAFETY: AVX2, and 8 writable i32 at `p` (the trait's contract).
         unsafe { Out { acc: p, accumulate }.row(0, self.0) }
@@ -164,12 +183,12 @@ unsafe fn block_madd_tiles(args: BlockArgs<'_>) {
             // `real_rows` rows of NR values at `acc_stride` (asserted just above).
             unsafe {
                 match real_rows {
-                    6 => tile_madd::<6>(ap, bp, kgroups, cp, acc_stride),
-                    5 => tile_madd::<5>(ap, bp, kgroups, cp, acc_stride),
-                    4 => tile_madd::<4>(ap, bp, kgroups, cp, acc_stride),
-                    3 => tile_madd::<3>(ap, bp, kgroups, cp, acc_stride),
-                    2 => tile_madd::<2>(ap, bp, kgroups, cp, acc_stride),
-                    1 => tile_madd::<1>(ap, bp, kgroups, cp, acc_stride),
+                    6 => tile_madd::<6>(ap, MR * KG * 2, bp, kgroups, cp, acc_stride),
+                    5 => tile_madd::<5>(ap, MR * KG * 2, bp, kgroups, cp, acc_stride),
+                    4 => tile_madd::<4>(ap, MR * KG * 2, bp, kgroups, cp, acc_stride),
+                    3 => tile_madd::<3>(ap, MR * KG * 2, bp, kgroups, cp, acc_stride),
+                    2 => tile_madd::<2>(ap, MR * KG * 2, bp, kgroups, cp, acc_stride),
+                    1 => tile_madd::<1>(ap, MR * KG * 2, bp, kgroups, cp, acc_stride),
                     _ => {} // a panel with no real rows: nothing to compute
                 }
             }
@@ -177,13 +196,42 @@ unsafe fn block_madd_tiles(args: BlockArgs<'_>) {
     }
 }
 
+/// Every panel of a block of one row packed densely (`kgroups × 4` i16: the GEMV's A,
+/// see `Kernel::with_row`), exact.
+///
+/// # Safety
+/// AVX2 must be available, and the buffers must satisfy [`BlockArgs`] for one densely
+/// packed row of i16 A (checked by `Kernel::row_block`).
+#[target_feature(enable = "avx2")]
+unsafe fn row_madd(args: BlockArgs<'_>) {
+    let BlockArgs { a, b, b_panel_stride, col_panels, kgroups, acc, acc_stride, accumulate, .. } = args;
+    let row = &a[..kgroups * KG * 2];
+    for jp in 0..col_panels {
+        let b_panel = &b[jp * b_panel_stride..][..kgroups * NR * KG];
+        let acc_tile = &mut acc[jp * NR..][..NR];
+        let (ap, bp, cp) = (row.as_ptr(), b_panel.as_ptr(), Out { acc: acc_tile.as_mut_ptr(), accumulate });
+        // SAFETY: AVX2 is enabled here; the row holds `kgroups` groups of 4 i16 at 8
+        // bytes each and the panel `kgroups` groups of this kernel's layout, and the
+        // accumulator tile is one row of NR values (all sliced just above).
+        unsafe { tile_madd::<1>(ap, KG * 2, bp, kgroups, cp, acc_stride) };
+    }
+}
+
 /// `acc[r][0..8] += Σ_g A[r, g] · B[g]` for the first `R` rows of a panel, exact.
 ///
 /// # Safety
-/// AVX2; `a` holds `kgroups` groups of `MR` rows × 4 i16, `b` holds `kgroups` groups
-/// of 32 bytes, and `acc.acc` holds `R` rows of 8 i32 at `acc_stride`.
+/// AVX2; `a` holds `kgroups` groups of `R` rows × 4 i16 (8 bytes a row), each group
+/// `a_group` bytes after the last, `b` holds `kgroups` groups of 32 bytes, and
+/// `acc.acc` holds `R` rows of 8 i32 at `acc_stride`.
 #[target_feature(enable = "avx2")]
-unsafe fn tile_madd<const R: usize>(a: *const u8, b: *const i8, kgroups: usize, acc: Out, acc_stride: usize) {
+unsafe fn tile_madd<const R: usize>(
+    a: *const u8,
+    a_group: usize,
+    b: *const i8,
+    kgroups: usize,
+    acc: Out,
+    acc_stride: usize,
+) {
     // lo[r]: columns 0–3, hi[r]: columns 4–7; two lanes per column, (k0,k1) and (k2,k3).
     let mut lo = [_mm256_setzero_si256(); R];
     let mut hi = [_mm256_setzero_si256(); R];
@@ -194,7 +242,7 @@ unsafe fn tile_madd<const R: usize>(a: *const u8, b: *const i8, kgroups: usize, 
             let bg = b.add(g * NR * KG);
             let b_lo = _mm256_cvtepi8_epi16(_mm_loadu_si128(bg.cast()));
             let b_hi = _mm256_cvtepi8_epi16(_mm_loadu_si128(bg.add(16).cast()));
-            let ag = a.add(g * MR * KG * 2);
+            let ag = a.add(g * a_group);
             for r in 0..R {
                 let a4 = _mm256_set1_epi64x(ag.add(r * KG * 2).cast::<i64>().read_unaligned());
                 lo[r] = _mm256_add_epi32(lo[r], _mm256_madd_epi16(a4, b_lo));

@@ -25,7 +25,7 @@
 use std::arch::x86_64::*;
 
 use super::avx512_epilogue::{Columns, Float16, fused_scale, out_bytes};
-use super::dot4_tile::{self, Dot4, PackedA, Panels, Sink, TileA};
+use super::dot4_tile::{self, Dot4, PackedA, Panels, RowA, Sink, TileA};
 use crate::kernel::{BlockArgs, Blocking, IndirectArgs, Kernel, Tile};
 use crate::output::{EpilogueArgs, OutData, OutputStage, Param, ZeroPoints};
 
@@ -77,6 +77,7 @@ static KERNEL: Kernel = {
         Kernel::new("8x48c4-avx512vnni", TILE, BLOCKING, block::<8, 3>, epilogue)
             .with_staged_block(block_staged::<8, 3>)
             .with_indirect(indirect::<8, 3>, Some(indirect_staged::<8, 3>))
+            .with_row(row::<8, 3>, Some(row_staged::<8, 3>))
     }
 };
 
@@ -86,6 +87,7 @@ static WIDE: Kernel = {
         Kernel::new("6x64c4-avx512vnni", WIDE_TILE, WIDE_BLOCKING, block::<6, 4>, epilogue)
             .with_staged_block(block_staged::<6, 4>)
             .with_indirect(indirect::<6, 4>, Some(indirect_staged::<6, 4>))
+            .with_row(row::<6, 4>, Some(row_staged::<6, 4>))
     }
 };
 
@@ -128,6 +130,38 @@ unsafe fn block_staged<const MR: usize, const NV: usize>(args: BlockArgs<'_>, st
     let BlockArgs { a, b, b_panel_stride, row_panels, rows, col_panels, cols, kgroups, acc, acc_stride, accumulate } =
         args;
     let panels = Panels { a: PackedA { a, kgroups }, b, b_panel_stride, row_panels, rows, col_panels, cols };
+    let prior = if accumulate { Some(&*acc) } else { None };
+    // SAFETY: forwarded from this function's contract.
+    unsafe { staged::<_, MR, NV>(panels, prior, acc_stride, stage) }
+}
+
+/// # Safety
+/// As [`block`], for `args` satisfying [`BlockArgs`] for one densely packed row
+/// (checked by `Kernel::row_block`).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn row<const MR: usize, const NV: usize>(args: BlockArgs<'_>) {
+    // SAFETY: forwarded from this function's contract; the shared body is inlined here,
+    // where the features are enabled.
+    unsafe { dot4_tile::row_block::<Zmm, MR, NV>(args) }
+}
+
+/// A block of one densely packed row (the GEMV) with the output stage fused into each
+/// tile where it is Float to u8/i8; any other stage runs after the block (see
+/// `Kernel::row_with_stage`).
+///
+/// # Safety
+/// As [`row`]; `stage` as for [`block_staged`] (checked by `Kernel::row_with_stage`).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn row_staged<const MR: usize, const NV: usize>(args: BlockArgs<'_>, stage: EpilogueArgs<'_>) {
+    if fused_scale(&stage.stage, &stage.out).is_none() {
+        let mut args = args;
+        let (acc, acc_stride) = (std::mem::take(&mut args.acc), args.acc_stride);
+        // SAFETY: forwarded from this function's contract.
+        unsafe { unfused(acc, acc_stride, stage, |acc| row::<MR, NV>(BlockArgs { acc, ..args })) };
+        return;
+    }
+    let BlockArgs { a, b, b_panel_stride, col_panels, cols, kgroups, acc, acc_stride, accumulate, .. } = args;
+    let panels = Panels { a: RowA { a, kgroups }, b, b_panel_stride, row_panels: 1, rows: 1, col_panels, cols };
     let prior = if accumulate { Some(&*acc) } else { None };
     // SAFETY: forwarded from this function's contract.
     unsafe { staged::<_, MR, NV>(panels, prior, acc_stride, stage) }
@@ -212,7 +246,8 @@ unsafe fn staged<A: TileA, const MR: usize, const NV: usize>(
     // SAFETY: forwarded from this function's contract: the panels are the block's, and
     // `Fused` writes only the stage's rows and columns (see its `tile`).
     unsafe {
-        if zero_points.b_zp[..cols].iter().any(|&z| z != 0) {
+        // An OR over the block's columns (vectorized; `any` goes one at a time).
+        if zero_points.b_zp[..cols].iter().fold(0, |or, &z| or | z) != 0 {
             dot4_tile::block_into::<Zmm, MR, NV, _, _>(panels, &mut fused(true));
         } else {
             dot4_tile::block_into::<Zmm, MR, NV, _, _>(panels, &mut fused(false));
@@ -364,6 +399,12 @@ impl Dot4 for Zmm {
         // SAFETY: AVX-512 VNNI (the trait's contract). The wrapping form, never
         // `_mm512_dpbusds_epi32`.
         Zmm(unsafe { _mm512_dpbusd_epi32(self.0, a.0, b.0) })
+    }
+
+    #[inline(always)]
+    unsafe fn add(self, other: Self) -> Self {
+        // SAFETY: AVX-512 F (the trait's contract).
+        Zmm(unsafe { _mm512_add_epi32(self.0, other.0) })
     }
 
     #[inline(always)]

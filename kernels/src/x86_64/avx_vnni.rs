@@ -41,7 +41,9 @@ static KERNEL: Kernel = {
     // SAFETY: the entry points touch memory only through the slices they get (checked
     // by `Kernel::block`/`epilogue`), and run only after `kernel()` detected the
     // features they are compiled for.
-    unsafe { Kernel::new("6x16c4-avxvnni", TILE, BLOCKING, block, epilogue).with_indirect(indirect, None) }
+    unsafe {
+        Kernel::new("6x16c4-avxvnni", TILE, BLOCKING, block, epilogue).with_indirect(indirect, None).with_row(row, None)
+    }
 };
 
 /// # Safety
@@ -62,6 +64,16 @@ unsafe fn indirect(args: IndirectArgs<'_>) {
     // SAFETY: forwarded from this function's contract; the shared body is inlined here,
     // where the features are enabled.
     unsafe { dot4_tile::indirect_block::<Ymm, MR, NV>(args) }
+}
+
+/// # Safety
+/// As [`block`], for `args` satisfying [`BlockArgs`] for one densely packed row
+/// (checked by `Kernel::row_block`).
+#[target_feature(enable = "avx2,avxvnni")]
+unsafe fn row(args: BlockArgs<'_>) {
+    // SAFETY: forwarded from this function's contract; the shared body is inlined here,
+    // where the features are enabled.
+    unsafe { dot4_tile::row_block::<Ymm, MR, NV>(args) }
 }
 
 /// # Safety
@@ -102,6 +114,12 @@ impl Dot4 for Ymm {
         // SAFETY: AVX-VNNI (the trait's contract). The wrapping form, never the
         // saturating `_mm256_dpbusds_avx_epi32`.
         Ymm(unsafe { _mm256_dpbusd_avx_epi32(self.0, a.0, b.0) })
+    }
+
+    #[inline(always)]
+    unsafe fn add(self, other: Self) -> Self {
+        // SAFETY: AVX2 (the trait's contract).
+        Ymm(unsafe { _mm256_add_epi32(self.0, other.0) })
     }
 
     #[inline(always)]

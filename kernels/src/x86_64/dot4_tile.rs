@@ -22,6 +22,12 @@
 //! 8 × 3 in 32 zmm). Edges need no masks: packed B is padded to whole panels with zero
 //! columns and the accumulator block has room for them, and a panel's padding rows
 //! are never computed (`R` real rows only).
+//!
+//! One row (a GEMV, or a panel's single real row) gives each vector's accumulator one
+//! dot product per k-group, each waiting for the last; [`sums_row`] splits K over
+//! independent partial sums instead, added at the end. The GEMV reads A as one dense
+//! row ([`RowA`], `Kernel::with_row`) rather than a panel of `MR` rows, all but one
+//! padding.
 
 use crate::kernel::{BlockArgs, IndirectA, IndirectArgs};
 
@@ -58,6 +64,12 @@ pub(super) trait Dot4: Copy {
     /// # Safety
     /// The CPU has the ISA's features.
     unsafe fn dot(self, a: Self, b: Self) -> Self;
+
+    /// `self + other` per lane, wrapping in i32.
+    ///
+    /// # Safety
+    /// The CPU has the ISA's features.
+    unsafe fn add(self, other: Self) -> Self;
 
     /// Stores the lanes at `p`, adding to what is there (wrapping) if `accumulate`.
     ///
@@ -153,6 +165,22 @@ pub(super) unsafe fn indirect_block<V: Dot4, const MR: usize, const NV: usize>(a
     unsafe { block_into::<V, MR, NV, _, _>(panels, &mut sink) }
 }
 
+/// Every panel of a one-row block whose A is packed as one dense row (`kgroups × 4`
+/// bytes: the GEMV's layout, see `Kernel::with_row`) into the accumulators; see
+/// [`block_into`].
+///
+/// # Safety
+/// As [`block`], for `args` satisfying [`BlockArgs`] with one row (`row_panels = 1`,
+/// `rows = 1`) packed with `mr = 1` (checked by `Kernel::row_block`).
+#[inline(always)]
+pub(super) unsafe fn row_block<V: Dot4, const MR: usize, const NV: usize>(args: BlockArgs<'_>) {
+    let BlockArgs { a, b, b_panel_stride, col_panels, cols, kgroups, acc, acc_stride, accumulate, .. } = args;
+    let mut sink = StoreAcc { acc, acc_stride, accumulate, col0: 0 };
+    let panels = Panels { a: RowA { a, kgroups }, b, b_panel_stride, row_panels: 1, rows: 1, col_panels, cols };
+    // SAFETY: forwarded from this function's contract.
+    unsafe { block_into::<V, MR, NV, _, _>(panels, &mut sink) }
+}
+
 /// The operands of a block (see [`BlockArgs`]): A as a [`TileA`], B packed.
 pub(super) struct Panels<'a, A> {
     pub a: A,
@@ -228,8 +256,48 @@ impl TileA for PackedA<'_> {
         let a_panel_bytes = self.kgroups * MR * 4;
         let a_panel = &self.a[row0 / MR * a_panel_bytes..][..a_panel_bytes];
         // SAFETY: forwarded from this function's contract; the A panel holds `kgroups`
-        // groups of this layout (sliced just above).
-        unsafe { sums::<V, MR, R, NU, NV>(a_panel.as_ptr(), b, self.kgroups, start) }
+        // groups of this layout (sliced just above): row 0's group g at `g · MR · 4`.
+        unsafe {
+            if R == 1 && NU <= NV {
+                // A panel's single real row: K split over independent sums.
+                let mut c = [start; R];
+                c[0] = sums_row::<V, NU, NV>(a_panel.as_ptr(), MR * 4, b, self.kgroups, start);
+                return c;
+            }
+            sums::<V, MR, R, NU, NV>(a_panel.as_ptr(), b, self.kgroups, start)
+        }
+    }
+}
+
+/// One row of A packed densely: group g at `4g`, `kgroups × 4` bytes (a panel of one
+/// row; the GEMV's A, see `Kernel::with_row`). Its only row is row 0.
+pub(super) struct RowA<'a> {
+    pub a: &'a [u8],
+    pub kgroups: usize,
+}
+
+impl TileA for RowA<'_> {
+    #[inline(always)]
+    fn kgroups(&self) -> usize {
+        self.kgroups
+    }
+
+    #[inline(always)]
+    unsafe fn sums<V: Dot4, const MR: usize, const R: usize, const NU: usize, const NV: usize>(
+        &self,
+        row0: usize,
+        b: *const i8,
+        start: [V; NU],
+    ) -> [[V; NU]; R] {
+        let mut c = [start; R];
+        if R != 1 || row0 != 0 || NU > NV {
+            return c; // never: the block has one row
+        }
+        let row = &self.a[..self.kgroups * 4];
+        // SAFETY: forwarded from this function's contract; the row holds `kgroups`
+        // groups of 4 bytes (sliced just above).
+        c[0] = unsafe { sums_row::<V, NU, NV>(row.as_ptr(), 4, b, self.kgroups, start) };
+        c
     }
 }
 
@@ -451,5 +519,59 @@ unsafe fn sums<V: Dot4, const MR: usize, const R: usize, const NU: usize, const 
             step::<V, MR, R, NU, NV>(&mut c, a, b, g);
         }
         c
+    }
+}
+
+/// Independent partial sums per vector in [`sums_row`]: group `g` of each chunk of
+/// `ROW_SPLIT` goes to sum `g mod ROW_SPLIT`. With one row, a vector's accumulator
+/// would otherwise take one dot product per group, each waiting for the last (the
+/// instruction's latency); split, `ROW_SPLIT` chains run side by side.
+const ROW_SPLIT: usize = 4;
+
+/// `Σ_g A[g] · B[g]` for one row whose group g is at `a + g · a_stride` and the first
+/// `NU` vectors of a B panel of `NV`, wrapping in i32: K split over `ROW_SPLIT`
+/// partial sums, added at the end (i32 addition wraps, so it is associative and
+/// commutative: the same sums in any order).
+///
+/// # Safety
+/// The CPU has `V`'s features; `a` holds `kgroups` groups at `a_stride`, and `b`
+/// holds `kgroups` groups of `NV · LANES · 4` bytes.
+#[inline(always)]
+unsafe fn sums_row<V: Dot4, const NU: usize, const NV: usize>(
+    a: *const u8,
+    a_stride: usize,
+    b: *const i8,
+    kgroups: usize,
+    start: [V; NU],
+) -> [V; NU] {
+    let group_bytes = NV * V::LANES * 4;
+    // SAFETY: the CPU has V's features (the contract); every load below is of group
+    // g < kgroups of both operands.
+    unsafe {
+        let mut c = [[V::zero(); NU]; ROW_SPLIT];
+        c[0] = start;
+        let one = |c: &mut [V; NU], g: usize| {
+            let bg = b.add(g * group_bytes);
+            let a4 = V::splat_a(a.add(g * a_stride));
+            for (v, cv) in c.iter_mut().enumerate() {
+                *cv = cv.dot(a4, V::load_b(bg.add(v * V::LANES * 4)));
+            }
+        };
+        for chunk in 0..kgroups / ROW_SPLIT {
+            let g0 = chunk * ROW_SPLIT;
+            for (s, cs) in c.iter_mut().enumerate() {
+                one(cs, g0 + s);
+            }
+        }
+        for g in kgroups / ROW_SPLIT * ROW_SPLIT..kgroups {
+            one(&mut c[0], g);
+        }
+        let mut sum = c[0];
+        for cs in &c[1..] {
+            for (s, &v) in sum.iter_mut().zip(cs) {
+                *s = s.add(v);
+            }
+        }
+        sum
     }
 }
