@@ -72,7 +72,7 @@ unsafe fn row(args: RowArgs<'_>) {
 /// As [`row`], with `kernel_rows == args.row_at.len()` and `pairs == args.pairs`.
 #[inline(always)]
 unsafe fn row_with(args: RowArgs<'_>, kernel_rows: usize, pairs: usize) {
-    let RowArgs { pair_rows, row_at, span, weights, stride, dilation, chunks, col0, cols, out, .. } = args;
+    let RowArgs { pair_rows, row_at, span, weights, stride, pair_step, chunks, col0, cols, out, .. } = args;
     let rows = pair_rows.as_ptr();
     // The fused output's constants, or the accumulators.
     let (acc, acc_stride, mut fused) = match out {
@@ -122,7 +122,7 @@ unsafe fn row_with(args: RowArgs<'_>, kernel_rows: usize, pairs: usize) {
                     for j in 0..pairs {
                         let t = kh * pairs + j;
                         let wt = if t < 16 { wv[t] } else { _mm256_loadu_si256(w.add(t * LANES).cast()) };
-                        let x = _mm256_loadu_si256(r.add(2 * j * dilation * LANES).cast());
+                        let x = _mm256_loadu_si256(r.add(j * pair_step * LANES).cast());
                         sum = _mm256_add_epi32(sum, _mm256_madd_epi16(x, wt));
                     }
                 }

@@ -255,7 +255,7 @@ unsafe fn row_with(mut args: RowArgs<'_>, kernel_rows: usize, pairs: usize) {
 /// As [`row_with`], with those chunks in the block (laid out by [`lane_at`]).
 #[inline(always)]
 unsafe fn chunk_cols<V: Lanes>(args: &mut RowArgs<'_>, chunk: usize, kernel_rows: usize, pairs: usize) {
-    let RowArgs { pair_rows, row_at, span, weights, stride, dilation, chunks, col0, cols, .. } = *args;
+    let RowArgs { pair_rows, row_at, span, weights, stride, pair_step, chunks, col0, cols, .. } = *args;
     let out = &mut args.out;
     let rows = pair_rows.as_ptr();
     // `RowArgs::check` proved: `row_at[kh] + chunks · span · 8 ≤ pair_rows.len()` and
@@ -296,7 +296,7 @@ unsafe fn chunk_cols<V: Lanes>(args: &mut RowArgs<'_>, chunk: usize, kernel_rows
                 for j in 0..pairs {
                     let t = kh * pairs + j;
                     let wt = if t < 16 { wv[t] } else { V::load_w(w.add(t * LANES), chunk_stride) };
-                    sums[t % 2] = V::dp(sums[t % 2], V::load(r.add(2 * j * dilation * pos)), wt);
+                    sums[t % 2] = V::dp(sums[t % 2], V::load(r.add(j * pair_step * pos)), wt);
                 }
             }
             let sum = V::add(sums[0], sums[1]);
