@@ -10,7 +10,7 @@
 //! | [`portable`] | `4x32c2-portable` | every CPU (multiversioned for AVX2, SSE4.1, NEON) |
 //! | `x86_64::avx2` | `6x8c4-avx2-madd`, fast path `6x8c4-avx2-maddubs` | x86-64 with AVX2 |
 //! | `x86_64::avx_vnni` | `6x16c4-avxvnni` | x86-64 with AVX2 and AVX-VNNI |
-//! | `x86_64::avx512_vnni` | `8x48c4-avx512vnni` | x86-64 with AVX-512 F/BW/VL/VNNI |
+//! | `x86_64::avx512_vnni` | `8x48c4-avx512vnni`, and `6x64c4-avx512vnni` for N in 64s | x86-64 with AVX-512 F/BW/VL/VNNI |
 //! | `aarch64::neon` | `4x4c16-neon-mull`, fast path `4x4c16-neon-mlal` | AArch64 (ARMv8.0 NEON) |
 //! | `aarch64::neon_dotprod` | `8x8c4-neon-sdot` | AArch64 with the dot-product extension |
 //! | `aarch64::neon_i8mm` | `8x8c8-neon-usmmla` | AArch64 with the int8 matrix-multiply extension |
@@ -19,7 +19,8 @@
 //! | `x86_64::avx512_dwconv` | `dw16c2-avx512-vnni` (depthwise convolution) | x86-64 with AVX-512 F/BW/VL/VNNI and AVX2 |
 //!
 //! [`rows`] feeds the loop nest its rows of A: a matrix, or a convolution's taps
-//! gathered while packing.
+//! gathered while packing. [`indirect`] runs a convolution without either: the kernels
+//! that can (the `Dot4` x86 ones) read its input in place through offsets.
 //!
 //! Each ISA module hands out its [`Kernel`] through a function that detects the CPU
 //! features first, so holding a `Kernel` proves it can run.
