@@ -107,14 +107,15 @@ impl Float16 {
     }
 
     /// (With `TERMS` false, `v` already holds the columns' terms: sums that started
-    /// from [`Columns::terms`].)
+    /// from [`Columns::terms`]. With `LOW` false the low clamp is left out: the result
+    /// may lie below `min`, for a caller whose saturating store clamps it there.)
     /// The output values (each within `[min, max]`) of sums `v` in columns
     /// `j..j + 16` of `cols`, in a row whose activations sum to `row_sum`.
     ///
     /// # Safety
     /// AVX-512 F, and `j + 16 ≤ CHUNK`.
     #[inline(always)]
-    pub(super) unsafe fn quantize<const B_ZP: bool, const TERMS: bool>(
+    pub(super) unsafe fn quantize<const B_ZP: bool, const TERMS: bool, const LOW: bool>(
         self,
         v: __m512i,
         cols: &Columns,
@@ -132,7 +133,8 @@ impl Float16 {
                 v
             };
             let x = _mm512_mul_ps(_mm512_cvtepi32_ps(v), _mm512_loadu_ps(cols.scales.as_ptr().add(j)));
-            let x = _mm512_min_ps(_mm512_max_ps(x, self.lo), self.hi);
+            let x = if LOW { _mm512_max_ps(x, self.lo) } else { x };
+            let x = _mm512_min_ps(x, self.hi);
             _mm512_add_epi32(_mm512_cvtps_epi32(x), self.zero_point)
         }
     }
@@ -207,7 +209,7 @@ unsafe fn float<const B_ZP: bool>(args: EpilogueArgs<'_>, r: Requant<'_>, scale:
                 // above (masked lanes are neither read nor written), and j + 16 ≤ CHUNK.
                 unsafe {
                     let v = _mm512_maskz_loadu_epi32(mask, acc_row.as_ptr().add(j));
-                    let q = k.quantize::<B_ZP, true>(v, &columns, j, rs);
+                    let q = k.quantize::<B_ZP, true, true>(v, &columns, j, rs);
                     _mm512_mask_cvtepi32_storeu_epi8(dst.add(j).cast(), mask, q);
                 }
             }

@@ -222,6 +222,7 @@ unsafe fn staged<A: TileA, const MR: usize, const NV: usize>(
     let (r, scale) = fused_scale(&stage.stage, &stage.out).expect("a fused stage");
     let out_stride = stage.out.stride();
     let signed = matches!(stage.out, OutData::I8(_));
+    let saturate_low = !signed && r.min == 0 && r.zero_point >= 0;
     let out = out_bytes(&mut stage.out).expect("u8 or i8 output (fused_scale)");
     let EpilogueArgs { cols, row_sums, zero_points, stage: output, .. } = stage;
     // SAFETY: AVX-512 F is enabled in the caller.
@@ -232,6 +233,7 @@ unsafe fn staged<A: TileA, const MR: usize, const NV: usize>(
         out,
         out_stride,
         signed,
+        saturate_low,
         cols,
         row_sums,
         zero_points,
@@ -264,6 +266,10 @@ struct Fused<'a, const NV: usize> {
     out_stride: usize,
     /// i8 output (else u8).
     signed: bool,
+    /// u8 output clamped below at 0, with a zero point ≥ 0: the float low clamp is
+    /// left out, since a value below it stays below 0 through `cvtps2dq` and the zero
+    /// point (at worst `i32::MIN + zp`), and the saturating packs store it as 0.
+    saturate_low: bool,
     cols: usize,
     row_sums: &'a [i32],
     zero_points: ZeroPoints<'a>,
@@ -337,15 +343,20 @@ impl<const NV: usize> Sink<Zmm, NV> for Fused<'_, NV> {
                         Some(prior) => _mm512_add_epi32(cv.0, _mm512_loadu_si512(prior.as_ptr().add(at).cast())),
                         None => cv.0,
                     };
-                    q[v] = if self.b_zp {
-                        self.float.quantize::<true, false>(sums, &self.columns, v * 16, rs)
-                    } else {
-                        self.float.quantize::<false, false>(sums, &self.columns, v * 16, rs)
+                    let (f, cols) = (self.float, &self.columns);
+                    q[v] = match (self.b_zp, self.saturate_low) {
+                        (true, false) => f.quantize::<true, false, true>(sums, cols, v * 16, rs),
+                        (false, false) => f.quantize::<false, false, true>(sums, cols, v * 16, rs),
+                        (true, true) => f.quantize::<true, false, false>(sums, cols, v * 16, rs),
+                        (false, true) => f.quantize::<false, false, false>(sums, cols, v * 16, rs),
                     };
                 }
                 let dst = self.out.add(row * self.out_stride + self.col0);
                 if NU == 1 {
-                    _mm512_mask_cvtepi32_storeu_epi8(dst.cast(), self.mask as __mmask16, q[0]);
+                    // vpmovdb truncates: values below 0 (left by `saturate_low`) first
+                    // go to 0.
+                    let q0 = if self.saturate_low { _mm512_max_epi32(q[0], _mm512_setzero_si512()) } else { q[0] };
+                    _mm512_mask_cvtepi32_storeu_epi8(dst.cast(), self.mask as __mmask16, q0);
                     continue;
                 }
                 // Each q is within the output type's range ([min, max]), so the
