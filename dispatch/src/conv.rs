@@ -213,7 +213,7 @@ impl PackedConvWeights {
     pub fn path(&self, params: &Conv2dParams) -> Result<ConvPath> {
         let (oh, ow) = check_params(params)?;
         self.check_shape(params)?;
-        Ok(self.path_for(params, &geometry(params, oh, ow), u8::MAX))
+        Ok(self.path_for(params, &geometry(params, oh, ow), u8::MAX).0)
     }
 
     /// How the convolution runs indirectly, if it does, for activations at most
@@ -230,20 +230,22 @@ impl PackedConvWeights {
         if plan.needs_run_weights() { self.runs.as_ref() } else { self.groups.get(g) }
     }
 
-    fn path_for(&self, p: &Conv2dParams, geometry: &ConvGeometry, max_value: u8) -> ConvPath {
+    /// The path for activations at most `max_value`, with its indirect plan where it is
+    /// [`ConvPath::Indirect`].
+    fn path_for(&self, p: &Conv2dParams, geometry: &ConvGeometry, max_value: u8) -> (ConvPath, Option<Plan>) {
         let dense_pointwise = p.kernel_height == 1
             && p.kernel_width == 1
             && p.stride_height == 1
             && p.stride_width == 1
             && p.pad_top + p.pad_left + p.pad_bottom + p.pad_right == 0;
         if self.depthwise.is_some() && dwconv::plan(geometry, p.out_channels).is_some() {
-            ConvPath::Depthwise
-        } else if self.indirect_plan(p, geometry, max_value).is_some() {
-            ConvPath::Indirect
+            (ConvPath::Depthwise, None)
+        } else if let Some(plan) = self.indirect_plan(p, geometry, max_value) {
+            (ConvPath::Indirect, Some(plan))
         } else if dense_pointwise {
-            ConvPath::Pointwise
+            (ConvPath::Pointwise, None)
         } else {
-            ConvPath::Im2col
+            (ConvPath::Im2col, None)
         }
     }
 
@@ -522,8 +524,7 @@ impl<'a> Conv2dTasks<'a> {
         } else {
             u8::MAX
         };
-        let path = weights.path_for(&p, &geometry, max_value);
-        let indirect = if path == ConvPath::Indirect { weights.indirect_plan(&p, &geometry, max_value) } else { None };
+        let (path, indirect) = weights.path_for(&p, &geometry, max_value);
         let (tile, blocking) = (kernel.tile(), kernel.blocking());
         let taps = p.kernel_height * p.kernel_width;
         let shape = match path {

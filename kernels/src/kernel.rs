@@ -500,10 +500,8 @@ impl Kernel {
             Some(staged) => unsafe { staged(args, stage) },
             None => {
                 let mut args = args;
-                let acc = std::mem::take(&mut args.acc);
-                let acc_stride = args.acc_stride;
-                self.block(BlockArgs { acc: &mut *acc, ..args });
-                self.epilogue(EpilogueArgs { acc, acc_stride, ..stage });
+                let (acc, acc_stride) = (std::mem::take(&mut args.acc), args.acc_stride);
+                self.unfused(acc, acc_stride, stage, |acc| self.block(BlockArgs { acc, ..args }));
             }
         }
     }
@@ -538,10 +536,8 @@ impl Kernel {
             Some(staged) => unsafe { staged(args, stage) },
             None => {
                 let mut args = args;
-                let acc = std::mem::take(&mut args.acc);
-                let acc_stride = args.acc_stride;
-                self.row_block(BlockArgs { acc: &mut *acc, ..args });
-                self.epilogue(EpilogueArgs { acc, acc_stride, ..stage });
+                let (acc, acc_stride) = (std::mem::take(&mut args.acc), args.acc_stride);
+                self.unfused(acc, acc_stride, stage, |acc| self.row_block(BlockArgs { acc, ..args }));
             }
         }
     }
@@ -559,6 +555,13 @@ impl Kernel {
         assert!(args.acc_stride >= args.col_panels * t.nr, "accumulator stride");
         assert!(args.acc.len() >= args.acc_stride, "accumulators");
         assert!(args.cols <= args.col_panels * t.nr, "columns beyond the panels");
+    }
+
+    /// A stage the kernel does not fuse into its tiles: `block` writes the
+    /// accumulators, then the epilogue runs over them.
+    fn unfused(&self, acc: &mut [i32], acc_stride: usize, stage: EpilogueArgs<'_>, block: impl FnOnce(&mut [i32])) {
+        block(&mut *acc);
+        self.epilogue(EpilogueArgs { acc, acc_stride, ..stage });
     }
 
     fn check_block(&self, args: &BlockArgs<'_>) {
@@ -627,11 +630,11 @@ impl Kernel {
             Some(staged) => unsafe { staged(args, stage) },
             None => {
                 let mut args = args;
-                let acc = std::mem::take(&mut args.acc);
-                let acc_stride = args.acc_stride;
-                // SAFETY: forwarded from this function's contract.
-                unsafe { self.indirect_block_unchecked(IndirectArgs { acc: &mut *acc, ..args }) };
-                self.epilogue(EpilogueArgs { acc, acc_stride, ..stage });
+                let (acc, acc_stride) = (std::mem::take(&mut args.acc), args.acc_stride);
+                self.unfused(acc, acc_stride, stage, |acc| {
+                    // SAFETY: forwarded from this function's contract.
+                    unsafe { self.indirect_block_unchecked(IndirectArgs { acc, ..args }) }
+                });
             }
         }
     }

@@ -40,10 +40,10 @@ unsafe fn build(args: BuildArgs<'_>) {
         let FastRun { x0, x1, pixel0, pixel1, dst, positions, step, .. } = run;
         let (x0, x1, dst) = (x0.as_ptr(), x1.as_ptr(), dst.as_mut_ptr());
         for k in 0..positions {
-            // SAFETY: AVX2 is enabled here; position `k` reads 8 bytes at `k · pixel0`
-            // of `x0` and at `k · pixel1` of `x1` and writes 8 lanes at `k · step` of
-            // `dst`, all in bounds (`FastRun::check`; lanes = 8, as this layout has no
-            // pairs); loads and stores are unaligned.
+            // Position `k` reads 8 bytes at `k · pixel0` of `x0` and at `k · pixel1` of
+            // `x1` and writes 8 lanes at `k · step` of `dst` (lanes = 8: no pairs here).
+            // SAFETY: AVX2 is enabled here; every access above is in bounds
+            // (`FastRun::check`); loads and stores are unaligned.
             unsafe {
                 let a = _mm_loadl_epi64(x0.add(k * pixel0).cast());
                 let b = _mm_loadl_epi64(x1.add(k * pixel1).cast());

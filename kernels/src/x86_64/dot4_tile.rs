@@ -331,10 +331,10 @@ impl TileA for Indirect<'_> {
         }
         let (segments, seg_groups) = (self.segments, self.seg_groups);
         let offsets = &self.offsets[row0 * segments..][..R * segments];
-        // SAFETY: the CPU has V's features (the contract); every offset of these rows
-        // addresses `seg_groups · 4` readable bytes of the input or of the pad buffer
-        // (`IndirectA`, checked by `Kernel::indirect_block`), and segment s covers
-        // groups `s · seg_groups..` of the B panel, within its `kgroups`.
+        // Every offset of these rows addresses `seg_groups · 4` readable bytes of the
+        // input or of the pad buffer (`IndirectA`, checked by `Kernel::indirect_block`).
+        // SAFETY: the CPU has V's features (the contract); the runs are in bounds (above),
+        // and segment s covers groups `s · seg_groups..` of the B panel, within `kgroups`.
         unsafe {
             for s in 0..segments {
                 let at: [*const u8; R] = std::array::from_fn(|r| {
