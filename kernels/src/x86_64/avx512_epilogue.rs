@@ -13,6 +13,13 @@
 //! ```
 //!
 //! The operations are the AVX2 stage's, lane for lane, so both give the same bytes.
+//!
+//! The kernel's fused stage has a cheaper form for the common case, every scale within
+//! (−1, 1): `cvtps2dq` cannot then overflow, so the float clamps go, and the zero point
+//! and the clamp are applied after rounding, in integers, on 64 columns at once
+//! ([`rounded`], [`IntClamp`]): 3 operations per 16 columns plus 5–7 per 64, against
+//! 5–6 plus 4 (+8% on a 1×1 convolution over 24 channels, +5% over 64, on an AMD
+//! EPYC, Zen 4).
 
 use std::arch::x86_64::*;
 
@@ -122,21 +129,139 @@ impl Float16 {
         j: usize,
         row_sum: __m512i,
     ) -> __m512i {
-        assert!(j + 16 <= CHUNK);
-        // SAFETY: AVX-512 F (the contract); the three loads read lanes j..j + 16 of
-        // arrays of CHUNK (asserted just above).
+        // SAFETY: AVX-512 F (the contract), and j + 16 ≤ CHUNK.
         unsafe {
-            let v = if TERMS { _mm512_add_epi32(v, _mm512_loadu_si512(cols.terms.as_ptr().add(j).cast())) } else { v };
-            let v = if B_ZP {
-                _mm512_sub_epi32(v, _mm512_mullo_epi32(_mm512_loadu_si512(cols.b_zps.as_ptr().add(j).cast()), row_sum))
-            } else {
-                v
-            };
-            let x = _mm512_mul_ps(_mm512_cvtepi32_ps(v), _mm512_loadu_ps(cols.scales.as_ptr().add(j)));
+            let x = scaled::<B_ZP, TERMS>(v, cols, j, row_sum);
             let x = if LOW { _mm512_max_ps(x, self.lo) } else { x };
             let x = _mm512_min_ps(x, self.hi);
             _mm512_add_epi32(_mm512_cvtps_epi32(x), self.zero_point)
         }
+    }
+}
+
+/// `f32(v + terms − b_zp · row_sum) · scale` of columns `j..j + 16` of `cols` (with
+/// `TERMS` false, `v` already holds the terms; with `B_ZP` false, the weight zero
+/// points are all 0): the Float stage before its clamp and rounding.
+///
+/// # Safety
+/// AVX-512 F, and `j + 16 ≤ CHUNK`.
+#[inline(always)]
+unsafe fn scaled<const B_ZP: bool, const TERMS: bool>(
+    v: __m512i,
+    cols: &Columns,
+    j: usize,
+    row_sum: __m512i,
+) -> __m512 {
+    assert!(j + 16 <= CHUNK);
+    // SAFETY: AVX-512 F (the contract); the three loads read lanes j..j + 16 of arrays
+    // of CHUNK (asserted just above).
+    unsafe {
+        let v = if TERMS { _mm512_add_epi32(v, _mm512_loadu_si512(cols.terms.as_ptr().add(j).cast())) } else { v };
+        let v = if B_ZP {
+            _mm512_sub_epi32(v, _mm512_mullo_epi32(_mm512_loadu_si512(cols.b_zps.as_ptr().add(j).cast()), row_sum))
+        } else {
+            v
+        };
+        _mm512_mul_ps(_mm512_cvtepi32_ps(v), _mm512_loadu_ps(cols.scales.as_ptr().add(j)))
+    }
+}
+
+/// `round_ties_even(f32(v − b_zp · row_sum) · scale)` of sums `v` that started from
+/// the columns' terms, in columns `j..j + 16` of `cols`: exact in i32 when every
+/// scale of the columns is below 1 in magnitude ([`scales_below_one`]), since
+/// then `|f32(v) · scale| < 2^31` (`f32(v)` is at most 2^31, and the largest f32
+/// below 1 is 1 − 2^−24), so `cvtps2dq` never leaves i32. The zero point and the
+/// clamp then follow in integers ([`IntClamp`]).
+///
+/// # Safety
+/// AVX-512 F, and `j + 16 ≤ CHUNK`.
+#[inline(always)]
+pub(super) unsafe fn rounded<const B_ZP: bool>(v: __m512i, cols: &Columns, j: usize, row_sum: __m512i) -> __m512i {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { _mm512_cvtps_epi32(scaled::<B_ZP, false>(v, cols, j, row_sum)) }
+}
+
+/// The zero point and the clamp of the Float stage on rounded values ([`rounded`]), in
+/// integers, four vectors (64 columns) at a time: the saturating packs to i16, a
+/// saturating `+ zp` in i16, the saturating pack to the output's bytes, then the clamp
+/// on bytes. The result is `clamp(t + zp, min, max)` exactly, for any i32 `t`:
+/// - `t` within i16: `sat16(t + zp)` then the byte saturation is the byte saturation
+///   of `t + zp` (the byte range lies within i16);
+/// - `t > 32767`: `32767 + zp ≥ 32767 − 128` saturates to the byte maximum, as
+///   `t + zp` does; `t < −32768` likewise to the byte minimum (`zp ≤ 255`);
+///
+/// and a clamp to `[min, max]` (within the byte range) after the byte saturation is
+/// the clamp of `t + zp`.
+#[derive(Clone, Copy)]
+pub(super) struct IntClamp {
+    zero_point: __m512i,
+    min: __m512i,
+    max: __m512i,
+    /// i8 output (else u8).
+    signed: bool,
+    /// `[min, max]` is narrower than the output type: the byte clamp is needed.
+    clamp: bool,
+}
+
+impl IntClamp {
+    /// # Safety
+    /// AVX-512 F/BW; `r` fits the output type (i8 if `signed`, else u8).
+    #[inline(always)]
+    pub(super) unsafe fn new(r: &Requant<'_>, signed: bool) -> IntClamp {
+        let (lo, hi) = if signed { (-128, 127) } else { (0, 255) };
+        // SAFETY: AVX-512 F/BW (the contract).
+        unsafe {
+            IntClamp {
+                zero_point: _mm512_set1_epi16(r.zero_point as i16),
+                min: _mm512_set1_epi8(r.min as i8),
+                max: _mm512_set1_epi8(r.max as i8),
+                signed,
+                clamp: (r.min, r.max) != (lo, hi),
+            }
+        }
+    }
+
+    /// The output bytes of rounded values `t[0..4]` (16 columns each), in column order.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW.
+    #[inline(always)]
+    pub(super) unsafe fn bytes(self, t: [__m512i; 4]) -> __m512i {
+        // SAFETY: AVX-512 F/BW (the contract).
+        unsafe {
+            let lo = _mm512_adds_epi16(_mm512_packs_epi32(t[0], t[1]), self.zero_point);
+            let hi = _mm512_adds_epi16(_mm512_packs_epi32(t[2], t[3]), self.zero_point);
+            let b = if self.signed { _mm512_packs_epi16(lo, hi) } else { _mm512_packus_epi16(lo, hi) };
+            let b = match (self.clamp, self.signed) {
+                (false, _) => b,
+                (true, true) => _mm512_min_epi8(_mm512_max_epi8(b, self.min), self.max),
+                (true, false) => _mm512_min_epu8(_mm512_max_epu8(b, self.min), self.max),
+            };
+            _mm512_permutexvar_epi32(_mm512_loadu_si512(PACKED_ORDER.as_ptr().cast()), b)
+        }
+    }
+}
+
+/// Where the bytes of four vectors lie after two rounds of packing: per 128-bit lane
+/// L, the bytes of vectors 0..4 at columns 4L..4L + 4 (`vpackssdw` and `vpack[su]swb`
+/// work within lanes); output dword `i` is vector `i / 4`'s piece `i % 4`.
+pub(super) const PACKED_ORDER: [i32; 16] = {
+    let mut order = [0; 16];
+    let mut i = 0;
+    while i < 16 {
+        order[i] = (4 * (i % 4) + i / 4) as i32;
+        i += 1;
+    }
+    order
+};
+
+/// Whether the scales of columns `0..cols` all lie strictly within (−1, 1) (NaN does
+/// not): see [`rounded`].
+pub(super) fn scales_below_one(scale: Param<'_, f32>, cols: usize) -> bool {
+    match scale {
+        Param::Tensor(s) => s.abs() < 1.0,
+        // A fold rather than `all`, which stops at the first failure (one at a time).
+        Param::Channel(v) => v.iter().take(cols).fold(true, |ok, s| ok & (s.abs() < 1.0)),
     }
 }
 

@@ -24,7 +24,9 @@
 
 use std::arch::x86_64::*;
 
-use super::avx512_epilogue::{Columns, Float16, fused_scale, out_bytes};
+use super::avx512_epilogue::{
+    Columns, Float16, IntClamp, PACKED_ORDER, fused_scale, out_bytes, rounded, scales_below_one,
+};
 use super::dot4_tile::{self, Dot4, PackedA, Panels, RowA, Sink, TileA};
 use crate::kernel::{BlockArgs, Blocking, IndirectArgs, Kernel, Tile};
 use crate::output::{EpilogueArgs, OutData, OutputStage, Param, ZeroPoints};
@@ -225,41 +227,51 @@ unsafe fn staged<A: TileA, const MR: usize, const NV: usize>(
     let saturate_low = !signed && r.min == 0 && r.zero_point >= 0;
     let out = out_bytes(&mut stage.out).expect("u8 or i8 output (fused_scale)");
     let EpilogueArgs { cols, row_sums, zero_points, stage: output, .. } = stage;
-    // SAFETY: AVX-512 F is enabled in the caller.
-    let float = unsafe { Float16::new(&r) };
-    let fused = |b_zp| Fused {
-        prior,
-        acc_stride,
-        out,
-        out_stride,
-        signed,
-        saturate_low,
-        cols,
-        row_sums,
-        zero_points,
-        output,
-        scale,
-        float,
-        b_zp,
-        columns: Columns::new(),
-        col0: 0,
-        mask: 0,
-    };
+    // SAFETY: AVX-512 F/BW are enabled in the caller.
+    let (float, int) = unsafe { (Float16::new(&r), IntClamp::new(&r, signed)) };
+    macro_rules! fused {
+        ($b_zp:literal, $int:literal) => {
+            Fused::<NV, $b_zp, $int> {
+                prior,
+                acc_stride,
+                out,
+                out_stride,
+                signed,
+                saturate_low,
+                cols,
+                row_sums,
+                zero_points,
+                output,
+                scale,
+                float,
+                int,
+                columns: Columns::new(),
+                col0: 0,
+                mask: 0,
+            }
+        };
+    }
+    // An OR over the block's columns (vectorized; `any` goes one at a time).
+    let b_zp = zero_points.b_zp[..cols].iter().fold(0, |or, &z| or | z) != 0;
+    let int_clamp = scales_below_one(scale, cols);
     // SAFETY: forwarded from this function's contract: the panels are the block's, and
     // `Fused` writes only the stage's rows and columns (see its `tile`).
     unsafe {
-        // An OR over the block's columns (vectorized; `any` goes one at a time).
-        if zero_points.b_zp[..cols].iter().fold(0, |or, &z| or | z) != 0 {
-            dot4_tile::block_into::<Zmm, MR, NV, _, _>(panels, &mut fused(true));
-        } else {
-            dot4_tile::block_into::<Zmm, MR, NV, _, _>(panels, &mut fused(false));
+        match (b_zp, int_clamp) {
+            (false, true) => dot4_tile::block_into::<Zmm, MR, NV, _, _>(panels, &mut fused!(false, true)),
+            (true, true) => dot4_tile::block_into::<Zmm, MR, NV, _, _>(panels, &mut fused!(true, true)),
+            (false, false) => dot4_tile::block_into::<Zmm, MR, NV, _, _>(panels, &mut fused!(false, false)),
+            (true, false) => dot4_tile::block_into::<Zmm, MR, NV, _, _>(panels, &mut fused!(true, false)),
         }
     }
 }
 
 /// The Float stage applied to each tile's sums (plus the earlier K blocks' sums from
-/// `prior`), storing output bytes.
-struct Fused<'a, const NV: usize> {
+/// `prior`), storing output bytes. `B_ZP`: some weight zero point of the block is
+/// nonzero. `INT`: every scale of the block lies within (−1, 1), so the zero point and
+/// the clamp are applied in integers after rounding ([`IntClamp`]), else in floats
+/// before it ([`Float16`]).
+struct Fused<'a, const NV: usize, const B_ZP: bool, const INT: bool> {
     prior: Option<&'a [i32]>,
     acc_stride: usize,
     out: *mut u8,
@@ -276,8 +288,7 @@ struct Fused<'a, const NV: usize> {
     output: OutputStage<'a>,
     scale: Param<'a, f32>,
     float: Float16,
-    /// Whether some weight zero point of the block is nonzero.
-    b_zp: bool,
+    int: IntClamp,
     /// The current column panel's values, from column `col0`.
     columns: Columns,
     col0: usize,
@@ -285,20 +296,7 @@ struct Fused<'a, const NV: usize> {
     mask: __mmask64,
 }
 
-/// Where [`Fused`] finds each 4-byte piece after two rounds of packing: per 128-bit
-/// lane L, the bytes of vectors 0..4 at columns 4L..4L + 4 (`vpackssdw` and
-/// `vpack[su]swb` work within lanes); output dword `i` is vector `i / 4`'s piece `i % 4`.
-const PACKED_ORDER: [i32; 16] = {
-    let mut order = [0; 16];
-    let mut i = 0;
-    while i < 16 {
-        order[i] = (4 * (i % 4) + i / 4) as i32;
-        i += 1;
-    }
-    order
-};
-
-impl<const NV: usize> Sink<Zmm, NV> for Fused<'_, NV> {
+impl<const NV: usize, const B_ZP: bool, const INT: bool> Sink<Zmm, NV> for Fused<'_, NV, B_ZP, INT> {
     #[inline(always)]
     unsafe fn panel(&mut self, jp: usize) {
         self.col0 = jp * NV * 16;
@@ -335,7 +333,7 @@ impl<const NV: usize> Sink<Zmm, NV> for Fused<'_, NV> {
             // SAFETY: the CPU has AVX-512 F/BW (the trait's contract); every access is
             // in bounds as listed just above.
             unsafe {
-                let rs = _mm512_set1_epi32(if self.b_zp { self.row_sums[row] } else { 0 });
+                let rs = _mm512_set1_epi32(if B_ZP { self.row_sums[row] } else { 0 });
                 let mut q = [_mm512_setzero_si512(); 4];
                 for (v, cv) in cr.iter().enumerate() {
                     let at = row * self.acc_stride + self.col0 + v * 16;
@@ -344,14 +342,17 @@ impl<const NV: usize> Sink<Zmm, NV> for Fused<'_, NV> {
                         None => cv.0,
                     };
                     let (f, cols) = (self.float, &self.columns);
-                    q[v] = match (self.b_zp, self.saturate_low) {
-                        (true, false) => f.quantize::<true, false, true>(sums, cols, v * 16, rs),
-                        (false, false) => f.quantize::<false, false, true>(sums, cols, v * 16, rs),
-                        (true, true) => f.quantize::<true, false, false>(sums, cols, v * 16, rs),
-                        (false, true) => f.quantize::<false, false, false>(sums, cols, v * 16, rs),
+                    q[v] = match (INT, self.saturate_low) {
+                        (true, _) => rounded::<B_ZP>(sums, cols, v * 16, rs),
+                        (false, false) => f.quantize::<B_ZP, false, true>(sums, cols, v * 16, rs),
+                        (false, true) => f.quantize::<B_ZP, false, false>(sums, cols, v * 16, rs),
                     };
                 }
                 let dst = self.out.add(row * self.out_stride + self.col0);
+                if INT {
+                    _mm512_mask_storeu_epi8(dst.cast(), self.mask, self.int.bytes(q));
+                    continue;
+                }
                 if NU == 1 {
                     // vpmovdb truncates: values below 0 (left by `saturate_low`) first
                     // go to 0.
