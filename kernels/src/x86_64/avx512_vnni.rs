@@ -296,6 +296,30 @@ struct Fused<'a, const NV: usize, const B_ZP: bool, const INT: bool> {
     mask: __mmask64,
 }
 
+impl<const NV: usize, const B_ZP: bool, const INT: bool> Fused<'_, NV, B_ZP, INT> {
+    /// The output bytes of one row's sums (the earlier K blocks' included) in the
+    /// current panel's first `NU` vectors, by [`rounded`] and [`IntClamp`] (`INT`).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F/BW; `row` is a row of the stage, and the panel has real
+    /// columns (`mask` ≠ 0).
+    #[inline(always)]
+    unsafe fn int_row<const NU: usize>(&self, row: usize, cr: &[Zmm; NU]) {
+        // SAFETY: AVX-512 F/BW (the contract). Store: the `mask` bytes of row `row` from
+        // column `col0`, all below `cols`, so inside the output window
+        // (`EpilogueArgs::check_output`: at least `rows × cols`).
+        unsafe {
+            let rs = _mm512_set1_epi32(if B_ZP { self.row_sums[row] } else { 0 });
+            let mut t = [_mm512_setzero_si512(); 4];
+            for (v, cv) in cr.iter().enumerate() {
+                t[v] = rounded::<B_ZP>(cv.0, &self.columns, v * 16, rs);
+            }
+            let dst = self.out.add(row * self.out_stride + self.col0);
+            _mm512_mask_storeu_epi8(dst.cast(), self.mask, self.int.bytes::<NU>(t));
+        }
+    }
+}
+
 impl<const NV: usize, const B_ZP: bool, const INT: bool> Sink<Zmm, NV> for Fused<'_, NV, B_ZP, INT> {
     #[inline(always)]
     unsafe fn panel(&mut self, jp: usize) {
@@ -322,6 +346,31 @@ impl<const NV: usize, const B_ZP: bool, const INT: bool> Sink<Zmm, NV> for Fused
         if self.mask == 0 {
             return; // no column of this panel is the stage's: nothing to store
         }
+        if INT {
+            let mut c = *c;
+            if let Some(prior) = self.prior {
+                for (r, cr) in c.iter_mut().enumerate() {
+                    for (v, cv) in cr.iter_mut().enumerate() {
+                        let at = (row0 + r) * self.acc_stride + self.col0 + v * 16;
+                        // SAFETY: AVX-512 F (the trait's contract); 16 values of `prior`
+                        // at `at`, in bounds by the assert above.
+                        *cv = Zmm(unsafe { _mm512_add_epi32(cv.0, _mm512_loadu_si512(prior.as_ptr().add(at).cast())) });
+                    }
+                }
+            }
+            // Row by row, unrolled (R ≤ 8), so that the sums stay in registers.
+            macro_rules! rows {
+                ($($r:literal)*) => {$(
+                    if $r < R {
+                        // SAFETY: forwarded from this function's contract; row `row0 + r`
+                        // is a row of the block.
+                        unsafe { self.int_row(row0 + $r, &c[$r]) };
+                    }
+                )*};
+            }
+            rows!(0 1 2 3 4 5 6 7);
+            return;
+        }
         for (r, cr) in c.iter().enumerate() {
             let row = row0 + r;
             // Reads of `prior`: 16 values at `row · acc_stride + col0 + 16v`, in bounds by
@@ -342,17 +391,13 @@ impl<const NV: usize, const B_ZP: bool, const INT: bool> Sink<Zmm, NV> for Fused
                         None => cv.0,
                     };
                     let (f, cols) = (self.float, &self.columns);
-                    q[v] = match (INT, self.saturate_low) {
-                        (true, _) => rounded::<B_ZP>(sums, cols, v * 16, rs),
-                        (false, false) => f.quantize::<B_ZP, false, true>(sums, cols, v * 16, rs),
-                        (false, true) => f.quantize::<B_ZP, false, false>(sums, cols, v * 16, rs),
+                    q[v] = if self.saturate_low {
+                        f.quantize::<B_ZP, false, false>(sums, cols, v * 16, rs)
+                    } else {
+                        f.quantize::<B_ZP, false, true>(sums, cols, v * 16, rs)
                     };
                 }
                 let dst = self.out.add(row * self.out_stride + self.col0);
-                if INT {
-                    _mm512_mask_storeu_epi8(dst.cast(), self.mask, self.int.bytes(q));
-                    continue;
-                }
                 if NU == 1 {
                     // vpmovdb truncates: values below 0 (left by `saturate_low`) first
                     // go to 0.
