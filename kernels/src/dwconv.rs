@@ -68,6 +68,13 @@ const MAX_CHUNKS: usize = 128;
 /// any position never straddles two.
 const ALIGN_LANES: usize = 16;
 
+/// The narrowest kernel whose rows are read as quads, where the kernel and the weights
+/// allow ([`DwKernel::with_quads`]). A quad row costs a second pass over the pair row;
+/// at 5 columns, 2 quads instead of 3 pairs per kernel row repay it (+41% on a 5×5,
+/// AMD EPYC Zen 4), at 3 columns 1 quad instead of 2 pairs did not (−3% on a 3×3,
+/// −11% on a stride-2 3×3).
+pub const QUAD_MIN_WIDTH: usize = 5;
+
 /// The tallest kernel the depthwise path takes (taller ones run as grouped GEMMs).
 pub const DW_MAX_KERNEL_HEIGHT: usize = 256;
 
@@ -78,6 +85,12 @@ pub struct PackedDw {
     kernel_height: usize,
     kernel_width: usize,
     data: Vec<i32>,
+    /// The same weights as quads for kernels that take them ([`DwKernel::with_quads`]),
+    /// packed when every zero point is 0 (so each weight is its i8 byte): chunks, kernel
+    /// rows, quads `j` of kernel columns, 8 i32 lanes each holding the bytes
+    /// `(w(kh, 4j), w(kh, 4j + 2), w(kh, 4j + 1), w(kh, 4j + 3))` (0 past KW), the order
+    /// of a quad row's taps.
+    quads: Option<Vec<i32>>,
     /// `−Σ_taps (w − w_zp)` per channel (times the input zero point, the activations'
     /// correction), padded to whole chunks.
     neg_sums: Vec<i32>,
@@ -119,12 +132,30 @@ impl PackedDw {
             }
         }
         let zeros = zeroed::<i32>(chunks * LANES)?;
-        Ok(PackedDw { out_channels: oc, kernel_height: kh, kernel_width: kw, data: packed, neg_sums, zeros })
+        let quads = if zero_points.iter().all(|&z| z == 0) {
+            let n = kw.div_ceil(4);
+            let mut quads = zeroed::<i32>(chunks * kh * n * LANES)?;
+            for (o, taps) in data.chunks_exact((kh * kw).max(1)).enumerate().take(oc) {
+                let (chunk, lane) = (o / LANES, o % LANES);
+                for r in 0..kh {
+                    for j in 0..n {
+                        let w = |col: usize| if col < kw { taps[r * kw + col] as u8 } else { 0 };
+                        let bytes = [w(4 * j), w(4 * j + 2), w(4 * j + 1), w(4 * j + 3)];
+                        quads[((chunk * kh + r) * n + j) * LANES + lane] = i32::from_le_bytes(bytes);
+                    }
+                }
+            }
+            Some(quads)
+        } else {
+            None
+        };
+        Ok(PackedDw { out_channels: oc, kernel_height: kh, kernel_width: kw, data: packed, quads, neg_sums, zeros })
     }
 
     /// Bytes held.
     pub fn heap_size(&self) -> usize {
-        4 * (self.data.capacity() + self.neg_sums.capacity() + self.zeros.capacity())
+        let quads = self.quads.as_ref().map_or(0, Vec::capacity);
+        4 * (self.data.capacity() + quads + self.neg_sums.capacity() + self.zeros.capacity())
     }
 
     fn pairs(&self) -> usize {
@@ -159,10 +190,14 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Positions of a tile's pair rows.
+    /// Positions of a tile's pair rows: those that pairs are read from, and for a
+    /// kernel wide enough for quads ([`QUAD_MIN_WIDTH`]), also those that quads are
+    /// formed from (see [`DwKernel::with_quads`]; the same plan serves both).
     fn span(&self, g: &ConvGeometry) -> usize {
-        ((self.cols - 1) * g.stride_width + 2 * (g.kernel_width.div_ceil(2) - 1) * g.dilation_width) / position_step(g)
-            + 1
+        let (kw, dw) = (g.kernel_width, g.dilation_width);
+        let pairs = 2 * (kw.div_ceil(2) - 1) * dw;
+        let quads = if kw >= QUAD_MIN_WIDTH { (4 * (kw.div_ceil(4) - 1) + 2) * dw } else { 0 };
+        ((self.cols - 1) * g.stride_width + pairs.max(quads)) / position_step(g) + 1
     }
 
     /// Lanes of one slot (one pair row): whole cache lines, so that every slot starts
@@ -251,6 +286,9 @@ pub struct BuildArgs<'a> {
     pub zero_point: u8,
     /// The destination: `chunks × span × LANES` lanes.
     pub dst: &'a mut [i32],
+    /// 0 for a pair row; else build quads, `quad_offset` positions apart
+    /// (see [`DwKernel::with_quads`]; kernels [`with_quads`](DwKernel::with_quads) only).
+    pub quad_offset: usize,
 }
 
 /// One call of a row function: one tile of one output row, for a block of channels.
@@ -264,8 +302,12 @@ pub struct RowArgs<'a> {
     pub span: usize,
     /// The block's packed weights: `chunks × KH × pairs × LANES` lanes.
     pub weights: &'a [i32],
-    /// Kernel-column pairs, `ceil(KW / 2)`.
+    /// Kernel-column pairs, `ceil(KW / 2)`; or with `quads`, quads, `ceil(KW / 4)`.
     pub pairs: usize,
+    /// The rows hold quads and the weights are [`PackedDw`]'s quads (kernels
+    /// [`with_quads`](DwKernel::with_quads) only); `pair_step` is then the positions
+    /// from one quad to the next.
+    pub quads: bool,
     /// Positions from one output column to the next (the horizontal stride over the
     /// [`position_step`]).
     pub stride: usize,
@@ -326,7 +368,9 @@ impl RowArgs<'_> {
         assert!(self.weights.len() >= lanes * self.row_at.len() * self.pairs, "weights too short");
         if self.cols > 0 && self.pairs > 0 {
             let last = (self.col0 + self.cols - 1) * self.stride + (self.pairs - 1) * self.pair_step;
-            assert!(last < self.span, "positions beyond the span");
+            // A quad at position p was formed from p and p + pair_step / 2.
+            let formed = if self.quads { self.span.saturating_sub(self.pair_step / 2) } else { self.span };
+            assert!(last < formed, "positions beyond the span");
             match &self.out {
                 RowOut::Acc { acc, stride } => {
                     assert!(*stride >= lanes && acc.len() >= (self.cols - 1) * stride + lanes)
@@ -344,6 +388,7 @@ impl BuildArgs<'_> {
     fn check(&self) {
         assert!(self.channel0.is_multiple_of(LANES) && self.multiplier > 0);
         assert!(self.dst.len() >= self.chunks * self.span * LANES, "pair row too short");
+        assert!(self.quad_offset < self.span.max(1), "quad offset beyond the span");
         assert_eq!(self.input_row.len() % self.in_channels.max(1), 0);
         assert!(self.out_channels <= self.in_channels * self.multiplier);
     }
@@ -369,6 +414,7 @@ pub struct DwKernel {
     row: RowFn,
     fuses_float: bool,
     lanes: usize,
+    quads: bool,
 }
 
 impl DwKernel {
@@ -379,7 +425,7 @@ impl DwKernel {
     /// [`BuildArgs`] and [`RowArgs`] (as their `check`s assert), and touch memory only
     /// through the slices they get.
     pub const unsafe fn new(name: &'static str, build: BuildFn, row: RowFn) -> DwKernel {
-        DwKernel { name, build, row, fuses_float: false, lanes: LANES }
+        DwKernel { name, build, row, fuses_float: false, lanes: LANES, quads: false }
     }
 
     /// The same kernel, declaring that it processes chunks in pairs, 16 channels per
@@ -402,6 +448,22 @@ impl DwKernel {
         self
     }
 
+    /// The same kernel, declaring that `build` forms quad rows where
+    /// [`BuildArgs::quad_offset`] asks, and `row` reads them with [`RowArgs::quads`]: 4
+    /// taps per lane, u8 × i8 (`vpdpbusd`), for weights whose zero points are all 0.
+    ///
+    /// A quad row is a pair row built over all `span` positions and then turned, in
+    /// place, into quads: the lane of each position `p < span − offset` becomes
+    /// `P[p] | P[p + offset] << 8`, whose bytes are `(x[iw], x[iw + 2·dw], x[iw + dw],
+    /// x[iw + 3·dw])` for `offset` the positions of `2·dw` input columns (a pair lane
+    /// holds two u8 values zero-extended to i16, so the shifted pair fills the zero
+    /// bytes); ascending `p` reads `p + offset` before it is overwritten. [`PackedDw`]'s
+    /// quads hold the weights in the same order.
+    pub const fn with_quads(mut self) -> DwKernel {
+        self.quads = true;
+        self
+    }
+
     /// Whether `row` takes [`RowOut::Float`].
     pub fn fuses_float(&self) -> bool {
         self.fuses_float
@@ -414,6 +476,7 @@ impl DwKernel {
 
     fn build(&self, args: BuildArgs<'_>) {
         args.check();
+        assert!(self.quads || args.quad_offset == 0, "this kernel does not build quads");
         // SAFETY: the kernel exists, so its instructions run here, and the arguments
         // were just checked.
         unsafe { (self.build)(args) }
@@ -422,6 +485,7 @@ impl DwKernel {
     fn row(&self, args: RowArgs<'_>) {
         args.check();
         assert!(self.fuses_float || matches!(args.out, RowOut::Acc { .. }), "this kernel does not fuse");
+        assert!(self.quads || !args.quads, "this kernel does not read quads");
         // SAFETY: as in `build`.
         unsafe { (self.row)(args) }
     }
@@ -478,7 +542,18 @@ pub fn run_with_plan(kernel: &DwKernel, args: DwArgs<'_>, plan: Plan, scratch: &
     assert!(w.out_channels.is_multiple_of(g.in_channels.max(1)), "OC a multiple of C");
     assert!(plan.chunks > 0 && plan.cols > 0, "an empty plan");
     let plan = Plan { cols: plan.cols.min(g.out_width), ..plan };
-    let (kh_n, pairs, chunks_total) = (g.kernel_height, w.pairs(), w.chunks());
+    // Quads (4 taps per lane) where the kernel and the weights allow and the kernel is
+    // wide enough to gain from them.
+    let quads = match &w.quads {
+        Some(q) if kernel.quads && g.kernel_width >= QUAD_MIN_WIDTH => Some(q),
+        _ => None,
+    };
+    let (packed, pairs) = match quads {
+        Some(q) => (q, g.kernel_width.div_ceil(4)),
+        None => (&w.data, w.pairs()),
+    };
+    let step = position_step(&g);
+    let (kh_n, chunks_total) = (g.kernel_height, w.chunks());
     let slot_len = plan.slot_lanes(&g);
     // Bias and Float requantization into bytes run inside the row kernel where it can;
     // everything else through the accumulators and the generic epilogue.
@@ -506,7 +581,8 @@ pub fn run_with_plan(kernel: &DwKernel, args: DwArgs<'_>, plan: Plan, scratch: &
     // Slots 0..KH hold pair rows; slot KH holds the zero point, for kernel rows in the
     // padding.
     let zp = i32::from(zero_point);
-    pair_rows[kh_n * slot_len..].fill(pair(zp, zp));
+    let zero_lane = if quads.is_some() { i32::from_le_bytes([zero_point; 4]) } else { pair(zp, zp) };
+    pair_rows[kh_n * slot_len..].fill(zero_lane);
     row_sums.fill(0);
     let row_len = g.in_width * g.in_channels;
     let (first_row, last_row) = (first_pixel / g.out_width, (first_pixel + pixels - 1) / g.out_width);
@@ -519,7 +595,7 @@ pub fn run_with_plan(kernel: &DwKernel, args: DwArgs<'_>, plan: Plan, scratch: &
         // Channels of this block before `channels.start`: computed, not stored.
         let skip = ch0.saturating_sub(c0);
         let fused = fused.filter(|_| skip == 0);
-        let weights = &w.data[chunk0 * kh_n * pairs * LANES..];
+        let weights = &packed[chunk0 * kh_n * pairs * LANES..];
         if let Some((_, scale)) = fused {
             for l in 0..chunks * LANES {
                 let real = l < cols_real;
@@ -566,9 +642,10 @@ pub fn run_with_plan(kernel: &DwKernel, args: DwArgs<'_>, plan: Plan, scratch: &
                         iw0,
                         span,
                         dilation: g.dilation_width,
-                        step: position_step(&g),
+                        step,
                         zero_point,
                         dst: &mut pair_rows[free * slot_len..(free + 1) * slot_len],
+                        quad_offset: if quads.is_some() { 2 * g.dilation_width / step } else { 0 },
                     });
                 }
                 for (kh, at) in row_at.iter_mut().enumerate() {
@@ -596,8 +673,9 @@ pub fn run_with_plan(kernel: &DwKernel, args: DwArgs<'_>, plan: Plan, scratch: &
                     span,
                     weights,
                     pairs,
-                    stride: g.stride_width / position_step(&g),
-                    pair_step: 2 * g.dilation_width / position_step(&g),
+                    quads: quads.is_some(),
+                    stride: g.stride_width / step,
+                    pair_step: if quads.is_some() { 4 } else { 2 } * g.dilation_width / step,
                     chunks,
                     col0: lo - ow0,
                     cols: hi - lo,
@@ -648,6 +726,18 @@ pub fn lane_at(wide: bool, chunks: usize, span: usize, chunk: usize, p: usize) -
     }
 }
 
+/// The runs of a pair row's lanes, for the quad pass ([`DwKernel::with_quads`]): per chunk (8
+/// lanes per position) or pair of chunks in the 16-lane layout (16), its first lane
+/// and its lanes per position; each run holds `span` positions.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // used by the AVX-512 kernel
+pub(crate) fn lane_runs(wide: bool, chunks: usize, span: usize) -> impl Iterator<Item = (usize, usize)> {
+    let paired = if wide { chunks & !1 } else { 0 };
+    (0..paired)
+        .step_by(2)
+        .map(move |c| (lane_at(wide, chunks, span, c, 0), 2 * LANES))
+        .chain((paired..chunks).map(move |c| (lane_at(wide, chunks, span, c, 0), LANES)))
+}
+
 /// One run of [`build_with`]'s fast path: `positions` consecutive positions of one
 /// chunk (8 lanes) or one pair of chunks (16 lanes), with multiplier 1. Position `k`
 /// pairs `x0[k·pixel0..][..lanes]` with `x1[k·pixel1..][..lanes]` into
@@ -690,9 +780,10 @@ impl FastRun<'_> {
 /// `wide`, the 16-lane one ([`lane_at`]). With multiplier 1, the chunks whose channels
 /// all exist go through `fast`, a [`FastRun`] per chunk (or per pair of whole chunks
 /// that lie together, with `wide`) and per run of positions whose taps are inside the
-/// row or in the padding alike. Everything else takes the scalar path here.
+/// row or in the padding alike. Everything else takes the scalar path here. Returns
+/// the destination, for a kernel that then forms quads ([`DwKernel::with_quads`]).
 #[inline(always)]
-pub(crate) fn build_with(args: BuildArgs<'_>, wide: bool, mut fast: impl FnMut(FastRun<'_>)) {
+pub(crate) fn build_with<'a>(args: BuildArgs<'a>, wide: bool, mut fast: impl FnMut(FastRun<'_>)) -> &'a mut [i32] {
     let BuildArgs {
         input_row,
         in_channels,
@@ -706,6 +797,7 @@ pub(crate) fn build_with(args: BuildArgs<'_>, wide: bool, mut fast: impl FnMut(F
         step,
         zero_point,
         dst,
+        quad_offset,
     } = args;
     let width = (input_row.len() / in_channels.max(1)) as isize;
     let pixel = |iw: isize| (iw >= 0 && iw < width).then(|| &input_row[iw as usize * in_channels..][..in_channels]);
@@ -772,6 +864,8 @@ pub(crate) fn build_with(args: BuildArgs<'_>, wide: bool, mut fast: impl FnMut(F
             }
         }
     }
+    let _ = quad_offset; // the kernel's own pass (see `DwKernel::with_quads`)
+    dst
 }
 
 /// The portable build and row functions.
@@ -790,14 +884,14 @@ pub(crate) mod portable {
                     *lane = pair(i32::from(a), i32::from(b));
                 }
             }
-        })
+        });
     }
 
     /// Accumulates a row tile in plain Rust (LLVM turns the pair products into
     /// `pmaddwd` where it can).
     #[multiversion::multiversion(targets("x86_64+avx2", "x86_64+sse4.1", "aarch64+neon"))]
     pub(crate) fn row(args: RowArgs<'_>) {
-        let RowArgs { pair_rows, row_at, span, weights, pairs, stride, pair_step, chunks, col0, cols, out } = args;
+        let RowArgs { pair_rows, row_at, span, weights, pairs, stride, pair_step, chunks, col0, cols, out, .. } = args;
         let RowOut::Acc { acc, stride: acc_stride } = out else { unreachable!("checked by DwKernel::row") };
         let kh_n = row_at.len();
         for chunk in 0..chunks {

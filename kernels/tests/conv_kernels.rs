@@ -237,6 +237,11 @@ fn dw_shapes() -> Vec<Conv2dParams> {
         p(1, 5, 9, 9, 18, 1, 7).with_padding(0, 3, 0, 3).with_groups(9),
         p(1, 9, 4, 11, 33, 7, 1).with_stride(2, 1).with_padding(3, 0, 3, 0).with_groups(11),
         p(2, 3, 4, 24, 48, 5, 5).with_padding(6, 7, 5, 6).with_groups(24),
+        // Kernels wide enough for quads (5 columns and more): dilation, strides,
+        // channel tails, and 6 and 8 columns (a last quad half or wholly used).
+        p(1, 11, 12, 33, 33, 5, 5).with_stride(2, 2).with_dilation(1, 2).with_padding(2, 4, 2, 4).with_groups(33),
+        p(1, 4, 13, 16, 32, 1, 6).with_stride(1, 3).with_padding(0, 2, 0, 3).with_groups(16),
+        p(1, 5, 14, 20, 20, 3, 8).with_padding(1, 3, 1, 4).with_groups(20),
     ];
     // Under miri (slow: it checks every access), one small shape.
     if cfg!(miri) { vec![p(1, 3, 4, 9, 9, 3, 3).with_padding(1, 1, 1, 1).with_groups(9)] } else { shapes }
@@ -246,8 +251,13 @@ fn dw_shapes() -> Vec<Conv2dParams> {
 fn depthwise_loop_nest_matches_reference() {
     let mut rng = Rng(0x51_7cc1_b727_220a);
     let mut scratch = Scratch::new();
-    for p in dw_shapes() {
-        let case = Case::new(&mut rng, p);
+    // Every shape with random weight zero points, and with all of them 0 (symmetric
+    // weights, which kernels with quads read 4 taps per lane).
+    for (p, symmetric) in dw_shapes().into_iter().flat_map(|p| [(p, false), (p, true)]) {
+        let mut case = Case::new(&mut rng, p);
+        if symmetric {
+            case.weight_zp.fill(0);
+        }
         let g = geometry(&p);
         let zps: Vec<i32> = case.weight_zp.iter().map(|&z| i32::from(z)).collect();
         let packed = PackedDw::try_new(&case.weights, p.out_channels, p.kernel_height, p.kernel_width, &zps).unwrap();
@@ -280,7 +290,9 @@ fn depthwise_loop_nest_matches_reference() {
                                 };
                                 dwconv::run_with_plan(kernel, args, plan, &mut scratch);
                             });
-                            let what = format!("{p:?} stage {stage} {plan:?} ranges {ranges:?} cuts {cuts:?}");
+                            let what = format!(
+                                "{p:?} symmetric {symmetric} stage {stage} {plan:?} ranges {ranges:?} cuts {cuts:?}"
+                            );
                             assert_eq!(got, expected, "{} {what}", kernel.name());
                         }
                     }
@@ -311,7 +323,18 @@ fn depthwise_loop_nest_on_extreme_data() {
             case.input_zp = input_zp;
             let kk = p.kernel_height * p.kernel_width;
             case.weights = (0..case.weights.len()).map(|i| if (i % kk) % 3 == 2 { 127 } else { -128 }).collect();
-            case.weight_zp = (0..p.out_channels).map(|o| if o % 2 == 0 { -128 } else { 127 }).collect();
+            // Per-channel zero points at both ends; 0 (symmetric) for the zero point 255.
+            case.weight_zp = (0..p.out_channels)
+                .map(|o| {
+                    if input_zp == 255 {
+                        0
+                    } else if o % 2 == 0 {
+                        -128
+                    } else {
+                        127
+                    }
+                })
+                .collect();
             let g = geometry(&p);
             let zps: Vec<i32> = case.weight_zp.iter().map(|&z| i32::from(z)).collect();
             let packed =

@@ -348,10 +348,12 @@ impl ConvCase {
             input: (0..input_len).map(|_| rng.u8()).collect(),
             input_zp: rng.u8(),
             weights: (0..weights_len).map(|_| rng.i8()).collect(),
-            weight_zp: if rng.below(2) == 0 {
-                Channelwise::PerTensor(rng.i8())
-            } else {
-                Channelwise::PerChannel((0..p.out_channels).map(|_| rng.i8()).collect())
+            // Symmetric weights (the common case, which some kernels read differently),
+            // or random zero points per tensor or per channel.
+            weight_zp: match rng.below(3) {
+                0 => Channelwise::PerTensor(0),
+                1 => Channelwise::PerTensor(rng.i8()),
+                _ => Channelwise::PerChannel((0..p.out_channels).map(|_| rng.i8()).collect()),
             },
             stage: OutputStage::default(),
             out: OutputType::I32,

@@ -51,7 +51,7 @@ unsafe fn build(args: BuildArgs<'_>) {
                 _mm256_storeu_si256(dst.add(k * step).cast(), pairs);
             }
         }
-    })
+    });
 }
 
 /// # Safety

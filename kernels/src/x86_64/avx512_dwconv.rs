@@ -21,13 +21,19 @@
 //! do: each product is exact in i32 and their sum (±130050) too, so the result is the
 //! AVX2 kernel's, bit for bit.
 //!
+//! With symmetric weights (every zero point 0) and 5 kernel columns or more, the rows
+//! hold quads instead ([`DwKernel::with_quads`]): 4 taps per lane as u8 bytes
+//! against the i8 weights, summed with `vpdpbusd` (the wrapping form), 2 quads per
+//! 5×5 kernel row instead of 3 pairs; each pair row is turned into a quad row in
+//! place after it is built (`P[p] | P[p + 2·dw] << 8`).
+//!
 //! 3×3 and 5×5 kernels run instances with the kernel size fixed at compile time, so
 //! the loops over taps unroll and the weights stay in registers; other sizes run the
 //! same body with run-time bounds.
 
 use std::arch::x86_64::*;
 
-use crate::dwconv::{BuildArgs, DwKernel, FastRun, FloatOut, LANES, RowArgs, RowOut, build_with, lane_at};
+use crate::dwconv::{BuildArgs, DwKernel, FastRun, FloatOut, LANES, RowArgs, RowOut, build_with, lane_at, lane_runs};
 
 /// The AVX-512 depthwise kernel, or `None` if this CPU lacks any of AVX-512 F, BW, VL,
 /// VNNI or AVX2.
@@ -44,7 +50,7 @@ pub fn dw_kernel() -> Option<&'static DwKernel> {
 static KERNEL: DwKernel = {
     // SAFETY: both functions read and write only through their checked arguments, and
     // run only after `dw_kernel()` detected every feature they are compiled for.
-    unsafe { DwKernel::new("dw16c2-avx512-vnni", build, row).with_fused_float().with_wide_vectors() }
+    unsafe { DwKernel::new("dw16c2-avx512-vnni", build, row).with_fused_float().with_wide_vectors().with_quads() }
 };
 
 /// # Safety
@@ -52,7 +58,8 @@ static KERNEL: DwKernel = {
 /// (checked by the caller).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2")]
 unsafe fn build(args: BuildArgs<'_>) {
-    build_with(args, true, |run| {
+    let (chunks, span, offset) = (args.chunks, args.span, args.quad_offset);
+    let dst = build_with(args, true, |run| {
         run.check();
         let FastRun { x0, x1, pixel0, pixel1, dst, positions, lanes, step } = run;
         let (x0, x1, dst) = (x0.as_ptr(), x1.as_ptr(), dst.as_mut_ptr());
@@ -77,7 +84,35 @@ unsafe fn build(args: BuildArgs<'_>) {
                 }
             }
         }
-    })
+    });
+    if offset == 0 {
+        return;
+    }
+    let formed = span.saturating_sub(offset);
+    for (at, lanes) in lane_runs(true, chunks, span) {
+        let run = &mut dst[at..][..span * lanes];
+        let p = run.as_mut_ptr();
+        // Position k's lanes at `k · lanes`, its partner's at `(k + offset) · lanes`,
+        // both below `span · lanes` (k < formed = span − offset): within `run`.
+        // SAFETY: the features are enabled here; every access is in bounds as above
+        // (unaligned). Ascending k reads each partner (k + offset > k) before that
+        // position is rewritten.
+        unsafe {
+            if lanes == 2 * LANES {
+                for k in 0..formed {
+                    let lo = _mm512_loadu_si512(p.add(k * lanes).cast());
+                    let hi = _mm512_loadu_si512(p.add((k + offset) * lanes).cast());
+                    _mm512_storeu_si512(p.add(k * lanes).cast(), _mm512_or_si512(lo, _mm512_slli_epi32::<8>(hi)));
+                }
+            } else {
+                for k in 0..formed {
+                    let lo = _mm256_loadu_si256(p.add(k * lanes).cast());
+                    let hi = _mm256_loadu_si256(p.add((k + offset) * lanes).cast());
+                    _mm256_storeu_si256(p.add(k * lanes).cast(), _mm256_or_si256(lo, _mm256_slli_epi32::<8>(hi)));
+                }
+            }
+        }
+    }
 }
 
 /// # Safety
@@ -86,10 +121,13 @@ unsafe fn build(args: BuildArgs<'_>) {
 unsafe fn row(args: RowArgs<'_>) {
     // SAFETY: forwarded; each instance is the same body.
     unsafe {
-        match (args.row_at.len(), args.pairs) {
-            (3, 2) => row_with(args, 3, 2),
-            (5, 3) => row_with(args, 5, 3),
-            (kh, pairs) => row_with(args, kh, pairs),
+        match (args.row_at.len(), args.pairs, args.quads) {
+            (3, 2, false) => row_with::<false>(args, 3, 2),
+            (5, 3, false) => row_with::<false>(args, 5, 3),
+            (kh, pairs, false) => row_with::<false>(args, kh, pairs),
+            (3, 1, true) => row_with::<true>(args, 3, 1),
+            (5, 2, true) => row_with::<true>(args, 5, 2),
+            (kh, quads, true) => row_with::<true>(args, kh, quads),
         }
     }
 }
@@ -104,6 +142,8 @@ trait Lanes: Copy {
     unsafe fn zero() -> Self;
     /// `acc + Σ` of the two i16 products of each lane, wrapping.
     unsafe fn dp(acc: Self, x: Self, w: Self) -> Self;
+    /// `acc + Σ` of the four u8 × i8 products of each lane, wrapping.
+    unsafe fn dp4(acc: Self, x: Self, w: Self) -> Self;
     /// Wrapping i32 sums.
     unsafe fn add(a: Self, b: Self) -> Self;
     unsafe fn store(self, p: *mut i32);
@@ -141,6 +181,12 @@ impl Lanes for __m512i {
     unsafe fn dp(acc: Self, x: Self, w: Self) -> Self {
         // SAFETY: the caller's contract.
         unsafe { _mm512_dpwssd_epi32(acc, x, w) }
+    }
+
+    #[inline(always)]
+    unsafe fn dp4(acc: Self, x: Self, w: Self) -> Self {
+        // SAFETY: the caller's contract. The wrapping form, never `vpdpbusds`.
+        unsafe { _mm512_dpbusd_epi32(acc, x, w) }
     }
 
     #[inline(always)]
@@ -206,6 +252,12 @@ impl Lanes for __m256i {
     }
 
     #[inline(always)]
+    unsafe fn dp4(acc: Self, x: Self, w: Self) -> Self {
+        // SAFETY: the caller's contract. The wrapping form, never `vpdpbusds`.
+        unsafe { _mm256_dpbusd_epi32(acc, x, w) }
+    }
+
+    #[inline(always)]
     unsafe fn add(a: Self, b: Self) -> Self {
         // SAFETY: the caller's contract.
         unsafe { _mm256_add_epi32(a, b) }
@@ -235,17 +287,18 @@ impl Lanes for __m256i {
 }
 
 /// # Safety
-/// As [`row`], with `kernel_rows == args.row_at.len()` and `pairs == args.pairs`.
+/// As [`row`], with `kernel_rows == args.row_at.len()`, `pairs == args.pairs` and
+/// `QUADS == args.quads`.
 #[inline(always)]
-unsafe fn row_with(mut args: RowArgs<'_>, kernel_rows: usize, pairs: usize) {
+unsafe fn row_with<const QUADS: bool>(mut args: RowArgs<'_>, kernel_rows: usize, pairs: usize) {
     let chunks = args.chunks;
     for chunk in (0..chunks & !1).step_by(2) {
         // SAFETY: forwarded (chunks `chunk` and `chunk + 1` exist).
-        unsafe { chunk_cols::<__m512i>(&mut args, chunk, kernel_rows, pairs) };
+        unsafe { chunk_cols::<__m512i, QUADS>(&mut args, chunk, kernel_rows, pairs) };
     }
     if chunks % 2 == 1 {
         // SAFETY: forwarded (chunk `chunks − 1` exists).
-        unsafe { chunk_cols::<__m256i>(&mut args, chunks - 1, kernel_rows, pairs) };
+        unsafe { chunk_cols::<__m256i, QUADS>(&mut args, chunks - 1, kernel_rows, pairs) };
     }
 }
 
@@ -254,7 +307,12 @@ unsafe fn row_with(mut args: RowArgs<'_>, kernel_rows: usize, pairs: usize) {
 /// # Safety
 /// As [`row_with`], with those chunks in the block (laid out by [`lane_at`]).
 #[inline(always)]
-unsafe fn chunk_cols<V: Lanes>(args: &mut RowArgs<'_>, chunk: usize, kernel_rows: usize, pairs: usize) {
+unsafe fn chunk_cols<V: Lanes, const QUADS: bool>(
+    args: &mut RowArgs<'_>,
+    chunk: usize,
+    kernel_rows: usize,
+    pairs: usize,
+) {
     let RowArgs { pair_rows, row_at, span, weights, stride, pair_step, chunks, col0, cols, .. } = *args;
     let out = &mut args.out;
     let rows = pair_rows.as_ptr();
@@ -296,7 +354,8 @@ unsafe fn chunk_cols<V: Lanes>(args: &mut RowArgs<'_>, chunk: usize, kernel_rows
                 for j in 0..pairs {
                     let t = kh * pairs + j;
                     let wt = if t < 16 { wv[t] } else { V::load_w(w.add(t * LANES), chunk_stride) };
-                    sums[t % 2] = V::dp(sums[t % 2], V::load(r.add(j * pair_step * pos)), wt);
+                    let x = V::load(r.add(j * pair_step * pos));
+                    sums[t % 2] = if QUADS { V::dp4(sums[t % 2], x, wt) } else { V::dp(sums[t % 2], x, wt) };
                 }
             }
             let sum = V::add(sums[0], sums[1]);
