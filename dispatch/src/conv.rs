@@ -289,7 +289,7 @@ pub enum ConvPath {
     Indirect,
 }
 
-fn geometry(p: &Conv2dParams, oh: usize, ow: usize) -> ConvGeometry {
+pub(crate) fn geometry(p: &Conv2dParams, oh: usize, ow: usize) -> ConvGeometry {
     ConvGeometry {
         batch: p.batch,
         in_height: p.in_height,

@@ -392,22 +392,8 @@ fn indirect_plan(a: &Activations<'_>, k: usize, kernel: &Kernel) -> Option<(Conv
     if a.rows < 2 || k == 0 || k > INDIRECT_MAX_K || a.row_stride != k || !kernel.has_indirect() {
         return None;
     }
-    let geometry = ConvGeometry {
-        batch: 1,
-        in_height: 1,
-        in_width: a.rows,
-        in_channels: k,
-        kernel_height: 1,
-        kernel_width: 1,
-        stride_height: 1,
-        stride_width: 1,
-        dilation_height: 1,
-        dilation_width: 1,
-        pad_top: 0,
-        pad_left: 0,
-        out_height: 1,
-        out_width: a.rows,
-    };
+    // An image of one row of M pixels, K channels, a 1×1 kernel (N is not read).
+    let geometry = crate::conv::geometry(&crate::Conv2dParams::new(1, 1, a.rows, k, 1, 1, 1), 1, a.rows);
     let plan = indirect::plan(&geometry, k, kernel)?;
     (plan.segments == 1).then_some((geometry, plan))
 }
