@@ -126,6 +126,18 @@ fn every_path_matches_the_reference() {
                 variants.push(case);
             }
         }
+        // The same variants on 7-bit activations, where AVX2 reads the input in place
+        // through its fast path (`6x8c4-avx2-maddubs`) with the stage fused.
+        let seven_bit: Vec<ConvCase> = variants
+            .iter()
+            .map(|c| {
+                let mut c = c.clone();
+                c.input.iter_mut().for_each(|x| *x &= 0x7f);
+                c.input_zp &= 0x7f;
+                c
+            })
+            .collect();
+        variants.extend(seven_bit);
         for (v, mut case) in variants.into_iter().enumerate() {
             let expected = case.expected();
             for layout in [FilterLayout::Ohwi, FilterLayout::Oihw] {
@@ -176,6 +188,53 @@ fn every_path_on_extreme_data() {
                 case.out = OutputType::U8;
                 case.stage = OutputStage { bias: None, requantize: Some(requantize_for(&mut rng, scheme, case.out)) };
                 case.check(&format!("{params:?}: Float output, A = 255 against {fill:?}"));
+            }
+        }
+    }
+}
+
+/// The fused Float stages at their corners, on paths that fuse it (indirect on the
+/// VNNI tiers and, with 7-bit data, on AVX2; depthwise): sums far outside i16 after
+/// scaling (huge biases, scales just below 1, where the stage rounds first and clamps
+/// in integers), scales of 1 and more (the float clamp, or no fusion), every output
+/// type, zero points at both ends and narrow clamps, per tensor and per channel.
+#[test]
+fn fused_stages_at_their_corners() {
+    let mut rng = Rng::new(63);
+    let shapes = [
+        Conv2dParams::new(1, 6, 5, 16, 20, 3, 3).with_padding(1, 1, 1, 1),
+        Conv2dParams::new(1, 5, 7, 24, 40, 1, 1),
+        Conv2dParams::new(1, 7, 7, 16, 16, 5, 5).with_padding(2, 2, 2, 2).with_groups(16),
+    ];
+    let biases = [i32::MAX, i32::MIN, 1 << 30, -(1 << 30), 40_000, -40_000, 33_000, -33_000];
+    for params in shapes {
+        let oc = params.out_channels;
+        for seven_bit in [false, true] {
+            let mut case = ConvCase::random(&mut rng, params);
+            if seven_bit {
+                case.input.iter_mut().for_each(|x| *x &= 0x7f);
+                case.input_zp &= 0x7f;
+            }
+            case.stage.bias =
+                Some((0..oc).map(|j| biases[j % biases.len()] ^ (rng.next_u64() as i32 & 0xff)).collect());
+            for scale in [0.999_999_9f32, 0.75, 0.5, 1.0, 3.0, 1e-6] {
+                let per_channel: Vec<f32> = (0..oc).map(|j| [scale, 0.25, 0.999][j % 3]).collect();
+                for scale in [Channelwise::PerTensor(scale), Channelwise::PerChannel(per_channel)] {
+                    for (out, zp, min, max) in [
+                        (OutputType::U8, 0, 0, 255),
+                        (OutputType::U8, 255, 0, 255),
+                        (OutputType::U8, 128, 130, 200),
+                        (OutputType::I8, -128, -128, 127),
+                        (OutputType::I8, 127, -5, 100),
+                    ] {
+                        let scheme = qgemm::Requantization::Float { scale: scale.clone() };
+                        case.out = out;
+                        case.stage.requantize = Some(qgemm::Requantize { scheme, zero_point: zp, min, max });
+                        case.check(&format!(
+                            "{params:?} 7-bit {seven_bit}, scale {scale:?}, {out:?} zp {zp} [{min}, {max}]"
+                        ));
+                    }
+                }
             }
         }
     }

@@ -59,7 +59,7 @@ static EXACT: Kernel = {
     // by `Kernel::block`/`epilogue`), and run only after `kernel()` detected AVX2.
     unsafe {
         let fast = Kernel::new("6x8c4-avx2-maddubs", TILE, BLOCKING, block_maddubs, epilogue)
-            .with_indirect(indirect_maddubs, None)
+            .with_indirect(indirect_maddubs, Some(indirect_maddubs_staged))
             .with_row(row_maddubs, None);
         Kernel::new("6x8c4-avx2-madd", TILE, BLOCKING, block_madd, epilogue)
             .with_a_format(AFormat::I16)
@@ -103,6 +103,19 @@ unsafe fn indirect_maddubs(args: IndirectArgs<'_>) {
     unsafe { dot4_tile::indirect_block::<PairSums, MR, 1>(args) }
 }
 
+/// An indirect block with the output stage fused into each tile where it can be (see
+/// [`super::avx2_fused`]).
+///
+/// # Safety
+/// As [`indirect_maddubs`]; `stage` passes `EpilogueArgs::check_output`, its rows are
+/// the block's and its columns within it (checked by `Kernel::indirect_with_stage`).
+#[target_feature(enable = "avx2")]
+unsafe fn indirect_maddubs_staged(args: IndirectArgs<'_>, stage: EpilogueArgs<'_>) {
+    // SAFETY: forwarded from this function's contract; AVX2 is enabled here, and the
+    // shared body is inlined into this function.
+    unsafe { super::avx2_fused::indirect_staged::<PairSums, MR, 1>(args, stage) }
+}
+
 /// # Safety
 /// As [`block_maddubs`], for `args` satisfying [`BlockArgs`] for one densely packed
 /// row (checked by `Kernel::row_block`).
@@ -117,6 +130,18 @@ unsafe fn row_maddubs(args: BlockArgs<'_>) {
 /// exact only when each pair sum `a0·b0 + a1·b1` fits in i16 (else it saturates).
 #[derive(Clone, Copy)]
 struct PairSums(__m256i);
+
+impl super::avx2_fused::Lanes8 for PairSums {
+    #[inline(always)]
+    fn ymm(self) -> __m256i {
+        self.0
+    }
+
+    #[inline(always)]
+    fn from_ymm(v: __m256i) -> Self {
+        PairSums(v)
+    }
+}
 
 impl Dot4 for PairSums {
     const LANES: usize = 8;

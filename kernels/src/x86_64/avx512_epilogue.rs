@@ -24,19 +24,8 @@
 
 use std::arch::x86_64::*;
 
-use crate::output::{EpilogueArgs, OutData, OutputStage, Param, Requant, Scheme, ZeroPoints, epilogue_scalar};
-
-/// Columns whose per-column values are prepared at a time (on the stack).
-pub(super) const CHUNK: usize = 64;
-
-/// The stage's values that depend on the column alone, for up to [`CHUNK`] columns
-/// from some first column; lanes past the real columns hold 0.
-pub(super) struct Columns {
-    /// `a_zp · col_offset + bias`, wrapping.
-    terms: [i32; CHUNK],
-    scales: [f32; CHUNK],
-    b_zps: [i32; CHUNK],
-}
+use super::columns::{CHUNK, Columns, fused_scale, out_bytes};
+use crate::output::{EpilogueArgs, Param, Requant, epilogue_scalar};
 
 impl Columns {
     /// `a_zp · col_offset + bias` of columns `j..j + 16`.
@@ -48,46 +37,6 @@ impl Columns {
         let lanes = &self.terms[j..j + 16];
         // SAFETY: AVX-512 F (the contract); 16 lanes, sliced just above.
         unsafe { _mm512_loadu_si512(lanes.as_ptr().cast()) }
-    }
-
-    pub(super) const fn new() -> Columns {
-        Columns { terms: [0; CHUNK], scales: [0.0; CHUNK], b_zps: [0; CHUNK] }
-    }
-
-    /// Columns `c0..c0 + width` in the first `lanes` entries (`width ≤ lanes ≤ CHUNK`,
-    /// and the columns within the stage's). Inlined, so that its loops are compiled
-    /// with the caller's AVX-512 (else SSE2, without a 32-bit multiply).
-    #[inline(always)]
-    pub(super) fn fill(
-        &mut self,
-        zp: &ZeroPoints<'_>,
-        stage: &OutputStage<'_>,
-        scale: Param<'_, f32>,
-        c0: usize,
-        width: usize,
-        lanes: usize,
-    ) {
-        // One loop per value, without a branch per column (the AVX-512 VNNI kernel
-        // fills each panel's 48 columns once per strip of rows, which for a GEMV is
-        // once per 48 columns of work): the same values as column by column.
-        let (terms, scales, b_zps) = (&mut self.terms[..lanes], &mut self.scales[..lanes], &mut self.b_zps[..lanes]);
-        let offsets = &zp.col_offsets[c0..c0 + width];
-        for (t, &o) in terms.iter_mut().zip(offsets) {
-            *t = o.wrapping_mul(zp.a_zp);
-        }
-        if let Some(b) = stage.bias {
-            for (t, &b) in terms.iter_mut().zip(&b[c0..c0 + width]) {
-                *t = t.wrapping_add(b);
-            }
-        }
-        match scale {
-            Param::Tensor(v) => scales[..width].fill(v),
-            Param::Channel(v) => scales[..width].copy_from_slice(&v[c0..c0 + width]),
-        }
-        b_zps[..width].copy_from_slice(&zp.b_zp[c0..c0 + width]);
-        terms[width..].fill(0);
-        scales[width..].fill(0.0);
-        b_zps[width..].fill(0);
     }
 }
 
@@ -169,7 +118,7 @@ unsafe fn scaled<const B_ZP: bool, const TERMS: bool>(
 
 /// `round_ties_even(f32(v − b_zp · row_sum) · scale)` of sums `v` that started from
 /// the columns' terms, in columns `j..j + 16` of `cols`: exact in i32 when every
-/// scale of the columns is below 1 in magnitude ([`scales_below_one`]), since
+/// scale of the columns is below 1 in magnitude (`columns::scales_below_one`), since
 /// then `|f32(v) · scale| < 2^31` (`f32(v)` is at most 2^31, and the largest f32
 /// below 1 is 1 − 2^−24), so `cvtps2dq` never leaves i32. The zero point and the
 /// clamp then follow in integers ([`IntClamp`]).
@@ -252,40 +201,11 @@ pub(super) const PACKED_ORDER: [i32; 16] = {
     order
 };
 
-/// Whether the scales of columns `0..cols` all lie strictly within (−1, 1) (NaN does
-/// not): see [`rounded`].
-pub(super) fn scales_below_one(scale: Param<'_, f32>, cols: usize) -> bool {
-    match scale {
-        Param::Tensor(s) => s.abs() < 1.0,
-        // A fold rather than `all`, which stops at the first failure (one at a time).
-        Param::Channel(v) => v.iter().take(cols).fold(true, |ok, s| ok & (s.abs() < 1.0)),
-    }
-}
-
 /// The lanes of a vector starting at column `j` that are below `width`.
 pub(super) fn mask_below(width: usize, j: usize) -> __mmask16 {
     match width.saturating_sub(j) {
         n if n >= 16 => !0,
         n => (1u16 << n) - 1,
-    }
-}
-
-/// The stage's scale, when it is one this module fuses: Float to u8 or i8.
-pub(super) fn fused_scale<'a>(stage: &OutputStage<'a>, out: &OutData<'_>) -> Option<(Requant<'a>, Param<'a, f32>)> {
-    match stage.requant {
-        Some(r @ Requant { scheme: Scheme::Float { scale }, .. }) if !matches!(out, OutData::I32(_)) => {
-            Some((r, scale))
-        }
-        _ => None,
-    }
-}
-
-/// The output as bytes (u8, or i8 stored as its bit pattern), if it is not i32.
-pub(super) fn out_bytes(out: &mut OutData<'_>) -> Option<*mut u8> {
-    match out {
-        OutData::U8(o) => Some(o.as_mut_ptr()),
-        OutData::I8(o) => Some(o.as_mut_ptr().cast::<u8>()),
-        OutData::I32(_) => None,
     }
 }
 

@@ -24,9 +24,8 @@
 
 use std::arch::x86_64::*;
 
-use super::avx512_epilogue::{
-    Columns, Float16, IntClamp, PACKED_ORDER, fused_scale, out_bytes, rounded, scales_below_one,
-};
+use super::avx512_epilogue::{Float16, IntClamp, PACKED_ORDER, rounded};
+use super::columns::{Columns, fused_scale, out_bytes, scales_below_one};
 use super::dot4_tile::{self, Dot4, PackedA, Panels, RowA, Sink, TileA};
 use crate::kernel::{BlockArgs, Blocking, IndirectArgs, Kernel, Tile};
 use crate::output::{EpilogueArgs, OutData, OutputStage, Param, ZeroPoints};

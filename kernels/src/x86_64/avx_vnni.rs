@@ -42,7 +42,9 @@ static KERNEL: Kernel = {
     // by `Kernel::block`/`epilogue`), and run only after `kernel()` detected the
     // features they are compiled for.
     unsafe {
-        Kernel::new("6x16c4-avxvnni", TILE, BLOCKING, block, epilogue).with_indirect(indirect, None).with_row(row, None)
+        Kernel::new("6x16c4-avxvnni", TILE, BLOCKING, block, epilogue)
+            .with_indirect(indirect, Some(indirect_staged))
+            .with_row(row, None)
     }
 };
 
@@ -66,6 +68,19 @@ unsafe fn indirect(args: IndirectArgs<'_>) {
     unsafe { dot4_tile::indirect_block::<Ymm, MR, NV>(args) }
 }
 
+/// An indirect block with the output stage fused into each tile where it can be (see
+/// [`super::avx2_fused`]).
+///
+/// # Safety
+/// As [`indirect`]; `stage` passes `EpilogueArgs::check_output`, its rows are the
+/// block's and its columns within it (checked by `Kernel::indirect_with_stage`).
+#[target_feature(enable = "avx2,avxvnni")]
+unsafe fn indirect_staged(args: IndirectArgs<'_>, stage: EpilogueArgs<'_>) {
+    // SAFETY: forwarded from this function's contract; the shared body is inlined here,
+    // where the features are enabled.
+    unsafe { super::avx2_fused::indirect_staged::<Ymm, MR, NV>(args, stage) }
+}
+
 /// # Safety
 /// As [`block`], for `args` satisfying [`BlockArgs`] for one densely packed row
 /// (checked by `Kernel::row_block`).
@@ -87,6 +102,18 @@ unsafe fn epilogue(args: EpilogueArgs<'_>) {
 /// 8 i32 lanes, accumulated with the VEX `vpdpbusd`.
 #[derive(Clone, Copy)]
 struct Ymm(__m256i);
+
+impl super::avx2_fused::Lanes8 for Ymm {
+    #[inline(always)]
+    fn ymm(self) -> __m256i {
+        self.0
+    }
+
+    #[inline(always)]
+    fn from_ymm(v: __m256i) -> Self {
+        Ymm(v)
+    }
+}
 
 impl Dot4 for Ymm {
     const LANES: usize = 8;

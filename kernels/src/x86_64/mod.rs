@@ -3,8 +3,10 @@
 pub mod avx2;
 pub mod avx2_dwconv;
 mod avx2_epilogue;
+mod avx2_fused;
 pub mod avx512_dwconv;
 mod avx512_epilogue;
 pub mod avx512_vnni;
 pub mod avx_vnni;
+mod columns;
 mod dot4_tile;
