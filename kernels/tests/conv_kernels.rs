@@ -253,7 +253,9 @@ fn depthwise_loop_nest_matches_reference() {
     let mut scratch = Scratch::new();
     // Every shape with random weight zero points, and with all of them 0 (symmetric
     // weights, which kernels with quads read 4 taps per lane).
-    for (p, symmetric) in dw_shapes().into_iter().flat_map(|p| [(p, false), (p, true)]) {
+    // (Under miri, which runs the portable kernel only, random zero points alone.)
+    let classes: &[bool] = if cfg!(miri) { &[false] } else { &[false, true] };
+    for (p, symmetric) in dw_shapes().into_iter().flat_map(|p| classes.iter().map(move |&s| (p, s))) {
         let mut case = Case::new(&mut rng, p);
         if symmetric {
             case.weight_zp.fill(0);
