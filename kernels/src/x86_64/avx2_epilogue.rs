@@ -13,10 +13,8 @@
 
 use std::arch::x86_64::*;
 
+use super::columns::{CHUNK, Columns};
 use crate::output::{EpilogueArgs, OutData, Param, Requant, Scheme, epilogue_scalar};
-
-/// Columns whose correction terms are computed at a time (on the stack).
-const CHUNK: usize = 64;
 
 /// The epilogue: Float to u8/i8 here, everything else portable.
 ///
@@ -65,9 +63,7 @@ unsafe fn float_with<const SIGNED: bool, const B_ZP: bool>(
         OutData::I8(o) => o.as_mut_ptr().cast::<u8>(),
         OutData::I32(_) => unreachable!("checked by the caller"),
     };
-    let mut terms = [0i32; CHUNK];
-    let mut scales = [0f32; CHUNK];
-    let mut b_zps = [0i32; CHUNK];
+    let mut columns = Columns::new();
     let mut tail = [0i32; 8];
     let mut bytes = [0u8; 16];
     // SAFETY: AVX2 is available (this function's contract).
@@ -80,17 +76,9 @@ unsafe fn float_with<const SIGNED: bool, const B_ZP: bool>(
     };
     for c0 in (0..cols).step_by(CHUNK) {
         let width = CHUNK.min(cols - c0);
-        // What depends on the column alone, once per chunk; lanes past `width` stay 0.
-        for j in 0..CHUNK {
-            let real = j < width;
-            let offset = if real { zp.col_offsets[c0 + j].wrapping_mul(zp.a_zp) } else { 0 };
-            terms[j] = match stage.bias {
-                Some(b) if real => offset.wrapping_add(b[c0 + j]),
-                _ => offset,
-            };
-            scales[j] = if real { scale.at(c0 + j) } else { 0.0 };
-            b_zps[j] = if real { zp.b_zp[c0 + j] } else { 0 };
-        }
+        // What depends on the column alone, once per chunk; lanes past `width` are 0.
+        columns.fill(&zp, &stage, scale, c0, width, CHUNK);
+        let (terms, scales, b_zps) = (&columns.terms, &columns.scales, &columns.b_zps);
         let whole = width / 8 * 8;
         for row in 0..rows {
             let acc_row = &acc[row * acc_stride + c0..][..width];
