@@ -128,15 +128,7 @@ fn every_path_matches_the_reference() {
         }
         // The same variants on 7-bit activations, where AVX2 reads the input in place
         // through its fast path (`6x8c4-avx2-maddubs`) with the stage fused.
-        let seven_bit: Vec<ConvCase> = variants
-            .iter()
-            .map(|c| {
-                let mut c = c.clone();
-                c.input.iter_mut().for_each(|x| *x &= 0x7f);
-                c.input_zp &= 0x7f;
-                c
-            })
-            .collect();
+        let seven_bit: Vec<ConvCase> = variants.iter().map(|c| c.clone().seven_bit()).collect();
         variants.extend(seven_bit);
         for (v, mut case) in variants.into_iter().enumerate() {
             let expected = case.expected();
@@ -212,8 +204,7 @@ fn fused_stages_at_their_corners() {
         for seven_bit in [false, true] {
             let mut case = ConvCase::random(&mut rng, params);
             if seven_bit {
-                case.input.iter_mut().for_each(|x| *x &= 0x7f);
-                case.input_zp &= 0x7f;
+                case = case.seven_bit();
             }
             case.stage.bias =
                 Some((0..oc).map(|j| biases[j % biases.len()] ^ (rng.next_u64() as i32 & 0xff)).collect());

@@ -797,7 +797,7 @@ pub(crate) fn build_with<'a>(args: BuildArgs<'a>, wide: bool, mut fast: impl FnM
         step,
         zero_point,
         dst,
-        quad_offset,
+        quad_offset: _, // the kernel's own pass, on the returned row (`DwKernel::with_quads`)
     } = args;
     let width = (input_row.len() / in_channels.max(1)) as isize;
     let pixel = |iw: isize| (iw >= 0 && iw < width).then(|| &input_row[iw as usize * in_channels..][..in_channels]);
@@ -864,7 +864,6 @@ pub(crate) fn build_with<'a>(args: BuildArgs<'a>, wide: bool, mut fast: impl FnM
             }
         }
     }
-    let _ = quad_offset; // the kernel's own pass (see `DwKernel::with_quads`)
     dst
 }
 

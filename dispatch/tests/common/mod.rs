@@ -339,6 +339,14 @@ pub fn ohwi_to_oihw(w: &[i8], p: &Conv2dParams) -> Vec<i8> {
 }
 
 impl ConvCase {
+    /// The same case with 7-bit activations and input zero point (≤ 127), where AVX2
+    /// runs its fast path (`6x8c4-avx2-maddubs`), reading the input in place.
+    pub fn seven_bit(mut self) -> ConvCase {
+        self.input.iter_mut().for_each(|x| *x &= 0x7f);
+        self.input_zp &= 0x7f;
+        self
+    }
+
     pub fn random(rng: &mut Rng, params: Conv2dParams) -> ConvCase {
         let p = params;
         let input_len = p.batch * p.in_height * p.in_width * p.in_channels;

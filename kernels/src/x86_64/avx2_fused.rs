@@ -12,12 +12,12 @@
 //!      → vpermd to column order → 8 or 16 bytes
 //! ```
 //!
-//! The integer clamp is the AVX-512 kernel's (`avx512_epilogue::IntClamp`): exact for
-//! any i32 `t`, i8 output computed as u8 shifted by 128 and flipped back.
+//! The integer clamp is the AVX-512 kernel's ([`ByteClamp`]): exact for any i32 `t`,
+//! i8 output computed as u8 shifted by 128 and flipped back.
 
 use std::arch::x86_64::*;
 
-use super::columns::{Columns, fused_scale, out_bytes, scales_below_one};
+use super::columns::{ByteClamp, Columns, fused_scale, out_bytes, scales_below_one};
 use super::dot4_tile::{self, Dot4, Panels, Sink};
 use crate::kernel::IndirectArgs;
 use crate::output::{EpilogueArgs, OutData, OutputStage, Param, ZeroPoints};
@@ -63,14 +63,14 @@ pub(super) unsafe fn indirect_staged<V: Lanes8, const MR: usize, const NV: usize
     let signed = matches!(stage.out, OutData::I8(_));
     let out = out_bytes(&mut stage.out).expect("u8 or i8 output (fused_scale)");
     let EpilogueArgs { cols, row_sums, zero_points, stage: output, .. } = stage;
-    let offset = if signed { 128 } else { 0 };
-    // SAFETY: AVX2 (the contract); the order is 8 i32.
+    let c = ByteClamp::new(&r, signed);
+    // SAFETY: AVX2 (the contract).
     let (zero_point, min, max, flip) = unsafe {
         (
-            _mm256_set1_epi16((r.zero_point + offset) as i16),
-            _mm256_set1_epi8((r.min + offset) as u8 as i8),
-            _mm256_set1_epi8((r.max + offset) as u8 as i8),
-            _mm256_set1_epi8(offset as u8 as i8),
+            _mm256_set1_epi16(c.zero_point),
+            _mm256_set1_epi8(c.min as i8),
+            _mm256_set1_epi8(c.max as i8),
+            _mm256_set1_epi8(c.flip as i8),
         )
     };
     macro_rules! fused {
@@ -97,9 +97,7 @@ pub(super) unsafe fn indirect_staged<V: Lanes8, const MR: usize, const NV: usize
     // `Fused8` writes only the stage's rows and columns (see its `tile`).
     unsafe {
         let b_zp = zero_points.b_zp[..cols].iter().fold(0, |or, &z| or | z) != 0;
-        // u8 output over its whole range needs neither the clamp nor the flip.
-        let clamp = signed || (r.min, r.max) != (0, 255);
-        match (b_zp, clamp) {
+        match (b_zp, c.needed()) {
             (false, false) => dot4_tile::block_into::<V, MR, NV, _, _>(panels, &mut fused!(false, false)),
             (false, true) => dot4_tile::block_into::<V, MR, NV, _, _>(panels, &mut fused!(false, true)),
             (true, false) => dot4_tile::block_into::<V, MR, NV, _, _>(panels, &mut fused!(true, false)),
@@ -142,10 +140,10 @@ impl<const NV: usize, const B_ZP: bool, const CLAMP: bool> Fused8<'_, NV, B_ZP, 
     #[inline(always)]
     unsafe fn row<V: Lanes8, const NU: usize>(&self, row: usize, cr: &[V; NU]) {
         let cols = &self.columns;
-        // SAFETY: AVX2 (the contract); the loads read lanes `8v..8v + 8` (v < NU ≤ 2) of
-        // `Columns`' arrays of CHUNK = 64. Store: `width` bytes of row `row` from column
-        // `col0`, all below `cols`, so inside the output window
-        // (`EpilogueArgs::check_output`: at least `rows × cols`).
+        // Loads: lanes `8v..8v + 8` (v < NU ≤ 2) of `Columns`' arrays of CHUNK = 64.
+        // Store: `width` bytes of row `row` from column `col0`, all below `cols`, so
+        // inside the output window (`EpilogueArgs::check_output`: at least `rows × cols`).
+        // SAFETY: AVX2 (the contract); every access is in bounds as listed above.
         unsafe {
             let rs = _mm256_set1_epi32(if B_ZP { self.row_sums[row] } else { 0 });
             let mut t = [_mm256_setzero_si256(); 2];

@@ -24,7 +24,7 @@
 
 use std::arch::x86_64::*;
 
-use super::columns::{CHUNK, Columns, fused_scale, out_bytes};
+use super::columns::{ByteClamp, CHUNK, Columns, fused_scale, out_bytes};
 use crate::output::{EpilogueArgs, Param, Requant, epilogue_scalar};
 
 impl Columns {
@@ -132,18 +132,8 @@ pub(super) unsafe fn rounded<const B_ZP: bool>(v: __m512i, cols: &Columns, j: us
 }
 
 /// The zero point and the clamp of the Float stage on rounded values ([`rounded`]), in
-/// integers, four vectors (64 columns) at a time, without a branch: the saturating
-/// packs to i16, a saturating `+ zp` in i16, the saturating pack to u8, the clamp on
-/// u8. The result is `clamp(t + zp, min, max)` exactly, for any i32 `t` and u8
-/// `zp`, `min` and `max`:
-/// - `t` within i16: `sat16(t + zp)` then the u8 saturation is the u8 saturation of
-///   `t + zp` (u8 lies within i16);
-/// - `t > 32767`: `32767 + zp` saturates to 255, as `t + zp` does; `t < −32768`
-///   likewise to 0 (`zp ≤ 255`);
-///
-/// and a clamp to `[min, max]` after the u8 saturation is the clamp of `t + zp`. An
-/// i8 output is computed as u8 with 128 added to its zero point and clamp, then
-/// flipped back (`b ^ 0x80` is the bit pattern of `b − 128`).
+/// integers, four vectors (64 columns) at a time, without a branch ([`ByteClamp`]
+/// says why it is exact).
 #[derive(Clone, Copy)]
 pub(super) struct IntClamp {
     zero_point: __m512i,
@@ -158,14 +148,14 @@ impl IntClamp {
     /// AVX-512 F/BW; `r` fits the output type (i8 if `signed`, else u8).
     #[inline(always)]
     pub(super) unsafe fn new(r: &Requant<'_>, signed: bool) -> IntClamp {
-        let offset = if signed { 128 } else { 0 };
+        let c = ByteClamp::new(r, signed);
         // SAFETY: AVX-512 F/BW (the contract); the order is 16 i32.
         unsafe {
             IntClamp {
-                zero_point: _mm512_set1_epi16((r.zero_point + offset) as i16),
-                min: _mm512_set1_epi8((r.min + offset) as u8 as i8),
-                max: _mm512_set1_epi8((r.max + offset) as u8 as i8),
-                flip: _mm512_set1_epi8(offset as u8 as i8),
+                zero_point: _mm512_set1_epi16(c.zero_point),
+                min: _mm512_set1_epi8(c.min as i8),
+                max: _mm512_set1_epi8(c.max as i8),
+                flip: _mm512_set1_epi8(c.flip as i8),
                 order: _mm512_loadu_si512(PACKED_ORDER.as_ptr().cast()),
             }
         }

@@ -86,3 +86,47 @@ pub(super) fn out_bytes(out: &mut OutData<'_>) -> Option<*mut u8> {
         OutData::I32(_) => None,
     }
 }
+
+/// The output zero point and clamp of a Float stage as the integer clamps of the fused
+/// stages apply them to rounded values `t` (`avx512_epilogue::IntClamp`,
+/// `avx2_fused`): the saturating pack to i16, a saturating `+ zero_point` in i16, the
+/// saturating pack to u8, then `max(min)`, `min(max)` on u8 and `^ flip`. The result is
+/// `clamp(t + zp, min, max)` exactly, for any i32 `t`:
+/// - `t` within i16: `sat16(t + zp)` then the u8 saturation is the u8 saturation of
+///   `t + zp` (u8 lies within i16);
+/// - `t > 32767`: `32767 + zp` saturates to 255, as `t + zp` does; `t < −32768`
+///   likewise to 0 (`zp ≤ 255`);
+///
+/// and a clamp to `[min, max]` after the u8 saturation is the clamp of `t + zp`. An
+/// i8 output is computed as u8 with 128 added to its zero point and clamp, then
+/// flipped back (`b ^ 0x80` is the bit pattern of `b − 128`).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct ByteClamp {
+    /// The zero point, plus 128 for i8 output.
+    pub(super) zero_point: i16,
+    /// The clamp, plus 128 for i8 output.
+    pub(super) min: u8,
+    pub(super) max: u8,
+    /// 0x80 for i8 output, else 0.
+    pub(super) flip: u8,
+}
+
+impl ByteClamp {
+    /// The clamp of `r`, whose zero point and clamp fit the output type (i8 if
+    /// `signed`, else u8).
+    pub(super) fn new(r: &Requant<'_>, signed: bool) -> ByteClamp {
+        let offset = if signed { 128 } else { 0 };
+        ByteClamp {
+            zero_point: (r.zero_point + offset) as i16,
+            min: (r.min + offset) as u8,
+            max: (r.max + offset) as u8,
+            flip: offset as u8,
+        }
+    }
+
+    /// Whether the clamp or the flip does anything: not for u8 output over its whole
+    /// range, which the saturating pack gives.
+    pub(super) fn needed(&self) -> bool {
+        (self.min, self.max, self.flip) != (0, 255, 0)
+    }
+}
