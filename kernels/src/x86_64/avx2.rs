@@ -20,8 +20,14 @@
 //!                  or weights with |w0| + |w1| ≤ 128 per pair (the driver checks).
 //! ```
 //!
-//! The fast path runs the kernel body shared with the VNNI kernels
-//! ([`super::dot4_tile`]), its 4-deep dot product spelled `vpmaddubsw` + `vpmaddwd`.
+//! Both run the kernel body shared with the VNNI kernels ([`super::dot4_tile`]): the
+//! fast path with its 4-deep dot product spelled `vpmaddubsw` + `vpmaddwd`
+//! (`PairSums`), the exact kernel with two registers of pair sums per 8 columns
+//! (`PairsI16`, A packed 8 bytes a row and group). Both fuse the Float stage into
+//! their tiles (`avx2_fused`); the fast path also reads A in place (indirect
+//! convolution). The exact kernel does not: widening u8 in registers (`vpmovzxbw` per
+//! row and group) made every convolution and GEMM of the suite 10–20% slower than
+//! packing i16 once (Zen 4), the gathering included.
 //!
 //! The tile is 6 rows × 8 columns: six accumulator rows of one (fast) or two (exact)
 //! ymm registers, which leaves room for B and the broadcast in 16 registers. Rows of a
@@ -32,6 +38,7 @@
 
 use std::arch::x86_64::*;
 
+use super::avx2_fused::Lanes8;
 use super::dot4_tile::{self, Dot4};
 use crate::kernel::{AFormat, BlockArgs, Blocking, FastWhen, IndirectArgs, Kernel, Tile};
 use crate::output::EpilogueArgs;
@@ -59,10 +66,12 @@ static EXACT: Kernel = {
     // by `Kernel::block`/`epilogue`), and run only after `kernel()` detected AVX2.
     unsafe {
         let fast = Kernel::new("6x8c4-avx2-maddubs", TILE, BLOCKING, block_maddubs, epilogue)
+            .with_staged_block(block_maddubs_staged)
             .with_indirect(indirect_maddubs, Some(indirect_maddubs_staged))
             .with_row(row_maddubs, None);
         Kernel::new("6x8c4-avx2-madd", TILE, BLOCKING, block_madd, epilogue)
             .with_a_format(AFormat::I16)
+            .with_staged_block(block_madd_staged)
             .with_row(row_madd, None)
             .with_fast_path(fast, FastWhen::PairSumsFitI16)
     }
@@ -79,9 +88,24 @@ unsafe fn epilogue(args: EpilogueArgs<'_>) {
 /// # Safety
 /// AVX2 must be available, and the buffers must satisfy [`BlockArgs`] for a kernel
 /// with i16 A (checked by `Kernel::block`).
+#[target_feature(enable = "avx2")]
 unsafe fn block_madd(args: BlockArgs<'_>) {
-    // SAFETY: forwarded from this function's contract.
-    unsafe { block_madd_tiles(args) }
+    // SAFETY: forwarded from this function's contract; AVX2 is enabled here, and the
+    // shared body is inlined into this function.
+    unsafe { dot4_tile::block::<PairsI16, MR, 1>(args) }
+}
+
+/// A block with the output stage fused into each tile where it can be (see
+/// [`super::avx2_fused`]).
+///
+/// # Safety
+/// As [`block_madd`]; `stage` passes `EpilogueArgs::check_output`, its rows are the
+/// block's and its columns within it (checked by `Kernel::block_with_stage`).
+#[target_feature(enable = "avx2")]
+unsafe fn block_madd_staged(args: BlockArgs<'_>, stage: EpilogueArgs<'_>) {
+    // SAFETY: forwarded from this function's contract; AVX2 is enabled here, and the
+    // shared body is inlined into this function.
+    unsafe { super::avx2_fused::block_staged::<PairsI16, MR, 1>(args, stage) }
 }
 
 /// # Safety
@@ -91,6 +115,18 @@ unsafe fn block_maddubs(args: BlockArgs<'_>) {
     // SAFETY: forwarded from this function's contract; AVX2 is enabled here, and the
     // shared body is inlined into this function.
     unsafe { dot4_tile::block::<PairSums, MR, 1>(args) }
+}
+
+/// [`block_maddubs`] with the output stage fused into each tile where it can be.
+///
+/// # Safety
+/// As [`block_madd_staged`], with u8 A, and every pair sum of the block fitting in
+/// i16.
+#[target_feature(enable = "avx2")]
+unsafe fn block_maddubs_staged(args: BlockArgs<'_>, stage: EpilogueArgs<'_>) {
+    // SAFETY: forwarded from this function's contract; AVX2 is enabled here, and the
+    // shared body is inlined into this function.
+    unsafe { super::avx2_fused::block_staged::<PairSums, MR, 1>(args, stage) }
 }
 
 /// # Safety
@@ -131,14 +167,14 @@ unsafe fn row_maddubs(args: BlockArgs<'_>) {
 #[derive(Clone, Copy)]
 struct PairSums(__m256i);
 
-impl super::avx2_fused::Lanes8 for PairSums {
+impl Lanes8 for PairSums {
     #[inline(always)]
-    fn ymm(self) -> __m256i {
+    unsafe fn ymm(self) -> __m256i {
         self.0
     }
 
     #[inline(always)]
-    fn from_ymm(v: __m256i) -> Self {
+    unsafe fn from_ymm(v: __m256i) -> Self {
         PairSums(v)
     }
 }
@@ -186,41 +222,6 @@ impl Dot4 for PairSums {
     }
 }
 
-/// Every tile of the block: B panels outer (one stays in L1), A panels inner.
-///
-/// # Safety
-/// As [`block_madd`].
-#[target_feature(enable = "avx2")]
-unsafe fn block_madd_tiles(args: BlockArgs<'_>) {
-    let BlockArgs { a, b, b_panel_stride, row_panels, rows, col_panels, kgroups, acc, acc_stride, accumulate, .. } =
-        args;
-    let a_panel_bytes = kgroups * MR * KG * 2;
-    for jp in 0..col_panels {
-        let b_panel = &b[jp * b_panel_stride..][..kgroups * NR * KG];
-        for ip in 0..row_panels {
-            let a_panel = &a[ip * a_panel_bytes..][..a_panel_bytes];
-            let real_rows = rows.saturating_sub(ip * MR).min(MR);
-            let acc_tile = &mut acc[ip * MR * acc_stride + jp * NR..];
-            assert!(acc_tile.len() >= (real_rows.max(1) - 1) * acc_stride + NR, "accumulator tile");
-            let (ap, bp, cp) = (a_panel.as_ptr(), b_panel.as_ptr(), Out { acc: acc_tile.as_mut_ptr(), accumulate });
-            // SAFETY: AVX2 is enabled here; the panels hold `kgroups` groups of this
-            // kernel's layout (sliced just above) and the accumulator tile holds
-            // `real_rows` rows of NR values at `acc_stride` (asserted just above).
-            unsafe {
-                match real_rows {
-                    6 => tile_madd::<6>(ap, MR * KG * 2, bp, kgroups, cp, acc_stride),
-                    5 => tile_madd::<5>(ap, MR * KG * 2, bp, kgroups, cp, acc_stride),
-                    4 => tile_madd::<4>(ap, MR * KG * 2, bp, kgroups, cp, acc_stride),
-                    3 => tile_madd::<3>(ap, MR * KG * 2, bp, kgroups, cp, acc_stride),
-                    2 => tile_madd::<2>(ap, MR * KG * 2, bp, kgroups, cp, acc_stride),
-                    1 => tile_madd::<1>(ap, MR * KG * 2, bp, kgroups, cp, acc_stride),
-                    _ => {} // a panel with no real rows: nothing to compute
-                }
-            }
-        }
-    }
-}
-
 /// Every panel of a block of one row packed densely (`kgroups × 4` i16: the GEMV's A,
 /// see `Kernel::with_row`), exact.
 ///
@@ -229,57 +230,97 @@ unsafe fn block_madd_tiles(args: BlockArgs<'_>) {
 /// packed row of i16 A (checked by `Kernel::row_block`).
 #[target_feature(enable = "avx2")]
 unsafe fn row_madd(args: BlockArgs<'_>) {
-    let BlockArgs { a, b, b_panel_stride, col_panels, kgroups, acc, acc_stride, accumulate, .. } = args;
-    let row = &a[..kgroups * KG * 2];
-    for jp in 0..col_panels {
-        let b_panel = &b[jp * b_panel_stride..][..kgroups * NR * KG];
-        let acc_tile = &mut acc[jp * NR..][..NR];
-        let (ap, bp, cp) = (row.as_ptr(), b_panel.as_ptr(), Out { acc: acc_tile.as_mut_ptr(), accumulate });
-        // SAFETY: AVX2 is enabled here; the row holds `kgroups` groups of 4 i16 at 8
-        // bytes each and the panel `kgroups` groups of this kernel's layout, and the
-        // accumulator tile is one row of NR values (all sliced just above).
-        unsafe { tile_madd::<1>(ap, KG * 2, bp, kgroups, cp, acc_stride) };
-    }
+    // SAFETY: forwarded from this function's contract; AVX2 is enabled here, and the
+    // shared body is inlined into this function.
+    unsafe { dot4_tile::row_block::<PairsI16, MR, 1>(args) }
 }
 
-/// `acc[r][0..8] += Σ_g A[r, g] · B[g]` for the first `R` rows of a panel, exact.
-///
-/// # Safety
-/// AVX2; `a` holds `kgroups` groups of `R` rows × 4 i16 (8 bytes a row), each group
-/// `a_group` bytes after the last, `b` holds `kgroups` groups of 32 bytes, and
-/// `acc.acc` holds `R` rows of 8 i32 at `acc_stride`.
-#[target_feature(enable = "avx2")]
-unsafe fn tile_madd<const R: usize>(
-    a: *const u8,
-    a_group: usize,
-    b: *const i8,
-    kgroups: usize,
-    acc: Out,
-    acc_stride: usize,
-) {
-    // lo[r]: columns 0–3, hi[r]: columns 4–7; two lanes per column, (k0,k1) and (k2,k3).
-    let mut lo = [_mm256_setzero_si256(); R];
-    let mut hi = [_mm256_setzero_si256(); R];
-    for g in 0..kgroups {
-        // SAFETY: group g lies within the panels (the function's contract); unaligned
-        // loads of 16 bytes of B and 8 bytes per row of A.
+/// The exact dot product on A packed as i16: 8 columns in two registers, `lo` columns
+/// 0–3 and `hi` columns 4–7, each column's sum in two i32 lanes, (k0,k1) and (k2,k3),
+/// folded into one when the sums are taken ([`Lanes8::ymm`]).
+#[derive(Clone, Copy)]
+struct PairsI16 {
+    lo: __m256i,
+    hi: __m256i,
+}
+
+impl Lanes8 for PairsI16 {
+    /// hadd → [c0 c1 c4 c5 | c2 c3 c6 c7]; the permute puts the columns in order.
+    #[inline(always)]
+    unsafe fn ymm(self) -> __m256i {
+        // SAFETY: AVX2 (the trait's contract).
+        unsafe { _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_hadd_epi32(self.lo, self.hi)) }
+    }
+
+    /// Columns 0–3 into `lo` and 4–7 into `hi`, each in the first lane of its pair
+    /// and 0 in the second, which [`Self::ymm`] folds back.
+    #[inline(always)]
+    unsafe fn from_ymm(v: __m256i) -> Self {
+        // SAFETY: AVX2 (the trait's contract).
         unsafe {
-            let bg = b.add(g * NR * KG);
-            let b_lo = _mm256_cvtepi8_epi16(_mm_loadu_si128(bg.cast()));
-            let b_hi = _mm256_cvtepi8_epi16(_mm_loadu_si128(bg.add(16).cast()));
-            let ag = a.add(g * a_group);
-            for r in 0..R {
-                let a4 = _mm256_set1_epi64x(ag.add(r * KG * 2).cast::<i64>().read_unaligned());
-                lo[r] = _mm256_add_epi32(lo[r], _mm256_madd_epi16(a4, b_lo));
-                hi[r] = _mm256_add_epi32(hi[r], _mm256_madd_epi16(a4, b_hi));
+            PairsI16 {
+                lo: _mm256_cvtepu32_epi64(_mm256_castsi256_si128(v)),
+                hi: _mm256_cvtepu32_epi64(_mm256_extracti128_si256::<1>(v)),
             }
         }
     }
-    for r in 0..R {
-        // hadd → [c0 c1 c4 c5 | c2 c3 c6 c7]; the permute puts the columns in order.
-        let sums = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_hadd_epi32(lo[r], hi[r]));
-        // SAFETY: row r < R of the accumulator tile (the function's contract).
-        unsafe { acc.row(r * acc_stride, sums) };
+}
+
+impl Dot4 for PairsI16 {
+    const LANES: usize = 8;
+    const A_BYTES: usize = 8;
+    // 12 accumulators, 2 of B and the broadcast fill the 16 registers.
+    const UNROLL: usize = 1;
+
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        // SAFETY: the caller runs on a CPU with AVX2 (the trait's contract).
+        let z = unsafe { _mm256_setzero_si256() };
+        PairsI16 { lo: z, hi: z }
+    }
+
+    /// The group's 8 columns × 4 k widened to i16: columns 0–3 in `lo`, 4–7 in `hi`.
+    #[inline(always)]
+    unsafe fn load_b(p: *const i8) -> Self {
+        // SAFETY: AVX2, and 32 readable bytes at `p` (the trait's contract).
+        unsafe {
+            PairsI16 {
+                lo: _mm256_cvtepi8_epi16(_mm_loadu_si128(p.cast())),
+                hi: _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(16).cast())),
+            }
+        }
+    }
+
+    /// A row's 4 i16 in every 64-bit lane (in `lo`, which [`Dot4::dot`] reads).
+    #[inline(always)]
+    unsafe fn splat_a(p: *const u8) -> Self {
+        // SAFETY: AVX2, and 8 readable bytes at `p` (the trait's contract: A_BYTES).
+        let a = unsafe { _mm256_set1_epi64x(p.cast::<i64>().read_unaligned()) };
+        PairsI16 { lo: a, hi: a }
+    }
+
+    /// `vpmaddwd`: `|a·b| ≤ 255·128`, so a pair sum ≤ 65,280 in magnitude: exact.
+    #[inline(always)]
+    unsafe fn dot(self, a: Self, b: Self) -> Self {
+        // SAFETY: AVX2 (the trait's contract).
+        unsafe {
+            PairsI16 {
+                lo: _mm256_add_epi32(self.lo, _mm256_madd_epi16(a.lo, b.lo)),
+                hi: _mm256_add_epi32(self.hi, _mm256_madd_epi16(a.lo, b.hi)),
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn add(self, other: Self) -> Self {
+        // SAFETY: AVX2 (the trait's contract).
+        unsafe { PairsI16 { lo: _mm256_add_epi32(self.lo, other.lo), hi: _mm256_add_epi32(self.hi, other.hi) } }
+    }
+
+    #[inline(always)]
+    unsafe fn store(self, p: *mut i32, accumulate: bool) {
+        // SAFETY: AVX2, and 8 writable i32 at `p` (the trait's contract).
+        unsafe { Out { acc: p, accumulate }.row(0, self.ymm()) }
     }
 }
 

@@ -1,8 +1,9 @@
 //! The Float stage to u8/i8 fused into the tiles of the 8-lane dot4 kernels (AVX2's
-//! `vpmaddubsw` fast path and AVX-VNNI) on an indirect block, where every scale lies
-//! within (−1, 1): each tile's sums are requantized in registers and only the output
-//! bytes are stored, instead of the accumulators being written and read back by
-//! [`super::avx2_epilogue`] (which still runs every other case).
+//! exact kernel and its `vpmaddubsw` fast path, AVX-VNNI), on packed and indirect
+//! blocks, where every scale lies within (−1, 1): each tile's sums (plus the earlier K
+//! blocks', on a packed block's last K block) are requantized in registers and only
+//! the output bytes are stored, instead of the accumulators being written and read
+//! back by [`super::avx2_epilogue`] (which still runs every other case).
 //!
 //! ```text
 //!  per row, per vector of 8 columns (the sums started from a_zp·col_offset + bias):
@@ -18,21 +19,80 @@
 use std::arch::x86_64::*;
 
 use super::columns::{ByteClamp, Columns, fused_scale, out_bytes, scales_below_one};
-use super::dot4_tile::{self, Dot4, Panels, Sink};
-use crate::kernel::IndirectArgs;
-use crate::output::{EpilogueArgs, OutData, OutputStage, Param, ZeroPoints};
+use super::dot4_tile::{self, Dot4, PackedA, Panels, Sink, TileA};
+use crate::kernel::{BlockArgs, IndirectArgs};
+use crate::output::{EpilogueArgs, OutData, OutputStage, Param, Requant, ZeroPoints};
 
 /// A [`Dot4`] vector of 8 i32 lanes in one ymm register.
 pub(super) trait Lanes8: Dot4 {
-    /// The lanes.
-    fn ymm(self) -> __m256i;
-    /// From lanes.
-    fn from_ymm(v: __m256i) -> Self;
+    /// The lanes: 8 i32 sums, one per column.
+    ///
+    /// # Safety
+    /// The CPU has `Self`'s features (as for every [`Dot4`] method).
+    unsafe fn ymm(self) -> __m256i;
+
+    /// The vector whose sums are these lanes.
+    ///
+    /// # Safety
+    /// As [`Lanes8::ymm`].
+    unsafe fn from_ymm(v: __m256i) -> Self;
+}
+
+/// The stage fused into the tiles, or `None` where it runs after the block: Float to
+/// u8/i8 with every scale within (−1, 1).
+fn fusion<'s>(stage: &EpilogueArgs<'s>) -> Option<(Requant<'s>, Param<'s, f32>)> {
+    fused_scale(&stage.stage, &stage.out).filter(|&(_, scale)| scales_below_one(scale, stage.cols))
+}
+
+/// Runs `block` into the accumulators of `stage`, then the AVX2 epilogue over them:
+/// the stages that are not fused.
+///
+/// # Safety
+/// AVX2; `block` writes every accumulator of the stage's rows and columns.
+#[inline(always)]
+unsafe fn unfused(acc: &mut [i32], acc_stride: usize, stage: EpilogueArgs<'_>, block: impl FnOnce(&mut [i32])) {
+    block(&mut *acc);
+    let stage = EpilogueArgs { acc, acc_stride, ..stage };
+    stage.check();
+    // SAFETY: AVX2 (the contract); the accumulators were just checked against the
+    // stage.
+    unsafe { super::avx2_epilogue::epilogue(stage) }
+}
+
+/// A packed block of a dot4 kernel with 8-lane vectors, the output stage fused into
+/// each tile where [`fusion`] says (adding the earlier K blocks' sums where
+/// `args.accumulate`); any other stage runs after the block, through the accumulators
+/// and the AVX2 epilogue.
+///
+/// # Safety
+/// The CPU has `V`'s features (AVX2 at least), and the caller is compiled with them
+/// (this function is inlined into it); `args` satisfies [`BlockArgs`] for a kernel
+/// with tile `MR × NV·8` and A packed in `V::A_BYTES` per row and k-group (checked by
+/// `Kernel::block_with_stage`), and `stage` passes `EpilogueArgs::check_output`, its
+/// rows the block's and its columns within it.
+#[inline(always)]
+pub(super) unsafe fn block_staged<V: Lanes8, const MR: usize, const NV: usize>(
+    args: BlockArgs<'_>,
+    stage: EpilogueArgs<'_>,
+) {
+    let Some(fused) = fusion(&stage) else {
+        let mut args = args;
+        let (acc, acc_stride) = (std::mem::take(&mut args.acc), args.acc_stride);
+        // SAFETY: forwarded from this function's contract.
+        unsafe { unfused(acc, acc_stride, stage, |acc| dot4_tile::block::<V, MR, NV>(BlockArgs { acc, ..args })) };
+        return;
+    };
+    let BlockArgs { a, b, b_panel_stride, row_panels, rows, col_panels, cols, kgroups, acc, acc_stride, accumulate } =
+        args;
+    let panels = Panels { a: PackedA { a, kgroups }, b, b_panel_stride, row_panels, rows, col_panels, cols };
+    let prior = if accumulate { Some(&*acc) } else { None };
+    // SAFETY: forwarded from this function's contract.
+    unsafe { staged::<V, _, MR, NV>(panels, prior, acc_stride, stage, fused) }
 }
 
 /// An indirect block of a dot4 kernel with 8-lane vectors, the output stage fused into
-/// each tile where it is Float to u8/i8 with every scale within (−1, 1); any other
-/// stage runs after the block, through the accumulators and the AVX2 epilogue.
+/// each tile where [`fusion`] says; any other stage runs after the block, through the
+/// accumulators and the AVX2 epilogue.
 ///
 /// # Safety
 /// The CPU has `V`'s features (AVX2 at least), and the caller is compiled with them
@@ -42,23 +102,40 @@ pub(super) trait Lanes8: Dot4 {
 #[inline(always)]
 pub(super) unsafe fn indirect_staged<V: Lanes8, const MR: usize, const NV: usize>(
     args: IndirectArgs<'_>,
-    mut stage: EpilogueArgs<'_>,
+    stage: EpilogueArgs<'_>,
 ) {
-    let fused = fused_scale(&stage.stage, &stage.out).filter(|&(_, scale)| scales_below_one(scale, stage.cols));
-    let Some((r, scale)) = fused else {
+    let Some(fused) = fusion(&stage) else {
         let mut args = args;
         let (acc, acc_stride) = (std::mem::take(&mut args.acc), args.acc_stride);
         // SAFETY: forwarded from this function's contract.
-        unsafe { dot4_tile::indirect_block::<V, MR, NV>(IndirectArgs { acc: &mut *acc, ..args }) };
-        let stage = EpilogueArgs { acc, acc_stride, ..stage };
-        stage.check();
-        // SAFETY: AVX2 (the contract); the accumulators were just checked against the
-        // stage.
-        unsafe { super::avx2_epilogue::epilogue(stage) };
+        unsafe {
+            unfused(acc, acc_stride, stage, |acc| dot4_tile::indirect_block::<V, MR, NV>(IndirectArgs { acc, ..args }))
+        };
         return;
     };
     let IndirectArgs { a, b, b_panel_stride, rows, col_panels, cols, .. } = args;
     let panels = Panels::indirect::<MR>(a, b, b_panel_stride, rows, col_panels, cols);
+    // SAFETY: forwarded from this function's contract.
+    unsafe { staged::<V, _, MR, NV>(panels, None, 0, stage, fused) }
+}
+
+/// Every tile of a block with the stage fused into it ([`fusion`] holds), adding
+/// `prior` (the earlier K blocks' sums) where given.
+///
+/// # Safety
+/// The CPU has `V`'s features (AVX2 at least), and the caller is compiled with them;
+/// the panels hold what [`BlockArgs`] (or [`IndirectArgs`]) says for this kernel;
+/// `prior`, where given, holds the block's accumulators with `acc_stride`; `stage`
+/// passes `EpilogueArgs::check_output`, its rows are the block's and its columns within
+/// it.
+#[inline(always)]
+unsafe fn staged<V: Lanes8, A: TileA, const MR: usize, const NV: usize>(
+    panels: Panels<'_, A>,
+    prior: Option<&[i32]>,
+    acc_stride: usize,
+    mut stage: EpilogueArgs<'_>,
+    (r, scale): (Requant<'_>, Param<'_, f32>),
+) {
     let out_stride = stage.out.stride();
     let signed = matches!(stage.out, OutData::I8(_));
     let out = out_bytes(&mut stage.out).expect("u8 or i8 output (fused_scale)");
@@ -76,6 +153,8 @@ pub(super) unsafe fn indirect_staged<V: Lanes8, const MR: usize, const NV: usize
     macro_rules! fused {
         ($b_zp:literal, $clamp:literal) => {
             Fused8::<NV, $b_zp, $clamp> {
+                prior,
+                acc_stride,
                 out,
                 out_stride,
                 cols,
@@ -106,10 +185,13 @@ pub(super) unsafe fn indirect_staged<V: Lanes8, const MR: usize, const NV: usize
     }
 }
 
-/// The fused stage of [`indirect_staged`]. `B_ZP`: some weight zero point of the
+/// The fused stage of [`staged`]. `B_ZP`: some weight zero point of the
 /// block is nonzero; `CLAMP`: the clamp and the i8 flip are needed (else the output is
 /// u8 over its whole range, which the saturating pack gives).
 struct Fused8<'a, const NV: usize, const B_ZP: bool, const CLAMP: bool> {
+    /// The earlier K blocks' sums, where the block is not the first.
+    prior: Option<&'a [i32]>,
+    acc_stride: usize,
     out: *mut u8,
     out_stride: usize,
     cols: usize,
@@ -149,6 +231,13 @@ impl<const NV: usize, const B_ZP: bool, const CLAMP: bool> Fused8<'_, NV, B_ZP, 
             let mut t = [_mm256_setzero_si256(); 2];
             for (v, cv) in cr.iter().enumerate().take(2) {
                 let sums = cv.ymm();
+                let sums = match self.prior {
+                    Some(prior) => {
+                        let at = row * self.acc_stride + self.col0 + 8 * v;
+                        _mm256_add_epi32(sums, _mm256_loadu_si256(prior.as_ptr().add(at).cast()))
+                    }
+                    None => sums,
+                };
                 let sums = if B_ZP {
                     let b_zps = _mm256_loadu_si256(cols.b_zps.as_ptr().add(8 * v).cast());
                     _mm256_sub_epi32(sums, _mm256_mullo_epi32(b_zps, rs))
@@ -197,13 +286,16 @@ impl<V: Lanes8, const NV: usize, const B_ZP: bool, const CLAMP: bool> Sink<V, NV
         std::array::from_fn(|v| {
             let lanes = &self.columns.terms[8 * v..8 * v + 8];
             // SAFETY: AVX2 (the trait's contract); 8 lanes, sliced just above.
-            V::from_ymm(unsafe { _mm256_loadu_si256(lanes.as_ptr().cast()) })
+            unsafe { V::from_ymm(_mm256_loadu_si256(lanes.as_ptr().cast())) }
         })
     }
 
     #[inline(always)]
     unsafe fn tile<const R: usize, const NU: usize>(&mut self, row0: usize, c: &[[V; NU]; R]) {
         assert!(NU <= 2, "at most two vectors per panel");
+        if let Some(prior) = self.prior {
+            assert!(prior.len() >= (row0 + R - 1) * self.acc_stride + self.col0 + NU * 8, "accumulator tile");
+        }
         if self.width == 0 {
             return; // no column of this panel is the stage's: nothing to store
         }

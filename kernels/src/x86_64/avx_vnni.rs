@@ -43,6 +43,7 @@ static KERNEL: Kernel = {
     // features they are compiled for.
     unsafe {
         Kernel::new("6x16c4-avxvnni", TILE, BLOCKING, block, epilogue)
+            .with_staged_block(block_staged)
             .with_indirect(indirect, Some(indirect_staged))
             .with_row(row, None)
     }
@@ -56,6 +57,19 @@ unsafe fn block(args: BlockArgs<'_>) {
     // SAFETY: forwarded from this function's contract; the shared body is inlined here,
     // where the features are enabled.
     unsafe { dot4_tile::block::<Ymm, MR, NV>(args) }
+}
+
+/// [`block`] with the output stage fused into each tile where it can be (see
+/// [`super::avx2_fused`]).
+///
+/// # Safety
+/// As [`block`]; `stage` passes `EpilogueArgs::check_output`, its rows are the block's
+/// and its columns within it (checked by `Kernel::block_with_stage`).
+#[target_feature(enable = "avx2,avxvnni")]
+unsafe fn block_staged(args: BlockArgs<'_>, stage: EpilogueArgs<'_>) {
+    // SAFETY: forwarded from this function's contract; the shared body is inlined here,
+    // where the features are enabled.
+    unsafe { super::avx2_fused::block_staged::<Ymm, MR, NV>(args, stage) }
 }
 
 /// # Safety
@@ -105,12 +119,12 @@ struct Ymm(__m256i);
 
 impl super::avx2_fused::Lanes8 for Ymm {
     #[inline(always)]
-    fn ymm(self) -> __m256i {
+    unsafe fn ymm(self) -> __m256i {
         self.0
     }
 
     #[inline(always)]
-    fn from_ymm(v: __m256i) -> Self {
+    unsafe fn from_ymm(v: __m256i) -> Self {
         Ymm(v)
     }
 }

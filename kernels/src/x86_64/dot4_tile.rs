@@ -7,7 +7,8 @@
 //!
 //! Layouts (see [`crate::pack`]): packed B holds, per k-group, `NR = NV · LANES`
 //! columns of 4 consecutive i8, so one vector load brings `LANES` columns × 4 k; packed
-//! A holds, per k-group, `MR` rows of 4 consecutive u8, broadcast 4 bytes at a time.
+//! A holds, per k-group, `MR` rows of 4 consecutive u8 (or i16, [`Dot4::A_BYTES`]),
+//! broadcast a row at a time.
 //!
 //! ```text
 //!            B group g: │ c0: k0..4 │ c1: k0..4 │ … │ c(NR−1) │   NV vectors
@@ -40,6 +41,18 @@ pub(super) trait Dot4: Copy {
     /// i32 lanes per vector: columns per vector of packed B.
     const LANES: usize;
 
+    /// Bytes of one row's k-group in packed A: 4 u8, or 4 i16 for a kernel that
+    /// widens A once at packing time (AVX2's exact `vpmaddwd`). A read in place is
+    /// always u8 (4).
+    const A_BYTES: usize = 4;
+
+    /// k-groups per iteration of a tile's loop over packed A: with 4, the loop's own
+    /// scalar instructions (pointer increments, counter, branch) take fewer of the
+    /// issue slots the multiply-accumulates need (about 3% on AVX-512 VNNI,
+    /// measured); a kernel whose tile fills the registers unrolls less, since the
+    /// compiler then hoists loads of later groups and spills accumulators.
+    const UNROLL: usize = 4;
+
     /// All lanes zero.
     ///
     /// # Safety
@@ -52,10 +65,10 @@ pub(super) trait Dot4: Copy {
     /// The CPU has the ISA's features, and `p` points to that many readable bytes.
     unsafe fn load_b(p: *const i8) -> Self;
 
-    /// 4 bytes of packed A, repeated in every lane.
+    /// One row's k-group of packed A (`A_BYTES` bytes), repeated in every lane.
     ///
     /// # Safety
-    /// The CPU has the ISA's features, and `p` points to 4 readable bytes.
+    /// The CPU has the ISA's features, and `p` points to `A_BYTES` readable bytes.
     unsafe fn splat_a(p: *const u8) -> Self;
 
     /// `self + Σ_{i<4} a_i · b_i` per lane, wrapping in i32. For AVX2 only where no
@@ -234,7 +247,7 @@ pub(super) trait TileA {
     ) -> [[V; NU]; R];
 }
 
-/// Packed A: panels of `MR` rows, `kgroups × MR × 4` bytes each.
+/// Packed A: panels of `MR` rows, `kgroups × MR × A_BYTES` bytes each.
 pub(super) struct PackedA<'a> {
     pub a: &'a [u8],
     pub kgroups: usize,
@@ -253,15 +266,15 @@ impl TileA for PackedA<'_> {
         b: *const i8,
         start: [V; NU],
     ) -> [[V; NU]; R] {
-        let a_panel_bytes = self.kgroups * MR * 4;
+        let a_panel_bytes = self.kgroups * MR * V::A_BYTES;
         let a_panel = &self.a[row0 / MR * a_panel_bytes..][..a_panel_bytes];
         // SAFETY: forwarded from this function's contract; the A panel holds `kgroups`
-        // groups of this layout (sliced just above): row 0's group g at `g · MR · 4`.
+        // groups of this layout (sliced just above): row 0's group g at `g · MR · A_BYTES`.
         unsafe {
             if R == 1 && NU <= NV {
                 // A panel's single real row: K split over independent sums.
                 let mut c = [start; R];
-                c[0] = sums_row::<V, NU, NV>(a_panel.as_ptr(), MR * 4, b, self.kgroups, start);
+                c[0] = sums_row::<V, NU, NV>(a_panel.as_ptr(), MR * V::A_BYTES, b, self.kgroups, start);
                 return c;
             }
             sums::<V, MR, R, NU, NV>(a_panel.as_ptr(), b, self.kgroups, start)
@@ -269,8 +282,8 @@ impl TileA for PackedA<'_> {
     }
 }
 
-/// One row of A packed densely: group g at `4g`, `kgroups × 4` bytes (a panel of one
-/// row; the GEMV's A, see `Kernel::with_row`). Its only row is row 0.
+/// One row of A packed densely: group g at `g · A_BYTES`, `kgroups × A_BYTES` bytes (a
+/// panel of one row; the GEMV's A, see `Kernel::with_row`). Its only row is row 0.
 pub(super) struct RowA<'a> {
     pub a: &'a [u8],
     pub kgroups: usize,
@@ -293,10 +306,10 @@ impl TileA for RowA<'_> {
         if R != 1 || row0 != 0 || NU > NV {
             return c; // never: the block has one row
         }
-        let row = &self.a[..self.kgroups * 4];
+        let row = &self.a[..self.kgroups * V::A_BYTES];
         // SAFETY: forwarded from this function's contract; the row holds `kgroups`
         // groups of 4 bytes (sliced just above).
-        c[0] = unsafe { sums_row::<V, NU, NV>(row.as_ptr(), 4, b, self.kgroups, start) };
+        c[0] = unsafe { sums_row::<V, NU, NV>(row.as_ptr(), V::A_BYTES, b, self.kgroups, start) };
         c
     }
 }
@@ -325,6 +338,7 @@ impl TileA for Indirect<'_> {
         b: *const i8,
         start: [V; NU],
     ) -> [[V; NU]; R] {
+        const { assert!(V::A_BYTES == 4, "A read in place is u8") };
         let mut c = [start; R];
         if R > MR || NU > NV {
             return c;
@@ -475,9 +489,9 @@ unsafe fn step<V: Dot4, const MR: usize, const R: usize, const NU: usize, const 
         for (v, bv) in bv.iter_mut().enumerate() {
             *bv = V::load_b(bg.add(v * V::LANES * 4));
         }
-        let ag = a.add(g * MR * 4);
+        let ag = a.add(g * MR * V::A_BYTES);
         for (r, cr) in c.iter_mut().enumerate() {
-            let a4 = V::splat_a(ag.add(r * 4));
+            let a4 = V::splat_a(ag.add(r * V::A_BYTES));
             for (cv, &bv) in cr.iter_mut().zip(&bv) {
                 *cv = cv.dot(a4, bv);
             }
@@ -490,8 +504,8 @@ unsafe fn step<V: Dot4, const MR: usize, const R: usize, const NU: usize, const 
 /// (the callers' bounds); such instances return `start`.
 ///
 /// # Safety
-/// The CPU has `V`'s features; `a` holds `kgroups` groups of `MR` rows × 4 u8, and `b`
-/// holds `kgroups` groups of `NV · LANES · 4` bytes.
+/// The CPU has `V`'s features; `a` holds `kgroups` groups of `MR` rows × `A_BYTES`, and
+/// `b` holds `kgroups` groups of `NV · LANES · 4` bytes.
 #[inline(always)]
 unsafe fn sums<V: Dot4, const MR: usize, const R: usize, const NU: usize, const NV: usize>(
     a: *const u8,
@@ -506,16 +520,14 @@ unsafe fn sums<V: Dot4, const MR: usize, const R: usize, const NU: usize, const 
         if R > MR || NU > NV {
             return c;
         }
-        // Four k-groups per iteration: the loop's own scalar instructions (pointer
-        // increments, counter, branch) then take fewer of the issue slots the
-        // multiply-accumulates need (about 3% on AVX-512 VNNI, measured).
-        const U: usize = 4;
-        for chunk in 0..kgroups / U {
-            for u in 0..U {
-                step::<V, MR, R, NU, NV>(&mut c, a, b, U * chunk + u);
+        // `V::UNROLL` k-groups per iteration (see there).
+        let u = V::UNROLL;
+        for chunk in 0..kgroups / u {
+            for i in 0..u {
+                step::<V, MR, R, NU, NV>(&mut c, a, b, u * chunk + i);
             }
         }
-        for g in kgroups / U * U..kgroups {
+        for g in kgroups / u * u..kgroups {
             step::<V, MR, R, NU, NV>(&mut c, a, b, g);
         }
         c
