@@ -16,6 +16,16 @@
 #include <stdint.h>
 
 /**
+ * The most threads a call accepts ([`Partition::Auto`], `Options::threads`, the C
+ * ABI's `threads`): a larger count is an [`ErrorKind::Threads`] error, never a
+ * wrapped product (a C caller's `(size_t)-1`, for instance). No machine qgemm runs on
+ * has this many cores; a call never uses more threads than it has tasks anyway.
+ *
+ * [`ErrorKind::Threads`]: crate::ErrorKind::Threads
+ */
+#define MAX_THREADS 4096
+
+/**
  * Convolution weights packed for one ISA (`qgemm::PackedConvWeights`); opaque.
  * Immutable once made, so one handle may serve calls on several threads at once.
  */
@@ -39,7 +49,9 @@ typedef struct qgemm_tasks qgemm_tasks;
 /**
  * Scratch memory for threaded calls and tasks, kept across calls so that they
  * allocate nothing once it has grown (`qgemm::Workspace`: at most 1 MiB per thread).
- * One thread at a time may use a workspace.
+ * One call at a time may use a workspace: a call that finds it in use by a call on
+ * another thread fails with `QGEMM_STATUS_WORKSPACE_BUSY` and writes nothing (rather
+ * than sharing its buffers and computing garbage).
  */
 typedef struct qgemm_workspace qgemm_workspace;
 
@@ -365,7 +377,7 @@ typedef struct qgemm_conv2d_params {
  */
 typedef struct qgemm_partition {
   /**
-   * The threads the tasks will run on, `>= 1` (qgemm's grid only).
+   * The threads the tasks will run on, 1 to 4096 (qgemm's grid only).
    */
   size_t threads;
   /**
@@ -482,7 +494,7 @@ typedef struct qgemm_partition {
 #define QGEMM_STATUS_CONV_OUTPUT_SIZE 24
 
 /**
- * The number of threads is zero.
+ * The number of threads is zero or above 4096 (`qgemm::MAX_THREADS`).
  */
 #define QGEMM_STATUS_THREADS 25
 
@@ -495,6 +507,12 @@ typedef struct qgemm_partition {
  * A task index past the last task, or a task that already ran.
  */
 #define QGEMM_STATUS_TASK 27
+
+/**
+ * A workspace handle is in use by a call on another thread (one thread at a time may
+ * use a workspace); nothing was written.
+ */
+#define QGEMM_STATUS_WORKSPACE_BUSY 28
 
 /**
  * Plain Rust; runs anywhere.
@@ -727,18 +745,22 @@ qgemm_status qgemm_workspace_new(struct qgemm_workspace **out);
  * Releases a workspace; null does nothing.
  *
  * # Safety
- * `workspace` must be null or a handle from [`qgemm_workspace_new`] not yet freed.
+ * `workspace` must be null or a handle from [`qgemm_workspace_new`] not yet freed, and
+ * no call may be using it: freeing it under a running call is a use-after-free
+ * (undefined behaviour, not detected).
  */
 void qgemm_workspace_free(struct qgemm_workspace *workspace);
 
 /**
- * [`qgemm_gemm`](super::qgemm_gemm) on up to `threads` threads (`>= 1`, the caller's
- * included; qgemm's helper threads), in `workspace` (null: a fresh one for this call).
- * The result is byte-identical for any thread count.
+ * [`qgemm_gemm`](super::qgemm_gemm) on up to `threads` threads (1 to 4096, the
+ * caller's included; qgemm's helper threads; any other count is
+ * `QGEMM_STATUS_THREADS`), in `workspace` (null: a fresh one for this call). The
+ * result is byte-identical for any thread count.
  *
  * # Safety
- * As [`qgemm_gemm`](super::qgemm_gemm); `workspace` is null or a live handle no
- * other thread uses now.
+ * As [`qgemm_gemm`](super::qgemm_gemm); `workspace` is null or a live handle, not
+ * freed during the call (a handle in use by a call on another thread fails the call
+ * with `QGEMM_STATUS_WORKSPACE_BUSY`).
  */
 qgemm_status qgemm_gemm_threaded(const struct qgemm_activations *a,
                                  const struct qgemm_packed_weights *weights,
@@ -748,13 +770,14 @@ qgemm_status qgemm_gemm_threaded(const struct qgemm_activations *a,
                                  struct qgemm_workspace *workspace);
 
 /**
- * [`qgemm_conv2d`](super::qgemm_conv2d) on up to `threads` threads (`>= 1`), in
- * `workspace` (null: a fresh one for this call). The result is byte-identical for any
- * thread count.
+ * [`qgemm_conv2d`](super::qgemm_conv2d) on up to `threads` threads (1 to 4096; any
+ * other count is `QGEMM_STATUS_THREADS`), in `workspace` (null: a fresh one for this
+ * call). The result is byte-identical for any thread count.
  *
  * # Safety
- * As [`qgemm_conv2d`](super::qgemm_conv2d); `workspace` is null or a live handle no
- * other thread uses now.
+ * As [`qgemm_conv2d`](super::qgemm_conv2d); `workspace` is null or a live handle,
+ * not freed during the call (a handle in use by a call on another thread fails the
+ * call with `QGEMM_STATUS_WORKSPACE_BUSY`).
  */
 qgemm_status qgemm_conv2d_threaded(const struct qgemm_conv_input *input,
                                    const struct qgemm_packed_conv_weights *weights,
@@ -815,8 +838,9 @@ qgemm_status qgemm_tasks_count(const struct qgemm_tasks *tasks, size_t *out);
  * already ran, writing nothing.
  *
  * # Safety
- * `tasks` must be null or a live handle; `workspace` null or a live handle no other
- * thread uses now.
+ * `tasks` must be null or a live handle, not freed until this call returns;
+ * `workspace` null or a live handle, not freed during the call (a handle in use by a
+ * call on another thread fails with `QGEMM_STATUS_WORKSPACE_BUSY`).
  */
 qgemm_status qgemm_tasks_run(const struct qgemm_tasks *tasks,
                              size_t index,
@@ -826,8 +850,10 @@ qgemm_status qgemm_tasks_run(const struct qgemm_tasks *tasks,
  * Releases a tasks handle (whether or not its tasks ran); null does nothing.
  *
  * # Safety
- * `tasks` must be null or a handle from `qgemm_*_tasks_new` not yet freed, with no
- * task running.
+ * `tasks` must be null or a handle from `qgemm_*_tasks_new` not yet freed. Free it
+ * only after every `qgemm_tasks_run` call on it, on every thread, has returned:
+ * freeing it while a task runs is a use-after-free (undefined behaviour, which qgemm
+ * cannot detect; the running task may write freed memory).
  */
 void qgemm_tasks_free(struct qgemm_tasks *tasks);
 

@@ -600,6 +600,8 @@ impl<'a> Conv2dTasks<'a> {
         if rows.is_empty() || cols.is_empty() {
             return;
         }
+        // Round to nearest, whatever this thread's caller set (see `fpenv`).
+        let _fp = qgemm_kernels::fpenv::DefaultFp::enter();
         // SAFETY: `Grid::start` hands out each task's tile once, and the tiles of a
         // grid share no element, so nothing else reaches this window while it lives.
         let mut out = unsafe { self.out.window_shared(rows.start, cols.start, rows.len(), cols.len()) };

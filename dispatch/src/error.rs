@@ -39,7 +39,7 @@ pub enum ErrorKind {
     UnknownIsa,
     /// A convolution's kernel does not fit its padded input.
     ConvOutputSize,
-    /// The number of threads is zero.
+    /// The number of threads is zero or above [`MAX_THREADS`](crate::MAX_THREADS).
     Threads,
     /// A [`Partition::Grid`](crate::Partition::Grid)'s bounds do not run from 0 to the
     /// output's rows or columns, or decrease.

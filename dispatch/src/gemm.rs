@@ -229,13 +229,17 @@ impl<'a> OutputMatrix<'a> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Options {
-    /// Threads to run on (the calling thread included), `>= 1`; 1 by default. Results
+    /// Threads to run on (the calling thread included), `1..=`[`MAX_THREADS`]; 1 by
+    /// default (a count outside is an [`ErrorKind::Threads`] error). Results
     /// are identical for any thread count. The call is cut by
     /// [`Partition::Auto`](crate::Partition::Auto), so a small problem uses fewer
     /// threads. The other threads come from rayon's global pool with the `rayon`
     /// feature (on by default), else they are scoped OS threads started per call; an
     /// engine with its own pool drives [`GemmTasks`] and [`Conv2dTasks`](crate::Conv2dTasks)
     /// instead.
+    ///
+    /// [`MAX_THREADS`]: crate::MAX_THREADS
+    /// [`ErrorKind::Threads`]: crate::ErrorKind::Threads
     pub threads: usize,
     /// When set, the call fails unless the weights were packed for this ISA.
     pub isa: Option<Isa>,
@@ -266,9 +270,7 @@ impl Options {
 
 impl Options {
     pub(crate) fn check(&self, weights_isa: Isa) -> Result<()> {
-        if self.threads == 0 {
-            bail!(Threads, "options.threads = 0; at least one thread is needed");
-        }
+        crate::parallel::check_threads(self.threads, "options.threads")?;
         if let Some(isa) = self.isa
             && isa != weights_isa
         {
@@ -475,6 +477,8 @@ impl<'a> GemmTasks<'a> {
         if rows.is_empty() || cols.is_empty() {
             return;
         }
+        // Round to nearest, whatever this thread's caller set (see `fpenv`).
+        let _fp = qgemm_kernels::fpenv::DefaultFp::enter();
         // SAFETY: `Grid::start` hands out each task's tile once, and the tiles of a
         // grid share no element, so nothing else reaches this window while it lives.
         let out = unsafe { self.out.window_shared(rows.start, cols.start, rows.len(), cols.len()) };

@@ -78,7 +78,7 @@ pub use gemm::{
     Activations, GemmTasks, Options, OutputBuffer, OutputMatrix, PackedWeights, Weights, gemm, gemm_in, gemm_with,
 };
 pub use isa::{Isa, KernelInfo, available_isas, detected_isa, force_isa, selected_isa};
-pub use parallel::{MIN_TASK_MACS, Partition, Tile};
+pub use parallel::{MAX_THREADS, MIN_TASK_MACS, Partition, Tile};
 pub use quant::{onnx_float_scale, quantize_bias, quantize_multiplier, tflite_real_multiplier};
 pub use workspace::{SCRATCH_BYTES_PER_THREAD, Workspace};
 

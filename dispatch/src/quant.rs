@@ -3,7 +3,23 @@
 
 use crate::error::{Result, bail};
 
-pub use qgemm_reference::{onnx_float_scale, tflite_real_multiplier};
+use qgemm_kernels::fpenv::DefaultFp;
+
+/// The f32 requantization scale as ONNX Runtime derives it:
+/// `f32(f32(a_scale · w_scale) / y_scale)`, each operation rounded to nearest even
+/// whatever the calling thread's floating-point environment (as every helper here).
+pub fn onnx_float_scale(a_scale: f32, w_scale: f32, y_scale: f32) -> f32 {
+    let _fp = DefaultFp::enter();
+    qgemm_reference::onnx_float_scale(a_scale, w_scale, y_scale)
+}
+
+/// The real multiplier TFLite derives for [`quantize_multiplier`]:
+/// `double(input_scale) · double(weight_scale) / double(output_scale)`, rounded to
+/// nearest even whatever the calling thread's floating-point environment.
+pub fn tflite_real_multiplier(input_scale: f32, weight_scale: f32, output_scale: f32) -> f64 {
+    let _fp = DefaultFp::enter();
+    qgemm_reference::tflite_real_multiplier(input_scale, weight_scale, output_scale)
+}
 
 /// TFLite's `QuantizeMultiplier`: `real ≈ multiplier · 2^(shift − 31)`, with the
 /// multiplier 0 or in `[2^30, 2^31)`. Feed it [`tflite_real_multiplier`] to reproduce
@@ -19,7 +35,10 @@ pub fn quantize_multiplier(real: f64) -> Result<(i32, i32)> {
     if !(real.is_finite() && real >= 0.0) {
         bail!(Scale, "real multiplier {real} is not finite and non-negative");
     }
-    let (multiplier, shift) = qgemm_reference::quantize_multiplier(real);
+    let (multiplier, shift) = {
+        let _fp = DefaultFp::enter();
+        qgemm_reference::quantize_multiplier(real)
+    };
     if shift > 30 {
         bail!(Shift, "real multiplier {real} needs shift {shift}, above the largest accepted (30)");
     }
@@ -42,6 +61,7 @@ pub fn quantize_bias(bias: f32, a_scale: f32, w_scale: f32) -> Result<i32> {
             bail!(Scale, "{name} = {s} is not finite and positive");
         }
     }
+    let _fp = DefaultFp::enter();
     let product = a_scale * w_scale;
     if !(product.is_finite() && product > 0.0) {
         bail!(Scale, "a_scale · w_scale = {product} is not finite and positive");

@@ -806,3 +806,116 @@ fn conv_tasks_and_threads_equal_the_reference() {
     }
     assert_eq!(out.values(), want, "grid");
 }
+
+/// Thread counts past `qgemm::MAX_THREADS` (a C caller's `SIZE_MAX`, 2^62) are
+/// `QGEMM_STATUS_THREADS` with the output untouched, on the threaded calls and in a
+/// partition; `MAX_THREADS` itself runs (on as many threads as there are tasks).
+#[test]
+fn absurd_thread_counts_are_refused() {
+    let p = Problem::random(0x7416, 20, 40, 30, false);
+    let handle = p.packed();
+    let s = stage(&p, QGEMM_SCHEME_FLOAT, false, 128, 0, 255);
+    let want = laid_out(&p, &p.expected(&s.rust, qgemm::OutputType::U8), QGEMM_OUTPUT_U8);
+    for threads in [usize::MAX, 1 << 62, qgemm::MAX_THREADS + 1] {
+        let mut out = Out::new(QGEMM_OUTPUT_U8, p.m, p.n);
+        let untouched = out.values();
+        // SAFETY: every pointer is live with the length given.
+        let status = unsafe { qgemm_gemm_threaded(&p.activations(), handle, &s.c, &out.c(), threads, ptr::null_mut()) };
+        assert_eq!(status, QGEMM_STATUS_THREADS, "{threads} threads");
+        assert!(last_error().contains("4096"), "{}", last_error());
+        assert_eq!(out.values(), untouched);
+        let partition = qgemm_partition {
+            threads,
+            row_bounds: ptr::null(),
+            row_bounds_len: 0,
+            col_bounds: ptr::null(),
+            col_bounds_len: 0,
+        };
+        let mut tasks = ptr::null_mut();
+        // SAFETY: every pointer is live.
+        let got = unsafe { qgemm_gemm_tasks_new(&p.activations(), handle, &s.c, &out.c(), &partition, &mut tasks) };
+        assert_eq!(got, QGEMM_STATUS_THREADS, "{threads} threads in a partition");
+        assert!(tasks.is_null());
+    }
+    let mut out = Out::new(QGEMM_OUTPUT_U8, p.m, p.n);
+    // SAFETY: every pointer is live with the length given.
+    let status =
+        unsafe { qgemm_gemm_threaded(&p.activations(), handle, &s.c, &out.c(), qgemm::MAX_THREADS, ptr::null_mut()) };
+    assert_eq!(status, QGEMM_OK, "{}", last_error());
+    assert_eq!(out.values(), want);
+    // SAFETY: a live handle, freed once.
+    unsafe { qgemm_packed_weights_free(handle) };
+}
+
+/// One workspace handle used by two threads at once (which the header forbids): each
+/// call either runs alone on it and is exact, or finds it in use and fails with
+/// `QGEMM_STATUS_WORKSPACE_BUSY`, writing nothing. Never wrong output. Bounded: a
+/// fixed number of calls per thread.
+#[test]
+fn a_workspace_shared_by_two_threads_is_refused_not_corrupted() {
+    if cfg!(miri) {
+        return; // thousands of calls
+    }
+    let p = Problem::random(0x7417, 96, 300, 64, true);
+    let handle = p.packed();
+    let s = stage(&p, QGEMM_SCHEME_FLOAT, true, 128, 0, 255);
+    let want = laid_out(&p, &p.expected(&s.rust, qgemm::OutputType::U8), QGEMM_OUTPUT_U8);
+    let mut ws = ptr::null_mut();
+    // SAFETY: a writable handle slot.
+    assert_eq!(unsafe { qgemm_workspace_new(&mut ws) }, QGEMM_OK);
+    /// The handles, shared by the threads as a careless C caller would share them.
+    #[derive(Clone, Copy)]
+    struct Shared(*mut qgemm_workspace, *const qgemm_packed_weights);
+    // SAFETY: the point of the test: qgemm must detect the sharing of the workspace;
+    // the weights handle may be shared (immutable).
+    unsafe impl Send for Shared {}
+    impl Shared {
+        fn get(self) -> (*mut qgemm_workspace, *const qgemm_packed_weights) {
+            (self.0, self.1)
+        }
+    }
+    let shared = Shared(ws, handle);
+    let (wrong, busy) = std::thread::scope(|scope| {
+        let runs: Vec<_> = (0..2)
+            .map(|_| {
+                let (p, want) = (&p, &want);
+                scope.spawn(move || {
+                    let (ws, handle) = shared.get();
+                    let s = stage(p, QGEMM_SCHEME_FLOAT, true, 128, 0, 255);
+                    let (mut wrong, mut busy) = (0, 0);
+                    for _ in 0..400 {
+                        let mut out = Out::new(QGEMM_OUTPUT_U8, p.m, p.n);
+                        let untouched = out.values();
+                        // SAFETY: every pointer is live with the length given; the
+                        // workspace is shared on purpose.
+                        let status = unsafe { qgemm_gemm_threaded(&p.activations(), handle, &s.c, &out.c(), 1, ws) };
+                        match status {
+                            QGEMM_OK => wrong += out.values().iter().zip(want).filter(|(a, b)| a != b).count(),
+                            QGEMM_STATUS_WORKSPACE_BUSY => {
+                                busy += 1;
+                                assert_eq!(out.values(), untouched, "a refused call wrote");
+                                assert!(last_error().contains("in use"), "{}", last_error());
+                            }
+                            other => panic!("status {other}: {}", last_error()),
+                        }
+                    }
+                    (wrong, busy)
+                })
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).fold((0, 0), |(w, b), (w2, b2)| (w + w2, b + b2))
+    });
+    assert_eq!(wrong, 0, "wrong elements from a shared workspace ({busy} calls refused)");
+    // The workspace is free again: a call on it runs.
+    let mut out = Out::new(QGEMM_OUTPUT_U8, p.m, p.n);
+    // SAFETY: every pointer is live with the length given; the workspace is this
+    // thread's alone now.
+    let status = unsafe { qgemm_gemm_threaded(&p.activations(), handle, &s.c, &out.c(), 2, ws) };
+    assert_eq!(status, QGEMM_OK, "{}", last_error());
+    assert_eq!(out.values(), want);
+    // SAFETY: live handles, freed once.
+    unsafe {
+        qgemm_workspace_free(ws);
+        qgemm_packed_weights_free(handle);
+    }
+}

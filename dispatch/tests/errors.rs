@@ -396,6 +396,33 @@ fn weights_packed_for_another_isa_or_an_unavailable_isa() {
         N,
         Options::new().with_threads(0),
     );
+    // Thread counts past MAX_THREADS: an error, never an overflow or a wrapped count.
+    for threads in [usize::MAX, 1 << 62, qgemm::MAX_THREADS + 1] {
+        expect_u8_error(
+            ErrorKind::Threads,
+            "above the most accepted (4096)",
+            Activations::new(&a, M, K, 0),
+            &b,
+            &valid_u8_stage(),
+            M * N,
+            M,
+            N,
+            N,
+            Options::new().with_threads(threads),
+        );
+        let stage = valid_u8_stage();
+        let mut c = vec![0u8; M * N];
+        let partition = qgemm::Partition::auto(threads);
+        let e = qgemm::GemmTasks::new(
+            &Activations::new(&a, M, K, 0),
+            &b,
+            &stage,
+            OutputMatrix::u8(&mut c, M, N),
+            &partition,
+        )
+        .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Threads, "{e}");
+    }
 }
 
 fn conv_weights_for(p: &Conv2dParams) -> PackedConvWeights {

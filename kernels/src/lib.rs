@@ -31,6 +31,7 @@
 pub mod aarch64;
 pub mod driver;
 pub mod dwconv;
+pub mod fpenv;
 pub mod indirect;
 pub mod kernel;
 pub mod output;

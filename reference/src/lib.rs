@@ -68,7 +68,10 @@
 //!   `((i64)x·m + 2^(t−1)) >> t` with `t = 31 − shift`: one rounding, ties toward +∞.
 //! * (d) [`Float`](Requantization::Float) — ONNX Runtime, PyTorch, XNNPACK:
 //!   `(acc as f32, round to nearest even) · scale` as one f32 multiply (no FMA, no
-//!   f64), clamped to `[min − zp, max − zp]`, rounded half to even, plus `zp`.
+//!   f64), clamped to `[min − zp, max − zp]`, rounded half to even, plus `zp`. Every
+//!   rounding is to nearest even whatever floating-point environment the calling
+//!   thread has (rounding mode, flush-to-zero): the reference rounds on integers
+//!   ([`f32_nearest`]), and `qgemm` sets the default environment around its kernels.
 //!
 //! For (a)–(c) the multiplier is 0 or in `[2^30, 2^31)` and the shift in `[−31, 30]`;
 //! the zero point is then added to the exact result (no overflow is possible: (c) may
@@ -77,7 +80,9 @@
 //!
 //! Helpers: [`quantize_multiplier`] is TFLite's `QuantizeMultiplier`;
 //! [`tflite_real_multiplier`] is the f64 product TFLite feeds it; [`onnx_float_scale`]
-//! is ONNX Runtime's f32 scale; [`quantize_bias`] quantizes a float bias.
+//! is ONNX Runtime's f32 scale; [`quantize_bias`] quantizes a float bias. These compute
+//! in the calling thread's floating-point environment (their divisions round as it
+//! says); `qgemm`'s helpers of the same names set the default one first.
 //!
 //! ### 3. Conv2d
 //! NHWC u8 input `[N, H, W, C]` with a zero point; OHWI i8 weights
@@ -99,7 +104,7 @@ mod types;
 pub use conv::{Conv2dProblem, conv2d, conv2d_accumulators};
 pub use gemm::{GemmProblem, apply_output_stage, gemm, gemm_accumulators};
 pub use requant::{
-    fixed_point, fixed_point_half_up, fixed_point_single_rounding, float, onnx_float_scale, quantize_bias,
+    f32_nearest, fixed_point, fixed_point_half_up, fixed_point_single_rounding, float, onnx_float_scale, quantize_bias,
     quantize_multiplier, requantize, rounding_divide_by_pot, saturating_rounding_doubling_high_mul,
     tflite_real_multiplier,
 };

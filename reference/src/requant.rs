@@ -71,14 +71,67 @@ pub fn fixed_point_single_rounding(x: i32, multiplier: i32, shift: i32) -> i64 {
 /// clamp, whose order it fixes: `acc` converted to f32 (round to nearest even), one
 /// f32 multiply by `scale` (no FMA, no f64), clamped to `[min − zp, max − zp]`,
 /// rounded half to even, plus `zp`.
+///
+/// Every rounding here is to nearest even whatever the calling thread's floating-point
+/// environment says (an x86 MXCSR or AArch64 FPCR rounding mode, flush-to-zero,
+/// denormals-are-zero): the conversion and the product are rounded by [`f32_nearest`]
+/// on integers, from the exact product in f64, and the last rounding is
+/// `round_ties_even`, whose mode is fixed.
 pub fn float(acc: i32, scale: f32, zero_point: i32, min: i32, max: i32) -> i32 {
-    let product = acc as f32 * scale;
-    let low = (min - zero_point) as f32;
-    let high = (max - zero_point) as f32;
+    let accf = f32_nearest(f64::from(acc));
+    // Exact: two 24-bit significands make at most 48 bits, and the exponents of two
+    // f32 stay far inside f64's normal range.
+    let product = f32_nearest(f64::from(accf) * f64::from(scale));
+    let low = f32_nearest(f64::from(min - zero_point));
+    let high = f32_nearest(f64::from(max - zero_point));
     // `max`/`min` rather than `clamp` so that an infinite product clamps too.
     let clamped = product.max(low).min(high);
-    let rounded = clamped.round_ties_even();
-    rounded as i32 + zero_point
+    round_ties_even(clamped) + zero_point
+}
+
+/// `x` rounded to the nearest integer, ties to even, for `|x| < 2^31`, with operations
+/// that are exact (so the same in any floating-point environment): the truncation, and
+/// the difference of `x` and its truncation. (`f32::round_ties_even` may be a library
+/// routine that adds and subtracts 2^23, which rounds as the environment says.)
+fn round_ties_even(x: f32) -> i32 {
+    let whole = x as i32; // truncates toward zero, whatever the rounding mode
+    // Exact: x and its integer part share an exponent range, or x is an integer.
+    let rest = x - whole as f32;
+    let away = if x < 0.0 { -1 } else { 1 };
+    if rest.abs() > 0.5 || (rest.abs() == 0.5 && whole % 2 != 0) { whole + away } else { whole }
+}
+
+/// `x` rounded to f32, ties to even, on the bits of `x`: the same result under any
+/// rounding mode and flush-to-zero setting of the floating-point environment (the
+/// `as` conversion follows them). Overflow gives an infinity, as the conversion does
+/// in the default environment; infinities and NaN convert as they are.
+pub fn f32_nearest(x: f64) -> f32 {
+    if x == 0.0 || !x.is_finite() {
+        return x as f32; // exact: no rounding involved
+    }
+    let bits = x.to_bits();
+    let negative = bits >> 63 == 1;
+    let exponent = ((bits >> 52) & 0x7ff) as i32;
+    let fraction = bits & ((1 << 52) - 1);
+    // x = ±m · 2^e, m < 2^53.
+    let (m, e) = if exponent == 0 { (fraction, -1074) } else { (fraction | 1 << 52, exponent - 1075) };
+    // The f32 unit in the last place at x: 24 significant bits, or the subnormal step.
+    let top = e + 63 - m.leading_zeros() as i32;
+    let ulp = (top - 23).max(-149);
+    let drop = ulp - e;
+    let q = if drop <= 0 {
+        m << -drop // fewer than 24 significant bits: exact
+    } else if drop >= 64 {
+        0 // below half the smallest subnormal
+    } else {
+        let (q, rest, half) = (m >> drop, m & ((1 << drop) - 1), 1u64 << (drop - 1));
+        if rest > half || (rest == half && q & 1 == 1) { q + 1 } else { q }
+    };
+    // q · 2^ulp with q ≤ 2^24: its f32 bits are `(ulp + 149) · 2^23 + q`, for normal
+    // and subnormal results alike (a carry to 2^24 moves into the exponent).
+    let magnitude = ((ulp + 149) as u64) * (1 << 23) + q;
+    let magnitude = magnitude.min(0x7f80_0000) as u32; // past f32::MAX: infinity
+    f32::from_bits(magnitude | u32::from(negative) << 31)
 }
 
 /// The full requantization of one biased accumulator for output channel `channel`:

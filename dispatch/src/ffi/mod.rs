@@ -37,7 +37,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use crate::{
     Activations, Channelwise, Conv2dParams, ConvInput, ConvWeights, Error, ErrorKind, FilterLayout, FixedPointParams,
     Isa, OutputBuffer, OutputMatrix, OutputStage, PackedConvWeights, PackedWeights, Requantization, Requantize,
-    WeightLayout, Weights, Workspace,
+    WeightLayout, Weights,
 };
 
 pub use threads::{
@@ -86,12 +86,15 @@ pub const QGEMM_STATUS_ISA_UNAVAILABLE: qgemm_status = 22;
 pub const QGEMM_STATUS_UNKNOWN_ISA: qgemm_status = 23;
 /// A convolution's kernel does not fit its padded input.
 pub const QGEMM_STATUS_CONV_OUTPUT_SIZE: qgemm_status = 24;
-/// The number of threads is zero.
+/// The number of threads is zero or above 4096 (`qgemm::MAX_THREADS`).
 pub const QGEMM_STATUS_THREADS: qgemm_status = 25;
 /// A partition's bounds do not cover the output.
 pub const QGEMM_STATUS_PARTITION: qgemm_status = 26;
 /// A task index past the last task, or a task that already ran.
 pub const QGEMM_STATUS_TASK: qgemm_status = 27;
+/// A workspace handle is in use by a call on another thread (one thread at a time may
+/// use a workspace); nothing was written.
+pub const QGEMM_STATUS_WORKSPACE_BUSY: qgemm_status = 28;
 
 /// An instruction-set target (`qgemm::Isa`).
 pub type qgemm_isa = u32;
@@ -821,10 +824,9 @@ unsafe fn gemm(
 ) -> Result<(), Failure> {
     // SAFETY: the caller's contract.
     let GemmCall { activations, weights, stage, output } = unsafe { gemm_call(a, weights, stage, c)? };
-    let mut fresh = Workspace::new();
     // SAFETY: the caller's contract.
-    let workspace = unsafe { threads::workspace_or(workspace, &mut fresh) };
-    Ok(crate::gemm_in(&activations, weights, &stage, output, &threads::options(threads), workspace)?)
+    let mut held = unsafe { threads::hold(workspace)? };
+    Ok(crate::gemm_in(&activations, weights, &stage, output, &threads::options(threads), held.get())?)
 }
 
 /// Packs convolution weights for the selected ISA into a new handle, written to
@@ -922,10 +924,9 @@ unsafe fn conv2d(
     // SAFETY: the caller's contract.
     let ConvCall { input, weights, params, stage, output } =
         unsafe { conv_call(input, weights, params, stage, output)? };
-    let mut fresh = Workspace::new();
     // SAFETY: the caller's contract.
-    let workspace = unsafe { threads::workspace_or(workspace, &mut fresh) };
-    Ok(crate::conv2d_in(&input, weights, &params, &stage, output, &threads::options(threads), workspace)?)
+    let mut held = unsafe { threads::hold(workspace)? };
+    Ok(crate::conv2d_in(&input, weights, &params, &stage, output, &threads::options(threads), held.get())?)
 }
 
 #[cfg(test)]

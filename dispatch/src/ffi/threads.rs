@@ -1,20 +1,77 @@
 //! The C ABI's threads: calls on qgemm's own threads, workspaces, and calls cut into
 //! tasks for an engine's own thread pool.
 
+use std::cell::UnsafeCell;
 use std::mem::ManuallyDrop;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{
-    ConvCall, Failure, GemmCall, QGEMM_STATUS_NULL_POINTER, boundary, conv_call, deref, fail, free_handle, gemm_call,
-    qgemm_activations, qgemm_conv_input, qgemm_conv2d_params, qgemm_output, qgemm_output_stage,
-    qgemm_packed_conv_weights, qgemm_packed_weights, qgemm_status, slice,
+    ConvCall, Failure, GemmCall, QGEMM_STATUS_NULL_POINTER, QGEMM_STATUS_WORKSPACE_BUSY, boundary, conv_call, deref,
+    fail, free_handle, gemm_call, qgemm_activations, qgemm_conv_input, qgemm_conv2d_params, qgemm_output,
+    qgemm_output_stage, qgemm_packed_conv_weights, qgemm_packed_weights, qgemm_status, slice,
 };
 use crate::{Conv2dTasks, GemmTasks, Options, OutputStage, Partition, Workspace};
 
 /// Scratch memory for threaded calls and tasks, kept across calls so that they
 /// allocate nothing once it has grown (`qgemm::Workspace`: at most 1 MiB per thread).
-/// One thread at a time may use a workspace.
+/// One call at a time may use a workspace: a call that finds it in use by a call on
+/// another thread fails with `QGEMM_STATUS_WORKSPACE_BUSY` and writes nothing (rather
+/// than sharing its buffers and computing garbage).
 #[derive(Debug)]
-pub struct qgemm_workspace(Workspace);
+pub struct qgemm_workspace {
+    /// Set while a call holds the workspace ([`hold`]).
+    busy: AtomicBool,
+    /// Reached only by the call that set `busy`.
+    workspace: UnsafeCell<Workspace>,
+}
+
+/// The workspace of one call: a handle's, held (marked busy) until dropped, or a fresh
+/// one for this call.
+pub(super) struct Held<'a> {
+    handle: Option<&'a qgemm_workspace>,
+    fresh: Workspace,
+}
+
+impl Held<'_> {
+    /// The workspace, for this call alone.
+    pub(super) fn get(&mut self) -> &mut Workspace {
+        match self.handle {
+            // SAFETY: this call set `busy` ([`hold`]) and clears it only when dropped,
+            // so no other call reaches the workspace meanwhile; `&mut self` keeps this
+            // borrow the only one of this call.
+            Some(handle) => unsafe { &mut *handle.workspace.get() },
+            None => &mut self.fresh,
+        }
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if let Some(handle) = self.handle {
+            handle.busy.store(false, Ordering::Release);
+        }
+    }
+}
+
+/// `*ptr` held for one call, or a fresh workspace when `ptr` is null; a handle in use
+/// by another call is `QGEMM_STATUS_WORKSPACE_BUSY`.
+///
+/// # Safety
+/// A non-null `ptr` is a live workspace handle (not freed while this call runs).
+pub(super) unsafe fn hold<'a>(ptr: *mut qgemm_workspace) -> Result<Held<'a>, Failure> {
+    // SAFETY: the caller's contract; only the atomic is read through this shared
+    // reference until the flag is won.
+    let handle = unsafe { ptr.cast_const().as_ref() };
+    if let Some(h) = handle
+        && h.busy.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_err()
+    {
+        return fail(
+            QGEMM_STATUS_WORKSPACE_BUSY,
+            "the workspace is in use by a call on another thread: one call at a time may use a workspace",
+        );
+    }
+    Ok(Held { handle, fresh: Workspace::new() })
+}
 
 /// A call checked and cut into tasks, for an engine's own thread pool
 /// (`qgemm::GemmTasks`, `qgemm::Conv2dTasks`): run each task `0..count` once, with
@@ -93,7 +150,7 @@ const _: () = {
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct qgemm_partition {
-    /// The threads the tasks will run on, `>= 1` (qgemm's grid only).
+    /// The threads the tasks will run on, 1 to 4096 (qgemm's grid only).
     pub threads: usize,
     /// Row bounds, or null for qgemm's grid.
     pub row_bounds: *const usize,
@@ -121,18 +178,6 @@ unsafe fn to_partition(p: &qgemm_partition) -> Result<Partition, Failure> {
     Ok(Partition::grid(rows, cols))
 }
 
-/// `*ptr` as a workspace, or a fresh one in `fresh` when `ptr` is null.
-///
-/// # Safety
-/// A non-null `ptr` is a live workspace handle no other thread uses now.
-pub(super) unsafe fn workspace_or(ptr: *mut qgemm_workspace, fresh: &mut Workspace) -> &mut Workspace {
-    // SAFETY: the caller's contract.
-    match unsafe { ptr.as_mut() } {
-        Some(w) => &mut w.0,
-        None => fresh,
-    }
-}
-
 /// Makes a workspace, written to `*out`. Release it with [`qgemm_workspace_free`].
 ///
 /// # Safety
@@ -143,8 +188,9 @@ pub unsafe extern "C" fn qgemm_workspace_new(out: *mut *mut qgemm_workspace) -> 
         if out.is_null() {
             return fail(QGEMM_STATUS_NULL_POINTER, "out is null");
         }
+        let workspace = qgemm_workspace { busy: AtomicBool::new(false), workspace: UnsafeCell::new(Workspace::new()) };
         // SAFETY: `out` is non-null and writable (the caller's contract).
-        unsafe { out.write(Box::into_raw(Box::new(qgemm_workspace(Workspace::new())))) };
+        unsafe { out.write(Box::into_raw(Box::new(workspace))) };
         Ok(())
     })
 }
@@ -152,20 +198,24 @@ pub unsafe extern "C" fn qgemm_workspace_new(out: *mut *mut qgemm_workspace) -> 
 /// Releases a workspace; null does nothing.
 ///
 /// # Safety
-/// `workspace` must be null or a handle from [`qgemm_workspace_new`] not yet freed.
+/// `workspace` must be null or a handle from [`qgemm_workspace_new`] not yet freed, and
+/// no call may be using it: freeing it under a running call is a use-after-free
+/// (undefined behaviour, not detected).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn qgemm_workspace_free(workspace: *mut qgemm_workspace) {
     // SAFETY: the caller's contract.
     unsafe { free_handle(workspace) }
 }
 
-/// [`qgemm_gemm`](super::qgemm_gemm) on up to `threads` threads (`>= 1`, the caller's
-/// included; qgemm's helper threads), in `workspace` (null: a fresh one for this call).
-/// The result is byte-identical for any thread count.
+/// [`qgemm_gemm`](super::qgemm_gemm) on up to `threads` threads (1 to 4096, the
+/// caller's included; qgemm's helper threads; any other count is
+/// `QGEMM_STATUS_THREADS`), in `workspace` (null: a fresh one for this call). The
+/// result is byte-identical for any thread count.
 ///
 /// # Safety
-/// As [`qgemm_gemm`](super::qgemm_gemm); `workspace` is null or a live handle no
-/// other thread uses now.
+/// As [`qgemm_gemm`](super::qgemm_gemm); `workspace` is null or a live handle, not
+/// freed during the call (a handle in use by a call on another thread fails the call
+/// with `QGEMM_STATUS_WORKSPACE_BUSY`).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn qgemm_gemm_threaded(
     a: *const qgemm_activations,
@@ -179,13 +229,14 @@ pub unsafe extern "C" fn qgemm_gemm_threaded(
     boundary(|| unsafe { super::gemm(a, weights, stage, c, threads, workspace) })
 }
 
-/// [`qgemm_conv2d`](super::qgemm_conv2d) on up to `threads` threads (`>= 1`), in
-/// `workspace` (null: a fresh one for this call). The result is byte-identical for any
-/// thread count.
+/// [`qgemm_conv2d`](super::qgemm_conv2d) on up to `threads` threads (1 to 4096; any
+/// other count is `QGEMM_STATUS_THREADS`), in `workspace` (null: a fresh one for this
+/// call). The result is byte-identical for any thread count.
 ///
 /// # Safety
-/// As [`qgemm_conv2d`](super::qgemm_conv2d); `workspace` is null or a live handle no
-/// other thread uses now.
+/// As [`qgemm_conv2d`](super::qgemm_conv2d); `workspace` is null or a live handle,
+/// not freed during the call (a handle in use by a call on another thread fails the
+/// call with `QGEMM_STATUS_WORKSPACE_BUSY`).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn qgemm_conv2d_threaded(
     input: *const qgemm_conv_input,
@@ -304,8 +355,9 @@ pub unsafe extern "C" fn qgemm_tasks_count(tasks: *const qgemm_tasks, out: *mut 
 /// already ran, writing nothing.
 ///
 /// # Safety
-/// `tasks` must be null or a live handle; `workspace` null or a live handle no other
-/// thread uses now.
+/// `tasks` must be null or a live handle, not freed until this call returns;
+/// `workspace` null or a live handle, not freed during the call (a handle in use by a
+/// call on another thread fails with `QGEMM_STATUS_WORKSPACE_BUSY`).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn qgemm_tasks_run(
     tasks: *const qgemm_tasks,
@@ -315,12 +367,11 @@ pub unsafe extern "C" fn qgemm_tasks_run(
     boundary(|| {
         // SAFETY: the caller's contract.
         let tasks = unsafe { deref(tasks, "tasks")? };
-        let mut fresh = Workspace::new();
         // SAFETY: the caller's contract.
-        let workspace = unsafe { workspace_or(workspace, &mut fresh) };
+        let mut held = unsafe { hold(workspace)? };
         match &*tasks.tasks {
-            Tasks::Gemm(t) => t.run(index, workspace)?,
-            Tasks::Conv(t) => t.run(index, workspace)?,
+            Tasks::Gemm(t) => t.run(index, held.get())?,
+            Tasks::Conv(t) => t.run(index, held.get())?,
         }
         Ok(())
     })
@@ -329,8 +380,10 @@ pub unsafe extern "C" fn qgemm_tasks_run(
 /// Releases a tasks handle (whether or not its tasks ran); null does nothing.
 ///
 /// # Safety
-/// `tasks` must be null or a handle from `qgemm_*_tasks_new` not yet freed, with no
-/// task running.
+/// `tasks` must be null or a handle from `qgemm_*_tasks_new` not yet freed. Free it
+/// only after every `qgemm_tasks_run` call on it, on every thread, has returned:
+/// freeing it while a task runs is a use-after-free (undefined behaviour, which qgemm
+/// cannot detect; the running task may write freed memory).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn qgemm_tasks_free(tasks: *mut qgemm_tasks) {
     // SAFETY: the caller's contract.

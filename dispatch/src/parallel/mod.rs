@@ -40,6 +40,25 @@ pub(crate) use helpers::run_tasks;
 /// does): smaller problems run as fewer tasks, down to one, on fewer threads.
 pub const MIN_TASK_MACS: usize = 1 << 16;
 
+/// The most threads a call accepts ([`Partition::Auto`], `Options::threads`, the C
+/// ABI's `threads`): a larger count is an [`ErrorKind::Threads`] error, never a
+/// wrapped product (a C caller's `(size_t)-1`, for instance). No machine qgemm runs on
+/// has this many cores; a call never uses more threads than it has tasks anyway.
+///
+/// [`ErrorKind::Threads`]: crate::ErrorKind::Threads
+pub const MAX_THREADS: usize = 4096;
+
+/// Checks a thread count against `1..=MAX_THREADS`; `what` names it in the message.
+pub(crate) fn check_threads(threads: usize, what: &str) -> Result<()> {
+    if threads == 0 {
+        bail!(Threads, "{what} = 0; at least one thread is needed");
+    }
+    if threads > MAX_THREADS {
+        bail!(Threads, "{what} = {threads}, above the most accepted ({MAX_THREADS})");
+    }
+    Ok(())
+}
+
 /// How a call is cut into tasks, each a tile of the output (see [`GemmTasks`] and
 /// [`Conv2dTasks`]).
 ///
@@ -47,7 +66,7 @@ pub const MIN_TASK_MACS: usize = 1 << 16;
 /// [`Conv2dTasks`]: crate::Conv2dTasks
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Partition {
-    /// qgemm's grid for `threads` threads (`>= 1`): tiles over rows and columns, rows
+    /// qgemm's grid for `threads` threads (`1..=`[`MAX_THREADS`]): tiles over rows and columns, rows
     /// first (each column cut repeats the packing of A), at most one task per thread
     /// up to 4 threads and four per thread past that (taken in turn, so that one
     /// thread held up delays the call by a quarter of its share),
@@ -170,10 +189,8 @@ impl<'a> Grid<'a> {
     /// The grid of `partition` for a call of `shape`, checked.
     pub(crate) fn new(partition: &'a Partition, shape: Shape) -> Result<Grid<'a>> {
         let (rows, cols) = match partition {
-            Partition::Auto { threads: 0 } => {
-                bail!(Threads, "Partition::Auto {{ threads: 0 }}; at least one thread is needed")
-            }
             Partition::Auto { threads } => {
+                check_threads(*threads, "Partition::Auto { threads }")?;
                 let (tm, tn) = auto_pieces(shape, *threads);
                 (
                     Cuts::Even { len: shape.m, unit: shape.row_unit, pieces: tm },
