@@ -183,6 +183,11 @@ pub type EpilogueFn = unsafe fn(EpilogueArgs<'_>);
 /// As for [`BlockFn`].
 pub type StagedBlockFn = unsafe fn(BlockArgs<'_>, EpilogueArgs<'_>);
 
+/// Whether a kernel's staged entry points fuse this stage into their tiles (see
+/// [`Kernel::with_fusion_when`]); where not, [`Kernel`] runs the block into the
+/// accumulators and then the epilogue, without calling them.
+pub type FusesFn = fn(&EpilogueArgs<'_>) -> bool;
+
 /// One ISA's GEMM implementation: its tile, its blocking and its two entry points.
 ///
 /// A `Kernel` can only exist where its instructions can run: the constructor is
@@ -204,6 +209,7 @@ pub struct Kernel {
     staged: Option<StagedBlockFn>,
     indirect: Option<IndirectFns>,
     row: Option<RowFns>,
+    fuses: Option<FusesFn>,
     fast: Option<FastPath>,
 }
 
@@ -264,6 +270,7 @@ struct FastPath {
     staged: Option<StagedBlockFn>,
     indirect: Option<IndirectFns>,
     row: Option<RowFns>,
+    fuses: Option<FusesFn>,
     a_format: AFormat,
     when: FastWhen,
 }
@@ -299,6 +306,7 @@ impl Kernel {
             staged: None,
             indirect: None,
             row: None,
+            fuses: None,
             fast: None,
         }
     }
@@ -318,6 +326,20 @@ impl Kernel {
     pub const unsafe fn with_staged_block(mut self, staged: StagedBlockFn) -> Kernel {
         self.staged = Some(staged);
         self
+    }
+
+    /// The same kernel, whose staged entry points (packed, one-row and indirect) fuse
+    /// only the stages `fuses` accepts: for any other, the kernel runs the block into
+    /// the accumulators and then its epilogue, and the staged entry is not called.
+    /// Without it, the staged entry points take every stage.
+    pub const fn with_fusion_when(mut self, fuses: FusesFn) -> Kernel {
+        self.fuses = Some(fuses);
+        self
+    }
+
+    /// Whether the staged entry points take `stage` (see [`Kernel::with_fusion_when`]).
+    fn fuses(&self, stage: &EpilogueArgs<'_>) -> bool {
+        self.fuses.is_none_or(|fuses| fuses(stage))
     }
 
     /// The same kernel, able to read A in place through offsets (an indirect
@@ -380,6 +402,7 @@ impl Kernel {
             staged: fast.staged,
             indirect: fast.indirect,
             row: fast.row,
+            fuses: fast.fuses,
             a_format: fast.a_format,
             when,
         });
@@ -400,6 +423,7 @@ impl Kernel {
             staged: f.staged,
             indirect: f.indirect,
             row: f.row,
+            fuses: f.fuses,
             a_format: f.a_format,
             fast: None,
             ..*self
@@ -456,17 +480,12 @@ impl Kernel {
     /// # Panics
     /// If the blocking is not a whole number of tiles, or any size is zero.
     pub fn with_blocking(self, blocking: Blocking) -> Kernel {
+        // `Kernel::new` checks the blocking against the tile; every other field is
+        // `self`'s.
         // SAFETY: the entry points are unchanged, so the CPU support that made `self`
         // constructible still holds; blocking only changes which arguments they get.
-        let kernel = unsafe { Kernel::new(self.name, self.tile, blocking, self.block, self.epilogue) };
-        Kernel {
-            a_format: self.a_format,
-            staged: self.staged,
-            indirect: self.indirect,
-            row: self.row,
-            fast: self.fast,
-            ..kernel
-        }
+        let checked = unsafe { Kernel::new(self.name, self.tile, blocking, self.block, self.epilogue) };
+        Kernel { blocking: checked.blocking, ..self }
     }
 
     /// Accumulates a block.
@@ -494,7 +513,7 @@ impl Kernel {
         self.check_block(&args);
         stage.check_output();
         assert!(stage.rows == args.rows && stage.cols <= args.cols, "stage and block differ");
-        match self.staged {
+        match self.staged.filter(|_| self.fuses(&stage)) {
             // SAFETY: as in `block`, and the output was just checked against
             // `EpilogueArgs` (all but `acc`, which a fused kernel does not read).
             Some(staged) => unsafe { staged(args, stage) },
@@ -530,7 +549,7 @@ impl Kernel {
         self.check_row(&args);
         stage.check_output();
         assert!(stage.rows == args.rows && stage.cols <= args.cols, "stage and block differ");
-        match fns.staged {
+        match fns.staged.filter(|_| self.fuses(&stage)) {
             // SAFETY: as in `row_block`, and the output was just checked against
             // `EpilogueArgs` (all but `acc`, which a fused kernel does not read).
             Some(staged) => unsafe { staged(args, stage) },
@@ -624,7 +643,7 @@ impl Kernel {
         self.check_indirect(&args);
         stage.check_output();
         assert!(stage.rows == args.rows && stage.cols <= args.cols, "stage and block differ");
-        match fns.staged {
+        match fns.staged.filter(|_| self.fuses(&stage)) {
             // SAFETY: as in `indirect_block_unchecked`, and the output was just checked
             // against `EpilogueArgs` (all but `acc`, which a fused kernel does not read).
             Some(staged) => unsafe { staged(args, stage) },

@@ -146,6 +146,14 @@ pub struct ZeroPoints<'a> {
     pub b_zp: &'a [i32],
 }
 
+impl ZeroPoints<'_> {
+    /// Whether a weight zero point of columns `0..cols` is nonzero: an OR over them,
+    /// which vectorizes (`any` goes one at a time).
+    pub fn some_b_zp(&self, cols: usize) -> bool {
+        self.b_zp[..cols].iter().fold(0, |or, &z| or | z) != 0
+    }
+}
+
 /// Write access to a `rows × cols` window of a row-major matrix whose rows are
 /// `stride` elements apart: element `(r, c)` is at `r · stride + c` from its start.
 ///

@@ -68,11 +68,13 @@ static EXACT: Kernel = {
         let fast = Kernel::new("6x8c4-avx2-maddubs", TILE, BLOCKING, block_maddubs, epilogue)
             .with_staged_block(block_maddubs_staged)
             .with_indirect(indirect_maddubs, Some(indirect_maddubs_staged))
-            .with_row(row_maddubs, None);
+            .with_row(row_maddubs, None)
+            .with_fusion_when(super::avx2_fused::fuses);
         Kernel::new("6x8c4-avx2-madd", TILE, BLOCKING, block_madd, epilogue)
             .with_a_format(AFormat::I16)
             .with_staged_block(block_madd_staged)
             .with_row(row_madd, None)
+            .with_fusion_when(super::avx2_fused::fuses)
             .with_fast_path(fast, FastWhen::PairSumsFitI16)
     }
 };

@@ -38,31 +38,22 @@ pub(super) trait Lanes8: Dot4 {
     unsafe fn from_ymm(v: __m256i) -> Self;
 }
 
+/// Whether the staged entry points fuse `stage` into the tiles ([`fusion`]); every
+/// other stage `Kernel` runs after the block, through the accumulators and the AVX2
+/// epilogue, without calling them.
+pub(super) fn fuses(stage: &EpilogueArgs<'_>) -> bool {
+    fusion(stage).is_some()
+}
+
 /// The stage fused into the tiles, or `None` where it runs after the block: Float to
 /// u8/i8 with every scale within (−1, 1).
 fn fusion<'s>(stage: &EpilogueArgs<'s>) -> Option<(Requant<'s>, Param<'s, f32>)> {
     fused_scale(&stage.stage, &stage.out).filter(|&(_, scale)| scales_below_one(scale, stage.cols))
 }
 
-/// Runs `block` into the accumulators of `stage`, then the AVX2 epilogue over them:
-/// the stages that are not fused.
-///
-/// # Safety
-/// AVX2; `block` writes every accumulator of the stage's rows and columns.
-#[inline(always)]
-unsafe fn unfused(acc: &mut [i32], acc_stride: usize, stage: EpilogueArgs<'_>, block: impl FnOnce(&mut [i32])) {
-    block(&mut *acc);
-    let stage = EpilogueArgs { acc, acc_stride, ..stage };
-    stage.check();
-    // SAFETY: AVX2 (the contract); the accumulators were just checked against the
-    // stage.
-    unsafe { super::avx2_epilogue::epilogue(stage) }
-}
-
 /// A packed block of a dot4 kernel with 8-lane vectors, the output stage fused into
-/// each tile where [`fusion`] says (adding the earlier K blocks' sums where
-/// `args.accumulate`); any other stage runs after the block, through the accumulators
-/// and the AVX2 epilogue.
+/// each tile (adding the earlier K blocks' sums where `args.accumulate`). A stage
+/// that [`fuses`] refuses panics: `Kernel` does not call this for one.
 ///
 /// # Safety
 /// The CPU has `V`'s features (AVX2 at least), and the caller is compiled with them
@@ -75,13 +66,7 @@ pub(super) unsafe fn block_staged<V: Lanes8, const MR: usize, const NV: usize>(
     args: BlockArgs<'_>,
     stage: EpilogueArgs<'_>,
 ) {
-    let Some(fused) = fusion(&stage) else {
-        let mut args = args;
-        let (acc, acc_stride) = (std::mem::take(&mut args.acc), args.acc_stride);
-        // SAFETY: forwarded from this function's contract.
-        unsafe { unfused(acc, acc_stride, stage, |acc| dot4_tile::block::<V, MR, NV>(BlockArgs { acc, ..args })) };
-        return;
-    };
+    let fused = fusion(&stage).expect("a fused stage (`fuses`, checked by `Kernel`)");
     let BlockArgs { a, b, b_panel_stride, row_panels, rows, col_panels, cols, kgroups, acc, acc_stride, accumulate } =
         args;
     let panels = Panels { a: PackedA { a, kgroups }, b, b_panel_stride, row_panels, rows, col_panels, cols };
@@ -91,8 +76,7 @@ pub(super) unsafe fn block_staged<V: Lanes8, const MR: usize, const NV: usize>(
 }
 
 /// An indirect block of a dot4 kernel with 8-lane vectors, the output stage fused into
-/// each tile where [`fusion`] says; any other stage runs after the block, through the
-/// accumulators and the AVX2 epilogue.
+/// each tile; as [`block_staged`].
 ///
 /// # Safety
 /// The CPU has `V`'s features (AVX2 at least), and the caller is compiled with them
@@ -104,15 +88,7 @@ pub(super) unsafe fn indirect_staged<V: Lanes8, const MR: usize, const NV: usize
     args: IndirectArgs<'_>,
     stage: EpilogueArgs<'_>,
 ) {
-    let Some(fused) = fusion(&stage) else {
-        let mut args = args;
-        let (acc, acc_stride) = (std::mem::take(&mut args.acc), args.acc_stride);
-        // SAFETY: forwarded from this function's contract.
-        unsafe {
-            unfused(acc, acc_stride, stage, |acc| dot4_tile::indirect_block::<V, MR, NV>(IndirectArgs { acc, ..args }))
-        };
-        return;
-    };
+    let fused = fusion(&stage).expect("a fused stage (`fuses`, checked by `Kernel`)");
     let IndirectArgs { a, b, b_panel_stride, rows, col_panels, cols, .. } = args;
     let panels = Panels::indirect::<MR>(a, b, b_panel_stride, rows, col_panels, cols);
     // SAFETY: forwarded from this function's contract.
@@ -175,8 +151,7 @@ unsafe fn staged<V: Lanes8, A: TileA, const MR: usize, const NV: usize>(
     // SAFETY: forwarded from this function's contract: the panels are the block's, and
     // `Fused8` writes only the stage's rows and columns (see its `tile`).
     unsafe {
-        let b_zp = zero_points.b_zp[..cols].iter().fold(0, |or, &z| or | z) != 0;
-        match (b_zp, c.needed()) {
+        match (zero_points.some_b_zp(cols), c.needed()) {
             (false, false) => dot4_tile::block_into::<V, MR, NV, _, _>(panels, &mut fused!(false, false)),
             (false, true) => dot4_tile::block_into::<V, MR, NV, _, _>(panels, &mut fused!(false, true)),
             (true, false) => dot4_tile::block_into::<V, MR, NV, _, _>(panels, &mut fused!(true, false)),

@@ -79,6 +79,7 @@ static KERNEL: Kernel = {
             .with_staged_block(block_staged::<8, 3>)
             .with_indirect(indirect::<8, 3>, Some(indirect_staged::<8, 3>))
             .with_row(row::<8, 3>, Some(row_staged::<8, 3>))
+            .with_fusion_when(fuses)
     }
 };
 
@@ -89,8 +90,15 @@ static WIDE: Kernel = {
             .with_staged_block(block_staged::<6, 4>)
             .with_indirect(indirect::<6, 4>, Some(indirect_staged::<6, 4>))
             .with_row(row::<6, 4>, Some(row_staged::<6, 4>))
+            .with_fusion_when(fuses)
     }
 };
+
+/// Whether the staged entry points fuse `stage` into the tiles: Float to u8/i8
+/// (`fused_scale`).
+fn fuses(stage: &EpilogueArgs<'_>) -> bool {
+    fused_scale(&stage.stage, &stage.out).is_some()
+}
 
 /// # Safety
 /// AVX-512 F/BW/VL with VNNI must be available, and the buffers must satisfy
@@ -112,22 +120,16 @@ unsafe fn indirect<const MR: usize, const NV: usize>(args: IndirectArgs<'_>) {
     unsafe { dot4_tile::indirect_block::<Zmm, MR, NV>(args) }
 }
 
-/// The last K block of a block, with the output stage fused into each tile where it is
-/// Float to u8/i8; any other stage runs after the block (see
-/// `Kernel::block_with_stage`).
+/// The last K block of a block, with the output stage fused into each tile: Float to
+/// u8/i8 ([`fuses`]; `Kernel::block_with_stage` runs every other stage after the
+/// block, without calling this).
 ///
 /// # Safety
 /// As [`block`]; `stage` passes `EpilogueArgs::check_output`, and its rows are the
 /// block's and its columns within the block's (checked by `Kernel::block_with_stage`).
+/// A stage that [`fuses`] refuses panics.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn block_staged<const MR: usize, const NV: usize>(args: BlockArgs<'_>, stage: EpilogueArgs<'_>) {
-    if fused_scale(&stage.stage, &stage.out).is_none() {
-        let mut args = args;
-        let (acc, acc_stride) = (std::mem::take(&mut args.acc), args.acc_stride);
-        // SAFETY: forwarded from this function's contract.
-        unsafe { unfused(acc, acc_stride, stage, |acc| block::<MR, NV>(BlockArgs { acc, ..args })) };
-        return;
-    }
     let BlockArgs { a, b, b_panel_stride, row_panels, rows, col_panels, cols, kgroups, acc, acc_stride, accumulate } =
         args;
     let panels = Panels { a: PackedA { a, kgroups }, b, b_panel_stride, row_panels, rows, col_panels, cols };
@@ -147,20 +149,12 @@ unsafe fn row<const MR: usize, const NV: usize>(args: BlockArgs<'_>) {
 }
 
 /// A block of one densely packed row (the GEMV) with the output stage fused into each
-/// tile where it is Float to u8/i8; any other stage runs after the block (see
-/// `Kernel::row_with_stage`).
+/// tile, as [`block_staged`] (see `Kernel::row_with_stage`).
 ///
 /// # Safety
 /// As [`row`]; `stage` as for [`block_staged`] (checked by `Kernel::row_with_stage`).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn row_staged<const MR: usize, const NV: usize>(args: BlockArgs<'_>, stage: EpilogueArgs<'_>) {
-    if fused_scale(&stage.stage, &stage.out).is_none() {
-        let mut args = args;
-        let (acc, acc_stride) = (std::mem::take(&mut args.acc), args.acc_stride);
-        // SAFETY: forwarded from this function's contract.
-        unsafe { unfused(acc, acc_stride, stage, |acc| row::<MR, NV>(BlockArgs { acc, ..args })) };
-        return;
-    }
     let BlockArgs { a, b, b_panel_stride, col_panels, cols, kgroups, acc, acc_stride, accumulate, .. } = args;
     let panels = Panels { a: RowA { a, kgroups }, b, b_panel_stride, row_panels: 1, rows: 1, col_panels, cols };
     let prior = if accumulate { Some(&*acc) } else { None };
@@ -168,41 +162,18 @@ unsafe fn row_staged<const MR: usize, const NV: usize>(args: BlockArgs<'_>, stag
     unsafe { staged::<_, MR, NV>(panels, prior, acc_stride, stage) }
 }
 
-/// An indirect block with the output stage fused into each tile where it is Float to
-/// u8/i8; any other stage runs after the block (see `Kernel::indirect_with_stage`).
+/// An indirect block with the output stage fused into each tile, as [`block_staged`]
+/// (see `Kernel::indirect_with_stage`).
 ///
 /// # Safety
 /// As [`indirect`]; `stage` as for [`block_staged`] (checked by
 /// `Kernel::indirect_with_stage`).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn indirect_staged<const MR: usize, const NV: usize>(args: IndirectArgs<'_>, stage: EpilogueArgs<'_>) {
-    if fused_scale(&stage.stage, &stage.out).is_none() {
-        let mut args = args;
-        let (acc, acc_stride) = (std::mem::take(&mut args.acc), args.acc_stride);
-        // SAFETY: forwarded from this function's contract.
-        unsafe { unfused(acc, acc_stride, stage, |acc| indirect::<MR, NV>(IndirectArgs { acc, ..args })) };
-        return;
-    }
     let IndirectArgs { a, b, b_panel_stride, rows, col_panels, cols, acc_stride, .. } = args;
     let panels = Panels::indirect::<MR>(a, b, b_panel_stride, rows, col_panels, cols);
     // SAFETY: forwarded from this function's contract.
     unsafe { staged::<_, MR, NV>(panels, None, acc_stride, stage) }
-}
-
-/// A stage this kernel does not fuse: `block` writes the accumulators, then the
-/// epilogue runs over them.
-///
-/// # Safety
-/// AVX-512 F must be available, and `block` must write the rows and columns of `acc`
-/// that `stage` reads (the caller's block over the same rows and columns).
-#[inline(always)]
-unsafe fn unfused(acc: &mut [i32], acc_stride: usize, stage: EpilogueArgs<'_>, block: impl FnOnce(&mut [i32])) {
-    block(&mut *acc);
-    let stage = EpilogueArgs { acc, acc_stride, ..stage };
-    stage.check();
-    // SAFETY: AVX-512 F (the contract); the accumulators were just checked against
-    // the stage.
-    unsafe { epilogue(stage) }
 }
 
 /// Every tile of a block with the Float stage fused into it (`fused_scale` holds),
@@ -220,7 +191,7 @@ unsafe fn staged<A: TileA, const MR: usize, const NV: usize>(
     acc_stride: usize,
     mut stage: EpilogueArgs<'_>,
 ) {
-    let (r, scale) = fused_scale(&stage.stage, &stage.out).expect("a fused stage");
+    let (r, scale) = fused_scale(&stage.stage, &stage.out).expect("a fused stage (`fuses`, checked by `Kernel`)");
     let out_stride = stage.out.stride();
     let signed = matches!(stage.out, OutData::I8(_));
     let saturate_low = !signed && r.min == 0 && r.zero_point >= 0;
@@ -250,8 +221,7 @@ unsafe fn staged<A: TileA, const MR: usize, const NV: usize>(
             }
         };
     }
-    // An OR over the block's columns (vectorized; `any` goes one at a time).
-    let b_zp = zero_points.b_zp[..cols].iter().fold(0, |or, &z| or | z) != 0;
+    let b_zp = zero_points.some_b_zp(cols);
     let int_clamp = scales_below_one(scale, cols);
     // SAFETY: forwarded from this function's contract: the panels are the block's, and
     // `Fused` writes only the stage's rows and columns (see its `tile`).

@@ -46,6 +46,7 @@ static KERNEL: Kernel = {
             .with_staged_block(block_staged)
             .with_indirect(indirect, Some(indirect_staged))
             .with_row(row, None)
+            .with_fusion_when(super::avx2_fused::fuses)
     }
 };
 
