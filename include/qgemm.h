@@ -439,7 +439,8 @@ typedef struct qgemm_partition {
 #define QGEMM_STATUS_OVERFLOW 13
 
 /**
- * Memory for packed weights could not be allocated.
+ * Memory for packed weights, or a call's scratch, could not be allocated (the output
+ * is untouched).
  */
 #define QGEMM_STATUS_OUT_OF_MEMORY 14
 

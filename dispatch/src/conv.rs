@@ -24,7 +24,7 @@
 //! [`conv2d_in`] keeps it in a caller-owned [`Workspace`].
 
 use qgemm_kernels::Kernel;
-use qgemm_kernels::driver::{self, GemmArgs, Scratch};
+use qgemm_kernels::driver::{self, GemmArgs, Scratch, ScratchNeeds};
 use qgemm_kernels::dwconv::{self, DwArgs, DwKernel, PackedDw};
 use qgemm_kernels::indirect::{self, IndirectGemm, Plan};
 use qgemm_kernels::output::{OutData, OutputStage as LoweredStage};
@@ -405,7 +405,8 @@ pub fn conv2d(
 /// Invalid shapes (zero kernel size, stride, dilation or groups; channels not a
 /// multiple of groups; a kernel that does not fit the padded input), an input length
 /// other than `N·H·W·C`, weights packed for another shape or ISA, an output that is
-/// not `(N·OH·OW) × OC`, and every error of the output stage and options.
+/// not `(N·OH·OW) × OC`, every error of the output stage and options, and scratch
+/// that could not be allocated ([`ErrorKind::OutOfMemory`](crate::ErrorKind::OutOfMemory)).
 pub fn conv2d_with(
     input: &ConvInput<'_>,
     weights: &PackedConvWeights,
@@ -436,8 +437,7 @@ pub fn conv2d_in(
     options.check(weights.isa)?;
     let partition = Partition::auto(options.threads);
     let tasks = Conv2dTasks::new(input, weights, params, stage, output, &partition)?;
-    run_tasks(tasks.len(), options.threads, workspace, &|i, scratch| tasks.run_in(i, scratch));
-    Ok(())
+    run_tasks(tasks.len(), options.threads, workspace, &tasks.scratch_needs(), &|i, scratch| tasks.run_in(i, scratch))
 }
 
 /// One convolution, checked and cut into tasks by a [`Partition`] over its output
@@ -578,13 +578,48 @@ impl<'a> Conv2dTasks<'a> {
     ///
     /// # Errors
     /// An index past the last task, or a task that already ran ([`ErrorKind::Task`]);
-    /// nothing is written then.
+    /// scratch that could not be allocated ([`ErrorKind::OutOfMemory`]: the task has
+    /// not run then, and may be run again). Nothing is written then.
     ///
     /// [`ErrorKind::Task`]: crate::ErrorKind::Task
+    /// [`ErrorKind::OutOfMemory`]: crate::ErrorKind::OutOfMemory
     pub fn run(&self, index: usize, workspace: &mut Workspace) -> Result<()> {
+        let needs = self.grid.tile(index).map_or_else(ScratchNeeds::default, |tile| self.needs(&tile));
+        workspace.reserve(1, &needs)?;
         let tile = self.grid.start(index)?;
-        self.compute(tile, &mut workspace.threads(1)[0]);
+        let held = workspace.heap_size();
+        self.compute(tile, &mut workspace.sets(1)[0]);
+        debug_assert_eq!(workspace.heap_size(), held, "scratch grew past what was reserved for {needs:?}");
         Ok(())
+    }
+
+    /// The scratch that every task fits in.
+    fn scratch_needs(&self) -> ScratchNeeds {
+        let tiles = (0..self.len()).filter_map(|i| self.grid.tile(i));
+        tiles.fold(ScratchNeeds::default(), |most, tile| most.max(self.needs(&tile)))
+    }
+
+    /// The scratch [`compute`](Self::compute) grows to for `tile`: the most of its
+    /// groups' calls, as `compute` makes them.
+    fn needs(&self, tile: &Tile) -> ScratchNeeds {
+        let Tile { rows, cols } = tile;
+        let (p, w) = (&self.params, self.weights);
+        if let (ConvPath::Depthwise, Some(dw)) = (self.path, w.depthwise.as_ref()) {
+            return dwconv::needs(w.dw_kernel, &self.geometry, dw, rows.len(), cols.clone(), &self.stage, &self.out);
+        }
+        let ocg = p.out_channels_per_group();
+        let mut most = ScratchNeeds::default();
+        for g in cols.start / ocg..cols.end.div_ceil(ocg) {
+            let columns = cols.start.max(g * ocg) - g * ocg..cols.end.min((g + 1) * ocg) - g * ocg;
+            let needs = match self.indirect {
+                Some(plan) => indirect::gemm_needs(w.kernel, rows.len(), &plan, columns),
+                None => {
+                    driver::gemm_needs(w.kernel, rows.len(), self.path == ConvPath::Pointwise, &w.groups[g], columns)
+                }
+            };
+            most = most.max(needs);
+        }
+        most
     }
 
     /// Runs task `index` if it has not run.

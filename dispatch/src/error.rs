@@ -15,8 +15,11 @@ pub enum ErrorKind {
     BufferLength,
     /// A size product overflows `usize`.
     Overflow,
-    /// Memory for packed weights could not be allocated (the request is refused, not
-    /// aborted).
+    /// Memory for packed weights, or a call's scratch in its [`Workspace`], could not
+    /// be allocated: the request is refused, not aborted, and a call's output is
+    /// untouched.
+    ///
+    /// [`Workspace`]: crate::Workspace
     OutOfMemory,
     /// A fixed-point multiplier is neither 0 nor in `[2^30, 2^31)`.
     Multiplier,

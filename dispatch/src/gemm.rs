@@ -1,7 +1,7 @@
 //! GEMM: packed weights, the matrices of a call, and the entry points.
 
 use qgemm_kernels::Kernel;
-use qgemm_kernels::driver::{self, GemmArgs, Scratch};
+use qgemm_kernels::driver::{self, GemmArgs, Scratch, ScratchNeeds};
 use qgemm_kernels::indirect::{self, IndirectGemm, Plan};
 use qgemm_kernels::output::{OutData, OutView, OutputStage as LoweredStage};
 use qgemm_kernels::pack::{BLayout, PackedB};
@@ -296,8 +296,10 @@ pub fn gemm(a: &Activations<'_>, b: &PackedWeights, stage: &OutputStage, c: Outp
 /// A shape that disagrees between A, the weights and C; a buffer too short for its
 /// shape and stride; a stride below its row length; an invalid output stage (bias or
 /// per-channel lengths, multiplier, shift, scale, zero point, clamp, or a stage that
-/// does not fit C's element type); zero threads; or weights packed for another ISA
-/// than `options.isa`.
+/// does not fit C's element type); zero threads, or more than
+/// [`MAX_THREADS`](crate::MAX_THREADS); weights packed for another ISA than
+/// `options.isa`; or scratch that could not be allocated
+/// ([`ErrorKind::OutOfMemory`](crate::ErrorKind::OutOfMemory)).
 pub fn gemm_with(
     a: &Activations<'_>,
     b: &PackedWeights,
@@ -325,8 +327,7 @@ pub fn gemm_in(
     options.check(b.isa())?;
     let partition = Partition::auto(options.threads);
     let tasks = GemmTasks::new(a, b, stage, c, &partition)?;
-    run_tasks(tasks.len(), options.threads, workspace, &|i, scratch| tasks.run_in(i, scratch));
-    Ok(())
+    run_tasks(tasks.len(), options.threads, workspace, &tasks.scratch_needs(), &|i, scratch| tasks.run_in(i, scratch))
 }
 
 /// One GEMM, checked and cut into tasks by a [`Partition`], for an engine that runs
@@ -455,13 +456,34 @@ impl<'a> GemmTasks<'a> {
     ///
     /// # Errors
     /// An index past the last task, or a task that already ran ([`ErrorKind::Task`]);
-    /// nothing is written then.
+    /// scratch that could not be allocated ([`ErrorKind::OutOfMemory`]: the task has
+    /// not run then, and may be run again). Nothing is written then.
     ///
     /// [`ErrorKind::Task`]: crate::ErrorKind::Task
+    /// [`ErrorKind::OutOfMemory`]: crate::ErrorKind::OutOfMemory
     pub fn run(&self, index: usize, workspace: &mut Workspace) -> Result<()> {
+        let needs = self.grid.tile(index).map_or_else(ScratchNeeds::default, |tile| self.needs(&tile));
+        workspace.reserve(1, &needs)?;
         let tile = self.grid.start(index)?;
-        self.compute(tile, &mut workspace.threads(1)[0]);
+        let held = workspace.heap_size();
+        self.compute(tile, &mut workspace.sets(1)[0]);
+        debug_assert_eq!(workspace.heap_size(), held, "scratch grew past what was reserved for {needs:?}");
         Ok(())
+    }
+
+    /// The scratch that every task fits in.
+    fn scratch_needs(&self) -> ScratchNeeds {
+        let tiles = (0..self.len()).filter_map(|i| self.grid.tile(i));
+        tiles.fold(ScratchNeeds::default(), |most, tile| most.max(self.needs(&tile)))
+    }
+
+    /// The scratch [`compute`](Self::compute) grows to for `tile`.
+    fn needs(&self, tile: &Tile) -> ScratchNeeds {
+        let (m, columns) = (tile.rows.len(), tile.cols.clone());
+        match self.indirect {
+            Some((_, plan)) => indirect::gemm_needs(self.kernel, m, &plan, columns),
+            None => driver::gemm_needs(self.kernel, m, true, self.b, columns),
+        }
     }
 
     /// Runs task `index` if it has not run.

@@ -1,6 +1,8 @@
 //! Scratch memory the caller can own and reuse across calls.
 
-use qgemm_kernels::driver::{SCRATCH_BYTES, Scratch};
+use qgemm_kernels::driver::{SCRATCH_BYTES, Scratch, ScratchNeeds};
+
+use crate::error::{Error, ErrorKind, Result};
 
 /// The most scratch one thread of a GEMM or convolution holds, in bytes: 1 MiB,
 /// whatever the image size, K or channel count (packed activations of one row block,
@@ -42,11 +44,32 @@ impl Workspace {
         self.threads = Vec::new();
     }
 
-    /// At least `n` per-thread scratch sets.
-    pub(crate) fn threads(&mut self, n: usize) -> &mut [Scratch] {
+    /// Gives `n` per-thread scratch sets room for `needs`, allocated fallibly: a call
+    /// that runs in them (see [`Workspace::sets`]) allocates nothing more.
+    ///
+    /// # Errors
+    /// [`ErrorKind::OutOfMemory`](crate::ErrorKind::OutOfMemory) if an allocation
+    /// failed; what was reserved so far stays in the workspace.
+    pub(crate) fn reserve(&mut self, n: usize, needs: &ScratchNeeds) -> Result<()> {
+        let failed = |e| {
+            let bytes = needs.bytes();
+            Error::new(
+                ErrorKind::OutOfMemory,
+                format!("workspace: cannot allocate {bytes} bytes of scratch per thread for {n} threads ({e})"),
+            )
+        };
         if self.threads.len() < n {
+            self.threads.try_reserve_exact(n - self.threads.len()).map_err(failed)?;
             self.threads.resize_with(n, Scratch::new);
         }
+        for scratch in &mut self.threads[..n] {
+            scratch.try_reserve(needs).map_err(failed)?;
+        }
+        Ok(())
+    }
+
+    /// The first `n` scratch sets, which [`Workspace::reserve`] made.
+    pub(crate) fn sets(&mut self, n: usize) -> &mut [Scratch] {
         &mut self.threads[..n]
     }
 }

@@ -38,6 +38,7 @@
 //! fuse it; else over the strip while it is in cache), and the output is written
 //! exactly once.
 
+use std::collections::TryReserveError;
 use std::ops::Range;
 
 use crate::kernel::{AFormat, BlockArgs, Kernel, Tile};
@@ -84,6 +85,62 @@ pub struct Scratch {
     lane_scale: Vec<f32>,
 }
 
+/// The lengths, in elements, that a call grows each buffer of a [`Scratch`] to
+/// ([`gemm_needs`], [`crate::indirect::gemm_needs`], [`crate::dwconv::needs`]), so that
+/// a caller can reserve them all before anything is written, and report a failed
+/// allocation as an error instead of aborting ([`Scratch::try_reserve`]). A
+/// [`Scratch`] reserved for a call's needs does not allocate during the call.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScratchNeeds {
+    /// Packed A (bytes), or an indirect call's pad runs.
+    pub a_pack: usize,
+    /// i32 accumulators.
+    pub acc: usize,
+    /// i32 row sums.
+    pub row_sums: usize,
+    /// One K block of gathered taps (bytes).
+    pub gather: usize,
+    /// An indirect call's run offsets.
+    pub offsets: usize,
+    /// The depthwise pair rows (i32).
+    pub pair_rows: usize,
+    /// The depthwise row tags and row positions, one per kernel row.
+    pub tags: usize,
+    /// As `tags`.
+    pub row_at: usize,
+    /// The depthwise per-lane bias (i32) and scale (f32).
+    pub lane_bias: usize,
+    /// As `lane_bias`.
+    pub lane_scale: usize,
+}
+
+impl ScratchNeeds {
+    /// Enough for both `self` and `other`: buffer by buffer, the larger.
+    pub fn max(self, other: ScratchNeeds) -> ScratchNeeds {
+        ScratchNeeds {
+            a_pack: self.a_pack.max(other.a_pack),
+            acc: self.acc.max(other.acc),
+            row_sums: self.row_sums.max(other.row_sums),
+            gather: self.gather.max(other.gather),
+            offsets: self.offsets.max(other.offsets),
+            pair_rows: self.pair_rows.max(other.pair_rows),
+            tags: self.tags.max(other.tags),
+            row_at: self.row_at.max(other.row_at),
+            lane_bias: self.lane_bias.max(other.lane_bias),
+            lane_scale: self.lane_scale.max(other.lane_scale),
+        }
+    }
+
+    /// The bytes these lengths take, all buffers together.
+    pub fn bytes(&self) -> usize {
+        self.a_pack
+            + 4 * (self.acc + self.row_sums + self.pair_rows + self.lane_bias + self.lane_scale)
+            + self.gather
+            + size_of::<usize>() * (self.offsets + self.row_at)
+            + size_of::<(usize, usize)>() * self.tags
+    }
+}
+
 /// The depthwise loop nest's view of a [`Scratch`].
 pub(crate) struct DwScratch<'a> {
     pub pair_rows: &'a mut [i32],
@@ -112,40 +169,48 @@ impl Scratch {
             + 4 * (self.lane_bias.capacity() + self.lane_scale.capacity())
     }
 
-    /// The buffers of an indirect convolution, grown to these lengths: offsets, pad
-    /// runs (in packed A's room), accumulators and row sums.
-    pub(crate) fn indirect(
-        &mut self,
-        offsets: usize,
-        pad: usize,
-        acc: usize,
-        rows: usize,
-    ) -> (&mut [usize], &mut [u8], &mut [i32], &mut [i32]) {
+    /// Grows every buffer's capacity to `needs` (what it has already is kept), or
+    /// returns the failed allocation's error, leaving what was reserved so far.
+    ///
+    /// # Errors
+    /// An allocation that failed (or a length past `isize::MAX` bytes).
+    pub fn try_reserve(&mut self, needs: &ScratchNeeds) -> Result<(), TryReserveError> {
+        fn reserve<T>(v: &mut Vec<T>, len: usize) -> Result<(), TryReserveError> {
+            v.try_reserve_exact(len.saturating_sub(v.len()))
+        }
+        reserve(&mut self.a_pack, needs.a_pack)?;
+        reserve(&mut self.acc, needs.acc)?;
+        reserve(&mut self.row_sums, needs.row_sums)?;
+        reserve(&mut self.gather, needs.gather)?;
+        reserve(&mut self.offsets, needs.offsets)?;
+        reserve(&mut self.pair_rows, needs.pair_rows)?;
+        reserve(&mut self.tags, needs.tags)?;
+        reserve(&mut self.row_at, needs.row_at)?;
+        reserve(&mut self.lane_bias, needs.lane_bias)?;
+        reserve(&mut self.lane_scale, needs.lane_scale)
+    }
+
+    /// The buffers of an indirect convolution, grown to `needs`: offsets, pad runs (in
+    /// packed A's room), accumulators and row sums.
+    pub(crate) fn indirect(&mut self, needs: &ScratchNeeds) -> (&mut [usize], &mut [u8], &mut [i32], &mut [i32]) {
         (
-            grown(&mut self.offsets, offsets),
-            grown(&mut self.a_pack, pad),
-            grown(&mut self.acc, acc),
-            grown(&mut self.row_sums, rows),
+            grown(&mut self.offsets, needs.offsets),
+            grown(&mut self.a_pack, needs.a_pack),
+            grown(&mut self.acc, needs.acc),
+            grown(&mut self.row_sums, needs.row_sums),
         )
     }
 
-    /// The buffers of a depthwise call, grown to these lengths.
-    pub(crate) fn dw(
-        &mut self,
-        pair_rows: usize,
-        acc: usize,
-        rows: usize,
-        kernel_rows: usize,
-        lanes: usize,
-    ) -> DwScratch<'_> {
+    /// The buffers of a depthwise call, grown to `needs`.
+    pub(crate) fn dw(&mut self, needs: &ScratchNeeds) -> DwScratch<'_> {
         DwScratch {
-            lane_bias: grown(&mut self.lane_bias, lanes),
-            lane_scale: grown(&mut self.lane_scale, lanes),
-            pair_rows: grown(&mut self.pair_rows, pair_rows),
-            acc: grown(&mut self.acc, acc),
-            row_sums: grown(&mut self.row_sums, rows),
-            tags: grown(&mut self.tags, kernel_rows),
-            row_at: grown(&mut self.row_at, kernel_rows),
+            lane_bias: grown(&mut self.lane_bias, needs.lane_bias),
+            lane_scale: grown(&mut self.lane_scale, needs.lane_scale),
+            pair_rows: grown(&mut self.pair_rows, needs.pair_rows),
+            acc: grown(&mut self.acc, needs.acc),
+            row_sums: grown(&mut self.row_sums, needs.row_sums),
+            tags: grown(&mut self.tags, needs.tags),
+            row_at: grown(&mut self.row_at, needs.row_at),
         }
     }
 }
@@ -179,6 +244,99 @@ pub struct GemmArgs<'a> {
     pub out: OutData<'a>,
 }
 
+/// The sizes [`gemm_in`] works with, from the shapes alone: what its scratch holds.
+#[derive(Clone, Copy, Debug)]
+struct GemmPlan {
+    /// The first column of the packed panel holding `columns.start`: blocks of
+    /// columns run from there, and a block that starts before `columns.start` stores
+    /// only its columns from there on.
+    first_panel_col: usize,
+    kgroups_total: usize,
+    /// Bytes per packed value of A (the widest of the kernel's and its fast path's).
+    a_width: usize,
+    /// The most rows and columns of one block, rounded up to whole tiles.
+    mc_max: usize,
+    nc_max: usize,
+    /// A GEMV on the kernel's one-row entry.
+    one_row: bool,
+    /// A row block packed once for all of K.
+    hold_all: bool,
+    /// K-groups per K block.
+    kc_groups: usize,
+    /// Values of packed A held at once.
+    a_pack_len: usize,
+    /// Bytes of one K block of gathered taps (0 for a matrix).
+    gather_len: usize,
+}
+
+impl GemmPlan {
+    fn new(kernel: &Kernel, m: usize, matrix: bool, b: &PackedB, columns: &Range<usize>) -> GemmPlan {
+        let (tile, blocking) = (kernel.tile(), kernel.blocking());
+        let first_panel_col = columns.start / tile.nr * tile.nr;
+        let kgroups_total = b.k_padded() / tile.kg;
+        let fast = kernel.fast_path();
+        let a_width = kernel.a_format().bytes().max(fast.map_or(1, |f| f.a_format().bytes()));
+        let mc_max = blocking.mc.min(m.div_ceil(tile.mr) * tile.mr);
+        let nc_max = blocking.nc.min(columns.end.saturating_sub(first_panel_col).div_ceil(tile.nr) * tile.nr);
+        // One row of a matrix (a GEMV, or decoding one token): the kernel's one-row
+        // entry where it (and its fast path) has one, on A packed as a dense row (not a
+        // panel of `mr` rows, all but one padding, which would crowd B's stream out of
+        // L1) for all of K at once.
+        let row_entry = kernel.has_row() && fast.is_none_or(|f| f.has_row());
+        let one_row = m == 1 && matrix && row_entry && kgroups_total * tile.kg * a_width <= A_PACK_BYTES;
+        let rows_packed = if one_row { 1 } else { mc_max };
+        // Pack a row block once for all of K when that fits; otherwise one K block at
+        // a time, as it is used.
+        let hold_all = rows_packed * kgroups_total * tile.kg * a_width <= A_PACK_BYTES;
+        // With a single row panel, A is tiny and B streams through once: take all of K
+        // at once, so that each B panel is read front to back (what prefetchers
+        // follow) rather than in kc-sized pieces a panel apart. (Not for gathered
+        // rows, whose gather buffer holds one kc block.)
+        let kc_groups = if m <= tile.mr && hold_all && matrix {
+            kgroups_total.max(1)
+        } else {
+            // K blocks of equal size, none larger than kc: K = 576 runs as 2 × 288
+            // rather than 512 + 64, whose short block costs a whole accumulator pass.
+            let most = blocking.kc / tile.kg;
+            kgroups_total.div_ceil(kgroups_total.div_ceil(most).max(1)).max(1)
+        };
+        let a_pack_len = if hold_all { rows_packed * kgroups_total * tile.kg } else { mc_max * kc_groups * tile.kg };
+        GemmPlan {
+            first_panel_col,
+            kgroups_total,
+            a_width,
+            mc_max,
+            nc_max,
+            one_row,
+            hold_all,
+            kc_groups,
+            a_pack_len,
+            gather_len: if matrix { 0 } else { kc_groups * tile.kg },
+        }
+    }
+
+    fn needs(&self) -> ScratchNeeds {
+        ScratchNeeds {
+            a_pack: self.a_pack_len * self.a_width,
+            acc: self.mc_max * self.nc_max,
+            row_sums: self.mc_max,
+            gather: self.gather_len,
+            ..ScratchNeeds::default()
+        }
+    }
+}
+
+/// The scratch [`gemm_in`] grows to for a GEMM of `m` rows over `columns` of `b`, with
+/// A a matrix (`matrix`) or gathered rows: what to reserve first, fallibly, so that a
+/// failed allocation is an error before anything is written
+/// ([`Scratch::try_reserve`]).
+pub fn gemm_needs(kernel: &Kernel, m: usize, matrix: bool, b: &PackedB, columns: Range<usize>) -> ScratchNeeds {
+    if m == 0 || columns.is_empty() {
+        return ScratchNeeds::default();
+    }
+    GemmPlan::new(kernel, m, matrix, b, &columns).needs()
+}
+
 /// Runs a GEMM with `kernel` on the calling thread, with scratch of its own.
 ///
 /// # Panics
@@ -206,46 +364,19 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
     // The packed panels start every `nr` columns: blocks of columns run from the panel
     // holding `columns.start`, and a block that starts before it stores only its
     // columns from `columns.start` on (see `skip` below).
-    let (j0, n) = (columns.start, columns.end);
-    let first_panel_col = j0 / tile.nr * tile.nr;
     if let Rows::Matrix { data, stride } = a {
         assert!(k == 0 || (stride >= k && data.len() >= (m - 1) * stride + k), "A too short");
     }
-
-    let kgroups_total = b.k_padded() / tile.kg;
-    let fast = kernel.fast_path();
-    let a_width = kernel.a_format().bytes().max(fast.map_or(1, |f| f.a_format().bytes()));
-    let mc_max = blocking.mc.min(m.div_ceil(tile.mr) * tile.mr);
-    let nc_max = blocking.nc.min((n - first_panel_col).div_ceil(tile.nr) * tile.nr);
     let matrix = matches!(a, Rows::Matrix { .. });
-    // One row of a matrix (a GEMV, or decoding one token): the kernel's one-row entry
-    // where it (and its fast path) has one, on A packed as a dense row (not a panel of
-    // `mr` rows, all but one padding, which would crowd B's stream out of L1) for all
-    // of K at once.
-    let row_entry = kernel.has_row() && fast.is_none_or(|f| f.has_row());
-    let one_row = m == 1 && matrix && row_entry && kgroups_total * tile.kg * a_width <= A_PACK_BYTES;
-    let rows_packed = if one_row { 1 } else { mc_max };
-    // Pack a row block once for all of K when that fits; otherwise one K block at a
-    // time, as it is used.
-    let hold_all = rows_packed * kgroups_total * tile.kg * a_width <= A_PACK_BYTES;
-    // With a single row panel, A is tiny and B streams through once: take all of K at
-    // once, so that each B panel is read front to back (what prefetchers follow)
-    // rather than in kc-sized pieces a panel apart. (Not for gathered rows, whose
-    // gather buffer holds one kc block.)
-    let kc_groups = if m <= tile.mr && hold_all && matrix {
-        kgroups_total.max(1)
-    } else {
-        // K blocks of equal size, none larger than kc: K = 576 runs as 2 × 288 rather
-        // than 512 + 64, whose short block costs a whole accumulator pass.
-        let most = blocking.kc / tile.kg;
-        kgroups_total.div_ceil(kgroups_total.div_ceil(most).max(1)).max(1)
-    };
-    let a_pack_len = if hold_all { rows_packed * kgroups_total * tile.kg } else { mc_max * kc_groups * tile.kg };
+    let plan = GemmPlan::new(kernel, m, matrix, b, &columns);
+    let needs = plan.needs();
+    let GemmPlan { first_panel_col, kgroups_total, nc_max, one_row, hold_all, kc_groups, .. } = plan;
+    let (j0, n) = (columns.start, columns.end);
     let Scratch { a_pack, acc, row_sums, gather, .. } = scratch;
-    let a_pack = grown(a_pack, a_pack_len * a_width);
-    let acc = grown(acc, mc_max * nc_max);
-    let row_sums = grown(row_sums, mc_max);
-    let gather = grown(gather, if matrix { 0 } else { kc_groups * tile.kg });
+    let a_pack = grown(a_pack, needs.a_pack);
+    let acc = grown(acc, needs.acc);
+    let row_sums = grown(row_sums, needs.row_sums);
+    let gather = grown(gather, needs.gather);
     let zero_points = ZeroPoints { a_zp: i32::from(a_zp), col_offsets: b.col_offsets(), b_zp: b.zero_points() };
     // The row sums only meet nonzero weight zero points (`− b_zp · Σ_k a`); with
     // symmetric weights, the common case, packing skips them and they stay 0.

@@ -47,8 +47,8 @@
 use std::collections::TryReserveError;
 use std::ops::Range;
 
-use crate::driver::{DwScratch, Scratch};
-use crate::output::{EpilogueArgs, OutData, OutView, OutputStage, Requant, Scheme, ZeroPoints, epilogue_scalar};
+use crate::driver::{DwScratch, Scratch, ScratchNeeds};
+use crate::output::{EpilogueArgs, OutData, OutView, OutputStage, Param, Requant, Scheme, ZeroPoints, epilogue_scalar};
 use crate::rows::ConvGeometry;
 
 /// Channels per chunk: one 256-bit vector of i32 lanes.
@@ -516,6 +516,65 @@ pub struct DwArgs<'a> {
     pub out: OutData<'a>,
 }
 
+/// Bias and Float requantization into bytes run inside the row kernel where it can
+/// (the requantization and its scale, then); everything else through the accumulators
+/// and the generic epilogue.
+fn fused_stage<'s>(
+    kernel: &DwKernel,
+    stage: &OutputStage<'s>,
+    out: &OutData<'_>,
+) -> Option<(Requant<'s>, Param<'s, f32>)> {
+    match (&stage.requant, out) {
+        (Some(r @ Requant { scheme: Scheme::Float { scale }, .. }), OutData::U8(_) | OutData::I8(_))
+            if kernel.fuses_float =>
+        {
+            Some((*r, *scale))
+        }
+        _ => None,
+    }
+}
+
+/// The scratch of [`run_with_plan`] by `plan` (its columns at most the output width),
+/// from channel `ch0`, with the output stage fused or not: the pair rows of `KH` input
+/// rows and the zero row (and the lanes skipped to align them), the accumulators
+/// unless the stage is fused and the block aligned, and the per-column and per-lane
+/// bookkeeping.
+fn plan_needs(g: &ConvGeometry, plan: Plan, ch0: usize, fused: bool) -> ScratchNeeds {
+    let kh_n = g.kernel_height;
+    let acc = if fused && ch0.is_multiple_of(LANES) { 0 } else { plan.cols * plan.chunks * LANES };
+    ScratchNeeds {
+        pair_rows: (kh_n + 1) * plan.slot_lanes(g) + ALIGN_LANES - 1,
+        acc,
+        row_sums: plan.cols,
+        tags: kh_n,
+        row_at: kh_n,
+        lane_bias: plan.chunks * LANES,
+        lane_scale: plan.chunks * LANES,
+        ..ScratchNeeds::default()
+    }
+}
+
+/// The scratch [`run`] grows to for `pixels` output pixels over `channels` (see
+/// [`ScratchNeeds`]), with `stage` into `out`; nothing if the shape has no
+/// depthwise [`plan`] (which [`run`] refuses).
+pub fn needs(
+    kernel: &DwKernel,
+    geometry: &ConvGeometry,
+    weights: &PackedDw,
+    pixels: usize,
+    channels: Range<usize>,
+    stage: &OutputStage<'_>,
+    out: &OutData<'_>,
+) -> ScratchNeeds {
+    match plan(geometry, weights.out_channels) {
+        Some(p) if pixels > 0 && !channels.is_empty() => {
+            let p = Plan { cols: p.cols.min(geometry.out_width), ..p };
+            plan_needs(geometry, p, channels.start, fused_stage(kernel, stage, out).is_some())
+        }
+        _ => ScratchNeeds::default(),
+    }
+}
+
 /// Runs a depthwise convolution in `scratch` (see the module documentation).
 ///
 /// # Panics
@@ -555,25 +614,14 @@ pub fn run_with_plan(kernel: &DwKernel, args: DwArgs<'_>, plan: Plan, scratch: &
     let step = position_step(&g);
     let (kh_n, chunks_total) = (g.kernel_height, w.chunks());
     let slot_len = plan.slot_lanes(&g);
-    // Bias and Float requantization into bytes run inside the row kernel where it can;
-    // everything else through the accumulators and the generic epilogue.
-    let fused = match (&stage.requant, &out) {
-        (Some(r @ Requant { scheme: Scheme::Float { scale }, .. }), OutData::U8(_) | OutData::I8(_))
-            if kernel.fuses_float =>
-        {
-            Some((*r, *scale))
-        }
-        _ => None,
-    };
+    let fused = fused_stage(kernel, &stage, &out);
     // Blocks of channels start every LANES channels; a block that starts before
     // `channels.start` (only where a partition cuts inside one) stores from there on,
     // through the accumulators.
     let ch0 = channels.start;
     let first_chunk = ch0 / LANES;
-    let unaligned = !ch0.is_multiple_of(LANES);
-    let acc_len = if fused.is_some() && !unaligned { 0 } else { plan.cols * plan.chunks * LANES };
     let DwScratch { pair_rows, acc, row_sums, tags, row_at, lane_bias, lane_scale } =
-        scratch.dw((kh_n + 1) * slot_len + ALIGN_LANES - 1, acc_len, plan.cols, kh_n, plan.chunks * LANES);
+        scratch.dw(&plan_needs(&g, plan, ch0, fused.is_some()));
     // The slots from the first cache line (unaligned vectors that straddle two lines
     // cost up to twice as much).
     let skip_lanes = pair_rows.as_ptr().align_offset(ALIGN_LANES * 4).min(ALIGN_LANES - 1);

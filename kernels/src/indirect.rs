@@ -43,7 +43,7 @@
 
 use std::ops::Range;
 
-use crate::driver::{Position, Scratch, epilogue_args};
+use crate::driver::{Position, Scratch, ScratchNeeds, epilogue_args};
 use crate::kernel::{IndirectA, IndirectArgs, Kernel};
 use crate::output::{OutData, OutputStage, ZeroPoints};
 use crate::pack::{PackedB, row_sum};
@@ -154,6 +154,32 @@ pub fn runs_on(kernel: &Kernel, b: &PackedB, max_value: u8) -> bool {
     kernel.for_block(b, || max_value).has_indirect()
 }
 
+/// The most rows and columns of one block of [`gemm_in`], rounded up to whole tiles.
+fn block_sizes(kernel: &Kernel, m: usize, plan: &Plan, columns: &Range<usize>) -> (usize, usize) {
+    let (tile, blocking) = (kernel.tile(), kernel.blocking());
+    let first_panel_col = columns.start / tile.nr * tile.nr;
+    let mc_max = plan.block_rows.min(m.div_ceil(tile.mr) * tile.mr);
+    let nc_max = blocking.nc.min(columns.end.saturating_sub(first_panel_col).div_ceil(tile.nr) * tile.nr);
+    (mc_max, nc_max)
+}
+
+/// The scratch [`gemm_in`] grows to for `m` output pixels over `columns`, by `plan`
+/// (see [`ScratchNeeds`]): the run offsets, the pad runs (in packed A's room), the
+/// accumulators and the row sums of one block.
+pub fn gemm_needs(kernel: &Kernel, m: usize, plan: &Plan, columns: Range<usize>) -> ScratchNeeds {
+    if m == 0 || columns.is_empty() {
+        return ScratchNeeds::default();
+    }
+    let (mc_max, nc_max) = block_sizes(kernel, m, plan, &columns);
+    ScratchNeeds {
+        offsets: mc_max * plan.segments,
+        a_pack: plan.seg_groups * 4 * (1 + mc_max * plan.segments),
+        acc: mc_max * nc_max,
+        row_sums: mc_max,
+        ..ScratchNeeds::default()
+    }
+}
+
 /// Runs an indirect convolution on the calling thread, in `scratch`.
 ///
 /// # Panics
@@ -175,11 +201,9 @@ pub fn gemm_in(kernel: &Kernel, args: IndirectGemm<'_>, scratch: &mut Scratch) {
     assert!(block_kernel.has_indirect(), "a kernel without an indirect entry");
     let (j0, n) = (columns.start, columns.end);
     let first_panel_col = j0 / tile.nr * tile.nr;
-    let mc_max = plan.block_rows.min(m.div_ceil(tile.mr) * tile.mr);
-    let nc_max = blocking.nc.min((n - first_panel_col).div_ceil(tile.nr) * tile.nr);
+    let (_, nc_max) = block_sizes(kernel, m, &plan, &columns);
     let run_bytes = plan.seg_groups * 4;
-    let (offsets, pad, acc, row_sums) =
-        scratch.indirect(mc_max * plan.segments, run_bytes * (1 + mc_max * plan.segments), mc_max * nc_max, mc_max);
+    let (offsets, pad, acc, row_sums) = scratch.indirect(&gemm_needs(kernel, m, &plan, columns.clone()));
     let zero_points =
         ZeroPoints { a_zp: i32::from(conv.zero_point), col_offsets: b.col_offsets(), b_zp: b.zero_points() };
     let sum_rows = b.zero_points().iter().any(|&z| z != 0);

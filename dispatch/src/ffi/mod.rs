@@ -64,7 +64,8 @@ pub const QGEMM_STATUS_STRIDE: qgemm_status = 11;
 pub const QGEMM_STATUS_BUFFER_LENGTH: qgemm_status = 12;
 /// A size product overflows.
 pub const QGEMM_STATUS_OVERFLOW: qgemm_status = 13;
-/// Memory for packed weights could not be allocated.
+/// Memory for packed weights, or a call's scratch, could not be allocated (the output
+/// is untouched).
 pub const QGEMM_STATUS_OUT_OF_MEMORY: qgemm_status = 14;
 /// A fixed-point multiplier is neither 0 nor in [2^30, 2^31).
 pub const QGEMM_STATUS_MULTIPLIER: qgemm_status = 15;

@@ -28,7 +28,31 @@
 //! that stay awake between calls ([`helpers`]), each worker with its own scratch,
 //! taking the next task from a shared counter.
 
+mod handoff;
 mod helpers;
+
+/// What [`handoff`] is built on: std's atomics here, loom's in its model
+/// (`dispatch/tests/loom_handoff.rs`).
+mod sync {
+    pub(crate) use std::sync::Mutex;
+    pub(crate) use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering, fence};
+
+    /// One turn of a wait loop.
+    pub(crate) fn spin() {
+        std::hint::spin_loop();
+    }
+
+    /// Marks a helper's access to a job, for the model; nothing here.
+    pub(crate) struct Probe;
+
+    impl Probe {
+        pub(crate) fn new() -> Probe {
+            Probe
+        }
+
+        pub(crate) fn touch(&self) {}
+    }
+}
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -390,14 +414,37 @@ mod tests {
         assert!(grid.start(299).is_ok() && grid.start(299).is_err() && grid.start(298).is_ok());
     }
 
+    /// Calls from two threads at once: one holds the helpers' exchange while the other
+    /// lets its helpers in through a gate (whose helpers may come after it returned).
+    #[test]
+    fn concurrent_calls_run_each_task_once() {
+        let calls = if cfg!(miri) { 4 } else { 200 };
+        std::thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| {
+                    let mut workspace = Workspace::new();
+                    for _ in 0..calls {
+                        let counts: Vec<AtomicUsize> = (0..6).map(|_| AtomicUsize::new(0)).collect();
+                        run_tasks(6, 3, &mut workspace, &Default::default(), &|i, _| {
+                            counts[i].fetch_add(1, Ordering::Relaxed);
+                        })
+                        .unwrap();
+                        assert!(counts.iter().all(|c| c.load(Ordering::Relaxed) == 1));
+                    }
+                });
+            }
+        });
+    }
+
     #[test]
     fn run_tasks_runs_each_task_once_on_any_thread_count() {
         for threads in [1, 2, 3, 7] {
             for tasks in [0, 1, 5, 40] {
                 let counts: Vec<AtomicUsize> = (0..tasks).map(|_| AtomicUsize::new(0)).collect();
-                run_tasks(tasks, threads, &mut Workspace::new(), &|i, _| {
+                run_tasks(tasks, threads, &mut Workspace::new(), &Default::default(), &|i, _| {
                     counts[i].fetch_add(1, Ordering::Relaxed);
-                });
+                })
+                .unwrap();
                 assert!(counts.iter().all(|c| c.load(Ordering::Relaxed) == 1), "{threads} threads, {tasks} tasks");
             }
         }
