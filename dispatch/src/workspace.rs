@@ -17,6 +17,10 @@ pub const SCRATCH_BYTES_PER_THREAD: usize = SCRATCH_BYTES;
 /// workspace allocates nothing per call once it is warm. The calls without `_in`
 /// use a fresh workspace each time.
 ///
+/// A call reserves what it needs before it runs any task, fallibly: if that cannot
+/// be allocated, it returns [`ErrorKind::OutOfMemory`] with its output untouched
+/// (what was reserved so far stays here), never an abort.
+///
 /// A workspace holds no data between calls that affects results.
 #[derive(Debug, Default)]
 pub struct Workspace {

@@ -2,11 +2,12 @@
 //! every worker of rayon's global pool blocked by other work, threaded calls return
 //! in about their single-thread time, their caller doing every task itself:
 //!
-//! - from two threads outside the pool at once, so that one call holds the helpers'
-//!   exchange while the other lets helpers in through a gate;
-//! - nested, from a job of the pool (the one worker not blocked on the lock);
+//! - from two threads outside the pool at once, every worker blocked, so that one
+//!   call holds the helpers' exchange while the other lets helpers in through a gate;
+//! - nested, from a job of the pool (the one worker not blocked on the lock), while a
+//!   thread outside makes calls too;
 //!
-//! all while the pool stays blocked: the pool is released only once every call has
+//! all while the pool stays blocked (its workers wait on channels): the pool is released only once every call has
 //! returned, or after a deadline, which then fails the test (before the fix, a call
 //! at a gate waited for its helper jobs to run: as long as the pool stayed blocked,
 //! and forever if it was released only after the calls).
@@ -17,7 +18,7 @@
 //! In a file of its own, so that no other test's calls share the process's pool.
 
 use std::sync::mpsc;
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use qgemm::{Activations, Channelwise, OutputMatrix, OutputStage, PackedWeights, WeightLayout, Weights, Workspace};
@@ -72,37 +73,67 @@ fn median(mut t: Vec<Duration>) -> Duration {
     t[t.len() / 2]
 }
 
+/// Blocks `workers` workers of rayon's global pool, each on a channel, until the
+/// returned senders are dropped; returns once they are all blocked. `then` runs,
+/// after the barrier, as one more pool job (on a worker left free).
+fn block_pool(workers: usize, then: Option<Box<dyn FnOnce() + Send>>) -> Vec<mpsc::Sender<()>> {
+    let started = Arc::new(Barrier::new(workers + 1 + usize::from(then.is_some())));
+    let senders = (0..workers)
+        .map(|_| {
+            let (release, blocked) = mpsc::channel::<()>();
+            let started = Arc::clone(&started);
+            rayon::spawn(move || {
+                started.wait();
+                let _ = blocked.recv();
+            });
+            release
+        })
+        .collect();
+    if let Some(then) = then {
+        let started = Arc::clone(&started);
+        rayon::spawn(move || {
+            started.wait();
+            then();
+        });
+    }
+    started.wait();
+    senders
+}
+
+type Report = (&'static str, Vec<Duration>);
+
+/// Waits for `callers` reports until `DEADLINE` after `since`; the reports and
+/// how long it waited.
+fn reports_by_deadline(finished: &mpsc::Receiver<Report>, callers: usize, since: Instant) -> Vec<Report> {
+    let mut results = Vec::new();
+    while results.len() < callers {
+        let Some(left) = DEADLINE.checked_sub(since.elapsed()) else { break };
+        match finished.recv_timeout(left) {
+            Ok(r) => results.push(r),
+            Err(_) => break,
+        }
+    }
+    results
+}
+
+fn print_reports(single: Duration, blocked_for: Duration, results: &[Report]) {
+    println!("single thread: median {single:?} per call; the pool blocked for {blocked_for:?}");
+    for (caller, times) in results {
+        let most = *times.iter().max().unwrap();
+        println!("  {caller}: median {:?}, slowest {most:?} over {} calls", median(times.clone()), times.len());
+    }
+}
+
+/// Two callers from outside the pool, at once (one on the exchange, the other at a
+/// gate), with every worker of the pool blocked.
 #[test]
 fn calls_return_while_the_global_pool_is_blocked() {
     let problem = Arc::new(Problem::new(96, 256, 512));
     let expected: Arc<Vec<i32>> = Arc::new(problem.run(1, &mut Workspace::new()));
     let single = median(problem.calls(20, 1, &expected));
-
-    // Block every worker of the global pool but one on a lock this thread holds; the
-    // last one runs the nested caller.
-    let workers = rayon::current_num_threads();
-    let lock = Arc::new(Mutex::new(()));
-    let held = lock.lock().unwrap();
-    let started = Arc::new(Barrier::new(workers + 1));
-    let (done, finished) = mpsc::channel::<(&'static str, Vec<Duration>)>();
-    for _ in 1..workers {
-        let (lock, started) = (Arc::clone(&lock), Arc::clone(&started));
-        rayon::spawn(move || {
-            started.wait();
-            drop(lock.lock());
-        });
-    }
-    {
-        let (started, problem, expected, done) =
-            (Arc::clone(&started), Arc::clone(&problem), Arc::clone(&expected), done.clone());
-        rayon::spawn(move || {
-            started.wait();
-            let _ = done.send(("nested in a pool job", problem.calls(50, 2, &expected)));
-        });
-    }
-    // Every worker is taken from here on (the barrier waits for all of them).
-    started.wait();
+    let held = block_pool(rayon::current_num_threads(), None);
     let blocked_at = Instant::now();
+    let (done, finished) = mpsc::channel::<Report>();
     let callers: Vec<_> = (0..2)
         .map(|_| {
             let (problem, expected, done) = (Arc::clone(&problem), Arc::clone(&expected), done.clone());
@@ -111,28 +142,50 @@ fn calls_return_while_the_global_pool_is_blocked() {
             })
         })
         .collect();
-    let mut results = Vec::new();
-    while results.len() < 3 {
-        let Some(left) = DEADLINE.checked_sub(blocked_at.elapsed()) else { break };
-        match finished.recv_timeout(left) {
-            Ok(r) => results.push(r),
-            Err(_) => break,
-        }
-    }
-    let returned_blocked = results.len();
-    let blocked_for = blocked_at.elapsed();
+    let mut results = reports_by_deadline(&finished, 2, blocked_at);
+    let (returned_blocked, blocked_for) = (results.len(), blocked_at.elapsed());
     drop(held);
     callers.into_iter().for_each(|c| c.join().expect("a caller panicked"));
-    while results.len() < 3 {
+    results.extend(finished.try_iter());
+    print_reports(single, blocked_for, &results);
+    assert_eq!(
+        returned_blocked, 2,
+        "calls waited for the blocked pool: {returned_blocked} of 2 callers returned in {DEADLINE:?}"
+    );
+}
+
+/// A call nested in a pool job, with every other worker blocked, while a caller from
+/// outside makes calls too (so that either may find the exchange taken).
+#[test]
+fn nested_calls_return_while_the_rest_of_the_pool_is_blocked() {
+    let problem = Arc::new(Problem::new(96, 256, 512));
+    let expected: Arc<Vec<i32>> = Arc::new(problem.run(1, &mut Workspace::new()));
+    let single = median(problem.calls(20, 1, &expected));
+    let (done, finished) = mpsc::channel::<Report>();
+    let nested = {
+        let (problem, expected, done) = (Arc::clone(&problem), Arc::clone(&expected), done.clone());
+        Box::new(move || {
+            let _ = done.send(("nested in a pool job", problem.calls(50, 2, &expected)));
+        })
+    };
+    let held = block_pool(rayon::current_num_threads() - 1, Some(nested));
+    let blocked_at = Instant::now();
+    let outside = {
+        let (problem, expected, done) = (Arc::clone(&problem), Arc::clone(&expected), done.clone());
+        std::thread::spawn(move || {
+            let _ = done.send(("from outside the pool", problem.calls(100, 3, &expected)));
+        })
+    };
+    let mut results = reports_by_deadline(&finished, 2, blocked_at);
+    let (returned_blocked, blocked_for) = (results.len(), blocked_at.elapsed());
+    drop(held);
+    outside.join().expect("the caller panicked");
+    while results.len() < 2 {
         results.push(finished.recv().expect("the nested caller reports"));
     }
-    println!("single thread: median {single:?} per call; the pool blocked for {blocked_for:?}");
-    for (caller, times) in &results {
-        let most = *times.iter().max().unwrap();
-        println!("{caller}: median {:?}, slowest {most:?} over {} calls", median(times.clone()), times.len());
-    }
+    print_reports(single, blocked_for, &results);
     assert_eq!(
-        returned_blocked, 3,
-        "calls waited for the blocked pool: only {returned_blocked} of 3 callers returned within {DEADLINE:?}"
+        returned_blocked, 2,
+        "calls waited for the blocked pool: {returned_blocked} of 2 callers returned in {DEADLINE:?}"
     );
 }
