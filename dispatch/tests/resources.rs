@@ -31,27 +31,28 @@ use qgemm::{
 /// Set in the child: the test's limited part runs.
 const CHILD: &str = "QGEMM_RESOURCES_CHILD";
 
-/// Runs test `name` of this binary in a child under `limits` (shell `ulimit`
-/// arguments), and checks that it exited cleanly and printed `done`.
+/// Runs test `name` of this binary in a child under `limits` (bash `ulimit`
+/// arguments), and checks that it exited cleanly, printed `done` and no panic.
 /// The child gets 5 minutes (a hang is a failure, not a stuck CI), and threads'
 /// stacks of 16 MiB (`RUST_MIN_STACK`, which rayon's workers follow too), so that a
 /// margin of a few MiB of address space holds the calls' scratch and small
 /// allocations but no thread.
 fn in_child(name: &str, limits: &str) {
     let exe = std::env::current_exe().expect("the test binary");
-    let script = format!("ulimit {limits} && exec timeout 300 \"$0\" --exact {name} --nocapture --test-threads=1");
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(script)
+    let script = format!("ulimit {limits} && exec \"$0\" --exact {name} --nocapture --test-threads=1");
+    let out = Command::new("timeout")
+        .args(["300", "bash", "-c", &script])
         .arg(exe)
         .env(CHILD, "1")
         .env("RUST_MIN_STACK", (16 << 20).to_string())
         .output()
-        .expect("sh");
+        .expect("timeout and bash");
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     println!("child ({limits}):\n{stdout}{stderr}");
     assert!(out.status.success(), "the child under `ulimit {limits}` failed: {:?}", out.status);
     assert!(stdout.contains(&format!("{name}: done")), "the child did not finish its calls");
+    // Not even a panic caught inside qgemm (rayon's, where its pool failed to start).
+    assert!(!stderr.contains("panicked"), "a panic in the child");
 }
 
 fn is_child() -> bool {

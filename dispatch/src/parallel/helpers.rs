@@ -101,12 +101,14 @@ fn start(f: impl FnOnce() + Send + 'static) -> bool {
 #[cfg(feature = "rayon")]
 mod pool {
     use std::error::Error;
-    use std::sync::atomic::{AtomicU8, Ordering::SeqCst};
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 
-    const UNKNOWN: u8 = 0;
-    const READY: u8 = 1;
-    const FAILED: u8 = 2;
-    static GLOBAL: AtomicU8 = AtomicU8::new(UNKNOWN);
+    /// Whether qgemm's start of the global pool found it running, decided once (calls
+    /// that come meanwhile wait for the answer rather than race to their own).
+    static STARTED: OnceLock<bool> = OnceLock::new();
+    /// Set where `rayon::spawn` panicked all the same (see [`super::start`]).
+    static FAILED: AtomicBool = AtomicBool::new(false);
 
     /// Whether rayon's global pool runs, starting it on first use as `rayon::spawn`
     /// would (the same default settings; an engine that configures the pool does so
@@ -114,23 +116,17 @@ mod pool {
     /// than a panic: rayon tries only once, so a pool that failed to start (no memory
     /// or no thread for its workers) never will, and qgemm then uses OS threads.
     pub(super) fn global_ready() -> bool {
-        match GLOBAL.load(SeqCst) {
-            READY => true,
-            FAILED => false,
-            _ => {
-                // An error with a source is this start's I/O error; without one, the
-                // pool was started already (by the engine, or another qgemm call).
-                let ready =
-                    rayon::ThreadPoolBuilder::new().build_global().map_or_else(|e| e.source().is_none(), |()| true);
-                GLOBAL.store(if ready { READY } else { FAILED }, SeqCst);
-                ready
-            }
-        }
+        // An error with a source is this start's I/O error; without one, the pool was
+        // started already (by the engine, or an earlier qgemm call).
+        let started = STARTED.get_or_init(|| {
+            rayon::ThreadPoolBuilder::new().build_global().map_or_else(|e| e.source().is_none(), |()| true)
+        });
+        *started && !FAILED.load(SeqCst)
     }
 
     /// The global pool turned out not to run.
     pub(super) fn global_failed() {
-        GLOBAL.store(FAILED, SeqCst);
+        FAILED.store(true, SeqCst);
     }
 }
 
