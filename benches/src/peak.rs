@@ -28,9 +28,9 @@ pub struct Peak {
 /// against the host's best exact widening MAC.
 pub fn measure(isa: Isa, data: crate::DataKind) -> Peak {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 && data == crate::DataKind::SevenBit && std::arch::is_x86_feature_detected!("avx2") {
+    if isa == Isa::Avx2 && data == crate::DataKind::SevenBit && Isa::Avx2.cpu_supports() {
         return best_of("avx2 vpmaddubsw+vpmaddwd+vpaddd", x86::AVX2_MADDUBS_MACS_PER_ITER, |iters| {
-            // SAFETY: AVX2 was detected just above.
+            // SAFETY: AVX2 was detected (`cpu_supports`) just above.
             unsafe { x86::avx2_maddubs_loop(iters) }
         });
     }
@@ -72,9 +72,9 @@ pub fn measure_threads(isa: Isa, data: crate::DataKind, threads: usize) -> f64 {
 fn host_widening_mac() -> Peak {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") {
+        if Isa::Avx2.cpu_supports() {
             return best_of("avx2 vpmaddwd+vpaddd", x86::AVX2_MACS_PER_ITER, |iters| {
-                // SAFETY: AVX2 was detected just above.
+                // SAFETY: AVX2 was detected (`cpu_supports`) just above.
                 unsafe { x86::avx2_madd_loop(iters) }
             });
         }

@@ -1,16 +1,19 @@
 //! CPU feature detection, kernel selection, and forcing an ISA.
 //!
-//! Detection runs once per process and is cached; kernels are reached only through
-//! [`kernel_for`], which refuses an ISA the CPU lacks, so no `#[target_feature]` code
-//! can run on a CPU without the feature.
+//! Each [`Isa`] is a tier of the kernels crate's registry
+//! ([`qgemm_kernels::registry`]), which holds its name, CPU features, kernels and
+//! priority: this module reads them there. Detection runs once per process and is
+//! cached; kernels are reached only through [`kernel_for`], which refuses an ISA the
+//! CPU lacks, so no `#[target_feature]` code can run on a CPU without the feature.
 
 use std::fmt;
 use std::str::FromStr;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU8, Ordering};
 
+use qgemm_kernels::Kernel;
 use qgemm_kernels::dwconv::{self, DwKernel};
-use qgemm_kernels::{Kernel, portable};
+use qgemm_kernels::registry::{self, Tier};
 
 use crate::error::{Error, Result, bail};
 
@@ -19,23 +22,27 @@ use crate::error::{Error, Result, bail};
 /// Every variant names a target of the design; [`available_isas`] says which have a
 /// kernel in this build that this CPU can run. Names (`Display`, `FromStr`, and
 /// `QGEMM_ISA`) are the lower-case strings of [`Isa::name`].
+///
+/// The discriminants are the C ABI's `QGEMM_ISA_*` values, and the index of the tier
+/// in [`registry::TIERS`]; which ISA a CPU prefers is the tier's priority, not this
+/// order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
 pub enum Isa {
     /// Plain Rust, blocked and packed, multiversioned for AVX2/SSE4.1/NEON; runs anywhere.
-    Portable,
+    Portable = 0,
     /// x86-64 AVX2.
-    Avx2,
+    Avx2 = 1,
     /// x86-64 AVX-VNNI (VEX-encoded `vpdpbusd`).
-    AvxVnni,
+    AvxVnni = 2,
     /// x86-64 AVX-512 with VNNI, BW and VL.
-    Avx512Vnni,
+    Avx512Vnni = 3,
     /// AArch64 NEON (ARMv8.0).
-    Neon,
+    Neon = 4,
     /// AArch64 NEON with the dot-product extension.
-    NeonDotprod,
+    NeonDotprod = 5,
     /// AArch64 NEON with the int8 matrix-multiply extension.
-    NeonI8mm,
+    NeonI8mm = 6,
 }
 
 impl Isa {
@@ -43,30 +50,20 @@ impl Isa {
     pub const ALL: [Isa; 7] =
         [Isa::Portable, Isa::Avx2, Isa::AvxVnni, Isa::Avx512Vnni, Isa::Neon, Isa::NeonDotprod, Isa::NeonI8mm];
 
-    /// The ISA's name, as `QGEMM_ISA` and the throughput study spell it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Isa::Portable => "portable",
-            Isa::Avx2 => "avx2",
-            Isa::AvxVnni => "avx-vnni",
-            Isa::Avx512Vnni => "avx512-vnni",
-            Isa::Neon => "neon",
-            Isa::NeonDotprod => "neon-dotprod",
-            Isa::NeonI8mm => "neon-i8mm",
-        }
+    /// The ISA's tier in the kernels crate's registry.
+    fn tier(self) -> &'static Tier {
+        registry::TIERS[self as usize]
     }
 
-    /// The CPU features the ISA needs, as the detection macros spell them.
+    /// The ISA's name, as `QGEMM_ISA` and the throughput study spell it.
+    pub fn name(self) -> &'static str {
+        self.tier().name
+    }
+
+    /// The CPU features the ISA needs, as the detection macros spell them: the one
+    /// list that detection and the ISA's kernels check.
     pub fn required_features(self) -> &'static [&'static str] {
-        match self {
-            Isa::Portable => &[],
-            Isa::Avx2 => &["avx2"],
-            Isa::AvxVnni => &["avx2", "avxvnni"],
-            Isa::Avx512Vnni => &["avx512f", "avx512bw", "avx512vl", "avx512vnni"],
-            Isa::Neon => &["neon"],
-            Isa::NeonDotprod => &["neon", "dotprod"],
-            Isa::NeonI8mm => &["neon", "dotprod", "i8mm"],
-        }
+        self.tier().features
     }
 
     /// True when this CPU has every feature the ISA needs (whether or not this build
@@ -82,7 +79,7 @@ impl Isa {
     }
 
     fn from_index(i: u8) -> Option<Isa> {
-        Isa::ALL.get(usize::from(i)).copied()
+        Isa::ALL.into_iter().find(|isa| *isa as u8 == i)
     }
 }
 
@@ -138,116 +135,58 @@ impl FromStr for Isa {
     }
 }
 
-/// The kernel this build has for `isa`, without looking at the CPU. Only
-/// [`kernel_for`] hands kernels to callers.
+/// The kernel this build has for `isa` where the CPU runs it (the registry's
+/// constructors check the tier's features). Only [`kernel_for`] hands kernels to
+/// callers.
 fn built_kernel(isa: Isa) -> Option<&'static Kernel> {
-    match isa {
-        Isa::Portable => Some(portable::kernel()),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => qgemm_kernels::x86_64::avx2::kernel(),
-        #[cfg(target_arch = "x86_64")]
-        Isa::AvxVnni => qgemm_kernels::x86_64::avx_vnni::kernel(),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => qgemm_kernels::x86_64::avx512_vnni::kernel(),
-        #[cfg(target_arch = "aarch64")]
-        Isa::Neon => qgemm_kernels::aarch64::neon::kernel(),
-        #[cfg(target_arch = "aarch64")]
-        Isa::NeonDotprod => qgemm_kernels::aarch64::neon_dotprod::kernel(),
-        #[cfg(target_arch = "aarch64")]
-        Isa::NeonI8mm => qgemm_kernels::aarch64::neon_i8mm::kernel(),
-        _ => None,
-    }
+    isa.tier().kernel()
 }
 
-/// The depthwise kernel for `isa`, once [`kernel_for`] has accepted it: the ISA's own
-/// where it has one, else the portable one (which runs everywhere). AVX-512 VNNI has
-/// `dw16c2-avx512-vnni` (16 channels per zmm, `vpdpwssd`; its detection checks every
-/// feature it uses, AVX2's if that fails); AVX-VNNI uses AVX2's (every CPU with it has
-/// AVX2; its `vpdpbusd` has no use in a depthwise kernel that widens both operands to
-/// i16).
+/// The depthwise kernel for `isa`, once [`kernel_for`] has accepted it: the tier's
+/// (AVX-512 VNNI's `dw16c2-avx512-vnni`; AVX2's for AVX2 and AVX-VNNI, whose
+/// `vpdpbusd` has no use in a depthwise kernel that widens both operands to i16),
+/// else the portable one, which runs everywhere.
 pub(crate) fn dw_kernel_for(isa: Isa) -> Result<&'static DwKernel> {
     kernel_for(isa)?;
-    Ok(match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => qgemm_kernels::x86_64::avx512_dwconv::dw_kernel()
-            .or_else(qgemm_kernels::x86_64::avx2_dwconv::dw_kernel)
-            .unwrap_or(dwconv::portable_kernel()),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::AvxVnni => {
-            qgemm_kernels::x86_64::avx2_dwconv::dw_kernel().unwrap_or(dwconv::portable_kernel())
-        }
-        _ => dwconv::portable_kernel(),
-    })
+    Ok(isa.tier().dw_kernel().unwrap_or(dwconv::portable_kernel()))
 }
 
 /// What detection found, computed once.
 struct Cpu {
     /// Bit `isa as u8` is set when the CPU has every feature `isa` needs.
     supported: u32,
-    /// The ISAs with a kernel in this build that this CPU runs, best last.
+    /// The ISAs with a kernel in this build that this CPU runs, in `Isa` order.
     available: Vec<Isa>,
+    /// The one of them with the highest priority.
+    best: Isa,
 }
 
 fn cpu() -> &'static Cpu {
     static CPU: OnceLock<Cpu> = OnceLock::new();
     CPU.get_or_init(|| {
-        let supported = Isa::ALL.iter().filter(|isa| detect(**isa)).fold(0u32, |bits, isa| bits | 1 << *isa as u8);
-        let available = Isa::ALL
+        let supported =
+            Isa::ALL.iter().filter(|isa| isa.tier().cpu_supports()).fold(0u32, |bits, isa| bits | 1 << *isa as u8);
+        let available: Vec<Isa> = Isa::ALL
             .iter()
             .copied()
             .filter(|isa| supported & (1 << *isa as u8) != 0 && built_kernel(*isa).is_some())
             .collect();
-        Cpu { supported, available }
+        let best = available.iter().copied().max_by_key(|isa| isa.tier().priority).unwrap_or(Isa::Portable);
+        Cpu { supported, available, best }
     })
 }
 
-/// Queries the CPU (std caches the underlying cpuid/auxv reads too).
-fn detect(isa: Isa) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        match isa {
-            Isa::Portable => true,
-            Isa::Avx2 => is_x86_feature_detected!("avx2"),
-            Isa::AvxVnni => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("avxvnni"),
-            Isa::Avx512Vnni => {
-                is_x86_feature_detected!("avx512f")
-                    && is_x86_feature_detected!("avx512bw")
-                    && is_x86_feature_detected!("avx512vl")
-                    && is_x86_feature_detected!("avx512vnni")
-            }
-            _ => false,
-        }
-    }
-    #[cfg(target_arch = "aarch64")]
-    {
-        use std::arch::is_aarch64_feature_detected;
-        match isa {
-            Isa::Portable => true,
-            Isa::Neon => is_aarch64_feature_detected!("neon"),
-            Isa::NeonDotprod => is_aarch64_feature_detected!("neon") && is_aarch64_feature_detected!("dotprod"),
-            Isa::NeonI8mm => {
-                is_aarch64_feature_detected!("neon")
-                    && is_aarch64_feature_detected!("dotprod")
-                    && is_aarch64_feature_detected!("i8mm")
-            }
-            _ => false,
-        }
-    }
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    {
-        isa == Isa::Portable
-    }
-}
-
-/// Every ISA with a kernel in this build that this CPU can run, from the most portable
-/// to the best. Always contains [`Isa::Portable`]. Tests and benchmarks iterate over it.
+/// Every ISA with a kernel in this build that this CPU can run, in [`Isa::ALL`]'s
+/// order (from the most portable to the most specific within each architecture).
+/// Always contains [`Isa::Portable`]. Tests and benchmarks iterate over it.
 pub fn available_isas() -> &'static [Isa] {
     &cpu().available
 }
 
-/// The best ISA this CPU runs, ignoring any forcing.
+/// The best ISA this CPU runs (the highest priority of the registry), ignoring any
+/// forcing.
 pub fn detected_isa() -> Isa {
-    *cpu().available.last().expect("the portable kernel is always available")
+    cpu().best
 }
 
 /// The kernel for `isa`, or an error that says why it cannot run here. This is the
@@ -279,15 +218,10 @@ pub(crate) fn kernel_for_columns(isa: Isa, n: usize) -> Result<&'static Kernel> 
     // (An N that overflows when padded gets the tier's kernel, whose packing then
     // reports the overflow.)
     let padding = |k: &Kernel| n.checked_next_multiple_of(k.tile().nr).map_or(usize::MAX, |p| p - n);
-    #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512Vnni
-        && let Some(wide) = qgemm_kernels::x86_64::avx512_vnni::wide_kernel()
-        && padding(wide) < padding(main)
-    {
-        return Ok(wide);
+    match isa.tier().wide_kernel() {
+        Some(wide) if padding(wide) < padding(main) => Ok(wide),
+        _ => Ok(main),
     }
-    let _ = padding;
-    Ok(main)
 }
 
 fn list(isas: &[Isa]) -> String {
@@ -375,9 +309,32 @@ mod tests {
     }
 
     #[test]
-    fn portable_is_always_available_and_detected_is_the_last() {
+    fn isas_are_the_registry_tiers_and_the_c_constants() {
+        use crate::ffi::*;
+        let c = [
+            QGEMM_ISA_PORTABLE,
+            QGEMM_ISA_AVX2,
+            QGEMM_ISA_AVX_VNNI,
+            QGEMM_ISA_AVX512_VNNI,
+            QGEMM_ISA_NEON,
+            QGEMM_ISA_NEON_DOTPROD,
+            QGEMM_ISA_NEON_I8MM,
+        ];
+        assert_eq!(Isa::ALL.len(), registry::TIERS.len());
+        for (i, isa) in Isa::ALL.into_iter().enumerate() {
+            assert_eq!(isa as usize, i, "{isa}: its value is its place in Isa::ALL and the registry");
+            assert_eq!(isa as qgemm_isa, c[i], "{isa}: its C constant");
+            assert!(std::ptr::eq(isa.tier(), registry::TIERS[i]));
+            assert_eq!(isa.required_features(), registry::TIERS[i].features);
+            assert_eq!(isa.cpu_supports(), registry::TIERS[i].cpu_supports());
+        }
+    }
+
+    #[test]
+    fn portable_is_always_available_and_detected_has_the_highest_priority() {
         assert_eq!(available_isas()[0], Isa::Portable);
-        assert_eq!(detected_isa(), *available_isas().last().unwrap());
+        let best = available_isas().iter().map(|isa| isa.tier().priority).max();
+        assert_eq!(Some(detected_isa().tier().priority), best);
         for &isa in available_isas() {
             assert!(isa.cpu_supports());
             assert!(kernel_for(isa).is_ok());

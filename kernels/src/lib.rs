@@ -37,6 +37,7 @@ pub mod kernel;
 pub mod output;
 pub mod pack;
 pub mod portable;
+pub mod registry;
 pub mod rows;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;

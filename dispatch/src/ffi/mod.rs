@@ -483,9 +483,9 @@ unsafe fn deref<'a, T>(ptr: *const T, what: &str) -> Result<&'a T, Failure> {
 }
 
 fn isa_from_c(isa: qgemm_isa) -> Result<Isa, Failure> {
-    match Isa::ALL.get(isa as usize) {
-        Some(&found) if isa as usize == found as usize => Ok(found),
-        _ => fail(QGEMM_STATUS_INVALID_ENUM, format!("ISA {isa} is not a QGEMM_ISA_* constant")),
+    match Isa::ALL.into_iter().find(|found| isa_to_c(*found) == isa) {
+        Some(found) => Ok(found),
+        None => fail(QGEMM_STATUS_INVALID_ENUM, format!("ISA {isa} is not a QGEMM_ISA_* constant")),
     }
 }
 

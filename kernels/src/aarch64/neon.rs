@@ -43,7 +43,7 @@ const BLOCKING: Blocking = Blocking { mc: 64, kc: 512, nc: 512 };
 
 /// The exact kernel with its fast path, or `None` if this CPU lacks NEON.
 pub fn kernel() -> Option<&'static Kernel> {
-    if std::arch::is_aarch64_feature_detected!("neon") { Some(&EXACT) } else { None }
+    if crate::registry::NEON.cpu_supports() { Some(&EXACT) } else { None }
 }
 
 // Private: handed out only by `kernel()`, after detection. The fast path computes the

@@ -35,8 +35,7 @@ const BLOCKING: Blocking = Blocking { mc: 64, kc: 512, nc: 512 };
 
 /// The kernel, or `None` if this CPU lacks the dot-product extension.
 pub fn kernel() -> Option<&'static Kernel> {
-    let ok = std::arch::is_aarch64_feature_detected!("neon") && std::arch::is_aarch64_feature_detected!("dotprod");
-    if ok { Some(&KERNEL) } else { None }
+    if crate::registry::NEON_DOTPROD.cpu_supports() { Some(&KERNEL) } else { None }
 }
 
 // Private: handed out only by `kernel()`, after detection.

@@ -36,10 +36,10 @@ const TILE: Tile = Tile { mr: MR, nr: NR, kg: KG };
 // 64 × 512 i32 accumulators.
 const BLOCKING: Blocking = Blocking { mc: 64, kc: 512, nc: 512 };
 
-/// The kernel, or `None` if this CPU lacks the int8 matrix-multiply extension.
+/// The kernel, or `None` if this CPU lacks the int8 matrix-multiply or the dot-product
+/// extension (the tier's list in the registry).
 pub fn kernel() -> Option<&'static Kernel> {
-    let ok = std::arch::is_aarch64_feature_detected!("neon") && std::arch::is_aarch64_feature_detected!("i8mm");
-    if ok { Some(&KERNEL) } else { None }
+    if crate::registry::NEON_I8MM.cpu_supports() { Some(&KERNEL) } else { None }
 }
 
 // Private: handed out only by `kernel()`, after detection.

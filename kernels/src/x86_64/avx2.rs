@@ -55,7 +55,7 @@ const BLOCKING: Blocking = Blocking { mc: 48, kc: 512, nc: 1024 };
 
 /// The exact kernel with its fast path, or `None` if this CPU lacks AVX2.
 pub fn kernel() -> Option<&'static Kernel> {
-    if is_x86_feature_detected!("avx2") { Some(&EXACT) } else { None }
+    if crate::registry::AVX2.cpu_supports() { Some(&EXACT) } else { None }
 }
 
 // Private: handed out only by `kernel()`, after detection. The fast path computes the

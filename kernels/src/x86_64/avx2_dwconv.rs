@@ -21,7 +21,7 @@ use crate::dwconv::{BuildArgs, DwKernel, FastRun, LANES, RowArgs, RowOut, build_
 
 /// The AVX2 depthwise kernel, or `None` if this CPU lacks AVX2.
 pub fn dw_kernel() -> Option<&'static DwKernel> {
-    if is_x86_feature_detected!("avx2") { Some(&KERNEL) } else { None }
+    if crate::registry::AVX2.cpu_supports() { Some(&KERNEL) } else { None }
 }
 
 // Private: handed out only by `dw_kernel()`, after detection.

@@ -38,12 +38,7 @@ use crate::dwconv::{BuildArgs, DwKernel, FastRun, FloatOut, LANES, RowArgs, RowO
 /// The AVX-512 depthwise kernel, or `None` if this CPU lacks any of AVX-512 F, BW, VL,
 /// VNNI or AVX2.
 pub fn dw_kernel() -> Option<&'static DwKernel> {
-    let detected = is_x86_feature_detected!("avx512f")
-        && is_x86_feature_detected!("avx512bw")
-        && is_x86_feature_detected!("avx512vl")
-        && is_x86_feature_detected!("avx512vnni")
-        && is_x86_feature_detected!("avx2");
-    if detected { Some(&KERNEL) } else { None }
+    if crate::registry::AVX512_VNNI.cpu_supports() { Some(&KERNEL) } else { None }
 }
 
 // Private: handed out only by `dw_kernel()`, after detection.

@@ -49,13 +49,9 @@ const _: () =
     assert!(WIDE_BLOCKING.mc * WIDE_BLOCKING.kc <= 64 << 10 && WIDE_BLOCKING.mc * WIDE_BLOCKING.nc <= 64 << 10);
 
 /// Whether this CPU has AVX-512 F/BW/VL with VNNI (and AVX2, which packing uses and
-/// every such CPU has).
+/// every such CPU has): the tier's one list, in the registry.
 fn detected() -> bool {
-    is_x86_feature_detected!("avx512f")
-        && is_x86_feature_detected!("avx512bw")
-        && is_x86_feature_detected!("avx512vl")
-        && is_x86_feature_detected!("avx512vnni")
-        && is_x86_feature_detected!("avx2")
+    crate::registry::AVX512_VNNI.cpu_supports()
 }
 
 /// The kernel (`8x48c4`), or `None` if this CPU lacks AVX-512 F/BW/VL with VNNI.

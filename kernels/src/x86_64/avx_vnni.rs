@@ -32,8 +32,7 @@ const _: () = assert!(BLOCKING.mc * BLOCKING.kc <= 64 << 10 && BLOCKING.mc * BLO
 
 /// The kernel, or `None` if this CPU lacks AVX-VNNI or AVX2.
 pub fn kernel() -> Option<&'static Kernel> {
-    let detected = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("avxvnni");
-    if detected { Some(&KERNEL) } else { None }
+    if crate::registry::AVX_VNNI.cpu_supports() { Some(&KERNEL) } else { None }
 }
 
 // Private: handed out only by `kernel()`, after detection.

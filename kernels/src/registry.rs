@@ -1,0 +1,211 @@
+//! The ISA registry: every tier's facts in one place, so that a new tier is a new
+//! module plus one entry here (and the public crate's `Isa` variant and C constant).
+//!
+//! A [`Tier`] holds its name, the one list of CPU features its kernels use (read by
+//! detection, [`Tier::cpu_supports`], and by each kernel's own constructor, so the two
+//! cannot disagree), its GEMM kernels, its depthwise kernel and its priority. The
+//! public crate's detection, forcing, `available_isas()` and error messages read
+//! [`TIERS`].
+//!
+//! ```text
+//!   tier           arch      features                                    priority
+//!   portable       any       —                                             0
+//!   avx2           x86_64    avx2                                         10
+//!   avx-vnni       x86_64    avx2 avxvnni                                 20
+//!   avx512-vnni    x86_64    avx512f avx512bw avx512vl avx512vnni avx2    30
+//!   neon           aarch64   neon                                         10
+//!   neon-dotprod   aarch64   neon dotprod                                 20
+//!   neon-i8mm      aarch64   neon dotprod i8mm                            30
+//! ```
+
+use std::sync::OnceLock;
+
+use crate::Kernel;
+use crate::dwconv::DwKernel;
+
+/// One tier of kernels.
+#[derive(Debug)]
+pub struct Tier {
+    /// The tier's name, as `QGEMM_ISA`, the study and the kernels' names spell it.
+    pub name: &'static str,
+    /// The architecture its kernels are built for (as `std::env::consts::ARCH` spells
+    /// it), or `None` for code that runs anywhere.
+    pub arch: Option<&'static str>,
+    /// Every CPU feature its kernels use, as `is_x86_feature_detected!` and
+    /// `is_aarch64_feature_detected!` spell them.
+    pub features: &'static [&'static str],
+    /// Among the tiers a CPU runs, the highest is the default.
+    pub priority: u8,
+    gemm: fn() -> Option<&'static Kernel>,
+    wide: fn() -> Option<&'static Kernel>,
+    depthwise: fn() -> Option<&'static DwKernel>,
+    detected: OnceLock<bool>,
+}
+
+impl Tier {
+    /// Whether this CPU has every feature of [`Tier::features`] and the tier is built
+    /// for this architecture (whether or not this build has its kernels). Cached.
+    pub fn cpu_supports(&self) -> bool {
+        *self.detected.get_or_init(|| {
+            self.arch.is_none_or(|arch| arch == std::env::consts::ARCH)
+                && self.features.iter().all(|f| feature_detected(f) == Some(true))
+        })
+    }
+
+    /// The tier's GEMM kernel, where this build has one and this CPU runs it.
+    pub fn kernel(&self) -> Option<&'static Kernel> {
+        (self.gemm)()
+    }
+
+    /// A sibling GEMM kernel of the tier with wider panels, for products whose N
+    /// fills them with less padding (AVX-512 VNNI's `6x64c4`), where there is one.
+    pub fn wide_kernel(&self) -> Option<&'static Kernel> {
+        (self.wide)()
+    }
+
+    /// The tier's depthwise kernel (its own, or a lower tier's that needs no feature
+    /// the tier lacks); `None` where the portable one (`dwconv::portable_kernel`)
+    /// serves.
+    pub fn dw_kernel(&self) -> Option<&'static DwKernel> {
+        (self.depthwise)()
+    }
+}
+
+/// Whether this CPU has feature `name` (as the detection macros spell it); `None`
+/// for a name the registry does not know on this architecture.
+pub fn feature_detected(name: &str) -> Option<bool> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        Some(match name {
+            "avx2" => has!("avx2"),
+            "avxvnni" => has!("avxvnni"),
+            "avx512f" => has!("avx512f"),
+            "avx512bw" => has!("avx512bw"),
+            "avx512vl" => has!("avx512vl"),
+            "avx512vnni" => has!("avx512vnni"),
+            _ => return None,
+        })
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        use std::arch::is_aarch64_feature_detected as has;
+        Some(match name {
+            "neon" => has!("neon"),
+            "dotprod" => has!("dotprod"),
+            "i8mm" => has!("i8mm"),
+            _ => return None,
+        })
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        let _ = name;
+        None
+    }
+}
+
+/// No kernel (a tier of another architecture, or none of this kind).
+fn none<T>() -> Option<&'static T> {
+    None
+}
+
+/// `$f` on `$arch`, else [`none`]: a tier's entry point wherever it is compiled.
+macro_rules! on {
+    ($arch:literal, $f:expr) => {{
+        #[cfg(target_arch = $arch)]
+        let f = $f;
+        #[cfg(not(target_arch = $arch))]
+        let f = none;
+        f
+    }};
+}
+
+/// Plain Rust: runs anywhere.
+pub static PORTABLE: Tier = Tier {
+    name: "portable",
+    arch: None,
+    features: &[],
+    priority: 0,
+    gemm: || Some(crate::portable::kernel()),
+    wide: none,
+    depthwise: none,
+    detected: OnceLock::new(),
+};
+
+/// x86-64 AVX2.
+pub static AVX2: Tier = Tier {
+    name: "avx2",
+    arch: Some("x86_64"),
+    features: &["avx2"],
+    priority: 10,
+    gemm: on!("x86_64", crate::x86_64::avx2::kernel),
+    wide: none,
+    depthwise: on!("x86_64", crate::x86_64::avx2_dwconv::dw_kernel),
+    detected: OnceLock::new(),
+};
+
+/// x86-64 AVX-VNNI (VEX-encoded `vpdpbusd`), on AVX2's depthwise kernel (its
+/// `vpdpbusd` has no use in a depthwise kernel that widens both operands to i16).
+pub static AVX_VNNI: Tier = Tier {
+    name: "avx-vnni",
+    arch: Some("x86_64"),
+    features: &["avx2", "avxvnni"],
+    priority: 20,
+    gemm: on!("x86_64", crate::x86_64::avx_vnni::kernel),
+    wide: none,
+    depthwise: on!("x86_64", crate::x86_64::avx2_dwconv::dw_kernel),
+    detected: OnceLock::new(),
+};
+
+/// x86-64 AVX-512 F/BW/VL with VNNI (and AVX2, which its packing and epilogues use and
+/// every such CPU has).
+pub static AVX512_VNNI: Tier = Tier {
+    name: "avx512-vnni",
+    arch: Some("x86_64"),
+    features: &["avx512f", "avx512bw", "avx512vl", "avx512vnni", "avx2"],
+    priority: 30,
+    gemm: on!("x86_64", crate::x86_64::avx512_vnni::kernel),
+    wide: on!("x86_64", crate::x86_64::avx512_vnni::wide_kernel),
+    depthwise: on!("x86_64", crate::x86_64::avx512_dwconv::dw_kernel),
+    detected: OnceLock::new(),
+};
+
+/// AArch64 NEON (ARMv8.0).
+pub static NEON: Tier = Tier {
+    name: "neon",
+    arch: Some("aarch64"),
+    features: &["neon"],
+    priority: 10,
+    gemm: on!("aarch64", crate::aarch64::neon::kernel),
+    wide: none,
+    depthwise: none,
+    detected: OnceLock::new(),
+};
+
+/// AArch64 NEON with the dot-product extension.
+pub static NEON_DOTPROD: Tier = Tier {
+    name: "neon-dotprod",
+    arch: Some("aarch64"),
+    features: &["neon", "dotprod"],
+    priority: 20,
+    gemm: on!("aarch64", crate::aarch64::neon_dotprod::kernel),
+    wide: none,
+    depthwise: none,
+    detected: OnceLock::new(),
+};
+
+/// AArch64 NEON with the int8 matrix-multiply extension (and dotprod, which every
+/// CPU with i8mm has and the tier's requirement has always named).
+pub static NEON_I8MM: Tier = Tier {
+    name: "neon-i8mm",
+    arch: Some("aarch64"),
+    features: &["neon", "dotprod", "i8mm"],
+    priority: 30,
+    gemm: on!("aarch64", crate::aarch64::neon_i8mm::kernel),
+    wide: none,
+    depthwise: none,
+    detected: OnceLock::new(),
+};
+
+/// Every tier, in the public crate's `Isa` order (its C ABI values).
+pub static TIERS: [&Tier; 7] = [&PORTABLE, &AVX2, &AVX_VNNI, &AVX512_VNNI, &NEON, &NEON_DOTPROD, &NEON_I8MM];

@@ -1,0 +1,72 @@
+//! The ISA registry against the kernels it hands out: each tier's feature list is
+//! one this architecture's detection knows, a tier runs exactly where its features
+//! are all detected, and every kernel a tier hands out (its GEMM kernel, the fast
+//! path, the wide sibling, its depthwise kernel) is named for its tile
+//! (`MRxNRcKG-…`, XNNPACK-style; depthwise `dwLANEScKG-…`).
+
+use qgemm_kernels::Kernel;
+use qgemm_kernels::registry::{self, TIERS};
+
+/// `MRxNRcKG-`, the start of a GEMM kernel's name.
+fn tile_prefix(kernel: &Kernel) -> String {
+    let t = kernel.tile();
+    format!("{}x{}c{}-", t.mr, t.nr, t.kg)
+}
+
+#[test]
+fn every_tier_lists_features_this_architecture_detects() {
+    for tier in TIERS {
+        if tier.arch.is_some_and(|arch| arch != std::env::consts::ARCH) {
+            assert!(!tier.cpu_supports(), "{}: a tier of another architecture", tier.name);
+            continue;
+        }
+        for feature in tier.features {
+            assert!(registry::feature_detected(feature).is_some(), "{}: unknown feature {feature:?}", tier.name);
+        }
+        let all = tier.features.iter().all(|f| registry::feature_detected(f) == Some(true));
+        assert_eq!(tier.cpu_supports(), all, "{}", tier.name);
+        // A kernel exactly where the CPU runs the tier (the portable one everywhere).
+        assert_eq!(tier.kernel().is_some(), tier.cpu_supports(), "{}", tier.name);
+    }
+    assert!(registry::PORTABLE.cpu_supports() && registry::PORTABLE.features.is_empty());
+}
+
+#[test]
+fn names_are_unique_and_priorities_order_each_architecture() {
+    for (i, a) in TIERS.iter().enumerate() {
+        for b in &TIERS[i + 1..] {
+            assert_ne!(a.name, b.name);
+            if a.arch == b.arch {
+                assert_ne!(a.priority, b.priority, "{} and {}", a.name, b.name);
+            }
+        }
+        // A tier outranks the portable one, and every tier of its architecture whose
+        // features it has all of.
+        for b in TIERS {
+            let subset = b.features.iter().all(|f| a.features.contains(f));
+            if a.arch == b.arch && subset && a.name != b.name {
+                assert!(a.priority > b.priority, "{} below {}", a.name, b.name);
+            }
+        }
+        assert!(a.name == "portable" || a.priority > registry::PORTABLE.priority);
+    }
+}
+
+#[test]
+fn every_kernel_is_named_for_its_tile() {
+    for tier in TIERS {
+        let main: Vec<Kernel> = tier.kernel().into_iter().chain(tier.wide_kernel()).copied().collect();
+        let fast: Vec<Kernel> = main.iter().filter_map(Kernel::fast_path).collect();
+        for kernel in main.iter().chain(&fast) {
+            let prefix = tile_prefix(kernel);
+            assert!(kernel.name().starts_with(&prefix), "{}: {} is not {prefix}…", tier.name, kernel.name());
+        }
+        if let Some(dw) = tier.dw_kernel() {
+            assert!(dw.name().starts_with("dw"), "{}: depthwise {}", tier.name, dw.name());
+        }
+        if let Some(wide) = tier.wide_kernel() {
+            let main = tier.kernel().expect("a wide kernel beside a main one");
+            assert!(wide.tile().nr > main.tile().nr, "{}: the wide kernel is not wider", tier.name);
+        }
+    }
+}
