@@ -18,7 +18,7 @@
 //! In a file of its own, so that no other test's calls share the process's pool.
 
 use std::sync::mpsc;
-use std::sync::{Arc, Barrier};
+use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use qgemm::{Activations, Channelwise, OutputMatrix, OutputStage, PackedWeights, WeightLayout, Weights, Workspace};
@@ -72,6 +72,10 @@ fn median(mut t: Vec<Duration>) -> Duration {
     t.sort_unstable();
     t[t.len() / 2]
 }
+
+/// Held by each test for its whole run: two tests blocking the pool at once could
+/// each hold a worker at its barrier while waiting for the other's (seen under qemu).
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// Blocks `workers` workers of rayon's global pool, each on a channel, until the
 /// returned senders are dropped; returns once they are all blocked. `then` runs,
@@ -128,6 +132,7 @@ fn print_reports(single: Duration, blocked_for: Duration, results: &[Report]) {
 /// gate), with every worker of the pool blocked.
 #[test]
 fn calls_return_while_the_global_pool_is_blocked() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let problem = Arc::new(Problem::new(96, 256, 512));
     let expected: Arc<Vec<i32>> = Arc::new(problem.run(1, &mut Workspace::new()));
     let single = median(problem.calls(20, 1, &expected));
@@ -158,6 +163,7 @@ fn calls_return_while_the_global_pool_is_blocked() {
 /// outside makes calls too (so that either may find the exchange taken).
 #[test]
 fn nested_calls_return_while_the_rest_of_the_pool_is_blocked() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let problem = Arc::new(Problem::new(96, 256, 512));
     let expected: Arc<Vec<i32>> = Arc::new(problem.run(1, &mut Workspace::new()));
     let single = median(problem.calls(20, 1, &expected));
