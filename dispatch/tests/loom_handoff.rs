@@ -94,7 +94,7 @@ fn check_once(cells: &Cells) {
 fn model(f: impl Fn() + Sync + Send + 'static) {
     let mut builder = loom::model::Builder::new();
     if builder.preemption_bound.is_none() {
-        builder.preemption_bound = Some(3);
+        builder.preemption_bound = Some(4);
     }
     let executions = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counted = executions.clone();
