@@ -551,6 +551,11 @@ typedef struct qgemm_partition {
 #define QGEMM_ISA_NEON_I8MM 6
 
 /**
+ * x86-64 AMX-INT8.
+ */
+#define QGEMM_ISA_AMX_INT8 7
+
+/**
  * K×N, row-major.
  */
 #define QGEMM_LAYOUT_K_BY_N 0

@@ -147,7 +147,7 @@ impl PackedConvWeights {
         }
         check_weight_zero_points(w.zero_point, w.out_channels)?;
         let tile = kernel.tile();
-        if k.checked_next_multiple_of(tile.kg).is_none() || ocg.checked_next_multiple_of(tile.nr).is_none() {
+        if k.checked_next_multiple_of(tile.k_step()).is_none() || ocg.checked_next_multiple_of(tile.nr).is_none() {
             bail!(Overflow, "conv weights: K = {k} or OC/groups = {ocg} overflows when padded to the tile");
         }
         let zps = w.zero_point.values();

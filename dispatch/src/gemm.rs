@@ -9,7 +9,7 @@ use qgemm_kernels::rows::{ConvGeometry, Im2col, Rows};
 use qgemm_reference::{Channelwise, OutputStage, OutputType, WeightLayout};
 
 use crate::error::{Result, bail, out_of_memory};
-use crate::isa::{Isa, KernelInfo, kernel_for_columns, selected_isa};
+use crate::isa::{Isa, KernelInfo, kernel_for_columns, kernel_for_rows, selected_isa};
 use crate::parallel::{Grid, Partition, Shape, Tile, run_tasks};
 use crate::validate::{check_matrix, check_weight_zero_points, output_stage, product};
 use crate::workspace::Workspace;
@@ -61,8 +61,8 @@ impl PackedWeights {
         }
         check_weight_zero_points(zero_point, n)?;
         let tile = kernel.tile();
-        // The packed size: panels of nr columns, K rounded up to the K-group.
-        let kp = k.checked_next_multiple_of(tile.kg);
+        // The packed size: panels of nr columns, K rounded up to the K step.
+        let kp = k.checked_next_multiple_of(tile.k_step());
         let cols = n.checked_next_multiple_of(tile.nr);
         match (kp, cols) {
             (Some(kp), Some(cols)) => product("packed weights", &[kp, cols])?,
@@ -428,7 +428,7 @@ impl<'a> GemmTasks<'a> {
         check_matrix("A", a.data.len(), a.rows, a.cols, a.row_stride)?;
         c.check()?;
         let stage = output_stage(stage, b.n(), c.output_type())?;
-        let kernel = b.kernel();
+        let kernel = kernel_for_rows(b.isa(), b.kernel(), b.packed(), a.rows);
         let (tile, blocking) = (kernel.tile(), kernel.blocking());
         let shape =
             Shape { m: a.rows, n: b.n(), k: b.k(), row_unit: tile.mr, col_unit: tile.nr, row_block: blocking.mc };

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use qgemm_kernels::Kernel;
 use qgemm_kernels::dwconv::{self, DwKernel};
+use qgemm_kernels::pack::PackedB;
 use qgemm_kernels::registry::{self, Tier};
 
 use crate::error::{Error, Result, bail};
@@ -43,12 +44,24 @@ pub enum Isa {
     NeonDotprod = 5,
     /// AArch64 NEON with the int8 matrix-multiply extension.
     NeonI8mm = 6,
+    /// x86-64 AMX-INT8 (`tdpbusd` on tile registers; Sapphire Rapids and later Xeons),
+    /// with AVX-512 VNNI for products of few rows. Needs the OS's permission, which
+    /// detection asks for on Linux.
+    AmxInt8 = 7,
 }
 
 impl Isa {
     /// Every ISA, from the most portable to the most specific within each architecture.
-    pub const ALL: [Isa; 7] =
-        [Isa::Portable, Isa::Avx2, Isa::AvxVnni, Isa::Avx512Vnni, Isa::Neon, Isa::NeonDotprod, Isa::NeonI8mm];
+    pub const ALL: [Isa; 8] = [
+        Isa::Portable,
+        Isa::Avx2,
+        Isa::AvxVnni,
+        Isa::Avx512Vnni,
+        Isa::Neon,
+        Isa::NeonDotprod,
+        Isa::NeonI8mm,
+        Isa::AmxInt8,
+    ];
 
     /// The ISA's tier in the kernels crate's registry.
     fn tier(self) -> &'static Tier {
@@ -224,6 +237,18 @@ pub(crate) fn kernel_for_columns(isa: Isa, n: usize) -> Result<&'static Kernel> 
     }
 }
 
+/// The kernel that runs a product of `m` rows on weights `b`, packed for `packed` (a
+/// kernel of `isa`): the tier's kernel for small products where M is below its
+/// cut-over and it reads the same packing (AMX: AVX-512 VNNI's `8x32c4` for M < 32,
+/// see `registry::AMX_INT8`), else `packed`. Either computes the same bytes.
+pub(crate) fn kernel_for_rows(isa: Isa, packed: &'static Kernel, b: &PackedB, m: usize) -> &'static Kernel {
+    let tier = isa.tier();
+    match tier.small_kernel() {
+        Some(small) if m < tier.small_rows && b.fits(small.tile()) => small,
+        _ => packed,
+    }
+}
+
 fn list(isas: &[Isa]) -> String {
     isas.iter().map(|i| i.name()).collect::<Vec<_>>().join(", ")
 }
@@ -319,6 +344,7 @@ mod tests {
             QGEMM_ISA_NEON,
             QGEMM_ISA_NEON_DOTPROD,
             QGEMM_ISA_NEON_I8MM,
+            QGEMM_ISA_AMX_INT8,
         ];
         assert_eq!(Isa::ALL.len(), registry::TIERS.len());
         for (i, isa) in Isa::ALL.into_iter().enumerate() {

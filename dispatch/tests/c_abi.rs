@@ -330,6 +330,7 @@ fn isa_query_and_forcing() {
         (QGEMM_ISA_NEON, qgemm::Isa::Neon),
         (QGEMM_ISA_NEON_DOTPROD, qgemm::Isa::NeonDotprod),
         (QGEMM_ISA_NEON_I8MM, qgemm::Isa::NeonI8mm),
+        (QGEMM_ISA_AMX_INT8, qgemm::Isa::AmxInt8),
     ];
     for (c, rust) in names {
         assert_eq!(qgemm_isa_available(c), qgemm::available_isas().contains(&rust), "{rust}");

@@ -43,9 +43,10 @@ type ActivationAt = fn(usize) -> u8;
 #[test]
 fn every_tier_is_exact_on_adversarial_full_range_data() {
     let mut rng = Rng::new(0x7e5);
-    // Tails of every tile here (4×4c16, 8×8c4, 8×8c8, 6×8c4, 6×16c4, 8×48c4, 4×32c2) and a K that
-    // makes the i32 sums wrap.
-    let shapes = [(9, 13, 45), (17, 9, 130), (1, 33, 71), (3, 5, 70_000)];
+    // Tails of every tile here (4×4c16, 8×8c4, 8×8c8, 6×8c4, 6×16c4, 8×48c4, 4×32c2,
+    // 8×32c4, and AMX's 32×32c4 with A in 64s, which takes M ≥ 32) and a K that makes
+    // the i32 sums wrap (on AMX's tiles too: M = 33).
+    let shapes = [(9, 13, 45), (17, 9, 130), (1, 33, 71), (40, 37, 200), (3, 5, 70_000), (33, 1, 70_000)];
     let weights: [(&str, [i8; 2]); 4] =
         [("−128/127", [-128, 127]), ("−127/127", [-127, 127]), ("all −128", [-128, -128]), ("all −127", [-127, -127])];
     let activations: [(&str, ActivationAt); 3] =

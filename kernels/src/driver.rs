@@ -41,9 +41,9 @@
 use std::collections::TryReserveError;
 use std::ops::Range;
 
-use crate::kernel::{AFormat, BlockArgs, Kernel, Tile};
+use crate::kernel::{AFormat, BlockArgs, Kernel};
 use crate::output::{EpilogueArgs, OutData, OutputStage, ZeroPoints};
-use crate::pack::{PackedB, pack_a};
+use crate::pack::PackedB;
 use crate::rows::Rows;
 
 /// How much packed A one strip of the last K block may hold (see [`gemm`]).
@@ -297,8 +297,11 @@ impl GemmPlan {
         } else {
             // K blocks of equal size, none larger than kc: K = 576 runs as 2 × 288
             // rather than 512 + 64, whose short block costs a whole accumulator pass.
+            // Each a whole number of A's K-groups (`kc` is, and so is all of K).
             let most = blocking.kc / tile.kg;
-            kgroups_total.div_ceil(kgroups_total.div_ceil(most).max(1)).max(1)
+            let step = tile.groups_per_a_group();
+            let even = kgroups_total.div_ceil(kgroups_total.div_ceil(most).max(1));
+            even.next_multiple_of(step).max(step)
         };
         let a_pack_len = if hold_all { rows_packed * kgroups_total * tile.kg } else { mc_max * kc_groups * tile.kg };
         GemmPlan {
@@ -354,7 +357,7 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
     let GemmArgs { m, a, a_zp, b, stage, columns, mut out } = args;
     let tile = kernel.tile();
     let blocking = kernel.blocking();
-    assert_eq!(b.tile(), tile, "weights packed for another tile");
+    assert!(b.fits(tile), "weights packed for another tile");
     let k = b.k();
     assert!(columns.start <= columns.end && columns.end <= b.n(), "columns outside the weights");
     assert!(out.rows() >= m && out.cols() >= columns.len(), "output window smaller than the product");
@@ -396,10 +399,9 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
         // Flipped activations (`a − 128`) have the zero point `a_zp − 128`.
         let zero_points = ZeroPoints { a_zp: i32::from(a_zp) - format.offset(), ..zero_points };
         let row = one_row && block_kernel.has_row();
-        let pack_tile = if row { Tile { mr: 1, ..tile } } else { tile };
         // Where packing the row would only copy it (u8, whole k-groups, no row sums),
         // the kernel reads it in place.
-        let in_place = row && format == AFormat::U8 && k.is_multiple_of(tile.kg) && !sum_rows;
+        let in_place = row && format == AFormat::U8 && k.is_multiple_of(tile.k_step()) && !sum_rows;
         // K block i covers k-groups [i·kc_groups, …) and, holding all of K, starts at
         // i · block_bytes of packed A (each block but the last is kc_groups long).
         let k_blocks = kgroups_total.div_ceil(kc_groups);
@@ -410,7 +412,7 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
             for i in 0..k_blocks {
                 let sums = if sum_rows { Some(&mut row_sums[..]) } else { None };
                 let dst = &mut a_pack[offset(i)..];
-                pack_a(pack_tile, &a_block, rows, k, i * kc_groups, groups_of(i), format, dst, sums, gather);
+                block_kernel.pack_a(&a_block, rows, k, i * kc_groups, groups_of(i), row, dst, sums, gather);
             }
         }
         for jc in (first_panel_col..n).step_by(blocking.nc) {
@@ -425,7 +427,7 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
             let mut pack_now = |i: usize, a_pack: &mut [u8], row_sums: &mut [i32]| {
                 if !hold_all {
                     let sums = if jc == first_panel_col && sum_rows { Some(row_sums) } else { None };
-                    pack_a(tile, &a_block, rows, k, i * kc_groups, groups_of(i), format, a_pack, sums, gather);
+                    block_kernel.pack_a(&a_block, rows, k, i * kc_groups, groups_of(i), false, a_pack, sums, gather);
                 }
             };
             if k_blocks == 0 {

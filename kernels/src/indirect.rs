@@ -46,7 +46,7 @@ use std::ops::Range;
 use crate::driver::{Position, Scratch, ScratchNeeds, epilogue_args};
 use crate::kernel::{IndirectA, IndirectArgs, Kernel};
 use crate::output::{OutData, OutputStage, ZeroPoints};
-use crate::pack::{PackedB, row_sum};
+use crate::pack::PackedB;
 use crate::rows::{ConvGeometry, Im2col};
 
 /// The most offsets and pad bytes one row block holds: packed A's room
@@ -190,7 +190,7 @@ pub fn gemm_in(kernel: &Kernel, args: IndirectGemm<'_>, scratch: &mut Scratch) {
     let IndirectGemm { m, conv, plan, b, stage, columns, mut out } = args;
     let tile = kernel.tile();
     let blocking = kernel.blocking();
-    assert_eq!(b.tile(), tile, "weights packed for another tile");
+    assert!(b.fits(tile), "weights packed for another tile");
     assert_eq!(b.k_padded(), plan.segments * plan.seg_groups * 4, "weights packed for another plan");
     assert!(columns.start <= columns.end && columns.end <= b.n(), "columns outside the weights");
     assert!(out.rows() >= m && out.cols() >= columns.len(), "output window smaller than the product");
@@ -218,7 +218,7 @@ pub fn gemm_in(kernel: &Kernel, args: IndirectGemm<'_>, scratch: &mut Scratch) {
         let pad_len = fill(&conv, &plan, ic, rows, offsets, pad);
         row_sums.fill(0);
         if sum_rows {
-            sum_runs(&conv, &plan, offsets, &pad[..pad_len], &mut row_sums[..rows]);
+            sum_runs(kernel, &conv, &plan, offsets, &pad[..pad_len], &mut row_sums[..rows]);
         }
         // LOOP 2: blocks of output channels.
         for jc in (first_panel_col..n).step_by(blocking.nc) {
@@ -431,13 +431,13 @@ fn fill(conv: &Im2col<'_>, plan: &Plan, row0: usize, rows: usize, offsets: &mut 
     pad.used
 }
 
-/// Each row's sum of its runs' real values, wrapping.
-fn sum_runs(conv: &Im2col<'_>, plan: &Plan, offsets: &[usize], pad: &[u8], row_sums: &mut [i32]) {
+/// Each row's sum of its runs' real values, wrapping (with the kernel's row sum).
+fn sum_runs(kernel: &Kernel, conv: &Im2col<'_>, plan: &Plan, offsets: &[usize], pad: &[u8], row_sums: &mut [i32]) {
     let (input, len) = (conv.input, plan.run_len);
     for (sum, row) in row_sums.iter_mut().zip(offsets.chunks_exact(plan.segments)) {
         *sum = row.iter().fold(0i32, |s, &o| {
             let run = if o < input.len() { &input[o..o + len] } else { &pad[o - input.len()..][..len] };
-            s.wrapping_add(row_sum(run) as i32)
+            s.wrapping_add(kernel.row_sum(run) as i32)
         });
     }
 }

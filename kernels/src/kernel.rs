@@ -1,17 +1,53 @@
 //! What the blocked loop nest needs from one ISA's implementation.
 
 use crate::output::EpilogueArgs;
+use crate::pack::{PackA, PackAFn, RowSumFn};
+use crate::rows::Rows;
 
 /// The register tile of a microkernel: it computes `mr × nr` accumulators, consuming
 /// K in groups of `kg` (the "c" in names like `4x32c2`).
+///
+/// A and B are packed in K-groups of their own: B in groups of `kg` per column, A in
+/// groups of `ka` per row. Most kernels take both in the same groups; AMX reads a row
+/// of A as 64 consecutive k values but B in groups of 4 per column, so its A groups
+/// are 16 of B's ([`Tile::with_a_group`]). K is padded to whole A groups
+/// ([`Tile::k_step`]), and block sizes in K are counted in B's groups throughout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Tile {
     /// Rows of A (and C) per microkernel call.
     pub mr: usize,
     /// Columns of B (and C) per microkernel call.
     pub nr: usize,
-    /// Consecutive k values packed together for one column (or row).
+    /// Consecutive k values packed together for one column of B.
     pub kg: usize,
+    /// Consecutive k values packed together for one row of A: `kg`, or a multiple of it.
+    pub ka: usize,
+}
+
+impl Tile {
+    /// A tile whose A and B share their K-group.
+    pub const fn new(mr: usize, nr: usize, kg: usize) -> Tile {
+        Tile { mr, nr, kg, ka: kg }
+    }
+
+    /// The same tile with A packed in K-groups of `ka` values.
+    ///
+    /// # Panics
+    /// Unless `ka` is a multiple of `kg`.
+    pub const fn with_a_group(self, ka: usize) -> Tile {
+        assert!(ka > 0 && ka.is_multiple_of(self.kg), "A's K-group must be a multiple of B's");
+        Tile { ka, ..self }
+    }
+
+    /// What K is padded to a multiple of, in both packed operands: the larger group.
+    pub const fn k_step(&self) -> usize {
+        self.ka
+    }
+
+    /// B's K-groups per A K-group (1 for most kernels).
+    pub const fn groups_per_a_group(&self) -> usize {
+        self.ka / self.kg
+    }
 }
 
 /// Cache blocking of the loop nest (BLIS names): a block of `mc` rows of A times `kc`
@@ -206,6 +242,8 @@ pub struct Kernel {
     block: BlockFn,
     epilogue: EpilogueFn,
     a_format: AFormat,
+    pack_a: PackAFn,
+    row_sum: RowSumFn,
     staged: Option<StagedBlockFn>,
     indirect: Option<IndirectFns>,
     row: Option<RowFns>,
@@ -272,6 +310,8 @@ struct FastPath {
     row: Option<RowFns>,
     fuses: Option<FusesFn>,
     a_format: AFormat,
+    pack_a: PackAFn,
+    row_sum: RowSumFn,
     when: FastWhen,
 }
 
@@ -292,9 +332,9 @@ impl Kernel {
         block: BlockFn,
         epilogue: EpilogueFn,
     ) -> Kernel {
-        assert!(tile.mr > 0 && tile.nr > 0 && tile.kg > 0);
+        assert!(tile.mr > 0 && tile.nr > 0 && tile.kg > 0 && tile.ka.is_multiple_of(tile.kg));
         assert!(blocking.mc > 0 && blocking.mc.is_multiple_of(tile.mr));
-        assert!(blocking.kc > 0 && blocking.kc.is_multiple_of(tile.kg));
+        assert!(blocking.kc > 0 && blocking.kc.is_multiple_of(tile.k_step()));
         assert!(blocking.nc > 0 && blocking.nc.is_multiple_of(tile.nr));
         Kernel {
             name,
@@ -303,6 +343,8 @@ impl Kernel {
             block,
             epilogue,
             a_format: AFormat::U8,
+            pack_a: crate::pack::packer(tile.ka, AFormat::U8),
+            row_sum: crate::pack::byte_sum,
             staged: None,
             indirect: None,
             row: None,
@@ -311,10 +353,64 @@ impl Kernel {
         }
     }
 
-    /// The same kernel, reading packed A in `format` (u8 unless said otherwise).
+    /// The same kernel, reading packed A in `format` (u8 unless said otherwise), packed
+    /// by the portable packer of that format ([`crate::pack::packer`]).
+    ///
+    /// # Panics
+    /// Where there is no packer for the tile's `ka` in `format`.
     pub const fn with_a_format(mut self, format: AFormat) -> Kernel {
         self.a_format = format;
+        self.pack_a = crate::pack::packer(self.tile.ka, format);
         self
+    }
+
+    /// The same kernel, packing A with `pack` and summing rows with `row_sum` (faster
+    /// versions of the portable ones, compiled for the kernel's own ISA), rather than
+    /// with the portable packer of its format. Set the format first.
+    ///
+    /// # Safety
+    /// Both must be sound to call on every CPU the kernel's tier runs on, and compute
+    /// what the portable packer of the kernel's format and
+    /// [`crate::pack::byte_sum`] compute.
+    pub const unsafe fn with_a_packing(mut self, pack: PackAFn, row_sum: RowSumFn) -> Kernel {
+        self.pack_a = pack;
+        self.row_sum = row_sum;
+        self
+    }
+
+    /// Packs k-groups `[g0, g0 + groups)` of rows `0..rows` of A for this kernel (the
+    /// groups are B's, `kg` values; the block starts and ends on A's groups), into
+    /// panels of `mr` rows, or as one dense row where `one_row` (see
+    /// [`Kernel::with_row`]); see [`crate::pack::pack_a`].
+    ///
+    /// # Panics
+    /// If the block does not start and end on A's K-groups, or as `pack_a` does.
+    #[allow(clippy::too_many_arguments)]
+    pub fn pack_a(
+        &self,
+        a: &Rows<'_>,
+        rows: usize,
+        k: usize,
+        g0: usize,
+        groups: usize,
+        one_row: bool,
+        dst: &mut [u8],
+        row_sums: Option<&mut [i32]>,
+        gather: &mut [u8],
+    ) {
+        let per = self.tile.groups_per_a_group();
+        assert!(g0.is_multiple_of(per) && groups.is_multiple_of(per), "a block across A's K-groups");
+        let mr = if one_row { 1 } else { self.tile.mr };
+        let args = PackA { mr, a, rows, k, g0: g0 / per, groups: groups / per, dst, row_sums, gather };
+        // SAFETY: the kernel exists, so the CPU supports its packer's instructions (see
+        // `Kernel::with_a_packing`); the packer accesses memory only through the slices.
+        unsafe { (self.pack_a)(args) }
+    }
+
+    /// `Σ src`, wrapping in u32, with the kernel's row-sum function.
+    pub fn row_sum(&self, src: &[u8]) -> u32 {
+        // SAFETY: as in `pack_a`.
+        unsafe { (self.row_sum)(src) }
     }
 
     /// The same kernel, with the output stage fused into its tiles on the last K block.
@@ -394,7 +490,12 @@ impl Kernel {
     /// # Panics
     /// If the tiles differ, or `fast` has a fast path of its own.
     pub const unsafe fn with_fast_path(mut self, fast: Kernel, when: FastWhen) -> Kernel {
-        assert!(fast.tile.mr == self.tile.mr && fast.tile.nr == self.tile.nr && fast.tile.kg == self.tile.kg);
+        assert!(
+            fast.tile.mr == self.tile.mr
+                && fast.tile.nr == self.tile.nr
+                && fast.tile.kg == self.tile.kg
+                && fast.tile.ka == self.tile.ka
+        );
         assert!(fast.fast.is_none());
         self.fast = Some(FastPath {
             name: fast.name,
@@ -404,6 +505,8 @@ impl Kernel {
             row: fast.row,
             fuses: fast.fuses,
             a_format: fast.a_format,
+            pack_a: fast.pack_a,
+            row_sum: fast.row_sum,
             when,
         });
         self
@@ -425,6 +528,8 @@ impl Kernel {
             row: f.row,
             fuses: f.fuses,
             a_format: f.a_format,
+            pack_a: f.pack_a,
+            row_sum: f.row_sum,
             fast: None,
             ..*self
         })

@@ -2,7 +2,8 @@
 //! panel layouts the microkernels stream through.
 //!
 //! Packed B: `ceil(N / nr)` panels of `nr` columns, each holding all of K, padded with
-//! zeros to a multiple of `kg` (`kp` values). Within a panel, K runs in groups of `kg`;
+//! zeros to a multiple of the tile's K step (`kp` values; the step is `kg`, or A's
+//! larger group `ka` where the tile has one). Within a panel, K runs in groups of `kg`;
 //! each group stores the `kg` consecutive weights of column 0, then of column 1, ...:
 //!
 //! ```text
@@ -20,10 +21,12 @@
 //! microkernel never needs a tail case in K.
 //!
 //! Packed A (one `mc × kc` block): `ceil(mc / mr)` panels of `mr` rows, each with the
-//! block's k-groups in order, each group holding `kg` values of row 0, then row 1, ...:
+//! block's k-groups in order, each group holding `ka` values of row 0, then row 1, ...
+//! (`ka` is the tile's A K-group: `kg` for every kernel but AMX's, whose A groups are
+//! 64 values, a tile row):
 //!
 //! ```text
-//!  panel 0: [g0: r0 k0..kg | r1 k0..kg | … | r(mr−1)] [g1: r0 …] …
+//!  panel 0: [g0: r0 k0..ka | r1 k0..ka | … | r(mr−1)] [g1: r0 …] …
 //!  panel 1: …
 //!   rows past M and k past K are zero
 //! ```
@@ -84,7 +87,7 @@ impl PackedB {
     ) -> Result<PackedB, TryReserveError> {
         assert_eq!(Some(b.len()), k.checked_mul(n), "B length");
         assert!(zero_points.len() == 1 || zero_points.len() == n, "zero point count");
-        let kp = k.div_ceil(tile.kg) * tile.kg;
+        let kp = k.div_ceil(tile.k_step()) * tile.k_step();
         let panels = n.div_ceil(tile.nr);
         let panel_len = kp.checked_mul(tile.nr).expect("panel size overflows");
         let len = panels.checked_mul(panel_len).expect("packed size overflows");
@@ -203,7 +206,15 @@ impl PackedB {
         self.n
     }
 
-    /// K rounded up to the tile's K-group.
+    /// Whether a kernel of `tile` reads these weights: the same panels and K-groups
+    /// of B, and K padded to a whole number of the tile's K steps. (AMX's weights,
+    /// `32x32c4` with K in 64s, fit AVX-512 VNNI's `8x32c4`, which runs the small
+    /// products of the AMX tier.)
+    pub fn fits(&self, tile: Tile) -> bool {
+        self.tile.nr == tile.nr && self.tile.kg == tile.kg && self.kp.is_multiple_of(tile.k_step())
+    }
+
+    /// K rounded up to the tile's K step (its K-group, or A's larger one).
     pub fn k_padded(&self) -> usize {
         self.kp
     }
@@ -296,17 +307,21 @@ fn zeroed<T: Clone + Default>(len: usize) -> Result<Vec<T>, TryReserveError> {
     Ok(v)
 }
 
-/// Packs rows `0..rows` and k-groups `[g0, g0 + groups)` of A into `dst` (layout in the
-/// module documentation), and adds each row's sum over the packed k range to
-/// `row_sums`, if given, in `format` (the row sums are of the values as stored: for
-/// [`AFormat::FlippedI8`], `Σ (a − 128)` over the real k).
+/// Packs rows `0..rows` and k-groups `[g0, g0 + groups)` of A (groups of the tile's
+/// `ka` values) into `dst` (layout in the module documentation), and adds each row's
+/// sum over the packed k range to `row_sums`, if given, in `format` (the row sums are
+/// of the values as stored: for [`AFormat::FlippedI8`], `Σ (a − 128)` over the real k).
+///
+/// This is the portable packer of each format ([`packer`]); a kernel may carry a
+/// faster one of the same layout (`Kernel::pack_a`).
 ///
 /// `a` starts at the block's first row and has `k` values per row; values at or past
 /// `k` are packed as zero. Rows that are not contiguous in memory (convolution taps)
-/// are gathered into `gather`, which holds at least `groups · kg` values then.
+/// are gathered into `gather`, which holds at least `groups · ka` values then.
 ///
 /// # Panics
-/// If `dst`, `row_sums` or `gather` is too short, or A does not hold the rows.
+/// If `dst`, `row_sums` or `gather` is too short, A does not hold the rows, or no
+/// packer has the tile's `ka` in `format`.
 #[allow(clippy::too_many_arguments)]
 pub fn pack_a(
     tile: Tile,
@@ -321,146 +336,87 @@ pub fn pack_a(
     gather: &mut [u8],
 ) {
     let args = PackA { mr: tile.mr, a, rows, k, g0, groups, dst, row_sums, gather };
-    #[cfg(target_arch = "x86_64")]
-    if tile.kg == 4 && format != AFormat::FlippedI8 && std::arch::is_x86_feature_detected!("avx2") {
-        let wide = format == AFormat::I16;
-        // SAFETY: AVX2 was detected just above.
-        unsafe { if wide { pack_a_4x2_avx2(args) } else { pack_a_4x1_avx2(args) } };
-        return;
-    }
-    // Const K-groups and formats make each group's copy a single move.
-    use AFormat::{FlippedI8 as F, I16, U8};
-    match (tile.kg, format) {
-        (16, U8) => pack_a_with::<16, 1, false>(args, NO_FOUR, byte_sum),
-        (16, F) => pack_a_with::<16, 1, true>(args, NO_FOUR, byte_sum),
-        (8, U8) => pack_a_with::<8, 1, false>(args, NO_FOUR, byte_sum),
-        (8, F) => pack_a_with::<8, 1, true>(args, NO_FOUR, byte_sum),
-        (4, U8) => pack_a_with::<4, 1, false>(args, NO_FOUR, byte_sum),
-        (4, I16) => pack_a_with::<4, 2, false>(args, NO_FOUR, byte_sum),
-        (4, F) => pack_a_with::<4, 1, true>(args, NO_FOUR, byte_sum),
-        (2, U8) => pack_a_with::<2, 1, false>(args, NO_FOUR, byte_sum),
-        (2, I16) => pack_a_with::<2, 2, false>(args, NO_FOUR, byte_sum),
-        (1, U8) => pack_a_with::<1, 1, false>(args, NO_FOUR, byte_sum),
-        (1, I16) => pack_a_with::<1, 2, false>(args, NO_FOUR, byte_sum),
-        (kg, format) => unimplemented!("packing A for K-groups of {kg} in {format:?}"),
-    }
+    // SAFETY: the portable packers are safe functions (plain Rust, no target features).
+    unsafe { packer(tile.ka, format)(args) }
 }
 
-/// The arguments of [`pack_a`], for its instances.
-struct PackA<'a, 'r> {
-    mr: usize,
-    a: &'a Rows<'r>,
-    rows: usize,
-    k: usize,
-    g0: usize,
-    groups: usize,
-    dst: &'a mut [u8],
-    row_sums: Option<&'a mut [i32]>,
-    gather: &'a mut [u8],
+/// What a packer of A is given: rows `0..rows` of `a` (`k` values each), k-groups
+/// `[g0, g0 + groups)` of the packer's K-group, into panels of `mr` rows in `dst`, with
+/// the rows' sums added to `row_sums` where given; see [`pack_a`].
+#[derive(Debug)]
+pub struct PackA<'a, 'r> {
+    /// Rows per panel (the tile's `mr`, or 1 for a densely packed row).
+    pub mr: usize,
+    /// The rows.
+    pub a: &'a Rows<'r>,
+    /// Rows to pack.
+    pub rows: usize,
+    /// Values of K per row.
+    pub k: usize,
+    /// The first k-group to pack.
+    pub g0: usize,
+    /// K-groups to pack.
+    pub groups: usize,
+    /// The packed panels.
+    pub dst: &'a mut [u8],
+    /// Each row's sum, added to.
+    pub row_sums: Option<&'a mut [i32]>,
+    /// Room for one gathered row.
+    pub gather: &'a mut [u8],
 }
 
-/// [`pack_a_with`] for the AVX2 kernel's format, compiled for AVX2 (the row sums and
-/// the widening vectorize with it).
+/// Packs A into a kernel's layout; see [`PackA`] and [`pack_a`].
 ///
 /// # Safety
-/// The CPU must support AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn pack_a_4x2_avx2(args: PackA<'_, '_>) {
-    use std::arch::x86_64::*;
-    // Four k-groups of a row at a time: 16 bytes widened to 16 i16 by one vpmovzxbw,
-    // then each group's 8 bytes stored to its slot, `stride` bytes apart.
-    let four = |src: &[u8], dst: &mut [u8], at: usize, stride: usize| {
-        assert!(src.len() >= 16 && dst.len() >= at + 3 * stride + 8);
-        // SAFETY: AVX2 is enabled in this function; the load reads 16 bytes of `src` and
-        // the four 8-byte stores end at or before `at + 3 · stride + 8 ≤ dst.len()`
-        // (asserted); all unaligned.
-        unsafe {
-            let wide = _mm256_cvtepu8_epi16(_mm_loadu_si128(src.as_ptr().cast()));
-            let (lo, hi) = (_mm256_castsi256_si128(wide), _mm256_extracti128_si256::<1>(wide));
-            let d = dst.as_mut_ptr().add(at);
-            _mm_storel_epi64(d.cast(), lo);
-            _mm_storel_epi64(d.add(stride).cast(), _mm_unpackhi_epi64(lo, lo));
-            _mm_storel_epi64(d.add(2 * stride).cast(), hi);
-            _mm_storel_epi64(d.add(3 * stride).cast(), _mm_unpackhi_epi64(hi, hi));
-        }
-    };
-    pack_a_with::<4, 2, false>(args, Some(four), |src| {
-        // SAFETY: AVX2 is enabled in this function (the closure inherits it).
-        unsafe { byte_sum_avx2(src) }
-    })
+/// The CPU must support the instructions the function was compiled for; a kernel
+/// carries one only where it does (`Kernel::with_a_packing`).
+pub type PackAFn = unsafe fn(PackA<'_, '_>);
+
+/// `Σ src`, wrapping in u32: a row's sum, for the zero-point correction.
+///
+/// # Safety
+/// As for [`PackAFn`].
+pub type RowSumFn = unsafe fn(&[u8]) -> u32;
+
+/// The portable packer for A in K-groups of `ka` values in `format`.
+///
+/// # Panics
+/// Where there is none (every K-group and format of a kernel in this crate has one).
+pub const fn packer(ka: usize, format: AFormat) -> PackAFn {
+    // Const K-groups and formats make each group's copy a single move.
+    use AFormat::{FlippedI8 as F, I16, U8};
+    match (ka, format) {
+        (64, U8) => generic::<64, 1, false>,
+        (16, U8) => generic::<16, 1, false>,
+        (16, F) => generic::<16, 1, true>,
+        (8, U8) => generic::<8, 1, false>,
+        (8, F) => generic::<8, 1, true>,
+        (4, U8) => generic::<4, 1, false>,
+        (4, I16) => generic::<4, 2, false>,
+        (4, F) => generic::<4, 1, true>,
+        (2, U8) => generic::<2, 1, false>,
+        (2, I16) => generic::<2, 2, false>,
+        (1, U8) => generic::<1, 1, false>,
+        (1, I16) => generic::<1, 2, false>,
+        _ => panic!("no packer of A for this K-group and format"),
+    }
+}
+
+/// The portable packer of one K-group and format.
+fn generic<const KG: usize, const WIDTH: usize, const FLIP: bool>(args: PackA<'_, '_>) {
+    pack_a_with::<KG, WIDTH, FLIP>(args, NO_FOUR, byte_sum)
 }
 
 /// Packs four whole k-groups of one row; see [`pack_a_with`].
-type FourGroups = fn(&[u8], &mut [u8], usize, usize);
-
-/// [`pack_a_with`] for the u8 format with K-groups of 4 (AVX2's fast path, the VNNI
-/// kernels), compiled for AVX2.
-///
-/// # Safety
-/// The CPU must support AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn pack_a_4x1_avx2(args: PackA<'_, '_>) {
-    // Four k-groups of a row at a time: two 8-byte loads, four 4-byte stores to their
-    // slots, `stride` bytes apart (one bounds check per four groups, not per group).
-    let four = |src: &[u8], dst: &mut [u8], at: usize, stride: usize| {
-        assert!(src.len() >= 16 && dst.len() >= at + 3 * stride + 4);
-        let lo = u64::from_le_bytes(src[..8].try_into().expect("8 bytes"));
-        let hi = u64::from_le_bytes(src[8..16].try_into().expect("8 bytes"));
-        for (i, group) in [lo as u32, (lo >> 32) as u32, hi as u32, (hi >> 32) as u32].into_iter().enumerate() {
-            let d = dst.as_mut_ptr().wrapping_add(at + i * stride).cast::<u32>();
-            // SAFETY: `at + i · stride + 4 ≤ at + 3 · stride + 4 ≤ dst.len()` (asserted
-            // above); unaligned store.
-            unsafe { d.write_unaligned(group.to_le()) };
-        }
-    };
-    pack_a_with::<4, 1, false>(args, Some(four), |src| {
-        // SAFETY: AVX2 is enabled in this function (the closure inherits it).
-        unsafe { byte_sum_avx2(src) }
-    })
-}
-
-/// `Σ src`, wrapping in u32: the sum of every byte, 32 at a time with `vpsadbw`.
-///
-/// # Safety
-/// The CPU must support AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn byte_sum_avx2(src: &[u8]) -> u32 {
-    use std::arch::x86_64::*;
-    let chunks = src.chunks_exact(32);
-    let rest = byte_sum(chunks.remainder());
-    let zero = _mm256_setzero_si256();
-    let mut sums = zero; // four u64 lanes: no lane can overflow for any slice length
-    for chunk in chunks {
-        // SAFETY: `chunk` holds 32 bytes; unaligned load.
-        let v = unsafe { _mm256_loadu_si256(chunk.as_ptr().cast()) };
-        sums = _mm256_add_epi64(sums, _mm256_sad_epu8(v, zero));
-    }
-    let pair = _mm_add_epi64(_mm256_castsi256_si128(sums), _mm256_extracti128_si256::<1>(sums));
-    let total = (_mm_cvtsi128_si64(pair) as u64).wrapping_add(_mm_extract_epi64::<1>(pair) as u64);
-    // The low 32 bits of the exact sum are the u32 wrapping sum.
-    (total as u32).wrapping_add(rest)
-}
-
-/// `Σ src`, wrapping in u32, vectorized where the CPU allows.
-pub(crate) fn row_sum(src: &[u8]) -> u32 {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 was detected just above.
-        return unsafe { byte_sum_avx2(src) };
-    }
-    byte_sum(src)
-}
+pub(crate) type FourGroups = fn(&[u8], &mut [u8], usize, usize);
 
 /// `Σ src`, wrapping in u32.
-fn byte_sum(src: &[u8]) -> u32 {
+pub(crate) fn byte_sum(src: &[u8]) -> u32 {
     src.iter().fold(0u32, |s, &v| s.wrapping_add(u32::from(v)))
 }
 
 /// No four-group fast path.
-const NO_FOUR: Option<FourGroups> = None;
+pub(crate) const NO_FOUR: Option<FourGroups> = None;
 
 /// [`pack_a`] for K-groups of `KG` values stored `WIDTH` bytes each (1: u8, 2: LE i16),
 /// with the top bit of each value flipped if `FLIP` (only with `WIDTH` 1).
@@ -469,7 +425,7 @@ const NO_FOUR: Option<FourGroups> = None;
 /// offset of the first group's slot in the panel and `stride` the bytes between slots.
 /// `byte_sum` sums a row's values, wrapping in u32 ([`byte_sum`] or a vector version).
 #[inline(always)]
-fn pack_a_with<const KG: usize, const WIDTH: usize, const FLIP: bool>(
+pub(crate) fn pack_a_with<const KG: usize, const WIDTH: usize, const FLIP: bool>(
     args: PackA<'_, '_>,
     four: Option<impl Fn(&[u8], &mut [u8], usize, usize)>,
     byte_sum: impl Fn(&[u8]) -> u32,

@@ -13,6 +13,7 @@
 //!   avx2           x86_64    avx2                                         10
 //!   avx-vnni       x86_64    avx2 avxvnni                                 20
 //!   avx512-vnni    x86_64    avx512f avx512bw avx512vl avx512vnni avx2    30
+//!   amx-int8       x86_64    amx-tile amx-int8 + avx512-vnni's             40
 //!   neon           aarch64   neon                                         10
 //!   neon-dotprod   aarch64   neon dotprod                                 20
 //!   neon-i8mm      aarch64   neon dotprod i8mm                            30
@@ -38,6 +39,9 @@ pub struct Tier {
     pub priority: u8,
     gemm: fn() -> Option<&'static Kernel>,
     wide: fn() -> Option<&'static Kernel>,
+    small: fn() -> Option<&'static Kernel>,
+    /// Products of fewer rows than this run on [`Tier::small_kernel`] (0: none).
+    pub small_rows: usize,
     depthwise: fn() -> Option<&'static DwKernel>,
     detected: OnceLock<bool>,
 }
@@ -63,6 +67,15 @@ impl Tier {
         (self.wide)()
     }
 
+    /// A kernel of a lower tier (whose features the tier has) for products of fewer
+    /// than [`Tier::small_rows`] rows, too few to fill the tier's own tiles, on the
+    /// same packed weights (`PackedB::fits`), where the tier has one (AMX: AVX-512
+    /// VNNI's `8x32c4`, for the GEMV and small M).
+    pub fn small_kernel(&self) -> Option<&'static Kernel> {
+        // Only where the tier itself runs: the small kernel's own features are fewer.
+        if self.cpu_supports() { (self.small)() } else { None }
+    }
+
     /// The tier's depthwise kernel (its own, or a lower tier's that needs no feature
     /// the tier lacks); `None` where the portable one (`dwconv::portable_kernel`)
     /// serves.
@@ -84,6 +97,9 @@ pub fn feature_detected(name: &str) -> Option<bool> {
             "avx512bw" => has!("avx512bw"),
             "avx512vl" => has!("avx512vl"),
             "avx512vnni" => has!("avx512vnni"),
+            // Not in std's stable detection; `amx-tile` includes the OS's permission.
+            "amx-tile" => crate::x86_64::amx_int8::tiles_usable(),
+            "amx-int8" => crate::x86_64::amx_int8::has_amx_int8(),
             _ => return None,
         })
     }
@@ -128,6 +144,8 @@ pub static PORTABLE: Tier = Tier {
     priority: 0,
     gemm: || Some(crate::portable::kernel()),
     wide: none,
+    small: none,
+    small_rows: 0,
     depthwise: none,
     detected: OnceLock::new(),
 };
@@ -140,6 +158,8 @@ pub static AVX2: Tier = Tier {
     priority: 10,
     gemm: on!("x86_64", crate::x86_64::avx2::kernel),
     wide: none,
+    small: none,
+    small_rows: 0,
     depthwise: on!("x86_64", crate::x86_64::avx2_dwconv::dw_kernel),
     detected: OnceLock::new(),
 };
@@ -153,6 +173,8 @@ pub static AVX_VNNI: Tier = Tier {
     priority: 20,
     gemm: on!("x86_64", crate::x86_64::avx_vnni::kernel),
     wide: none,
+    small: none,
+    small_rows: 0,
     depthwise: on!("x86_64", crate::x86_64::avx2_dwconv::dw_kernel),
     detected: OnceLock::new(),
 };
@@ -166,6 +188,25 @@ pub static AVX512_VNNI: Tier = Tier {
     priority: 30,
     gemm: on!("x86_64", crate::x86_64::avx512_vnni::kernel),
     wide: on!("x86_64", crate::x86_64::avx512_vnni::wide_kernel),
+    small: none,
+    small_rows: 0,
+    depthwise: on!("x86_64", crate::x86_64::avx512_dwconv::dw_kernel),
+    detected: OnceLock::new(),
+};
+
+/// x86-64 AMX-INT8 (`tdpbusd` on tile registers), with AVX-512 VNNI's features: its
+/// epilogue is AVX-512's, its depthwise kernel AVX-512 VNNI's, and products of fewer
+/// than 32 rows run on an AVX-512 VNNI kernel ([`Tier::small_kernel`]). The cut-over
+/// is provisional: not yet measured on an AMX machine.
+pub static AMX_INT8: Tier = Tier {
+    name: "amx-int8",
+    arch: Some("x86_64"),
+    features: &["amx-tile", "amx-int8", "avx512f", "avx512bw", "avx512vl", "avx512vnni", "avx2"],
+    priority: 40,
+    gemm: on!("x86_64", crate::x86_64::amx_int8::kernel),
+    wide: none,
+    small: on!("x86_64", crate::x86_64::avx512_vnni::narrow_kernel),
+    small_rows: 32,
     depthwise: on!("x86_64", crate::x86_64::avx512_dwconv::dw_kernel),
     detected: OnceLock::new(),
 };
@@ -178,6 +219,8 @@ pub static NEON: Tier = Tier {
     priority: 10,
     gemm: on!("aarch64", crate::aarch64::neon::kernel),
     wide: none,
+    small: none,
+    small_rows: 0,
     depthwise: none,
     detected: OnceLock::new(),
 };
@@ -190,6 +233,8 @@ pub static NEON_DOTPROD: Tier = Tier {
     priority: 20,
     gemm: on!("aarch64", crate::aarch64::neon_dotprod::kernel),
     wide: none,
+    small: none,
+    small_rows: 0,
     depthwise: none,
     detected: OnceLock::new(),
 };
@@ -203,9 +248,11 @@ pub static NEON_I8MM: Tier = Tier {
     priority: 30,
     gemm: on!("aarch64", crate::aarch64::neon_i8mm::kernel),
     wide: none,
+    small: none,
+    small_rows: 0,
     depthwise: none,
     detected: OnceLock::new(),
 };
 
 /// Every tier, in the public crate's `Isa` order (its C ABI values).
-pub static TIERS: [&Tier; 7] = [&PORTABLE, &AVX2, &AVX_VNNI, &AVX512_VNNI, &NEON, &NEON_DOTPROD, &NEON_I8MM];
+pub static TIERS: [&Tier; 8] = [&PORTABLE, &AVX2, &AVX_VNNI, &AVX512_VNNI, &NEON, &NEON_DOTPROD, &NEON_I8MM, &AMX_INT8];

@@ -23,7 +23,7 @@ fn avx2_kernel() -> Option<Kernel> {
 /// Tiny blocks, so that a problem spans many blocks and each chooses its own path.
 fn tiny(kernel: Kernel) -> Kernel {
     let t = kernel.tile();
-    kernel.with_blocking(Blocking { mc: t.mr, kc: t.kg, nc: t.nr })
+    kernel.with_blocking(Blocking { mc: t.mr, kc: t.k_step(), nc: t.nr })
 }
 
 /// `Σ_k (a − a_zp)·b` as i32, from `kernel` through the driver.

@@ -375,7 +375,7 @@ fn kernels() -> Vec<Kernel> {
         .into_iter()
         .flat_map(|base| {
             let t = base.tile();
-            [base, base.with_blocking(Blocking { mc: t.mr, kc: 3 * t.kg, nc: t.nr })]
+            [base, base.with_blocking(Blocking { mc: t.mr, kc: 3 * t.k_step(), nc: t.nr })]
         })
         .collect()
 }

@@ -23,8 +23,8 @@ fn kernels() -> Vec<Kernel> {
             let t = base.tile();
             [
                 base,
-                base.with_blocking(Blocking { mc: t.mr, kc: t.kg, nc: t.nr }),
-                base.with_blocking(Blocking { mc: 2 * t.mr, kc: 3 * t.kg, nc: 2 * t.nr }),
+                base.with_blocking(Blocking { mc: t.mr, kc: t.k_step(), nc: t.nr }),
+                base.with_blocking(Blocking { mc: 2 * t.mr, kc: 3 * t.k_step(), nc: 2 * t.nr }),
             ]
         })
         .collect()
@@ -39,7 +39,7 @@ fn blocked_loop_nest_matches_reference() {
         for _ in 0..if cfg!(miri) { 4 } else { 60 } {
             let m = 1 + rng.below(3 * t.mr + 3);
             let n = 1 + rng.below(3 * t.nr + 3);
-            let k = rng.below(9 * t.kg + 3);
+            let k = rng.below(9 * t.k_step() + 3);
             let stride = k + rng.below(3);
             let a: Vec<u8> = (0..m * stride).map(|_| rng.next() as u8).collect();
             let b: Vec<i8> = (0..k * n).map(|_| rng.next() as i8).collect();
@@ -213,9 +213,9 @@ fn output_tiles_match_reference() {
         let t = kernel.tile();
         for _ in 0..if cfg!(miri) { 1 } else { 24 } {
             let (m, n, k) = if cfg!(miri) {
-                (1 + rng.below(2 * t.mr), 1 + rng.below(2 * t.nr), rng.below(3 * t.kg + 3))
+                (1 + rng.below(2 * t.mr), 1 + rng.below(2 * t.nr), rng.below(3 * t.k_step() + 3))
             } else {
-                (1 + rng.below(3 * t.mr + 3), 1 + rng.below(3 * t.nr + 3), rng.below(9 * t.kg + 3))
+                (1 + rng.below(3 * t.mr + 3), 1 + rng.below(3 * t.nr + 3), rng.below(9 * t.k_step() + 3))
             };
             let a: Vec<u8> = (0..m * k).map(|_| rng.next() as u8).collect();
             let b: Vec<i8> = (0..k * n).map(|_| rng.next() as i8).collect();

@@ -21,7 +21,7 @@ fn kernels() -> Vec<Kernel> {
         .into_iter()
         .flat_map(|base| {
             let t = base.tile();
-            [base, base.with_blocking(Blocking { mc: t.mr, kc: 2 * t.kg, nc: 2 * t.nr })]
+            [base, base.with_blocking(Blocking { mc: t.mr, kc: 2 * t.k_step(), nc: 2 * t.nr })]
         })
         .collect()
 }

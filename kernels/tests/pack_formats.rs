@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::Rng;
+use common::{Rng, gemm_kernels};
 use qgemm_kernels::Tile;
 use qgemm_kernels::kernel::AFormat;
 use qgemm_kernels::pack::pack_a;
@@ -30,7 +30,7 @@ fn model(
         for g in g0..g0 + groups {
             for i in 0..tile.mr {
                 let r = panel * tile.mr + i;
-                for kk in g * tile.kg..(g + 1) * tile.kg {
+                for kk in g * tile.ka..(g + 1) * tile.ka {
                     let real = r < rows && kk < k;
                     let v = if real { a[r * k + kk] } else { 0 };
                     if real {
@@ -73,7 +73,7 @@ fn every_format_matches_the_layout() {
                 let all_rows = [1, mr, mr + 1, 2 * mr + 3];
                 for &rows in if cfg!(miri) { &all_rows[2..3] } else { &all_rows[..] } {
                     let a: Vec<u8> = (0..rows * k).map(|_| rng.next() as u8).collect();
-                    let tile = Tile { mr, nr: 4, kg };
+                    let tile = Tile::new(mr, 4, kg);
                     let total_groups = k.div_ceil(kg);
                     // The whole of K, then a block from the middle to past the end.
                     for (g0, groups) in [(0, total_groups), (total_groups / 2, total_groups - total_groups / 2 + 1)] {
@@ -93,13 +93,56 @@ fn every_format_matches_the_layout() {
     }
 }
 
+/// Each kernel packs A with its own packer (`Kernel::pack_a`: AVX2's on the x86
+/// kernels), in the kernel's format and A K-group, for panels of its `mr` rows and for
+/// one dense row: the layout of the model above, byte for byte, and the same row sums.
+#[test]
+fn every_kernels_packer_matches_the_layout() {
+    let mut rng = Rng(0x9ac4_f0e5_0000_0002);
+    let mut kernels = gemm_kernels();
+    kernels.extend(kernels.clone().iter().filter_map(|k| k.fast_path()));
+    let ks: &[usize] = if cfg!(miri) { &[17, 70] } else { &[1, 3, 16, 17, 40, 63, 64, 65, 130, 200] };
+    for kernel in kernels {
+        let (t, format) = (kernel.tile(), kernel.a_format());
+        for &k in ks {
+            for one_row in [false, true] {
+                let mr = if one_row { 1 } else { t.mr };
+                let all_rows = [1, mr + 1, 2 * mr + 3];
+                for &rows in if cfg!(miri) { &all_rows[1..2] } else { &all_rows[..] } {
+                    let a: Vec<u8> = (0..rows * k).map(|_| rng.next() as u8).collect();
+                    // In B's K-groups, whole A groups: all of K, then from an A group in
+                    // the middle to past the end.
+                    let per = t.ka / t.kg;
+                    let total = k.div_ceil(t.ka);
+                    for (g0, groups) in [(0, total), (total / 2, total - total / 2 + 1)] {
+                        let model_tile = Tile::new(mr, t.nr, t.kg).with_a_group(t.ka);
+                        let (want, want_sums) = model(&a, k, rows, model_tile, g0, groups, format);
+                        let mut dst = vec![0x5a_u8; want.len() + 9];
+                        let mut sums = vec![0i32; rows];
+                        let rows_of_a = Rows::Matrix { data: &a, stride: k };
+                        let (g0b, groupsb) = (g0 * per, groups * per);
+                        kernel.pack_a(&rows_of_a, rows, k, g0b, groupsb, one_row, &mut dst, Some(&mut sums), &mut []);
+                        let label =
+                            format!("{} k {k} rows {rows} one_row {one_row} groups {g0}+{groups}", kernel.name());
+                        assert_eq!(&dst[..want.len()], &want[..], "{label}");
+                        assert!(dst[want.len()..].iter().all(|&b| b == 0x5a), "{label}: wrote past the block");
+                        assert_eq!(sums, want_sums, "{label}");
+                        let row_sum = a[..k].iter().fold(0u32, |s, &v| s.wrapping_add(u32::from(v)));
+                        assert_eq!(kernel.row_sum(&a[..k]), row_sum, "{label}: row sum");
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn packed_b_panels_start_on_a_cache_line() {
     // No 64-byte vector load of a panel straddles two cache lines: the panels start on
     // one (every panel stride is a multiple of 64 for the AVX-512 tile), clones too.
     use qgemm_kernels::pack::{BLayout, PackedB};
     let mut rng = Rng(0x11ae_6400_0000_0001);
-    let tiles = [Tile { mr: 8, nr: 48, kg: 4 }, Tile { mr: 6, nr: 8, kg: 4 }, Tile { mr: 4, nr: 32, kg: 2 }];
+    let tiles = [Tile::new(8, 48, 4), Tile::new(6, 8, 4), Tile::new(4, 32, 2)];
     for tile in tiles {
         // Under miri (minutes per million packed values), the small shapes only.
         let shapes: &[(usize, usize)] =

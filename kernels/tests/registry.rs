@@ -5,6 +5,7 @@
 //! (`MRxNRcKG-…`, XNNPACK-style; depthwise `dwLANEScKG-…`).
 
 use qgemm_kernels::Kernel;
+use qgemm_kernels::pack::{BLayout, PackedB};
 use qgemm_kernels::registry::{self, TIERS};
 
 /// `MRxNRcKG-`, the start of a GEMM kernel's name.
@@ -53,9 +54,30 @@ fn names_are_unique_and_priorities_order_each_architecture() {
 }
 
 #[test]
+fn the_amx_model_is_named_for_its_tile_and_reads_a_in_tile_rows() {
+    let model = qgemm_kernels::amx::model_kernel();
+    assert!(model.name().starts_with(&tile_prefix(model)), "{}", model.name());
+    let t = model.tile();
+    assert_eq!((t.kg, t.ka, t.k_step()), (4, 64, 64));
+    // AVX-512 VNNI's 8x32c4, which takes the AMX tier's small products, reads its weights.
+    #[cfg(target_arch = "x86_64")]
+    if let Some(narrow) = qgemm_kernels::x86_64::avx512_vnni::narrow_kernel() {
+        let b = PackedB::try_new(t, &[1; 70 * 5], BLayout::KxN, 70, 5, &[0]).unwrap();
+        assert!(b.fits(narrow.tile()) && b.k_padded() == 128, "{}", narrow.name());
+        let other = PackedB::try_new(narrow.tile(), &[1; 70 * 5], BLayout::KxN, 70, 5, &[0]).unwrap();
+        assert!(!other.fits(t), "K padded to 4 is not a whole number of AMX's steps");
+    }
+    // Where the CPU runs the AMX tier, its kernel has the model's tile and blocking.
+    if let Some(amx) = registry::AMX_INT8.kernel() {
+        assert_eq!((amx.tile(), amx.blocking()), (t, model.blocking()));
+    }
+}
+
+#[test]
 fn every_kernel_is_named_for_its_tile() {
     for tier in TIERS {
-        let main: Vec<Kernel> = tier.kernel().into_iter().chain(tier.wide_kernel()).copied().collect();
+        let main: Vec<Kernel> =
+            tier.kernel().into_iter().chain(tier.wide_kernel()).chain(tier.small_kernel()).copied().collect();
         let fast: Vec<Kernel> = main.iter().filter_map(Kernel::fast_path).collect();
         for kernel in main.iter().chain(&fast) {
             let prefix = tile_prefix(kernel);
@@ -63,6 +85,13 @@ fn every_kernel_is_named_for_its_tile() {
         }
         if let Some(dw) = tier.dw_kernel() {
             assert!(dw.name().starts_with("dw"), "{}: depthwise {}", tier.name, dw.name());
+        }
+        if let Some(small) = tier.small_kernel() {
+            // It runs the tier's small products on the tier's own packed weights.
+            let main = tier.kernel().expect("a small kernel beside a main one");
+            let b = PackedB::try_new(main.tile(), &[1; 70 * 5], BLayout::KxN, 70, 5, &[0]).unwrap();
+            assert!(b.fits(small.tile()), "{}: {} cannot read {}'s weights", tier.name, small.name(), main.name());
+            assert!(tier.small_rows > 0 && tier.small_rows <= 4 * main.tile().mr, "{}", tier.name);
         }
         if let Some(wide) = tier.wide_kernel() {
             let main = tier.kernel().expect("a wide kernel beside a main one");

@@ -39,7 +39,7 @@ fn sums_wrap_within_one_k_block() {
     for kernel in gemm_kernels() {
         let t = kernel.tile();
         // One tile and one K block: the whole sum stays in the tile's registers.
-        let one_block = kernel.with_blocking(Blocking { mc: t.mr, kc: K.div_ceil(t.kg) * t.kg, nc: t.nr });
+        let one_block = kernel.with_blocking(Blocking { mc: t.mr, kc: K.div_ceil(t.k_step()) * t.k_step(), nc: t.nr });
         let (m, n) = (t.mr, t.nr);
         // Activations 255 in every row; weights −128 in even columns (the sum falls
         // below i32::MIN) and 127 in odd ones (above i32::MAX at 70 000 · 255 · 127).

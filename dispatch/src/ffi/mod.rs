@@ -113,6 +113,8 @@ pub const QGEMM_ISA_NEON: qgemm_isa = 4;
 pub const QGEMM_ISA_NEON_DOTPROD: qgemm_isa = 5;
 /// AArch64 NEON with i8mm.
 pub const QGEMM_ISA_NEON_I8MM: qgemm_isa = 6;
+/// x86-64 AMX-INT8.
+pub const QGEMM_ISA_AMX_INT8: qgemm_isa = 7;
 
 /// How a weight matrix is laid out.
 pub type qgemm_weight_layout = u32;

@@ -103,7 +103,7 @@ pub(crate) fn for_each_tile(
     stage: Option<EpilogueArgs<'_>>,
     mut run: impl FnMut(TileJob<'_>),
 ) {
-    let Tile { mr, nr, kg } = tile;
+    let Tile { mr, nr, kg, .. } = tile;
     let BlockArgs { a, b, b_panel_stride, row_panels, rows, col_panels, kgroups, acc, acc_stride, accumulate, .. } =
         args;
     let a_panel_bytes = kgroups * mr * kg;

@@ -36,7 +36,7 @@ use crate::output::{EpilogueArgs, epilogue_scalar};
 const MR: usize = 4;
 const NR: usize = 4;
 const KG: usize = 16;
-const TILE: Tile = Tile { mr: MR, nr: NR, kg: KG };
+const TILE: Tile = Tile::new(MR, NR, KG);
 // 64 × 512 A bytes (32 KiB) and 512 × 4 B bytes per panel (2 KiB) fit the L1/L2 of
 // Cortex-A57/A76-class cores; accumulators 64 × 512 i32 (128 KiB) stay in L2.
 const BLOCKING: Blocking = Blocking { mc: 64, kc: 512, nc: 512 };

@@ -28,7 +28,7 @@ use crate::output::{EpilogueArgs, epilogue_scalar};
 const MR: usize = 8;
 const NR: usize = 8;
 const KG: usize = 4;
-const TILE: Tile = Tile { mr: MR, nr: NR, kg: KG };
+const TILE: Tile = Tile::new(MR, NR, KG);
 // As for the other NEON kernels: 64 × 512 A bytes, 512 × 8 B bytes per panel slice,
 // 64 × 512 i32 accumulators.
 const BLOCKING: Blocking = Blocking { mc: 64, kc: 512, nc: 512 };

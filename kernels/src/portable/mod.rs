@@ -16,13 +16,7 @@ static KERNEL: Kernel = {
     // dispatched on runtime-detected features, so they run on any CPU, and they only
     // touch memory through the slices they are given.
     unsafe {
-        Kernel::new(
-            "4x32c2-portable",
-            Tile { mr: MR, nr: NR, kg: KG },
-            Blocking { mc: 64, kc: 512, nc: 512 },
-            block,
-            epilogue,
-        )
+        Kernel::new("4x32c2-portable", Tile::new(MR, NR, KG), Blocking { mc: 64, kc: 512, nc: 512 }, block, epilogue)
     }
 };
 

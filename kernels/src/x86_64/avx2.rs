@@ -46,7 +46,7 @@ use crate::output::EpilogueArgs;
 const MR: usize = 6;
 const NR: usize = 8;
 const KG: usize = 4;
-const TILE: Tile = Tile { mr: MR, nr: NR, kg: KG };
+const TILE: Tile = Tile::new(MR, NR, KG);
 // A block of 48 × 512 activations (24 KiB as u8, 48 KiB as i16) stays in L1/L2; a B
 // panel slice of 512 × 8 (4 KiB) stays in L1 while every row panel of the block streams
 // by; the 48 × 1024 accumulators (192 KiB) stay in L2. Chosen by measurement on the
@@ -66,12 +66,14 @@ static EXACT: Kernel = {
     // by `Kernel::block`/`epilogue`), and run only after `kernel()` detected AVX2.
     unsafe {
         let fast = Kernel::new("6x8c4-avx2-maddubs", TILE, BLOCKING, block_maddubs, epilogue)
+            .with_a_packing(super::pack_avx2::pack_4x1, super::pack_avx2::row_sum)
             .with_staged_block(block_maddubs_staged)
             .with_indirect(indirect_maddubs, Some(indirect_maddubs_staged))
             .with_row(row_maddubs, None)
             .with_fusion_when(super::avx2_fused::fuses);
         Kernel::new("6x8c4-avx2-madd", TILE, BLOCKING, block_madd, epilogue)
             .with_a_format(AFormat::I16)
+            .with_a_packing(super::pack_avx2::pack_4x2, super::pack_avx2::row_sum)
             .with_staged_block(block_madd_staged)
             .with_row(row_madd, None)
             .with_fusion_when(super::avx2_fused::fuses)

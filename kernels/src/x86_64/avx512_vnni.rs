@@ -30,7 +30,7 @@ use super::dot4_tile::{self, Dot4, PackedA, Panels, RowA, Sink, TileA};
 use crate::kernel::{BlockArgs, Blocking, IndirectArgs, Kernel, Tile};
 use crate::output::{EpilogueArgs, OutData, OutputStage, Param, ZeroPoints};
 
-const TILE: Tile = Tile { mr: 8, nr: 48, kg: 4 };
+const TILE: Tile = Tile::new(8, 48, 4);
 // A B panel slice of 512 × 48 (24 KiB) stays in L1 (48 KiB on Ice Lake and later
 // servers) while the block's row panels (8 × 512, 4 KiB each) stream from L2; the
 // 128 × 480 accumulators (240 KiB) stay in L2. mc = 128 takes M = 128 (a transformer's
@@ -40,13 +40,21 @@ const TILE: Tile = Tile { mr: 8, nr: 48, kg: 4 };
 const BLOCKING: Blocking = Blocking { mc: 128, kc: 512, nc: 480 };
 /// The wide tile, for column counts that are multiples of 64 rather than 48 (64, 256,
 /// 512 channels): 6 × 4 accumulators + 4 B + a broadcast in 32 zmm.
-const WIDE_TILE: Tile = Tile { mr: 6, nr: 64, kg: 4 };
+const WIDE_TILE: Tile = Tile::new(6, 64, 4);
 const WIDE_BLOCKING: Blocking = Blocking { mc: 120, kc: 512, nc: 512 };
+/// The narrow tile, on the AMX tier's weights (panels of 32 columns, `c4`): the
+/// products too small for AMX's 32-row tiles run on it, from the same packing
+/// (`crate::registry::AMX_INT8`): 8 × 2 accumulators + 2 B + a broadcast (the shared
+/// `Dot4` body's tiles have at most 8 rows).
+const NARROW_TILE: Tile = Tile::new(8, 32, 4);
+const NARROW_BLOCKING: Blocking = Blocking { mc: 128, kc: 512, nc: 480 };
 // Within the scratch bound (`crate::driver::GEMM_SCRATCH_BYTES`): one block of packed
 // A ≤ 64 KiB, accumulators ≤ 256 KiB.
 const _: () = assert!(BLOCKING.mc * BLOCKING.kc <= 64 << 10 && BLOCKING.mc * BLOCKING.nc <= 64 << 10);
 const _: () =
     assert!(WIDE_BLOCKING.mc * WIDE_BLOCKING.kc <= 64 << 10 && WIDE_BLOCKING.mc * WIDE_BLOCKING.nc <= 64 << 10);
+const _: () =
+    assert!(NARROW_BLOCKING.mc * NARROW_BLOCKING.kc <= 64 << 10 && NARROW_BLOCKING.mc * NARROW_BLOCKING.nc <= 64 << 10);
 
 /// Whether this CPU has AVX-512 F/BW/VL with VNNI (and AVX2, which packing uses and
 /// every such CPU has): the tier's one list, in the registry.
@@ -65,13 +73,21 @@ pub fn wide_kernel() -> Option<&'static Kernel> {
     if detected() { Some(&WIDE) } else { None }
 }
 
-// Private: handed out only by `kernel()` and `wide_kernel()`, after detection.
+/// The narrow kernel (`8x32c4`), for the AMX tier's small products (on its weights),
+/// or `None` if this CPU lacks AVX-512 F/BW/VL with VNNI.
+pub fn narrow_kernel() -> Option<&'static Kernel> {
+    if detected() { Some(&NARROW) } else { None }
+}
+
+// Private: handed out only by `kernel()`, `wide_kernel()` and `narrow_kernel()`, after
+// detection.
 static KERNEL: Kernel = {
     // SAFETY: the entry points touch memory only through the slices they get (checked
     // by `Kernel::block`/`epilogue`), and run only after `kernel()` detected the
     // features they are compiled for.
     unsafe {
         Kernel::new("8x48c4-avx512vnni", TILE, BLOCKING, block::<8, 3>, epilogue)
+            .with_a_packing(super::pack_avx2::pack_4x1, super::pack_avx2::row_sum)
             .with_staged_block(block_staged::<8, 3>)
             .with_indirect(indirect::<8, 3>, Some(indirect_staged::<8, 3>))
             .with_row(row::<8, 3>, Some(row_staged::<8, 3>))
@@ -83,9 +99,22 @@ static WIDE: Kernel = {
     // SAFETY: as for `KERNEL`, after `wide_kernel()` detected the same features.
     unsafe {
         Kernel::new("6x64c4-avx512vnni", WIDE_TILE, WIDE_BLOCKING, block::<6, 4>, epilogue)
+            .with_a_packing(super::pack_avx2::pack_4x1, super::pack_avx2::row_sum)
             .with_staged_block(block_staged::<6, 4>)
             .with_indirect(indirect::<6, 4>, Some(indirect_staged::<6, 4>))
             .with_row(row::<6, 4>, Some(row_staged::<6, 4>))
+            .with_fusion_when(fuses)
+    }
+};
+
+static NARROW: Kernel = {
+    // SAFETY: as for `KERNEL`, after `narrow_kernel()` detected the same features.
+    unsafe {
+        Kernel::new("8x32c4-avx512vnni", NARROW_TILE, NARROW_BLOCKING, block::<8, 2>, epilogue)
+            .with_a_packing(super::pack_avx2::pack_4x1, super::pack_avx2::row_sum)
+            .with_staged_block(block_staged::<8, 2>)
+            .with_indirect(indirect::<8, 2>, Some(indirect_staged::<8, 2>))
+            .with_row(row::<8, 2>, Some(row_staged::<8, 2>))
             .with_fusion_when(fuses)
     }
 };

@@ -22,7 +22,7 @@ use crate::output::EpilogueArgs;
 
 const MR: usize = 6;
 const NV: usize = 2;
-const TILE: Tile = Tile { mr: MR, nr: NV * 8, kg: 4 };
+const TILE: Tile = Tile::new(MR, NV * 8, 4);
 // A B panel slice of 512 × 16 (8 KiB) stays in L1 while the row panels (6 × 512, 3 KiB
 // each) stream from L2; the 48 × 1024 accumulators (192 KiB) stay in L2. As AVX2's.
 const BLOCKING: Blocking = Blocking { mc: 48, kc: 512, nc: 1024 };
@@ -42,6 +42,7 @@ static KERNEL: Kernel = {
     // features they are compiled for.
     unsafe {
         Kernel::new("6x16c4-avxvnni", TILE, BLOCKING, block, epilogue)
+            .with_a_packing(super::pack_avx2::pack_4x1, super::pack_avx2::row_sum)
             .with_staged_block(block_staged)
             .with_indirect(indirect, Some(indirect_staged))
             .with_row(row, None)

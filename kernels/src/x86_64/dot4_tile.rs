@@ -411,6 +411,8 @@ pub(super) unsafe fn block_into<V: Dot4, const MR: usize, const NV: usize, A: Ti
     panels: Panels<'_, A>,
     sink: &mut S,
 ) {
+    // `rows_of` has an arm for each row count up to 8: a taller tile would skip rows.
+    const { assert!(MR >= 1 && MR <= 8, "Dot4 tiles have at most 8 rows") };
     let Panels { a, b, b_panel_stride, row_panels, rows, col_panels, cols } = panels;
     let nr = NV * V::LANES;
     let kgroups = a.kgroups();

@@ -1,5 +1,6 @@
 //! x86-64 kernels, one module per instruction set.
 
+pub mod amx_int8;
 pub mod avx2;
 pub mod avx2_dwconv;
 mod avx2_epilogue;
@@ -10,3 +11,4 @@ pub mod avx512_vnni;
 pub mod avx_vnni;
 mod columns;
 mod dot4_tile;
+mod pack_avx2;

@@ -20,11 +20,16 @@ impl Rng {
 }
 
 /// Every GEMM kernel this CPU runs, with its own blocking (those with a fast path also
-/// without it).
+/// without it), and the AMX tier's loop nest on the scalar model of the tiles
+/// (`32x32c4-amx-model`), which runs everywhere: natively, that is; under miri, where
+/// each of its `tdpbusd` costs seconds, `amx_model.rs` runs it on one product instead.
 #[allow(dead_code)] // not every test file runs every kernel
 pub fn gemm_kernels() -> Vec<Kernel> {
     #[allow(unused_mut)]
     let mut kernels = vec![*portable::kernel()];
+    if !cfg!(miri) {
+        kernels.push(*qgemm_kernels::amx::model_kernel());
+    }
     #[cfg(target_arch = "x86_64")]
     if let Some(avx2) = qgemm_kernels::x86_64::avx2::kernel() {
         kernels.extend([*avx2, avx2.without_fast_path()]);
@@ -35,6 +40,8 @@ pub fn gemm_kernels() -> Vec<Kernel> {
         kernels.extend(avx_vnni::kernel().copied());
         kernels.extend(avx512_vnni::kernel().copied());
         kernels.extend(avx512_vnni::wide_kernel().copied());
+        kernels.extend(avx512_vnni::narrow_kernel().copied());
+        kernels.extend(qgemm_kernels::x86_64::amx_int8::kernel().copied());
     }
     #[cfg(target_arch = "aarch64")]
     {
