@@ -6,7 +6,8 @@
 //! use AVX2's `vpmaddwd` + `vpaddd` (two i16 products summed into an i32, then
 //! accumulated); the AVX2 fast path on 7-bit data uses `vpmaddubsw` + `vpmaddwd` +
 //! `vpaddd`; the VNNI tiers use `vpdpbusd` on their own width (ymm for AVX-VNNI, zmm
-//! for AVX-512 VNNI), one instruction per 4 MACs per lane.
+//! for AVX-512 VNNI), one instruction per 4 MACs per lane; the AMX tier uses
+//! `tdpbusd` on tiles (16 × 16 × 64 MACs per instruction).
 
 use std::time::Instant;
 
@@ -46,6 +47,14 @@ pub fn measure(isa: Isa, data: crate::DataKind) -> Peak {
         return best_of("avx512-vnni vpdpbusd zmm", x86::DPBUSD_CHAINS as u64 * 64, |iters| {
             // SAFETY: AVX-512 F and VNNI were detected (`cpu_supports`) just above.
             unsafe { x86::avx512_vnni_loop(iters) }
+        });
+    }
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::AmxInt8 && isa.cpu_supports() {
+        return best_of("amx-int8 tdpbusd", x86::AMX_MACS_PER_ITER, |iters| {
+            // SAFETY: AMX-TILE and AMX-INT8 were detected, with the OS's permission
+            // (`cpu_supports`), just above.
+            unsafe { x86::amx_loop(iters) }
         });
     }
     let _ = (isa, data);
@@ -107,6 +116,58 @@ mod x86 {
     use std::arch::asm;
 
     use std::arch::x86_64::*;
+
+    /// MACs per iteration of [`amx_loop`]: four `tdpbusd` of 16 × 16 × 64.
+    pub const AMX_MACS_PER_ITER: u64 = 4 * 16 * 16 * 64;
+
+    /// `iters` rounds of four independent `tdpbusd` (tmm0..3 += tmm4/5 · tmm6/7) on
+    /// zeroed tiles, in the tile registers; configured and released here.
+    ///
+    /// # Safety
+    /// The CPU must support AMX-TILE and AMX-INT8 and the OS must have granted this
+    /// process the tile state (what `Isa::AmxInt8.cpu_supports()` checks).
+    pub unsafe fn amx_loop(iters: u64) -> u64 {
+        // `ldtilecfg`'s operand: palette 1, tiles 0..8 of 16 rows × 64 bytes.
+        #[repr(C, align(64))]
+        struct Config([u8; 64]);
+        let mut config = Config([0; 64]);
+        config.0[0] = 1;
+        for t in 0..8 {
+            config.0[16 + 2 * t] = 64;
+            config.0[48 + t] = 16;
+        }
+        if iters == 0 {
+            return 0;
+        }
+        // SAFETY: the caller's contract (the instructions and the tile state are
+        // available); `ldtilecfg` reads the 64 bytes of `config`; the loop counts
+        // `iters ≥ 1` down to 0; the tiles are released before the block ends.
+        unsafe {
+            asm!(
+                "ldtilecfg [{config}]",
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                "tilezero tmm4",
+                "tilezero tmm5",
+                "tilezero tmm6",
+                "tilezero tmm7",
+                "2:",
+                "tdpbusd tmm0, tmm4, tmm6",
+                "tdpbusd tmm1, tmm4, tmm7",
+                "tdpbusd tmm2, tmm5, tmm6",
+                "tdpbusd tmm3, tmm5, tmm7",
+                "dec {n}",
+                "jnz 2b",
+                "tilerelease",
+                config = in(reg) &config,
+                n = inout(reg) iters => _,
+                options(nostack),
+            );
+        }
+        iters
+    }
 
     /// Independent `vpdpbusd` chains per iteration of the VNNI probes: enough to cover
     /// its latency (about 5 cycles) on two ports.
