@@ -2,6 +2,7 @@
 //! the shapes, the data, the problems (inputs, weights, output stage), one timed run,
 //! and the reference result each run is checked against.
 
+pub mod cutover;
 pub mod export;
 pub mod peak;
 pub mod report;

@@ -42,6 +42,10 @@ Options:
   --json               one JSON object per line per measurement instead of the table
   --rust-peers         also time rten-gemm and tract-linalg on the GEMM shapes,
                        each checked against the reference
+  --cutover            instead of the study: for each ISA whose tier runs small
+                       products on a second kernel (amx-int8), both kernels on
+                       the same weights at M = 1..128, one thread: where the
+                       tier's own kernel starts to win (the cut-over in M)
   --peer-results FILE  merge the JSON lines of benches/peers/peers.py (repeatable)
   --report DIR         write DIR/report.md, one SVG chart per suite and thread
                        count, and DIR/results.jsonl
@@ -69,6 +73,7 @@ struct Args {
     min_time: Duration,
     json: bool,
     rust_peers: bool,
+    cutover: bool,
     peer_results: Vec<PathBuf>,
     report: Option<PathBuf>,
     export: Option<PathBuf>,
@@ -106,6 +111,7 @@ fn parse_args() -> Result<Option<Args>, String> {
         min_time: Duration::from_millis(500),
         json: false,
         rust_peers: false,
+        cutover: false,
         peer_results: Vec::new(),
         report: None,
         export: None,
@@ -128,6 +134,7 @@ fn parse_args() -> Result<Option<Args>, String> {
             }
             "--json" => args.json = true,
             "--rust-peers" => args.rust_peers = true,
+            "--cutover" => args.cutover = true,
             "--peer-results" => args.peer_results.push(value()?.into()),
             "--report" => args.report = Some(value()?.into()),
             "--export" => args.export = Some(value()?.into()),
@@ -433,6 +440,10 @@ fn main() -> ExitCode {
     };
     if let Some(dir) = &args.export {
         return export_suite(&args, dir);
+    }
+    if args.cutover {
+        let exact = qgemm_bench::cutover::run(&args.isas, args.min_time, |t, run| time_runs(t, run));
+        return if exact { ExitCode::SUCCESS } else { ExitCode::from(1) };
     }
     let peer_rows = match read_peer_results(&args.peer_results) {
         Ok(rows) => rows,

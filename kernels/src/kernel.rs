@@ -371,7 +371,7 @@ impl Kernel {
     /// # Safety
     /// Both must be sound to call on every CPU the kernel's tier runs on, and compute
     /// what the portable packer of the kernel's format and
-    /// [`crate::pack::byte_sum`] compute.
+    /// `crate::pack::byte_sum` compute.
     pub const unsafe fn with_a_packing(mut self, pack: PackAFn, row_sum: RowSumFn) -> Kernel {
         self.pack_a = pack;
         self.row_sum = row_sum;
