@@ -5,8 +5,9 @@
 //! for every input, like AVX-512 VNNI's `vpdpbusd` whose arithmetic it shares.
 //!
 //! The output stage is AVX-512's epilogue, run on each 32 × 32 tile's sums while they
-//! are in a 4 KiB buffer. A rows are packed in groups of 64 (portable packer), B in
-//! the usual `c4` layout with panels of 32 columns.
+//! are in a 4 KiB buffer. A rows are packed in groups of 64 (the portable packer: a
+//! 64-byte copy per group; row sums with AVX2), B in the usual `c4` layout with panels
+//! of 32 columns.
 //!
 //! ## Availability
 //!
@@ -21,7 +22,7 @@
 use std::arch::asm;
 
 use crate::amx::{self, Elem, Stage, TileConfig, TileOps, tile_fits};
-use crate::kernel::{BlockArgs, Kernel};
+use crate::kernel::{AFormat, BlockArgs, Kernel};
 use crate::output::EpilogueArgs;
 
 /// The registry's `amx-tile`: the CPU has AMX-TILE, the OS saves the tile state and
@@ -211,7 +212,9 @@ static KERNEL: Kernel = {
     // by `Kernel::block`/`epilogue` and by each tile access), and run only after
     // `kernel()` detected the tier (AMX, its OS permission, AVX-512 and AVX2).
     unsafe {
-        Kernel::new("32x32c4-amx-int8", amx::TILE, amx::BLOCKING, block, epilogue).with_staged_block(block_staged)
+        Kernel::new("32x32c4-amx-int8", amx::TILE, amx::BLOCKING, block, epilogue)
+            .with_a_packing(crate::pack::packer(amx::KA, AFormat::U8), super::pack_avx2::row_sum)
+            .with_staged_block(block_staged)
     }
 };
 
