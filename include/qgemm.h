@@ -663,6 +663,14 @@ qgemm_status qgemm_selected_isa(qgemm_isa *out);
 qgemm_status qgemm_force_isa(bool force, qgemm_isa isa);
 
 /**
+ * Sets how long helper threads spin after each threaded call, for the whole process,
+ * in microseconds: 0 makes them sleep as soon as a call's tasks are done, and times
+ * above a second are taken as a second. `set` false returns to the environment
+ * variable `QGEMM_SPIN_US`, else the default of 200 µs (`microseconds` is ignored).
+ */
+qgemm_status qgemm_set_spin_time(bool set, uint64_t microseconds);
+
+/**
  * Packs `weights` for the selected ISA into a new handle, written to `*out`. Release
  * it with [`qgemm_packed_weights_free`].
  *

@@ -1,5 +1,7 @@
 //! GEMM: packed weights, the matrices of a call, and the entry points.
 
+use std::time::Duration;
+
 use qgemm_kernels::Kernel;
 use qgemm_kernels::driver::{self, GemmArgs, Scratch, ScratchNeeds};
 use qgemm_kernels::indirect::{self, IndirectGemm, Plan};
@@ -10,7 +12,7 @@ use qgemm_reference::{Channelwise, OutputStage, OutputType, WeightLayout};
 
 use crate::error::{Result, bail, out_of_memory};
 use crate::isa::{Isa, KernelInfo, kernel_for_columns, kernel_for_rows, selected_isa};
-use crate::parallel::{Grid, Partition, Shape, Tile, run_tasks};
+use crate::parallel::{Grid, Partition, Shape, Threads, Tile, run_tasks};
 use crate::validate::{check_matrix, check_weight_zero_points, output_stage, product};
 use crate::workspace::Workspace;
 
@@ -243,11 +245,14 @@ pub struct Options {
     pub threads: usize,
     /// When set, the call fails unless the weights were packed for this ISA.
     pub isa: Option<Isa>,
+    /// How long the helper threads spin after this call for the next one (0: they
+    /// sleep at once); `None` takes the process's [`spin_time`](crate::spin_time).
+    pub spin: Option<Duration>,
 }
 
 impl Default for Options {
     fn default() -> Options {
-        Options { threads: 1, isa: None }
+        Options { threads: 1, isa: None, spin: None }
     }
 }
 
@@ -265,6 +270,13 @@ impl Options {
     /// The same options, requiring weights packed for `isa`.
     pub fn with_isa(self, isa: Isa) -> Options {
         Options { isa: Some(isa), ..self }
+    }
+
+    /// The same options, with the helper threads spinning for `spin` after the call
+    /// (`Duration::ZERO`: they sleep at once; at most a second). See
+    /// [`set_spin_time`](crate::set_spin_time) for the process-wide setting.
+    pub fn with_spin_time(self, spin: Duration) -> Options {
+        Options { spin: Some(spin), ..self }
     }
 }
 
@@ -327,7 +339,8 @@ pub fn gemm_in(
     options.check(b.isa())?;
     let partition = Partition::auto(options.threads);
     let tasks = GemmTasks::new(a, b, stage, c, &partition)?;
-    run_tasks(tasks.len(), options.threads, workspace, &tasks.scratch_needs(), &|i, scratch| tasks.run_in(i, scratch))
+    let threads = Threads { count: options.threads, spin_ns: crate::spin::for_call(options.spin) };
+    run_tasks(tasks.len(), threads, workspace, &tasks.scratch_needs(), &|i, scratch| tasks.run_in(i, scratch))
 }
 
 /// One GEMM, checked and cut into tasks by a [`Partition`], for an engine that runs

@@ -67,6 +67,7 @@ mod gemm;
 mod isa;
 mod parallel;
 mod quant;
+mod spin;
 mod validate;
 mod workspace;
 
@@ -80,6 +81,7 @@ pub use gemm::{
 pub use isa::{Isa, KernelInfo, available_isas, detected_isa, force_isa, selected_isa};
 pub use parallel::{MAX_THREADS, MIN_TASK_MACS, Partition, Tile};
 pub use quant::{onnx_float_scale, quantize_bias, quantize_multiplier, tflite_real_multiplier};
+pub use spin::{DEFAULT_SPIN_TIME, set_spin_time, spin_time};
 pub use workspace::{SCRATCH_BYTES_PER_THREAD, Workspace};
 
 /// The semantic types, shared with the reference.

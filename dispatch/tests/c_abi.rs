@@ -340,6 +340,13 @@ fn isa_query_and_forcing() {
         }
     }
     assert_eq!(qgemm_force_isa(true, 42), QGEMM_STATUS_INVALID_ENUM);
+    // The spin time, process-wide (it changes CPU time only, never a result).
+    assert_eq!(qgemm_set_spin_time(true, 0), QGEMM_OK);
+    assert_eq!(qgemm::spin_time(), std::time::Duration::ZERO);
+    assert_eq!(qgemm_set_spin_time(true, u64::MAX), QGEMM_OK);
+    assert_eq!(qgemm::spin_time(), std::time::Duration::from_secs(1));
+    assert_eq!(qgemm_set_spin_time(false, 7), QGEMM_OK);
+    assert_ne!(qgemm::spin_time(), std::time::Duration::from_micros(7));
     // SAFETY: null is refused; a live `u32` is writable.
     unsafe {
         assert_eq!(qgemm_selected_isa(ptr::null_mut()), QGEMM_STATUS_NULL_POINTER);

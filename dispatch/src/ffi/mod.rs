@@ -725,6 +725,18 @@ pub extern "C" fn qgemm_force_isa(force: bool, isa: qgemm_isa) -> qgemm_status {
     })
 }
 
+/// Sets how long helper threads spin after each threaded call, for the whole process,
+/// in microseconds: 0 makes them sleep as soon as a call's tasks are done, and times
+/// above a second are taken as a second. `set` false returns to the environment
+/// variable `QGEMM_SPIN_US`, else the default of 200 µs (`microseconds` is ignored).
+#[unsafe(no_mangle)]
+pub extern "C" fn qgemm_set_spin_time(set: bool, microseconds: u64) -> qgemm_status {
+    boundary(|| {
+        crate::set_spin_time(set.then(|| std::time::Duration::from_micros(microseconds)));
+        Ok(())
+    })
+}
+
 /// Packs `weights` for the selected ISA into a new handle, written to `*out`. Release
 /// it with [`qgemm_packed_weights_free`].
 ///

@@ -22,7 +22,7 @@
 //!   start helpers the idle and pending       ENTERING −= 1
 //!     ones don't cover                       take a scratch slot, take tasks
 //!   take tasks until none is left            p.active −= 1   (p is not touched again)
-//!   OFFERED = null                           spin for the next job, up to LINGER
+//!   OFFERED = null                           spin for the next job, up to the spin time
 //!   wait for ENTERING == 0
 //!   wait for job.active == 0
 //!   the job may now leave the stack

@@ -3,8 +3,9 @@
 //! Waking a sleeping thread costs 15–80 µs on the virtual machines this was measured
 //! on (an empty rayon scope with one spawned job: 15 µs back to back, 84 µs after a
 //! 200 µs pause), more than half of a 2-thread MobileNet 1×1 convolution. So helpers
-//! do not go back to sleep when a call ends: each spins for [`LINGER`] waiting for the
-//! next call's tasks, as ONNX Runtime's and pthreadpool's workers do, and a call starts
+//! do not go back to sleep when a call ends: each spins for the call's spin time
+//! ([`crate::spin`], 200 µs by default, 0 to sleep at once) waiting for the next
+//! call's tasks, as ONNX Runtime's and pthreadpool's workers do, and a call starts
 //! new helpers (rayon jobs with the `rayon` feature, else OS threads) only for the
 //! threads that are not already waiting or on their way.
 //!
@@ -24,7 +25,7 @@ use std::panic::resume_unwind;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::ptr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use qgemm_kernels::driver::{Scratch, ScratchNeeds};
@@ -33,8 +34,25 @@ use super::handoff::{Closing, Exchange, Gate, Job};
 use crate::error::Result;
 use crate::workspace::Workspace;
 
-/// How long a helper waits for the next call's tasks before it returns its thread.
-pub const LINGER: Duration = Duration::from_micros(200);
+/// How long a helper waits for the next call's tasks before it returns its thread, in
+/// nanoseconds: the spin time of the latest threaded call (see [`crate::spin`]).
+static LINGER_NS: AtomicU64 = AtomicU64::new(crate::spin::DEFAULT_SPIN_TIME.as_nanos() as u64);
+
+/// A call's threads: how many (the caller included), and how long its helpers spin
+/// after it, in nanoseconds.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Threads {
+    pub count: usize,
+    pub spin_ns: u64,
+}
+
+impl Threads {
+    /// `count` threads with the process's spin time.
+    #[cfg(test)]
+    pub(crate) fn count(count: usize) -> Threads {
+        Threads { count, spin_ns: crate::spin::for_call(None) }
+    }
+}
 
 /// The most helpers of gated calls ([`Gate`]) queued and not yet started, all calls
 /// together: past it, a gated call starts no more (it runs on fewer threads), so that
@@ -54,8 +72,8 @@ static EXCHANGE: Exchange<Scratch> = Exchange {
 /// Gate helpers queued and not started (see [`MAX_QUEUED_GATE_HELPERS`]).
 static QUEUED_GATE_HELPERS: AtomicUsize = AtomicUsize::new(0);
 
-/// A helper thread's loop: serve offered jobs, and return after [`LINGER`] without
-/// one.
+/// A helper thread's loop: serve offered jobs, and return after [`LINGER_NS`]
+/// without one (at once where it is 0).
 fn helper() {
     EXCHANGE.arrive();
     let mut served = 0;
@@ -66,10 +84,15 @@ fn helper() {
             since = Instant::now();
             continue;
         }
+        let linger = LINGER_NS.load(Relaxed);
+        if linger == 0 {
+            EXCHANGE.depart();
+            return;
+        }
         polls = polls.wrapping_add(1);
         // Check the clock every 64 polls, and let other threads run now and then.
         if polls.is_multiple_of(64) {
-            if since.elapsed() > LINGER {
+            if since.elapsed() > Duration::from_nanos(linger) {
                 EXCHANGE.depart();
                 return;
             }
@@ -144,12 +167,16 @@ mod pool {
 /// [`ErrorKind::OutOfMemory`]: crate::ErrorKind::OutOfMemory
 pub(crate) fn run_tasks(
     tasks: usize,
-    threads: usize,
+    threads: Threads,
     workspace: &mut Workspace,
     needs: &ScratchNeeds,
     task: &(dyn Fn(usize, &mut Scratch) + Sync),
 ) -> Result<()> {
-    let workers = threads.min(tasks).max(1);
+    let workers = threads.count.min(tasks).max(1);
+    if workers > 1 {
+        // The helpers of this call (and those already awake) spin for its time after it.
+        LINGER_NS.store(threads.spin_ns, Relaxed);
+    }
     workspace.reserve(workers, needs)?;
     let held = workspace.heap_size();
     run_reserved(tasks, workspace.sets(workers), task);

@@ -58,7 +58,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Result, bail};
 
-pub(crate) use helpers::run_tasks;
+pub(crate) use helpers::{Threads, run_tasks};
 
 /// The least work [`Partition::Auto`] gives a task, in multiply-accumulates (as MLAS
 /// does): smaller problems run as fewer tasks, down to one, on fewer threads.
@@ -425,7 +425,7 @@ mod tests {
                     let mut workspace = Workspace::new();
                     for _ in 0..calls {
                         let counts: Vec<AtomicUsize> = (0..6).map(|_| AtomicUsize::new(0)).collect();
-                        run_tasks(6, 3, &mut workspace, &Default::default(), &|i, _| {
+                        run_tasks(6, Threads::count(3), &mut workspace, &Default::default(), &|i, _| {
                             counts[i].fetch_add(1, Ordering::Relaxed);
                         })
                         .unwrap();
@@ -441,7 +441,7 @@ mod tests {
         for threads in [1, 2, 3, 7] {
             for tasks in [0, 1, 5, 40] {
                 let counts: Vec<AtomicUsize> = (0..tasks).map(|_| AtomicUsize::new(0)).collect();
-                run_tasks(tasks, threads, &mut Workspace::new(), &Default::default(), &|i, _| {
+                run_tasks(tasks, Threads::count(threads), &mut Workspace::new(), &Default::default(), &|i, _| {
                     counts[i].fetch_add(1, Ordering::Relaxed);
                 })
                 .unwrap();
