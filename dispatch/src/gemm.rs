@@ -235,10 +235,12 @@ pub struct Options {
     /// default (a count outside is an [`ErrorKind::Threads`] error). Results
     /// are identical for any thread count. The call is cut by
     /// [`Partition::Auto`](crate::Partition::Auto), so a small problem uses fewer
-    /// threads. The other threads come from rayon's global pool with the `rayon`
-    /// feature (on by default), else they are scoped OS threads started per call; an
-    /// engine with its own pool drives [`GemmTasks`] and [`Conv2dTasks`](crate::Conv2dTasks)
-    /// instead.
+    /// threads. The other threads come from rayon with the `rayon` feature (on by
+    /// default): from the pool the call is made on (inside `ThreadPool::install`, or on
+    /// one of its threads), else from the global pool; without the feature they are OS
+    /// threads. Helpers spin for the [spin time](Options::with_spin_time) after the
+    /// call. An engine with a pool of another kind drives [`GemmTasks`] and
+    /// [`Conv2dTasks`](crate::Conv2dTasks) instead.
     ///
     /// [`MAX_THREADS`]: crate::MAX_THREADS
     /// [`ErrorKind::Threads`]: crate::ErrorKind::Threads

@@ -71,6 +71,11 @@ impl Problem {
 
 #[test]
 fn helpers_spin_as_long_as_the_caller_says() {
+    if std::env::var_os("QGEMM_TEST_RUNNER").is_some_and(|r| !r.is_empty()) {
+        // Under an emulator the work itself outlasts the millisecond between calls.
+        println!("under an emulator (QGEMM_TEST_RUNNER): the cadence cannot be kept; skipped");
+        return;
+    }
     let p = Problem::new();
     let two = qgemm::Options::new().with_threads(2);
     let (default_cpu, wall) = p.cadence(&two);
@@ -93,8 +98,10 @@ fn helpers_spin_as_long_as_the_caller_says() {
         one_thread_cpu.as_secs_f64(),
     );
     // A helper spinning through every pause costs about a core for the whole run.
-    assert!(long_cpu > wall / 2, "spinning 5 ms: {long_cpu:?} of CPU over {wall:?}");
-    // Sleeping at once costs little more than the work (what one thread costs).
-    assert!(zero_cpu * 3 < long_cpu, "spin 0: {zero_cpu:?} against {long_cpu:?} spinning");
-    assert!(process_zero_cpu * 3 < long_cpu, "process-wide 0: {process_zero_cpu:?} against {long_cpu:?}");
+    assert!(long_cpu > one_thread_cpu + wall / 2, "spinning 5 ms: {long_cpu:?} of CPU over {wall:?}");
+    // Sleeping at once adds little to the work (what one thread costs): under a third
+    // of what spinning adds, whatever the tier's speed.
+    let extra = |cpu: Duration| cpu.saturating_sub(one_thread_cpu);
+    assert!(extra(zero_cpu) * 3 < extra(long_cpu), "spin 0: {zero_cpu:?} against {long_cpu:?} spinning");
+    assert!(extra(process_zero_cpu) * 3 < extra(long_cpu), "process-wide 0: {process_zero_cpu:?}");
 }
