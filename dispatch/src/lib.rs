@@ -49,8 +49,10 @@
 //! threads. Results are byte-identical for any thread count and any partition.
 //!
 //! ## From C
-//! [`ffi`] is the C ABI (`include/qgemm.h`): status codes, a per-thread error
-//! message, a panic boundary on every export; see the README's "Using qgemm from C".
+//! `qgemm::ffi`, with the `capi` feature (off by default), is the C ABI
+//! (`include/qgemm.h`): status codes, a per-thread error message, a panic boundary on
+//! every export; see the README's "Using qgemm from C". Without the feature the
+//! library exports no C symbols, so two versions of qgemm link into one program.
 //!
 //! ## Choosing the ISA
 //! [`available_isas`] lists the kernels that run on this CPU; packing uses the
@@ -62,6 +64,7 @@
 
 mod conv;
 mod error;
+#[cfg(feature = "capi")]
 pub mod ffi;
 mod gemm;
 mod isa;

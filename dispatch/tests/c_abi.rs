@@ -408,7 +408,7 @@ fn conv2d_equals_the_reference() {
             pad_right: pr,
             groups,
         };
-        let rust_params = qgemm::Conv2dParams::from(params);
+        let rust_params = rust_params(&params);
         let rows = batch * rust_params.out_height().unwrap() * rust_params.out_width().unwrap();
         // OIHW from OHWI: [o][i][y][x] = ohwi[o][y][x][i].
         let mut oihw = vec![0i8; ohwi.len()];
@@ -736,7 +736,7 @@ fn conv_tasks_and_threads_equal_the_reference() {
         pad_right: 1,
         groups,
     };
-    let rust_params = qgemm::Conv2dParams::from(params);
+    let rust_params = rust_params(&params);
     let rows = batch * h * w;
     let problem = Conv2dProblem {
         params: rust_params,
@@ -925,5 +925,28 @@ fn a_workspace_shared_by_two_threads_is_refused_not_corrupted() {
     unsafe {
         qgemm_workspace_free(ws);
         qgemm_packed_weights_free(handle);
+    }
+}
+
+/// The Rust parameters of the same convolution (the library converts them internally;
+/// its Rust API has no conversion from C types).
+fn rust_params(p: &qgemm_conv2d_params) -> qgemm::Conv2dParams {
+    qgemm::Conv2dParams {
+        batch: p.batch,
+        in_height: p.in_height,
+        in_width: p.in_width,
+        in_channels: p.in_channels,
+        out_channels: p.out_channels,
+        kernel_height: p.kernel_height,
+        kernel_width: p.kernel_width,
+        stride_height: p.stride_height,
+        stride_width: p.stride_width,
+        dilation_height: p.dilation_height,
+        dilation_width: p.dilation_width,
+        pad_top: p.pad_top,
+        pad_left: p.pad_left,
+        pad_bottom: p.pad_bottom,
+        pad_right: p.pad_right,
+        groups: p.groups,
     }
 }

@@ -307,44 +307,44 @@ pub struct qgemm_conv2d_params {
     pub groups: usize,
 }
 
-impl From<qgemm_conv2d_params> for Conv2dParams {
-    fn from(p: qgemm_conv2d_params) -> Conv2dParams {
-        let qgemm_conv2d_params {
-            batch,
-            in_height,
-            in_width,
-            in_channels,
-            out_channels,
-            kernel_height,
-            kernel_width,
-            stride_height,
-            stride_width,
-            dilation_height,
-            dilation_width,
-            pad_top,
-            pad_left,
-            pad_bottom,
-            pad_right,
-            groups,
-        } = p;
-        Conv2dParams {
-            batch,
-            in_height,
-            in_width,
-            in_channels,
-            out_channels,
-            kernel_height,
-            kernel_width,
-            stride_height,
-            stride_width,
-            dilation_height,
-            dilation_width,
-            pad_top,
-            pad_left,
-            pad_bottom,
-            pad_right,
-            groups,
-        }
+/// The Rust parameters of a C call (a function, not a `From` impl: the Rust API
+/// carries no C types).
+fn conv2d_params(p: qgemm_conv2d_params) -> Conv2dParams {
+    let qgemm_conv2d_params {
+        batch,
+        in_height,
+        in_width,
+        in_channels,
+        out_channels,
+        kernel_height,
+        kernel_width,
+        stride_height,
+        stride_width,
+        dilation_height,
+        dilation_width,
+        pad_top,
+        pad_left,
+        pad_bottom,
+        pad_right,
+        groups,
+    } = p;
+    Conv2dParams {
+        batch,
+        in_height,
+        in_width,
+        in_channels,
+        out_channels,
+        kernel_height,
+        kernel_width,
+        stride_height,
+        stride_width,
+        dilation_height,
+        dilation_width,
+        pad_top,
+        pad_left,
+        pad_bottom,
+        pad_right,
+        groups,
     }
 }
 
@@ -647,7 +647,7 @@ unsafe fn conv_call<'a>(
     // SAFETY: as above.
     let output = unsafe { output_matrix(output, "output")? };
     let input = ConvInput { data, zero_point: input.zero_point };
-    Ok(ConvCall { input, weights: &w.0, params: Conv2dParams::from(*p), stage, output })
+    Ok(ConvCall { input, weights: &w.0, params: conv2d_params(*p), stage, output })
 }
 
 /// The library's version, as a static NUL-terminated string (`"0.1.0"`).

@@ -20,7 +20,7 @@
 //!                  or weights with |w0| + |w1| ≤ 128 per pair (the driver checks).
 //! ```
 //!
-//! Both run the kernel body shared with the VNNI kernels ([`super::dot4_tile`]): the
+//! Both run the kernel body shared with the VNNI kernels (`super::dot4_tile`): the
 //! fast path with its 4-deep dot product spelled `vpmaddubsw` + `vpmaddwd`
 //! (`PairSums`), the exact kernel with two registers of pair sums per 8 columns
 //! (`PairsI16`, A packed 8 bytes a row and group). Both fuse the Float stage into

@@ -3,7 +3,7 @@
 //! `vpdpbusd` multiplies u8 by i8 and adds four products to an i32 lane with a
 //! wrapping add (the non-saturating form; `vpdpbusds` would clamp where the reference
 //! wraps), so one instruction is exact for any activations and weights, and there is no
-//! fast path to choose. The body is the shared one of [`super::dot4_tile`]:
+//! fast path to choose. The body is the shared one of `super::dot4_tile`:
 //!
 //! ```text
 //!  per k-group (4 k):  B → 3 × vmovdqu64 zmm (48 columns × 4 k)
@@ -13,7 +13,7 @@
 //! ```
 //!
 //! The tile and K-group are those of FBGEMM's AVX-512 VNNI kernel (8 × 48, 4 k per
-//! group). On the last K block, the output stage ([`super::avx512_epilogue`]) runs on
+//! group). On the last K block, the output stage (`super::avx512_epilogue`) runs on
 //! each tile's sums in registers (Float requantization to u8/i8; other stages run
 //! after the block, over its accumulators), and only the output bytes are stored: a
 //! row's three vectors packed to 48 bytes (`vpackssdw`, `vpack[su]swb`, `vpermd`) and

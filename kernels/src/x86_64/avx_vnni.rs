@@ -3,7 +3,7 @@
 //!
 //! The same instruction as AVX-512 VNNI at half the width, wrapping in i32 as the
 //! reference does (never the saturating `vpdpbusds`). The body is the shared one of
-//! [`super::dot4_tile`]:
+//! `super::dot4_tile`:
 //!
 //! ```text
 //!  per k-group (4 k):  B → 2 × vmovdqu ymm (16 columns × 4 k)
