@@ -42,14 +42,22 @@ fn leaf7_edx_bit(bit: u32) -> bool {
     if cfg!(miri) {
         return false; // miri runs no cpuid
     }
-    use std::arch::x86_64::__cpuid_count;
     // Leaf 7 exists where the highest leaf is at least 7.
-    __cpuid_count(0, 0).eax >= 7 && (__cpuid_count(7, 0).edx >> bit) & 1 == 1
+    cpuid(0, 0).eax >= 7 && (cpuid(7, 0).edx >> bit) & 1 == 1
+}
+
+/// `cpuid` of `leaf` and `sub`: an unsafe function in older Rust (1.89, the MSRV,
+/// included), a safe one in newer; the block compiles on both.
+#[allow(unused_unsafe)]
+fn cpuid(leaf: u32, sub: u32) -> std::arch::x86_64::CpuidResult {
+    // SAFETY: cpuid exists on every x86-64 CPU; a leaf past the highest reads as
+    // another leaf's data, never a fault (the callers check the highest leaf first).
+    unsafe { std::arch::x86_64::__cpuid_count(leaf, sub) }
 }
 
 /// OSXSAVE (cpuid leaf 1, ECX bit 27), then XCR0's XTILECFG and XTILEDATA bits.
 fn os_saves_tiles() -> bool {
-    let osxsave = (std::arch::x86_64::__cpuid_count(1, 0).ecx >> 27) & 1 == 1;
+    let osxsave = (cpuid(1, 0).ecx >> 27) & 1 == 1;
     if !osxsave {
         return false;
     }
