@@ -258,7 +258,20 @@ impl PackedConvWeights {
             groups: p.groups,
         };
         if self.shape != wanted {
-            bail!(WeightsMismatch, "conv weights were packed for {:?} but the params ask for {wanted:?}", self.shape);
+            // Name each parameter that differs, as the caller spells it.
+            let (had, want) = (self.shape, wanted);
+            let differ: Vec<String> = [
+                ("out_channels", had.out_channels, want.out_channels),
+                ("kernel_height", had.kernel_height, want.kernel_height),
+                ("kernel_width", had.kernel_width, want.kernel_width),
+                ("in_channels", had.in_channels, want.in_channels),
+                ("groups", had.groups, want.groups),
+            ]
+            .into_iter()
+            .filter(|(_, a, b)| a != b)
+            .map(|(name, a, b)| format!("{name} = {b} (the weights have {a})"))
+            .collect();
+            bail!(WeightsMismatch, "conv params do not match the packed weights: {}", differ.join(", "));
         }
         Ok(())
     }
@@ -329,11 +342,13 @@ fn check_groups(groups: usize, in_channels: usize, out_channels: usize) -> Resul
     if groups == 0 {
         bail!(Dimension, "groups = 0; at least one group is needed");
     }
-    if !in_channels.is_multiple_of(groups) || !out_channels.is_multiple_of(groups) {
-        bail!(
-            Dimension,
-            "groups = {groups} divides neither in_channels = {in_channels} nor out_channels = {out_channels} evenly"
-        );
+    for (name, channels) in [("in_channels", in_channels), ("out_channels", out_channels)] {
+        if !channels.is_multiple_of(groups) {
+            bail!(
+                Dimension,
+                "groups = {groups} does not divide {name} = {channels}; both channel counts must be multiples of groups"
+            );
+        }
     }
     Ok(())
 }

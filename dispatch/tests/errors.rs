@@ -473,15 +473,20 @@ fn conv_errors() {
     conv_error(ErrorKind::Dimension, "stride_width = 0", &good.with_stride(1, 0), &weights, len);
     conv_error(ErrorKind::Dimension, "dilation_height = 0", &good.with_dilation(0, 1), &weights, len);
     conv_error(ErrorKind::Dimension, "groups = 0", &good.with_groups(0), &weights, len);
-    conv_error(ErrorKind::Dimension, "groups = 3", &good.with_groups(3), &weights, len);
+    conv_error(ErrorKind::Dimension, "groups = 3 does not divide in_channels = 4", &good.with_groups(3), &weights, len);
+    // Only the channel count that groups does not divide is named (4 divides 4).
+    let out_only = Conv2dParams::new(1, 2, 2, 4, 6, 1, 1).with_groups(4);
+    conv_error(ErrorKind::Dimension, "groups = 4 does not divide out_channels = 6", &out_only, &weights, 16);
     // Input length off by one.
     conv_error(ErrorKind::BufferLength, "63 values", &good, &weights, len - 1);
     conv_error(ErrorKind::BufferLength, "65 values", &good, &weights, len + 1);
     // Weights packed for another shape.
+    // The message names each parameter that differs, never an internal type.
     let other = Conv2dParams::new(1, 4, 4, 4, 2, 1, 1);
-    conv_error(ErrorKind::WeightsMismatch, "packed for", &other, &weights, len);
+    let both = "kernel_height = 1 (the weights have 3), kernel_width = 1 (the weights have 3)";
+    conv_error(ErrorKind::WeightsMismatch, both, &other, &weights, len);
     let grouped = good.with_groups(2);
-    conv_error(ErrorKind::WeightsMismatch, "packed for", &grouped, &weights, len);
+    conv_error(ErrorKind::WeightsMismatch, "groups = 2 (the weights have 1)", &grouped, &weights, len);
     // Conv weights with the wrong length or a group count that does not divide.
     let e = PackedConvWeights::new(ConvWeights {
         data: &[0; 10],
