@@ -7,8 +7,7 @@
 //! `cargo run --release -p qgemm --example linear`
 
 use qgemm::{
-    Activations, Channelwise, Options, OutputMatrix, OutputStage, PackedWeights, Requantization, Requantize,
-    WeightLayout, Weights, Workspace,
+    Activations, Channelwise, Options, OutputMatrix, OutputStage, PackedWeights, WeightLayout, Weights, Workspace,
 };
 
 fn main() -> qgemm::Result<()> {
@@ -25,11 +24,7 @@ fn main() -> qgemm::Result<()> {
     let w_scales: Vec<f32> = w.chunks(k).map(|row| row.iter().fold(0.0f32, |mx, v| mx.max(v.abs())) / 127.0).collect();
     let wq: Vec<i8> =
         w.chunks(k).zip(&w_scales).flat_map(|(row, &s)| row.iter().map(move |&v| (v / s).round() as i8)).collect();
-    let bias_q = bias
-        .iter()
-        .zip(&w_scales)
-        .map(|(&b, &s)| qgemm::quantize_bias(b, a_scale, s))
-        .collect::<qgemm::Result<Vec<i32>>>()?;
+    let bias_q = qgemm::quantize_biases(&bias, a_scale, &w_scales)?;
 
     // The f32 result, to choose the output scale: y in [0, max] after ReLU.
     let y_f32: Vec<f32> = (0..m * n)
@@ -40,19 +35,13 @@ fn main() -> qgemm::Result<()> {
         })
         .collect();
     let y_scale = y_f32.iter().fold(0.0f32, |mx, &v| mx.max(v)) / 255.0;
-    let scales: Vec<f32> = w_scales.iter().map(|&s| qgemm::onnx_float_scale(a_scale, s, y_scale)).collect();
 
     let zero_point = Channelwise::PerTensor(0);
     let packed = PackedWeights::new(Weights { data: &wq, layout: WeightLayout::NxK, k, n, zero_point: &zero_point })?;
-    let stage = OutputStage {
-        bias: Some(bias_q),
-        requantize: Some(Requantize {
-            scheme: Requantization::Float { scale: Channelwise::PerChannel(scales) },
-            zero_point: 0,
-            min: 0, // ReLU
-            max: 255,
-        }),
-    };
+    // One Float scale per channel, `a_scale · w_scales[n] / y_scale` as ONNX Runtime
+    // rounds it; output zero point 0, clamp [0, 255]: a fused ReLU.
+    let requantize = qgemm::onnx_requantize(a_scale, &w_scales, y_scale, 0, 0, 255)?;
+    let stage = OutputStage { bias: Some(bias_q), requantize: Some(requantize) };
     let mut y = vec![0u8; m * n];
     let mut workspace = Workspace::new();
     let acts = Activations::new(&a, m, k, a_zp);

@@ -83,7 +83,10 @@ pub use gemm::{
 };
 pub use isa::{Isa, KernelInfo, available_isas, detected_isa, force_isa, selected_isa};
 pub use parallel::{MAX_THREADS, MIN_TASK_MACS, Partition, Tile};
-pub use quant::{onnx_float_scale, quantize_bias, quantize_multiplier, tflite_real_multiplier};
+pub use quant::{
+    onnx_float_scale, onnx_requantize, quantize_bias, quantize_biases, quantize_multiplier, tflite_real_multiplier,
+    tflite_requantize,
+};
 pub use spin::{DEFAULT_SPIN_TIME, set_spin_time, spin_time};
 pub use workspace::{SCRATCH_BYTES_PER_THREAD, Workspace};
 

@@ -1,6 +1,8 @@
 //! Pack-time helpers that turn float quantization parameters into the integers the
 //! output stage takes, exactly as the runtimes they imitate do.
 
+use qgemm_reference::{Channelwise, FixedPointParams, Requantization, Requantize};
+
 use crate::error::{Result, bail};
 
 use qgemm_kernels::fpenv::DefaultFp;
@@ -67,4 +69,113 @@ pub fn quantize_bias(bias: f32, a_scale: f32, w_scale: f32) -> Result<i32> {
         bail!(Scale, "a_scale · w_scale = {product} is not finite and positive");
     }
     Ok(qgemm_reference::quantize_bias(bias, a_scale, w_scale))
+}
+
+/// One value per channel from `scales` (1 value: per tensor), checked finite and
+/// positive, each mapped by `f`.
+fn per_channel<T: Copy>(what: &str, scales: &[f32], mut f: impl FnMut(f32) -> Result<T>) -> Result<Channelwise<T>> {
+    if scales.is_empty() {
+        bail!(Dimension, "{what}: no scales (one per tensor, or one per output channel)");
+    }
+    let mut values = Vec::with_capacity(scales.len());
+    for (i, &s) in scales.iter().enumerate() {
+        if !(s.is_finite() && s > 0.0) {
+            bail!(Scale, "{what}[{i}] = {s} is not finite and positive");
+        }
+        values.push(f(s)?);
+    }
+    Ok(match values.as_slice() {
+        [one] => Channelwise::PerTensor(*one),
+        _ => Channelwise::PerChannel(values),
+    })
+}
+
+/// Checks a scale that is not per channel.
+fn positive(what: &str, s: f32) -> Result<()> {
+    if !(s.is_finite() && s > 0.0) {
+        bail!(Scale, "{what} = {s} is not finite and positive");
+    }
+    Ok(())
+}
+
+/// The output stage's requantization from the f32 scales ONNX Runtime and PyTorch
+/// hold: the Float scheme with [`onnx_float_scale`]`(a_scale, w_scales[n], y_scale)`
+/// per output channel (`w_scales` has one value per tensor, or N), the output zero
+/// point and the clamp `[min, max]` (the output type's range, or `min = zero_point`
+/// for a fused ReLU). The zero point and clamp are checked against the output type at
+/// the call.
+///
+/// # Errors
+/// [`Scale`](crate::ErrorKind::Scale) for a scale that is not finite and positive;
+/// [`Dimension`](crate::ErrorKind::Dimension) for no weight scales.
+pub fn onnx_requantize(
+    a_scale: f32,
+    w_scales: &[f32],
+    y_scale: f32,
+    zero_point: i32,
+    min: i32,
+    max: i32,
+) -> Result<Requantize> {
+    positive("a_scale", a_scale)?;
+    positive("y_scale", y_scale)?;
+    let scale = per_channel("w_scales", w_scales, |w| Ok(onnx_float_scale(a_scale, w, y_scale)))?;
+    Ok(Requantize { scheme: Requantization::Float { scale }, zero_point, min, max })
+}
+
+/// The output stage's requantization as TFLite derives it from its scales: per
+/// output channel, [`quantize_multiplier`]`(`[`tflite_real_multiplier`]`(input_scale,
+/// weight_scales[n], output_scale))`, with TFLite's reference rounding
+/// ([`Requantization::FixedPoint`]; put the same [`FixedPointParams`] in
+/// `FixedPointHalfUp` or `FixedPointSingleRounding` for TFLite's other builds).
+///
+/// # Errors
+/// As [`onnx_requantize`], and [`Shift`](crate::ErrorKind::Shift) for a real
+/// multiplier of 2^30 or more.
+pub fn tflite_requantize(
+    input_scale: f32,
+    weight_scales: &[f32],
+    output_scale: f32,
+    zero_point: i32,
+    min: i32,
+    max: i32,
+) -> Result<Requantize> {
+    positive("input_scale", input_scale)?;
+    positive("output_scale", output_scale)?;
+    let pairs = per_channel("weight_scales", weight_scales, |w| {
+        quantize_multiplier(tflite_real_multiplier(input_scale, w, output_scale))
+    })?;
+    let (multiplier, shift) = match pairs {
+        Channelwise::PerTensor((m, s)) => (Channelwise::PerTensor(m), Channelwise::PerTensor(s)),
+        Channelwise::PerChannel(v) => (
+            Channelwise::PerChannel(v.iter().map(|p| p.0).collect()),
+            Channelwise::PerChannel(v.iter().map(|p| p.1).collect()),
+        ),
+    };
+    Ok(Requantize { scheme: Requantization::FixedPoint(FixedPointParams { multiplier, shift }), zero_point, min, max })
+}
+
+/// A float bias vector quantized with [`quantize_bias`]: `bias[n]` with scale
+/// `a_scale · w_scales[n]` (`w_scales` has one value per tensor, or one per value of
+/// `bias`).
+///
+/// # Errors
+/// As [`quantize_bias`], naming the element; [`Dimension`](crate::ErrorKind::Dimension)
+/// when `w_scales` has neither 1 value nor `bias.len()`.
+pub fn quantize_biases(bias: &[f32], a_scale: f32, w_scales: &[f32]) -> Result<Vec<i32>> {
+    if w_scales.len() != 1 && w_scales.len() != bias.len() {
+        bail!(
+            Dimension,
+            "w_scales has {} values for {} biases (needs 1 or {})",
+            w_scales.len(),
+            bias.len(),
+            bias.len()
+        );
+    }
+    bias.iter()
+        .enumerate()
+        .map(|(n, &b)| {
+            let w = w_scales[if w_scales.len() == 1 { 0 } else { n }];
+            quantize_bias(b, a_scale, w).map_err(|e| crate::Error::new(e.kind(), format!("bias[{n}]: {e}")))
+        })
+        .collect()
 }
