@@ -50,7 +50,9 @@ fn calls_on_a_pool_run_on_that_pool() {
         .thread_name(|i| format!("engine-pool-{i}"))
         .build()
         .expect("a pool");
-    let before = pool.install(|| cpu_of_threads("engine-pool-"));
+    // Every thread of the pool has started (rayon starts them in the background).
+    pool.broadcast(|_| ());
+    let before = cpu_of_threads("engine-pool-");
     assert_eq!(before.len(), 2, "the pool's threads: {before:?}");
     pool.install(|| {
         let mut workspace = Workspace::new();
