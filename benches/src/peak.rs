@@ -127,15 +127,9 @@ mod x86 {
     /// The CPU must support AMX-TILE and AMX-INT8 and the OS must have granted this
     /// process the tile state (what `Isa::AmxInt8.cpu_supports()` checks).
     pub unsafe fn amx_loop(iters: u64) -> u64 {
-        // `ldtilecfg`'s operand: palette 1, tiles 0..8 of 16 rows × 64 bytes.
-        #[repr(C, align(64))]
-        struct Config([u8; 64]);
-        let mut config = Config([0; 64]);
-        config.0[0] = 1;
-        for t in 0..8 {
-            config.0[16 + 2 * t] = 64;
-            config.0[48 + t] = 16;
-        }
+        // `ldtilecfg`'s operand: palette 1, tiles 0..8 of 16 rows × 64 bytes (the
+        // kernel's own configuration).
+        let config = qgemm_kernels::amx::TileConfig::FULL;
         if iters == 0 {
             return 0;
         }

@@ -35,7 +35,7 @@ use qgemm_reference::{Channelwise, Conv2dParams, OutputStage};
 use crate::error::{Result, bail, out_of_memory};
 use crate::gemm::{Options, OutputMatrix};
 use crate::isa::{Isa, KernelInfo, dw_kernel_for, kernel_for_columns, selected_isa};
-use crate::parallel::{Grid, Partition, Shape, Threads, Tile, run_tasks};
+use crate::parallel::{Grid, Partition, Shape, Tile, run_tasks};
 use crate::validate::{check_weight_zero_points, output_stage, product};
 use crate::workspace::Workspace;
 
@@ -452,8 +452,9 @@ pub fn conv2d_in(
     options.check(weights.isa)?;
     let partition = Partition::auto(options.threads);
     let tasks = Conv2dTasks::new(input, weights, params, stage, output, &partition)?;
-    let threads = Threads { count: options.threads, spin_ns: crate::spin::for_call(options.spin) };
-    run_tasks(tasks.len(), threads, workspace, &tasks.scratch_needs(), &|i, scratch| tasks.run_in(i, scratch))
+    run_tasks(tasks.len(), options.run_threads(), workspace, &tasks.scratch_needs(), &|i, scratch| {
+        tasks.run_in(i, scratch)
+    })
 }
 
 /// One convolution, checked and cut into tasks by a [`Partition`] over its output

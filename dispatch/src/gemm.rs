@@ -12,7 +12,7 @@ use qgemm_reference::{Channelwise, OutputStage, OutputType, WeightLayout};
 
 use crate::error::{Result, bail, out_of_memory};
 use crate::isa::{Isa, KernelInfo, kernel_for_columns, kernel_for_rows, selected_isa};
-use crate::parallel::{Grid, Partition, Shape, Threads, Tile, run_tasks};
+use crate::parallel::{Grid, Partition, Shape, Tile, run_tasks};
 use crate::validate::{check_matrix, check_weight_zero_points, output_stage, product};
 use crate::workspace::Workspace;
 
@@ -283,6 +283,11 @@ impl Options {
 }
 
 impl Options {
+    /// The call's threads and its helpers' spin time (see [`crate::spin`]).
+    pub(crate) fn run_threads(&self) -> crate::parallel::Threads {
+        crate::parallel::Threads { count: self.threads, spin_ns: crate::spin::for_call(self.spin) }
+    }
+
     pub(crate) fn check(&self, weights_isa: Isa) -> Result<()> {
         crate::parallel::check_threads(self.threads, "options.threads")?;
         if let Some(isa) = self.isa
@@ -341,8 +346,9 @@ pub fn gemm_in(
     options.check(b.isa())?;
     let partition = Partition::auto(options.threads);
     let tasks = GemmTasks::new(a, b, stage, c, &partition)?;
-    let threads = Threads { count: options.threads, spin_ns: crate::spin::for_call(options.spin) };
-    run_tasks(tasks.len(), threads, workspace, &tasks.scratch_needs(), &|i, scratch| tasks.run_in(i, scratch))
+    run_tasks(tasks.len(), options.run_threads(), workspace, &tasks.scratch_needs(), &|i, scratch| {
+        tasks.run_in(i, scratch)
+    })
 }
 
 /// One GEMM, checked and cut into tasks by a [`Partition`], for an engine that runs

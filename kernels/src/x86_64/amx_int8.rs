@@ -80,10 +80,10 @@ fn permission_granted() -> bool {
     const ARCH_REQ_XCOMP_PERM: usize = 0x1023;
     const XFEATURE_XTILEDATA: usize = 18;
     let ret: isize;
-    // SAFETY: the x86-64 Linux system call convention: number in RAX, arguments in
-    // RDI and RSI, result in RAX, RCX and R11 clobbered. `arch_prctl` with this code
-    // only changes the process's permitted XSAVE features; it touches no memory of
-    // ours. An older kernel answers -EINVAL.
+    // The x86-64 Linux system call convention: number in RAX, arguments in RDI and
+    // RSI, result in RAX, RCX and R11 clobbered. An older kernel answers -EINVAL.
+    // SAFETY: `arch_prctl` with this code only changes the process's permitted XSAVE
+    // features; it touches no memory of ours.
     unsafe {
         asm!(
             "syscall",
