@@ -90,7 +90,7 @@ pub fn run(isas: &[Isa], min_time: Duration, time: impl Fn(Duration, &mut dyn Fn
                         b_layout: reference::WeightLayout::KxN,
                         b_zero_point: &zp,
                     };
-                    let stage = reference::OutputStage { bias: None, requantize: None };
+                    let stage = reference::OutputStage::i32();
                     let want = reference::gemm(&problem, &stage, reference::OutputType::I32);
                     if want != OutputData::I32(outs[0].clone()) {
                         println!("| {k} × {n} | {m} | WRONG: differs from the reference | | |");

@@ -242,15 +242,10 @@ impl Problem {
         // Accumulators spread as ≈ 74·(a range / 255)·74·√K; aim for ±64 output levels.
         let spread = 74.0 * (f64::from(a_max) / 255.0) * 74.0 * (k.max(1) as f64).sqrt();
         let scale = (64.0 / spread) as f32;
-        let stage = OutputStage {
-            bias: Some((0..n).map(|_| rng.random_range(-(1 << 16)..(1 << 16))).collect()),
-            requantize: Some(Requantize {
-                scheme: Requantization::Float { scale: Channelwise::PerTensor(scale) },
-                zero_point: 128,
-                min: 0,
-                max: 255,
-            }),
-        };
+        let stage = OutputStage::new(
+            Some((0..n).map(|_| rng.random_range(-(1 << 16)..(1 << 16))).collect()),
+            Some(Requantize::from_i32(Requantization::Float { scale: Channelwise::PerTensor(scale) }, 128, 0, 255)),
+        );
         Problem { shape, data, a, a_zp, b, b_zp: Channelwise::PerTensor(0), stage }
     }
 
@@ -263,25 +258,14 @@ impl Problem {
     /// Packs the weights for `isa`.
     pub fn pack(&self, isa: Isa) -> qgemm::Result<Packed> {
         match &self.shape {
-            Shape::Gemm { k, n, .. } => PackedWeights::for_isa(
-                isa,
-                Weights { data: &self.b, layout: WeightLayout::NxK, k: *k, n: *n, zero_point: &self.b_zp },
-            )
-            .map(Packed::Gemm),
-            Shape::Conv { params: p, .. } => PackedConvWeights::for_isa(
-                isa,
-                ConvWeights {
-                    data: &self.b,
-                    layout: qgemm::FilterLayout::Ohwi,
-                    out_channels: p.out_channels,
-                    kernel_height: p.kernel_height,
-                    kernel_width: p.kernel_width,
-                    in_channels: p.in_channels,
-                    groups: p.groups,
-                    zero_point: &self.b_zp,
-                },
-            )
-            .map(Packed::Conv),
+            Shape::Gemm { k, n, .. } => {
+                PackedWeights::for_isa(isa, Weights::nxk(&self.b, *n, *k).with_zero_point(self.b_zp.clone()))
+                    .map(Packed::Gemm)
+            }
+            Shape::Conv { params: p, .. } => {
+                PackedConvWeights::for_isa(isa, ConvWeights::new(&self.b, p).with_zero_point(self.b_zp.clone()))
+                    .map(Packed::Conv)
+            }
         }
     }
 
@@ -309,7 +293,7 @@ impl Problem {
                 qgemm::gemm_in(&Activations::new(&self.a, *m, *k, self.a_zp), w, &self.stage, c, &options, workspace)
             }
             (Shape::Conv { params, .. }, Packed::Conv(w)) => {
-                let input = ConvInput { data: &self.a, zero_point: self.a_zp };
+                let input = ConvInput::new(&self.a, self.a_zp);
                 qgemm::conv2d_in(&input, w, params, &self.stage, c, &options, workspace)
             }
             _ => panic!("weights packed for another kind of problem"),
@@ -333,7 +317,7 @@ impl Problem {
     pub fn reference_variants(&self) -> ReferenceVariants {
         let acc = self.reference_accumulators(self.a_zp);
         let n = self.output_dims().1;
-        let unbiased = OutputStage { bias: None, requantize: self.stage.requantize.clone() };
+        let unbiased = OutputStage::new(None, self.stage.requantize.clone());
         ReferenceVariants {
             u8_bias: expect_u8(reference::apply_output_stage(&acc, n, &self.stage, OutputType::U8)),
             u8: expect_u8(reference::apply_output_stage(&acc, n, &unbiased, OutputType::U8)),
@@ -446,7 +430,7 @@ mod tests {
         let s = parse_shapes("gemm:1x2x3, conv:r50_1x1,conv:1x56x56x128/128/3x3/s2/p1").unwrap();
         assert_eq!(s[0], Shape::Gemm { m: 1, k: 2, n: 3 });
         assert_eq!(s[1].label(), "r50_1x1");
-        let p = Conv2dParams::new(1, 56, 56, 128, 128, 3, 3).with_stride(2, 2).with_padding(1, 1, 1, 1);
+        let p = Conv2dParams::new([1, 56, 56, 128], 128, [3, 3]).with_stride(2, 2).with_padding(1, 1, 1, 1);
         assert_eq!(s[2], Shape::Conv { name: "1x56x56x128/128/3x3/s2/p1".into(), params: p });
         let dw = parse_shapes("conv:1x112x112x96/96/3x3/s2/p1/g96").unwrap();
         assert_eq!(dw[0], named("mbv2_dw_s2").with_label("1x112x112x96/96/3x3/s2/p1/g96"));

@@ -33,7 +33,8 @@ pub fn parse_conv_spec(spec: &str) -> Result<Conv2dParams, String> {
     let [batch, in_height, in_width, in_channels] = sizes(parts[0], "the input NxHxWxC", 1)?;
     let [out_channels] = sizes(parts[1], "the output channels OC", 1)?;
     let [kernel_height, kernel_width] = sizes(parts[2], "the kernel KHxKW", 1)?;
-    let mut p = Conv2dParams::new(batch, in_height, in_width, in_channels, out_channels, kernel_height, kernel_width);
+    let mut p =
+        Conv2dParams::new([batch, in_height, in_width, in_channels], out_channels, [kernel_height, kernel_width]);
 
     let mut seen = Vec::new();
     for option in &parts[3..] {
@@ -171,7 +172,7 @@ mod tests {
     const BASE: &str = "1x20x20x16/16/3x3";
 
     fn base() -> Conv2dParams {
-        Conv2dParams::new(1, 20, 20, 16, 16, 3, 3)
+        Conv2dParams::new([1, 20, 20, 16], 16, [3, 3])
     }
 
     fn with(options: &str) -> Result<Conv2dParams, String> {
@@ -180,7 +181,7 @@ mod tests {
 
     #[test]
     fn parses_each_option_form() {
-        assert_eq!(parse_conv_spec("2x7x9x6/4/1x3"), Ok(Conv2dParams::new(2, 7, 9, 6, 4, 1, 3)));
+        assert_eq!(parse_conv_spec("2x7x9x6/4/1x3"), Ok(Conv2dParams::new([2, 7, 9, 6], 4, [1, 3])));
         assert_eq!(with(""), Ok(base()));
         assert_eq!(with("/s2"), Ok(base().with_stride(2, 2)));
         assert_eq!(with("/s2x3"), Ok(base().with_stride(2, 3)));

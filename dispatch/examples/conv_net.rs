@@ -8,8 +8,8 @@
 
 use qgemm::reference::{self, Conv2dProblem, OutputData, OutputType};
 use qgemm::{
-    Channelwise, Conv2dParams, ConvInput, ConvWeights, FilterLayout, Options, OutputMatrix, OutputStage,
-    PackedConvWeights, Requantization, Requantize, Workspace,
+    Channelwise, Conv2dParams, ConvInput, ConvWeights, Options, OutputMatrix, OutputStage, PackedConvWeights,
+    Requantization, Requantize, Workspace,
 };
 
 /// One layer: weights (OHWI), shape, bias and scales made up from the layer's index.
@@ -26,27 +26,13 @@ impl Layer {
         let len = params.out_channels * params.kernel_height * params.kernel_width * cg;
         let weights: Vec<i8> = (0..len).map(|i| ((i * 29 + seed * 7) % 255) as i8).collect();
         let zero_point = Channelwise::PerTensor(0);
-        let packed = PackedConvWeights::new(ConvWeights {
-            data: &weights,
-            layout: FilterLayout::Ohwi,
-            out_channels: params.out_channels,
-            kernel_height: params.kernel_height,
-            kernel_width: params.kernel_width,
-            in_channels: params.in_channels,
-            groups: params.groups,
-            zero_point: &zero_point,
-        })?;
+        let packed = PackedConvWeights::new(ConvWeights::new(&weights, &params).with_zero_point(zero_point.clone()))?;
         let taps = (params.kernel_height * params.kernel_width * cg) as f32;
         let scales = (0..params.out_channels).map(|j| 1.0 / (taps * (60.0 + j as f32))).collect();
-        let stage = OutputStage {
-            bias: Some((0..params.out_channels).map(|j| (j as i32 - 4) * 50).collect()),
-            requantize: Some(Requantize {
-                scheme: Requantization::Float { scale: Channelwise::PerChannel(scales) },
-                zero_point: 0,
-                min: 0,
-                max: 255,
-            }),
-        };
+        let stage = OutputStage::new(
+            Some((0..params.out_channels).map(|j| (j as i32 - 4) * 50).collect()),
+            Some(Requantize::from_i32(Requantization::Float { scale: Channelwise::PerChannel(scales) }, 0, 0, 255)),
+        );
         Ok(Layer { params, weights, packed, stage })
     }
 
@@ -56,7 +42,7 @@ impl Layer {
         let (oh, ow) = out_size(p);
         let (rows, cols) = (p.batch * oh * ow, p.out_channels);
         let mut out = vec![0u8; rows * cols];
-        let conv_input = ConvInput { data: input, zero_point: 0 };
+        let conv_input = ConvInput::new(input, 0);
         let options = Options::new().with_threads(2);
         qgemm::conv2d_in(
             &conv_input,
@@ -89,10 +75,11 @@ fn out_size(p: &Conv2dParams) -> (usize, usize) {
 fn main() -> qgemm::Result<()> {
     let (h, w) = (32, 32);
     let image: Vec<u8> = (0..h * w * 3).map(|i| (i * 11 % 256) as u8).collect();
-    let conv = Layer::new(1, Conv2dParams::new(1, h, w, 3, 16, 3, 3).with_stride(2, 2).with_padding(1, 1, 1, 1))?;
+    let conv = Layer::new(1, Conv2dParams::new([1, h, w, 3], 16, [3, 3]).with_stride(2, 2).with_padding(1, 1, 1, 1))?;
     let (h2, w2) = out_size(&conv.params);
-    let depthwise = Layer::new(2, Conv2dParams::new(1, h2, w2, 16, 16, 3, 3).with_padding(1, 1, 1, 1).with_groups(16))?;
-    let pointwise = Layer::new(3, Conv2dParams::new(1, h2, w2, 16, 8, 1, 1))?;
+    let depthwise =
+        Layer::new(2, Conv2dParams::new([1, h2, w2, 16], 16, [3, 3]).with_padding(1, 1, 1, 1).with_groups(16))?;
+    let pointwise = Layer::new(3, Conv2dParams::new([1, h2, w2, 16], 8, [1, 1]))?;
 
     let mut workspace = Workspace::new();
     let mut x = image;

@@ -6,9 +6,7 @@
 //!
 //! `cargo run --release -p qgemm --example linear`
 
-use qgemm::{
-    Activations, Channelwise, Options, OutputMatrix, OutputStage, PackedWeights, WeightLayout, Weights, Workspace,
-};
+use qgemm::{Activations, Channelwise, Options, OutputMatrix, OutputStage, PackedWeights, Weights, Workspace};
 
 fn main() -> qgemm::Result<()> {
     let (m, k, n) = (16, 384, 96);
@@ -37,11 +35,11 @@ fn main() -> qgemm::Result<()> {
     let y_scale = y_f32.iter().fold(0.0f32, |mx, &v| mx.max(v)) / 255.0;
 
     let zero_point = Channelwise::PerTensor(0);
-    let packed = PackedWeights::new(Weights { data: &wq, layout: WeightLayout::NxK, k, n, zero_point: &zero_point })?;
+    let packed = PackedWeights::new(Weights::nxk(&wq, n, k).with_zero_point(zero_point.clone()))?;
     // One Float scale per channel, `a_scale · w_scales[n] / y_scale` as ONNX Runtime
     // rounds it; output zero point 0, clamp [0, 255]: a fused ReLU.
-    let requantize = qgemm::onnx_requantize(a_scale, &w_scales, y_scale, 0, 0, 255)?;
-    let stage = OutputStage { bias: Some(bias_q), requantize: Some(requantize) };
+    let requantize = qgemm::onnx_requantize(a_scale, &w_scales, y_scale, 0u8)?;
+    let stage = OutputStage::new(Some(bias_q), Some(requantize));
     let mut y = vec![0u8; m * n];
     let mut workspace = Workspace::new();
     let acts = Activations::new(&a, m, k, a_zp);

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use qgemm::{
     Activations, Channelwise, GemmTasks, OutputMatrix, OutputStage, PackedWeights, Partition, Requantization,
-    Requantize, WeightLayout, Weights, Workspace,
+    Requantize, Weights, Workspace,
 };
 
 fn main() -> qgemm::Result<()> {
@@ -18,16 +18,13 @@ fn main() -> qgemm::Result<()> {
     let a: Vec<u8> = (0..m * k).map(|i| (i * 7 % 256) as u8).collect();
     let b: Vec<i8> = (0..k * n).map(|i| (i * 13 % 256) as u8 as i8).collect();
     let zero_point = Channelwise::PerTensor(3);
-    let packed = PackedWeights::new(Weights { data: &b, layout: WeightLayout::KxN, k, n, zero_point: &zero_point })?;
-    let stage = OutputStage {
-        bias: None,
-        requantize: Some(Requantize {
-            scheme: Requantization::Float { scale: Channelwise::PerTensor(1.0 / 40_000.0) },
-            zero_point: 128,
-            min: 0,
-            max: 255,
-        }),
-    };
+    let packed = PackedWeights::new(Weights::kxn(&b, k, n).with_zero_point(zero_point.clone()))?;
+    let stage = OutputStage::requantized(Requantize::from_i32(
+        Requantization::Float { scale: Channelwise::PerTensor(1.0 / 40_000.0) },
+        128,
+        0,
+        255,
+    ));
     let acts = Activations::new(&a, m, k, 100);
 
     let mut single = vec![0u8; m * n];

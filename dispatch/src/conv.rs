@@ -51,25 +51,48 @@ pub enum FilterLayout {
     Oihw,
 }
 
-/// Convolution weights as the caller holds them, dense, in `layout` order.
-#[derive(Clone, Copy, Debug)]
+/// Convolution weights as the caller holds them, dense, in OHWI order unless
+/// [`with_layout`](ConvWeights::with_layout) says otherwise, with the filter shape of
+/// the convolution they belong to (its output and input channels, kernel size and
+/// groups; the other fields of [`Conv2dParams`] do not matter for packing).
+///
+/// ```
+/// # use qgemm::{Conv2dParams, ConvWeights, FilterLayout};
+/// let params = Conv2dParams::new([1, 8, 8, 4], 2, [3, 3]);
+/// let w = vec![1i8; 2 * 3 * 3 * 4]; // OIHW [2, 4, 3, 3], as PyTorch holds it
+/// let weights = ConvWeights::new(&w, &params).with_layout(FilterLayout::Oihw).with_zero_point(0);
+/// # let _ = weights;
+/// ```
+#[derive(Clone, Debug)]
 pub struct ConvWeights<'a> {
-    /// The weights.
-    pub data: &'a [i8],
-    /// Their order.
-    pub layout: FilterLayout,
-    /// OC, a multiple of `groups`.
-    pub out_channels: usize,
-    /// KH.
-    pub kernel_height: usize,
-    /// KW.
-    pub kernel_width: usize,
-    /// C, the input channels of the convolution (all groups), a multiple of `groups`.
-    pub in_channels: usize,
-    /// Groups; `groups == in_channels` is depthwise.
-    pub groups: usize,
-    /// The weight zero point, per tensor or per output channel.
-    pub zero_point: &'a Channelwise<i8>,
+    data: &'a [i8],
+    layout: FilterLayout,
+    shape: FilterShape,
+    zero_point: Channelwise<i8>,
+}
+
+impl<'a> ConvWeights<'a> {
+    /// The weights of the convolution `params`: `OC·KH·KW·C/groups` values in OHWI
+    /// order, zero point 0.
+    pub fn new(data: &'a [i8], params: &Conv2dParams) -> ConvWeights<'a> {
+        ConvWeights {
+            data,
+            layout: FilterLayout::Ohwi,
+            shape: FilterShape::of(params),
+            zero_point: Channelwise::PerTensor(0),
+        }
+    }
+
+    /// The same weights in another order.
+    pub fn with_layout(self, layout: FilterLayout) -> ConvWeights<'a> {
+        ConvWeights { layout, ..self }
+    }
+
+    /// The same weights with a zero point per tensor (`i8`) or per output channel
+    /// (`Vec<i8>`, OC values).
+    pub fn with_zero_point(self, zero_point: impl Into<Channelwise<i8>>) -> ConvWeights<'a> {
+        ConvWeights { zero_point: zero_point.into(), ..self }
+    }
 }
 
 /// The shape fields of conv weights, as the packing saw them.
@@ -80,6 +103,18 @@ struct FilterShape {
     kernel_width: usize,
     in_channels: usize,
     groups: usize,
+}
+
+impl FilterShape {
+    fn of(p: &Conv2dParams) -> FilterShape {
+        FilterShape {
+            out_channels: p.out_channels,
+            kernel_height: p.kernel_height,
+            kernel_width: p.kernel_width,
+            in_channels: p.in_channels,
+            groups: p.groups,
+        }
+    }
 }
 
 /// Convolution weights packed once for one ISA: one packed N×K matrix per group,
@@ -116,51 +151,44 @@ impl PackedConvWeights {
     /// # Errors
     /// As [`new`](Self::new), and if `isa` cannot run on this CPU.
     pub fn for_isa(isa: Isa, weights: ConvWeights<'_>) -> Result<PackedConvWeights> {
-        let w = weights;
-        check_groups(w.groups, w.in_channels, w.out_channels)?;
-        let kernel = kernel_for_columns(isa, w.out_channels / w.groups)?;
+        let ConvWeights { data, layout, shape, ref zero_point } = weights;
+        check_groups(shape.groups, shape.in_channels, shape.out_channels)?;
+        let kernel = kernel_for_columns(isa, shape.out_channels / shape.groups)?;
         let dw_kernel = dw_kernel_for(isa)?;
-        let shape = FilterShape {
-            out_channels: w.out_channels,
-            kernel_height: w.kernel_height,
-            kernel_width: w.kernel_width,
-            in_channels: w.in_channels,
-            groups: w.groups,
-        };
-        if w.kernel_height == 0 || w.kernel_width == 0 {
-            bail!(Dimension, "kernel size {}×{} has a zero side", w.kernel_height, w.kernel_width);
+        if shape.kernel_height == 0 || shape.kernel_width == 0 {
+            bail!(Dimension, "kernel size {}×{} has a zero side", shape.kernel_height, shape.kernel_width);
         }
-        let cg = w.in_channels / w.groups;
-        let ocg = w.out_channels / w.groups;
-        let k = product("conv weights KH·KW·C/groups", &[w.kernel_height, w.kernel_width, cg])?;
-        let len = product("conv weights OC·KH·KW·C/groups", &[w.out_channels, k])?;
-        if w.data.len() != len {
-            let dims = match w.layout {
+        let cg = shape.in_channels / shape.groups;
+        let ocg = shape.out_channels / shape.groups;
+        let k = product("conv weights KH·KW·C/groups", &[shape.kernel_height, shape.kernel_width, cg])?;
+        let len = product("conv weights OC·KH·KW·C/groups", &[shape.out_channels, k])?;
+        if data.len() != len {
+            let dims = match layout {
                 FilterLayout::Ohwi => {
-                    format!("OHWI [{}, {}, {}, {cg}]", w.out_channels, w.kernel_height, w.kernel_width)
+                    format!("OHWI [{}, {}, {}, {cg}]", shape.out_channels, shape.kernel_height, shape.kernel_width)
                 }
                 FilterLayout::Oihw => {
-                    format!("OIHW [{}, {cg}, {}, {}]", w.out_channels, w.kernel_height, w.kernel_width)
+                    format!("OIHW [{}, {cg}, {}, {}]", shape.out_channels, shape.kernel_height, shape.kernel_width)
                 }
             };
-            bail!(BufferLength, "conv weights: {} values for {dims} (needs {len})", w.data.len());
+            bail!(BufferLength, "conv weights: {} values for {dims} (needs {len})", data.len());
         }
-        check_weight_zero_points(w.zero_point, w.out_channels)?;
+        check_weight_zero_points(zero_point, shape.out_channels)?;
         let tile = kernel.tile();
         if k.checked_next_multiple_of(tile.k_step()).is_none() || ocg.checked_next_multiple_of(tile.nr).is_none() {
             bail!(Overflow, "conv weights: K = {k} or OC/groups = {ocg} overflows when padded to the tile");
         }
-        let zps = w.zero_point.values();
+        let zps = zero_point.values();
         let reordered;
-        let ohwi = match w.layout {
-            FilterLayout::Ohwi => w.data,
+        let ohwi = match layout {
+            FilterLayout::Ohwi => data,
             FilterLayout::Oihw => {
-                reordered = oihw_to_ohwi(w.data, w.kernel_height * w.kernel_width, cg)
+                reordered = oihw_to_ohwi(data, shape.kernel_height * shape.kernel_width, cg)
                     .map_err(|e| out_of_memory("conv weights (OIHW reordered)", e))?;
                 &reordered[..]
             }
         };
-        let groups = (0..w.groups)
+        let groups = (0..shape.groups)
             .map(|g| {
                 let data = &ohwi[g * ocg * k..(g + 1) * ocg * k];
                 let zp = if zps.len() == 1 { zps } else { &zps[g * ocg..(g + 1) * ocg] };
@@ -168,18 +196,18 @@ impl PackedConvWeights {
                     .map_err(|e| out_of_memory(&format!("conv weights group {g}"), e))
             })
             .collect::<Result<_>>()?;
-        let depthwise = if cg == 1 && w.kernel_height <= dwconv::DW_MAX_KERNEL_HEIGHT {
+        let depthwise = if cg == 1 && shape.kernel_height <= dwconv::DW_MAX_KERNEL_HEIGHT {
             let zps: Vec<i32> = zps.iter().map(|&z| i32::from(z)).collect();
-            let packed = PackedDw::try_new(ohwi, w.out_channels, w.kernel_height, w.kernel_width, &zps)
+            let packed = PackedDw::try_new(ohwi, shape.out_channels, shape.kernel_height, shape.kernel_width, &zps)
                 .map_err(|e| out_of_memory("depthwise conv weights", e))?;
             Some(packed)
         } else {
             None
         };
         let indirect = kernel.has_indirect() || kernel.fast_path().is_some_and(|f| f.has_indirect());
-        let (runs, run_len) = indirect::kernel_row_runs(w.kernel_height, w.kernel_width, w.in_channels);
-        let runs = if indirect && w.groups == 1 && !run_len.is_multiple_of(4) {
-            let packed = PackedB::try_new_runs(tile, ohwi, runs, run_len, w.out_channels, zps)
+        let (runs, run_len) = indirect::kernel_row_runs(shape.kernel_height, shape.kernel_width, shape.in_channels);
+        let runs = if indirect && shape.groups == 1 && !run_len.is_multiple_of(4) {
+            let packed = PackedB::try_new_runs(tile, ohwi, runs, run_len, shape.out_channels, zps)
                 .map_err(|e| out_of_memory("conv weights (kernel rows)", e))?;
             Some(packed)
         } else {
@@ -250,13 +278,7 @@ impl PackedConvWeights {
     }
 
     fn check_shape(&self, p: &Conv2dParams) -> Result<()> {
-        let wanted = FilterShape {
-            out_channels: p.out_channels,
-            kernel_height: p.kernel_height,
-            kernel_width: p.kernel_width,
-            in_channels: p.in_channels,
-            groups: p.groups,
-        };
+        let wanted = FilterShape::of(p);
         if self.shape != wanted {
             // Name each parameter that differs, as the caller spells it.
             let (had, want) = (self.shape, wanted);
@@ -353,13 +375,22 @@ fn check_groups(groups: usize, in_channels: usize, out_channels: usize) -> Resul
     Ok(())
 }
 
-/// The input of a convolution: NHWC u8, dense, with its zero point.
+/// The input of a convolution: NHWC u8, dense, with its zero point. Build one with
+/// [`ConvInput::new`].
 #[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
 pub struct ConvInput<'a> {
     /// `[batch, in_height, in_width, in_channels]`.
     pub data: &'a [u8],
     /// The input zero point; padded taps read as this value.
     pub zero_point: u8,
+}
+
+impl<'a> ConvInput<'a> {
+    /// NHWC `data` with zero point `zero_point`.
+    pub fn new(data: &'a [u8], zero_point: u8) -> ConvInput<'a> {
+        ConvInput { data, zero_point }
+    }
 }
 
 /// Checks a convolution's shape and returns `(out_height, out_width)`.

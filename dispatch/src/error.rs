@@ -49,6 +49,9 @@ pub enum ErrorKind {
     Partition,
     /// A task index past the last task of a call, or a task that already ran.
     Task,
+    /// A parameter value this build does not support (a requantization scheme or an
+    /// output type added to the shared types that this entry point does not take).
+    Unsupported,
 }
 
 /// An invalid argument, with a message that names the parameter and its values.

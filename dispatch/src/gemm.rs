@@ -16,19 +16,70 @@ use crate::parallel::{Grid, Partition, Shape, Tile, run_tasks};
 use crate::validate::{check_matrix, check_weight_zero_points, output_stage, product};
 use crate::workspace::Workspace;
 
-/// The weight matrix B (K×N, i8) as the caller holds it, before packing.
-#[derive(Clone, Copy, Debug)]
+/// The weight matrix B (K×N, i8) as the caller holds it, before packing: borrowed
+/// data, its layout and shape, and an owned zero point (per tensor 0 unless set).
+///
+/// ```
+/// # use qgemm::Weights;
+/// let w = [1i8, 2, 3, 4, 5, 6];
+/// // A linear layer's weight tensor [out_features = 2, in_features = 3]: N×K.
+/// let linear = Weights::nxk(&w, 2, 3).with_zero_point(vec![0, -1]);
+/// // The same values read as a 2×3 (K×N) matrix, zero point 3 for every column.
+/// let kxn = Weights::kxn(&w, 2, 3).with_zero_point(3);
+/// # let _ = (linear, kxn);
+/// ```
+#[derive(Clone, Debug)]
 pub struct Weights<'a> {
-    /// The weights, dense, `k * n` values in `layout`.
-    pub data: &'a [i8],
-    /// K×N row-major, or N×K row-major (the PyTorch/ONNX linear-weight layout).
-    pub layout: WeightLayout,
+    data: &'a [i8],
+    layout: WeightLayout,
+    k: usize,
+    n: usize,
+    zero_point: Channelwise<i8>,
+}
+
+impl<'a> Weights<'a> {
+    /// A K×N matrix held in `layout`, zero point 0: the general form of
+    /// [`kxn`](Weights::kxn) and [`nxk`](Weights::nxk).
+    pub fn new(data: &'a [i8], layout: WeightLayout, k: usize, n: usize) -> Weights<'a> {
+        Weights { data, layout, k, n, zero_point: Channelwise::PerTensor(0) }
+    }
+
+    /// K rows of N weights, row-major: `B[k][n]` is at `data[k * n + n]`.
+    pub fn kxn(data: &'a [i8], k: usize, n: usize) -> Weights<'a> {
+        Weights { data, layout: WeightLayout::KxN, k, n, zero_point: Channelwise::PerTensor(0) }
+    }
+
+    /// N rows of K weights, row-major (the PyTorch/ONNX linear-weight layout
+    /// `[out_features, in_features]`): `B[k][n]` is at `data[n * k_total + k]`.
+    pub fn nxk(data: &'a [i8], n: usize, k: usize) -> Weights<'a> {
+        Weights { data, layout: WeightLayout::NxK, k, n, zero_point: Channelwise::PerTensor(0) }
+    }
+
+    /// The same weights with a zero point per tensor (`i8`) or per column
+    /// (`Vec<i8>`, N values).
+    pub fn with_zero_point(self, zero_point: impl Into<Channelwise<i8>>) -> Weights<'a> {
+        Weights { zero_point: zero_point.into(), ..self }
+    }
+
+    /// The layout of the data.
+    pub fn layout(&self) -> WeightLayout {
+        self.layout
+    }
+
     /// K, the depth.
-    pub k: usize,
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
     /// N, the output columns.
-    pub n: usize,
-    /// The weight zero point, per tensor or per column.
-    pub zero_point: &'a Channelwise<i8>,
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// The weight zero point.
+    pub fn zero_point(&self) -> &Channelwise<i8> {
+        &self.zero_point
+    }
 }
 
 /// Weights packed once for one ISA's kernel and reused across calls: the panels, the
@@ -55,7 +106,7 @@ impl PackedWeights {
     /// # Errors
     /// As [`new`](Self::new), and if `isa` cannot run on this CPU.
     pub fn for_isa(isa: Isa, weights: Weights<'_>) -> Result<PackedWeights> {
-        let Weights { data, layout, k, n, zero_point } = weights;
+        let Weights { data, layout, k, n, ref zero_point } = weights;
         let kernel = kernel_for_columns(isa, n)?;
         let len = product("weights K·N", &[k, n])?;
         if data.len() != len {
@@ -114,8 +165,10 @@ impl PackedWeights {
     }
 }
 
-/// The activation matrix A (M×K, u8, row-major) of one call.
+/// The activation matrix A (M×K, u8, row-major) of one call. Build one with
+/// [`Activations::new`].
 #[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
 pub struct Activations<'a> {
     /// `A[m][k]` is at `data[m * row_stride + k]`.
     pub data: &'a [u8],
@@ -141,8 +194,9 @@ impl<'a> Activations<'a> {
     }
 }
 
-/// An output buffer of one element type.
+/// An output buffer of one element type. Non-exhaustive: later versions may add types.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum OutputBuffer<'a> {
     /// i32 output: the output stage must not requantize.
     I32(&'a mut [i32]),
@@ -154,7 +208,10 @@ pub enum OutputBuffer<'a> {
 
 /// The output matrix C (M×N, row-major) of one call. Only the `rows × cols` elements
 /// are written; the gaps between rows (when `row_stride > cols`) are left untouched.
+/// Build one with [`OutputMatrix::u8`], [`i8`](OutputMatrix::i8) or
+/// [`i32`](OutputMatrix::i32).
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct OutputMatrix<'a> {
     /// The elements; `C[m][n]` is at `m * row_stride + n`.
     pub buffer: OutputBuffer<'a>,
@@ -360,15 +417,14 @@ pub fn gemm_in(
 /// [`gemm`]'s whatever the partition. The tasks are `Sync`: share them by reference.
 ///
 /// ```
-/// use qgemm::{Activations, Channelwise, GemmTasks, OutputMatrix, OutputStage, PackedWeights,
-///             Partition, WeightLayout, Weights, Workspace};
+/// use qgemm::{Activations, GemmTasks, OutputMatrix, OutputStage, PackedWeights, Partition,
+///             Weights, Workspace};
 ///
 /// let (m, k, n) = (40, 64, 30);
 /// let b: Vec<i8> = (0..k * n).map(|i| (i % 7) as i8 - 3).collect();
-/// let weights = Weights { data: &b, layout: WeightLayout::KxN, k, n, zero_point: &Channelwise::PerTensor(0) };
-/// let packed = PackedWeights::new(weights)?;
+/// let packed = PackedWeights::new(Weights::kxn(&b, k, n))?;
 /// let a: Vec<u8> = (0..m * k).map(|i| (i % 251) as u8).collect();
-/// let stage = OutputStage { bias: None, requantize: None };
+/// let stage = OutputStage::i32();
 /// let mut c = vec![0i32; m * n];
 ///
 /// // Rows 0..13 and 13..40 by columns 0..7 and 7..30: four tasks.
@@ -417,7 +473,7 @@ fn indirect_plan(a: &Activations<'_>, k: usize, kernel: &Kernel) -> Option<(Conv
         return None;
     }
     // An image of one row of M pixels, K channels, a 1×1 kernel (N is not read).
-    let geometry = crate::conv::geometry(&crate::Conv2dParams::new(1, 1, a.rows, k, 1, 1, 1), 1, a.rows);
+    let geometry = crate::conv::geometry(&crate::Conv2dParams::new([1, 1, a.rows, k], 1, [1, 1]), 1, a.rows);
     let plan = indirect::plan(&geometry, k, kernel)?;
     (plan.segments == 1).then_some((geometry, plan))
 }

@@ -52,7 +52,8 @@ pub enum Isa {
 
 impl Isa {
     /// Every ISA, from the most portable to the most specific within each architecture.
-    pub const ALL: [Isa; 8] = [
+    /// A slice, so that its type stays the same when a version adds an ISA.
+    pub const ALL: &'static [Isa] = &[
         Isa::Portable,
         Isa::Avx2,
         Isa::AvxVnni,
@@ -92,7 +93,7 @@ impl Isa {
     }
 
     fn from_index(i: u8) -> Option<Isa> {
-        Isa::ALL.into_iter().find(|isa| *isa as u8 == i)
+        Isa::ALL.iter().copied().find(|isa| *isa as u8 == i)
     }
 }
 
@@ -311,7 +312,7 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for isa in Isa::ALL {
+        for &isa in Isa::ALL {
             assert_eq!(isa.name().parse::<Isa>().unwrap(), isa);
             assert_eq!(isa.to_string(), isa.name());
         }
@@ -336,7 +337,7 @@ mod tests {
     #[test]
     fn isas_are_the_registry_tiers() {
         assert_eq!(Isa::ALL.len(), registry::TIERS.len());
-        for (i, isa) in Isa::ALL.into_iter().enumerate() {
+        for (i, &isa) in Isa::ALL.iter().enumerate() {
             assert_eq!(isa as usize, i, "{isa}: its value is its place in Isa::ALL and the registry");
             assert!(std::ptr::eq(isa.tier(), registry::TIERS[i]));
             assert_eq!(isa.required_features(), registry::TIERS[i].features);
@@ -359,7 +360,7 @@ mod tests {
             QGEMM_ISA_AMX_INT8,
         ];
         assert_eq!(c.len(), Isa::ALL.len());
-        for (i, isa) in Isa::ALL.into_iter().enumerate() {
+        for (i, &isa) in Isa::ALL.iter().enumerate() {
             assert_eq!(isa as qgemm_isa, c[i], "{isa}: its C constant");
         }
     }

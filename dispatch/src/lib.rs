@@ -10,30 +10,16 @@
 //! [`Result`], never panicking on bad input and never writing the output on error.
 //!
 //! ```
-//! use qgemm::{Activations, Channelwise, OutputMatrix, OutputStage, PackedWeights,
-//!             Requantization, Requantize, WeightLayout, Weights};
+//! use qgemm::{Activations, OutputMatrix, OutputStage, PackedWeights, Requantization, Requantize,
+//!             Weights};
 //!
 //! // B is N×K (PyTorch/ONNX linear layout): 2 output columns, K = 3.
 //! let b: [i8; 6] = [1, 2, 3, -1, -2, -3];
-//! let packed = PackedWeights::new(Weights {
-//!     data: &b,
-//!     layout: WeightLayout::NxK,
-//!     k: 3,
-//!     n: 2,
-//!     zero_point: &Channelwise::PerTensor(0),
-//! })?;
+//! let packed = PackedWeights::new(Weights::nxk(&b, 2, 3))?;
 //!
 //! // A is 2×3 u8 with zero point 128.
 //! let a: [u8; 6] = [129, 130, 131, 128, 128, 255];
-//! let stage = OutputStage {
-//!     bias: Some(vec![10, 10]),
-//!     requantize: Some(Requantize {
-//!         scheme: Requantization::Float { scale: Channelwise::PerTensor(0.5) },
-//!         zero_point: 128,
-//!         min: 0,
-//!         max: 255,
-//!     }),
-//! };
+//! let stage = OutputStage::requantized(Requantize::u8(Requantization::float(0.5), 128)).with_bias([10, 10]);
 //! let mut c = [0u8; 4];
 //! qgemm::gemm(&Activations::new(&a, 2, 3, 128), &packed, &stage, OutputMatrix::u8(&mut c, 2, 2))?;
 //! // Row 0: (1,2,3)·(1,2,3) = 14, + 10 = 24, · 0.5 = 12, + 128 = 140; column 1: 126.
@@ -41,6 +27,19 @@
 //! assert_eq!(c, [140, 126, 255, 0]);
 //! # Ok::<(), qgemm::Error>(())
 //! ```
+//!
+//! ## Building parameters, and who owns what
+//! Parameter types are `#[non_exhaustive]`: build them with their constructors and
+//! `with_*` methods ([`Weights::nxk`], [`Conv2dParams::new`], [`OutputStage::requantized`],
+//! [`Requantize::u8`], …), so that later versions can add fields without breaking you.
+//!
+//! **Tensors are borrowed, parameters are owned.** The data a call reads or writes
+//! (weights to pack, activations, the input and the output) is borrowed for that call
+//! only. Parameters (zero points, scales, multipliers, biases, shapes) are owned values:
+//! the [`OutputStage`], the packed weights and the operators keep their own copies, so
+//! nothing borrowed outlives a call. Every zero point has its tensor's element type:
+//! `u8` for activations, `i8` for weights, and the output's type for
+//! [`Requantize`] (`Requantize::u8(…, 128)`, `Requantize::i8(…, -3)`).
 //!
 //! ## Threads
 //! [`Options::with_threads`] runs a call on several threads (rayon's pool with the
@@ -92,7 +91,8 @@ pub use workspace::{SCRATCH_BYTES_PER_THREAD, Workspace};
 
 /// The semantic types, shared with the reference.
 pub use qgemm_reference::{
-    Channelwise, Conv2dParams, FixedPointParams, OutputStage, OutputType, Requantization, Requantize, WeightLayout,
+    Channelwise, Conv2dParams, FixedPointParams, OutputStage, OutputType, QuantizedElement, Requantization, Requantize,
+    WeightLayout,
 };
 
 /// The scalar oracle, for tests and fuzzers that check results against it.

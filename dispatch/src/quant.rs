@@ -1,7 +1,7 @@
 //! Pack-time helpers that turn float quantization parameters into the integers the
 //! output stage takes, exactly as the runtimes they imitate do.
 
-use qgemm_reference::{Channelwise, FixedPointParams, Requantization, Requantize};
+use qgemm_reference::{Channelwise, FixedPointParams, QuantizedElement, Requantization, Requantize};
 
 use crate::error::{Result, bail};
 
@@ -100,26 +100,32 @@ fn positive(what: &str, s: f32) -> Result<()> {
 
 /// The output stage's requantization from the f32 scales ONNX Runtime and PyTorch
 /// hold: the Float scheme with [`onnx_float_scale`]`(a_scale, w_scales[n], y_scale)`
-/// per output channel (`w_scales` has one value per tensor, or N), the output zero
-/// point and the clamp `[min, max]` (the output type's range, or `min = zero_point`
-/// for a fused ReLU). The zero point and clamp are checked against the output type at
-/// the call.
+/// per output channel (`w_scales` has one value per tensor, or N), and the output
+/// zero point, whose type (`u8` or `i8`) is the output's. The clamp is that type's
+/// whole range; narrow it with [`Requantize::with_relu`] or
+/// [`Requantize::with_clamp`].
+///
+/// ```
+/// # use qgemm::{Requantization, onnx_requantize};
+/// let r = onnx_requantize(0.02, &[0.005, 0.01], 0.05, 128u8)?.with_relu();
+/// assert_eq!((r.zero_point, r.min, r.max), (128, 128, 255));
+/// assert!(matches!(r.scheme, Requantization::Float { .. }));
+/// # Ok::<(), qgemm::Error>(())
+/// ```
 ///
 /// # Errors
 /// [`Scale`](crate::ErrorKind::Scale) for a scale that is not finite and positive;
 /// [`Dimension`](crate::ErrorKind::Dimension) for no weight scales.
-pub fn onnx_requantize(
+pub fn onnx_requantize<Q: QuantizedElement>(
     a_scale: f32,
     w_scales: &[f32],
     y_scale: f32,
-    zero_point: i32,
-    min: i32,
-    max: i32,
+    zero_point: Q,
 ) -> Result<Requantize> {
     positive("a_scale", a_scale)?;
     positive("y_scale", y_scale)?;
     let scale = per_channel("w_scales", w_scales, |w| Ok(onnx_float_scale(a_scale, w, y_scale)))?;
-    Ok(Requantize { scheme: Requantization::Float { scale }, zero_point, min, max })
+    Ok(Requantize::new(Requantization::Float { scale }, zero_point))
 }
 
 /// The output stage's requantization as TFLite derives it from its scales: per
@@ -131,13 +137,11 @@ pub fn onnx_requantize(
 /// # Errors
 /// As [`onnx_requantize`], and [`Shift`](crate::ErrorKind::Shift) for a real
 /// multiplier of 2^30 or more.
-pub fn tflite_requantize(
+pub fn tflite_requantize<Q: QuantizedElement>(
     input_scale: f32,
     weight_scales: &[f32],
     output_scale: f32,
-    zero_point: i32,
-    min: i32,
-    max: i32,
+    zero_point: Q,
 ) -> Result<Requantize> {
     positive("input_scale", input_scale)?;
     positive("output_scale", output_scale)?;
@@ -151,7 +155,7 @@ pub fn tflite_requantize(
             Channelwise::PerChannel(v.iter().map(|p| p.1).collect()),
         ),
     };
-    Ok(Requantize { scheme: Requantization::FixedPoint(FixedPointParams { multiplier, shift }), zero_point, min, max })
+    Ok(Requantize::new(Requantization::FixedPoint(FixedPointParams::new(multiplier, shift)), zero_point))
 }
 
 /// A float bias vector quantized with [`quantize_bias`]: `bias[n]` with scale

@@ -80,10 +80,12 @@ pub(crate) fn output_stage<'a>(stage: &'a OutputStage, channels: usize, out: Out
             }
             Some(k::Requant { scheme: scheme(&r.scheme, channels)?, zero_point: r.zero_point, min: r.min, max: r.max })
         }
-        (Some(r), OutputType::I32) => bail!(
+        (Some(r), _) => bail!(
             OutputType,
-            "output is i32 but the output stage requantizes ({}); i32 output takes no requantization",
-            r.scheme.name()
+            "output is {} but the output stage requantizes ({}); {} output takes no requantization",
+            out.name(),
+            r.scheme.name(),
+            out.name()
         ),
         (None, _) => bail!(
             OutputType,
@@ -115,6 +117,7 @@ fn scheme(r: &Requantization, channels: usize) -> Result<Scheme<'_>> {
             }
             return Ok(Scheme::Float { scale: param(scale) });
         }
+        other => bail!(Unsupported, "requantization scheme {} is not supported by this build", other.name()),
     };
     let p = r.fixed_point_params().expect("a fixed-point scheme");
     check_channels("requantize.multiplier", &p.multiplier, channels)?;

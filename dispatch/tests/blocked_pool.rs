@@ -21,7 +21,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
-use qgemm::{Activations, Channelwise, OutputMatrix, OutputStage, PackedWeights, WeightLayout, Weights, Workspace};
+use qgemm::{Activations, Channelwise, OutputMatrix, OutputStage, PackedWeights, Weights, Workspace};
 
 /// How long the pool stays blocked at most: far beyond the calls' few milliseconds.
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -39,7 +39,7 @@ impl Problem {
         let a = (0..m * k).map(|i| (i * 7 % 256) as u8).collect();
         let b: Vec<i8> = (0..k * n).map(|i| (i * 13 % 256) as u8 as i8).collect();
         let zero_point = Channelwise::PerTensor(-3);
-        let weights = Weights { data: &b, layout: WeightLayout::KxN, k, n, zero_point: &zero_point };
+        let weights = Weights::kxn(&b, k, n).with_zero_point(zero_point.clone());
         Problem { m, n, k, a, packed: PackedWeights::new(weights).expect("weights") }
     }
 

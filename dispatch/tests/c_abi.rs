@@ -124,7 +124,7 @@ fn stage(p: &Problem, scheme: qgemm_scheme, per_column: bool, zero_point: i32, m
     let shifts: Vec<i32> = (0..count).map(|j| -12 - (j as i32 % 5)).collect();
     let scales: Vec<f32> = (0..count).map(|j| 1.0 / (4096.0 + 37.0 * j as f32)).collect();
     let cw = |v: &[i32]| if per_column { Channelwise::PerChannel(v.to_vec()) } else { Channelwise::PerTensor(v[0]) };
-    let fixed = || FixedPointParams { multiplier: cw(&multipliers), shift: cw(&shifts) };
+    let fixed = || FixedPointParams::new(cw(&multipliers), cw(&shifts));
     let requant = match scheme {
         QGEMM_SCHEME_NONE => None,
         QGEMM_SCHEME_FIXED_POINT => Some(Requantization::FixedPoint(fixed())),
@@ -134,10 +134,10 @@ fn stage(p: &Problem, scheme: qgemm_scheme, per_column: bool, zero_point: i32, m
             scale: if per_column { Channelwise::PerChannel(scales.clone()) } else { Channelwise::PerTensor(scales[0]) },
         }),
     };
-    let rust = OutputStage {
-        bias: Some(p.bias.clone()),
-        requantize: requant.map(|scheme| Requantize { scheme, zero_point, min, max }),
-    };
+    let rust = OutputStage::new(
+        Some(p.bias.clone()),
+        requant.map(|scheme| Requantize::from_i32(scheme, zero_point, min, max)),
+    );
     let c = qgemm_output_stage {
         bias: p.bias.as_ptr(),
         bias_len: p.bias.len(),
@@ -465,15 +465,13 @@ fn conv2d_equals_the_reference() {
                     min,
                     max,
                 };
-                let rust_stage = OutputStage {
-                    bias: Some(bias.clone()),
-                    requantize: (scheme == QGEMM_SCHEME_FLOAT).then(|| Requantize {
-                        scheme: Requantization::Float { scale: Channelwise::PerChannel(scales.clone()) },
-                        zero_point,
-                        min,
-                        max,
+                let rust_stage = OutputStage::new(
+                    Some(bias.clone()),
+                    (scheme == QGEMM_SCHEME_FLOAT).then(|| {
+                        let scale = Channelwise::PerChannel(scales.clone());
+                        Requantize::from_i32(Requantization::Float { scale }, zero_point, min, max)
                     }),
-                };
+                );
                 let want: Vec<i64> = match reference::conv2d(&problem, &rust_stage, out_type) {
                     OutputData::I32(v) => v.into_iter().map(i64::from).collect(),
                     OutputData::U8(v) => v.into_iter().map(i64::from).collect(),
@@ -931,22 +929,13 @@ fn a_workspace_shared_by_two_threads_is_refused_not_corrupted() {
 /// The Rust parameters of the same convolution (the library converts them internally;
 /// its Rust API has no conversion from C types).
 fn rust_params(p: &qgemm_conv2d_params) -> qgemm::Conv2dParams {
-    qgemm::Conv2dParams {
-        batch: p.batch,
-        in_height: p.in_height,
-        in_width: p.in_width,
-        in_channels: p.in_channels,
-        out_channels: p.out_channels,
-        kernel_height: p.kernel_height,
-        kernel_width: p.kernel_width,
-        stride_height: p.stride_height,
-        stride_width: p.stride_width,
-        dilation_height: p.dilation_height,
-        dilation_width: p.dilation_width,
-        pad_top: p.pad_top,
-        pad_left: p.pad_left,
-        pad_bottom: p.pad_bottom,
-        pad_right: p.pad_right,
-        groups: p.groups,
-    }
+    qgemm::Conv2dParams::new(
+        [p.batch, p.in_height, p.in_width, p.in_channels],
+        p.out_channels,
+        [p.kernel_height, p.kernel_width],
+    )
+    .with_stride(p.stride_height, p.stride_width)
+    .with_dilation(p.dilation_height, p.dilation_width)
+    .with_padding(p.pad_top, p.pad_left, p.pad_bottom, p.pad_right)
+    .with_groups(p.groups)
 }

@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use qgemm::{Activations, Channelwise, OutputMatrix, OutputStage, PackedWeights, WeightLayout, Weights, Workspace};
+use qgemm::{Activations, Channelwise, OutputMatrix, OutputStage, PackedWeights, Weights, Workspace};
 
 /// CPU time in nanoseconds of each thread whose name starts with `prefix`.
 fn cpu_of_threads(prefix: &str) -> Vec<(String, u64)> {
@@ -47,7 +47,7 @@ fn calls_on_a_pool_run_on_that_pool() {
     let a: Vec<u8> = (0..m * k).map(|i| (i * 7 % 256) as u8).collect();
     let b: Vec<i8> = (0..k * n).map(|i| (i * 13 % 256) as u8 as i8).collect();
     let zero_point = Channelwise::PerTensor(-3);
-    let weights = Weights { data: &b, layout: WeightLayout::KxN, k, n, zero_point: &zero_point };
+    let weights = Weights::kxn(&b, k, n).with_zero_point(zero_point.clone());
     let packed = PackedWeights::new(weights).expect("weights");
     let run = |threads: usize, workspace: &mut Workspace| {
         let mut c = vec![0i32; m * n];

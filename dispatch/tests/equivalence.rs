@@ -238,7 +238,7 @@ fn both_sides_of_the_fast_path_boundaries() {
             case.b_zp = Channelwise::PerTensor(0);
             case.check(&format!("{aname} against {wname}, i32"));
             let scale = Requantization::Float { scale: Channelwise::PerTensor(1.0 / 4096.0) };
-            let requantize = Requantize { scheme: scale, zero_point: 128, min: 0, max: 255 };
+            let requantize = Requantize::from_i32(scale, 128, 0, 255);
             case.a_zp = 100;
             let case = case.with_output(OutputType::U8, Some(requantize));
             case.check(&format!("{aname} against {wname}, u8"));
@@ -258,7 +258,7 @@ fn each_scheme_per_tensor_and_per_channel_with_clamps() {
                 for (min, max) in [(lo, hi), (zp, hi), (zp, zp + 6), (lo + 7, lo + 7), (hi, hi), (lo, lo)] {
                     let mut case = GemmCase::random(&mut rng, m, n, k);
                     case.stage.bias = Some((0..n).map(|_| (rng.next_u64() as i32) >> 12).collect());
-                    let requantize = Requantize { scheme: scheme.clone(), zero_point: zp, min, max };
+                    let requantize = Requantize::from_i32(scheme.clone(), zp, min, max);
                     let case = case.with_output(out, Some(requantize));
                     case.check(&format!("{} per_channel={per_channel} clamp [{min}, {max}]", scheme.name()));
                 }
@@ -301,7 +301,7 @@ fn check_accumulators(label: &str, accs: &[i32], scheme: Requantization, out: Ou
     case.stage.bias = Some(accs.to_vec());
     let (lo, hi) = out.range();
     for (zp, min, max) in [(lo + 128, lo, hi), (lo + 3, lo, hi), (hi - 3, lo + 1, hi - 1)] {
-        let requantize = Requantize { scheme: scheme.clone(), zero_point: zp, min, max };
+        let requantize = Requantize::from_i32(scheme.clone(), zp, min, max);
         case.clone().with_output(out, Some(requantize)).check(label);
     }
 }
@@ -312,8 +312,7 @@ fn fixed_point_corners_every_shift_and_multiplier() {
     for shift in -31..=30 {
         let accs = probe_accumulators(shift);
         for &m in &multipliers {
-            let per_tensor =
-                FixedPointParams { multiplier: Channelwise::PerTensor(m), shift: Channelwise::PerTensor(shift) };
+            let per_tensor = FixedPointParams::new(Channelwise::PerTensor(m), Channelwise::PerTensor(shift));
             for scheme in [
                 Requantization::FixedPoint(per_tensor.clone()),
                 Requantization::FixedPointHalfUp(per_tensor.clone()),
@@ -330,8 +329,7 @@ fn fixed_point_corners_every_shift_and_multiplier() {
     let n = accs.len();
     let shifts: Vec<i32> = (0..n).map(|j| -31 + (j % 62) as i32).collect();
     let mults: Vec<i32> = (0..n).map(|j| multipliers[j % multipliers.len()]).collect();
-    let per_channel =
-        FixedPointParams { multiplier: Channelwise::PerChannel(mults), shift: Channelwise::PerChannel(shifts) };
+    let per_channel = FixedPointParams::new(Channelwise::PerChannel(mults), Channelwise::PerChannel(shifts));
     for scheme in [
         Requantization::FixedPoint(per_channel.clone()),
         Requantization::FixedPointHalfUp(per_channel.clone()),
@@ -346,10 +344,7 @@ fn left_shift_that_wraps() {
     // shift = 30 shifts 2^30·x left: anything beyond ±1 wraps before the high multiply.
     let accs = [1, 2, 3, -1, -2, 5, 1 << 20, -(1 << 20), i32::MAX, i32::MIN, 0x1234_5678];
     for shift in [1, 2, 17, 29, 30] {
-        let p = FixedPointParams {
-            multiplier: Channelwise::PerTensor((1 << 30) + 12345),
-            shift: Channelwise::PerTensor(shift),
-        };
+        let p = FixedPointParams::new(Channelwise::PerTensor((1 << 30) + 12345), Channelwise::PerTensor(shift));
         check_accumulators("wrapping left shift", &accs, Requantization::FixedPoint(p.clone()), OutputType::I8);
         check_accumulators("wrapping left shift", &accs, Requantization::FixedPointHalfUp(p.clone()), OutputType::U8);
         check_accumulators("wrapping left shift", &accs, Requantization::FixedPointSingleRounding(p), OutputType::U8);
@@ -402,32 +397,32 @@ fn zero_sized_dimensions() {
 
 fn conv_params() -> Vec<(&'static str, Conv2dParams)> {
     vec![
-        ("1x1 pointwise", Conv2dParams::new(1, 5, 7, 16, 24, 1, 1)),
-        ("1x1 stride 2", Conv2dParams::new(1, 9, 8, 8, 12, 1, 1).with_stride(2, 2)),
-        ("1x1 padded", Conv2dParams::new(1, 4, 4, 5, 6, 1, 1).with_padding(1, 0, 2, 1)),
-        ("3x3 pad 1", Conv2dParams::new(1, 8, 8, 8, 16, 3, 3).with_padding(1, 1, 1, 1)),
-        ("3x3 stride 2", Conv2dParams::new(2, 9, 11, 3, 10, 3, 3).with_stride(2, 2)),
-        ("3x3 stride (1,2)", Conv2dParams::new(1, 7, 9, 4, 5, 3, 3).with_stride(1, 2).with_padding(1, 1, 1, 1)),
-        ("dilation 2", Conv2dParams::new(1, 10, 10, 4, 7, 3, 3).with_dilation(2, 2).with_padding(2, 2, 2, 2)),
-        ("dilation (3,1)", Conv2dParams::new(1, 12, 6, 3, 5, 2, 3).with_dilation(3, 1)),
-        ("asymmetric padding", Conv2dParams::new(1, 6, 5, 3, 4, 3, 2).with_padding(0, 2, 3, 1)),
-        ("groups 2", Conv2dParams::new(1, 6, 6, 8, 12, 3, 3).with_padding(1, 1, 1, 1).with_groups(2)),
-        ("groups 3, stride 2", Conv2dParams::new(2, 7, 7, 9, 6, 3, 3).with_stride(2, 2).with_groups(3)),
-        ("depthwise 3x3", Conv2dParams::new(1, 9, 9, 16, 16, 3, 3).with_padding(1, 1, 1, 1).with_groups(16)),
+        ("1x1 pointwise", Conv2dParams::new([1, 5, 7, 16], 24, [1, 1])),
+        ("1x1 stride 2", Conv2dParams::new([1, 9, 8, 8], 12, [1, 1]).with_stride(2, 2)),
+        ("1x1 padded", Conv2dParams::new([1, 4, 4, 5], 6, [1, 1]).with_padding(1, 0, 2, 1)),
+        ("3x3 pad 1", Conv2dParams::new([1, 8, 8, 8], 16, [3, 3]).with_padding(1, 1, 1, 1)),
+        ("3x3 stride 2", Conv2dParams::new([2, 9, 11, 3], 10, [3, 3]).with_stride(2, 2)),
+        ("3x3 stride (1,2)", Conv2dParams::new([1, 7, 9, 4], 5, [3, 3]).with_stride(1, 2).with_padding(1, 1, 1, 1)),
+        ("dilation 2", Conv2dParams::new([1, 10, 10, 4], 7, [3, 3]).with_dilation(2, 2).with_padding(2, 2, 2, 2)),
+        ("dilation (3,1)", Conv2dParams::new([1, 12, 6, 3], 5, [2, 3]).with_dilation(3, 1)),
+        ("asymmetric padding", Conv2dParams::new([1, 6, 5, 3], 4, [3, 2]).with_padding(0, 2, 3, 1)),
+        ("groups 2", Conv2dParams::new([1, 6, 6, 8], 12, [3, 3]).with_padding(1, 1, 1, 1).with_groups(2)),
+        ("groups 3, stride 2", Conv2dParams::new([2, 7, 7, 9], 6, [3, 3]).with_stride(2, 2).with_groups(3)),
+        ("depthwise 3x3", Conv2dParams::new([1, 9, 9, 16], 16, [3, 3]).with_padding(1, 1, 1, 1).with_groups(16)),
         (
             "depthwise x2 5x5 s2",
-            Conv2dParams::new(1, 11, 10, 6, 12, 5, 5).with_stride(2, 2).with_padding(2, 2, 2, 2).with_groups(6),
+            Conv2dParams::new([1, 11, 10, 6], 12, [5, 5]).with_stride(2, 2).with_padding(2, 2, 2, 2).with_groups(6),
         ),
-        ("kernel larger than the input", Conv2dParams::new(1, 3, 2, 4, 5, 5, 4).with_padding(2, 1, 2, 1)),
+        ("kernel larger than the input", Conv2dParams::new([1, 3, 2, 4], 5, [5, 4]).with_padding(2, 1, 2, 1)),
         (
             "kernel 7x7 stride 2 pad 3",
-            Conv2dParams::new(1, 15, 15, 3, 8, 7, 7).with_stride(2, 2).with_padding(3, 3, 3, 3),
+            Conv2dParams::new([1, 15, 15, 3], 8, [7, 7]).with_stride(2, 2).with_padding(3, 3, 3, 3),
         ),
-        ("batch 3", Conv2dParams::new(3, 5, 4, 6, 33, 3, 3).with_padding(1, 1, 1, 1)),
-        ("1x1 with many channels", Conv2dParams::new(1, 3, 3, 70, 65, 1, 1)),
-        ("empty batch", Conv2dParams::new(0, 4, 4, 3, 5, 3, 3)),
+        ("batch 3", Conv2dParams::new([3, 5, 4, 6], 33, [3, 3]).with_padding(1, 1, 1, 1)),
+        ("1x1 with many channels", Conv2dParams::new([1, 3, 3, 70], 65, [1, 1])),
+        ("empty batch", Conv2dParams::new([0, 4, 4, 3], 5, [3, 3])),
         // Found by the conv2d fuzz target: the grouped 1×1 path offset an empty output.
-        ("empty batch, grouped 1x1", Conv2dParams::new(0, 4, 4, 4, 6, 1, 1).with_groups(2)),
+        ("empty batch, grouped 1x1", Conv2dParams::new([0, 4, 4, 4], 6, [1, 1]).with_groups(2)),
     ]
 }
 
@@ -453,7 +448,7 @@ fn conv_paths() {
 #[test]
 fn conv_extreme_data() {
     let mut rng = Rng::new(9);
-    let params = Conv2dParams::new(1, 6, 6, 32, 16, 3, 3).with_padding(1, 1, 1, 1);
+    let params = Conv2dParams::new([1, 6, 6, 32], 16, [3, 3]).with_padding(1, 1, 1, 1);
     for fill in WEIGHT_FILLS {
         for input_zp in [0u8, 255] {
             let mut case = ConvCase::random(&mut rng, params);

@@ -5,7 +5,7 @@
 
 use qgemm::{
     Activations, Channelwise, Conv2dParams, ConvInput, ConvWeights, ErrorKind, FixedPointParams, Isa, Options,
-    OutputMatrix, OutputStage, PackedConvWeights, PackedWeights, Requantization, Requantize, WeightLayout, Weights,
+    OutputMatrix, OutputStage, PackedConvWeights, PackedWeights, Requantization, Requantize, Weights,
 };
 
 const M: usize = 3;
@@ -14,22 +14,15 @@ const N: usize = 4;
 
 fn packed() -> PackedWeights {
     let b = [3i8; K * N];
-    PackedWeights::for_isa(
-        Isa::Portable,
-        Weights { data: &b, layout: WeightLayout::KxN, k: K, n: N, zero_point: &Channelwise::PerTensor(0) },
-    )
-    .unwrap()
+    PackedWeights::for_isa(Isa::Portable, Weights::kxn(&b, K, N)).unwrap()
 }
 
 fn fixed(multiplier: i32, shift: i32) -> Requantization {
-    Requantization::FixedPoint(FixedPointParams {
-        multiplier: Channelwise::PerTensor(multiplier),
-        shift: Channelwise::PerTensor(shift),
-    })
+    Requantization::FixedPoint(FixedPointParams::new(Channelwise::PerTensor(multiplier), Channelwise::PerTensor(shift)))
 }
 
 fn u8_stage(scheme: Requantization, zero_point: i32, min: i32, max: i32) -> OutputStage {
-    OutputStage { bias: None, requantize: Some(Requantize { scheme, zero_point, min, max }) }
+    OutputStage::requantized(Requantize::from_i32(scheme, zero_point, min, max))
 }
 
 fn valid_u8_stage() -> OutputStage {
@@ -172,27 +165,14 @@ fn wrong_buffer_lengths() {
     // Weights one value short or long.
     for len in [K * N - 1, K * N + 1] {
         let w = vec![0i8; len];
-        let e = PackedWeights::new(Weights {
-            data: &w,
-            layout: WeightLayout::NxK,
-            k: K,
-            n: N,
-            zero_point: &Channelwise::PerTensor(0),
-        })
-        .unwrap_err();
+        let e = PackedWeights::new(Weights::nxk(&w, N, K)).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::BufferLength, "{e}");
         assert!(e.to_string().contains(&format!("{len} values")), "{e}");
     }
     // Per-column zero points, bias and per-channel parameters of the wrong count.
     let w = [0i8; K * N];
-    let e = PackedWeights::new(Weights {
-        data: &w,
-        layout: WeightLayout::KxN,
-        k: K,
-        n: N,
-        zero_point: &Channelwise::PerChannel(vec![0; N + 1]),
-    })
-    .unwrap_err();
+    let e = PackedWeights::new(Weights::kxn(&w, K, N).with_zero_point(Channelwise::PerChannel(vec![0; N + 1])))
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::BufferLength);
     assert!(e.to_string().contains("weight zero_point: 5"), "{e}");
 
@@ -200,10 +180,10 @@ fn wrong_buffer_lengths() {
     stage.bias = Some(vec![1; N - 1]);
     gemm_error(ErrorKind::BufferLength, "bias: 3", &stage);
     let stage = u8_stage(
-        Requantization::FixedPointHalfUp(FixedPointParams {
-            multiplier: Channelwise::PerChannel(vec![1 << 30; N + 2]),
-            shift: Channelwise::PerTensor(0),
-        }),
+        Requantization::FixedPointHalfUp(FixedPointParams::new(
+            Channelwise::PerChannel(vec![1 << 30; N + 2]),
+            Channelwise::PerTensor(0),
+        )),
         0,
         0,
         255,
@@ -216,38 +196,17 @@ fn wrong_buffer_lengths() {
 #[test]
 fn size_products_that_overflow() {
     let w = [0i8; 8];
-    let e = PackedWeights::new(Weights {
-        data: &w,
-        layout: WeightLayout::KxN,
-        k: usize::MAX / 2,
-        n: 3,
-        zero_point: &Channelwise::PerTensor(0),
-    })
-    .unwrap_err();
+    let e = PackedWeights::new(Weights::kxn(&w, usize::MAX / 2, 3)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Overflow, "{e}");
     // K·N fits, but padding N up to the tile does not.
-    let e = PackedWeights::new(Weights {
-        data: &[],
-        layout: WeightLayout::KxN,
-        k: 0,
-        n: usize::MAX,
-        zero_point: &Channelwise::PerTensor(0),
-    })
-    .unwrap_err();
+    let e = PackedWeights::new(Weights::kxn(&[], 0, usize::MAX)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Overflow, "{e}");
 
     // K = 0 makes K·N = 0 for any N, but the per-column data of an absurd N cannot be
     // allocated: an error, not an abort. (Miri stops the program at a request it cannot
     // satisfy instead of failing it, so this case runs natively only.)
     if !cfg!(miri) {
-        let e = PackedWeights::new(Weights {
-            data: &[],
-            layout: WeightLayout::NxK,
-            k: 0,
-            n: 1 << 60,
-            zero_point: &Channelwise::PerTensor(0),
-        })
-        .unwrap_err();
+        let e = PackedWeights::new(Weights::nxk(&[], 1 << 60, 0)).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::OutOfMemory, "{e}");
     }
 
@@ -267,10 +226,10 @@ fn size_products_that_overflow() {
     assert_eq!(e.kind(), ErrorKind::BufferLength, "{e}");
 
     // A convolution whose input size overflows.
-    let params = Conv2dParams::new(usize::MAX / 4, 1 << 20, 1 << 20, 1, 1, 1, 1);
+    let params = Conv2dParams::new([usize::MAX / 4, 1 << 20, 1 << 20, 1], 1, [1, 1]);
     let weights = conv_weights_for(&params);
     let e = qgemm::conv2d(
-        &ConvInput { data: &[0u8; 4], zero_point: 0 },
+        &ConvInput::new(&[0u8; 4], 0),
         &weights,
         &params,
         &OutputStage::default(),
@@ -285,10 +244,10 @@ fn multipliers_and_shifts_out_of_range() {
     for m in [1, (1 << 30) - 1, -1, i32::MIN] {
         for scheme in [
             fixed(m, 0),
-            Requantization::FixedPointSingleRounding(FixedPointParams {
-                multiplier: Channelwise::PerChannel(vec![1 << 30, m, 1 << 30, 1 << 30]),
-                shift: Channelwise::PerTensor(0),
-            }),
+            Requantization::FixedPointSingleRounding(FixedPointParams::new(
+                Channelwise::PerChannel(vec![1 << 30, m, 1 << 30, 1 << 30]),
+                Channelwise::PerTensor(0),
+            )),
         ] {
             gemm_error(
                 ErrorKind::Multiplier,
@@ -300,10 +259,10 @@ fn multipliers_and_shifts_out_of_range() {
     for s in [31, -32, i32::MAX, i32::MIN] {
         gemm_error(ErrorKind::Shift, &format!("shift[0] = {s}"), &u8_stage(fixed(1 << 30, s), 0, 0, 255));
     }
-    let per_channel = Requantization::FixedPointHalfUp(FixedPointParams {
-        multiplier: Channelwise::PerTensor(1 << 30),
-        shift: Channelwise::PerChannel(vec![0, 0, 0, 40]),
-    });
+    let per_channel = Requantization::FixedPointHalfUp(FixedPointParams::new(
+        Channelwise::PerTensor(1 << 30),
+        Channelwise::PerChannel(vec![0, 0, 0, 40]),
+    ));
     gemm_error(ErrorKind::Shift, "shift[3] = 40", &u8_stage(per_channel, 0, 0, 255));
 }
 
@@ -374,11 +333,7 @@ fn weights_packed_for_another_isa_or_an_unavailable_isa() {
         N,
         options,
     );
-    let e = PackedWeights::for_isa(
-        missing,
-        Weights { data: &[0; 4], layout: WeightLayout::KxN, k: 2, n: 2, zero_point: &Channelwise::PerTensor(0) },
-    )
-    .unwrap_err();
+    let e = PackedWeights::for_isa(missing, Weights::kxn(&[0; 4], 2, 2)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::IsaUnavailable);
     assert!(e.to_string().contains(missing.name()), "{e}");
     let e = qgemm::force_isa(Some(missing)).unwrap_err();
@@ -427,20 +382,7 @@ fn weights_packed_for_another_isa_or_an_unavailable_isa() {
 
 fn conv_weights_for(p: &Conv2dParams) -> PackedConvWeights {
     let w = vec![1i8; p.out_channels * p.kernel_height * p.kernel_width * (p.in_channels / p.groups)];
-    PackedConvWeights::for_isa(
-        Isa::Portable,
-        ConvWeights {
-            data: &w,
-            layout: qgemm::FilterLayout::Ohwi,
-            out_channels: p.out_channels,
-            kernel_height: p.kernel_height,
-            kernel_width: p.kernel_width,
-            in_channels: p.in_channels,
-            groups: p.groups,
-            zero_point: &Channelwise::PerTensor(0),
-        },
-    )
-    .unwrap()
+    PackedConvWeights::for_isa(Isa::Portable, ConvWeights::new(&w, p)).unwrap()
 }
 
 /// Runs an i32 conv into a sentinel-filled output and checks the error and the output.
@@ -452,7 +394,7 @@ fn conv_error(kind: ErrorKind, needle: &str, params: &Conv2dParams, weights: &Pa
         _ => 1,
     };
     let c = OutputMatrix::i32(&mut out[..rows * params.out_channels], rows, params.out_channels);
-    let e = qgemm::conv2d(&ConvInput { data: &input, zero_point: 0 }, weights, params, &OutputStage::default(), c)
+    let e = qgemm::conv2d(&ConvInput::new(&input, 0), weights, params, &OutputStage::default(), c)
         .expect_err("invalid conv must fail");
     assert_eq!(e.kind(), kind, "{e}");
     assert!(e.to_string().contains(needle), "message {e:?} should mention {needle:?}");
@@ -461,11 +403,11 @@ fn conv_error(kind: ErrorKind, needle: &str, params: &Conv2dParams, weights: &Pa
 
 #[test]
 fn conv_errors() {
-    let good = Conv2dParams::new(1, 4, 4, 4, 2, 3, 3).with_padding(1, 1, 1, 1);
+    let good = Conv2dParams::new([1, 4, 4, 4], 2, [3, 3]).with_padding(1, 1, 1, 1);
     let weights = conv_weights_for(&good);
     let len = 4 * 4 * 4;
     // Output size zero: the kernel is larger than the padded input.
-    let too_big = Conv2dParams::new(1, 2, 2, 4, 2, 3, 3);
+    let too_big = Conv2dParams::new([1, 2, 2, 4], 2, [3, 3]);
     conv_error(ErrorKind::ConvOutputSize, "padded input is only 2", &too_big, &weights, 16);
     let dilated = good.with_dilation(3, 1);
     conv_error(ErrorKind::ConvOutputSize, "spans 7", &dilated, &weights, len);
@@ -475,54 +417,32 @@ fn conv_errors() {
     conv_error(ErrorKind::Dimension, "groups = 0", &good.with_groups(0), &weights, len);
     conv_error(ErrorKind::Dimension, "groups = 3 does not divide in_channels = 4", &good.with_groups(3), &weights, len);
     // Only the channel count that groups does not divide is named (4 divides 4).
-    let out_only = Conv2dParams::new(1, 2, 2, 4, 6, 1, 1).with_groups(4);
+    let out_only = Conv2dParams::new([1, 2, 2, 4], 6, [1, 1]).with_groups(4);
     conv_error(ErrorKind::Dimension, "groups = 4 does not divide out_channels = 6", &out_only, &weights, 16);
     // Input length off by one.
     conv_error(ErrorKind::BufferLength, "63 values", &good, &weights, len - 1);
     conv_error(ErrorKind::BufferLength, "65 values", &good, &weights, len + 1);
     // Weights packed for another shape.
     // The message names each parameter that differs, never an internal type.
-    let other = Conv2dParams::new(1, 4, 4, 4, 2, 1, 1);
+    let other = Conv2dParams::new([1, 4, 4, 4], 2, [1, 1]);
     let both = "kernel_height = 1 (the weights have 3), kernel_width = 1 (the weights have 3)";
     conv_error(ErrorKind::WeightsMismatch, both, &other, &weights, len);
     let grouped = good.with_groups(2);
     conv_error(ErrorKind::WeightsMismatch, "groups = 2 (the weights have 1)", &grouped, &weights, len);
     // Conv weights with the wrong length or a group count that does not divide.
-    let e = PackedConvWeights::new(ConvWeights {
-        data: &[0; 10],
-        layout: qgemm::FilterLayout::Ohwi,
-        out_channels: 2,
-        kernel_height: 3,
-        kernel_width: 3,
-        in_channels: 4,
-        groups: 1,
-        zero_point: &Channelwise::PerTensor(0),
-    })
-    .unwrap_err();
+    let e =
+        PackedConvWeights::new(ConvWeights::new(&[0; 10], &Conv2dParams::new([1, 3, 3, 4], 2, [3, 3]).with_groups(1)))
+            .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::BufferLength);
-    let e = PackedConvWeights::new(ConvWeights {
-        data: &[0; 18],
-        layout: qgemm::FilterLayout::Ohwi,
-        out_channels: 2,
-        kernel_height: 3,
-        kernel_width: 3,
-        in_channels: 3,
-        groups: 2,
-        zero_point: &Channelwise::PerTensor(0),
-    })
-    .unwrap_err();
+    let e =
+        PackedConvWeights::new(ConvWeights::new(&[0; 18], &Conv2dParams::new([1, 3, 3, 3], 2, [3, 3]).with_groups(2)))
+            .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Dimension);
     // OIHW weights one value short: the message names the layout and its dimensions.
-    let e = PackedConvWeights::new(ConvWeights {
-        data: &[0; 71],
-        layout: qgemm::FilterLayout::Oihw,
-        out_channels: 2,
-        kernel_height: 3,
-        kernel_width: 3,
-        in_channels: 4,
-        groups: 1,
-        zero_point: &Channelwise::PerTensor(0),
-    })
+    let e = PackedConvWeights::new(
+        ConvWeights::new(&[0; 71], &Conv2dParams::new([1, 3, 3, 4], 2, [3, 3]).with_groups(1))
+            .with_layout(qgemm::FilterLayout::Oihw),
+    )
     .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::BufferLength);
     assert!(e.to_string().contains("OIHW [2, 4, 3, 3]"), "{e}");
@@ -536,7 +456,7 @@ fn conv_errors() {
     let mut workspace = qgemm::Workspace::new();
     let mut out = vec![-7i32; 40];
     let e = qgemm::conv2d_in(
-        &ConvInput { data: &input[..len - 1], zero_point: 0 },
+        &ConvInput::new(&input[..len - 1], 0),
         &weights,
         &good,
         &OutputStage::default(),
@@ -548,7 +468,7 @@ fn conv_errors() {
     assert_eq!(e.kind(), ErrorKind::BufferLength);
     assert!(out.iter().all(|&v| v == -7));
     qgemm::conv2d_in(
-        &ConvInput { data: &input, zero_point: 0 },
+        &ConvInput::new(&input, 0),
         &weights,
         &good,
         &OutputStage::default(),
@@ -561,7 +481,7 @@ fn conv_errors() {
     let input = vec![1u8; len];
     let mut out = vec![-7i32; 40];
     let e = qgemm::conv2d(
-        &ConvInput { data: &input, zero_point: 0 },
+        &ConvInput::new(&input, 0),
         &weights,
         &good,
         &OutputStage::default(),

@@ -132,10 +132,10 @@ fn cases() -> Vec<(String, Case)> {
     }
     let p = Conv2dParams::new;
     let convs = [
-        ("3x3 pad 1", p(1, 9, 8, 16, 24, 3, 3).with_padding(1, 1, 1, 1)),
-        ("1x1", p(1, 7, 9, 24, 40, 1, 1)),
-        ("dw 3x3", p(1, 9, 9, 32, 32, 3, 3).with_padding(1, 1, 1, 1).with_groups(32)),
-        ("dw 5x5 s2", p(1, 11, 12, 24, 24, 5, 5).with_stride(2, 2).with_padding(2, 2, 2, 2).with_groups(24)),
+        ("3x3 pad 1", p([1, 9, 8, 16], 24, [3, 3]).with_padding(1, 1, 1, 1)),
+        ("1x1", p([1, 7, 9, 24], 40, [1, 1])),
+        ("dw 3x3", p([1, 9, 9, 32], 32, [3, 3]).with_padding(1, 1, 1, 1).with_groups(32)),
+        ("dw 5x5 s2", p([1, 11, 12, 24], 24, [5, 5]).with_stride(2, 2).with_padding(2, 2, 2, 2).with_groups(24)),
     ];
     for (label, params) in convs {
         let k = params.kernel_height * params.kernel_width * params.in_channels / params.groups;

@@ -3,18 +3,12 @@
 
 use std::process::Command;
 
-use qgemm::{Channelwise, ErrorKind, Isa, PackedWeights, WeightLayout, Weights};
+use qgemm::{ErrorKind, Isa, PackedWeights, Weights};
 
 const CHILD: &str = "QGEMM_TEST_CHILD";
 
 fn pack_default() -> qgemm::Result<PackedWeights> {
-    PackedWeights::new(Weights {
-        data: &[1, 2, 3, 4],
-        layout: WeightLayout::KxN,
-        k: 2,
-        n: 2,
-        zero_point: &Channelwise::PerTensor(0),
-    })
+    PackedWeights::new(Weights::kxn(&[1, 2, 3, 4], 2, 2))
 }
 
 fn describe(r: qgemm::Result<Isa>) -> String {

@@ -79,7 +79,7 @@ prop_compose! {
                    output in 0usize..3, seed in any::<u64>())
         -> Option<ConvCase>
     {
-        let params = Conv2dParams::new(batch, h, w, groups * cg, groups * ocg, kh, kw)
+        let params = Conv2dParams::new([batch, h, w, groups * cg], groups * ocg, [kh, kw])
             .with_stride(sh, sw)
             .with_dilation(dh, dw)
             .with_padding(pads[0], pads[1], pads[2], pads[3])

@@ -24,8 +24,8 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use qgemm::{
-    Activations, Channelwise, ErrorKind, GemmTasks, OutputMatrix, OutputStage, PackedWeights, Partition, WeightLayout,
-    Weights, Workspace,
+    Activations, Channelwise, ErrorKind, GemmTasks, OutputMatrix, OutputStage, PackedWeights, Partition, Weights,
+    Workspace,
 };
 
 /// Set in the child: the test's limited part runs.
@@ -110,7 +110,7 @@ impl Problem {
         let a: Vec<u8> = (0..m * k).map(|i| (i * 7 % 256) as u8).collect();
         let b: Vec<i8> = (0..k * n).map(|i| (i * 13 % 256) as u8 as i8).collect();
         let zero_point = Channelwise::PerTensor(3);
-        let weights = Weights { data: &b, layout: WeightLayout::KxN, k, n, zero_point: &zero_point };
+        let weights = Weights::kxn(&b, k, n).with_zero_point(zero_point.clone());
         let packed = PackedWeights::new(weights).expect("weights");
         let mut p = Problem { m, n, k, a, packed, expected: Vec::new() };
         p.expected = p.run(1, &mut Workspace::new()).expect("a call under no limit");

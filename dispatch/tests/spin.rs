@@ -12,7 +12,7 @@
 
 use std::time::{Duration, Instant};
 
-use qgemm::{Activations, Channelwise, OutputMatrix, OutputStage, PackedWeights, WeightLayout, Weights, Workspace};
+use qgemm::{Activations, Channelwise, OutputMatrix, OutputStage, PackedWeights, Weights, Workspace};
 
 /// The process's CPU time so far (all threads, those that ended included).
 fn cpu_time() -> Duration {
@@ -40,7 +40,7 @@ impl Problem {
         let a: Vec<u8> = (0..M * K).map(|i| (i * 7 % 256) as u8).collect();
         let b: Vec<i8> = (0..K * N).map(|i| (i * 13 % 256) as u8 as i8).collect();
         let zero_point = Channelwise::PerTensor(-3);
-        let weights = Weights { data: &b, layout: WeightLayout::KxN, k: K, n: N, zero_point: &zero_point };
+        let weights = Weights::kxn(&b, K, N).with_zero_point(zero_point.clone());
         let packed = PackedWeights::new(weights).expect("weights");
         let mut p = Problem { a, packed, expected: Vec::new() };
         p.expected = p.run(&qgemm::Options::new(), &mut Workspace::new());

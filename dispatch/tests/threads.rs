@@ -52,7 +52,7 @@ fn gemm_cases() -> Vec<(String, GemmCase)> {
 }
 
 fn packed(case: &GemmCase, isa: Isa) -> PackedWeights {
-    let weights = Weights { data: &case.b, layout: case.layout, k: case.k, n: case.n, zero_point: &case.b_zp };
+    let weights = Weights::new(&case.b, case.layout, case.k, case.n).with_zero_point(case.b_zp.clone());
     PackedWeights::for_isa(isa, weights).expect("valid weights")
 }
 
@@ -150,17 +150,17 @@ fn gemm_tasks_on_uneven_grids_match() {
 fn conv_cases() -> Vec<(&'static str, Want, Conv2dParams)> {
     let p = Conv2dParams::new;
     vec![
-        ("1x1", Want::PW, p(1, 14, 14, 32, 48, 1, 1)),
-        ("3x3 pad 1", Want::IN, p(1, 12, 11, 16, 40, 3, 3).with_padding(1, 1, 1, 1)),
-        ("1x1 stride 2, batch 2", Want::IN, p(2, 15, 15, 64, 48, 1, 1).with_stride(2, 2)),
-        ("3x3 groups 4", Want::IN, p(1, 12, 12, 32, 40, 3, 3).with_padding(1, 1, 1, 1).with_groups(4)),
-        ("7x7 s2 p3, C=3", Want::IN, p(1, 19, 18, 3, 20, 7, 7).with_stride(2, 2).with_padding(3, 3, 3, 3)),
-        ("3x3 groups 3 of 6", Want::IM, p(1, 12, 12, 18, 24, 3, 3).with_padding(1, 1, 1, 1).with_groups(3)),
-        ("dw 3x3", Want::DW, p(1, 24, 23, 44, 44, 3, 3).with_padding(1, 1, 1, 1).with_groups(44)),
+        ("1x1", Want::PW, p([1, 14, 14, 32], 48, [1, 1])),
+        ("3x3 pad 1", Want::IN, p([1, 12, 11, 16], 40, [3, 3]).with_padding(1, 1, 1, 1)),
+        ("1x1 stride 2, batch 2", Want::IN, p([2, 15, 15, 64], 48, [1, 1]).with_stride(2, 2)),
+        ("3x3 groups 4", Want::IN, p([1, 12, 12, 32], 40, [3, 3]).with_padding(1, 1, 1, 1).with_groups(4)),
+        ("7x7 s2 p3, C=3", Want::IN, p([1, 19, 18, 3], 20, [7, 7]).with_stride(2, 2).with_padding(3, 3, 3, 3)),
+        ("3x3 groups 3 of 6", Want::IM, p([1, 12, 12, 18], 24, [3, 3]).with_padding(1, 1, 1, 1).with_groups(3)),
+        ("dw 3x3", Want::DW, p([1, 24, 23, 44], 44, [3, 3]).with_padding(1, 1, 1, 1).with_groups(44)),
         (
             "dw 5x5 s2, multiplier 2",
             Want::DW,
-            p(2, 21, 20, 20, 40, 5, 5).with_stride(2, 2).with_padding(2, 2, 2, 2).with_groups(20),
+            p([2, 21, 20, 20], 40, [5, 5]).with_stride(2, 2).with_padding(2, 2, 2, 2).with_groups(20),
         ),
     ]
 }
@@ -197,7 +197,7 @@ fn conv_is_identical_at_1_2_3_and_7_threads() {
                 assert_eq!(packed.path(&params).unwrap(), path.on(isa), "{label}");
                 let rows = params.batch * params.out_height().unwrap() * params.out_width().unwrap();
                 let mut scratch = vec![0i32; rows * params.out_channels];
-                let input = ConvInput { data: &case.input, zero_point: case.input_zp };
+                let input = ConvInput::new(&case.input, case.input_zp);
                 let out = OutputMatrix::i32(&mut scratch, rows, params.out_channels);
                 let stage = qgemm::OutputStage::default();
                 let auto = Partition::auto(7);
@@ -230,7 +230,7 @@ fn conv_tasks_on_uneven_grids_match() {
         let channel_cuts = [vec![0, 5, oc / 2 + 1, oc], vec![0, oc], vec![0, 1, 2, 3, oc - 1, oc]];
         for &isa in qgemm::available_isas() {
             let packed = case.packed(isa);
-            let input = ConvInput { data: &case.input, zero_point: case.input_zp };
+            let input = ConvInput::new(&case.input, case.input_zp);
             for pixels in &pixel_cuts {
                 for channels in &channel_cuts {
                     let partition = Partition::grid(pixels.clone(), channels.clone());

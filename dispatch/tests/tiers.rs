@@ -9,7 +9,7 @@
 mod common;
 
 use common::{GemmCase, Rng};
-use qgemm::{Channelwise, ErrorKind, Isa, PackedWeights, WeightLayout, Weights};
+use qgemm::{Channelwise, ErrorKind, Isa, PackedWeights, Weights};
 
 /// One line per ISA: its name, its kernel, the kernel's fast path and the depthwise
 /// kernel.
@@ -78,12 +78,11 @@ fn every_tier_is_exact_on_adversarial_full_range_data() {
 
 #[test]
 fn forcing_a_tier_this_cpu_lacks_is_an_error_not_a_crash() {
-    let weights =
-        Weights { data: &[1, 2, 3, 4], layout: WeightLayout::KxN, k: 2, n: 2, zero_point: &Channelwise::PerTensor(0) };
-    for isa in Isa::ALL.into_iter().filter(|isa| !qgemm::available_isas().contains(isa)) {
+    let weights = Weights::kxn(&[1, 2, 3, 4], 2, 2);
+    for &isa in Isa::ALL.iter().filter(|isa| !qgemm::available_isas().contains(isa)) {
         let e = qgemm::force_isa(Some(isa)).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::IsaUnavailable, "{isa}: {e}");
-        let e = PackedWeights::for_isa(isa, weights).unwrap_err();
+        let e = PackedWeights::for_isa(isa, weights.clone()).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::IsaUnavailable, "{isa}: {e}");
         assert!(e.to_string().contains(isa.name()), "{e}");
     }

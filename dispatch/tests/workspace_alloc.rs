@@ -6,8 +6,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use qgemm::{
-    Activations, Channelwise, Conv2dParams, ConvInput, ConvWeights, FilterLayout, OutputMatrix, OutputStage,
-    PackedConvWeights, PackedWeights, Requantization, Requantize, WeightLayout, Weights, Workspace,
+    Activations, Channelwise, Conv2dParams, ConvInput, ConvWeights, OutputMatrix, OutputStage, PackedConvWeights,
+    PackedWeights, Requantization, Requantize, Weights, Workspace,
 };
 
 struct Counting;
@@ -47,22 +47,19 @@ fn allocations(f: impl FnOnce()) -> usize {
 
 #[test]
 fn a_warm_workspace_allocates_nothing() {
-    let stage = OutputStage {
-        bias: None,
-        requantize: Some(Requantize {
-            scheme: Requantization::Float { scale: Channelwise::PerTensor(0.001) },
-            zero_point: 10,
-            min: 0,
-            max: 255,
-        }),
-    };
+    let stage = OutputStage::requantized(Requantize::from_i32(
+        Requantization::Float { scale: Channelwise::PerTensor(0.001) },
+        10,
+        0,
+        255,
+    ));
     let p = Conv2dParams::new;
     let convs = [
-        p(1, 9, 9, 16, 24, 1, 1),                                          // pointwise
-        p(1, 9, 9, 16, 24, 3, 3).with_padding(1, 1, 1, 1),                 // im2col
-        p(1, 9, 9, 16, 24, 1, 1).with_stride(2, 2),                        // strided 1×1
-        p(1, 9, 9, 16, 16, 3, 3).with_padding(1, 1, 1, 1).with_groups(16), // depthwise
-        p(1, 9, 9, 16, 16, 3, 3).with_padding(1, 1, 1, 1).with_groups(4),  // grouped
+        p([1, 9, 9, 16], 24, [1, 1]),                                          // pointwise
+        p([1, 9, 9, 16], 24, [3, 3]).with_padding(1, 1, 1, 1),                 // im2col
+        p([1, 9, 9, 16], 24, [1, 1]).with_stride(2, 2),                        // strided 1×1
+        p([1, 9, 9, 16], 16, [3, 3]).with_padding(1, 1, 1, 1).with_groups(16), // depthwise
+        p([1, 9, 9, 16], 16, [3, 3]).with_padding(1, 1, 1, 1).with_groups(4),  // grouped
     ];
     for &isa in qgemm::available_isas() {
         let options = qgemm::Options::new().with_isa(isa);
@@ -72,16 +69,7 @@ fn a_warm_workspace_allocates_nothing() {
             let weights = &weights[..params.out_channels * params.kernel_height * params.kernel_width * cg];
             let packed = PackedConvWeights::for_isa(
                 isa,
-                ConvWeights {
-                    data: weights,
-                    layout: FilterLayout::Ohwi,
-                    out_channels: params.out_channels,
-                    kernel_height: params.kernel_height,
-                    kernel_width: params.kernel_width,
-                    in_channels: params.in_channels,
-                    groups: params.groups,
-                    zero_point: &Channelwise::PerTensor(-3),
-                },
+                ConvWeights::new(weights, &params).with_zero_point(Channelwise::PerTensor(-3)),
             )
             .unwrap();
             let input: Vec<u8> = (0..9 * 9 * params.in_channels).map(|i| (i * 11) as u8).collect();
@@ -90,7 +78,7 @@ fn a_warm_workspace_allocates_nothing() {
             let mut workspace = Workspace::new();
             let mut run = || {
                 let c = OutputMatrix::u8(&mut out, rows, params.out_channels);
-                let x = ConvInput { data: &input, zero_point: 7 };
+                let x = ConvInput::new(&input, 7);
                 qgemm::conv2d_in(&x, &packed, &params, &stage, c, &options, &mut workspace).unwrap();
             };
             run();
@@ -102,13 +90,11 @@ fn a_warm_workspace_allocates_nothing() {
         let a = vec![200u8; m * k];
         let b = vec![-5i8; k * n];
         let zp = Channelwise::PerTensor(1);
-        let packed =
-            PackedWeights::for_isa(isa, Weights { data: &b, layout: WeightLayout::KxN, k, n, zero_point: &zp })
-                .unwrap();
+        let packed = PackedWeights::for_isa(isa, Weights::kxn(&b, k, n).with_zero_point(zp.clone())).unwrap();
         let mut out = vec![0u8; m * n];
         let mut workspace = Workspace::new();
         let mut run = || {
-            let acts = Activations { data: &a, rows: m, cols: k, row_stride: k, zero_point: 3 };
+            let acts = Activations::new(&a, m, k, 3);
             qgemm::gemm_in(&acts, &packed, &stage, OutputMatrix::u8(&mut out, m, n), &options, &mut workspace).unwrap();
         };
         run();

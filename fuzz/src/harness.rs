@@ -97,8 +97,7 @@ fn stage(inp: &mut Input, n: usize, out: OutputType, bias_bits: u32) -> OutputSt
                 Requantization::Float { scale: inp.channelwise(n, scale) }
             }
             kind => {
-                let params =
-                    FixedPointParams { multiplier: inp.channelwise(n, multiplier), shift: inp.channelwise(n, shift) };
+                let params = FixedPointParams::new(inp.channelwise(n, multiplier), inp.channelwise(n, shift));
                 match kind {
                     0 => Requantization::FixedPoint(params),
                     1 => Requantization::FixedPointHalfUp(params),
@@ -109,9 +108,9 @@ fn stage(inp: &mut Input, n: usize, out: OutputType, bias_bits: u32) -> OutputSt
         let (lo, _) = out.range();
         let zero_point = lo + i32::from(inp.byte());
         let (x, y) = (lo + i32::from(inp.byte()), lo + i32::from(inp.byte()));
-        Requantize { scheme, zero_point, min: x.min(y), max: x.max(y) }
+        Requantize::from_i32(scheme, zero_point, x.min(y), x.max(y))
     });
-    OutputStage { bias, requantize }
+    OutputStage::new(bias, requantize)
 }
 
 fn output_type(inp: &mut Input) -> OutputType {
@@ -150,6 +149,7 @@ fn run_into(
             bytes = v.iter().flat_map(|x| x.to_ne_bytes()).collect();
             r
         }
+        other => panic!("the harness has no output buffer for {other:?}"),
     };
     let in_matrix = |i: usize| (i / width) % stride.max(1) < cols;
     if let Err(e) = result {
@@ -167,6 +167,7 @@ fn run_into(
         OutputType::I32 => OutputData::I32(
             dense.map(|(r, c)| i32::from_ne_bytes(bytes[at(r, c)..at(r, c) + 4].try_into().unwrap())).collect(),
         ),
+        other => panic!("the harness has no output buffer for {other:?}"),
     })
 }
 
@@ -224,7 +225,7 @@ impl GemmCase {
         };
         let expected = reference::gemm(&problem, &self.stage, out);
         for &isa in qgemm::available_isas() {
-            let weights = Weights { data: &self.b, layout, k, n, zero_point: &self.b_zp };
+            let weights = Weights::new(&self.b, layout, k, n).with_zero_point(self.b_zp.clone());
             let packed = PackedWeights::for_isa(isa, weights).expect("valid weights pack");
             let activations = Activations::new(&self.a, m, k, self.a_zp).with_row_stride(self.a_stride);
             let options = Options::new().with_threads(threads).with_isa(isa);
@@ -284,13 +285,9 @@ pub fn conv2d(bytes: &[u8]) {
     let groups = 1 + inp.below(4);
     let (cg, ocg) = (1 + inp.below(5), 1 + inp.below(5));
     let params = Conv2dParams::new(
-        inp.below(3),
-        1 + inp.below(9),
-        1 + inp.below(9),
-        cg * groups,
+        [inp.below(3), 1 + inp.below(9), 1 + inp.below(9), cg * groups],
         ocg * groups,
-        1 + inp.below(5),
-        1 + inp.below(5),
+        [1 + inp.below(5), 1 + inp.below(5)],
     )
     .with_stride(1 + inp.below(3), 1 + inp.below(3))
     .with_dilation(1 + inp.below(3), 1 + inp.below(3))
@@ -334,19 +331,10 @@ pub fn conv2d(bytes: &[u8]) {
         reference::conv2d(&problem, &stage, out)
     });
     for &isa in qgemm::available_isas() {
-        let w = ConvWeights {
-            data: &handed,
-            layout,
-            out_channels: p.out_channels,
-            kernel_height: p.kernel_height,
-            kernel_width: p.kernel_width,
-            in_channels: p.in_channels,
-            groups: p.groups,
-            zero_point: &weight_zp,
-        };
+        let w = ConvWeights::new(&handed, &p).with_layout(layout).with_zero_point(weight_zp.clone());
         let packed = PackedConvWeights::for_isa(isa, w).expect("valid conv weights pack");
         let options = Options::new().with_threads(threads).with_isa(isa);
-        let x = ConvInput { data: &input, zero_point: input_zp };
+        let x = ConvInput::new(&input, input_zp);
         let got = run_into(out, rows, p.out_channels, out_stride, |c| {
             with_workspace(|w| qgemm::conv2d_in(&x, &packed, &params, &stage, c, &options, w))
         });
@@ -374,7 +362,7 @@ pub fn invalid(bytes: &[u8]) {
     let b = vec![1i8; k * n];
     let a = vec![3u8; m * k];
     let zp = Channelwise::PerTensor(0i8);
-    let packed = PackedWeights::new(Weights { data: &b, layout: WeightLayout::KxN, k, n, zero_point: &zp }).unwrap();
+    let packed = PackedWeights::new(Weights::kxn(&b, k, n).with_zero_point(zp.clone())).unwrap();
     let out = if inp.flip() { OutputType::U8 } else { OutputType::I8 };
     let mut stage = stage(&mut inp, n, out, 16);
     let (mut rows, mut cols, mut a_rows, mut a_len, mut a_stride) = (m, n, m, m * k, k);
@@ -415,15 +403,13 @@ pub fn invalid(bytes: &[u8]) {
         }
         7 => {
             let shift = [31, 32, -32, i32::MAX, i32::MIN][inp.below(5)];
-            let params =
-                FixedPointParams { multiplier: Channelwise::PerTensor(1 << 30), shift: Channelwise::PerTensor(shift) };
+            let params = FixedPointParams::new(Channelwise::PerTensor(1 << 30), Channelwise::PerTensor(shift));
             stage.requantize.as_mut().unwrap().scheme = Requantization::FixedPoint(params);
             ErrorKind::Shift
         }
         8 => {
             let multiplier = [1, -1, (1 << 30) - 1, i32::MIN][inp.below(4)];
-            let params =
-                FixedPointParams { multiplier: Channelwise::PerTensor(multiplier), shift: Channelwise::PerTensor(0) };
+            let params = FixedPointParams::new(Channelwise::PerTensor(multiplier), Channelwise::PerTensor(0));
             stage.requantize.as_mut().unwrap().scheme = Requantization::FixedPoint(params);
             ErrorKind::Multiplier
         }

@@ -244,6 +244,50 @@ impl PackedB {
     pub fn heap_size(&self) -> usize {
         self.data.buf.len() + 4 * (self.col_offsets.len() + self.zero_points.len())
     }
+
+    /// The K×N matrix these weights were packed from, row-major (weights packed with
+    /// [`PackedB::try_new`]; those of [`PackedB::try_new_runs`] come back with their
+    /// runs padded).
+    pub fn unpack(&self) -> Vec<i8> {
+        unpack(self.tile, self.k, self.n, self.data()).expect("a packing of this crate's own")
+    }
+}
+
+/// The K×N matrix (row-major) that `data`, panels packed for `tile` from K×N weights,
+/// holds; `None` unless `data` is exactly such a packing: `ceil(N / nr)` panels of K
+/// padded to the tile's K step, with zeros in every padded place. This is how packed
+/// weights read from outside (a file) are checked and turned back into weights.
+pub fn unpack(tile: Tile, k: usize, n: usize, data: &[i8]) -> Option<Vec<i8>> {
+    if tile.nr == 0 || tile.kg == 0 || tile.k_step() == 0 {
+        return None;
+    }
+    let kp = k.checked_next_multiple_of(tile.k_step())?;
+    let panel_len = kp.checked_mul(tile.nr)?;
+    let panels = n.div_ceil(tile.nr);
+    if panels.checked_mul(panel_len)? != data.len() {
+        return None;
+    }
+    let mut b = Vec::new();
+    b.try_reserve_exact(k.checked_mul(n)?).ok()?;
+    b.resize(k * n, 0);
+    for (panel, src) in data.chunks_exact(panel_len.max(1)).take(panels).enumerate() {
+        let n0 = panel * tile.nr;
+        let cols = tile.nr.min(n - n0);
+        for group in 0..kp / tile.kg {
+            for c in 0..tile.nr {
+                for lane in 0..tile.kg {
+                    let value = src[(group * tile.nr + c) * tile.kg + lane];
+                    let kk = group * tile.kg + lane;
+                    if kk < k && c < cols {
+                        b[kk * n + n0 + c] = value;
+                    } else if value != 0 {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+    Some(b)
 }
 
 /// A vector of `len` zeros, or an error instead of an abort when memory runs out.

@@ -188,7 +188,7 @@ fn loop_nest_on_the_model_matches_the_reference() {
             let label = format!("{} m={m} n={n} k={k} blocking {:?}", kernel.name(), kernel.blocking());
             let mut out = vec![0i32; m * n];
             run(OutputStage { bias: Some(&bias), requant: None }, OutData::I32(OutView::new(&mut out, m, n, n)));
-            let stage = reference::OutputStage { bias: Some(bias.clone()), requantize: None };
+            let stage = reference::OutputStage::new(Some(bias.clone()), None);
             let expected = reference::gemm(&problem, &stage, reference::OutputType::I32);
             assert_eq!(reference::OutputData::I32(out), expected, "{label}");
 
@@ -200,18 +200,15 @@ fn loop_nest_on_the_model_matches_the_reference() {
             };
             let requant = Requant { scheme, zero_point: 100, min: 3, max: 250 };
             run(OutputStage { bias: None, requant: Some(requant) }, OutData::U8(OutView::new(&mut out, m, n, n)));
-            let stage = reference::OutputStage {
-                bias: None,
-                requantize: Some(reference::Requantize {
-                    scheme: reference::Requantization::FixedPoint(reference::FixedPointParams {
-                        multiplier: reference::Channelwise::PerTensor(1 << 30),
-                        shift: reference::Channelwise::PerTensor(-12),
-                    }),
-                    zero_point: 100,
-                    min: 3,
-                    max: 250,
-                }),
-            };
+            let stage = reference::OutputStage::requantized(reference::Requantize::from_i32(
+                reference::Requantization::FixedPoint(reference::FixedPointParams::new(
+                    reference::Channelwise::PerTensor(1 << 30),
+                    reference::Channelwise::PerTensor(-12),
+                )),
+                100,
+                3,
+                250,
+            ));
             let expected = reference::gemm(&problem, &stage, reference::OutputType::U8);
             assert_eq!(reference::OutputData::U8(out), expected, "{label}");
         }

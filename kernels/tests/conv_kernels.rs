@@ -88,32 +88,27 @@ impl Case {
         let (stage, out) = match stage {
             0 => (reference::OutputStage::default(), reference::OutputType::I32),
             1 => (
-                reference::OutputStage {
-                    bias: Some(self.bias.clone()),
-                    requantize: Some(reference::Requantize {
-                        scheme: reference::Requantization::Float {
-                            scale: Channelwise::PerChannel(self.scales.clone()),
-                        },
-                        zero_point: 90,
-                        min: 5,
-                        max: 240,
-                    }),
-                },
+                reference::OutputStage::new(
+                    Some(self.bias.clone()),
+                    Some(reference::Requantize::from_i32(
+                        reference::Requantization::Float { scale: Channelwise::PerChannel(self.scales.clone()) },
+                        90,
+                        5,
+                        240,
+                    )),
+                ),
                 reference::OutputType::U8,
             ),
             _ => (
-                reference::OutputStage {
-                    bias: None,
-                    requantize: Some(reference::Requantize {
-                        scheme: reference::Requantization::FixedPointHalfUp(reference::FixedPointParams {
-                            multiplier: Channelwise::PerTensor(1 << 30),
-                            shift: Channelwise::PerTensor(-9),
-                        }),
-                        zero_point: -3,
-                        min: -128,
-                        max: 127,
-                    }),
-                },
+                reference::OutputStage::requantized(reference::Requantize::from_i32(
+                    reference::Requantization::FixedPointHalfUp(reference::FixedPointParams::new(
+                        Channelwise::PerTensor(1 << 30),
+                        Channelwise::PerTensor(-9),
+                    )),
+                    -3,
+                    -128,
+                    127,
+                )),
                 reference::OutputType::I8,
             ),
         };
@@ -221,30 +216,30 @@ fn splits(pixels: usize) -> Vec<Vec<usize>> {
 fn dw_shapes() -> Vec<Conv2dParams> {
     let p = Conv2dParams::new;
     let shapes = vec![
-        p(1, 5, 6, 8, 8, 3, 3).with_padding(1, 1, 1, 1).with_groups(8),
-        p(2, 6, 7, 13, 13, 3, 3).with_stride(2, 2).with_padding(1, 0, 1, 1).with_groups(13),
-        p(1, 7, 8, 9, 9, 5, 5).with_padding(2, 2, 2, 2).with_groups(9),
-        p(1, 9, 9, 8, 8, 3, 3).with_dilation(2, 3).with_padding(2, 1, 2, 3).with_groups(8),
-        p(1, 5, 5, 3, 9, 3, 2).with_stride(1, 2).with_padding(1, 1, 1, 1).with_groups(3),
-        p(1, 4, 6, 16, 16, 4, 1).with_padding(3, 0, 2, 0).with_groups(16),
+        p([1, 5, 6, 8], 8, [3, 3]).with_padding(1, 1, 1, 1).with_groups(8),
+        p([2, 6, 7, 13], 13, [3, 3]).with_stride(2, 2).with_padding(1, 0, 1, 1).with_groups(13),
+        p([1, 7, 8, 9], 9, [5, 5]).with_padding(2, 2, 2, 2).with_groups(9),
+        p([1, 9, 9, 8], 8, [3, 3]).with_dilation(2, 3).with_padding(2, 1, 2, 3).with_groups(8),
+        p([1, 5, 5, 3], 9, [3, 2]).with_stride(1, 2).with_padding(1, 1, 1, 1).with_groups(3),
+        p([1, 4, 6, 16], 16, [4, 1]).with_padding(3, 0, 2, 0).with_groups(16),
         // Channel tails around the 16-lane vectors, multipliers, strides 3, dilation 2,
         // 1×7 and 7×1, padding larger than the kernel on every side.
-        p(1, 5, 6, 1, 1, 3, 3).with_padding(1, 1, 1, 1).with_groups(1),
-        p(2, 6, 5, 7, 7, 3, 3).with_stride(3, 3).with_padding(2, 2, 1, 1).with_groups(7),
-        p(1, 6, 7, 17, 17, 3, 3).with_padding(1, 1, 1, 1).with_groups(17),
-        p(1, 9, 8, 33, 33, 3, 3).with_stride(2, 3).with_dilation(2, 2).with_padding(2, 2, 2, 2).with_groups(33),
-        p(1, 4, 5, 144, 144, 3, 3).with_padding(1, 1, 1, 1).with_groups(144),
-        p(1, 5, 9, 9, 18, 1, 7).with_padding(0, 3, 0, 3).with_groups(9),
-        p(1, 9, 4, 11, 33, 7, 1).with_stride(2, 1).with_padding(3, 0, 3, 0).with_groups(11),
-        p(2, 3, 4, 24, 48, 5, 5).with_padding(6, 7, 5, 6).with_groups(24),
+        p([1, 5, 6, 1], 1, [3, 3]).with_padding(1, 1, 1, 1).with_groups(1),
+        p([2, 6, 5, 7], 7, [3, 3]).with_stride(3, 3).with_padding(2, 2, 1, 1).with_groups(7),
+        p([1, 6, 7, 17], 17, [3, 3]).with_padding(1, 1, 1, 1).with_groups(17),
+        p([1, 9, 8, 33], 33, [3, 3]).with_stride(2, 3).with_dilation(2, 2).with_padding(2, 2, 2, 2).with_groups(33),
+        p([1, 4, 5, 144], 144, [3, 3]).with_padding(1, 1, 1, 1).with_groups(144),
+        p([1, 5, 9, 9], 18, [1, 7]).with_padding(0, 3, 0, 3).with_groups(9),
+        p([1, 9, 4, 11], 33, [7, 1]).with_stride(2, 1).with_padding(3, 0, 3, 0).with_groups(11),
+        p([2, 3, 4, 24], 48, [5, 5]).with_padding(6, 7, 5, 6).with_groups(24),
         // Kernels wide enough for quads (5 columns and more): dilation, strides,
         // channel tails, and 6 and 8 columns (a last quad half or wholly used).
-        p(1, 11, 12, 33, 33, 5, 5).with_stride(2, 2).with_dilation(1, 2).with_padding(2, 4, 2, 4).with_groups(33),
-        p(1, 4, 13, 16, 32, 1, 6).with_stride(1, 3).with_padding(0, 2, 0, 3).with_groups(16),
-        p(1, 5, 14, 20, 20, 3, 8).with_padding(1, 3, 1, 4).with_groups(20),
+        p([1, 11, 12, 33], 33, [5, 5]).with_stride(2, 2).with_dilation(1, 2).with_padding(2, 4, 2, 4).with_groups(33),
+        p([1, 4, 13, 16], 32, [1, 6]).with_stride(1, 3).with_padding(0, 2, 0, 3).with_groups(16),
+        p([1, 5, 14, 20], 20, [3, 8]).with_padding(1, 3, 1, 4).with_groups(20),
     ];
     // Under miri (slow: it checks every access), one small shape.
-    if cfg!(miri) { vec![p(1, 3, 4, 9, 9, 3, 3).with_padding(1, 1, 1, 1).with_groups(9)] } else { shapes }
+    if cfg!(miri) { vec![p([1, 3, 4, 9], 9, [3, 3]).with_padding(1, 1, 1, 1).with_groups(9)] } else { shapes }
 }
 
 #[test]
@@ -314,8 +309,8 @@ fn depthwise_loop_nest_on_extreme_data() {
     let mut scratch = Scratch::new();
     let p = Conv2dParams::new;
     let shapes = [
-        p(1, 5, 6, 33, 33, 3, 3).with_padding(1, 1, 1, 1).with_groups(33),
-        p(1, 6, 7, 16, 32, 5, 5).with_stride(2, 2).with_padding(2, 2, 2, 2).with_groups(16),
+        p([1, 5, 6, 33], 33, [3, 3]).with_padding(1, 1, 1, 1).with_groups(33),
+        p([1, 6, 7, 16], 32, [5, 5]).with_stride(2, 2).with_padding(2, 2, 2, 2).with_groups(16),
     ];
     let shapes = if cfg!(miri) { &shapes[..0] } else { &shapes[..] };
     for &p in shapes {
@@ -385,10 +380,10 @@ fn im2col_rows_match_reference() {
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
     let p = Conv2dParams::new;
     let shapes = [
-        p(1, 5, 6, 3, 5, 3, 3).with_padding(1, 2, 1, 0),
-        p(2, 7, 6, 4, 6, 3, 2).with_stride(2, 1).with_dilation(1, 2).with_padding(2, 1, 0, 2),
-        p(1, 6, 7, 6, 4, 1, 1).with_stride(2, 3).with_padding(1, 1, 1, 1).with_groups(2),
-        p(1, 4, 4, 5, 3, 3, 3).with_padding(4, 3, 4, 5),
+        p([1, 5, 6, 3], 5, [3, 3]).with_padding(1, 2, 1, 0),
+        p([2, 7, 6, 4], 6, [3, 2]).with_stride(2, 1).with_dilation(1, 2).with_padding(2, 1, 0, 2),
+        p([1, 6, 7, 6], 4, [1, 1]).with_stride(2, 3).with_padding(1, 1, 1, 1).with_groups(2),
+        p([1, 4, 4, 5], 3, [3, 3]).with_padding(4, 3, 4, 5),
     ];
     let mut scratch = Scratch::new();
     let shapes = if cfg!(miri) { &shapes[..1] } else { &shapes[..] };

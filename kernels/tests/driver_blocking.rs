@@ -84,7 +84,7 @@ fn blocked_loop_nest_matches_reference() {
                     out: OutData::I32(OutView::new(&mut out, m, n, n)),
                 },
             );
-            let stage = reference::OutputStage { bias: Some(bias.clone()), requantize: None };
+            let stage = reference::OutputStage::new(Some(bias.clone()), None);
             let expected = reference::gemm(&problem, &stage, reference::OutputType::I32);
             assert_eq!(reference::OutputData::I32(out), expected, "{} m={m} n={n} k={k}", kernel.name());
 
@@ -112,18 +112,15 @@ fn blocked_loop_nest_matches_reference() {
                     out: OutData::U8(OutView::new(&mut out, m, n, n)),
                 },
             );
-            let stage = reference::OutputStage {
-                bias: None,
-                requantize: Some(reference::Requantize {
-                    scheme: reference::Requantization::FixedPoint(reference::FixedPointParams {
-                        multiplier: reference::Channelwise::PerTensor(1 << 30),
-                        shift: reference::Channelwise::PerTensor(-8),
-                    }),
-                    zero_point: 100,
-                    min: 3,
-                    max: 250,
-                }),
-            };
+            let stage = reference::OutputStage::requantized(reference::Requantize::from_i32(
+                reference::Requantization::FixedPoint(reference::FixedPointParams::new(
+                    reference::Channelwise::PerTensor(1 << 30),
+                    reference::Channelwise::PerTensor(-8),
+                )),
+                100,
+                3,
+                250,
+            ));
             let expected = reference::gemm(&problem, &stage, reference::OutputType::U8);
             assert_eq!(reference::OutputData::U8(out), expected, "{} m={m} n={n} k={k}", kernel.name());
         }
@@ -169,7 +166,7 @@ fn last_k_block_in_several_strips() {
                 b_layout: reference::WeightLayout::KxN,
                 b_zero_point: &zp,
             };
-            let stage = reference::OutputStage { bias: Some(bias), requantize: None };
+            let stage = reference::OutputStage::new(Some(bias), None);
             let expected = reference::gemm(&problem, &stage, reference::OutputType::I32);
             assert_eq!(reference::OutputData::I32(out), expected, "{} m={m} n={n} k={k}", kernel.name());
         }
@@ -253,7 +250,7 @@ fn output_tiles_match_reference() {
             let wide: Vec<i64> = out.iter().map(|&v| i64::from(v)).collect();
             assert!(gaps_kept(&wide, 0x5a5a_5a5a), "{what}: a gap was written");
             let dense: Vec<i32> = (0..m).flat_map(|r| out[r * stride..][..n].to_vec()).collect();
-            let stage = reference::OutputStage { bias: Some(bias.clone()), requantize: None };
+            let stage = reference::OutputStage::new(Some(bias.clone()), None);
             let expected = reference::gemm(&problem, &stage, reference::OutputType::I32);
             assert_eq!(reference::OutputData::I32(dense), expected, "{what}");
 
@@ -269,17 +266,15 @@ fn output_tiles_match_reference() {
             let wide: Vec<i64> = out.iter().map(|&v| i64::from(v)).collect();
             assert!(gaps_kept(&wide, 0x5a), "{what}: a gap was written");
             let dense: Vec<u8> = (0..m).flat_map(|r| out[r * stride..][..n].to_vec()).collect();
-            let stage = reference::OutputStage {
-                bias: Some(bias.clone()),
-                requantize: Some(reference::Requantize {
-                    scheme: reference::Requantization::Float {
-                        scale: reference::Channelwise::PerChannel(scales.clone()),
-                    },
-                    zero_point: 7,
-                    min: 2,
-                    max: 251,
-                }),
-            };
+            let stage = reference::OutputStage::new(
+                Some(bias.clone()),
+                Some(reference::Requantize::from_i32(
+                    reference::Requantization::Float { scale: reference::Channelwise::PerChannel(scales.clone()) },
+                    7,
+                    2,
+                    251,
+                )),
+            );
             let expected = reference::gemm(&problem, &stage, reference::OutputType::U8);
             assert_eq!(reference::OutputData::U8(dense), expected, "{what}");
         }

@@ -60,11 +60,11 @@ fn reference_zp(zp: &[i8]) -> reference::Channelwise<i8> {
 fn stages(n: usize, rng: &mut Rng) -> Vec<(reference::OutputStage, reference::OutputType)> {
     use reference::{Channelwise, FixedPointParams, OutputStage, OutputType, Requantization, Requantize};
     let bias: Vec<i32> = (0..n).map(|_| rng.next() as i32 >> 8).collect();
-    let fixed = FixedPointParams { multiplier: Channelwise::PerTensor(1 << 30), shift: Channelwise::PerTensor(-12) };
-    let fixed_cols = FixedPointParams {
-        multiplier: Channelwise::PerChannel((0..n).map(|c| (1 << 30) + c as i32 * 4099).collect()),
-        shift: Channelwise::PerChannel((0..n).map(|c| -10 - (c % 5) as i32).collect()),
-    };
+    let fixed = FixedPointParams::new(Channelwise::PerTensor(1 << 30), Channelwise::PerTensor(-12));
+    let fixed_cols = FixedPointParams::new(
+        Channelwise::PerChannel((0..n).map(|c| (1 << 30) + c as i32 * 4099).collect()),
+        Channelwise::PerChannel((0..n).map(|c| -10 - (c % 5) as i32).collect()),
+    );
     let schemes = [
         Requantization::Float { scale: Channelwise::PerTensor(1.0 / 5000.0) },
         Requantization::Float { scale: Channelwise::PerChannel((0..n).map(|c| 1.0 / (3000.0 + c as f32)).collect()) },
@@ -72,12 +72,12 @@ fn stages(n: usize, rng: &mut Rng) -> Vec<(reference::OutputStage, reference::Ou
         Requantization::FixedPointHalfUp(fixed_cols),
         Requantization::FixedPointSingleRounding(fixed),
     ];
-    let mut v = vec![(OutputStage { bias: Some(bias.clone()), requantize: None }, OutputType::I32)];
+    let mut v = vec![(OutputStage::new(Some(bias.clone()), None), OutputType::I32)];
     for (i, scheme) in schemes.into_iter().enumerate() {
         let (out, zero_point, min, max) =
             if i % 2 == 0 { (OutputType::U8, 128, 0, 255) } else { (OutputType::I8, -3, -100, 127) };
         let b = if i % 2 == 0 { Some(bias.clone()) } else { None };
-        v.push((OutputStage { bias: b, requantize: Some(Requantize { scheme, zero_point, min, max }) }, out));
+        v.push((OutputStage::new(b, Some(Requantize::from_i32(scheme, zero_point, min, max))), out));
     }
     v
 }
@@ -109,6 +109,7 @@ fn lower<'a>(stage: &'a reference::OutputStage) -> OutputStage<'a> {
                 multiplier: param(&p.multiplier),
                 shift: param(&p.shift),
             },
+            other => panic!("no lowering for {}", other.name()),
         },
         zero_point: r.zero_point,
         min: r.min,
@@ -299,7 +300,7 @@ fn gemv_sums_wrap() {
         for n in [2, 49] {
             let case = Case::new(&mut rng, 1, 70_000, n, Fill::Extremes, 0);
             let case = Case { a_zp: 0, ..case };
-            let stage = reference::OutputStage { bias: None, requantize: None };
+            let stage = reference::OutputStage::i32();
             let zp = reference::Channelwise::PerTensor(0);
             let want = reference::gemm_accumulators(&reference::GemmProblem {
                 m: 1,

@@ -109,6 +109,6 @@ pub use requant::{
     tflite_real_multiplier,
 };
 pub use types::{
-    Channelwise, Conv2dParams, FixedPointParams, OutputData, OutputStage, OutputType, Requantization, Requantize,
-    WeightLayout,
+    Channelwise, Conv2dParams, FixedPointParams, OutputData, OutputStage, OutputType, QuantizedElement, Requantization,
+    Requantize, WeightLayout,
 };

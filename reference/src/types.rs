@@ -50,12 +50,35 @@ impl<T: Copy> Channelwise<T> {
     }
 }
 
+/// One value for the whole tensor: `Channelwise::from(0.5)` is `PerTensor(0.5)`.
+impl<T> From<T> for Channelwise<T> {
+    fn from(value: T) -> Self {
+        Channelwise::PerTensor(value)
+    }
+}
+
+/// One value per channel: `Channelwise::from(vec![…])` is `PerChannel(…)`.
+impl<T> From<Vec<T>> for Channelwise<T> {
+    fn from(values: Vec<T>) -> Self {
+        Channelwise::PerChannel(values)
+    }
+}
+
+/// One value per channel, copied from a slice.
+impl<T: Clone> From<&[T]> for Channelwise<T> {
+    fn from(values: &[T]) -> Self {
+        Channelwise::PerChannel(values.to_vec())
+    }
+}
+
 /// A TFLite-style fixed-point multiplier: the real multiplier is
 /// `multiplier · 2^(shift − 31)`.
 ///
 /// `multiplier` is 0 or in `[2^30, 2^31)`; `shift` is in `[-31, 30]`.
 /// [`quantize_multiplier`](crate::quantize_multiplier) produces them from a real number.
+/// Build one with [`FixedPointParams::new`].
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct FixedPointParams {
     /// The Q31 significand.
     pub multiplier: Channelwise<i32>,
@@ -63,9 +86,19 @@ pub struct FixedPointParams {
     pub shift: Channelwise<i32>,
 }
 
+impl FixedPointParams {
+    /// Multipliers and shifts, each per tensor (`i32`) or per channel (`Vec<i32>`).
+    pub fn new(multiplier: impl Into<Channelwise<i32>>, shift: impl Into<Channelwise<i32>>) -> Self {
+        FixedPointParams { multiplier: multiplier.into(), shift: shift.into() }
+    }
+}
+
 /// How an i32 accumulator becomes an 8-bit value. Each scheme reproduces one runtime
 /// byte for byte; see the crate documentation for the formulas, which are the contract.
+///
+/// Non-exhaustive: later versions may add schemes.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub enum Requantization {
     /// TFLite's reference kernels and gemmlowp: saturating rounding doubling high
     /// multiply, then a rounding right shift with ties away from zero.
@@ -84,6 +117,12 @@ pub enum Requantization {
 }
 
 impl Requantization {
+    /// [`Requantization::Float`] with a scale per tensor (`f32`) or per channel
+    /// (`Vec<f32>`).
+    pub fn float(scale: impl Into<Channelwise<f32>>) -> Self {
+        Requantization::Float { scale: scale.into() }
+    }
+
     /// The scheme's name, as the documentation and error messages spell it.
     pub fn name(&self) -> &'static str {
         match self {
@@ -108,7 +147,14 @@ impl Requantization {
 /// Requantization to an 8-bit output: the scheme, then `+ zero_point`, then a clamp to
 /// `[min, max]`. ReLU is `min = zero_point`; ReLU6 and other activations are set
 /// through `min` and `max`.
+///
+/// Build one for the output's element type, so that its zero point has that type, as
+/// every zero point in the API does: [`Requantize::u8`] or [`Requantize::i8`] (the
+/// clamp is then the type's whole range), then [`with_clamp`](Requantize::with_clamp)
+/// or [`with_relu`](Requantize::with_relu). The fields hold the values widened to
+/// `i32`, for reading.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct Requantize {
     /// The scheme and its parameters.
     pub scheme: Requantization,
@@ -120,11 +166,77 @@ pub struct Requantize {
     pub max: i32,
 }
 
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for u8 {}
+    impl Sealed for i8 {}
+}
+
+/// The 8-bit element types a requantized output can have, `u8` and `i8` (sealed). A
+/// zero point of one of them says which output a [`Requantize`] is for.
+pub trait QuantizedElement: Copy + Into<i32> + sealed::Sealed {
+    /// The output type of this element.
+    const OUTPUT_TYPE: OutputType;
+}
+
+impl QuantizedElement for u8 {
+    const OUTPUT_TYPE: OutputType = OutputType::U8;
+}
+
+impl QuantizedElement for i8 {
+    const OUTPUT_TYPE: OutputType = OutputType::I8;
+}
+
+impl Requantize {
+    /// Requantization to the output type of `zero_point` (`u8` or `i8`), clamped to
+    /// that type's whole range.
+    pub fn new<Q: QuantizedElement>(scheme: Requantization, zero_point: Q) -> Self {
+        let (min, max) = Q::OUTPUT_TYPE.range();
+        Requantize { scheme, zero_point: zero_point.into(), min, max }
+    }
+
+    /// Requantization with the zero point and clamp widened to `i32`, for callers that
+    /// hold them so (a C ABI, a model loader): they are checked against the output
+    /// buffer's type at the call, not here.
+    pub fn from_i32(scheme: Requantization, zero_point: i32, min: i32, max: i32) -> Self {
+        Requantize { scheme, zero_point, min, max }
+    }
+
+    /// Requantization to u8 output with zero point `zero_point`, clamped to `[0, 255]`.
+    pub fn u8(scheme: Requantization, zero_point: u8) -> Self {
+        Requantize::new(scheme, zero_point)
+    }
+
+    /// Requantization to i8 output with zero point `zero_point`, clamped to
+    /// `[-128, 127]`.
+    pub fn i8(scheme: Requantization, zero_point: i8) -> Self {
+        Requantize::new(scheme, zero_point)
+    }
+
+    /// The same requantization clamped to `[min, max]`, given in the output type's
+    /// range (the call checks it against the output buffer's type).
+    pub fn with_clamp(mut self, min: i32, max: i32) -> Self {
+        self.min = min;
+        self.max = max;
+        self
+    }
+
+    /// The same requantization followed by a ReLU: the lower clamp becomes the zero
+    /// point (or stays, if it is higher already).
+    pub fn with_relu(mut self) -> Self {
+        self.min = self.min.max(self.zero_point);
+        self
+    }
+}
+
 /// What happens to the i32 accumulators before they are stored.
 ///
 /// An `OutputStage` with `requantize: None` produces i32 output; with `Some`, u8 or i8
-/// output (the output buffer's type decides which).
+/// output (the output buffer's type decides which). Build one with
+/// [`OutputStage::i32`] or [`OutputStage::requantized`], then
+/// [`with_bias`](OutputStage::with_bias). The stage owns its parameters.
 #[derive(Clone, Debug, PartialEq, Default)]
+#[non_exhaustive]
 pub struct OutputStage {
     /// An i32 bias per output channel, added with wrapping.
     pub bias: Option<Vec<i32>>,
@@ -132,8 +244,36 @@ pub struct OutputStage {
     pub requantize: Option<Requantize>,
 }
 
-/// The element type of an output matrix.
+impl OutputStage {
+    /// A stage with an optional bias and an optional requantization: the general form
+    /// of [`i32`](OutputStage::i32), [`requantized`](OutputStage::requantized) and
+    /// [`with_bias`](OutputStage::with_bias).
+    pub fn new(bias: Option<Vec<i32>>, requantize: Option<Requantize>) -> Self {
+        OutputStage { bias, requantize }
+    }
+
+    /// The raw i32 accumulators, stored as they are (plus a bias, if one is added).
+    pub fn i32() -> Self {
+        OutputStage { bias: None, requantize: None }
+    }
+
+    /// The accumulators requantized to u8 or i8.
+    pub fn requantized(requantize: Requantize) -> Self {
+        OutputStage { bias: None, requantize: Some(requantize) }
+    }
+
+    /// The same stage with an i32 bias per output channel, added (wrapping) before
+    /// requantization.
+    pub fn with_bias(mut self, bias: impl Into<Vec<i32>>) -> Self {
+        self.bias = Some(bias.into());
+        self
+    }
+}
+
+/// The element type of an output matrix. Non-exhaustive: later versions may add
+/// types.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum OutputType {
     /// Raw i32 accumulators (plus bias).
     I32,
@@ -204,7 +344,17 @@ impl OutputData {
 /// Input `[batch, in_height, in_width, in_channels]`, weights
 /// `[out_channels, kernel_height, kernel_width, in_channels / groups]`, output
 /// `[batch, out_height, out_width, out_channels]`.
+///
+/// Build one with [`Conv2dParams::new`] and the `with_*` methods:
+///
+/// ```
+/// # use qgemm_reference::Conv2dParams;
+/// // A 3×3 convolution of a 1×56×56×64 input to 128 channels, stride 2, padding 1.
+/// let p = Conv2dParams::new([1, 56, 56, 64], 128, [3, 3]).with_stride(2, 2).with_padding(1, 1, 1, 1);
+/// assert_eq!((p.out_height(), p.out_width()), (Some(28), Some(28)));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct Conv2dParams {
     /// N.
     pub batch: usize,
@@ -241,16 +391,12 @@ pub struct Conv2dParams {
 }
 
 impl Conv2dParams {
-    /// A convolution with stride 1, dilation 1, no padding and one group.
-    pub fn new(
-        batch: usize,
-        in_height: usize,
-        in_width: usize,
-        in_channels: usize,
-        out_channels: usize,
-        kernel_height: usize,
-        kernel_width: usize,
-    ) -> Self {
+    /// A convolution of an input of shape `[batch, height, width, channels]` (NHWC) to
+    /// `out_channels` channels with a `[height, width]` kernel: stride 1, dilation 1,
+    /// no padding, one group.
+    pub fn new(input_nhwc: [usize; 4], out_channels: usize, kernel_hw: [usize; 2]) -> Self {
+        let [batch, in_height, in_width, in_channels] = input_nhwc;
+        let [kernel_height, kernel_width] = kernel_hw;
         Conv2dParams {
             batch,
             in_height,
@@ -269,6 +415,12 @@ impl Conv2dParams {
             pad_right: 0,
             groups: 1,
         }
+    }
+
+    /// The same convolution over a batch of `batch` images.
+    pub fn with_batch(mut self, batch: usize) -> Self {
+        self.batch = batch;
+        self
     }
 
     /// The same convolution with stride `(vertical, horizontal)`.

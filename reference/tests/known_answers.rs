@@ -14,18 +14,18 @@ use qgemm_reference::{
 };
 
 fn fixed(x: i32, m: i32, s: i32, zp: i32, min: i32, max: i32) -> [i32; 3] {
-    let p = FixedPointParams { multiplier: Channelwise::PerTensor(m), shift: Channelwise::PerTensor(s) };
+    let p = FixedPointParams::new(Channelwise::PerTensor(m), Channelwise::PerTensor(s));
     [
         Requantization::FixedPoint(p.clone()),
         Requantization::FixedPointHalfUp(p.clone()),
         Requantization::FixedPointSingleRounding(p),
     ]
-    .map(|scheme| requantize(x, &Requantize { scheme, zero_point: zp, min, max }, 0))
+    .map(|scheme| requantize(x, &Requantize::from_i32(scheme, zp, min, max), 0))
 }
 
 fn float(acc: i32, scale: f32, zp: i32, min: i32, max: i32) -> i32 {
     let scheme = Requantization::Float { scale: Channelwise::PerTensor(scale) };
-    requantize(acc, &Requantize { scheme, zero_point: zp, min, max }, 0)
+    requantize(acc, &Requantize::from_i32(scheme, zp, min, max), 0)
 }
 
 #[test]

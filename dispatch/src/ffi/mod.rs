@@ -96,6 +96,8 @@ pub const QGEMM_STATUS_TASK: qgemm_status = 27;
 /// A workspace handle is in use by a call on another thread (one thread at a time may
 /// use a workspace); nothing was written.
 pub const QGEMM_STATUS_WORKSPACE_BUSY: qgemm_status = 28;
+/// A parameter value this build does not support (`qgemm::ErrorKind::Unsupported`).
+pub const QGEMM_STATUS_UNSUPPORTED: qgemm_status = 29;
 
 /// An instruction-set target (`qgemm::Isa`).
 pub type qgemm_isa = u32;
@@ -328,24 +330,11 @@ fn conv2d_params(p: qgemm_conv2d_params) -> Conv2dParams {
         pad_right,
         groups,
     } = p;
-    Conv2dParams {
-        batch,
-        in_height,
-        in_width,
-        in_channels,
-        out_channels,
-        kernel_height,
-        kernel_width,
-        stride_height,
-        stride_width,
-        dilation_height,
-        dilation_width,
-        pad_top,
-        pad_left,
-        pad_bottom,
-        pad_right,
-        groups,
-    }
+    Conv2dParams::new([batch, in_height, in_width, in_channels], out_channels, [kernel_height, kernel_width])
+        .with_stride(stride_height, stride_width)
+        .with_dilation(dilation_height, dilation_width)
+        .with_padding(pad_top, pad_left, pad_bottom, pad_right)
+        .with_groups(groups)
 }
 
 /// The input of a convolution: NHWC u8, dense.
@@ -404,6 +393,7 @@ impl From<Error> for Failure {
             ErrorKind::Threads => QGEMM_STATUS_THREADS,
             ErrorKind::Partition => QGEMM_STATUS_PARTITION,
             ErrorKind::Task => QGEMM_STATUS_TASK,
+            ErrorKind::Unsupported => QGEMM_STATUS_UNSUPPORTED,
         };
         Failure { status, message: e.to_string() }
     }
@@ -485,7 +475,7 @@ unsafe fn deref<'a, T>(ptr: *const T, what: &str) -> Result<&'a T, Failure> {
 }
 
 fn isa_from_c(isa: qgemm_isa) -> Result<Isa, Failure> {
-    match Isa::ALL.into_iter().find(|found| isa_to_c(*found) == isa) {
+    match Isa::ALL.iter().copied().find(|found| isa_to_c(*found) == isa) {
         Some(found) => Ok(found),
         None => fail(QGEMM_STATUS_INVALID_ENUM, format!("ISA {isa} is not a QGEMM_ISA_* constant")),
     }
@@ -518,13 +508,13 @@ unsafe fn output_stage(stage: &qgemm_output_stage, n: usize) -> Result<OutputSta
         let (multipliers, shifts) = unsafe {
             (slice(stage.multipliers, params, "stage.multipliers")?, slice(stage.shifts, params, "stage.shifts")?)
         };
-        Ok(FixedPointParams {
-            multiplier: channelwise(multipliers, n, "stage.multipliers")?,
-            shift: channelwise(shifts, n, "stage.shifts")?,
-        })
+        Ok(FixedPointParams::new(
+            channelwise(multipliers, n, "stage.multipliers")?,
+            channelwise(shifts, n, "stage.shifts")?,
+        ))
     };
     let scheme = match stage.scheme {
-        QGEMM_SCHEME_NONE => return Ok(OutputStage { bias, requantize: None }),
+        QGEMM_SCHEME_NONE => return Ok(OutputStage::new(bias, None)),
         QGEMM_SCHEME_FIXED_POINT => Requantization::FixedPoint(fixed()?),
         QGEMM_SCHEME_FIXED_POINT_HALF_UP => Requantization::FixedPointHalfUp(fixed()?),
         QGEMM_SCHEME_FIXED_POINT_SINGLE_ROUNDING => Requantization::FixedPointSingleRounding(fixed()?),
@@ -535,8 +525,10 @@ unsafe fn output_stage(stage: &qgemm_output_stage, n: usize) -> Result<OutputSta
         }
         other => return fail(QGEMM_STATUS_INVALID_ENUM, format!("scheme {other} is not a QGEMM_SCHEME_* constant")),
     };
-    let requantize = Requantize { scheme, zero_point: stage.zero_point, min: stage.min, max: stage.max };
-    Ok(OutputStage { bias, requantize: Some(requantize) })
+    // C passes the zero point and clamp as int32_t, for either output type: they are
+    // set as given and checked against the output buffer's type at the call.
+    let requantize = Requantize::from_i32(scheme, stage.zero_point, stage.min, stage.max);
+    Ok(OutputStage::new(bias, Some(requantize)))
 }
 
 /// The Rust view of a C output matrix.
@@ -769,7 +761,7 @@ pub unsafe extern "C" fn qgemm_packed_weights_new(
             )
         };
         let zero_point = channelwise(zero_points, w.n, "weights.zero_points")?;
-        let packed = PackedWeights::new(Weights { data, layout, k: w.k, n: w.n, zero_point: &zero_point })?;
+        let packed = PackedWeights::new(Weights::new(data, layout, w.k, w.n).with_zero_point(zero_point))?;
         // SAFETY: `out` is non-null and writable (the caller's contract).
         unsafe { out.write(Box::into_raw(Box::new(qgemm_packed_weights(packed)))) };
         Ok(())
@@ -876,16 +868,11 @@ pub unsafe extern "C" fn qgemm_packed_conv_weights_new(
             )
         };
         let zero_point = channelwise(zero_points, w.out_channels, "weights.zero_points")?;
-        let packed = PackedConvWeights::new(ConvWeights {
-            data,
-            layout,
-            out_channels: w.out_channels,
-            kernel_height: w.kernel_height,
-            kernel_width: w.kernel_width,
-            in_channels: w.in_channels,
-            groups: w.groups,
-            zero_point: &zero_point,
-        })?;
+        // The filter shape is all that packing reads of the convolution.
+        let shape = Conv2dParams::new([1, 1, 1, w.in_channels], w.out_channels, [w.kernel_height, w.kernel_width])
+            .with_groups(w.groups);
+        let weights = ConvWeights::new(data, &shape).with_layout(layout).with_zero_point(zero_point);
+        let packed = PackedConvWeights::new(weights)?;
         // SAFETY: `out` is non-null and writable (the caller's contract).
         unsafe { out.write(Box::into_raw(Box::new(qgemm_packed_conv_weights(packed)))) };
         Ok(())

@@ -165,7 +165,7 @@ impl GemmCase {
     pub fn run(&self, isa: Isa, threads: usize) -> (OutputData, bool) {
         let packed = PackedWeights::for_isa(
             isa,
-            Weights { data: &self.b, layout: self.layout, k: self.k, n: self.n, zero_point: &self.b_zp },
+            Weights::new(&self.b, self.layout, self.k, self.n).with_zero_point(self.b_zp.clone()),
         )
         .expect("valid weights");
         let a = Activations::new(&self.a, self.m, self.k, self.a_zp).with_row_stride(self.a_stride);
@@ -236,6 +236,7 @@ where
             let gaps = v.iter().enumerate().all(|(i, &x)| !in_gap(i) || x == 0x5a);
             (OutputData::I8(dense(&v, rows, cols, stride)), gaps)
         }
+        other => panic!("no output buffer for {other:?}"),
     }
 }
 
@@ -270,10 +271,8 @@ pub fn schemes(rng: &mut Rng, channels: usize, per_channel: bool, k: usize) -> V
             Channelwise::PerTensor(v[0])
         }
     };
-    let params = FixedPointParams {
-        multiplier: cw(fixed.iter().map(|f| f.0).collect()),
-        shift: cw(fixed.iter().map(|f| f.1).collect()),
-    };
+    let params =
+        FixedPointParams::new(cw(fixed.iter().map(|f| f.0).collect()), cw(fixed.iter().map(|f| f.1).collect()));
     let scales: Vec<f32> = reals.iter().map(|&r| r as f32).collect();
     vec![
         Requantization::FixedPoint(params.clone()),
@@ -303,7 +302,7 @@ pub fn requantize_for(rng: &mut Rng, scheme: Requantization, out: OutputType) ->
             (v, v)
         }
     };
-    Requantize { scheme, zero_point, min, max }
+    Requantize::from_i32(scheme, zero_point, min, max)
 }
 
 /// One convolution problem.
@@ -397,16 +396,7 @@ impl ConvCase {
         };
         PackedConvWeights::for_isa(
             isa,
-            ConvWeights {
-                data,
-                layout: self.layout,
-                out_channels: p.out_channels,
-                kernel_height: p.kernel_height,
-                kernel_width: p.kernel_width,
-                in_channels: p.in_channels,
-                groups: p.groups,
-                zero_point: &self.weight_zp,
-            },
+            ConvWeights::new(data, &p).with_layout(self.layout).with_zero_point(self.weight_zp.clone()),
         )
         .expect("valid conv weights")
     }
@@ -416,7 +406,7 @@ impl ConvCase {
         let p = self.params;
         let packed = self.packed(isa);
         let rows = p.batch * p.out_height().unwrap() * p.out_width().unwrap();
-        let input = ConvInput { data: &self.input, zero_point: self.input_zp };
+        let input = ConvInput::new(&self.input, self.input_zp);
         let options = Options::new().with_threads(threads).with_isa(isa);
         run_into(self.out, rows, p.out_channels, self.out_stride, |out| {
             qgemm::conv2d_in(&input, &packed, &p, &self.stage, out, &options, workspace)
