@@ -97,12 +97,12 @@ impl<'a> ConvWeights<'a> {
 
 /// The shape fields of conv weights, as the packing saw them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct FilterShape {
-    out_channels: usize,
-    kernel_height: usize,
-    kernel_width: usize,
-    in_channels: usize,
-    groups: usize,
+pub(crate) struct FilterShape {
+    pub(crate) out_channels: usize,
+    pub(crate) kernel_height: usize,
+    pub(crate) kernel_width: usize,
+    pub(crate) in_channels: usize,
+    pub(crate) groups: usize,
 }
 
 impl FilterShape {
@@ -296,6 +296,16 @@ impl PackedConvWeights {
             bail!(WeightsMismatch, "conv params do not match the packed weights: {}", differ.join(", "));
         }
         Ok(())
+    }
+
+    /// The filter shape the weights were packed with.
+    pub(crate) fn filter_shape(&self) -> FilterShape {
+        self.shape
+    }
+
+    /// Each group's packed N×K matrix.
+    pub(crate) fn group_weights(&self) -> &[PackedB] {
+        &self.groups
     }
 
     /// Bytes of packed data held.

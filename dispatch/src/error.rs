@@ -52,6 +52,10 @@ pub enum ErrorKind {
     /// A parameter value this build does not support (a requantization scheme or an
     /// output type added to the shared types that this entry point does not take).
     Unsupported,
+    /// Serialized weights are not a valid qgemm weights file: wrong magic, another
+    /// format version, a checksum mismatch (corruption or truncation), or fields that
+    /// do not fit together.
+    Format,
 }
 
 /// An invalid argument, with a message that names the parameter and its values.

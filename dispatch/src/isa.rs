@@ -109,6 +109,7 @@ impl KernelInfo {
 
 /// A microkernel's identity and register tile.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct KernelInfo {
     /// `MRxNRcKG-isa`, as in `4x32c2-portable`.
     pub name: &'static str,

@@ -69,6 +69,7 @@ mod gemm;
 mod isa;
 mod parallel;
 mod quant;
+mod serialize;
 mod spin;
 mod validate;
 mod workspace;
@@ -86,6 +87,7 @@ pub use quant::{
     onnx_float_scale, onnx_requantize, quantize_bias, quantize_biases, quantize_multiplier, tflite_real_multiplier,
     tflite_requantize,
 };
+pub use serialize::WEIGHTS_FORMAT_VERSION;
 pub use spin::{DEFAULT_SPIN_TIME, set_spin_time, spin_time};
 pub use workspace::{SCRATCH_BYTES_PER_THREAD, Workspace};
 

@@ -159,3 +159,34 @@ fn packed_b_panels_start_on_a_cache_line() {
         }
     }
 }
+
+#[test]
+fn unpacking_gives_back_the_weights_and_rejects_other_bytes() {
+    // Every kernel's tile: unpack(pack(B)) = B in both layouts, and a packing with a
+    // non-zero padded value, or one byte short or long, is no packing.
+    use qgemm_kernels::pack::{BLayout, PackedB, unpack};
+    let mut rng = Rng(0x00a9_c4ed_0000_0007);
+    for kernel in gemm_kernels() {
+        let tile = kernel.tile();
+        let shapes: &[(usize, usize)] =
+            if cfg!(miri) { &[(1, 1), (5, 3)] } else { &[(1, 1), (5, 3), (70, 33), (129, 70)] };
+        for &(k, n) in shapes {
+            let b: Vec<i8> = (0..k * n).map(|_| rng.next() as i8).collect();
+            let nxk: Vec<i8> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
+            for (data, layout) in [(&b, BLayout::KxN), (&nxk, BLayout::NxK)] {
+                let packed = PackedB::try_new(tile, data, layout, k, n, &[0]).unwrap();
+                assert_eq!(packed.unpack(), b, "{} k={k} n={n} {layout:?}", kernel.name());
+            }
+            let packed = PackedB::try_new(tile, &b, BLayout::KxN, k, n, &[0]).unwrap();
+            let data = packed.data();
+            assert!(unpack(tile, k, n, &data[..data.len() - 1]).is_none());
+            assert!(unpack(tile, k + tile.k_step(), n, data).is_none());
+            // The last byte of the last panel is padding (past K, or past N).
+            let mut padded = data.to_vec();
+            if k % tile.k_step() != 0 || n % tile.nr != 0 {
+                *padded.last_mut().unwrap() = 1;
+                assert!(unpack(tile, k, n, &padded).is_none(), "{} k={k} n={n}", kernel.name());
+            }
+        }
+    }
+}

@@ -98,6 +98,8 @@ pub const QGEMM_STATUS_TASK: qgemm_status = 27;
 pub const QGEMM_STATUS_WORKSPACE_BUSY: qgemm_status = 28;
 /// A parameter value this build does not support (`qgemm::ErrorKind::Unsupported`).
 pub const QGEMM_STATUS_UNSUPPORTED: qgemm_status = 29;
+/// Serialized weights are not a valid qgemm weights file (`qgemm::ErrorKind::Format`).
+pub const QGEMM_STATUS_FORMAT: qgemm_status = 30;
 
 /// An instruction-set target (`qgemm::Isa`).
 pub type qgemm_isa = u32;
@@ -394,6 +396,7 @@ impl From<Error> for Failure {
             ErrorKind::Partition => QGEMM_STATUS_PARTITION,
             ErrorKind::Task => QGEMM_STATUS_TASK,
             ErrorKind::Unsupported => QGEMM_STATUS_UNSUPPORTED,
+            ErrorKind::Format => QGEMM_STATUS_FORMAT,
         };
         Failure { status, message: e.to_string() }
     }
