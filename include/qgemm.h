@@ -26,6 +26,23 @@
 #define MAX_THREADS 4096
 
 /**
+ * The format version this build writes and reads.
+ */
+#define WEIGHTS_FORMAT_VERSION 1
+
+/**
+ * A convolution (`qgemm::Conv2d`); opaque. Runs on several threads at once are safe;
+ * [`qgemm_conv2d_op_reshape`] must not run at the same time as anything else on it.
+ */
+typedef struct qgemm_conv2d_op qgemm_conv2d_op;
+
+/**
+ * A linear layer (`qgemm::Linear`); opaque. Immutable once made, so one handle may
+ * serve runs on several threads at once, each with its own workspace.
+ */
+typedef struct qgemm_linear qgemm_linear;
+
+/**
  * Convolution weights packed for one ISA (`qgemm::PackedConvWeights`); opaque.
  * Immutable once made, so one handle may serve calls on several threads at once.
  */
@@ -516,6 +533,16 @@ typedef struct qgemm_partition {
 #define QGEMM_STATUS_WORKSPACE_BUSY 28
 
 /**
+ * A parameter value this build does not support (`qgemm::ErrorKind::Unsupported`).
+ */
+#define QGEMM_STATUS_UNSUPPORTED 29
+
+/**
+ * Serialized weights are not a valid qgemm weights file (`qgemm::ErrorKind::Format`).
+ */
+#define QGEMM_STATUS_FORMAT 30
+
+/**
  * Plain Rust; runs anywhere.
  */
 #define QGEMM_ISA_PORTABLE 0
@@ -748,6 +775,98 @@ qgemm_status qgemm_conv2d(const struct qgemm_conv_input *input,
                           const struct qgemm_output *output);
 
 /**
+ * A linear layer over a copy of `weights` (K = in_features, N = out_features), for
+ * inputs with zero point `input_zero_point`, producing `output_type` through
+ * `stage`, on up to `threads` threads per run; written to `*out`. Release it with
+ * [`qgemm_linear_free`].
+ *
+ * # Safety
+ * Each pointer must be null or valid; the stage's pointers must satisfy their
+ * lengths (they are copied).
+ */
+qgemm_status qgemm_linear_new(const struct qgemm_packed_weights *weights,
+                              uint8_t input_zero_point,
+                              const struct qgemm_output_stage *stage,
+                              qgemm_output_type output_type,
+                              size_t threads,
+                              struct qgemm_linear **out);
+
+/**
+ * Runs a linear layer on `rows` dense input rows (`rows * in_features` values at
+ * `input`) into `output` (`rows × out_features` of the layer's output type), in
+ * `workspace` (null: a fresh one for this run). On error nothing is written.
+ *
+ * # Safety
+ * Each pointer must be null or valid; the buffers must satisfy their lengths, the
+ * output must not overlap the input; `workspace` is null or a live handle.
+ */
+qgemm_status qgemm_linear_run(const struct qgemm_linear *linear,
+                              const uint8_t *input,
+                              size_t input_len,
+                              size_t rows,
+                              const struct qgemm_output *output,
+                              struct qgemm_workspace *workspace);
+
+/**
+ * Releases a linear layer; null does nothing.
+ *
+ * # Safety
+ * `linear` must be null or a handle from [`qgemm_linear_new`] not yet freed.
+ */
+void qgemm_linear_free(struct qgemm_linear *linear);
+
+/**
+ * A convolution of shape `params` with a copy of `weights`, for inputs with zero
+ * point `input_zero_point`, producing `output_type` through `stage`, on up to
+ * `threads` threads per run; written to `*out`. Release it with
+ * [`qgemm_conv2d_op_free`].
+ *
+ * # Safety
+ * As [`qgemm_linear_new`].
+ */
+qgemm_status qgemm_conv2d_op_new(const struct qgemm_packed_conv_weights *weights,
+                                 const struct qgemm_conv2d_params *params,
+                                 uint8_t input_zero_point,
+                                 const struct qgemm_output_stage *stage,
+                                 qgemm_output_type output_type,
+                                 size_t threads,
+                                 struct qgemm_conv2d_op **out);
+
+/**
+ * Sets the input size of a convolution: `batch` images of `height × width`. On
+ * error the operator is unchanged.
+ *
+ * # Safety
+ * `conv` must be null or a live handle that nothing else uses during the call.
+ */
+qgemm_status qgemm_conv2d_op_reshape(struct qgemm_conv2d_op *conv,
+                                     size_t batch,
+                                     size_t height,
+                                     size_t width);
+
+/**
+ * Runs a convolution on `input` (NHWC, `input_len` values of the current shape) into
+ * `output` (`(N·OH·OW) × OC` of the operator's output type), in `workspace` (null: a
+ * fresh one for this run). On error nothing is written.
+ *
+ * # Safety
+ * As [`qgemm_linear_run`].
+ */
+qgemm_status qgemm_conv2d_op_run(const struct qgemm_conv2d_op *conv,
+                                 const uint8_t *input,
+                                 size_t input_len,
+                                 const struct qgemm_output *output,
+                                 struct qgemm_workspace *workspace);
+
+/**
+ * Releases a convolution; null does nothing.
+ *
+ * # Safety
+ * `conv` must be null or a handle from [`qgemm_conv2d_op_new`] not yet freed.
+ */
+void qgemm_conv2d_op_free(struct qgemm_conv2d_op *conv);
+
+/**
  * Makes a workspace, written to `*out`. Release it with [`qgemm_workspace_free`].
  *
  * # Safety
@@ -870,6 +989,54 @@ qgemm_status qgemm_tasks_run(const struct qgemm_tasks *tasks,
  * cannot detect; the running task may write freed memory).
  */
 void qgemm_tasks_free(struct qgemm_tasks *tasks);
+
+/**
+ * Saves packed weights: writes their size in bytes to `*len` and, unless `buf` is
+ * null, the bytes to `buf` (`capacity` bytes; too small is
+ * `QGEMM_STATUS_BUFFER_LENGTH`).
+ *
+ * # Safety
+ * `weights` is null or a live handle; `buf` null or valid for `capacity` bytes; `len`
+ * null or writable.
+ */
+qgemm_status qgemm_packed_weights_save(const struct qgemm_packed_weights *weights,
+                                       uint8_t *buf,
+                                       size_t capacity,
+                                       size_t *len);
+
+/**
+ * Loads weights saved by [`qgemm_packed_weights_save`] into a new handle, written to
+ * `*out`: packed for the saved ISA where this CPU runs it, else repacked for the
+ * selected ISA. A truncated, corrupted or inconsistent file is
+ * `QGEMM_STATUS_FORMAT`.
+ *
+ * # Safety
+ * `bytes` is valid for `len` bytes; `out` null or writable.
+ */
+qgemm_status qgemm_packed_weights_load(const uint8_t *bytes,
+                                       size_t len,
+                                       struct qgemm_packed_weights **out);
+
+/**
+ * [`qgemm_packed_weights_save`] for convolution weights.
+ *
+ * # Safety
+ * As [`qgemm_packed_weights_save`].
+ */
+qgemm_status qgemm_packed_conv_weights_save(const struct qgemm_packed_conv_weights *weights,
+                                            uint8_t *buf,
+                                            size_t capacity,
+                                            size_t *len);
+
+/**
+ * [`qgemm_packed_weights_load`] for convolution weights.
+ *
+ * # Safety
+ * As [`qgemm_packed_weights_load`].
+ */
+qgemm_status qgemm_packed_conv_weights_load(const uint8_t *bytes,
+                                            size_t len,
+                                            struct qgemm_packed_conv_weights **out);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -303,6 +303,26 @@ impl PackedConvWeights {
         self.shape
     }
 
+    /// OC, the output channels.
+    pub fn out_channels(&self) -> usize {
+        self.shape.out_channels
+    }
+
+    /// `[KH, KW]`, the kernel's size.
+    pub fn kernel_size(&self) -> [usize; 2] {
+        [self.shape.kernel_height, self.shape.kernel_width]
+    }
+
+    /// C, the input channels of the convolution (all groups).
+    pub fn in_channels(&self) -> usize {
+        self.shape.in_channels
+    }
+
+    /// The channel groups.
+    pub fn groups(&self) -> usize {
+        self.shape.groups
+    }
+
     /// Each group's packed N×K matrix.
     pub(crate) fn group_weights(&self) -> &[PackedB] {
         &self.groups

@@ -67,6 +67,7 @@ mod error;
 pub mod ffi;
 mod gemm;
 mod isa;
+mod operator;
 mod parallel;
 mod quant;
 mod serialize;
@@ -82,6 +83,7 @@ pub use gemm::{
     Activations, GemmTasks, Options, OutputBuffer, OutputMatrix, PackedWeights, Weights, gemm, gemm_in, gemm_with,
 };
 pub use isa::{Isa, KernelInfo, available_isas, detected_isa, force_isa, selected_isa};
+pub use operator::{Conv2d, Linear};
 pub use parallel::{MAX_THREADS, MIN_TASK_MACS, Partition, Tile};
 pub use quant::{
     onnx_float_scale, onnx_requantize, quantize_bias, quantize_biases, quantize_multiplier, tflite_real_multiplier,

@@ -939,3 +939,155 @@ fn rust_params(p: &qgemm_conv2d_params) -> qgemm::Conv2dParams {
     .with_padding(p.pad_top, p.pad_left, p.pad_bottom, p.pad_right)
     .with_groups(p.groups)
 }
+
+#[test]
+fn weights_save_and_load_through_c() {
+    let p = Problem::random(0x5a7e, 9, 70, 33, true);
+    let handle = p.packed();
+    let mut len = 0usize;
+    // SAFETY: a null buffer only asks for the length; `len` is writable.
+    assert_eq!(unsafe { qgemm_packed_weights_save(handle, ptr::null_mut(), 0, &mut len) }, QGEMM_OK);
+    let mut bytes = vec![0u8; len];
+    // One byte too few: refused, with the length still reported.
+    let mut reported = 0usize;
+    // SAFETY: `bytes` holds `len - 1` writable bytes at least.
+    let status = unsafe { qgemm_packed_weights_save(handle, bytes.as_mut_ptr(), len - 1, &mut reported) };
+    assert_eq!((status, reported), (QGEMM_STATUS_BUFFER_LENGTH, len), "{}", last_error());
+    // SAFETY: `bytes` holds `len` writable bytes.
+    assert_eq!(unsafe { qgemm_packed_weights_save(handle, bytes.as_mut_ptr(), len, &mut reported) }, QGEMM_OK);
+    let mut loaded = ptr::null_mut();
+    // SAFETY: `bytes` holds `len` bytes; `loaded` is writable.
+    assert_eq!(unsafe { qgemm_packed_weights_load(bytes.as_ptr(), len, &mut loaded) }, QGEMM_OK, "{}", last_error());
+    let s = stage(&p, QGEMM_SCHEME_FLOAT, true, 3, 0, 255);
+    let (status, got) = run(&p, loaded, &s.c, QGEMM_OUTPUT_U8);
+    assert_eq!(status, QGEMM_OK);
+    assert_eq!(got, laid_out(&p, &p.expected(&s.rust, qgemm::OutputType::U8), QGEMM_OUTPUT_U8));
+    // A flipped byte is QGEMM_STATUS_FORMAT, and nothing is written to `out`.
+    bytes[len / 2] ^= 1;
+    let mut untouched = ptr::null_mut();
+    // SAFETY: as above.
+    let status = unsafe { qgemm_packed_weights_load(bytes.as_ptr(), len, &mut untouched) };
+    assert_eq!(status, QGEMM_STATUS_FORMAT);
+    assert!(untouched.is_null() && last_error().contains("checksum mismatch"), "{}", last_error());
+    // SAFETY: live handles, freed once.
+    unsafe {
+        qgemm_packed_weights_free(loaded);
+        qgemm_packed_weights_free(handle);
+    }
+}
+
+#[test]
+fn operators_through_c_equal_the_reference() {
+    let p = Problem::random(0x0b5, 12, 40, 17, false);
+    let handle = p.packed();
+    let s = stage(&p, QGEMM_SCHEME_FIXED_POINT, true, -5, -100, 127);
+    let mut linear = ptr::null_mut();
+    // SAFETY: live handle and stage; `linear` is writable.
+    let status = unsafe { qgemm_linear_new(handle, p.a_zp, &s.c, QGEMM_OUTPUT_I8, 2, &mut linear) };
+    assert_eq!(status, QGEMM_OK, "{}", last_error());
+    // SAFETY: the weights were copied into the operator.
+    unsafe { qgemm_packed_weights_free(handle) };
+    let mut out = vec![0i8; p.m * p.n];
+    let c = qgemm_output {
+        r#type: QGEMM_OUTPUT_I8,
+        data: out.as_mut_ptr().cast(),
+        data_len: out.len(),
+        rows: p.m,
+        cols: p.n,
+        row_stride: p.n,
+    };
+    // SAFETY: live operator and buffers of the lengths given; a fresh workspace.
+    let status = unsafe { qgemm_linear_run(linear, p.a.as_ptr(), p.a.len(), p.m, &c, ptr::null_mut()) };
+    assert_eq!(status, QGEMM_OK, "{}", last_error());
+    assert_eq!(OutputData::I8(out.clone()), p.expected(&s.rust, qgemm::OutputType::I8));
+    // A u8 output for an i8 layer: refused, nothing written.
+    let mut wrong = vec![9u8; p.m * p.n];
+    let c8 = qgemm_output { r#type: QGEMM_OUTPUT_U8, data: wrong.as_mut_ptr().cast(), ..c };
+    // SAFETY: as above.
+    let status = unsafe { qgemm_linear_run(linear, p.a.as_ptr(), p.a.len(), p.m, &c8, ptr::null_mut()) };
+    assert_eq!(status, QGEMM_STATUS_OUTPUT_TYPE, "{}", last_error());
+    assert!(wrong.iter().all(|&x| x == 9));
+    // SAFETY: a live handle, freed once.
+    unsafe { qgemm_linear_free(linear) };
+
+    // A convolution operator, reshaped once.
+    let params = qgemm_conv2d_params {
+        batch: 1,
+        in_height: 6,
+        in_width: 5,
+        in_channels: 4,
+        out_channels: 6,
+        kernel_height: 3,
+        kernel_width: 3,
+        stride_height: 1,
+        stride_width: 1,
+        dilation_height: 1,
+        dilation_width: 1,
+        pad_top: 1,
+        pad_left: 1,
+        pad_bottom: 1,
+        pad_right: 1,
+        groups: 2,
+    };
+    let w: Vec<i8> = (0..6 * 9 * 2).map(|i| (i * 41 % 256) as u8 as i8).collect();
+    let zp = [2i8];
+    let cw = qgemm_conv_weights {
+        data: w.as_ptr(),
+        data_len: w.len(),
+        layout: QGEMM_FILTER_OHWI,
+        out_channels: 6,
+        kernel_height: 3,
+        kernel_width: 3,
+        in_channels: 4,
+        groups: 2,
+        zero_points: zp.as_ptr(),
+        zero_points_len: 1,
+    };
+    let mut packed = ptr::null_mut();
+    // SAFETY: live buffers of the lengths given.
+    assert_eq!(unsafe { qgemm_packed_conv_weights_new(&cw, &mut packed) }, QGEMM_OK, "{}", last_error());
+    let none = qgemm_output_stage { scheme: QGEMM_SCHEME_NONE, bias: ptr::null(), bias_len: 0, ..s.c };
+    let mut conv = ptr::null_mut();
+    // SAFETY: live handle, params and stage; `conv` is writable.
+    let status = unsafe { qgemm_conv2d_op_new(packed, &params, 7, &none, QGEMM_OUTPUT_I32, 1, &mut conv) };
+    assert_eq!(status, QGEMM_OK, "{}", last_error());
+    let mut workspace = ptr::null_mut();
+    // SAFETY: `workspace` is writable.
+    assert_eq!(unsafe { qgemm_workspace_new(&mut workspace) }, QGEMM_OK);
+    for (batch, h, wd) in [(1, 6, 5), (2, 4, 7)] {
+        // SAFETY: a live operator used by nothing else.
+        assert_eq!(unsafe { qgemm_conv2d_op_reshape(conv, batch, h, wd) }, QGEMM_OK, "{}", last_error());
+        let input: Vec<u8> = (0..batch * h * wd * 4).map(|i| (i * 13 % 256) as u8).collect();
+        let rows = batch * h * wd;
+        let mut out = vec![0i32; rows * 6];
+        let c = qgemm_output {
+            r#type: QGEMM_OUTPUT_I32,
+            data: out.as_mut_ptr().cast(),
+            data_len: out.len(),
+            rows,
+            cols: 6,
+            row_stride: 6,
+        };
+        // SAFETY: live operator, workspace and buffers of the lengths given.
+        let status = unsafe { qgemm_conv2d_op_run(conv, input.as_ptr(), input.len(), &c, workspace) };
+        assert_eq!(status, QGEMM_OK, "{}", last_error());
+        let shape = qgemm_conv2d_params { batch, in_height: h, in_width: wd, ..params };
+        let problem = reference::Conv2dProblem {
+            params: rust_params(&shape),
+            input: &input,
+            input_zero_point: 7,
+            weights: &w,
+            weight_zero_point: &Channelwise::PerTensor(2),
+        };
+        assert_eq!(OutputData::I32(out), reference::conv2d(&problem, &OutputStage::i32(), qgemm::OutputType::I32));
+    }
+    // A kernel that does not fit: refused, the operator keeps its shape.
+    // SAFETY: as above.
+    assert_eq!(unsafe { qgemm_conv2d_op_reshape(conv, 1, 0, 0) }, QGEMM_STATUS_CONV_OUTPUT_SIZE);
+    // SAFETY: live handles, freed once.
+    unsafe {
+        qgemm_conv2d_op_free(conv);
+        qgemm_packed_conv_weights_free(packed);
+        qgemm_workspace_free(workspace);
+    }
+}

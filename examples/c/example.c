@@ -1,7 +1,8 @@
 /*
  * qgemm from C: pack weights once, run a GEMM with i32 output and one with u8 output
  * (bias, then Float requantization), the u8 one again on 3 of qgemm's threads and cut
- * into tasks run by two pthreads (as an engine's own pool would), and a padded 3x3
+ * into tasks run by two pthreads (as an engine's own pool would), then saved to bytes,
+ * loaded and run as a linear-layer operator, and a padded 3x3
  * convolution, and check each against known answers from the Rust reference
  * (known_answers.h). Then show what a misuse returns.
  *
@@ -12,6 +13,7 @@
  */
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "qgemm.h"
@@ -136,6 +138,53 @@ static int conv(void) {
     return 0;
 }
 
+/* The weights saved to bytes and loaded back (as a model file would carry them), then
+ * the u8 GEMM as a linear-layer operator made once from the loaded weights; a flipped
+ * byte in the saved weights is refused. */
+static int saved_weights_and_operator(const qgemm_packed_weights *packed, const uint8_t *a,
+                                      const qgemm_output_stage *stage) {
+    size_t len = 0;
+    qgemm_status status = qgemm_packed_weights_save(packed, NULL, 0, &len);
+    if (status != QGEMM_OK) return failed("qgemm_packed_weights_save (size)", status);
+    uint8_t *bytes = malloc(len);
+    if (bytes == NULL) return 1;
+    status = qgemm_packed_weights_save(packed, bytes, len, &len);
+    if (status != QGEMM_OK) return failed("qgemm_packed_weights_save", status);
+    qgemm_packed_weights *loaded = NULL;
+    status = qgemm_packed_weights_load(bytes, len, &loaded);
+    if (status != QGEMM_OK) return failed("qgemm_packed_weights_load", status);
+
+    qgemm_linear *linear = NULL;
+    status = qgemm_linear_new(loaded, 3, stage, QGEMM_OUTPUT_U8, 2, &linear);
+    qgemm_packed_weights_free(loaded); /* the operator holds its own copy */
+    if (status != QGEMM_OK) return failed("qgemm_linear_new", status);
+    uint8_t c8[M * N];
+    qgemm_output out = {
+        .type = QGEMM_OUTPUT_U8, .data = c8, .data_len = M * N, .rows = M, .cols = N, .row_stride = N,
+    };
+    status = qgemm_linear_run(linear, a, M * K, M, &out, NULL);
+    qgemm_linear_free(linear);
+    if (status != QGEMM_OK) return failed("qgemm_linear_run", status);
+    if (memcmp(c8, expected_u8, sizeof c8) != 0) {
+        fprintf(stderr, "u8 output of the linear operator on loaded weights differs from the reference\n");
+        return 1;
+    }
+
+    bytes[len / 2] ^= 0x10;
+    qgemm_packed_weights *corrupt = NULL;
+    status = qgemm_packed_weights_load(bytes, len, &corrupt);
+    free(bytes);
+    char message[256];
+    qgemm_last_error_message(message, sizeof message);
+    if (status != QGEMM_STATUS_FORMAT || corrupt != NULL) {
+        fprintf(stderr, "corrupted weights returned status %u\n", (unsigned)status);
+        return 1;
+    }
+    printf("saved weights: %zu bytes, loaded, run as a linear operator: u8 output equals the reference's\n", len);
+    printf("a flipped byte: status %u (QGEMM_STATUS_FORMAT): %s\n", (unsigned)status, message);
+    return 0;
+}
+
 int main(void) {
     /* The inputs, from the formulas dispatch/tests/c_example_answers.rs uses. */
     uint8_t a[M * K];
@@ -192,6 +241,7 @@ int main(void) {
     }
 
     if (threads(&act, packed, &requantize) != 0) return 1;
+    if (saved_weights_and_operator(packed, a, &requantize) != 0) return 1;
 
     /* A misuse: the output buffer one element short. Nothing is written. */
     out8.data_len = M * N - 1;

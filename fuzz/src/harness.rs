@@ -28,8 +28,14 @@ fn with_workspace<T>(f: impl FnOnce(&mut qgemm::Workspace) -> T) -> T {
 pub type Target = fn(&[u8]);
 
 /// The targets by name, as the seeds directory and the binaries name them.
-pub const TARGETS: [(&str, Target); 5] =
-    [("gemm", gemm), ("conv2d", conv2d), ("requantize", requantize), ("pack", pack), ("invalid", invalid)];
+pub const TARGETS: [(&str, Target); 6] = [
+    ("gemm", gemm),
+    ("conv2d", conv2d),
+    ("requantize", requantize),
+    ("pack", pack),
+    ("invalid", invalid),
+    ("load", load),
+];
 
 /// What output gaps and untouched buffers hold.
 const SENTINEL: u8 = 0xa5;
@@ -442,4 +448,100 @@ pub fn invalid(bytes: &[u8]) {
         kind => e.kind() == kind,
     };
     assert!(acceptable, "expected {expected:?}, got {:?}: {e}", e.kind());
+}
+
+/// Loading serialized weights. The first byte picks GEMM (even) or conv (odd) weights,
+/// and with bit 1 the checksum is recomputed over the rest after the fuzzer's edits,
+/// so that they reach the field checks behind it; the rest is the file. A load either
+/// fails cleanly or gives weights that save to bytes which load again to the same
+/// bytes, and that compute the same results on every ISA.
+pub fn load(bytes: &[u8]) {
+    let Some((&mode, file)) = bytes.split_first() else { return };
+    let mut file = file.to_vec();
+    if mode & 2 != 0 && file.len() >= 4 {
+        let body = file.len() - 4;
+        let crc = crc32(&file[..body]);
+        file[body..].copy_from_slice(&crc.to_le_bytes());
+    }
+    let clean = |e: qgemm::Error| {
+        let allowed = [ErrorKind::Format, ErrorKind::Dimension, ErrorKind::Overflow, ErrorKind::OutOfMemory];
+        assert!(allowed.contains(&e.kind()), "loading failed with an unexpected kind: {e}");
+    };
+    let isas = qgemm::available_isas();
+    if mode & 1 == 0 {
+        let Ok(w) = PackedWeights::from_bytes(&file).map_err(clean) else { return };
+        let saved = w.to_bytes();
+        let again = PackedWeights::from_bytes(&saved).expect("saved weights load");
+        assert_eq!(again.to_bytes(), saved, "weights saved twice differ");
+        let (m, k, n) = (3, w.k(), w.n());
+        if k.saturating_mul(n) > 1 << 16 {
+            return;
+        }
+        let a: Vec<u8> = (0..m * k).map(|i| (i * 73 % 256) as u8).collect();
+        let results: Vec<Vec<i32>> = isas
+            .iter()
+            .map(|&isa| {
+                let w = PackedWeights::from_bytes_for(isa, &saved).expect("saved weights load on every ISA");
+                let mut c = vec![0i32; m * n];
+                let options = Options::new().with_isa(isa);
+                let stage = OutputStage::i32();
+                qgemm::gemm_with(
+                    &Activations::new(&a, m, k, 131),
+                    &w,
+                    &stage,
+                    OutputMatrix::i32(&mut c, m, n),
+                    &options,
+                )
+                .expect("a GEMM with loaded weights");
+                c
+            })
+            .collect();
+        assert!(results.windows(2).all(|r| r[0] == r[1]), "ISAs differ on loaded weights");
+    } else {
+        let Ok(w) = PackedConvWeights::from_bytes(&file).map_err(clean) else { return };
+        let saved = w.to_bytes();
+        let again = PackedConvWeights::from_bytes(&saved).expect("saved conv weights load");
+        assert_eq!(again.to_bytes(), saved, "conv weights saved twice differ");
+        let [kh, kw] = w.kernel_size();
+        let (c, oc) = (w.in_channels(), w.out_channels());
+        if kh.saturating_mul(kw).saturating_mul(c).saturating_mul(oc) > 1 << 14 || kh > 64 || kw > 64 {
+            return;
+        }
+        let params =
+            Conv2dParams::new([1, kh + 1, kw + 2, c], oc, [kh, kw]).with_padding(0, 1, 0, 0).with_groups(w.groups());
+        let input: Vec<u8> = (0..(kh + 1) * (kw + 2) * c).map(|i| (i * 29 % 256) as u8).collect();
+        let rows = params.out_height().unwrap() * params.out_width().unwrap();
+        let results: Vec<Vec<i32>> = isas
+            .iter()
+            .map(|&isa| {
+                let w = PackedConvWeights::from_bytes_for(isa, &saved).expect("saved conv weights load on every ISA");
+                let mut out = vec![0i32; rows * oc];
+                let options = Options::new().with_isa(isa);
+                let stage = OutputStage::i32();
+                qgemm::conv2d_with(
+                    &ConvInput::new(&input, 7),
+                    &w,
+                    &params,
+                    &stage,
+                    OutputMatrix::i32(&mut out, rows, oc),
+                    &options,
+                )
+                .expect("a convolution with loaded weights");
+                out
+            })
+            .collect();
+        assert!(results.windows(2).all(|r| r[0] == r[1]), "ISAs differ on loaded conv weights");
+    }
+}
+
+/// CRC-32 (IEEE), bit by bit.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
 }

@@ -28,7 +28,9 @@
 
 #![allow(non_camel_case_types)]
 
+mod operators;
 mod threads;
+mod weights_io;
 
 use std::cell::RefCell;
 use std::ffi::c_char;
@@ -40,10 +42,18 @@ use crate::{
     WeightLayout, Weights,
 };
 
+pub use operators::{
+    qgemm_conv2d_op, qgemm_conv2d_op_free, qgemm_conv2d_op_new, qgemm_conv2d_op_reshape, qgemm_conv2d_op_run,
+    qgemm_linear, qgemm_linear_free, qgemm_linear_new, qgemm_linear_run,
+};
 pub use threads::{
     qgemm_conv2d_tasks_new, qgemm_conv2d_threaded, qgemm_gemm_tasks_new, qgemm_gemm_threaded, qgemm_partition,
     qgemm_tasks, qgemm_tasks_count, qgemm_tasks_free, qgemm_tasks_run, qgemm_workspace, qgemm_workspace_free,
     qgemm_workspace_new,
+};
+pub use weights_io::{
+    qgemm_packed_conv_weights_load, qgemm_packed_conv_weights_save, qgemm_packed_weights_load,
+    qgemm_packed_weights_save,
 };
 
 /// The result of a call: `QGEMM_OK` or why it failed.
