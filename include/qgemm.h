@@ -204,6 +204,15 @@ typedef struct qgemm_output_stage {
    * The upper clamp, in the output type's range, `>= min`.
    */
   int32_t max;
+  /**
+   * `QGEMM_SCHEME_DEQUANTIZE`: N f32 values added after the multiply, or null for
+   * none.
+   */
+  const float *f32_bias;
+  /**
+   * N, or 0 with a null `f32_bias`.
+   */
+  size_t f32_bias_len;
 } qgemm_output_stage;
 
 /**
@@ -618,6 +627,11 @@ typedef struct qgemm_partition {
 #define QGEMM_OUTPUT_I8 2
 
 /**
+ * Dequantized f32 (`float`); the output stage's scheme is `QGEMM_SCHEME_DEQUANTIZE`.
+ */
+#define QGEMM_OUTPUT_F32 3
+
+/**
  * No requantization: i32 output.
  */
 #define QGEMM_SCHEME_NONE 0
@@ -641,6 +655,13 @@ typedef struct qgemm_partition {
  * ONNX Runtime / PyTorch / XNNPACK: one f32 multiply, round half to even.
  */
 #define QGEMM_SCHEME_FLOAT 4
+
+/**
+ * f32 output: `f32(acc) * scales[n] + f32_bias[n]` (each operation rounded once, no
+ * FMA); `scales` and `params_len` as for `QGEMM_SCHEME_FLOAT` (finite), `f32_bias`
+ * optional. The zero point and clamp are ignored.
+ */
+#define QGEMM_SCHEME_DEQUANTIZE 5
 
 #ifdef __cplusplus
 extern "C" {

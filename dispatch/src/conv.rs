@@ -33,10 +33,10 @@ use qgemm_kernels::rows::{ConvGeometry, Im2col, Rows};
 use qgemm_reference::{Channelwise, Conv2dParams, OutputStage};
 
 use crate::error::{Result, bail, out_of_memory};
-use crate::gemm::{Options, OutputMatrix};
+use crate::gemm::{Options, OutputMatrix, WeightElement, weights_as_i8, zero_point_as_i8};
 use crate::isa::{Isa, KernelInfo, dw_kernel_for, kernel_for_columns, selected_isa};
 use crate::parallel::{Grid, Partition, Shape, Tile, run_tasks};
-use crate::validate::{check_weight_zero_points, output_stage, product};
+use crate::validate::{Dequant, check_weight_zero_points, dequant, output_stage, product};
 use crate::workspace::Workspace;
 
 /// The order of a convolution's weights.
@@ -64,33 +64,33 @@ pub enum FilterLayout {
 /// # let _ = weights;
 /// ```
 #[derive(Clone, Debug)]
-pub struct ConvWeights<'a> {
-    data: &'a [i8],
+pub struct ConvWeights<'a, W: WeightElement = i8> {
+    data: &'a [W],
     layout: FilterLayout,
     shape: FilterShape,
-    zero_point: Channelwise<i8>,
+    zero_point: Channelwise<W>,
 }
 
-impl<'a> ConvWeights<'a> {
-    /// The weights of the convolution `params`: `OC·KH·KW·C/groups` values in OHWI
-    /// order, zero point 0.
-    pub fn new(data: &'a [i8], params: &Conv2dParams) -> ConvWeights<'a> {
+impl<'a, W: WeightElement> ConvWeights<'a, W> {
+    /// The weights (`i8`, or `u8` with a `u8` zero point) of the convolution
+    /// `params`: `OC·KH·KW·C/groups` values in OHWI order, zero point 0.
+    pub fn new(data: &'a [W], params: &Conv2dParams) -> ConvWeights<'a, W> {
         ConvWeights {
             data,
             layout: FilterLayout::Ohwi,
             shape: FilterShape::of(params),
-            zero_point: Channelwise::PerTensor(0),
+            zero_point: Channelwise::PerTensor(W::ZERO),
         }
     }
 
     /// The same weights in another order.
-    pub fn with_layout(self, layout: FilterLayout) -> ConvWeights<'a> {
+    pub fn with_layout(self, layout: FilterLayout) -> ConvWeights<'a, W> {
         ConvWeights { layout, ..self }
     }
 
-    /// The same weights with a zero point per tensor (`i8`) or per output channel
-    /// (`Vec<i8>`, OC values).
-    pub fn with_zero_point(self, zero_point: impl Into<Channelwise<i8>>) -> ConvWeights<'a> {
+    /// The same weights with a zero point of their type per tensor or per output
+    /// channel (a `Vec`, OC values).
+    pub fn with_zero_point(self, zero_point: impl Into<Channelwise<W>>) -> ConvWeights<'a, W> {
         ConvWeights { zero_point: zero_point.into(), ..self }
     }
 }
@@ -142,7 +142,7 @@ impl PackedConvWeights {
     /// If a size is zero where it must not be, the channel counts are not multiples of
     /// `groups`, the length is not `OC·KH·KW·C/groups`, a product overflows, the
     /// per-channel zero points are not OC, or `QGEMM_ISA` is invalid.
-    pub fn new(weights: ConvWeights<'_>) -> Result<PackedConvWeights> {
+    pub fn new<W: WeightElement>(weights: ConvWeights<'_, W>) -> Result<PackedConvWeights> {
         PackedConvWeights::for_isa(selected_isa()?, weights)
     }
 
@@ -150,8 +150,10 @@ impl PackedConvWeights {
     ///
     /// # Errors
     /// As [`new`](Self::new), and if `isa` cannot run on this CPU.
-    pub fn for_isa(isa: Isa, weights: ConvWeights<'_>) -> Result<PackedConvWeights> {
+    pub fn for_isa<W: WeightElement>(isa: Isa, weights: ConvWeights<'_, W>) -> Result<PackedConvWeights> {
         let ConvWeights { data, layout, shape, ref zero_point } = weights;
+        let zero_point = &zero_point_as_i8(zero_point);
+        let data = &*weights_as_i8(data).map_err(|e| out_of_memory("conv weights", e))?;
         check_groups(shape.groups, shape.in_channels, shape.out_channels)?;
         let kernel = kernel_for_columns(isa, shape.out_channels / shape.groups)?;
         let dw_kernel = dw_kernel_for(isa)?;
@@ -543,6 +545,8 @@ pub struct Conv2dTasks<'a> {
     stage: LoweredStage<'a>,
     out: OutData<'a>,
     grid: Grid<'a>,
+    /// For f32 output: applied to each tile after the kernels.
+    dequant: Option<Dequant<'a>>,
 }
 
 impl<'a> Conv2dTasks<'a> {
@@ -587,6 +591,7 @@ impl<'a> Conv2dTasks<'a> {
             );
         }
         output.check()?;
+        let dequant = dequant(stage, p.out_channels, output.output_type())?;
         let stage = output_stage(stage, p.out_channels, output.output_type())?;
         let geometry = geometry(&p, oh, ow);
         let kernel = weights.kernel;
@@ -629,7 +634,19 @@ impl<'a> Conv2dTasks<'a> {
         };
         let grid = Grid::new(partition, shape)?;
         let out = output.into_out_data();
-        Ok(Conv2dTasks { input: *input, weights, params: p, geometry, path, indirect, max_value, stage, out, grid })
+        Ok(Conv2dTasks {
+            input: *input,
+            weights,
+            params: p,
+            geometry,
+            path,
+            indirect,
+            max_value,
+            stage,
+            out,
+            grid,
+            dequant,
+        })
     }
 
     /// The number of tasks.
@@ -709,12 +726,24 @@ impl<'a> Conv2dTasks<'a> {
 
     /// Computes `tile`, which [`Grid::start`] handed out (so to this call alone).
     fn compute(&self, tile: Tile, scratch: &mut Scratch) {
-        let Tile { rows, cols } = tile;
-        if rows.is_empty() || cols.is_empty() {
+        if tile.rows.is_empty() || tile.cols.is_empty() {
             return;
         }
         // Round to nearest, whatever this thread's caller set (see `fpenv`).
         let _fp = qgemm_kernels::fpenv::DefaultFp::enter();
+        self.compute_stored(&tile, scratch);
+        if let Some(d) = &self.dequant {
+            let Tile { rows, cols } = tile;
+            // SAFETY: as in `compute_stored`, whose window is gone.
+            let out = unsafe { self.out.window_shared(rows.start, cols.start, rows.len(), cols.len()) };
+            d.apply(out.into_i32(), cols.start);
+        }
+    }
+
+    /// The kernels' part of [`compute`](Self::compute): the tile's output as they store
+    /// it (i32 accumulators for f32 output).
+    fn compute_stored(&self, tile: &Tile, scratch: &mut Scratch) {
+        let Tile { rows, cols } = tile.clone();
         // SAFETY: `Grid::start` hands out each task's tile once, and the tiles of a
         // grid share no element, so nothing else reaches this window while it lives.
         let mut out = unsafe { self.out.window_shared(rows.start, cols.start, rows.len(), cols.len()) };

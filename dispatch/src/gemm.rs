@@ -13,11 +13,12 @@ use qgemm_reference::{Channelwise, OutputStage, OutputType, WeightLayout};
 use crate::error::{Result, bail, out_of_memory};
 use crate::isa::{Isa, KernelInfo, kernel_for_columns, kernel_for_rows, selected_isa};
 use crate::parallel::{Grid, Partition, Shape, Tile, run_tasks};
-use crate::validate::{check_matrix, check_weight_zero_points, output_stage, product};
+use crate::validate::{Dequant, check_matrix, check_weight_zero_points, dequant, output_stage, product};
 use crate::workspace::Workspace;
 
-/// The weight matrix B (K×N, i8) as the caller holds it, before packing: borrowed
-/// data, its layout and shape, and an owned zero point (per tensor 0 unless set).
+/// The weight matrix B (K×N, `i8`, or `u8` as MLAS's U8U8 takes it) as the caller
+/// holds it, before packing: borrowed data, its layout and shape, and an owned zero
+/// point of the weights' own type (0 per tensor unless set).
 ///
 /// ```
 /// # use qgemm::Weights;
@@ -26,38 +27,100 @@ use crate::workspace::Workspace;
 /// let linear = Weights::nxk(&w, 2, 3).with_zero_point(vec![0, -1]);
 /// // The same values read as a 2×3 (K×N) matrix, zero point 3 for every column.
 /// let kxn = Weights::kxn(&w, 2, 3).with_zero_point(3);
-/// # let _ = (linear, kxn);
+/// // u8 weights with a u8 zero point.
+/// let unsigned = Weights::kxn(&[200u8, 0, 255, 128, 7, 9], 2, 3).with_zero_point(128u8);
+/// # let _ = (linear, kxn, unsigned);
 /// ```
 #[derive(Clone, Debug)]
-pub struct Weights<'a> {
-    data: &'a [i8],
+pub struct Weights<'a, W: WeightElement = i8> {
+    data: &'a [W],
     layout: WeightLayout,
     k: usize,
     n: usize,
-    zero_point: Channelwise<i8>,
+    zero_point: Channelwise<W>,
 }
 
-impl<'a> Weights<'a> {
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for i8 {}
+    impl Sealed for u8 {}
+}
+
+/// The element types weights can have: `i8`, and `u8` (sealed). `u8` weights with a
+/// `u8` zero point are packed as `w − 128` with zero point `zp − 128`, which leaves
+/// every difference `w − zp`, so every result, exactly as it was.
+pub trait WeightElement: Copy + std::fmt::Debug + sealed::Sealed {
+    /// 0, the default zero point.
+    const ZERO: Self;
+    /// The value as the kernels take it: itself for `i8`, `x − 128` for `u8`.
+    fn to_i8(self) -> i8;
+    /// `values` themselves where they are i8 already.
+    #[doc(hidden)]
+    fn as_i8(values: &[Self]) -> Option<&[i8]> {
+        let _ = values;
+        None
+    }
+}
+
+impl WeightElement for i8 {
+    const ZERO: i8 = 0;
+    fn to_i8(self) -> i8 {
+        self
+    }
+    fn as_i8(values: &[i8]) -> Option<&[i8]> {
+        Some(values)
+    }
+}
+
+impl WeightElement for u8 {
+    const ZERO: u8 = 0;
+    fn to_i8(self) -> i8 {
+        (self ^ 0x80) as i8
+    }
+}
+
+/// `values` as i8 (`Cow::Borrowed` for i8 itself), or an allocation error.
+pub(crate) fn weights_as_i8<W: WeightElement>(
+    values: &[W],
+) -> std::result::Result<std::borrow::Cow<'_, [i8]>, std::collections::TryReserveError> {
+    if let Some(same) = W::as_i8(values) {
+        return Ok(std::borrow::Cow::Borrowed(same));
+    }
+    let mut v = Vec::new();
+    v.try_reserve_exact(values.len())?;
+    v.extend(values.iter().map(|w| w.to_i8()));
+    Ok(std::borrow::Cow::Owned(v))
+}
+
+/// A zero point as i8, per tensor or per channel.
+pub(crate) fn zero_point_as_i8<W: WeightElement>(zp: &Channelwise<W>) -> Channelwise<i8> {
+    match zp {
+        Channelwise::PerTensor(z) => Channelwise::PerTensor(z.to_i8()),
+        Channelwise::PerChannel(v) => Channelwise::PerChannel(v.iter().map(|z| z.to_i8()).collect()),
+    }
+}
+
+impl<'a, W: WeightElement> Weights<'a, W> {
     /// A K×N matrix held in `layout`, zero point 0: the general form of
     /// [`kxn`](Weights::kxn) and [`nxk`](Weights::nxk).
-    pub fn new(data: &'a [i8], layout: WeightLayout, k: usize, n: usize) -> Weights<'a> {
-        Weights { data, layout, k, n, zero_point: Channelwise::PerTensor(0) }
+    pub fn new(data: &'a [W], layout: WeightLayout, k: usize, n: usize) -> Weights<'a, W> {
+        Weights { data, layout, k, n, zero_point: Channelwise::PerTensor(W::ZERO) }
     }
 
     /// K rows of N weights, row-major: `B[k][n]` is at `data[k * n + n]`.
-    pub fn kxn(data: &'a [i8], k: usize, n: usize) -> Weights<'a> {
-        Weights { data, layout: WeightLayout::KxN, k, n, zero_point: Channelwise::PerTensor(0) }
+    pub fn kxn(data: &'a [W], k: usize, n: usize) -> Weights<'a, W> {
+        Weights::new(data, WeightLayout::KxN, k, n)
     }
 
     /// N rows of K weights, row-major (the PyTorch/ONNX linear-weight layout
     /// `[out_features, in_features]`): `B[k][n]` is at `data[n * k_total + k]`.
-    pub fn nxk(data: &'a [i8], n: usize, k: usize) -> Weights<'a> {
-        Weights { data, layout: WeightLayout::NxK, k, n, zero_point: Channelwise::PerTensor(0) }
+    pub fn nxk(data: &'a [W], n: usize, k: usize) -> Weights<'a, W> {
+        Weights::new(data, WeightLayout::NxK, k, n)
     }
 
-    /// The same weights with a zero point per tensor (`i8`) or per column
-    /// (`Vec<i8>`, N values).
-    pub fn with_zero_point(self, zero_point: impl Into<Channelwise<i8>>) -> Weights<'a> {
+    /// The same weights with a zero point of their type per tensor (`i8` or `u8`) or
+    /// per column (a `Vec`, N values).
+    pub fn with_zero_point(self, zero_point: impl Into<Channelwise<W>>) -> Weights<'a, W> {
         Weights { zero_point: zero_point.into(), ..self }
     }
 
@@ -77,7 +140,7 @@ impl<'a> Weights<'a> {
     }
 
     /// The weight zero point.
-    pub fn zero_point(&self) -> &Channelwise<i8> {
+    pub fn zero_point(&self) -> &Channelwise<W> {
         &self.zero_point
     }
 }
@@ -97,7 +160,7 @@ impl PackedWeights {
     /// # Errors
     /// If `data.len() != k·n`, a size overflows, the per-column zero points are not N,
     /// the packed data cannot be allocated, or `QGEMM_ISA` is invalid.
-    pub fn new(weights: Weights<'_>) -> Result<PackedWeights> {
+    pub fn new<W: WeightElement>(weights: Weights<'_, W>) -> Result<PackedWeights> {
         PackedWeights::for_isa(selected_isa()?, weights)
     }
 
@@ -105,8 +168,9 @@ impl PackedWeights {
     ///
     /// # Errors
     /// As [`new`](Self::new), and if `isa` cannot run on this CPU.
-    pub fn for_isa(isa: Isa, weights: Weights<'_>) -> Result<PackedWeights> {
+    pub fn for_isa<W: WeightElement>(isa: Isa, weights: Weights<'_, W>) -> Result<PackedWeights> {
         let Weights { data, layout, k, n, ref zero_point } = weights;
+        let zero_point = &zero_point_as_i8(zero_point);
         let kernel = kernel_for_columns(isa, n)?;
         let len = product("weights K·N", &[k, n])?;
         if data.len() != len {
@@ -125,8 +189,10 @@ impl PackedWeights {
             WeightLayout::KxN => BLayout::KxN,
             WeightLayout::NxK => BLayout::NxK,
         };
-        let packed = PackedB::try_new(tile, data, layout, k, n, zero_point.values())
-            .map_err(|e| out_of_memory(&format!("weights K = {k} × N = {n}"), e))?;
+        let what = || format!("weights K = {k} × N = {n}");
+        let data = weights_as_i8(data).map_err(|e| out_of_memory(&what(), e))?;
+        let packed =
+            PackedB::try_new(tile, &data, layout, k, n, zero_point.values()).map_err(|e| out_of_memory(&what(), e))?;
         Ok(PackedWeights { isa, kernel, packed })
     }
 
@@ -204,6 +270,8 @@ pub enum OutputBuffer<'a> {
     U8(&'a mut [u8]),
     /// i8 output: the output stage must requantize.
     I8(&'a mut [i8]),
+    /// f32 output: the output stage must dequantize.
+    F32(&'a mut [f32]),
 }
 
 /// The output matrix C (M×N, row-major) of one call. Only the `rows × cols` elements
@@ -239,6 +307,11 @@ impl<'a> OutputMatrix<'a> {
         OutputMatrix::dense(OutputBuffer::I32(data), rows, cols)
     }
 
+    /// A dense f32 output (the stage must dequantize: [`OutputStage::dequantized`]).
+    pub fn f32(data: &'a mut [f32], rows: usize, cols: usize) -> OutputMatrix<'a> {
+        OutputMatrix::dense(OutputBuffer::F32(data), rows, cols)
+    }
+
     fn dense(buffer: OutputBuffer<'a>, rows: usize, cols: usize) -> OutputMatrix<'a> {
         OutputMatrix { buffer, rows, cols, row_stride: cols }
     }
@@ -254,6 +327,7 @@ impl<'a> OutputMatrix<'a> {
             OutputBuffer::I32(_) => OutputType::I32,
             OutputBuffer::U8(_) => OutputType::U8,
             OutputBuffer::I8(_) => OutputType::I8,
+            OutputBuffer::F32(_) => OutputType::F32,
         }
     }
 
@@ -262,6 +336,7 @@ impl<'a> OutputMatrix<'a> {
             OutputBuffer::I32(d) => d.len(),
             OutputBuffer::U8(d) => d.len(),
             OutputBuffer::I8(d) => d.len(),
+            OutputBuffer::F32(d) => d.len(),
         }
     }
 
@@ -279,6 +354,16 @@ impl<'a> OutputMatrix<'a> {
             OutputBuffer::I32(d) => OutData::I32(OutView::new(d, rows, cols, row_stride)),
             OutputBuffer::U8(d) => OutData::U8(OutView::new(d, rows, cols, row_stride)),
             OutputBuffer::I8(d) => OutData::I8(OutView::new(d, rows, cols, row_stride)),
+            OutputBuffer::F32(d) => {
+                // The kernels store i32 accumulators into the f32 buffer's memory; each
+                // tile is then dequantized in place (`Dequant::apply`).
+                let len = d.len();
+                // SAFETY: i32 and f32 have the same size and alignment and every bit
+                // pattern is valid for both; the unique borrow of `d` moves into the
+                // slice, which spans exactly its elements.
+                let d = unsafe { std::slice::from_raw_parts_mut(d.as_mut_ptr().cast::<i32>(), len) };
+                OutData::I32(OutView::new(d, rows, cols, row_stride))
+            }
         }
     }
 }
@@ -452,6 +537,8 @@ pub struct GemmTasks<'a> {
     grid: Grid<'a>,
     /// A read in place ([`indirect_plan`]), or packed.
     indirect: Option<(ConvGeometry, Plan)>,
+    /// For f32 output: applied to each tile after the kernel.
+    dequant: Option<Dequant<'a>>,
 }
 
 /// The deepest GEMM that reads A in place: its tiles keep their sums over all of K
@@ -504,6 +591,7 @@ impl<'a> GemmTasks<'a> {
         }
         check_matrix("A", a.data.len(), a.rows, a.cols, a.row_stride)?;
         c.check()?;
+        let dequant = dequant(stage, b.n(), c.output_type())?;
         let stage = output_stage(stage, b.n(), c.output_type())?;
         let kernel = kernel_for_rows(b.isa(), b.kernel(), b.packed(), a.rows);
         let (tile, blocking) = (kernel.tile(), kernel.blocking());
@@ -511,7 +599,7 @@ impl<'a> GemmTasks<'a> {
             Shape { m: a.rows, n: b.n(), k: b.k(), row_unit: tile.mr, col_unit: tile.nr, row_block: blocking.mc };
         let grid = Grid::new(partition, shape)?;
         let indirect = indirect_plan(a, b.k(), kernel);
-        Ok(GemmTasks { a: *a, kernel, b: b.packed(), stage, out: c.into_out_data(), grid, indirect })
+        Ok(GemmTasks { a: *a, kernel, b: b.packed(), stage, out: c.into_out_data(), grid, indirect, dequant })
     }
 
     /// The number of tasks.
@@ -593,20 +681,26 @@ impl<'a> GemmTasks<'a> {
                 zero_point: a.zero_point,
                 max_value: u8::MAX,
             };
-            let args = IndirectGemm { m: rows.len(), conv, plan, b: self.b, stage: self.stage, columns: cols, out };
+            let args =
+                IndirectGemm { m: rows.len(), conv, plan, b: self.b, stage: self.stage, columns: cols.clone(), out };
             indirect::gemm_in(self.kernel, args, scratch);
-            return;
+        } else {
+            let args = GemmArgs {
+                m: rows.len(),
+                // Empty when K = 0, whatever the stride.
+                a: Rows::Matrix { data: a.data.get(rows.start * a.row_stride..).unwrap_or(&[]), stride: a.row_stride },
+                a_zp: a.zero_point,
+                b: self.b,
+                stage: self.stage,
+                columns: cols.clone(),
+                out,
+            };
+            driver::gemm_in(self.kernel, args, scratch);
         }
-        let args = GemmArgs {
-            m: rows.len(),
-            // Empty when K = 0, whatever the stride.
-            a: Rows::Matrix { data: a.data.get(rows.start * a.row_stride..).unwrap_or(&[]), stride: a.row_stride },
-            a_zp: a.zero_point,
-            b: self.b,
-            stage: self.stage,
-            columns: cols,
-            out,
-        };
-        driver::gemm_in(self.kernel, args, scratch);
+        if let Some(d) = &self.dequant {
+            // SAFETY: as above; the kernel's window is gone.
+            let out = unsafe { self.out.window_shared(rows.start, cols.start, rows.len(), cols.len()) };
+            d.apply(out.into_i32(), cols.start);
+        }
     }
 }

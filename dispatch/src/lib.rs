@@ -80,7 +80,8 @@ pub use conv::{
 };
 pub use error::{Error, ErrorKind, Result};
 pub use gemm::{
-    Activations, GemmTasks, Options, OutputBuffer, OutputMatrix, PackedWeights, Weights, gemm, gemm_in, gemm_with,
+    Activations, GemmTasks, Options, OutputBuffer, OutputMatrix, PackedWeights, WeightElement, Weights, gemm, gemm_in,
+    gemm_with,
 };
 pub use isa::{Isa, KernelInfo, available_isas, detected_isa, force_isa, selected_isa};
 pub use operator::{Conv2d, Linear};
@@ -95,8 +96,8 @@ pub use workspace::{SCRATCH_BYTES_PER_THREAD, Workspace};
 
 /// The semantic types, shared with the reference.
 pub use qgemm_reference::{
-    Channelwise, Conv2dParams, FixedPointParams, OutputStage, OutputType, QuantizedElement, Requantization, Requantize,
-    WeightLayout,
+    Channelwise, Conv2dParams, Dequantize, FixedPointParams, OutputStage, OutputType, QuantizedElement, Requantization,
+    Requantize, WeightLayout,
 };
 
 /// The scalar oracle, for tests and fuzzers that check results against it.

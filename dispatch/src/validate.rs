@@ -1,6 +1,7 @@
 //! Argument checks shared by the entry points, and the lowering of a validated
 //! [`OutputStage`] to the kernels' borrowed form.
 
+use qgemm_kernels::output::OutView;
 use qgemm_kernels::output::{self as k, Param, Rounding, Scheme};
 use qgemm_reference::{Channelwise, OutputStage, OutputType, Requantization};
 
@@ -64,8 +65,21 @@ pub(crate) fn output_stage<'a>(stage: &'a OutputStage, channels: usize, out: Out
     {
         bail!(BufferLength, "bias: {} values for {channels} output channels", bias.len());
     }
+    match (&stage.dequantize, out) {
+        (None, OutputType::F32) => bail!(
+            OutputType,
+            "output is f32 but the output stage does not dequantize; f32 output needs OutputStage::dequantized"
+        ),
+        (Some(_), OutputType::F32) | (None, _) => {}
+        (Some(_), _) => bail!(
+            OutputType,
+            "output is {} but the output stage dequantizes to f32; {} output takes no dequantization",
+            out.name(),
+            out.name()
+        ),
+    }
     let requant = match (&stage.requantize, out) {
-        (None, OutputType::I32) => None,
+        (None, OutputType::I32 | OutputType::F32) => None,
         (Some(r), OutputType::U8 | OutputType::I8) => {
             let (lo, hi) = out.range();
             let ty = out.name();
@@ -94,6 +108,57 @@ pub(crate) fn output_stage<'a>(stage: &'a OutputStage, channels: usize, out: Out
         ),
     };
     Ok(k::OutputStage { bias: stage.bias.as_deref(), requant })
+}
+
+/// A validated dequantization to f32, applied to each tile of i32 accumulators once
+/// the kernel has stored them (in the f32 output's own memory).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Dequant<'a> {
+    scale: &'a Channelwise<f32>,
+    bias: Option<&'a [f32]>,
+}
+
+impl Dequant<'_> {
+    /// Replaces the i32 accumulators of `out`, a window whose first column is output
+    /// channel `first_column`, by their f32 values, stored as the f32's bits:
+    /// `f32(acc) · scale + bias`, each operation rounded once (the reference's
+    /// `dequantize`; the caller keeps the default floating-point environment).
+    pub(crate) fn apply(&self, mut out: OutView<'_, i32>, first_column: usize) {
+        let cols = out.cols();
+        for r in 0..out.rows() {
+            for (j, x) in out.row_mut(r, 0, cols).iter_mut().enumerate() {
+                let n = first_column + j;
+                let y = *x as f32 * self.scale.at(n);
+                let y = match self.bias {
+                    Some(b) => y + b[n],
+                    None => y,
+                };
+                *x = y.to_bits() as i32;
+            }
+        }
+    }
+}
+
+/// The dequantization of a validated stage (see [`output_stage`]) for f32 output.
+pub(crate) fn dequant(stage: &OutputStage, channels: usize, out: OutputType) -> Result<Option<Dequant<'_>>> {
+    let Some(d) = stage.dequantize.as_ref().filter(|_| out == OutputType::F32) else {
+        return Ok(None);
+    };
+    check_channels("dequantize.scale", &d.scale, channels)?;
+    for (i, &s) in d.scale.values().iter().enumerate() {
+        if !s.is_finite() {
+            bail!(Scale, "dequantize.scale[{i}] = {s} is not finite");
+        }
+    }
+    if let Some(bias) = &d.bias {
+        if bias.len() != channels {
+            bail!(BufferLength, "dequantize.bias: {} values for {channels} output channels", bias.len());
+        }
+        if let Some((i, b)) = bias.iter().enumerate().find(|(_, b)| !b.is_finite()) {
+            bail!(Scale, "dequantize.bias[{i}] = {b} is not finite");
+        }
+    }
+    Ok(Some(Dequant { scale: &d.scale, bias: d.bias.as_deref() }))
 }
 
 fn param<T: Copy>(p: &Channelwise<T>) -> Param<'_, T> {

@@ -149,6 +149,8 @@ fn stage(p: &Problem, scheme: qgemm_scheme, per_column: bool, zero_point: i32, m
         zero_point,
         min,
         max,
+        f32_bias: ptr::null(),
+        f32_bias_len: 0,
     };
     Stage { c, rust, _keep: (multipliers, shifts, scales) }
 }
@@ -189,6 +191,7 @@ fn laid_out(p: &Problem, expected: &OutputData, ty: qgemm_output_type) -> Vec<i6
         OutputData::I32(v) => v.iter().map(|&x| i64::from(x)).collect(),
         OutputData::U8(v) => v.iter().map(|&x| i64::from(x)).collect(),
         OutputData::I8(v) => v.iter().map(|&x| i64::from(x)).collect(),
+        OutputData::F32(v) => v.iter().map(|&x| i64::from(x.to_bits())).collect(),
     };
     let mut out = vec![fill; len];
     for r in 0..p.m {
@@ -464,6 +467,8 @@ fn conv2d_equals_the_reference() {
                     zero_point,
                     min,
                     max,
+                    f32_bias: ptr::null(),
+                    f32_bias_len: 0,
                 };
                 let rust_stage = OutputStage::new(
                     Some(bias.clone()),
@@ -476,6 +481,7 @@ fn conv2d_equals_the_reference() {
                     OutputData::I32(v) => v.into_iter().map(i64::from).collect(),
                     OutputData::U8(v) => v.into_iter().map(i64::from).collect(),
                     OutputData::I8(v) => v.into_iter().map(i64::from).collect(),
+                    OutputData::F32(v) => v.into_iter().map(|x| i64::from(x.to_bits())).collect(),
                 };
                 let mut buf = vec![0i32; rows * oc]; // big enough for every type
                 let out = qgemm_output {
@@ -526,6 +532,8 @@ fn conv2d_equals_the_reference() {
                 zero_point: 0,
                 min: 0,
                 max: 0,
+                f32_bias: ptr::null(),
+                f32_bias_len: 0,
             };
             // SAFETY: as above.
             unsafe {
@@ -781,6 +789,8 @@ fn conv_tasks_and_threads_equal_the_reference() {
         zero_point: 0,
         min: 0,
         max: 0,
+        f32_bias: ptr::null(),
+        f32_bias_len: 0,
     };
 
     let mut out = Out::new(QGEMM_OUTPUT_I32, rows, oc);
@@ -1090,4 +1100,44 @@ fn operators_through_c_equal_the_reference() {
         qgemm_packed_conv_weights_free(packed);
         qgemm_workspace_free(workspace);
     }
+}
+
+#[test]
+fn f32_output_through_c() {
+    let p = Problem::random(0xf32c, 7, 45, 19, true);
+    let handle = p.packed();
+    let scales: Vec<f32> = (0..p.n).map(|j| 1.0 / (300.0 + j as f32)).collect();
+    let f32_bias: Vec<f32> = (0..p.n).map(|j| j as f32 * 0.25 - 2.0).collect();
+    let s = stage(&p, QGEMM_SCHEME_NONE, false, 0, 0, 0);
+    let c_stage = qgemm_output_stage {
+        scheme: QGEMM_SCHEME_DEQUANTIZE,
+        scales: scales.as_ptr(),
+        params_len: p.n,
+        f32_bias: f32_bias.as_ptr(),
+        f32_bias_len: p.n,
+        ..s.c
+    };
+    let mut out = vec![0f32; p.m * p.n];
+    let c = qgemm_output {
+        r#type: QGEMM_OUTPUT_F32,
+        data: out.as_mut_ptr().cast(),
+        data_len: out.len(),
+        rows: p.m,
+        cols: p.n,
+        row_stride: p.n,
+    };
+    // SAFETY: live handle and buffers of the lengths given.
+    let status = unsafe { qgemm_gemm(&p.activations(), handle, &c_stage, &c) };
+    assert_eq!(status, QGEMM_OK, "{}", last_error());
+    let mut rust = OutputStage::dequantized(qgemm::Dequantize::new(scales.clone()).with_bias(f32_bias.clone()));
+    rust.bias = Some(p.bias.clone());
+    assert!(OutputData::F32(out) == p.expected(&rust, qgemm::OutputType::F32));
+    // A dequantizing stage into u8: refused.
+    let mut u8s = vec![0u8; p.m * p.n];
+    let c8 = qgemm_output { r#type: QGEMM_OUTPUT_U8, data: u8s.as_mut_ptr().cast(), ..c };
+    // SAFETY: as above.
+    let status = unsafe { qgemm_gemm(&p.activations(), handle, &c_stage, &c8) };
+    assert_eq!(status, QGEMM_STATUS_OUTPUT_TYPE, "{}", last_error());
+    // SAFETY: a live handle, freed once.
+    unsafe { qgemm_packed_weights_free(handle) };
 }

@@ -199,14 +199,14 @@ fn size_products_that_overflow() {
     let e = PackedWeights::new(Weights::kxn(&w, usize::MAX / 2, 3)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Overflow, "{e}");
     // K·N fits, but padding N up to the tile does not.
-    let e = PackedWeights::new(Weights::kxn(&[], 0, usize::MAX)).unwrap_err();
+    let e = PackedWeights::new(Weights::kxn(&[] as &[i8], 0, usize::MAX)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Overflow, "{e}");
 
     // K = 0 makes K·N = 0 for any N, but the per-column data of an absurd N cannot be
     // allocated: an error, not an abort. (Miri stops the program at a request it cannot
     // satisfy instead of failing it, so this case runs natively only.)
     if !cfg!(miri) {
-        let e = PackedWeights::new(Weights::nxk(&[], 1 << 60, 0)).unwrap_err();
+        let e = PackedWeights::new(Weights::nxk(&[] as &[i8], 1 << 60, 0)).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::OutOfMemory, "{e}");
     }
 
@@ -333,7 +333,7 @@ fn weights_packed_for_another_isa_or_an_unavailable_isa() {
         N,
         options,
     );
-    let e = PackedWeights::for_isa(missing, Weights::kxn(&[0; 4], 2, 2)).unwrap_err();
+    let e = PackedWeights::for_isa(missing, Weights::kxn(&[0i8; 4], 2, 2)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::IsaUnavailable);
     assert!(e.to_string().contains(missing.name()), "{e}");
     let e = qgemm::force_isa(Some(missing)).unwrap_err();
@@ -430,17 +430,21 @@ fn conv_errors() {
     let grouped = good.with_groups(2);
     conv_error(ErrorKind::WeightsMismatch, "groups = 2 (the weights have 1)", &grouped, &weights, len);
     // Conv weights with the wrong length or a group count that does not divide.
-    let e =
-        PackedConvWeights::new(ConvWeights::new(&[0; 10], &Conv2dParams::new([1, 3, 3, 4], 2, [3, 3]).with_groups(1)))
-            .unwrap_err();
+    let e = PackedConvWeights::new(ConvWeights::new(
+        &[0i8; 10],
+        &Conv2dParams::new([1, 3, 3, 4], 2, [3, 3]).with_groups(1),
+    ))
+    .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::BufferLength);
-    let e =
-        PackedConvWeights::new(ConvWeights::new(&[0; 18], &Conv2dParams::new([1, 3, 3, 3], 2, [3, 3]).with_groups(2)))
-            .unwrap_err();
+    let e = PackedConvWeights::new(ConvWeights::new(
+        &[0i8; 18],
+        &Conv2dParams::new([1, 3, 3, 3], 2, [3, 3]).with_groups(2),
+    ))
+    .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Dimension);
     // OIHW weights one value short: the message names the layout and its dimensions.
     let e = PackedConvWeights::new(
-        ConvWeights::new(&[0; 71], &Conv2dParams::new([1, 3, 3, 4], 2, [3, 3]).with_groups(1))
+        ConvWeights::new(&[0i8; 71], &Conv2dParams::new([1, 3, 3, 4], 2, [3, 3]).with_groups(1))
             .with_layout(qgemm::FilterLayout::Oihw),
     )
     .unwrap_err();

@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::{ConvCase, GemmCase, Rng, first_mismatch, requantize_for, schemes};
+use common::{ConvCase, GemmCase, Rng, dequantize_for, first_mismatch, requantize_for, schemes};
 use qgemm::{Conv2dParams, OutputType};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -129,6 +129,13 @@ fn cases() -> Vec<(String, Case)> {
             case.stage.bias = Some(bias);
             out.push((format!("gemm {m}x{k}x{n} {ty:?} {:?}", case.stage.requantize), Case::Gemm(case)));
         }
+        // f32 output: the conversion, the multiply and the f32 bias, with subnormal
+        // and infinite results among them.
+        for per_channel in [false, true] {
+            let mut case = GemmCase::random(&mut rng, m, n, k).with_output(OutputType::F32, None);
+            case.stage.dequantize = Some(dequantize_for(&mut rng, n, per_channel, true));
+            out.push((format!("gemm {m}x{k}x{n} f32 {:?}", case.stage.dequantize), Case::Gemm(case)));
+        }
     }
     let p = Conv2dParams::new;
     let convs = [
@@ -149,6 +156,10 @@ fn cases() -> Vec<(String, Case)> {
             case.stage.bias = Some(bias);
             out.push((format!("conv {label} {ty:?} {:?}", case.stage.requantize), Case::Conv(case)));
         }
+        let mut case = ConvCase::random(&mut rng, params);
+        case.out = OutputType::F32;
+        case.stage.dequantize = Some(dequantize_for(&mut rng, params.out_channels, true, true));
+        out.push((format!("conv {label} f32 {:?}", case.stage.dequantize), Case::Conv(case)));
     }
     out
 }

@@ -8,7 +8,7 @@ use qgemm::{ErrorKind, Isa, PackedWeights, Weights};
 const CHILD: &str = "QGEMM_TEST_CHILD";
 
 fn pack_default() -> qgemm::Result<PackedWeights> {
-    PackedWeights::new(Weights::kxn(&[1, 2, 3, 4], 2, 2))
+    PackedWeights::new(Weights::kxn(&[1i8, 2, 3, 4], 2, 2))
 }
 
 fn describe(r: qgemm::Result<Isa>) -> String {

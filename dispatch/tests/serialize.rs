@@ -49,7 +49,7 @@ fn expect_format(result: qgemm::Result<impl std::fmt::Debug>, needle: &str, what
 #[test]
 fn the_checksum_is_crc32() {
     assert_eq!(crc32(b"123456789"), 0xcbf4_3926, "the standard check value");
-    let packed = PackedWeights::for_isa(Isa::Portable, Weights::kxn(&[1, 2, 3, 4, 5, 6], 2, 3)).unwrap();
+    let packed = PackedWeights::for_isa(Isa::Portable, Weights::kxn(&[1i8, 2, 3, 4, 5, 6], 2, 3)).unwrap();
     let bytes = packed.to_bytes();
     assert_eq!(&bytes[..8], b"QGEMMWTS");
     assert_eq!(u16::from_le_bytes([bytes[8], bytes[9]]), qgemm::WEIGHTS_FORMAT_VERSION);

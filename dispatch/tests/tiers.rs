@@ -78,7 +78,7 @@ fn every_tier_is_exact_on_adversarial_full_range_data() {
 
 #[test]
 fn forcing_a_tier_this_cpu_lacks_is_an_error_not_a_crash() {
-    let weights = Weights::kxn(&[1, 2, 3, 4], 2, 2);
+    let weights = Weights::kxn(&[1i8, 2, 3, 4], 2, 2);
     for &isa in Isa::ALL.iter().filter(|isa| !qgemm::available_isas().contains(isa)) {
         let e = qgemm::force_isa(Some(isa)).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::IsaUnavailable, "{isa}: {e}");

@@ -331,6 +331,17 @@ macro_rules! map_view {
 }
 
 impl<'a> OutData<'a> {
+    /// The view of i32 output.
+    ///
+    /// # Panics
+    /// For u8 or i8 output.
+    pub fn into_i32(self) -> OutView<'a, i32> {
+        match self {
+            OutData::I32(v) => v,
+            _ => panic!("an i32 view of u8 or i8 output"),
+        }
+    }
+
     /// Rows of the window.
     pub fn rows(&self) -> usize {
         on_view!(self, v => v.rows())

@@ -1,6 +1,6 @@
 //! GEMM as a triple loop, and the output stage applied element by element.
 
-use crate::requant::{check_requantize, requantize};
+use crate::requant::{check_requantize, dequantize, requantize};
 use crate::types::{Channelwise, OutputData, OutputStage, OutputType, WeightLayout};
 
 /// One GEMM problem: `C[m][n] = Σ_k (A[m][k] − a_zp) · (B[k][n] − b_zp[n])`.
@@ -74,8 +74,8 @@ pub fn gemm_accumulators(p: &GemmProblem<'_>) -> Vec<i32> {
     acc
 }
 
-/// The output stage over dense `rows × n` accumulators: bias (wrapping), then either
-/// the raw i32 values or requantization to u8/i8.
+/// The output stage over dense `rows × n` accumulators: bias (wrapping), then the raw
+/// i32 values, requantization to u8/i8, or dequantization to f32.
 ///
 /// # Panics
 /// If the stage does not fit `out` and `n` (see [`OutputStage`]).
@@ -97,11 +97,20 @@ pub fn apply_output_stage(acc: &[i32], n: usize, stage: &OutputStage, out: Outpu
     if let Some(r) = &stage.requantize {
         check_requantize(r, out);
     }
+    assert!(stage.dequantize.is_none() || out == OutputType::F32, "dequantization needs an f32 output");
     let len = acc.len();
     match out {
         OutputType::I32 => {
             assert!(stage.requantize.is_none(), "i32 output takes no requantization");
             OutputData::I32((0..len).map(biased).collect())
+        }
+        OutputType::F32 => {
+            let d = stage.dequantize.as_ref().expect("f32 output needs dequantization");
+            if let Some(bias) = &d.bias {
+                assert_eq!(bias.len(), n, "f32 bias length");
+            }
+            let value = |i: usize| dequantize(biased(i), d.scale.at(i % n), d.bias.as_ref().map(|b| b[i % n]));
+            OutputData::F32((0..len).map(value).collect())
         }
         OutputType::U8 => {
             OutputData::U8((0..len).map(|i| u8::try_from(quantized(i)).expect("clamped to u8")).collect())

@@ -104,11 +104,11 @@ mod types;
 pub use conv::{Conv2dProblem, conv2d, conv2d_accumulators};
 pub use gemm::{GemmProblem, apply_output_stage, gemm, gemm_accumulators};
 pub use requant::{
-    f32_nearest, fixed_point, fixed_point_half_up, fixed_point_single_rounding, float, onnx_float_scale, quantize_bias,
-    quantize_multiplier, requantize, rounding_divide_by_pot, saturating_rounding_doubling_high_mul,
-    tflite_real_multiplier,
+    dequantize, f32_add_nearest, f32_nearest, fixed_point, fixed_point_half_up, fixed_point_single_rounding, float,
+    onnx_float_scale, quantize_bias, quantize_multiplier, requantize, rounding_divide_by_pot,
+    saturating_rounding_doubling_high_mul, tflite_real_multiplier,
 };
 pub use types::{
-    Channelwise, Conv2dParams, FixedPointParams, OutputData, OutputStage, OutputType, QuantizedElement, Requantization,
-    Requantize, WeightLayout,
+    Channelwise, Conv2dParams, Dequantize, FixedPointParams, OutputData, OutputStage, OutputType, QuantizedElement,
+    Requantization, Requantize, WeightLayout,
 };

@@ -2,6 +2,7 @@
 //! intermediates wherever the published definition needs more than 32 bits.
 
 use crate::types::{OutputType, Requantization, Requantize};
+use std::hint::black_box;
 
 /// gemmlowp's `SaturatingRoundingDoublingHighMul`: the high 32 bits of `2·a·b`,
 /// rounded to nearest with ties away from zero. `i32::MIN · i32::MIN` saturates to
@@ -99,6 +100,90 @@ fn round_ties_even(x: f32) -> i32 {
     let rest = x - whole as f32;
     let away = if x < 0.0 { -1 } else { 1 };
     if rest.abs() > 0.5 || (rest.abs() == 0.5 && whole % 2 != 0) { whole + away } else { whole }
+}
+
+/// `a + b` rounded to f32, ties to even, whatever the calling thread's floating-point
+/// environment: the exact sum of the two (integers at the smaller operand's scale) when
+/// their scales are within 2^28 of each other, rounded by [`f32_nearest`]; otherwise
+/// the larger operand, which is then the f32 nearest to the sum (the smaller is below
+/// a quarter of its unit in the last place). Infinities add as IEEE 754 says (exactly).
+pub fn f32_add_nearest(a: f32, b: f32) -> f32 {
+    // Everything on the bits, hidden from the optimizer: with denormals-are-zero,
+    // `x == 0.0` holds for a subnormal `x`, and LLVM, which assumes the default
+    // environment, may turn a test of the bits into that comparison.
+    let (bits_a, bits_b) = (black_box(a.to_bits()), black_box(b.to_bits()));
+    let finite = |bits: u32| bits & 0x7f80_0000 != 0x7f80_0000;
+    let zero = |bits: u32| bits & 0x7fff_ffff == 0;
+    if !finite(bits_a) || !finite(bits_b) {
+        return a + b; // exact: an infinity (or NaN) whatever the rounding
+    }
+    if zero(bits_a) && zero(bits_b) {
+        // Round to nearest: −0 only for −0 + −0.
+        return f32::from_bits(bits_a & bits_b & 0x8000_0000);
+    }
+    if zero(bits_b) {
+        return a;
+    }
+    if zero(bits_a) {
+        return b;
+    }
+    // ±m · 2^e with m < 2^24: a normal value has its implicit bit, a subnormal e = −149.
+    let parts = |bits: u32| -> (i64, i32) {
+        let exponent = ((bits >> 23) & 0xff) as i32;
+        let fraction = i64::from(bits & 0x7f_ffff);
+        let (m, e) = if exponent == 0 { (fraction, -149) } else { (fraction | 1 << 23, exponent - 150) };
+        (if bits >> 31 == 1 { -m } else { m }, e)
+    };
+    let ((ma, ea), (mb, eb)) = (parts(bits_a), parts(bits_b));
+    if ea > eb + 28 {
+        return a;
+    }
+    if eb > ea + 28 {
+        return b;
+    }
+    let e = ea.min(eb);
+    // Below 2^53 in magnitude: exact as an f64, as is its product by 2^e.
+    let sum = (ma << (ea - e)) + (mb << (eb - e));
+    if sum == 0 {
+        return 0.0;
+    }
+    let scale = f64::from_bits(((e + 1023) as u64) << 52);
+    f32_nearest(sum as f64 * scale)
+}
+
+/// The f32 output of a dequantizing stage for one accumulator of output channel
+/// `channel`: `f32(acc)`, times `scale`, plus `bias` where there is one, each step one
+/// f32 operation rounded to nearest even (no FMA), whatever the floating-point
+/// environment.
+pub fn dequantize(acc: i32, scale: f32, bias: Option<f32>) -> f32 {
+    let accf = f32_nearest(f64::from(acc));
+    // Exact in f64, as in `float`; widened on the bits, since the conversion
+    // instruction reads a subnormal scale as zero under denormals-are-zero.
+    let product = f32_nearest(widen(accf) * widen(scale));
+    match bias {
+        Some(b) => f32_add_nearest(product, b),
+        None => product,
+    }
+}
+
+/// `x` as an f64, exactly, from its bits (whatever the floating-point environment).
+fn widen(x: f32) -> f64 {
+    // Hidden from the optimizer, which would turn this back into the conversion.
+    let bits = black_box(x.to_bits());
+    let sign = u64::from(bits >> 31) << 63;
+    let exponent = u64::from((bits >> 23) & 0xff);
+    let fraction = u64::from(bits & 0x7f_ffff);
+    let magnitude = match exponent {
+        0 if fraction == 0 => 0,
+        // fraction · 2^−149 with its top bit at `top`: normal in f64.
+        0 => {
+            let top = 63 - u64::from(fraction.leading_zeros());
+            (top + 1023 - 149) << 52 | (fraction << (52 - top)) & ((1 << 52) - 1)
+        }
+        0xff => 0x7ff << 52 | fraction << 29,
+        e => (e + 1023 - 127) << 52 | fraction << 29,
+    };
+    f64::from_bits(sign | magnitude)
 }
 
 /// `x` rounded to f32, ties to even, on the bits of `x`: the same result under any

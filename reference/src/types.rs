@@ -229,11 +229,39 @@ impl Requantize {
     }
 }
 
+/// Dequantization to f32 output (MLAS's float output processor, dynamic
+/// quantization): per output channel `n`, `f32(acc) · scale[n] + bias[n]`, where `acc`
+/// is the accumulator plus the stage's i32 bias (if any), each operation one f32
+/// rounding to nearest even, in that order (no FMA). Build one with
+/// [`Dequantize::new`] and [`with_bias`](Dequantize::with_bias).
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct Dequantize {
+    /// The f32 multiplier per tensor or per channel, finite.
+    pub scale: Channelwise<f32>,
+    /// An f32 bias per output channel, finite, added after the multiply.
+    pub bias: Option<Vec<f32>>,
+}
+
+impl Dequantize {
+    /// `f32(acc) · scale`, the scale per tensor (`f32`) or per channel (`Vec<f32>`).
+    pub fn new(scale: impl Into<Channelwise<f32>>) -> Self {
+        Dequantize { scale: scale.into(), bias: None }
+    }
+
+    /// The same, plus an f32 bias per output channel.
+    pub fn with_bias(mut self, bias: impl Into<Vec<f32>>) -> Self {
+        self.bias = Some(bias.into());
+        self
+    }
+}
+
 /// What happens to the i32 accumulators before they are stored.
 ///
-/// An `OutputStage` with `requantize: None` produces i32 output; with `Some`, u8 or i8
-/// output (the output buffer's type decides which). Build one with
-/// [`OutputStage::i32`] or [`OutputStage::requantized`], then
+/// An `OutputStage` with neither `requantize` nor `dequantize` produces i32 output;
+/// with `requantize`, u8 or i8 output (the output buffer's type decides which); with
+/// `dequantize`, f32 output. Build one with [`OutputStage::i32`],
+/// [`OutputStage::requantized`] or [`OutputStage::dequantized`], then
 /// [`with_bias`](OutputStage::with_bias). The stage owns its parameters.
 #[derive(Clone, Debug, PartialEq, Default)]
 #[non_exhaustive]
@@ -242,6 +270,8 @@ pub struct OutputStage {
     pub bias: Option<Vec<i32>>,
     /// Requantization to u8/i8; `None` stores the raw i32 values.
     pub requantize: Option<Requantize>,
+    /// Dequantization to f32 (with f32 output only).
+    pub dequantize: Option<Dequantize>,
 }
 
 impl OutputStage {
@@ -249,17 +279,22 @@ impl OutputStage {
     /// of [`i32`](OutputStage::i32), [`requantized`](OutputStage::requantized) and
     /// [`with_bias`](OutputStage::with_bias).
     pub fn new(bias: Option<Vec<i32>>, requantize: Option<Requantize>) -> Self {
-        OutputStage { bias, requantize }
+        OutputStage { bias, requantize, dequantize: None }
     }
 
     /// The raw i32 accumulators, stored as they are (plus a bias, if one is added).
     pub fn i32() -> Self {
-        OutputStage { bias: None, requantize: None }
+        OutputStage { bias: None, requantize: None, dequantize: None }
     }
 
     /// The accumulators requantized to u8 or i8.
     pub fn requantized(requantize: Requantize) -> Self {
-        OutputStage { bias: None, requantize: Some(requantize) }
+        OutputStage { bias: None, requantize: Some(requantize), dequantize: None }
+    }
+
+    /// The accumulators dequantized to f32.
+    pub fn dequantized(dequantize: Dequantize) -> Self {
+        OutputStage { bias: None, requantize: None, dequantize: Some(dequantize) }
     }
 
     /// The same stage with an i32 bias per output channel, added (wrapping) before
@@ -281,6 +316,8 @@ pub enum OutputType {
     U8,
     /// Requantized i8.
     I8,
+    /// Dequantized f32.
+    F32,
 }
 
 impl OutputType {
@@ -290,6 +327,7 @@ impl OutputType {
             OutputType::I32 => (i32::MIN, i32::MAX),
             OutputType::U8 => (0, 255),
             OutputType::I8 => (-128, 127),
+            OutputType::F32 => (i32::MIN, i32::MAX),
         }
     }
 
@@ -299,12 +337,14 @@ impl OutputType {
             OutputType::I32 => "i32",
             OutputType::U8 => "u8",
             OutputType::I8 => "i8",
+            OutputType::F32 => "f32",
         }
     }
 }
 
-/// A dense, row-major output matrix produced by the reference.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A dense, row-major output matrix produced by the reference. Equality is of the
+/// bytes: f32 values compare by their bits (−0 differs from +0).
+#[derive(Clone, Debug)]
 pub enum OutputData {
     /// i32 output.
     I32(Vec<i32>),
@@ -312,7 +352,25 @@ pub enum OutputData {
     U8(Vec<u8>),
     /// i8 output.
     I8(Vec<i8>),
+    /// f32 output.
+    F32(Vec<f32>),
 }
+
+impl PartialEq for OutputData {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (OutputData::I32(a), OutputData::I32(b)) => a == b,
+            (OutputData::U8(a), OutputData::U8(b)) => a == b,
+            (OutputData::I8(a), OutputData::I8(b)) => a == b,
+            (OutputData::F32(a), OutputData::F32(b)) => {
+                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Eq for OutputData {}
 
 impl OutputData {
     /// The number of elements.
@@ -321,6 +379,7 @@ impl OutputData {
             OutputData::I32(v) => v.len(),
             OutputData::U8(v) => v.len(),
             OutputData::I8(v) => v.len(),
+            OutputData::F32(v) => v.len(),
         }
     }
 
@@ -335,6 +394,7 @@ impl OutputData {
             OutputData::I32(_) => OutputType::I32,
             OutputData::U8(_) => OutputType::U8,
             OutputData::I8(_) => OutputType::I8,
+            OutputData::F32(_) => OutputType::F32,
         }
     }
 }

@@ -37,9 +37,9 @@ use std::ffi::c_char;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crate::{
-    Activations, Channelwise, Conv2dParams, ConvInput, ConvWeights, Error, ErrorKind, FilterLayout, FixedPointParams,
-    Isa, OutputBuffer, OutputMatrix, OutputStage, PackedConvWeights, PackedWeights, Requantization, Requantize,
-    WeightLayout, Weights,
+    Activations, Channelwise, Conv2dParams, ConvInput, ConvWeights, Dequantize, Error, ErrorKind, FilterLayout,
+    FixedPointParams, Isa, OutputBuffer, OutputMatrix, OutputStage, PackedConvWeights, PackedWeights, Requantization,
+    Requantize, WeightLayout, Weights,
 };
 
 pub use operators::{
@@ -152,6 +152,8 @@ pub const QGEMM_OUTPUT_I32: qgemm_output_type = 0;
 pub const QGEMM_OUTPUT_U8: qgemm_output_type = 1;
 /// Requantized i8.
 pub const QGEMM_OUTPUT_I8: qgemm_output_type = 2;
+/// Dequantized f32 (`float`); the output stage's scheme is `QGEMM_SCHEME_DEQUANTIZE`.
+pub const QGEMM_OUTPUT_F32: qgemm_output_type = 3;
 
 /// A requantization scheme (see the README's semantics).
 pub type qgemm_scheme = u32;
@@ -165,6 +167,10 @@ pub const QGEMM_SCHEME_FIXED_POINT_HALF_UP: qgemm_scheme = 2;
 pub const QGEMM_SCHEME_FIXED_POINT_SINGLE_ROUNDING: qgemm_scheme = 3;
 /// ONNX Runtime / PyTorch / XNNPACK: one f32 multiply, round half to even.
 pub const QGEMM_SCHEME_FLOAT: qgemm_scheme = 4;
+/// f32 output: `f32(acc) * scales[n] + f32_bias[n]` (each operation rounded once, no
+/// FMA); `scales` and `params_len` as for `QGEMM_SCHEME_FLOAT` (finite), `f32_bias`
+/// optional. The zero point and clamp are ignored.
+pub const QGEMM_SCHEME_DEQUANTIZE: qgemm_scheme = 5;
 
 /// Weights before packing: K×N i8 in `layout`, with one zero point per tensor
 /// (`zero_points_len` = 1) or per output column (`zero_points_len` = N).
@@ -252,6 +258,11 @@ pub struct qgemm_output_stage {
     pub min: i32,
     /// The upper clamp, in the output type's range, `>= min`.
     pub max: i32,
+    /// `QGEMM_SCHEME_DEQUANTIZE`: N f32 values added after the multiply, or null for
+    /// none.
+    pub f32_bias: *const f32,
+    /// N, or 0 with a null `f32_bias`.
+    pub f32_bias_len: usize,
 }
 
 /// Convolution weights before packing, dense, in `layout` order, with one zero point
@@ -536,6 +547,22 @@ unsafe fn output_stage(stage: &qgemm_output_stage, n: usize) -> Result<OutputSta
             let scales = unsafe { slice(stage.scales, params, "stage.scales")? };
             Requantization::Float { scale: channelwise(scales, n, "stage.scales")? }
         }
+        QGEMM_SCHEME_DEQUANTIZE => {
+            // SAFETY: the caller's contract, for each pointer and its length.
+            let (scales, f32_bias) = unsafe {
+                (
+                    slice(stage.scales, params, "stage.scales")?,
+                    slice(stage.f32_bias, stage.f32_bias_len, "stage.f32_bias")?,
+                )
+            };
+            let mut dequantize = Dequantize::new(channelwise(scales, n, "stage.scales")?);
+            if !(stage.f32_bias.is_null() && stage.f32_bias_len == 0) {
+                dequantize = dequantize.with_bias(f32_bias);
+            }
+            let mut out = OutputStage::dequantized(dequantize);
+            out.bias = bias;
+            return Ok(out);
+        }
         other => return fail(QGEMM_STATUS_INVALID_ENUM, format!("scheme {other} is not a QGEMM_SCHEME_* constant")),
     };
     // C passes the zero point and clamp as int32_t, for either output type: they are
@@ -557,6 +584,7 @@ unsafe fn output_matrix<'a>(c: &qgemm_output, what: &str) -> Result<OutputMatrix
             QGEMM_OUTPUT_I32 => OutputBuffer::I32(slice_mut(c.data.cast(), c.data_len, &field)?),
             QGEMM_OUTPUT_U8 => OutputBuffer::U8(slice_mut(c.data.cast(), c.data_len, &field)?),
             QGEMM_OUTPUT_I8 => OutputBuffer::I8(slice_mut(c.data.cast(), c.data_len, &field)?),
+            QGEMM_OUTPUT_F32 => OutputBuffer::F32(slice_mut(c.data.cast(), c.data_len, &field)?),
             other => {
                 return fail(
                     QGEMM_STATUS_INVALID_ENUM,

@@ -4,9 +4,10 @@
 
 use super::threads::{self, qgemm_workspace};
 use super::{
-    Failure, QGEMM_OUTPUT_I8, QGEMM_OUTPUT_I32, QGEMM_OUTPUT_U8, QGEMM_STATUS_INVALID_ENUM, QGEMM_STATUS_NULL_POINTER,
-    boundary, conv2d_params, deref, fail, free_handle, output_matrix, output_stage, qgemm_conv2d_params, qgemm_output,
-    qgemm_output_stage, qgemm_output_type, qgemm_packed_conv_weights, qgemm_packed_weights, qgemm_status, slice,
+    Failure, QGEMM_OUTPUT_F32, QGEMM_OUTPUT_I8, QGEMM_OUTPUT_I32, QGEMM_OUTPUT_U8, QGEMM_STATUS_INVALID_ENUM,
+    QGEMM_STATUS_NULL_POINTER, boundary, conv2d_params, deref, fail, free_handle, output_matrix, output_stage,
+    qgemm_conv2d_params, qgemm_output, qgemm_output_stage, qgemm_output_type, qgemm_packed_conv_weights,
+    qgemm_packed_weights, qgemm_status, slice,
 };
 use crate::{Conv2d, Linear, OutputType};
 
@@ -31,6 +32,7 @@ fn to_output_type(t: qgemm_output_type) -> Result<OutputType, Failure> {
         QGEMM_OUTPUT_I32 => Ok(OutputType::I32),
         QGEMM_OUTPUT_U8 => Ok(OutputType::U8),
         QGEMM_OUTPUT_I8 => Ok(OutputType::I8),
+        QGEMM_OUTPUT_F32 => Ok(OutputType::F32),
         other => fail(QGEMM_STATUS_INVALID_ENUM, format!("output_type {other} is not a QGEMM_OUTPUT_* constant")),
     }
 }

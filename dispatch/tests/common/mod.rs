@@ -236,6 +236,13 @@ where
             let gaps = v.iter().enumerate().all(|(i, &x)| !in_gap(i) || x == 0x5a);
             (OutputData::I8(dense(&v, rows, cols, stride)), gaps)
         }
+        OutputType::F32 => {
+            let sentinel = f32::from_bits(0x5a5a_5a5a);
+            let mut v = vec![sentinel; len];
+            f(OutputMatrix::f32(&mut v, rows, cols).with_row_stride(stride)).expect("valid call");
+            let gaps = v.iter().enumerate().all(|(i, &x)| !in_gap(i) || x.to_bits() == 0x5a5a_5a5a);
+            (OutputData::F32(dense(&v, rows, cols, stride)), gaps)
+        }
         other => panic!("no output buffer for {other:?}"),
     }
 }
@@ -252,7 +259,43 @@ pub fn first_mismatch(got: &OutputData, expected: &OutputData, cols: usize) -> S
         (OutputData::I32(g), OutputData::I32(e)) => find(g, e, cols),
         (OutputData::U8(g), OutputData::U8(e)) => find(g, e, cols),
         (OutputData::I8(g), OutputData::I8(e)) => find(g, e, cols),
+        (OutputData::F32(g), OutputData::F32(e)) => {
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+            let (gb, eb) = (bits(g), bits(e));
+            match gb.iter().zip(&eb).position(|(x, y)| x != y) {
+                Some(i) => format!("[{}][{}]: got {:e}, expected {:e}", i / cols.max(1), i % cols.max(1), g[i], e[i]),
+                None => format!("lengths {} vs {}", g.len(), e.len()),
+            }
+        }
         _ => "different output types".into(),
+    }
+}
+
+/// A dequantizing stage for f32 output: scales per tensor or per channel across many
+/// binades (tiny ones give subnormal results, huge ones overflow to infinity), with an
+/// f32 bias or none.
+pub fn dequantize_for(rng: &mut Rng, channels: usize, per_channel: bool, with_bias: bool) -> qgemm::Dequantize {
+    let scale = |rng: &mut Rng| {
+        let exponent = [-150i32, -140, -120, -30, -12, -3, 0, 20, 100][rng.below(9)];
+        (1.0 + (rng.next_u64() % 1000) as f32 / 997.0)
+            * 2f32.powi(exponent)
+            * if rng.below(5) == 0 { -1.0 } else { 1.0 }
+    };
+    let scale: qgemm::Channelwise<f32> =
+        if per_channel { (0..channels).map(|_| scale(rng)).collect::<Vec<f32>>().into() } else { scale(rng).into() };
+    let d = qgemm::Dequantize::new(scale);
+    if with_bias {
+        let bias: Vec<f32> = (0..channels)
+            .map(|_| match rng.below(4) {
+                0 => 0.0,
+                1 => -0.0,
+                2 => f32::from_bits(rng.next_u64() as u32 & 0x807f_ffff), // subnormal
+                _ => (rng.next_u64() as i32 >> 8) as f32 / 64.0,
+            })
+            .collect();
+        d.with_bias(bias)
+    } else {
+        d
     }
 }
 
