@@ -88,6 +88,11 @@ typedef uint32_t qgemm_status;
 typedef uint32_t qgemm_weight_layout;
 
 /**
+ * The element type of weights before packing.
+ */
+typedef uint32_t qgemm_weight_element;
+
+/**
  * Weights before packing: K×N i8 in `layout`, with one zero point per tensor
  * (`zero_points_len` = 1) or per output column (`zero_points_len` = N).
  */
@@ -120,6 +125,10 @@ typedef struct qgemm_weights {
    * 1 (per tensor) or N (per column).
    */
   size_t zero_points_len;
+  /**
+   * A `QGEMM_WEIGHTS_*` constant: what `data` and `zero_points` point to.
+   */
+  qgemm_weight_element element;
 } qgemm_weights;
 
 /**
@@ -302,6 +311,10 @@ typedef struct qgemm_conv_weights {
    * 1 (per tensor) or OC (per output channel).
    */
   size_t zero_points_len;
+  /**
+   * A `QGEMM_WEIGHTS_*` constant: what `data` and `zero_points` point to.
+   */
+  qgemm_weight_element element;
 } qgemm_conv_weights;
 
 /**
@@ -600,6 +613,18 @@ typedef struct qgemm_partition {
  * N×K, row-major (the PyTorch/ONNX linear-weight layout).
  */
 #define QGEMM_LAYOUT_N_BY_K 1
+
+/**
+ * `int8_t` weights and zero points (the default: 0).
+ */
+#define QGEMM_WEIGHTS_I8 0
+
+/**
+ * `uint8_t` weights and zero points (MLAS's U8U8), passed through the `int8_t`
+ * pointers (cast them); packed as `w − 128` with zero point `zp − 128`, which
+ * changes no result.
+ */
+#define QGEMM_WEIGHTS_U8 1
 
 /**
  * `[out_channels][kernel_height][kernel_width][in_channels / groups]` (TFLite).

@@ -637,7 +637,7 @@ impl<'a> GemmTasks<'a> {
     }
 
     /// The scratch that every task fits in.
-    fn scratch_needs(&self) -> ScratchNeeds {
+    pub(crate) fn scratch_needs(&self) -> ScratchNeeds {
         let tiles = (0..self.len()).filter_map(|i| self.grid.tile(i));
         tiles.fold(ScratchNeeds::default(), |most, tile| most.max(self.needs(&tile)))
     }
@@ -652,7 +652,7 @@ impl<'a> GemmTasks<'a> {
     }
 
     /// Runs task `index` if it has not run.
-    fn run_in(&self, index: usize, scratch: &mut Scratch) {
+    pub(crate) fn run_in(&self, index: usize, scratch: &mut Scratch) {
         if let Ok(tile) = self.grid.start(index) {
             self.compute(tile, scratch);
         }

@@ -61,6 +61,7 @@
 
 #![warn(missing_docs)]
 
+mod batch;
 mod conv;
 mod error;
 #[cfg(feature = "capi")]
@@ -75,6 +76,7 @@ mod spin;
 mod validate;
 mod workspace;
 
+pub use batch::{GemmBatchItem, gemm_batch};
 pub use conv::{
     Conv2dTasks, ConvInput, ConvPath, ConvWeights, FilterLayout, PackedConvWeights, conv2d, conv2d_in, conv2d_with,
 };

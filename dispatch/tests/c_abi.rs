@@ -67,6 +67,7 @@ impl Problem {
             n: self.n,
             zero_points: self.b_zp.as_ptr(),
             zero_points_len: self.b_zp.len(),
+            element: QGEMM_WEIGHTS_I8,
         }
     }
 
@@ -445,6 +446,7 @@ fn conv2d_equals_the_reference() {
                 groups,
                 zero_points: zps.as_ptr(),
                 zero_points_len: oc,
+                element: QGEMM_WEIGHTS_I8,
             };
             let mut handle = ptr::null_mut();
             // SAFETY: the weights point to live buffers of the given lengths.
@@ -773,6 +775,7 @@ fn conv_tasks_and_threads_equal_the_reference() {
         groups,
         zero_points: zps.as_ptr(),
         zero_points_len: 1,
+        element: QGEMM_WEIGHTS_I8,
     };
     let mut handle = ptr::null_mut();
     // SAFETY: the weights point to live buffers of the given lengths.
@@ -1052,6 +1055,7 @@ fn operators_through_c_equal_the_reference() {
         groups: 2,
         zero_points: zp.as_ptr(),
         zero_points_len: 1,
+        element: QGEMM_WEIGHTS_I8,
     };
     let mut packed = ptr::null_mut();
     // SAFETY: live buffers of the lengths given.
@@ -1138,6 +1142,34 @@ fn f32_output_through_c() {
     // SAFETY: as above.
     let status = unsafe { qgemm_gemm(&p.activations(), handle, &c_stage, &c8) };
     assert_eq!(status, QGEMM_STATUS_OUTPUT_TYPE, "{}", last_error());
+    // SAFETY: a live handle, freed once.
+    unsafe { qgemm_packed_weights_free(handle) };
+}
+
+#[test]
+fn u8_weights_through_c() {
+    // u8 weights w with zero point z give the same bytes as i8 weights w − 128 with
+    // zero point z − 128.
+    let p = Problem::random(0x08c, 6, 50, 13, true);
+    let w_u8: Vec<u8> = p.b_nxk.iter().map(|&x| (x as u8) ^ 0x80).collect();
+    let zp_u8: Vec<u8> = p.b_zp.iter().map(|&z| (z as u8) ^ 0x80).collect();
+    let desc = qgemm_weights {
+        data: w_u8.as_ptr().cast(),
+        zero_points: zp_u8.as_ptr().cast(),
+        element: QGEMM_WEIGHTS_U8,
+        ..p.weights()
+    };
+    let mut handle = ptr::null_mut();
+    // SAFETY: live buffers of the lengths given.
+    assert_eq!(unsafe { qgemm_packed_weights_new(&desc, &mut handle) }, QGEMM_OK, "{}", last_error());
+    let s = stage(&p, QGEMM_SCHEME_FIXED_POINT, true, 10, 0, 200);
+    let (status, got) = run(&p, handle, &s.c, QGEMM_OUTPUT_U8);
+    assert_eq!(status, QGEMM_OK);
+    assert_eq!(got, laid_out(&p, &p.expected(&s.rust, qgemm::OutputType::U8), QGEMM_OUTPUT_U8));
+    let bad = qgemm_weights { element: 7, ..desc };
+    let mut none = ptr::null_mut();
+    // SAFETY: as above.
+    assert_eq!(unsafe { qgemm_packed_weights_new(&bad, &mut none) }, QGEMM_STATUS_INVALID_ENUM);
     // SAFETY: a live handle, freed once.
     unsafe { qgemm_packed_weights_free(handle) };
 }

@@ -137,6 +137,15 @@ pub const QGEMM_LAYOUT_K_BY_N: qgemm_weight_layout = 0;
 /// N×K, row-major (the PyTorch/ONNX linear-weight layout).
 pub const QGEMM_LAYOUT_N_BY_K: qgemm_weight_layout = 1;
 
+/// The element type of weights before packing.
+pub type qgemm_weight_element = u32;
+/// `int8_t` weights and zero points (the default: 0).
+pub const QGEMM_WEIGHTS_I8: qgemm_weight_element = 0;
+/// `uint8_t` weights and zero points (MLAS's U8U8), passed through the `int8_t`
+/// pointers (cast them); packed as `w − 128` with zero point `zp − 128`, which
+/// changes no result.
+pub const QGEMM_WEIGHTS_U8: qgemm_weight_element = 1;
+
 /// The order of convolution weights.
 pub type qgemm_filter_layout = u32;
 /// `[out_channels][kernel_height][kernel_width][in_channels / groups]` (TFLite).
@@ -191,6 +200,8 @@ pub struct qgemm_weights {
     pub zero_points: *const i8,
     /// 1 (per tensor) or N (per column).
     pub zero_points_len: usize,
+    /// A `QGEMM_WEIGHTS_*` constant: what `data` and `zero_points` point to.
+    pub element: qgemm_weight_element,
 }
 
 /// The activations A of one call: M×K u8, row-major, rows `row_stride` apart.
@@ -290,6 +301,8 @@ pub struct qgemm_conv_weights {
     pub zero_points: *const i8,
     /// 1 (per tensor) or OC (per output channel).
     pub zero_points_len: usize,
+    /// A `QGEMM_WEIGHTS_*` constant: what `data` and `zero_points` point to.
+    pub element: qgemm_weight_element,
 }
 
 /// The shape of a 2-D convolution: NHWC input `[batch, in_height, in_width,
@@ -596,6 +609,13 @@ unsafe fn output_matrix<'a>(c: &qgemm_output, what: &str) -> Result<OutputMatrix
     Ok(OutputMatrix { buffer, rows: c.rows, cols: c.cols, row_stride: c.row_stride })
 }
 
+/// The bytes of an `int8_t` slice that holds `uint8_t` values.
+fn as_u8(values: &[i8]) -> &[u8] {
+    // SAFETY: i8 and u8 have the same size, alignment and validity (every bit pattern),
+    // and the result borrows `values`.
+    unsafe { std::slice::from_raw_parts(values.as_ptr().cast(), values.len()) }
+}
+
 /// Releases a handle made by `Box::into_raw`; null does nothing.
 ///
 /// # Safety
@@ -801,8 +821,20 @@ pub unsafe extern "C" fn qgemm_packed_weights_new(
                 slice(w.zero_points, w.zero_points_len, "weights.zero_points")?,
             )
         };
-        let zero_point = channelwise(zero_points, w.n, "weights.zero_points")?;
-        let packed = PackedWeights::new(Weights::new(data, layout, w.k, w.n).with_zero_point(zero_point))?;
+        let packed = match w.element {
+            QGEMM_WEIGHTS_I8 => {
+                let zero_point = channelwise(zero_points, w.n, "weights.zero_points")?;
+                PackedWeights::new(Weights::new(data, layout, w.k, w.n).with_zero_point(zero_point))?
+            }
+            QGEMM_WEIGHTS_U8 => {
+                let (data, zero_points) = (as_u8(data), as_u8(zero_points));
+                let zero_point = channelwise(zero_points, w.n, "weights.zero_points")?;
+                PackedWeights::new(Weights::new(data, layout, w.k, w.n).with_zero_point(zero_point))?
+            }
+            other => {
+                return fail(QGEMM_STATUS_INVALID_ENUM, format!("element {other} is not a QGEMM_WEIGHTS_* constant"));
+            }
+        };
         // SAFETY: `out` is non-null and writable (the caller's contract).
         unsafe { out.write(Box::into_raw(Box::new(qgemm_packed_weights(packed)))) };
         Ok(())
@@ -908,12 +940,24 @@ pub unsafe extern "C" fn qgemm_packed_conv_weights_new(
                 slice(w.zero_points, w.zero_points_len, "weights.zero_points")?,
             )
         };
-        let zero_point = channelwise(zero_points, w.out_channels, "weights.zero_points")?;
         // The filter shape is all that packing reads of the convolution.
         let shape = Conv2dParams::new([1, 1, 1, w.in_channels], w.out_channels, [w.kernel_height, w.kernel_width])
             .with_groups(w.groups);
-        let weights = ConvWeights::new(data, &shape).with_layout(layout).with_zero_point(zero_point);
-        let packed = PackedConvWeights::new(weights)?;
+        let oc = w.out_channels;
+        let packed = match w.element {
+            QGEMM_WEIGHTS_I8 => {
+                let zero_point = channelwise(zero_points, oc, "weights.zero_points")?;
+                PackedConvWeights::new(ConvWeights::new(data, &shape).with_layout(layout).with_zero_point(zero_point))?
+            }
+            QGEMM_WEIGHTS_U8 => {
+                let zero_point = channelwise(as_u8(zero_points), oc, "weights.zero_points")?;
+                let weights = ConvWeights::new(as_u8(data), &shape).with_layout(layout).with_zero_point(zero_point);
+                PackedConvWeights::new(weights)?
+            }
+            other => {
+                return fail(QGEMM_STATUS_INVALID_ENUM, format!("element {other} is not a QGEMM_WEIGHTS_* constant"));
+            }
+        };
         // SAFETY: `out` is non-null and writable (the caller's contract).
         unsafe { out.write(Box::into_raw(Box::new(qgemm_packed_conv_weights(packed)))) };
         Ok(())
