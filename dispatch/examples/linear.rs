@@ -2,7 +2,8 @@
 //! PyTorch: per-channel symmetric int8 weights (N×K), u8 activations with a zero
 //! point, an f32 bias quantized to i32, and one Float scale per output channel
 //! (`a_scale · w_scale[n] / y_scale`), ReLU fused. Checks qgemm's bytes against the
-//! reference and reports how far the dequantized result is from the f32 layer.
+//! reference and reports how far the dequantized result is from the f32 layer; then
+//! saves the packed weights, loads them back and runs them as a `qgemm::Linear`.
 //!
 //! `cargo run --release -p qgemm --example linear`
 
@@ -46,6 +47,15 @@ fn main() -> qgemm::Result<()> {
     let options = Options::new().with_threads(2);
     qgemm::gemm_in(&acts, &packed, &stage, OutputMatrix::u8(&mut y, m, n), &options, &mut workspace)?;
 
+    // The same layer as an engine keeps it: the weights saved with the model and loaded
+    // back, inside a `Linear` operator created once and run with the workspace.
+    let saved = packed.to_bytes();
+    let loaded = PackedWeights::from_bytes(&saved)?;
+    let linear = qgemm::Linear::new(loaded, a_zp, stage.clone(), qgemm::OutputType::U8)?.with_options(options)?;
+    let mut y_op = vec![0u8; m * n];
+    linear.run(&a, m, OutputMatrix::u8(&mut y_op, m, n), &mut workspace)?;
+    assert!(y_op == y, "the operator on loaded weights differs from the call");
+
     // The reference's bytes.
     let problem = qgemm::reference::GemmProblem {
         m,
@@ -64,9 +74,11 @@ fn main() -> qgemm::Result<()> {
     let max_err = y.iter().zip(&y_f32).map(|(&q, &f)| (q as f32 * y_scale - f).abs()).fold(0.0f32, f32::max);
     println!(
         "linear {m}x{k} -> {n} on {} ({}): equal to the reference byte for byte; \
-         dequantized output within {max_err:.4} of the f32 layer (output step {y_scale:.4})",
+         dequantized output within {max_err:.4} of the f32 layer (output step {y_scale:.4}); \
+         the weights saved ({} bytes), loaded and run as a qgemm::Linear: the same bytes",
         packed.isa(),
-        packed.kernel_info().name
+        packed.kernel_info().name,
+        saved.len()
     );
     Ok(())
 }
