@@ -156,9 +156,15 @@ typedef struct qgemm_activations {
    */
   size_t row_stride;
   /**
-   * The activation zero point.
+   * The activation zero point (with `signed`, the `int8_t` zero point's byte:
+   * `(uint8_t)zp`).
    */
   uint8_t zero_point;
+  /**
+   * False (the default): `uint8_t` activations. True: `int8_t` activations, passed
+   * through the `uint8_t` pointer (cast it), with an `int8_t` zero point.
+   */
+  bool signed_;
 } qgemm_activations;
 
 /**

@@ -231,12 +231,14 @@ impl PackedWeights {
     }
 }
 
-/// The activation matrix A (M×K, u8, row-major) of one call. Build one with
-/// [`Activations::new`].
+/// The activation matrix A (M×K, row-major) of one call: u8 with a u8 zero point
+/// ([`Activations::new`]), or i8 with an i8 zero point ([`Activations::i8`], as ONNX
+/// Runtime's and XNNPACK's s8 × s8 take them).
 #[derive(Clone, Copy, Debug)]
 #[non_exhaustive]
 pub struct Activations<'a> {
-    /// `A[m][k]` is at `data[m * row_stride + k]`.
+    /// `A[m][k]` is at `data[m * row_stride + k]`: the values, or for i8 activations
+    /// their bytes.
     pub data: &'a [u8],
     /// M.
     pub rows: usize,
@@ -244,19 +246,57 @@ pub struct Activations<'a> {
     pub cols: usize,
     /// Distance between rows, `>= cols`.
     pub row_stride: usize,
-    /// The activation zero point.
+    /// The activation zero point (for i8 activations, its byte: see `signed`).
     pub zero_point: u8,
+    /// Whether `data` and `zero_point` hold i8 values ([`Activations::i8`]). They are
+    /// computed as the u8 values `a + 128` with the zero point `zp + 128`, which
+    /// leaves every difference `a − zp`, so every result, exactly as it is.
+    pub signed: bool,
 }
 
 impl<'a> Activations<'a> {
-    /// A dense `rows × cols` matrix.
+    /// A dense `rows × cols` matrix of u8 values.
     pub fn new(data: &'a [u8], rows: usize, cols: usize, zero_point: u8) -> Activations<'a> {
-        Activations { data, rows, cols, row_stride: cols, zero_point }
+        Activations { data, rows, cols, row_stride: cols, zero_point, signed: false }
+    }
+
+    /// A dense `rows × cols` matrix of i8 values with an i8 zero point (GEMMs and
+    /// [`Linear`](crate::Linear); convolutions take u8 input).
+    ///
+    /// ```
+    /// # use qgemm::{Activations, OutputMatrix, OutputStage, PackedWeights, Weights};
+    /// let w = PackedWeights::new(Weights::kxn(&[1i8, -1], 2, 1))?;
+    /// let mut c = [0i32; 1];
+    /// let a = Activations::i8(&[-128, 127], 1, 2, -3);
+    /// qgemm::gemm(&a, &w, &OutputStage::i32(), OutputMatrix::i32(&mut c, 1, 1))?;
+    /// assert_eq!(c, [(-128 + 3) - (127 + 3)]);
+    /// # Ok::<(), qgemm::Error>(())
+    /// ```
+    pub fn i8(data: &'a [i8], rows: usize, cols: usize, zero_point: i8) -> Activations<'a> {
+        // SAFETY: i8 and u8 have the same size, alignment and validity (every bit
+        // pattern); the result borrows `data` for 'a.
+        let bytes = unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<u8>(), data.len()) };
+        Activations { data: bytes, rows, cols, row_stride: cols, zero_point: zero_point as u8, signed: true }
     }
 
     /// The same matrix with rows `row_stride` elements apart.
     pub fn with_row_stride(self, row_stride: usize) -> Activations<'a> {
         Activations { row_stride, ..self }
+    }
+
+    /// The rows as the kernels read them (u8 values), from row `first` on.
+    fn rows_from(&self, first: usize) -> Rows<'a> {
+        let data = self.data.get(first * self.row_stride..).unwrap_or(&[]);
+        if self.signed {
+            Rows::Flipped { data, stride: self.row_stride }
+        } else {
+            Rows::Matrix { data, stride: self.row_stride }
+        }
+    }
+
+    /// The zero point of the u8 values the kernels read.
+    fn kernel_zero_point(&self) -> u8 {
+        if self.signed { self.zero_point ^ 0x80 } else { self.zero_point }
     }
 }
 
@@ -556,7 +596,7 @@ const INDIRECT_MAX_K: usize = 4096;
 /// AVX2's is its fast path's, chosen by the data). The packed B serves as it is: a
 /// single run is packed as the GEMM packs K.
 fn indirect_plan(a: &Activations<'_>, k: usize, kernel: &Kernel) -> Option<(ConvGeometry, Plan)> {
-    if a.rows < 2 || k == 0 || k > INDIRECT_MAX_K || a.row_stride != k || !kernel.has_indirect() {
+    if a.signed || a.rows < 2 || k == 0 || k > INDIRECT_MAX_K || a.row_stride != k || !kernel.has_indirect() {
         return None;
     }
     // An image of one row of M pixels, K channels, a 1×1 kernel (N is not read).
@@ -647,7 +687,7 @@ impl<'a> GemmTasks<'a> {
         let (m, columns) = (tile.rows.len(), tile.cols.clone());
         match self.indirect {
             Some((_, plan)) => indirect::gemm_needs(self.kernel, m, &plan, columns),
-            None => driver::gemm_needs(self.kernel, m, true, self.b, columns),
+            None => driver::gemm_needs(self.kernel, m, !self.a.signed, self.b, columns),
         }
     }
 
@@ -688,8 +728,8 @@ impl<'a> GemmTasks<'a> {
             let args = GemmArgs {
                 m: rows.len(),
                 // Empty when K = 0, whatever the stride.
-                a: Rows::Matrix { data: a.data.get(rows.start * a.row_stride..).unwrap_or(&[]), stride: a.row_stride },
-                a_zp: a.zero_point,
+                a: a.rows_from(rows.start),
+                a_zp: a.kernel_zero_point(),
                 b: self.b,
                 stage: self.stage,
                 columns: cols.clone(),

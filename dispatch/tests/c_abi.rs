@@ -79,6 +79,7 @@ impl Problem {
             cols: self.k,
             row_stride: self.k,
             zero_point: self.a_zp,
+            signed: false,
         }
     }
 
@@ -1170,6 +1171,33 @@ fn u8_weights_through_c() {
     let mut none = ptr::null_mut();
     // SAFETY: as above.
     assert_eq!(unsafe { qgemm_packed_weights_new(&bad, &mut none) }, QGEMM_STATUS_INVALID_ENUM);
+    // SAFETY: a live handle, freed once.
+    unsafe { qgemm_packed_weights_free(handle) };
+}
+
+#[test]
+fn i8_activations_through_c() {
+    // int8_t activations a with zero point z give the same bytes as uint8_t ones
+    // a + 128 with zero point z + 128.
+    let p = Problem::random(0x58c, 9, 60, 21, true);
+    let signed: Vec<u8> = p.a.iter().map(|&x| x ^ 0x80).collect();
+    let s = stage(&p, QGEMM_SCHEME_FLOAT, true, 128, 0, 255);
+    let handle = p.packed();
+    let a = qgemm_activations { data: signed.as_ptr(), zero_point: p.a_zp ^ 0x80, signed: true, ..p.activations() };
+    let stride = p.n + 3;
+    let mut c8 = vec![0x5a_u8; (p.m - 1) * stride + p.n];
+    let c = qgemm_output {
+        r#type: QGEMM_OUTPUT_U8,
+        data: c8.as_mut_ptr().cast(),
+        data_len: c8.len(),
+        rows: p.m,
+        cols: p.n,
+        row_stride: stride,
+    };
+    // SAFETY: live handle and buffers of the lengths given.
+    assert_eq!(unsafe { qgemm_gemm(&a, handle, &s.c, &c) }, QGEMM_OK, "{}", last_error());
+    let got: Vec<i64> = c8.into_iter().map(i64::from).collect();
+    assert_eq!(got, laid_out(&p, &p.expected(&s.rust, qgemm::OutputType::U8), QGEMM_OUTPUT_U8));
     // SAFETY: a live handle, freed once.
     unsafe { qgemm_packed_weights_free(handle) };
 }

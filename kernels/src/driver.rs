@@ -367,7 +367,7 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
     // The packed panels start every `nr` columns: blocks of columns run from the panel
     // holding `columns.start`, and a block that starts before it stores only its
     // columns from `columns.start` on (see `skip` below).
-    if let Rows::Matrix { data, stride } = a {
+    if let Rows::Matrix { data, stride } | Rows::Flipped { data, stride } = a {
         assert!(k == 0 || (stride >= k && data.len() >= (m - 1) * stride + k), "A too short");
     }
     let matrix = matches!(a, Rows::Matrix { .. });

@@ -116,6 +116,16 @@ pub enum Rows<'a> {
     },
     /// A convolution's taps, gathered while packing.
     Im2col(Im2col<'a>),
+    /// A row-major matrix of i8 activations, held as their bytes: row `r` is
+    /// `data[r * stride..][..k]`, and each value is read with its top bit flipped
+    /// (`a ^ 0x80`, that is `a + 128` as a u8), gathered while packing, so that the
+    /// kernels see u8 activations (and the zero point `zp + 128`).
+    Flipped {
+        /// The i8 values' bytes.
+        data: &'a [u8],
+        /// Distance between rows.
+        stride: usize,
+    },
 }
 
 impl<'a> Rows<'a> {
@@ -124,6 +134,7 @@ impl<'a> Rows<'a> {
         match self {
             Rows::Matrix { data, stride } => Rows::Matrix { data: data.get(r * stride..).unwrap_or(&[]), stride },
             Rows::Im2col(g) => Rows::Im2col(Im2col { first_pixel: g.first_pixel + r, ..g }),
+            Rows::Flipped { data, stride } => Rows::Flipped { data: data.get(r * stride..).unwrap_or(&[]), stride },
         }
     }
 
@@ -137,6 +148,11 @@ impl<'a> Rows<'a> {
         match self {
             Rows::Matrix { data, stride } => &data[r * stride + k0..r * stride + k1],
             Rows::Im2col(g) => g.row(r, k0, k1, buf),
+            Rows::Flipped { data, stride } => {
+                let (src, dst) = (&data[r * stride + k0..r * stride + k1], &mut buf[..k1 - k0]);
+                dst.iter_mut().zip(src).for_each(|(d, &s)| *d = s ^ 0x80);
+                dst
+            }
         }
     }
 
@@ -148,6 +164,10 @@ impl<'a> Rows<'a> {
                 (0..rows).map(|r| data[r * stride..r * stride + k].iter().fold(0, |m, &v| m.max(v))).max().unwrap_or(0)
             }
             Rows::Im2col(g) => g.max_value,
+            Rows::Flipped { data, stride } => (0..rows)
+                .map(|r| data[r * stride..r * stride + k].iter().fold(0, |m, &v| m.max(v ^ 0x80)))
+                .max()
+                .unwrap_or(0),
         }
     }
 }

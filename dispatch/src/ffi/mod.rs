@@ -218,8 +218,12 @@ pub struct qgemm_activations {
     pub cols: usize,
     /// Distance between rows, `>= cols`.
     pub row_stride: usize,
-    /// The activation zero point.
+    /// The activation zero point (with `signed`, the `int8_t` zero point's byte:
+    /// `(uint8_t)zp`).
     pub zero_point: u8,
+    /// False (the default): `uint8_t` activations. True: `int8_t` activations, passed
+    /// through the `uint8_t` pointer (cast it), with an `int8_t` zero point.
+    pub signed: bool,
 }
 
 /// The output C of one call: M×N of `type`, row-major, rows `row_stride` apart. Only
@@ -609,6 +613,13 @@ unsafe fn output_matrix<'a>(c: &qgemm_output, what: &str) -> Result<OutputMatrix
     Ok(OutputMatrix { buffer, rows: c.rows, cols: c.cols, row_stride: c.row_stride })
 }
 
+/// The `int8_t` values a `uint8_t` slice holds.
+fn as_i8(values: &[u8]) -> &[i8] {
+    // SAFETY: u8 and i8 have the same size, alignment and validity (every bit pattern),
+    // and the result borrows `values`.
+    unsafe { std::slice::from_raw_parts(values.as_ptr().cast(), values.len()) }
+}
+
 /// The bytes of an `int8_t` slice that holds `uint8_t` values.
 fn as_u8(values: &[i8]) -> &[u8] {
     // SAFETY: i8 and u8 have the same size, alignment and validity (every bit pattern),
@@ -654,7 +665,12 @@ unsafe fn gemm_call<'a>(
         unsafe { (deref(a, "a")?, deref(weights, "weights")?, deref(stage, "stage")?, deref(c, "c")?) };
     // SAFETY: the caller's contract, for each buffer and its length.
     let data = unsafe { slice(a.data, a.data_len, "a.data")? };
-    let activations = Activations::new(data, a.rows, a.cols, a.zero_point).with_row_stride(a.row_stride);
+    let activations = if a.signed {
+        Activations::i8(as_i8(data), a.rows, a.cols, a.zero_point as i8)
+    } else {
+        Activations::new(data, a.rows, a.cols, a.zero_point)
+    }
+    .with_row_stride(a.row_stride);
     // SAFETY: as above.
     let stage = unsafe { output_stage(stage, c.cols)? };
     // SAFETY: as above.
