@@ -9,7 +9,7 @@
 use arbitrary::Unstructured;
 use qgemm::reference::{self, Conv2dProblem, GemmProblem, OutputData};
 use qgemm::{
-    Activations, Channelwise, Conv2dParams, Conv2dTasks, ConvInput, ConvWeights, ErrorKind, FilterLayout,
+    Activations, Channelwise, Conv2dParams, Conv2dTasks, ConvInput, ConvWeights, Dequantize, ErrorKind, FilterLayout,
     FixedPointParams, GemmTasks, Options, OutputMatrix, OutputStage, OutputType, PackedConvWeights, PackedWeights,
     Partition, Requantization, Requantize, WeightLayout, Weights,
 };
@@ -136,7 +136,7 @@ fn run_into(
 ) -> qgemm::Result<OutputData> {
     let len = if rows == 0 { 0 } else { (rows - 1) * stride + cols };
     let width = match out {
-        OutputType::I32 => 4,
+        OutputType::I32 | OutputType::F32 => 4,
         _ => 1,
     };
     let mut bytes = vec![SENTINEL; len * width];
@@ -152,6 +152,12 @@ fn run_into(
         OutputType::I32 => {
             let mut v = vec![i32::from_ne_bytes([SENTINEL; 4]); len];
             let r = call(OutputMatrix::i32(&mut v, rows, cols).with_row_stride(stride));
+            bytes = v.iter().flat_map(|x| x.to_ne_bytes()).collect();
+            r
+        }
+        OutputType::F32 => {
+            let mut v = vec![f32::from_ne_bytes([SENTINEL; 4]); len];
+            let r = call(OutputMatrix::f32(&mut v, rows, cols).with_row_stride(stride));
             bytes = v.iter().flat_map(|x| x.to_ne_bytes()).collect();
             r
         }
@@ -173,6 +179,9 @@ fn run_into(
         OutputType::I32 => OutputData::I32(
             dense.map(|(r, c)| i32::from_ne_bytes(bytes[at(r, c)..at(r, c) + 4].try_into().unwrap())).collect(),
         ),
+        OutputType::F32 => OutputData::F32(
+            dense.map(|(r, c)| f32::from_ne_bytes(bytes[at(r, c)..at(r, c) + 4].try_into().unwrap())).collect(),
+        ),
         other => panic!("the harness has no output buffer for {other:?}"),
     })
 }
@@ -191,6 +200,11 @@ struct GemmCase {
     stage: OutputStage,
     out: OutputType,
     out_stride: usize,
+    /// Hand A over as i8 activations (`a − 128`, zero point `a_zp − 128`): the same
+    /// differences, so the same expected bytes.
+    signed_a: bool,
+    /// Hand B over as u8 weights (`b + 128`, zero point `b_zp + 128`), likewise.
+    unsigned_b: bool,
 }
 
 impl GemmCase {
@@ -211,7 +225,41 @@ impl GemmCase {
         };
         let a = fill(if m == 0 { 0 } else { (m - 1) * a_stride + k }, inp);
         let b = fill(k * n, inp).into_iter().map(|x| x as i8).collect();
-        GemmCase { m, n, k, a, a_stride, a_zp, b, layout, b_zp, stage, out, out_stride }
+        GemmCase {
+            m,
+            n,
+            k,
+            a,
+            a_stride,
+            a_zp,
+            b,
+            layout,
+            b_zp,
+            stage,
+            out,
+            out_stride,
+            signed_a: false,
+            unsigned_b: false,
+        }
+    }
+
+    /// Decisions read after everything else (so that older seeds keep their meaning):
+    /// the same problem handed over as i8 activations and/or u8 weights, and i32
+    /// output as f32 (a dequantizing stage with a scale and bias from the input).
+    fn decode_encodings(&mut self, inp: &mut Input) {
+        let choice = inp.byte();
+        self.signed_a = choice & 1 != 0;
+        self.unsigned_b = choice & 2 != 0;
+        if choice & 4 != 0 && self.out == OutputType::I32 {
+            let any = |i: &mut Input| f32::from_bits(i.i32() as u32 & 0xff7f_ffff); // finite
+            let scale = inp.channelwise(self.n, any);
+            let mut d = Dequantize::new(scale);
+            if inp.flip() {
+                d = d.with_bias((0..self.n).map(|_| any(inp)).collect::<Vec<f32>>());
+            }
+            self.out = OutputType::F32;
+            self.stage.dequantize = Some(d);
+        }
     }
 
     /// Checks every ISA at `threads` threads and, given a grid, through its tasks
@@ -230,10 +278,26 @@ impl GemmCase {
             b_zero_point: &self.b_zp,
         };
         let expected = reference::gemm(&problem, &self.stage, out);
+        let flipped_a: Vec<i8> = self.a.iter().map(|&x| (x ^ 0x80) as i8).collect();
+        let flipped_b: Vec<u8> = self.b.iter().map(|&x| x as u8 ^ 0x80).collect();
+        let flipped_b_zp: Vec<u8> = self.b_zp.values().iter().map(|&z| z as u8 ^ 0x80).collect();
         for &isa in qgemm::available_isas() {
-            let weights = Weights::new(&self.b, layout, k, n).with_zero_point(self.b_zp.clone());
-            let packed = PackedWeights::for_isa(isa, weights).expect("valid weights pack");
-            let activations = Activations::new(&self.a, m, k, self.a_zp).with_row_stride(self.a_stride);
+            let packed = if self.unsigned_b {
+                let zp: Channelwise<u8> = match self.b_zp {
+                    Channelwise::PerTensor(_) => Channelwise::PerTensor(flipped_b_zp[0]),
+                    _ => Channelwise::PerChannel(flipped_b_zp.clone()),
+                };
+                PackedWeights::for_isa(isa, Weights::new(&flipped_b, layout, k, n).with_zero_point(zp))
+            } else {
+                PackedWeights::for_isa(isa, Weights::new(&self.b, layout, k, n).with_zero_point(self.b_zp.clone()))
+            }
+            .expect("valid weights pack");
+            let activations = if self.signed_a {
+                Activations::i8(&flipped_a, m, k, (self.a_zp ^ 0x80) as i8)
+            } else {
+                Activations::new(&self.a, m, k, self.a_zp)
+            }
+            .with_row_stride(self.a_stride);
             let options = Options::new().with_threads(threads).with_isa(isa);
             let got = run_into(out, m, n, self.out_stride, |c| {
                 with_workspace(|w| qgemm::gemm_in(&activations, &packed, &self.stage, c, &options, w))
@@ -260,6 +324,8 @@ pub fn gemm(bytes: &[u8]) {
     let case = GemmCase::decode(&mut inp, m, n, k, 32);
     // Read last, so that older seeds keep their meaning: sometimes a grid of tasks.
     let grid = inp.flip().then(|| Partition::grid(inp.cuts(m), inp.cuts(n)));
+    let mut case = case;
+    case.decode_encodings(&mut inp);
     case.check(threads, grid.as_ref());
 }
 
