@@ -1,5 +1,6 @@
 //! GEMM: packed weights, the matrices of a call, and the entry points.
 
+use std::mem::MaybeUninit;
 use std::time::Duration;
 
 use qgemm_kernels::Kernel;
@@ -312,6 +313,14 @@ pub enum OutputBuffer<'a> {
     I8(&'a mut [i8]),
     /// f32 output: the output stage must dequantize.
     F32(&'a mut [f32]),
+    /// Uninitialized u8 output ([`OutputMatrix::u8_uninit`]).
+    U8Uninit(&'a mut [MaybeUninit<u8>]),
+    /// Uninitialized i8 output.
+    I8Uninit(&'a mut [MaybeUninit<i8>]),
+    /// Uninitialized i32 output.
+    I32Uninit(&'a mut [MaybeUninit<i32>]),
+    /// Uninitialized f32 output.
+    F32Uninit(&'a mut [MaybeUninit<f32>]),
 }
 
 /// The output matrix C (M×N, row-major) of one call. Only the `rows × cols` elements
@@ -352,6 +361,29 @@ impl<'a> OutputMatrix<'a> {
         OutputMatrix::dense(OutputBuffer::F32(data), rows, cols)
     }
 
+    /// A dense u8 output in uninitialized memory (a `Vec::spare_capacity_mut`, say).
+    /// After a successful call its `rows × cols` elements are initialized; the gaps
+    /// between rows stay as they were. qgemm first writes the window once with zeros,
+    /// then computes into it (a pass over the output, not over K).
+    pub fn u8_uninit(data: &'a mut [MaybeUninit<u8>], rows: usize, cols: usize) -> OutputMatrix<'a> {
+        OutputMatrix::dense(OutputBuffer::U8Uninit(data), rows, cols)
+    }
+
+    /// A dense i8 output in uninitialized memory; see [`u8_uninit`](Self::u8_uninit).
+    pub fn i8_uninit(data: &'a mut [MaybeUninit<i8>], rows: usize, cols: usize) -> OutputMatrix<'a> {
+        OutputMatrix::dense(OutputBuffer::I8Uninit(data), rows, cols)
+    }
+
+    /// A dense i32 output in uninitialized memory; see [`u8_uninit`](Self::u8_uninit).
+    pub fn i32_uninit(data: &'a mut [MaybeUninit<i32>], rows: usize, cols: usize) -> OutputMatrix<'a> {
+        OutputMatrix::dense(OutputBuffer::I32Uninit(data), rows, cols)
+    }
+
+    /// A dense f32 output in uninitialized memory; see [`u8_uninit`](Self::u8_uninit).
+    pub fn f32_uninit(data: &'a mut [MaybeUninit<f32>], rows: usize, cols: usize) -> OutputMatrix<'a> {
+        OutputMatrix::dense(OutputBuffer::F32Uninit(data), rows, cols)
+    }
+
     fn dense(buffer: OutputBuffer<'a>, rows: usize, cols: usize) -> OutputMatrix<'a> {
         OutputMatrix { buffer, rows, cols, row_stride: cols }
     }
@@ -368,6 +400,10 @@ impl<'a> OutputMatrix<'a> {
             OutputBuffer::U8(_) => OutputType::U8,
             OutputBuffer::I8(_) => OutputType::I8,
             OutputBuffer::F32(_) => OutputType::F32,
+            OutputBuffer::U8Uninit(_) => OutputType::U8,
+            OutputBuffer::I8Uninit(_) => OutputType::I8,
+            OutputBuffer::I32Uninit(_) => OutputType::I32,
+            OutputBuffer::F32Uninit(_) => OutputType::F32,
         }
     }
 
@@ -377,6 +413,10 @@ impl<'a> OutputMatrix<'a> {
             OutputBuffer::U8(d) => d.len(),
             OutputBuffer::I8(d) => d.len(),
             OutputBuffer::F32(d) => d.len(),
+            OutputBuffer::U8Uninit(d) => d.len(),
+            OutputBuffer::I8Uninit(d) => d.len(),
+            OutputBuffer::I32Uninit(d) => d.len(),
+            OutputBuffer::F32Uninit(d) => d.len(),
         }
     }
 
@@ -404,8 +444,45 @@ impl<'a> OutputMatrix<'a> {
                 let d = unsafe { std::slice::from_raw_parts_mut(d.as_mut_ptr().cast::<i32>(), len) };
                 OutData::I32(OutView::new(d, rows, cols, row_stride))
             }
+            OutputBuffer::U8Uninit(d) => OutData::U8(initialized_window(d, rows, cols, row_stride, 0)),
+            OutputBuffer::I8Uninit(d) => OutData::I8(initialized_window(d, rows, cols, row_stride, 0)),
+            OutputBuffer::I32Uninit(d) => OutData::I32(initialized_window(d, rows, cols, row_stride, 0)),
+            OutputBuffer::F32Uninit(d) => {
+                // As for `F32`: i32 accumulators first, in the f32 elements' memory.
+                let len = d.len();
+                // SAFETY: MaybeUninit<f32> and MaybeUninit<i32> have the same size and
+                // alignment, and any contents are valid for both; the unique borrow of
+                // `d` moves into the slice, which spans exactly its elements.
+                let d = unsafe { std::slice::from_raw_parts_mut(d.as_mut_ptr().cast::<MaybeUninit<i32>>(), len) };
+                OutData::I32(initialized_window(d, rows, cols, row_stride, 0))
+            }
         }
     }
+}
+
+/// The `rows × cols` window of `data` (rows `stride` apart) written with `zero`, as
+/// a view: its elements are initialized, the gaps between rows are not touched (nor
+/// ever reached through the view).
+///
+/// # Panics
+/// If the window does not fit in `data` ([`OutputMatrix::check`] rules that out).
+fn initialized_window<T: Copy>(
+    data: &mut [MaybeUninit<T>],
+    rows: usize,
+    cols: usize,
+    stride: usize,
+    zero: T,
+) -> OutView<'_, T> {
+    if cols > 0 {
+        for r in 0..rows {
+            data[r * stride..][..cols].fill(MaybeUninit::new(zero));
+        }
+    }
+    // SAFETY: every element of the window (row r < rows, column c < cols, at
+    // r · stride + c) lies in `data` (the slicing above checked it) and has just been
+    // initialized; the unique borrow of `data` moves into the view, which reaches
+    // nothing outside the window.
+    unsafe { OutView::from_raw_parts(data.as_mut_ptr().cast::<T>(), rows, cols, stride) }
 }
 
 /// How a call runs. Build it with [`Options::new`] and the `with_` methods; fields may
