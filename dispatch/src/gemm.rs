@@ -80,6 +80,26 @@ impl WeightElement for u8 {
     }
 }
 
+/// The element types activations can have: `u8`, and `i8` (sealed); see
+/// [`Activations::new`] and [`Activations::i8`].
+pub trait ActivationElement: Copy + std::fmt::Debug + Send + Sync + sealed::Sealed + 'static {
+    /// The activations `data`, a dense `rows × cols` matrix with zero point
+    /// `zero_point`.
+    fn activations(data: &[Self], rows: usize, cols: usize, zero_point: Self) -> Activations<'_>;
+}
+
+impl ActivationElement for u8 {
+    fn activations(data: &[u8], rows: usize, cols: usize, zero_point: u8) -> Activations<'_> {
+        Activations::new(data, rows, cols, zero_point)
+    }
+}
+
+impl ActivationElement for i8 {
+    fn activations(data: &[i8], rows: usize, cols: usize, zero_point: i8) -> Activations<'_> {
+        Activations::i8(data, rows, cols, zero_point)
+    }
+}
+
 /// `values` as i8 (`Cow::Borrowed` for i8 itself), or an allocation error.
 pub(crate) fn weights_as_i8<W: WeightElement>(
     values: &[W],

@@ -82,8 +82,8 @@ pub use conv::{
 };
 pub use error::{Error, ErrorKind, Result};
 pub use gemm::{
-    Activations, GemmTasks, Options, OutputBuffer, OutputMatrix, PackedWeights, WeightElement, Weights, gemm, gemm_in,
-    gemm_with,
+    ActivationElement, Activations, GemmTasks, Options, OutputBuffer, OutputMatrix, PackedWeights, WeightElement,
+    Weights, gemm, gemm_in, gemm_with,
 };
 pub use isa::{Isa, KernelInfo, available_isas, detected_isa, force_isa, selected_isa};
 pub use operator::{Conv2d, Linear};

@@ -11,13 +11,14 @@ use qgemm_reference::{Conv2dParams, OutputStage, OutputType};
 
 use crate::conv::{ConvInput, PackedConvWeights, check_params, conv2d_in};
 use crate::error::{Result, bail};
-use crate::gemm::{Activations, Options, OutputMatrix, PackedWeights, gemm_in};
+use crate::gemm::{ActivationElement, Options, OutputMatrix, PackedWeights, gemm_in};
 use crate::validate::output_stage;
 use crate::workspace::Workspace;
 
-/// A quantized linear (fully connected) layer: `y = stage(x·Wᵀ)` for u8 inputs `x` of
-/// `in_features` values per row, with its packed weights, input zero point, output
-/// stage and output type fixed at creation.
+/// A quantized linear (fully connected) layer: `y = stage(x·Wᵀ)` for inputs `x` of
+/// `in_features` values per row, u8 (the default) or i8 (`Linear<i8>`, from an i8
+/// input zero point), with its packed weights, input zero point, output stage and
+/// output type fixed at creation.
 ///
 /// ```
 /// use qgemm::{Linear, OutputMatrix, OutputStage, OutputType, PackedWeights, Requantization,
@@ -26,7 +27,7 @@ use crate::workspace::Workspace;
 /// // 3 inputs → 2 outputs, weights [out_features, in_features] as PyTorch holds them.
 /// let w: [i8; 6] = [1, 2, 3, -1, -2, -3];
 /// let stage = OutputStage::requantized(Requantize::u8(Requantization::float(0.5), 128)).with_bias([10, 10]);
-/// let linear = Linear::new(PackedWeights::new(Weights::nxk(&w, 2, 3))?, 128, stage, OutputType::U8)?;
+/// let linear = Linear::new(PackedWeights::new(Weights::nxk(&w, 2, 3))?, 128u8, stage, OutputType::U8)?;
 ///
 /// let mut workspace = Workspace::new();
 /// let x: [u8; 6] = [129, 130, 131, 128, 128, 255]; // 2 rows
@@ -36,15 +37,15 @@ use crate::workspace::Workspace;
 /// # Ok::<(), qgemm::Error>(())
 /// ```
 #[derive(Clone, Debug)]
-pub struct Linear {
+pub struct Linear<X: ActivationElement = u8> {
     weights: PackedWeights,
-    input_zero_point: u8,
+    input_zero_point: X,
     stage: OutputStage,
     output: OutputType,
     options: Options,
 }
 
-impl Linear {
+impl<X: ActivationElement> Linear<X> {
     /// A linear layer over `weights` (K = `in_features`, N = `out_features`), for
     /// inputs with zero point `input_zero_point`, producing `output` through `stage`.
     /// It runs single-threaded until [`with_options`](Self::with_options) says
@@ -54,7 +55,12 @@ impl Linear {
     /// Every error of the output stage for N channels and `output` (a bias or scales
     /// of the wrong length, a zero point or clamp outside the output type, a stage
     /// that does not fit the type), as [`gemm`](crate::gemm) reports them.
-    pub fn new(weights: PackedWeights, input_zero_point: u8, stage: OutputStage, output: OutputType) -> Result<Linear> {
+    pub fn new(
+        weights: PackedWeights,
+        input_zero_point: X,
+        stage: OutputStage,
+        output: OutputType,
+    ) -> Result<Linear<X>> {
         output_stage(&stage, weights.n(), output)?;
         Ok(Linear { weights, input_zero_point, stage, output, options: Options::new() })
     }
@@ -64,7 +70,7 @@ impl Linear {
     /// # Errors
     /// A thread count outside `1..=`[`MAX_THREADS`](crate::MAX_THREADS), or
     /// `options.isa` other than the weights' ISA.
-    pub fn with_options(self, options: Options) -> Result<Linear> {
+    pub fn with_options(self, options: Options) -> Result<Linear<X>> {
         options.check(self.weights.isa())?;
         Ok(Linear { options, ..self })
     }
@@ -90,7 +96,7 @@ impl Linear {
     }
 
     /// The input zero point.
-    pub fn input_zero_point(&self) -> u8 {
+    pub fn input_zero_point(&self) -> X {
         self.input_zero_point
     }
 
@@ -112,13 +118,13 @@ impl Linear {
     /// An input whose length is not `rows · in_features`, an output of another type or
     /// shape, and every error of [`gemm_in`](crate::gemm_in); on error nothing is
     /// written.
-    pub fn run(&self, input: &[u8], rows: usize, output: OutputMatrix<'_>, workspace: &mut Workspace) -> Result<()> {
+    pub fn run(&self, input: &[X], rows: usize, output: OutputMatrix<'_>, workspace: &mut Workspace) -> Result<()> {
         self.check_output(output.output_type())?;
         let k = self.in_features();
         if rows.checked_mul(k) != Some(input.len()) {
             bail!(BufferLength, "linear: input of {} values for {rows} rows × in_features = {k}", input.len());
         }
-        let a = Activations::new(input, rows, k, self.input_zero_point);
+        let a = X::activations(input, rows, k, self.input_zero_point);
         gemm_in(&a, &self.weights, &self.stage, output, &self.options, workspace)
     }
 

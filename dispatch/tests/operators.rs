@@ -84,17 +84,17 @@ fn linear_errors_at_creation_and_at_each_run() {
     let b = [1i8; 6];
     let packed = || PackedWeights::new(Weights::kxn(&b, 2, 3)).unwrap();
     // Creation checks the stage against N and the output type.
-    let e = Linear::new(packed(), 0, OutputStage::i32().with_bias([1, 2]), OutputType::I32).unwrap_err();
+    let e = Linear::new(packed(), 0u8, OutputStage::i32().with_bias([1, 2]), OutputType::I32).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::BufferLength, "{e}");
-    let e = Linear::new(packed(), 0, OutputStage::i32(), OutputType::U8).unwrap_err();
+    let e = Linear::new(packed(), 0u8, OutputStage::i32(), OutputType::U8).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::OutputType, "{e}");
-    let e = Linear::new(packed(), 0, OutputStage::i32(), OutputType::I32)
+    let e = Linear::new(packed(), 0u8, OutputStage::i32(), OutputType::I32)
         .unwrap()
         .with_options(Options::new().with_threads(0))
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Threads, "{e}");
     // Each run checks the input length and the output's type and shape.
-    let linear = Linear::new(packed(), 0, OutputStage::i32(), OutputType::I32).unwrap();
+    let linear = Linear::new(packed(), 0u8, OutputStage::i32(), OutputType::I32).unwrap();
     let mut ws = Workspace::new();
     let mut c = [7i32; 6];
     let e = linear.run(&[1; 5], 2, OutputMatrix::i32(&mut c, 2, 3), &mut ws).unwrap_err();
@@ -183,4 +183,33 @@ fn conv2d_errors_at_creation_reshape_and_run() {
     assert_eq!((out, out8), ([9; 18], [9; 18]), "nothing written on error");
     conv.run(&[1; 100], OutputMatrix::i32(&mut out, 9, 2), &mut ws).unwrap();
     assert_eq!(out, [36; 18]);
+}
+
+#[test]
+fn a_linear_layer_on_i8_input() {
+    // i8 inputs x with zero point z give the same bytes as u8 inputs x + 128 with zero
+    // point z + 128, on every ISA; checked against the reference on the u8 form.
+    let mut rng = Rng::new(0x1158);
+    let (m, n, k) = (9, 24, 100);
+    let all = schemes(&mut rng, n, true, k);
+    let scheme = all[rng.below(all.len())].clone();
+    let r = requantize_for(&mut rng, scheme, OutputType::I8);
+    let case = GemmCase::random(&mut rng, m, n, k).with_output(OutputType::I8, Some(r));
+    let expected = case.expected();
+    let signed: Vec<i8> = case.a.iter().map(|&x| (x ^ 0x80) as i8).collect();
+    let zp = (case.a_zp ^ 0x80) as i8;
+    send_sync_i8();
+    for &isa in qgemm::available_isas() {
+        let weights = Weights::new(&case.b, case.layout, k, n).with_zero_point(case.b_zp.clone());
+        let linear: Linear<i8> =
+            Linear::new(PackedWeights::for_isa(isa, weights).unwrap(), zp, case.stage.clone(), OutputType::I8).unwrap();
+        assert_eq!(linear.input_zero_point(), zp);
+        let (got, _) = run_into(OutputType::I8, m, n, n, |c| linear.run(&signed, m, c, &mut Workspace::new()));
+        assert_eq!(got, expected, "{isa}");
+    }
+}
+
+fn send_sync_i8() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Linear<i8>>();
 }
