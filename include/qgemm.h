@@ -336,9 +336,15 @@ typedef struct qgemm_conv_input {
    */
   size_t data_len;
   /**
-   * The input zero point; padded taps read as this value.
+   * The input zero point; padded taps read as this value (with `signed`, the
+   * `int8_t` zero point's byte).
    */
   uint8_t zero_point;
+  /**
+   * False (the default): `uint8_t` input. True: `int8_t` input, passed through the
+   * `uint8_t` pointer (cast it), with an `int8_t` zero point.
+   */
+  bool signed_;
 } qgemm_conv_input;
 
 /**

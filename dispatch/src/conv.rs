@@ -243,7 +243,7 @@ impl PackedConvWeights {
     pub fn path(&self, params: &Conv2dParams) -> Result<ConvPath> {
         let (oh, ow) = check_params(params)?;
         self.check_shape(params)?;
-        Ok(self.path_for(params, &geometry(params, oh, ow), u8::MAX).0)
+        Ok(self.path_for(params, &geometry(params, oh, ow), u8::MAX, false).0)
     }
 
     /// How the convolution runs indirectly, if it does, for activations at most
@@ -261,16 +261,23 @@ impl PackedConvWeights {
     }
 
     /// The path for activations at most `max_value`, with its indirect plan where it is
-    /// [`ConvPath::Indirect`].
-    fn path_for(&self, p: &Conv2dParams, geometry: &ConvGeometry, max_value: u8) -> (ConvPath, Option<Plan>) {
+    /// [`ConvPath::Indirect`]; i8 input (`signed`) takes the GEMMs that gather or flip
+    /// their rows while packing (pointwise or im2col).
+    fn path_for(
+        &self,
+        p: &Conv2dParams,
+        geometry: &ConvGeometry,
+        max_value: u8,
+        signed: bool,
+    ) -> (ConvPath, Option<Plan>) {
         let dense_pointwise = p.kernel_height == 1
             && p.kernel_width == 1
             && p.stride_height == 1
             && p.stride_width == 1
             && p.pad_top + p.pad_left + p.pad_bottom + p.pad_right == 0;
-        if self.depthwise.is_some() && dwconv::plan(geometry, p.out_channels).is_some() {
+        if !signed && self.depthwise.is_some() && dwconv::plan(geometry, p.out_channels).is_some() {
             (ConvPath::Depthwise, None)
-        } else if let Some(plan) = self.indirect_plan(p, geometry, max_value) {
+        } else if let Some(plan) = self.indirect_plan(p, geometry, max_value).filter(|_| !signed) {
             (ConvPath::Indirect, Some(plan))
         } else if dense_pointwise {
             (ConvPath::Pointwise, None)
@@ -407,21 +414,40 @@ fn check_groups(groups: usize, in_channels: usize, out_channels: usize) -> Resul
     Ok(())
 }
 
-/// The input of a convolution: NHWC u8, dense, with its zero point. Build one with
-/// [`ConvInput::new`].
+/// The input of a convolution: NHWC, dense, u8 ([`ConvInput::new`]) or i8
+/// ([`ConvInput::i8`]), with its zero point.
 #[derive(Clone, Copy, Debug)]
 #[non_exhaustive]
 pub struct ConvInput<'a> {
-    /// `[batch, in_height, in_width, in_channels]`.
+    /// `[batch, in_height, in_width, in_channels]`: the values, or for i8 input their
+    /// bytes.
     pub data: &'a [u8],
-    /// The input zero point; padded taps read as this value.
+    /// The input zero point (for i8 input, its byte); padded taps read as this value.
     pub zero_point: u8,
+    /// Whether `data` and `zero_point` hold i8 values: computed as the u8 values
+    /// `a + 128` with zero point `zp + 128`, which changes no result. i8 input runs
+    /// the im2col or pointwise GEMMs (the depthwise kernels and the indirect path read
+    /// u8 in place).
+    pub signed: bool,
 }
 
 impl<'a> ConvInput<'a> {
-    /// NHWC `data` with zero point `zero_point`.
+    /// NHWC u8 `data` with zero point `zero_point`.
     pub fn new(data: &'a [u8], zero_point: u8) -> ConvInput<'a> {
-        ConvInput { data, zero_point }
+        ConvInput { data, zero_point, signed: false }
+    }
+
+    /// NHWC i8 `data` with zero point `zero_point`.
+    pub fn i8(data: &'a [i8], zero_point: i8) -> ConvInput<'a> {
+        // SAFETY: i8 and u8 have the same size, alignment and validity (every bit
+        // pattern); the result borrows `data` for 'a.
+        let bytes = unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<u8>(), data.len()) };
+        ConvInput { data: bytes, zero_point: zero_point as u8, signed: true }
+    }
+
+    /// The zero point of the u8 values the kernels read.
+    fn kernel_zero_point(&self) -> u8 {
+        if self.signed { self.zero_point ^ 0x80 } else { self.zero_point }
     }
 }
 
@@ -602,12 +628,13 @@ impl<'a> Conv2dTasks<'a> {
         let depends = |b: &PackedB| kernel.fast_path_depends_on_activations(b);
         let needs_max = weights.groups.iter().chain(&weights.runs).any(depends);
         let max_value = if needs_max {
-            let max = input.data.iter().copied().max().unwrap_or(0);
-            if geometry.reads_padding() { max.max(input.zero_point) } else { max }
+            let flip = if input.signed { 0x80 } else { 0 };
+            let max = input.data.iter().map(|&v| v ^ flip).max().unwrap_or(0);
+            if geometry.reads_padding() { max.max(input.kernel_zero_point()) } else { max }
         } else {
             u8::MAX
         };
-        let (path, indirect) = weights.path_for(&p, &geometry, max_value);
+        let (path, indirect) = weights.path_for(&p, &geometry, max_value, input.signed);
         let (tile, blocking) = (kernel.tile(), kernel.blocking());
         let taps = p.kernel_height * p.kernel_width;
         let shape = match path {
@@ -709,7 +736,8 @@ impl<'a> Conv2dTasks<'a> {
             let needs = match self.indirect {
                 Some(plan) => indirect::gemm_needs(w.kernel, rows.len(), &plan, columns),
                 None => {
-                    driver::gemm_needs(w.kernel, rows.len(), self.path == ConvPath::Pointwise, &w.groups[g], columns)
+                    let matrix = self.path == ConvPath::Pointwise && !self.input.signed;
+                    driver::gemm_needs(w.kernel, rows.len(), matrix, &w.groups[g], columns)
                 }
             };
             most = most.max(needs);
@@ -774,8 +802,9 @@ impl<'a> Conv2dTasks<'a> {
                 channel0: g * cg,
                 group_channels: cg,
                 first_pixel: rows.start,
-                zero_point: input.zero_point,
+                zero_point: input.kernel_zero_point(),
                 max_value: self.max_value,
+                flip: input.signed,
             };
             let (stage, columns) = (self.stage.from_column(g * ocg), first - g * ocg..end - g * ocg);
             let out = out.window(0, first - cols.start, rows.len(), end - first);
@@ -788,14 +817,17 @@ impl<'a> Conv2dTasks<'a> {
             let a = if self.path == ConvPath::Pointwise {
                 // The input rows are the GEMM rows: A starts at this tile's first pixel
                 // and this group's first channel, with stride C.
-                Rows::Matrix {
-                    data: input.data.get(rows.start * p.in_channels + g * cg..).unwrap_or(&[]),
-                    stride: p.in_channels,
+                let data = input.data.get(rows.start * p.in_channels + g * cg..).unwrap_or(&[]);
+                if input.signed {
+                    Rows::Flipped { data, stride: p.in_channels }
+                } else {
+                    Rows::Matrix { data, stride: p.in_channels }
                 }
             } else {
                 Rows::Im2col(taps)
             };
-            let args = GemmArgs { m: rows.len(), a, a_zp: input.zero_point, b: &w.groups[g], stage, columns, out };
+            let a_zp = input.kernel_zero_point();
+            let args = GemmArgs { m: rows.len(), a, a_zp, b: &w.groups[g], stage, columns, out };
             driver::gemm_in(w.kernel, args, scratch);
         }
     }

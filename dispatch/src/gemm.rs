@@ -86,17 +86,25 @@ pub trait ActivationElement: Copy + std::fmt::Debug + Send + Sync + sealed::Seal
     /// The activations `data`, a dense `rows × cols` matrix with zero point
     /// `zero_point`.
     fn activations(data: &[Self], rows: usize, cols: usize, zero_point: Self) -> Activations<'_>;
+    /// A convolution's NHWC input `data` with zero point `zero_point`.
+    fn conv_input(data: &[Self], zero_point: Self) -> crate::ConvInput<'_>;
 }
 
 impl ActivationElement for u8 {
     fn activations(data: &[u8], rows: usize, cols: usize, zero_point: u8) -> Activations<'_> {
         Activations::new(data, rows, cols, zero_point)
     }
+    fn conv_input(data: &[u8], zero_point: u8) -> crate::ConvInput<'_> {
+        crate::ConvInput::new(data, zero_point)
+    }
 }
 
 impl ActivationElement for i8 {
     fn activations(data: &[i8], rows: usize, cols: usize, zero_point: i8) -> Activations<'_> {
         Activations::i8(data, rows, cols, zero_point)
+    }
+    fn conv_input(data: &[i8], zero_point: i8) -> crate::ConvInput<'_> {
+        crate::ConvInput::i8(data, zero_point)
     }
 }
 
@@ -817,6 +825,7 @@ impl<'a> GemmTasks<'a> {
                 first_pixel: rows.start,
                 zero_point: a.zero_point,
                 max_value: u8::MAX,
+                flip: false,
             };
             let args =
                 IndirectGemm { m: rows.len(), conv, plan, b: self.b, stage: self.stage, columns: cols.clone(), out };

@@ -9,7 +9,7 @@
 
 use qgemm_reference::{Conv2dParams, OutputStage, OutputType};
 
-use crate::conv::{ConvInput, PackedConvWeights, check_params, conv2d_in};
+use crate::conv::{PackedConvWeights, check_params, conv2d_in};
 use crate::error::{Result, bail};
 use crate::gemm::{ActivationElement, Options, OutputMatrix, PackedWeights, gemm_in};
 use crate::validate::output_stage;
@@ -140,8 +140,9 @@ fn check_output_type(op: &str, want: OutputType, got: OutputType) -> Result<()> 
     Ok(())
 }
 
-/// A quantized 2-D convolution over NHWC u8 input: its packed weights, shape, input
-/// zero point, output stage and output type fixed at creation; the input's batch,
+/// A quantized 2-D convolution over NHWC input, u8 (the default) or i8 (`Conv2d<i8>`,
+/// from an i8 input zero point): its packed weights, shape, input zero point, output
+/// stage and output type fixed at creation; the input's batch,
 /// height and width can change with [`reshape`](Self::reshape).
 ///
 /// ```
@@ -152,7 +153,7 @@ fn check_output_type(op: &str, want: OutputType, got: OutputType) -> Result<()> 
 /// let params = Conv2dParams::new([1, 5, 5, 2], 4, [3, 3]).with_padding(1, 1, 1, 1);
 /// let w: Vec<i8> = (0..4 * 3 * 3 * 2).map(|i| (i % 5) as i8 - 2).collect();
 /// let weights = PackedConvWeights::new(ConvWeights::new(&w, &params))?;
-/// let mut conv = Conv2d::new(weights, params, 0, OutputStage::i32(), OutputType::I32)?;
+/// let mut conv = Conv2d::new(weights, params, 0u8, OutputStage::i32(), OutputType::I32)?;
 /// assert_eq!(conv.output_shape(), [1, 5, 5, 4]);
 ///
 /// let mut workspace = Workspace::new();
@@ -167,16 +168,16 @@ fn check_output_type(op: &str, want: OutputType, got: OutputType) -> Result<()> 
 /// # Ok::<(), qgemm::Error>(())
 /// ```
 #[derive(Clone, Debug)]
-pub struct Conv2d {
+pub struct Conv2d<X: ActivationElement = u8> {
     weights: PackedConvWeights,
     params: Conv2dParams,
-    input_zero_point: u8,
+    input_zero_point: X,
     stage: OutputStage,
     output: OutputType,
     options: Options,
 }
 
-impl Conv2d {
+impl<X: ActivationElement> Conv2d<X> {
     /// A convolution of shape `params` with `weights` (packed for the same filter
     /// shape), for inputs with zero point `input_zero_point`, producing `output`
     /// through `stage`; single-threaded until [`with_options`](Self::with_options).
@@ -188,10 +189,10 @@ impl Conv2d {
     pub fn new(
         weights: PackedConvWeights,
         params: Conv2dParams,
-        input_zero_point: u8,
+        input_zero_point: X,
         stage: OutputStage,
         output: OutputType,
-    ) -> Result<Conv2d> {
+    ) -> Result<Conv2d<X>> {
         check_params(&params)?;
         weights.path(&params)?;
         output_stage(&stage, params.out_channels, output)?;
@@ -202,7 +203,7 @@ impl Conv2d {
     ///
     /// # Errors
     /// As [`Linear::with_options`].
-    pub fn with_options(self, options: Options) -> Result<Conv2d> {
+    pub fn with_options(self, options: Options) -> Result<Conv2d<X>> {
         options.check(self.weights.isa())?;
         Ok(Conv2d { options, ..self })
     }
@@ -243,7 +244,7 @@ impl Conv2d {
     }
 
     /// The input zero point.
-    pub fn input_zero_point(&self) -> u8 {
+    pub fn input_zero_point(&self) -> X {
         self.input_zero_point
     }
 
@@ -264,9 +265,9 @@ impl Conv2d {
     /// # Errors
     /// An input of another length, an output of another type or shape, and every
     /// error of [`conv2d_in`](crate::conv2d_in); on error nothing is written.
-    pub fn run(&self, input: &[u8], output: OutputMatrix<'_>, workspace: &mut Workspace) -> Result<()> {
+    pub fn run(&self, input: &[X], output: OutputMatrix<'_>, workspace: &mut Workspace) -> Result<()> {
         check_output_type("conv2d", self.output, output.output_type())?;
-        let input = ConvInput::new(input, self.input_zero_point);
+        let input = X::conv_input(input, self.input_zero_point);
         conv2d_in(&input, &self.weights, &self.params, &self.stage, output, &self.options, workspace)
     }
 }

@@ -452,7 +452,8 @@ fn conv2d_equals_the_reference() {
             let mut handle = ptr::null_mut();
             // SAFETY: the weights point to live buffers of the given lengths.
             assert_eq!(unsafe { qgemm_packed_conv_weights_new(&weights, &mut handle) }, QGEMM_OK, "{}", last_error());
-            let conv_input = qgemm_conv_input { data: input.as_ptr(), data_len: input.len(), zero_point: x_zp };
+            let conv_input =
+                qgemm_conv_input { data: input.as_ptr(), data_len: input.len(), zero_point: x_zp, signed: false };
             for (ty, out_type, scheme) in [
                 (QGEMM_OUTPUT_I32, qgemm::OutputType::I32, QGEMM_SCHEME_NONE),
                 (QGEMM_OUTPUT_U8, qgemm::OutputType::U8, QGEMM_SCHEME_FLOAT),
@@ -781,7 +782,7 @@ fn conv_tasks_and_threads_equal_the_reference() {
     let mut handle = ptr::null_mut();
     // SAFETY: the weights point to live buffers of the given lengths.
     assert_eq!(unsafe { qgemm_packed_conv_weights_new(&weights, &mut handle) }, QGEMM_OK, "{}", last_error());
-    let conv_input = qgemm_conv_input { data: input.as_ptr(), data_len: input.len(), zero_point: x_zp };
+    let conv_input = qgemm_conv_input { data: input.as_ptr(), data_len: input.len(), zero_point: x_zp, signed: false };
     let c_stage = qgemm_output_stage {
         bias: ptr::null(),
         bias_len: 0,
@@ -1200,4 +1201,83 @@ fn i8_activations_through_c() {
     assert_eq!(got, laid_out(&p, &p.expected(&s.rust, qgemm::OutputType::U8), QGEMM_OUTPUT_U8));
     // SAFETY: a live handle, freed once.
     unsafe { qgemm_packed_weights_free(handle) };
+}
+
+#[test]
+fn i8_conv_input_through_c() {
+    let params = qgemm_conv2d_params {
+        batch: 1,
+        in_height: 5,
+        in_width: 5,
+        in_channels: 4,
+        out_channels: 3,
+        kernel_height: 3,
+        kernel_width: 3,
+        stride_height: 1,
+        stride_width: 1,
+        dilation_height: 1,
+        dilation_width: 1,
+        pad_top: 1,
+        pad_left: 1,
+        pad_bottom: 1,
+        pad_right: 1,
+        groups: 1,
+    };
+    let w: Vec<i8> = (0..3 * 9 * 4).map(|i| (i * 37 % 256) as u8 as i8).collect();
+    let zp = [0i8];
+    let cw = qgemm_conv_weights {
+        data: w.as_ptr(),
+        data_len: w.len(),
+        layout: QGEMM_FILTER_OHWI,
+        out_channels: 3,
+        kernel_height: 3,
+        kernel_width: 3,
+        in_channels: 4,
+        groups: 1,
+        zero_points: zp.as_ptr(),
+        zero_points_len: 1,
+        element: QGEMM_WEIGHTS_I8,
+    };
+    let mut packed = ptr::null_mut();
+    // SAFETY: live buffers of the lengths given.
+    assert_eq!(unsafe { qgemm_packed_conv_weights_new(&cw, &mut packed) }, QGEMM_OK, "{}", last_error());
+    let x: Vec<i8> = (0..5 * 5 * 4).map(|i| (i * 59 % 256) as u8 as i8).collect();
+    let input = qgemm_conv_input { data: x.as_ptr().cast(), data_len: x.len(), zero_point: (-7i8) as u8, signed: true };
+    let stage = qgemm_output_stage {
+        bias: ptr::null(),
+        bias_len: 0,
+        scheme: QGEMM_SCHEME_NONE,
+        multipliers: ptr::null(),
+        shifts: ptr::null(),
+        scales: ptr::null(),
+        params_len: 0,
+        zero_point: 0,
+        min: 0,
+        max: 0,
+        f32_bias: ptr::null(),
+        f32_bias_len: 0,
+    };
+    let mut out = vec![0i32; 25 * 3];
+    let c = qgemm_output {
+        r#type: QGEMM_OUTPUT_I32,
+        data: out.as_mut_ptr().cast(),
+        data_len: out.len(),
+        rows: 25,
+        cols: 3,
+        row_stride: 3,
+    };
+    // SAFETY: live handle and buffers of the lengths given.
+    assert_eq!(unsafe { qgemm_conv2d(&input, packed, &params, &stage, &c) }, QGEMM_OK, "{}", last_error());
+    // The u8 form: x + 128 with zero point −7 + 128.
+    let shifted: Vec<u8> = x.iter().map(|&v| v as u8 ^ 0x80).collect();
+    let problem = reference::Conv2dProblem {
+        params: rust_params(&params),
+        input: &shifted,
+        input_zero_point: 121,
+        weights: &w,
+        weight_zero_point: &Channelwise::PerTensor(0),
+    };
+    assert_eq!(OutputData::I32(out), reference::conv2d(&problem, &OutputStage::i32(), qgemm::OutputType::I32));
+    // SAFETY: a live handle, freed once.
+    unsafe { qgemm_packed_conv_weights_free(packed) };
 }

@@ -90,3 +90,55 @@ fn i8_activations_equal_the_direct_sums_on_every_isa() {
         }
     }
 }
+
+#[test]
+fn i8_conv_input_equals_the_reference_on_every_path() {
+    // i8 input x with zero point z is the u8 input x + 128 with zero point z + 128: the
+    // reference on that form is the oracle. Every shape runs the GEMMs (pointwise or
+    // im2col), never the depthwise kernels or the in-place indirect path.
+    use common::ConvCase;
+    use qgemm::{Conv2dParams, Conv2dTasks, ConvInput, ConvPath, OutputMatrix, Partition, Workspace};
+    let mut rng = Rng::new(0xc58);
+    let shapes = [
+        Conv2dParams::new([1, 7, 6, 8], 12, [3, 3]).with_padding(1, 1, 1, 1),
+        Conv2dParams::new([2, 5, 6, 16], 24, [1, 1]),
+        Conv2dParams::new([1, 9, 8, 8], 12, [1, 1]).with_stride(2, 2).with_padding(1, 0, 0, 1),
+        Conv2dParams::new([1, 9, 9, 16], 16, [3, 3]).with_padding(1, 1, 1, 1).with_groups(16),
+        Conv2dParams::new([1, 8, 7, 12], 6, [3, 2]).with_dilation(2, 1).with_groups(3),
+    ];
+    for params in shapes {
+        let mut case = ConvCase::random(&mut rng, params);
+        case.out = OutputType::I8;
+        let all = common::schemes(&mut rng, params.out_channels, true, 100);
+        let scheme = all[rng.below(all.len())].clone();
+        case.stage.requantize = Some(common::requantize_for(&mut rng, scheme, OutputType::I8));
+        let expected = case.expected();
+        let signed: Vec<i8> = case.input.iter().map(|&x| (x ^ 0x80) as i8).collect();
+        let zp = (case.input_zp ^ 0x80) as i8;
+        let rows = params.batch * params.out_height().unwrap() * params.out_width().unwrap();
+        let oc = params.out_channels;
+        for &isa in qgemm::available_isas() {
+            let packed = case.packed(isa);
+            let input = ConvInput::i8(&signed, zp);
+            for threads in [1, 3] {
+                let options = Options::new().with_threads(threads).with_isa(isa);
+                let (got, gaps) = run_into(OutputType::I8, rows, oc, oc + 1, |c| {
+                    qgemm::conv2d_in(&input, &packed, &params, &case.stage, c, &options, &mut Workspace::new())
+                });
+                assert!(got == expected && gaps, "{isa}, {threads} threads: {params:?}");
+            }
+            let mut out = vec![0i8; rows * oc];
+            let partition = Partition::auto(1);
+            let tasks = Conv2dTasks::new(
+                &input,
+                &packed,
+                &params,
+                &case.stage,
+                OutputMatrix::i8(&mut out, rows, oc),
+                &partition,
+            )
+            .unwrap();
+            assert!(matches!(tasks.path(), ConvPath::Im2col | ConvPath::Pointwise), "{isa}: {:?}", tasks.path());
+        }
+    }
+}

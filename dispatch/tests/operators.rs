@@ -164,11 +164,11 @@ fn conv2d_errors_at_creation_reshape_and_run() {
     let params = Conv2dParams::new([1, 5, 5, 4], 2, [3, 3]);
     let w = vec![1i8; 2 * 9 * 4];
     let packed = || PackedConvWeights::new(qgemm::ConvWeights::new(&w, &params)).unwrap();
-    let e = Conv2d::new(packed(), params.with_groups(2), 0, OutputStage::i32(), OutputType::I32).unwrap_err();
+    let e = Conv2d::new(packed(), params.with_groups(2), 0u8, OutputStage::i32(), OutputType::I32).unwrap_err();
     assert!(e.kind() == ErrorKind::WeightsMismatch && e.to_string().contains("groups = 2"), "{e}");
-    let e = Conv2d::new(packed(), params, 0, OutputStage::i32().with_bias([1, 2, 3]), OutputType::I32).unwrap_err();
+    let e = Conv2d::new(packed(), params, 0u8, OutputStage::i32().with_bias([1, 2, 3]), OutputType::I32).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::BufferLength, "{e}");
-    let mut conv = Conv2d::new(packed(), params, 0, OutputStage::i32(), OutputType::I32).unwrap();
+    let mut conv = Conv2d::new(packed(), params, 0u8, OutputStage::i32(), OutputType::I32).unwrap();
     // A 3×3 kernel does not fit a 2×2 image: the operator keeps its shape.
     let e = conv.reshape(1, 2, 2).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::ConvOutputSize, "{e}");
@@ -212,4 +212,20 @@ fn a_linear_layer_on_i8_input() {
 fn send_sync_i8() {
     fn send_sync<T: Send + Sync>() {}
     send_sync::<Linear<i8>>();
+}
+
+#[test]
+fn a_conv_operator_on_i8_input() {
+    let mut rng = Rng::new(0xc0a8);
+    let params = Conv2dParams::new([1, 7, 6, 8], 12, [3, 3]).with_padding(1, 1, 1, 1);
+    let case = ConvCase::random(&mut rng, params);
+    let expected = case.expected();
+    let signed: Vec<i8> = case.input.iter().map(|&x| (x ^ 0x80) as i8).collect();
+    let zp = (case.input_zp ^ 0x80) as i8;
+    for &isa in qgemm::available_isas() {
+        let conv: Conv2d<i8> = Conv2d::new(case.packed(isa), params, zp, case.stage.clone(), case.out).unwrap();
+        let [n, oh, ow, oc] = conv.output_shape();
+        let (got, _) = run_into(case.out, n * oh * ow, oc, oc, |o| conv.run(&signed, o, &mut Workspace::new()));
+        assert_eq!(got, expected, "{isa}");
+    }
 }

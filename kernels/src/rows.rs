@@ -102,6 +102,10 @@ pub struct Im2col<'a> {
     pub zero_point: u8,
     /// No value any row holds exceeds this (the driver's fast-path test).
     pub max_value: u8,
+    /// The input holds i8 values' bytes: each value is read with its top bit flipped
+    /// (`a + 128` as a u8), so that the kernels see u8 taps; padding reads
+    /// `zero_point` as it is (give it flipped too). Taps are then always copied.
+    pub flip: bool,
 }
 
 /// The rows of A.
@@ -173,6 +177,16 @@ impl<'a> Rows<'a> {
 }
 
 impl Im2col<'_> {
+    /// `src` into `dst`, flipped where the input is i8.
+    #[inline]
+    fn copy(&self, dst: &mut [u8], src: &[u8]) {
+        if self.flip {
+            dst.iter_mut().zip(src).for_each(|(d, &s)| *d = s ^ 0x80);
+        } else {
+            dst.copy_from_slice(src);
+        }
+    }
+
     #[inline]
     fn row<'s>(&'s self, r: usize, k0: usize, k1: usize, buf: &'s mut [u8]) -> &'s [u8] {
         if k1 <= k0 {
@@ -205,14 +219,15 @@ impl Im2col<'_> {
                 (Some(ih), true) => {
                     let iw = g.input_col(ow, first_kw).expect("inside");
                     let src = &self.input[pixel_at(ih, iw) + c..][..end - k];
-                    if k == k0 && end == k1 {
+                    if k == k0 && end == k1 && !self.flip {
                         return src;
                     }
-                    buf[filled..filled + src.len()].copy_from_slice(src);
+                    self.copy(&mut buf[filled..filled + src.len()], src);
                 }
                 (None, _) => buf[filled..filled + end - k].fill(self.zero_point),
                 (Some(ih), false) => {
-                    if let Some(iw) = g.input_col(ow, first_kw).filter(|_| k == k0 && end == k1 && first_kw == last_kw)
+                    if let Some(iw) =
+                        g.input_col(ow, first_kw).filter(|_| k == k0 && end == k1 && first_kw == last_kw && !self.flip)
                     {
                         // One tap inside the image (a 1×1, say): borrow it.
                         return &self.input[pixel_at(ih, iw) + c..][..end - k];
@@ -223,7 +238,7 @@ impl Im2col<'_> {
                         let len = (cg - c0).min(end - k - (at - filled));
                         let part = &mut buf[at..at + len];
                         match g.input_col(ow, kw) {
-                            Some(iw) => part.copy_from_slice(&self.input[pixel_at(ih, iw) + c0..][..len]),
+                            Some(iw) => self.copy(part, &self.input[pixel_at(ih, iw) + c0..][..len]),
                             None => part.fill(self.zero_point),
                         }
                         at += len;

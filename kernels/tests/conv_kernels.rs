@@ -415,6 +415,7 @@ fn im2col_rows_match_reference() {
                                 first_pixel,
                                 zero_point: case.input_zp,
                                 max_value,
+                                flip: false,
                             });
                             let args = GemmArgs {
                                 m: pixels,

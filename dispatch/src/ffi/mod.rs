@@ -385,8 +385,12 @@ pub struct qgemm_conv_input {
     pub data: *const u8,
     /// Elements at `data`.
     pub data_len: usize,
-    /// The input zero point; padded taps read as this value.
+    /// The input zero point; padded taps read as this value (with `signed`, the
+    /// `int8_t` zero point's byte).
     pub zero_point: u8,
+    /// False (the default): `uint8_t` input. True: `int8_t` input, passed through the
+    /// `uint8_t` pointer (cast it), with an `int8_t` zero point.
+    pub signed: bool,
 }
 
 /// Weights packed for one ISA's kernel (`qgemm::PackedWeights`); opaque. Immutable
@@ -715,7 +719,11 @@ unsafe fn conv_call<'a>(
     let stage = unsafe { output_stage(stage, p.out_channels)? };
     // SAFETY: as above.
     let output = unsafe { output_matrix(output, "output")? };
-    let input = ConvInput { data, zero_point: input.zero_point };
+    let input = if input.signed {
+        ConvInput::i8(as_i8(data), input.zero_point as i8)
+    } else {
+        ConvInput::new(data, input.zero_point)
+    };
     Ok(ConvCall { input, weights: &w.0, params: conv2d_params(*p), stage, output })
 }
 
