@@ -728,24 +728,7 @@ fn conv_tasks_and_threads_equal_the_reference() {
     let ohwi: Vec<i8> = (0..oc * 9 * cg).map(|_| rng.u8() as i8).collect();
     let zps = [5i8];
     let x_zp = rng.u8();
-    let params = qgemm_conv2d_params {
-        batch,
-        in_height: h,
-        in_width: w,
-        in_channels: c,
-        out_channels: oc,
-        kernel_height: 3,
-        kernel_width: 3,
-        stride_height: 1,
-        stride_width: 1,
-        dilation_height: 1,
-        dilation_width: 1,
-        pad_top: 1,
-        pad_left: 1,
-        pad_bottom: 1,
-        pad_right: 1,
-        groups,
-    };
+    let params = padded_3x3([batch, h, w, c], oc, groups);
     let rust_params = rust_params(&params);
     let rows = batch * h * w;
     let problem = Conv2dProblem {
@@ -1026,24 +1009,7 @@ fn operators_through_c_equal_the_reference() {
     unsafe { qgemm_linear_free(linear) };
 
     // A convolution operator, reshaped once.
-    let params = qgemm_conv2d_params {
-        batch: 1,
-        in_height: 6,
-        in_width: 5,
-        in_channels: 4,
-        out_channels: 6,
-        kernel_height: 3,
-        kernel_width: 3,
-        stride_height: 1,
-        stride_width: 1,
-        dilation_height: 1,
-        dilation_width: 1,
-        pad_top: 1,
-        pad_left: 1,
-        pad_bottom: 1,
-        pad_right: 1,
-        groups: 2,
-    };
+    let params = padded_3x3([1, 6, 5, 4], 6, 2);
     let w: Vec<i8> = (0..6 * 9 * 2).map(|i| (i * 41 % 256) as u8 as i8).collect();
     let zp = [2i8];
     let cw = qgemm_conv_weights {
@@ -1205,24 +1171,7 @@ fn i8_activations_through_c() {
 
 #[test]
 fn i8_conv_input_through_c() {
-    let params = qgemm_conv2d_params {
-        batch: 1,
-        in_height: 5,
-        in_width: 5,
-        in_channels: 4,
-        out_channels: 3,
-        kernel_height: 3,
-        kernel_width: 3,
-        stride_height: 1,
-        stride_width: 1,
-        dilation_height: 1,
-        dilation_width: 1,
-        pad_top: 1,
-        pad_left: 1,
-        pad_bottom: 1,
-        pad_right: 1,
-        groups: 1,
-    };
+    let params = padded_3x3([1, 5, 5, 4], 3, 1);
     let w: Vec<i8> = (0..3 * 9 * 4).map(|i| (i * 37 % 256) as u8 as i8).collect();
     let zp = [0i8];
     let cw = qgemm_conv_weights {
@@ -1280,4 +1229,27 @@ fn i8_conv_input_through_c() {
     assert_eq!(OutputData::I32(out), reference::conv2d(&problem, &OutputStage::i32(), qgemm::OutputType::I32));
     // SAFETY: a live handle, freed once.
     unsafe { qgemm_packed_conv_weights_free(packed) };
+}
+
+/// A 3×3 convolution, stride 1, padding 1 on every side, of an NHWC input of `shape`.
+fn padded_3x3(shape: [usize; 4], out_channels: usize, groups: usize) -> qgemm_conv2d_params {
+    let [batch, in_height, in_width, in_channels] = shape;
+    qgemm_conv2d_params {
+        batch,
+        in_height,
+        in_width,
+        in_channels,
+        out_channels,
+        kernel_height: 3,
+        kernel_width: 3,
+        stride_height: 1,
+        stride_width: 1,
+        dilation_height: 1,
+        dilation_width: 1,
+        pad_top: 1,
+        pad_left: 1,
+        pad_bottom: 1,
+        pad_right: 1,
+        groups,
+    }
 }
