@@ -31,14 +31,16 @@
 #define WEIGHTS_FORMAT_VERSION 1
 
 /**
- * A convolution (`qgemm::Conv2d`); opaque. Runs on several threads at once are safe;
- * [`qgemm_conv2d_op_reshape`] must not run at the same time as anything else on it.
+ * A convolution (`qgemm::Conv2d`, on `uint8_t` or `int8_t` input); opaque. Runs on
+ * several threads at once are safe; [`qgemm_conv2d_op_reshape`] must not run at the
+ * same time as anything else on it.
  */
 typedef struct qgemm_conv2d_op qgemm_conv2d_op;
 
 /**
- * A linear layer (`qgemm::Linear`); opaque. Immutable once made, so one handle may
- * serve runs on several threads at once, each with its own workspace.
+ * A linear layer (`qgemm::Linear`, on `uint8_t` or `int8_t` input); opaque. Immutable
+ * once made, so one handle may serve runs on several threads at once, each with its
+ * own workspace.
  */
 typedef struct qgemm_linear qgemm_linear;
 
@@ -834,9 +836,10 @@ qgemm_status qgemm_conv2d(const struct qgemm_conv_input *input,
 
 /**
  * A linear layer over a copy of `weights` (K = in_features, N = out_features), for
- * inputs with zero point `input_zero_point`, producing `output_type` through
- * `stage`, on up to `threads` threads per run; written to `*out`. Release it with
- * [`qgemm_linear_free`].
+ * inputs with zero point `input_zero_point` (`uint8_t` inputs, or with
+ * `signed_input` `int8_t` ones, the zero point then `(uint8_t)zp`), producing
+ * `output_type` through `stage`, on up to `threads` threads per run; written to
+ * `*out`. Release it with [`qgemm_linear_free`].
  *
  * # Safety
  * Each pointer must be null or valid; the stage's pointers must satisfy their
@@ -844,6 +847,7 @@ qgemm_status qgemm_conv2d(const struct qgemm_conv_input *input,
  */
 qgemm_status qgemm_linear_new(const struct qgemm_packed_weights *weights,
                               uint8_t input_zero_point,
+                              bool signed_input,
                               const struct qgemm_output_stage *stage,
                               qgemm_output_type output_type,
                               size_t threads,
@@ -851,7 +855,7 @@ qgemm_status qgemm_linear_new(const struct qgemm_packed_weights *weights,
 
 /**
  * Runs a linear layer on `rows` dense input rows (`rows * in_features` values at
- * `input`) into `output` (`rows × out_features` of the layer's output type), in
+ * `input`, `int8_t` ones cast for a layer made with `signed_input`) into `output` (`rows × out_features` of the layer's output type), in
  * `workspace` (null: a fresh one for this run). On error nothing is written.
  *
  * # Safety
@@ -875,9 +879,9 @@ void qgemm_linear_free(struct qgemm_linear *linear);
 
 /**
  * A convolution of shape `params` with a copy of `weights`, for inputs with zero
- * point `input_zero_point`, producing `output_type` through `stage`, on up to
- * `threads` threads per run; written to `*out`. Release it with
- * [`qgemm_conv2d_op_free`].
+ * point `input_zero_point` (`int8_t` ones with `signed_input`, as for
+ * [`qgemm_linear_new`]), producing `output_type` through `stage`, on up to `threads`
+ * threads per run; written to `*out`. Release it with [`qgemm_conv2d_op_free`].
  *
  * # Safety
  * As [`qgemm_linear_new`].
@@ -885,6 +889,7 @@ void qgemm_linear_free(struct qgemm_linear *linear);
 qgemm_status qgemm_conv2d_op_new(const struct qgemm_packed_conv_weights *weights,
                                  const struct qgemm_conv2d_params *params,
                                  uint8_t input_zero_point,
+                                 bool signed_input,
                                  const struct qgemm_output_stage *stage,
                                  qgemm_output_type output_type,
                                  size_t threads,

@@ -981,7 +981,7 @@ fn operators_through_c_equal_the_reference() {
     let s = stage(&p, QGEMM_SCHEME_FIXED_POINT, true, -5, -100, 127);
     let mut linear = ptr::null_mut();
     // SAFETY: live handle and stage; `linear` is writable.
-    let status = unsafe { qgemm_linear_new(handle, p.a_zp, &s.c, QGEMM_OUTPUT_I8, 2, &mut linear) };
+    let status = unsafe { qgemm_linear_new(handle, p.a_zp, false, &s.c, QGEMM_OUTPUT_I8, 2, &mut linear) };
     assert_eq!(status, QGEMM_OK, "{}", last_error());
     // SAFETY: the weights were copied into the operator.
     unsafe { qgemm_packed_weights_free(handle) };
@@ -1031,7 +1031,7 @@ fn operators_through_c_equal_the_reference() {
     let none = qgemm_output_stage { scheme: QGEMM_SCHEME_NONE, bias: ptr::null(), bias_len: 0, ..s.c };
     let mut conv = ptr::null_mut();
     // SAFETY: live handle, params and stage; `conv` is writable.
-    let status = unsafe { qgemm_conv2d_op_new(packed, &params, 7, &none, QGEMM_OUTPUT_I32, 1, &mut conv) };
+    let status = unsafe { qgemm_conv2d_op_new(packed, &params, 7, false, &none, QGEMM_OUTPUT_I32, 1, &mut conv) };
     assert_eq!(status, QGEMM_OK, "{}", last_error());
     let mut workspace = ptr::null_mut();
     // SAFETY: `workspace` is writable.
@@ -1251,5 +1251,37 @@ fn padded_3x3(shape: [usize; 4], out_channels: usize, groups: usize) -> qgemm_co
         pad_bottom: 1,
         pad_right: 1,
         groups,
+    }
+}
+
+#[test]
+fn an_i8_linear_operator_through_c() {
+    // int8_t inputs a − 128 with zero point z − 128 equal uint8_t inputs a with z.
+    let p = Problem::random(0x1158c, 5, 40, 11, false);
+    let handle = p.packed();
+    let s = stage(&p, QGEMM_SCHEME_FLOAT, true, 0, -128, 127);
+    let mut linear = ptr::null_mut();
+    let zp = p.a_zp ^ 0x80;
+    // SAFETY: live handle and stage; `linear` is writable.
+    let status = unsafe { qgemm_linear_new(handle, zp, true, &s.c, QGEMM_OUTPUT_I8, 1, &mut linear) };
+    assert_eq!(status, QGEMM_OK, "{}", last_error());
+    let signed: Vec<u8> = p.a.iter().map(|&x| x ^ 0x80).collect();
+    let mut out = vec![0i8; p.m * p.n];
+    let c = qgemm_output {
+        r#type: QGEMM_OUTPUT_I8,
+        data: out.as_mut_ptr().cast(),
+        data_len: out.len(),
+        rows: p.m,
+        cols: p.n,
+        row_stride: p.n,
+    };
+    // SAFETY: live operator and buffers of the lengths given.
+    let status = unsafe { qgemm_linear_run(linear, signed.as_ptr(), signed.len(), p.m, &c, ptr::null_mut()) };
+    assert_eq!(status, QGEMM_OK, "{}", last_error());
+    assert_eq!(OutputData::I8(out), p.expected(&s.rust, qgemm::OutputType::I8));
+    // SAFETY: live handles, freed once.
+    unsafe {
+        qgemm_linear_free(linear);
+        qgemm_packed_weights_free(handle);
     }
 }

@@ -155,7 +155,7 @@ static int saved_weights_and_operator(const qgemm_packed_weights *packed, const 
     if (status != QGEMM_OK) return failed("qgemm_packed_weights_load", status);
 
     qgemm_linear *linear = NULL;
-    status = qgemm_linear_new(loaded, 3, stage, QGEMM_OUTPUT_U8, 2, &linear);
+    status = qgemm_linear_new(loaded, 3, false, stage, QGEMM_OUTPUT_U8, 2, &linear);
     qgemm_packed_weights_free(loaded); /* the operator holds its own copy */
     if (status != QGEMM_OK) return failed("qgemm_linear_new", status);
     uint8_t c8[M * N];

@@ -11,15 +11,31 @@ use super::{
 };
 use crate::{Conv2d, Linear, OutputType};
 
-/// A linear layer (`qgemm::Linear`); opaque. Immutable once made, so one handle may
-/// serve runs on several threads at once, each with its own workspace.
+/// A linear layer (`qgemm::Linear`, on `uint8_t` or `int8_t` input); opaque. Immutable
+/// once made, so one handle may serve runs on several threads at once, each with its
+/// own workspace.
 #[derive(Debug)]
-pub struct qgemm_linear(Linear);
+pub struct qgemm_linear(Input<Linear<u8>, Linear<i8>>);
 
-/// A convolution (`qgemm::Conv2d`); opaque. Runs on several threads at once are safe;
-/// [`qgemm_conv2d_op_reshape`] must not run at the same time as anything else on it.
+/// A convolution (`qgemm::Conv2d`, on `uint8_t` or `int8_t` input); opaque. Runs on
+/// several threads at once are safe; [`qgemm_conv2d_op_reshape`] must not run at the
+/// same time as anything else on it.
 #[derive(Debug)]
-pub struct qgemm_conv2d_op(Conv2d);
+pub struct qgemm_conv2d_op(Input<Conv2d<u8>, Conv2d<i8>>);
+
+/// An operator for u8 input, or for i8 input.
+#[derive(Debug)]
+enum Input<U, S> {
+    Unsigned(U),
+    Signed(S),
+}
+
+/// The `int8_t` values a `uint8_t` buffer holds.
+fn signed(values: &[u8]) -> &[i8] {
+    // SAFETY: u8 and i8 have the same size, alignment and validity (every bit pattern),
+    // and the result borrows `values`.
+    unsafe { std::slice::from_raw_parts(values.as_ptr().cast(), values.len()) }
+}
 
 const _: () = {
     const fn shareable<T: Send + Sync>() {}
@@ -51,9 +67,10 @@ unsafe fn put<T>(out: *mut *mut T, value: T) -> Result<(), Failure> {
 }
 
 /// A linear layer over a copy of `weights` (K = in_features, N = out_features), for
-/// inputs with zero point `input_zero_point`, producing `output_type` through
-/// `stage`, on up to `threads` threads per run; written to `*out`. Release it with
-/// [`qgemm_linear_free`].
+/// inputs with zero point `input_zero_point` (`uint8_t` inputs, or with
+/// `signed_input` `int8_t` ones, the zero point then `(uint8_t)zp`), producing
+/// `output_type` through `stage`, on up to `threads` threads per run; written to
+/// `*out`. Release it with [`qgemm_linear_free`].
 ///
 /// # Safety
 /// Each pointer must be null or valid; the stage's pointers must satisfy their
@@ -62,6 +79,7 @@ unsafe fn put<T>(out: *mut *mut T, value: T) -> Result<(), Failure> {
 pub unsafe extern "C" fn qgemm_linear_new(
     weights: *const qgemm_packed_weights,
     input_zero_point: u8,
+    signed_input: bool,
     stage: *const qgemm_output_stage,
     output_type: qgemm_output_type,
     threads: usize,
@@ -72,15 +90,20 @@ pub unsafe extern "C" fn qgemm_linear_new(
         let (w, stage) = unsafe { (deref(weights, "weights")?, deref(stage, "stage")?) };
         // SAFETY: the caller's contract, for the stage's pointers.
         let stage = unsafe { output_stage(stage, w.0.n())? };
-        let linear = Linear::new(w.0.clone(), input_zero_point, stage, to_output_type(output_type)?)?
-            .with_options(threads::options(threads))?;
+        let (ty, options) = (to_output_type(output_type)?, threads::options(threads));
+        let linear = if signed_input {
+            let zp = input_zero_point as i8;
+            Input::Signed(Linear::new(w.0.clone(), zp, stage, ty)?.with_options(options)?)
+        } else {
+            Input::Unsigned(Linear::new(w.0.clone(), input_zero_point, stage, ty)?.with_options(options)?)
+        };
         // SAFETY: the caller's contract.
         unsafe { put(out, qgemm_linear(linear)) }
     })
 }
 
 /// Runs a linear layer on `rows` dense input rows (`rows * in_features` values at
-/// `input`) into `output` (`rows × out_features` of the layer's output type), in
+/// `input`, `int8_t` ones cast for a layer made with `signed_input`) into `output` (`rows × out_features` of the layer's output type), in
 /// `workspace` (null: a fresh one for this run). On error nothing is written.
 ///
 /// # Safety
@@ -102,7 +125,11 @@ pub unsafe extern "C" fn qgemm_linear_run(
         let (input, output) = unsafe { (slice(input, input_len, "input")?, output_matrix(c, "output")?) };
         // SAFETY: the caller's contract.
         let mut held = unsafe { threads::hold(workspace)? };
-        Ok(linear.0.run(input, rows, output, held.get())?)
+        match &linear.0 {
+            Input::Unsigned(l) => l.run(input, rows, output, held.get())?,
+            Input::Signed(l) => l.run(signed(input), rows, output, held.get())?,
+        }
+        Ok(())
     })
 }
 
@@ -117,9 +144,9 @@ pub unsafe extern "C" fn qgemm_linear_free(linear: *mut qgemm_linear) {
 }
 
 /// A convolution of shape `params` with a copy of `weights`, for inputs with zero
-/// point `input_zero_point`, producing `output_type` through `stage`, on up to
-/// `threads` threads per run; written to `*out`. Release it with
-/// [`qgemm_conv2d_op_free`].
+/// point `input_zero_point` (`int8_t` ones with `signed_input`, as for
+/// [`qgemm_linear_new`]), producing `output_type` through `stage`, on up to `threads`
+/// threads per run; written to `*out`. Release it with [`qgemm_conv2d_op_free`].
 ///
 /// # Safety
 /// As [`qgemm_linear_new`].
@@ -128,6 +155,7 @@ pub unsafe extern "C" fn qgemm_conv2d_op_new(
     weights: *const qgemm_packed_conv_weights,
     params: *const qgemm_conv2d_params,
     input_zero_point: u8,
+    signed_input: bool,
     stage: *const qgemm_output_stage,
     output_type: qgemm_output_type,
     threads: usize,
@@ -138,8 +166,13 @@ pub unsafe extern "C" fn qgemm_conv2d_op_new(
         let (w, p, stage) = unsafe { (deref(weights, "weights")?, deref(params, "params")?, deref(stage, "stage")?) };
         // SAFETY: the caller's contract, for the stage's pointers.
         let stage = unsafe { output_stage(stage, p.out_channels)? };
-        let conv = Conv2d::new(w.0.clone(), conv2d_params(*p), input_zero_point, stage, to_output_type(output_type)?)?
-            .with_options(threads::options(threads))?;
+        let (ty, options, params) = (to_output_type(output_type)?, threads::options(threads), conv2d_params(*p));
+        let conv = if signed_input {
+            let zp = input_zero_point as i8;
+            Input::Signed(Conv2d::new(w.0.clone(), params, zp, stage, ty)?.with_options(options)?)
+        } else {
+            Input::Unsigned(Conv2d::new(w.0.clone(), params, input_zero_point, stage, ty)?.with_options(options)?)
+        };
         // SAFETY: the caller's contract.
         unsafe { put(out, qgemm_conv2d_op(conv)) }
     })
@@ -162,7 +195,11 @@ pub unsafe extern "C" fn qgemm_conv2d_op_reshape(
         let Some(conv) = (unsafe { conv.as_mut() }) else {
             return fail(QGEMM_STATUS_NULL_POINTER, "conv is null");
         };
-        Ok(conv.0.reshape(batch, height, width)?)
+        match &mut conv.0 {
+            Input::Unsigned(c) => c.reshape(batch, height, width)?,
+            Input::Signed(c) => c.reshape(batch, height, width)?,
+        }
+        Ok(())
     })
 }
 
@@ -187,7 +224,11 @@ pub unsafe extern "C" fn qgemm_conv2d_op_run(
         let (input, output) = unsafe { (slice(input, input_len, "input")?, output_matrix(c, "output")?) };
         // SAFETY: the caller's contract.
         let mut held = unsafe { threads::hold(workspace)? };
-        Ok(conv.0.run(input, output, held.get())?)
+        match &conv.0 {
+            Input::Unsigned(c) => c.run(input, output, held.get())?,
+            Input::Signed(c) => c.run(signed(input), output, held.get())?,
+        }
+        Ok(())
     })
 }
 
