@@ -33,7 +33,7 @@ use qgemm_kernels::rows::{ConvGeometry, Im2col, Rows};
 use qgemm_reference::{Channelwise, Conv2dParams, OutputStage};
 
 use crate::error::{Result, bail, out_of_memory};
-use crate::gemm::{Options, OutputMatrix, WeightElement, weights_as_i8, zero_point_as_i8};
+use crate::gemm::{Options, OutputMatrix, WeightElement, i8_bytes, weights_as_i8, zero_point_as_i8};
 use crate::isa::{Isa, KernelInfo, dw_kernel_for, kernel_for_columns, selected_isa};
 use crate::parallel::{Grid, Partition, Shape, Tile, run_tasks};
 use crate::validate::{Dequant, check_weight_zero_points, dequant, output_stage, product};
@@ -439,10 +439,7 @@ impl<'a> ConvInput<'a> {
 
     /// NHWC i8 `data` with zero point `zero_point`.
     pub fn i8(data: &'a [i8], zero_point: i8) -> ConvInput<'a> {
-        // SAFETY: i8 and u8 have the same size, alignment and validity (every bit
-        // pattern); the result borrows `data` for 'a.
-        let bytes = unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<u8>(), data.len()) };
-        ConvInput { data: bytes, zero_point: zero_point as u8, signed: true }
+        ConvInput { data: i8_bytes(data), zero_point: zero_point as u8, signed: true }
     }
 
     /// The zero point of the u8 values the kernels read.

@@ -108,6 +108,19 @@ impl ActivationElement for i8 {
     }
 }
 
+/// The bytes of i8 values, as u8.
+pub(crate) fn i8_bytes(values: &[i8]) -> &[u8] {
+    // SAFETY: i8 and u8 have the same size, alignment and validity (every bit
+    // pattern); the result borrows `values`.
+    unsafe { std::slice::from_raw_parts(values.as_ptr().cast(), values.len()) }
+}
+
+/// u8 bytes read as i8 values.
+pub(crate) fn bytes_as_i8(bytes: &[u8]) -> &[i8] {
+    // SAFETY: as in `i8_bytes`.
+    unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast(), bytes.len()) }
+}
+
 /// `values` as i8 (`Cow::Borrowed` for i8 itself), or an allocation error.
 pub(crate) fn weights_as_i8<W: WeightElement>(
     values: &[W],
@@ -302,10 +315,7 @@ impl<'a> Activations<'a> {
     /// # Ok::<(), qgemm::Error>(())
     /// ```
     pub fn i8(data: &'a [i8], rows: usize, cols: usize, zero_point: i8) -> Activations<'a> {
-        // SAFETY: i8 and u8 have the same size, alignment and validity (every bit
-        // pattern); the result borrows `data` for 'a.
-        let bytes = unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<u8>(), data.len()) };
-        Activations { data: bytes, rows, cols, row_stride: cols, zero_point: zero_point as u8, signed: true }
+        Activations { data: i8_bytes(data), rows, cols, row_stride: cols, zero_point: zero_point as u8, signed: true }
     }
 
     /// The same matrix with rows `row_stride` elements apart.
@@ -506,10 +516,9 @@ fn initialized_window<T: Copy>(
             data[r * stride..][..cols].fill(MaybeUninit::new(zero));
         }
     }
-    // SAFETY: every element of the window (row r < rows, column c < cols, at
-    // r · stride + c) lies in `data` (the slicing above checked it) and has just been
-    // initialized; the unique borrow of `data` moves into the view, which reaches
-    // nothing outside the window.
+    // The window's elements (r · stride + c, r < rows, c < cols) lie in `data` (the
+    // slicing above checked it); the unique borrow of `data` moves into the view.
+    // SAFETY: those elements have just been initialized; the view reaches no other.
     unsafe { OutView::from_raw_parts(data.as_mut_ptr().cast::<T>(), rows, cols, stride) }
 }
 

@@ -246,10 +246,6 @@ impl<'a> Reader<'a> {
         std::str::from_utf8(self.take(len, what)?).map_err(|_| format_error(format!("{what} is not text")))
     }
 
-    fn i8s(&mut self, len: usize, what: &str) -> Result<&'a [u8]> {
-        self.take(len, what)
-    }
-
     fn vector(&mut self, what: &str) -> Result<&'a [u8]> {
         let len = self.u64(what)?;
         self.take(len, what)
@@ -332,7 +328,7 @@ fn zero_points(r: &mut Reader<'_>, channels: usize) -> Result<Vec<i8>> {
     if count != channels {
         bail!(Format, "serialized weights: {count} zero points for {channels} output channels");
     }
-    Ok(r.i8s(count, "the zero points")?.iter().map(|&b| b as i8).collect())
+    Ok(r.take(count, "the zero points")?.iter().map(|&b| b as i8).collect())
 }
 
 /// Unpacks one K×N matrix of panels, or says why it is not one.

@@ -70,7 +70,12 @@ pub(crate) fn output_stage<'a>(stage: &'a OutputStage, channels: usize, out: Out
             OutputType,
             "output is f32 but the output stage does not dequantize; f32 output needs OutputStage::dequantized"
         ),
-        (Some(_), OutputType::F32) | (None, _) => {}
+        // The dequantization's own parameters: checked here too, so that whatever
+        // validates a stage (an operator at creation, say) checks all of it.
+        (Some(_), OutputType::F32) => {
+            dequant(stage, channels, out)?;
+        }
+        (None, _) => {}
         (Some(_), _) => bail!(
             OutputType,
             "output is {} but the output stage dequantizes to f32; {} output takes no dequantization",

@@ -95,3 +95,11 @@ fn f32_output_errors() {
     let e = run(&OutputStage::requantized(r), &mut c);
     assert_eq!(e.kind(), ErrorKind::OutputType, "{e}");
 }
+
+#[test]
+fn an_operator_checks_its_dequantization_at_creation() {
+    let packed = PackedWeights::new(Weights::kxn(&[1i8; 6], 2, 3)).unwrap();
+    let stage = OutputStage::dequantized(Dequantize::new(vec![1.0f32, f32::NAN, 1.0]));
+    let e = qgemm::Linear::new(packed, 0u8, stage, OutputType::F32).unwrap_err();
+    assert!(e.kind() == ErrorKind::Scale && e.to_string().contains("dequantize.scale[1] = NaN"), "{e}");
+}

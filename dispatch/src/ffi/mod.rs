@@ -36,6 +36,7 @@ use std::cell::RefCell;
 use std::ffi::c_char;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
+use crate::gemm::{bytes_as_i8, i8_bytes};
 use crate::{
     Activations, Channelwise, Conv2dParams, ConvInput, ConvWeights, Dequantize, Error, ErrorKind, FilterLayout,
     FixedPointParams, Isa, OutputBuffer, OutputMatrix, OutputStage, PackedConvWeights, PackedWeights, Requantization,
@@ -617,20 +618,6 @@ unsafe fn output_matrix<'a>(c: &qgemm_output, what: &str) -> Result<OutputMatrix
     Ok(OutputMatrix { buffer, rows: c.rows, cols: c.cols, row_stride: c.row_stride })
 }
 
-/// The `int8_t` values a `uint8_t` slice holds.
-fn as_i8(values: &[u8]) -> &[i8] {
-    // SAFETY: u8 and i8 have the same size, alignment and validity (every bit pattern),
-    // and the result borrows `values`.
-    unsafe { std::slice::from_raw_parts(values.as_ptr().cast(), values.len()) }
-}
-
-/// The bytes of an `int8_t` slice that holds `uint8_t` values.
-fn as_u8(values: &[i8]) -> &[u8] {
-    // SAFETY: i8 and u8 have the same size, alignment and validity (every bit pattern),
-    // and the result borrows `values`.
-    unsafe { std::slice::from_raw_parts(values.as_ptr().cast(), values.len()) }
-}
-
 /// Releases a handle made by `Box::into_raw`; null does nothing.
 ///
 /// # Safety
@@ -670,7 +657,7 @@ unsafe fn gemm_call<'a>(
     // SAFETY: the caller's contract, for each buffer and its length.
     let data = unsafe { slice(a.data, a.data_len, "a.data")? };
     let activations = if a.signed {
-        Activations::i8(as_i8(data), a.rows, a.cols, a.zero_point as i8)
+        Activations::i8(bytes_as_i8(data), a.rows, a.cols, a.zero_point as i8)
     } else {
         Activations::new(data, a.rows, a.cols, a.zero_point)
     }
@@ -720,7 +707,7 @@ unsafe fn conv_call<'a>(
     // SAFETY: as above.
     let output = unsafe { output_matrix(output, "output")? };
     let input = if input.signed {
-        ConvInput::i8(as_i8(data), input.zero_point as i8)
+        ConvInput::i8(bytes_as_i8(data), input.zero_point as i8)
     } else {
         ConvInput::new(data, input.zero_point)
     };
@@ -851,7 +838,7 @@ pub unsafe extern "C" fn qgemm_packed_weights_new(
                 PackedWeights::new(Weights::new(data, layout, w.k, w.n).with_zero_point(zero_point))?
             }
             QGEMM_WEIGHTS_U8 => {
-                let (data, zero_points) = (as_u8(data), as_u8(zero_points));
+                let (data, zero_points) = (i8_bytes(data), i8_bytes(zero_points));
                 let zero_point = channelwise(zero_points, w.n, "weights.zero_points")?;
                 PackedWeights::new(Weights::new(data, layout, w.k, w.n).with_zero_point(zero_point))?
             }
@@ -974,8 +961,8 @@ pub unsafe extern "C" fn qgemm_packed_conv_weights_new(
                 PackedConvWeights::new(ConvWeights::new(data, &shape).with_layout(layout).with_zero_point(zero_point))?
             }
             QGEMM_WEIGHTS_U8 => {
-                let zero_point = channelwise(as_u8(zero_points), oc, "weights.zero_points")?;
-                let weights = ConvWeights::new(as_u8(data), &shape).with_layout(layout).with_zero_point(zero_point);
+                let zero_point = channelwise(i8_bytes(zero_points), oc, "weights.zero_points")?;
+                let weights = ConvWeights::new(i8_bytes(data), &shape).with_layout(layout).with_zero_point(zero_point);
                 PackedConvWeights::new(weights)?
             }
             other => {

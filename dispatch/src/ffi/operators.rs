@@ -9,6 +9,7 @@ use super::{
     qgemm_conv2d_params, qgemm_output, qgemm_output_stage, qgemm_output_type, qgemm_packed_conv_weights,
     qgemm_packed_weights, qgemm_status, slice,
 };
+use crate::gemm::bytes_as_i8;
 use crate::{Conv2d, Linear, OutputType};
 
 /// A linear layer (`qgemm::Linear`, on `uint8_t` or `int8_t` input); opaque. Immutable
@@ -28,13 +29,6 @@ pub struct qgemm_conv2d_op(Input<Conv2d<u8>, Conv2d<i8>>);
 enum Input<U, S> {
     Unsigned(U),
     Signed(S),
-}
-
-/// The `int8_t` values a `uint8_t` buffer holds.
-fn signed(values: &[u8]) -> &[i8] {
-    // SAFETY: u8 and i8 have the same size, alignment and validity (every bit pattern),
-    // and the result borrows `values`.
-    unsafe { std::slice::from_raw_parts(values.as_ptr().cast(), values.len()) }
 }
 
 const _: () = {
@@ -127,7 +121,7 @@ pub unsafe extern "C" fn qgemm_linear_run(
         let mut held = unsafe { threads::hold(workspace)? };
         match &linear.0 {
             Input::Unsigned(l) => l.run(input, rows, output, held.get())?,
-            Input::Signed(l) => l.run(signed(input), rows, output, held.get())?,
+            Input::Signed(l) => l.run(bytes_as_i8(input), rows, output, held.get())?,
         }
         Ok(())
     })
@@ -226,7 +220,7 @@ pub unsafe extern "C" fn qgemm_conv2d_op_run(
         let mut held = unsafe { threads::hold(workspace)? };
         match &conv.0 {
             Input::Unsigned(c) => c.run(input, output, held.get())?,
-            Input::Signed(c) => c.run(signed(input), output, held.get())?,
+            Input::Signed(c) => c.run(bytes_as_i8(input), output, held.get())?,
         }
         Ok(())
     })

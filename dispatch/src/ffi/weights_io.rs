@@ -8,13 +8,33 @@ use super::{
 };
 use crate::{PackedConvWeights, PackedWeights};
 
-/// Copies `bytes` to `buf` (`capacity` bytes) and their length to `*len`. A null `buf`
-/// asks for the length alone; a smaller capacity is `QGEMM_STATUS_BUFFER_LENGTH`,
-/// with `*len` still set.
+/// Saves a handle's weights with `to_bytes`: their length to `*len` and, unless `buf`
+/// is null, the bytes to `buf` (`capacity` bytes; a smaller capacity is
+/// `QGEMM_STATUS_BUFFER_LENGTH`, with `*len` still set).
+///
+/// # Safety
+/// `handle` is null or live; `buf` null or valid for `capacity` bytes; `len` null or
+/// writable.
+unsafe fn save<T>(
+    handle: *const T,
+    to_bytes: fn(&T) -> Vec<u8>,
+    buf: *mut u8,
+    capacity: usize,
+    len: *mut usize,
+) -> qgemm_status {
+    boundary(|| {
+        // SAFETY: the caller's contract.
+        let handle = unsafe { deref(handle, "weights")? };
+        // SAFETY: the caller's contract, passed on.
+        unsafe { copy_out(&to_bytes(handle), buf, capacity, len) }
+    })
+}
+
+/// Copies `bytes` to `buf` and their length to `*len` (see [`save`]).
 ///
 /// # Safety
 /// `buf` is null or valid for `capacity` bytes; `len` is null or writable.
-unsafe fn save(bytes: &[u8], buf: *mut u8, capacity: usize, len: *mut usize) -> Result<(), Failure> {
+unsafe fn copy_out(bytes: &[u8], buf: *mut u8, capacity: usize, len: *mut usize) -> Result<(), Failure> {
     if len.is_null() {
         return fail(QGEMM_STATUS_NULL_POINTER, "len is null");
     }
@@ -67,12 +87,8 @@ pub unsafe extern "C" fn qgemm_packed_weights_save(
     capacity: usize,
     len: *mut usize,
 ) -> qgemm_status {
-    boundary(|| {
-        // SAFETY: the caller's contract.
-        let w = unsafe { deref(weights, "weights")? };
-        // SAFETY: the caller's contract, passed on.
-        unsafe { save(&w.0.to_bytes(), buf, capacity, len) }
-    })
+    // SAFETY: the caller's contract, passed on.
+    unsafe { save(weights, |w| w.0.to_bytes(), buf, capacity, len) }
 }
 
 /// Loads weights saved by [`qgemm_packed_weights_save`] into a new handle, written to
@@ -103,12 +119,8 @@ pub unsafe extern "C" fn qgemm_packed_conv_weights_save(
     capacity: usize,
     len: *mut usize,
 ) -> qgemm_status {
-    boundary(|| {
-        // SAFETY: the caller's contract.
-        let w = unsafe { deref(weights, "weights")? };
-        // SAFETY: the caller's contract, passed on.
-        unsafe { save(&w.0.to_bytes(), buf, capacity, len) }
-    })
+    // SAFETY: the caller's contract, passed on.
+    unsafe { save(weights, |w| w.0.to_bytes(), buf, capacity, len) }
 }
 
 /// [`qgemm_packed_weights_load`] for convolution weights.
