@@ -115,7 +115,8 @@ pub(crate) fn i8_bytes(values: &[i8]) -> &[u8] {
     unsafe { std::slice::from_raw_parts(values.as_ptr().cast(), values.len()) }
 }
 
-/// u8 bytes read as i8 values.
+/// u8 bytes read as i8 values (the C ABI's `uint8_t` buffers that hold i8).
+#[cfg(feature = "capi")]
 pub(crate) fn bytes_as_i8(bytes: &[u8]) -> &[i8] {
     // SAFETY: as in `i8_bytes`.
     unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast(), bytes.len()) }
