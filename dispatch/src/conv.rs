@@ -33,8 +33,9 @@ use qgemm_kernels::rows::{ConvGeometry, Im2col, Rows};
 use qgemm_reference::{Channelwise, Conv2dParams, OutputStage};
 
 use crate::error::{Result, bail, out_of_memory};
-use crate::gemm::{Options, OutputMatrix, WeightElement, i8_bytes, weights_as_i8, zero_point_as_i8};
+use crate::gemm::{Options, OutputMatrix, WeightElement, i8_bytes};
 use crate::isa::{Isa, KernelInfo, dw_kernel_for, kernel_for_columns, selected_isa};
+use crate::nibbles::{ConvSource, IntoConvWeights, Lowered};
 use crate::parallel::{Grid, Partition, Shape, Tile, run_tasks};
 use crate::validate::{Dequant, check_weight_zero_points, dequant, output_stage, product};
 use crate::workspace::Workspace;
@@ -93,6 +94,10 @@ impl<'a, W: WeightElement> ConvWeights<'a, W> {
     pub fn with_zero_point(self, zero_point: impl Into<Channelwise<W>>) -> ConvWeights<'a, W> {
         ConvWeights { zero_point: zero_point.into(), ..self }
     }
+
+    pub(crate) fn parts(self) -> (&'a [W], FilterLayout, FilterShape, Channelwise<W>) {
+        (self.data, self.layout, self.shape, self.zero_point)
+    }
 }
 
 /// The shape fields of conv weights, as the packing saw them.
@@ -106,7 +111,7 @@ pub(crate) struct FilterShape {
 }
 
 impl FilterShape {
-    fn of(p: &Conv2dParams) -> FilterShape {
+    pub(crate) fn of(p: &Conv2dParams) -> FilterShape {
         FilterShape {
             out_channels: p.out_channels,
             kernel_height: p.kernel_height,
@@ -142,7 +147,7 @@ impl PackedConvWeights {
     /// If a size is zero where it must not be, the channel counts are not multiples of
     /// `groups`, the length is not `OC·KH·KW·C/groups`, a product overflows, the
     /// per-channel zero points are not OC, or `QGEMM_ISA` is invalid.
-    pub fn new<W: WeightElement>(weights: ConvWeights<'_, W>) -> Result<PackedConvWeights> {
+    pub fn new<'a>(weights: impl IntoConvWeights<'a>) -> Result<PackedConvWeights> {
         PackedConvWeights::for_isa(selected_isa()?, weights)
     }
 
@@ -150,10 +155,9 @@ impl PackedConvWeights {
     ///
     /// # Errors
     /// As [`new`](Self::new), and if `isa` cannot run on this CPU.
-    pub fn for_isa<W: WeightElement>(isa: Isa, weights: ConvWeights<'_, W>) -> Result<PackedConvWeights> {
-        let ConvWeights { data, layout, shape, ref zero_point } = weights;
-        let zero_point = &zero_point_as_i8(zero_point);
-        let data = &*weights_as_i8(data).map_err(|e| out_of_memory("conv weights", e))?;
+    pub fn for_isa<'a>(isa: Isa, weights: impl IntoConvWeights<'a>) -> Result<PackedConvWeights> {
+        let ConvSource { source, layout, shape } = weights.into_source();
+        let nibbles = source.is_nibbles();
         check_groups(shape.groups, shape.in_channels, shape.out_channels)?;
         let kernel = kernel_for_columns(isa, shape.out_channels / shape.groups)?;
         let dw_kernel = dw_kernel_for(isa)?;
@@ -163,8 +167,8 @@ impl PackedConvWeights {
         let cg = shape.in_channels / shape.groups;
         let ocg = shape.out_channels / shape.groups;
         let k = product("conv weights KH·KW·C/groups", &[shape.kernel_height, shape.kernel_width, cg])?;
-        let len = product("conv weights OC·KH·KW·C/groups", &[shape.out_channels, k])?;
-        if data.len() != len {
+        product("conv weights OC·KH·KW·C/groups", &[shape.out_channels, k])?;
+        let what = || {
             let dims = match layout {
                 FilterLayout::Ohwi => {
                     format!("OHWI [{}, {}, {}, {cg}]", shape.out_channels, shape.kernel_height, shape.kernel_width)
@@ -173,11 +177,14 @@ impl PackedConvWeights {
                     format!("OIHW [{}, {cg}, {}, {}]", shape.out_channels, shape.kernel_height, shape.kernel_width)
                 }
             };
-            bail!(BufferLength, "conv weights: {} values for {dims} (needs {len})", data.len());
-        }
+            format!("conv weights {dims}")
+        };
+        let Lowered { values, zero_point } = source.values(shape.out_channels, k, &what)?;
+        let (data, zero_point) = (&*values, &zero_point);
         check_weight_zero_points(zero_point, shape.out_channels)?;
         let tile = kernel.tile();
-        if k.checked_next_multiple_of(tile.k_step()).is_none() || ocg.checked_next_multiple_of(tile.nr).is_none() {
+        let step = if nibbles { PackedB::nibble_k_step(tile) } else { tile.k_step() };
+        if k.checked_next_multiple_of(step).is_none() || ocg.checked_next_multiple_of(tile.nr).is_none() {
             bail!(Overflow, "conv weights: K = {k} or OC/groups = {ocg} overflows when padded to the tile");
         }
         let zps = zero_point.values();
@@ -194,11 +201,14 @@ impl PackedConvWeights {
             .map(|g| {
                 let data = &ohwi[g * ocg * k..(g + 1) * ocg * k];
                 let zp = if zps.len() == 1 { zps } else { &zps[g * ocg..(g + 1) * ocg] };
-                PackedB::try_new(tile, data, BLayout::NxK, k, ocg, zp)
+                let pack = if nibbles { PackedB::try_new_nibbles } else { PackedB::try_new };
+                pack(tile, data, BLayout::NxK, k, ocg, zp)
                     .map_err(|e| out_of_memory(&format!("conv weights group {g}"), e))
             })
             .collect::<Result<_>>()?;
-        let depthwise = if cg == 1 && shape.kernel_height <= dwconv::DW_MAX_KERNEL_HEIGHT {
+        // 4-bit weights stay 4-bit: the depthwise kernels and the indirect path read
+        // 8-bit ones, so they run on the GEMMs that decode them a block at a time.
+        let depthwise = if cg == 1 && shape.kernel_height <= dwconv::DW_MAX_KERNEL_HEIGHT && !nibbles {
             let zps: Vec<i32> = zps.iter().map(|&z| i32::from(z)).collect();
             let packed = PackedDw::try_new(ohwi, shape.out_channels, shape.kernel_height, shape.kernel_width, &zps)
                 .map_err(|e| out_of_memory("depthwise conv weights", e))?;
@@ -206,7 +216,7 @@ impl PackedConvWeights {
         } else {
             None
         };
-        let indirect = kernel.has_indirect() || kernel.fast_path().is_some_and(|f| f.has_indirect());
+        let indirect = (kernel.has_indirect() || kernel.fast_path().is_some_and(|f| f.has_indirect())) && !nibbles;
         let (runs, run_len) = indirect::kernel_row_runs(shape.kernel_height, shape.kernel_width, shape.in_channels);
         let runs = if indirect && shape.groups == 1 && !run_len.is_multiple_of(4) {
             let packed = PackedB::try_new_runs(tile, ohwi, runs, run_len, shape.out_channels, zps)

@@ -13,6 +13,7 @@ use qgemm_reference::{Channelwise, OutputStage, OutputType, WeightLayout};
 
 use crate::error::{Result, bail, out_of_memory};
 use crate::isa::{Isa, KernelInfo, kernel_for_columns, kernel_for_rows, selected_isa};
+use crate::nibbles::{GemmSource, IntoWeights, Lowered};
 use crate::parallel::{Grid, Partition, Shape, Tile, run_tasks};
 use crate::validate::{Dequant, check_matrix, check_weight_zero_points, dequant, output_stage, product};
 use crate::workspace::Workspace;
@@ -61,6 +62,12 @@ pub trait WeightElement: Copy + std::fmt::Debug + sealed::Sealed {
         let _ = values;
         None
     }
+    /// `values` themselves where they are u8.
+    #[doc(hidden)]
+    fn as_u8(values: &[Self]) -> Option<&[u8]> {
+        let _ = values;
+        None
+    }
 }
 
 impl WeightElement for i8 {
@@ -77,6 +84,9 @@ impl WeightElement for u8 {
     const ZERO: u8 = 0;
     fn to_i8(self) -> i8 {
         (self ^ 0x80) as i8
+    }
+    fn as_u8(values: &[u8]) -> Option<&[u8]> {
+        Some(values)
     }
 }
 
@@ -186,6 +196,10 @@ impl<'a, W: WeightElement> Weights<'a, W> {
     pub fn zero_point(&self) -> &Channelwise<W> {
         &self.zero_point
     }
+
+    pub(crate) fn data(&self) -> &'a [W] {
+        self.data
+    }
 }
 
 /// Weights packed once for one ISA's kernel and reused across calls: the panels, the
@@ -198,12 +212,15 @@ pub struct PackedWeights {
 }
 
 impl PackedWeights {
-    /// Packs `weights` for the [selected ISA](crate::selected_isa).
+    /// Packs `weights` ([`Weights`] of i8 or u8, or 4-bit [`NibbleWeights`]) for the
+    /// [selected ISA](crate::selected_isa). 4-bit weights stay 4-bit in memory.
     ///
     /// # Errors
-    /// If `data.len() != k·n`, a size overflows, the per-column zero points are not N,
-    /// the packed data cannot be allocated, or `QGEMM_ISA` is invalid.
-    pub fn new<W: WeightElement>(weights: Weights<'_, W>) -> Result<PackedWeights> {
+    /// If the data does not hold K·N values (4-bit: rows of two per byte), a size
+    /// overflows, the per-column zero points are not N, a 4-bit zero point is outside
+    /// its format's range, the packed data cannot be allocated, or `QGEMM_ISA` is
+    /// invalid.
+    pub fn new<'a>(weights: impl IntoWeights<'a>) -> Result<PackedWeights> {
         PackedWeights::for_isa(selected_isa()?, weights)
     }
 
@@ -211,18 +228,22 @@ impl PackedWeights {
     ///
     /// # Errors
     /// As [`new`](Self::new), and if `isa` cannot run on this CPU.
-    pub fn for_isa<W: WeightElement>(isa: Isa, weights: Weights<'_, W>) -> Result<PackedWeights> {
-        let Weights { data, layout, k, n, ref zero_point } = weights;
-        let zero_point = &zero_point_as_i8(zero_point);
+    pub fn for_isa<'a>(isa: Isa, weights: impl IntoWeights<'a>) -> Result<PackedWeights> {
+        let GemmSource { source, layout, k, n } = weights.into_source();
         let kernel = kernel_for_columns(isa, n)?;
         let len = product("weights K·N", &[k, n])?;
-        if data.len() != len {
-            bail!(BufferLength, "weights: {} values for K = {k} × N = {n} (needs {len})", data.len());
-        }
-        check_weight_zero_points(zero_point, n)?;
+        let (rows, cols) = match layout {
+            WeightLayout::KxN => (k, n),
+            WeightLayout::NxK => (n, k),
+        };
+        let what = || format!("weights K = {k} × N = {n}");
+        let Lowered { values: data, zero_point } = source.values(rows, cols, &what)?;
+        debug_assert_eq!(data.len(), len);
+        check_weight_zero_points(&zero_point, n)?;
         let tile = kernel.tile();
         // The packed size: panels of nr columns, K rounded up to the K step.
-        let kp = k.checked_next_multiple_of(tile.k_step());
+        let step = if source.is_nibbles() { PackedB::nibble_k_step(tile) } else { tile.k_step() };
+        let kp = k.checked_next_multiple_of(step);
         let cols = n.checked_next_multiple_of(tile.nr);
         match (kp, cols) {
             (Some(kp), Some(cols)) => product("packed weights", &[kp, cols])?,
@@ -232,11 +253,14 @@ impl PackedWeights {
             WeightLayout::KxN => BLayout::KxN,
             WeightLayout::NxK => BLayout::NxK,
         };
-        let what = || format!("weights K = {k} × N = {n}");
-        let data = weights_as_i8(data).map_err(|e| out_of_memory(&what(), e))?;
-        let packed =
-            PackedB::try_new(tile, &data, layout, k, n, zero_point.values()).map_err(|e| out_of_memory(&what(), e))?;
+        let pack = if source.is_nibbles() { PackedB::try_new_nibbles } else { PackedB::try_new };
+        let packed = pack(tile, &data, layout, k, n, zero_point.values()).map_err(|e| out_of_memory(&what(), e))?;
         Ok(PackedWeights { isa, kernel, packed })
+    }
+
+    /// Whether the weights are kept 4-bit ([`NibbleWeights`]).
+    pub fn is_4_bit(&self) -> bool {
+        self.packed.is_nibbles()
     }
 
     /// The ISA the weights were packed for; GEMMs with them run on it.
@@ -753,7 +777,8 @@ impl<'a> GemmTasks<'a> {
         let shape =
             Shape { m: a.rows, n: b.n(), k: b.k(), row_unit: tile.mr, col_unit: tile.nr, row_block: blocking.mc };
         let grid = Grid::new(partition, shape)?;
-        let indirect = indirect_plan(a, b.k(), kernel);
+        // 4-bit weights run on the packing path, which decodes them a block at a time.
+        let indirect = indirect_plan(a, b.k(), kernel).filter(|_| !b.is_4_bit());
         Ok(GemmTasks { a: *a, kernel, b: b.packed(), stage, out: c.into_out_data(), grid, indirect, dequant })
     }
 

@@ -68,6 +68,7 @@ mod error;
 pub mod ffi;
 mod gemm;
 mod isa;
+mod nibbles;
 mod operator;
 mod parallel;
 mod quant;
@@ -86,6 +87,7 @@ pub use gemm::{
     Weights, gemm, gemm_in, gemm_with,
 };
 pub use isa::{Isa, KernelInfo, available_isas, detected_isa, force_isa, selected_isa};
+pub use nibbles::{IntoConvWeights, IntoWeights, NibbleConvWeights, NibbleFormat, NibbleWeights};
 pub use operator::{Conv2d, Linear};
 pub use parallel::{MAX_THREADS, MIN_TASK_MACS, Partition, Tile};
 pub use quant::{

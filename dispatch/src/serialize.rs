@@ -4,10 +4,13 @@
 //! ```text
 //!  offset  size  field
 //!  0       8     magic "QGEMMWTS"
-//!  8       2     format version, u16 LE (this build writes and reads 1)
+//!  8       2     format version, u16 LE: 1 for 8-bit weights, 2 for 4-bit ones (this
+//!                build writes and reads both)
 //!  10      1     what follows: 1 = GEMM weights (PackedWeights),
 //!                              2 = conv weights (PackedConvWeights)
-//!  11      1     reserved, 0
+//!  11      1     the panels' elements: 0 = i8 (version 1), 1 = uint4 two per byte
+//!                (version 2: the 4-bit layout of `PackedB::try_new_nibbles`, int4
+//!                saved as uint4 `w + 8` with zero point `zp + 8`)
 //!  12      …     the ISA's name and the kernel's name (u8 length, ASCII each),
 //!                the tile (mr, nr, kg, ka: u32 LE each),
 //!                GEMM: K, N (u64 LE);  conv: OC, KH, KW, C, groups (u64 LE),
@@ -34,17 +37,21 @@
 //! same bytes, since every ISA computes the same function.
 
 use qgemm_kernels::kernel::Tile;
-use qgemm_kernels::pack::unpack;
+use qgemm_kernels::pack::{unpack, unpack_nibbles};
 use qgemm_reference::Conv2dParams;
 
 use crate::conv::{ConvWeights, PackedConvWeights};
 use crate::error::{Error, ErrorKind, Result, bail};
 use crate::gemm::{PackedWeights, Weights};
 use crate::isa::{Isa, selected_isa};
+use crate::nibbles::{NibbleConvWeights, NibbleFormat, NibbleWeights};
 
 const MAGIC: &[u8; 8] = b"QGEMMWTS";
-/// The format version this build writes and reads.
-pub const WEIGHTS_FORMAT_VERSION: u16 = 1;
+/// The newest format version this build writes and reads: 2, which adds 4-bit
+/// weights. 8-bit weights are still written as version 1, the same bytes as before.
+pub const WEIGHTS_FORMAT_VERSION: u16 = 2;
+const ELEMENTS_I8: u8 = 0;
+const ELEMENTS_UINT4: u8 = 1;
 const KIND_GEMM: u8 = 1;
 const KIND_CONV: u8 = 2;
 
@@ -53,7 +60,7 @@ impl PackedWeights {
     /// [`from_bytes`](Self::from_bytes)).
     pub fn to_bytes(&self) -> Vec<u8> {
         let b = self.packed();
-        let mut w = Writer::new(KIND_GEMM, self.isa(), self.kernel_info().name, b.tile());
+        let mut w = Writer::new(KIND_GEMM, self.isa(), self.kernel_info().name, b.tile(), b.is_nibbles());
         w.u64(b.k());
         w.u64(b.n());
         w.zero_points(b.zero_points());
@@ -85,7 +92,7 @@ impl PackedWeights {
     /// of [`PackedWeights::for_isa`].
     pub fn from_bytes(bytes: &[u8]) -> Result<PackedWeights> {
         let file = GemmFile::parse(bytes)?;
-        PackedWeights::for_isa(file.header.target()?, file.weights())
+        file.pack(file.header.target()?)
     }
 
     /// Weights saved by [`to_bytes`](Self::to_bytes), packed for `isa`.
@@ -94,7 +101,7 @@ impl PackedWeights {
     /// As [`from_bytes`](Self::from_bytes), and if `isa` cannot run on this CPU.
     pub fn from_bytes_for(isa: Isa, bytes: &[u8]) -> Result<PackedWeights> {
         let file = GemmFile::parse(bytes)?;
-        PackedWeights::for_isa(isa, file.weights())
+        file.pack(isa)
     }
 }
 
@@ -105,7 +112,7 @@ impl PackedConvWeights {
     pub fn to_bytes(&self) -> Vec<u8> {
         let groups = self.group_weights();
         let tile = groups[0].tile();
-        let mut w = Writer::new(KIND_CONV, self.isa(), self.kernel_info().name, tile);
+        let mut w = Writer::new(KIND_CONV, self.isa(), self.kernel_info().name, tile, groups[0].is_nibbles());
         let s = self.filter_shape();
         for v in [s.out_channels, s.kernel_height, s.kernel_width, s.in_channels, s.groups] {
             w.u64(v);
@@ -127,8 +134,7 @@ impl PackedConvWeights {
     /// [`PackedConvWeights::for_isa`].
     pub fn from_bytes(bytes: &[u8]) -> Result<PackedConvWeights> {
         let file = ConvFile::parse(bytes)?;
-        let ohwi = file.ohwi()?;
-        PackedConvWeights::for_isa(file.header.target()?, file.weights(&ohwi))
+        file.pack(file.header.target()?)
     }
 
     /// Conv weights saved by [`to_bytes`](Self::to_bytes), packed for `isa`.
@@ -137,8 +143,7 @@ impl PackedConvWeights {
     /// As [`from_bytes`](Self::from_bytes), and if `isa` cannot run on this CPU.
     pub fn from_bytes_for(isa: Isa, bytes: &[u8]) -> Result<PackedConvWeights> {
         let file = ConvFile::parse(bytes)?;
-        let ohwi = file.ohwi()?;
-        PackedConvWeights::for_isa(isa, file.weights(&ohwi))
+        file.pack(isa)
     }
 }
 
@@ -165,11 +170,12 @@ fn crc32(bytes: &[u8]) -> u32 {
 struct Writer(Vec<u8>);
 
 impl Writer {
-    fn new(kind: u8, isa: Isa, kernel: &str, tile: Tile) -> Writer {
+    fn new(kind: u8, isa: Isa, kernel: &str, tile: Tile, nibbles: bool) -> Writer {
         let mut w = Writer(Vec::new());
         w.0.extend_from_slice(MAGIC);
-        w.0.extend_from_slice(&WEIGHTS_FORMAT_VERSION.to_le_bytes());
-        w.0.extend_from_slice(&[kind, 0]);
+        let (version, elements) = if nibbles { (2u16, ELEMENTS_UINT4) } else { (1, ELEMENTS_I8) };
+        w.0.extend_from_slice(&version.to_le_bytes());
+        w.0.extend_from_slice(&[kind, elements]);
         w.name(isa.name());
         w.name(kernel);
         for v in [tile.mr, tile.nr, tile.kg, tile.ka] {
@@ -257,6 +263,8 @@ struct Header<'a> {
     isa: &'a str,
     kernel: &'a str,
     tile: Tile,
+    /// 4-bit panels.
+    nibbles: bool,
 }
 
 impl<'a> Header<'a> {
@@ -271,10 +279,10 @@ impl<'a> Header<'a> {
             bail!(Format, "serialized weights: no qgemm weights file (its first bytes are not \"QGEMMWTS\")");
         }
         let version = u16::from_le_bytes([bytes[8], bytes[9]]);
-        if version != WEIGHTS_FORMAT_VERSION {
+        if !(1..=WEIGHTS_FORMAT_VERSION).contains(&version) {
             bail!(
                 Format,
-                "serialized weights: format version {version}; this build of qgemm reads version \
+                "serialized weights: format version {version}; this build of qgemm reads versions 1 to \
                  {WEIGHTS_FORMAT_VERSION}"
             );
         }
@@ -296,6 +304,11 @@ impl<'a> Header<'a> {
         if bytes[10] != kind {
             bail!(Format, "serialized weights: the file holds {}, not {}", names(bytes[10]), names(kind));
         }
+        let nibbles = match (version, bytes[11]) {
+            (1, ELEMENTS_I8) => false,
+            (2, ELEMENTS_UINT4) => true,
+            (_, elements) => bail!(Format, "serialized weights: element code {elements} in a version {version} file"),
+        };
         let mut r = Reader { bytes: body, at: FIXED };
         let isa = r.name("the ISA's name")?;
         let kernel = r.name("the kernel's name")?;
@@ -304,7 +317,7 @@ impl<'a> Header<'a> {
             bail!(Format, "serialized weights: tile {mr}x{nr}, K-groups {kg} and {ka}, is not a valid tile");
         }
         let tile = Tile::new(mr, nr, kg).with_a_group(ka);
-        Ok((Header { isa, kernel, tile }, r))
+        Ok((Header { isa, kernel, tile, nibbles }, r))
     }
 
     /// The ISA to load for: the saved one where this CPU runs it, else the selected.
@@ -334,7 +347,9 @@ fn zero_points(r: &mut Reader<'_>, channels: usize) -> Result<Vec<i8>> {
 /// Unpacks one K×N matrix of panels, or says why it is not one.
 fn panels(header: &Header<'_>, data: &[u8], k: usize, n: usize, what: &str) -> Result<Vec<i8>> {
     let data: Vec<i8> = data.iter().map(|&b| b as i8).collect();
-    unpack(header.tile, k, n, &data).ok_or_else(|| {
+    let unpacked =
+        if header.nibbles { unpack_nibbles(header.tile, k, n, &data) } else { unpack(header.tile, k, n, &data) };
+    unpacked.ok_or_else(|| {
         format_error(format!(
             "{what}: {} bytes are not K = {k} × N = {n} packed for {} (tile {}x{}c{}, K step {}): a wrong length \
              or a non-zero padded value",
@@ -368,8 +383,14 @@ impl<'a> GemmFile<'a> {
         Ok(GemmFile { header, k, n, zero_points, b })
     }
 
-    fn weights(&self) -> Weights<'_> {
-        Weights::kxn(&self.b, self.k, self.n).with_zero_point(self.zero_points.clone())
+    /// Packs the loaded weights for `isa`, 4-bit ones as 4-bit.
+    fn pack(&self, isa: Isa) -> Result<PackedWeights> {
+        if self.header.nibbles {
+            let bytes = nibble_rows(&self.b, self.k, self.n)?;
+            let w = NibbleWeights::uint4_kxn(&bytes, self.k, self.n).with_zero_point(self.zero_points.clone());
+            return PackedWeights::for_isa(isa, w);
+        }
+        PackedWeights::for_isa(isa, Weights::kxn(&self.b, self.k, self.n).with_zero_point(self.zero_points.clone()))
     }
 }
 
@@ -421,7 +442,27 @@ impl<'a> ConvFile<'a> {
         Ok(ohwi)
     }
 
-    fn weights<'w>(&self, ohwi: &'w [i8]) -> ConvWeights<'w> {
-        ConvWeights::new(ohwi, &self.params).with_zero_point(self.zero_points.clone())
+    /// Packs the loaded weights for `isa`, 4-bit ones as 4-bit.
+    fn pack(&self, isa: Isa) -> Result<PackedConvWeights> {
+        let ohwi = self.ohwi()?;
+        let zero_points = self.zero_points.clone();
+        if self.header.nibbles {
+            let k = ohwi.len().checked_div(self.params.out_channels).unwrap_or(0);
+            let bytes = nibble_rows(&ohwi, self.params.out_channels, k)?;
+            let w = NibbleConvWeights::new(&bytes, NibbleFormat::UInt4, &self.params).with_zero_point(zero_points);
+            return PackedConvWeights::for_isa(isa, w);
+        }
+        PackedConvWeights::for_isa(isa, ConvWeights::new(&ohwi, &self.params).with_zero_point(zero_points))
     }
+}
+
+/// `rows × cols` values in [0, 15] stored two per byte, each row starting on a byte.
+fn nibble_rows(values: &[i8], rows: usize, cols: usize) -> Result<Vec<u8>> {
+    let row_bytes = cols.div_ceil(2);
+    let mut bytes = Vec::new();
+    bytes.try_reserve_exact(rows * row_bytes).map_err(|e| crate::error::out_of_memory("4-bit weights (loaded)", e))?;
+    for row in values.chunks_exact(cols.max(1)).take(rows) {
+        bytes.extend(row.chunks(2).map(|pair| pair[0] as u8 | pair.get(1).map_or(0, |&hi| (hi as u8) << 4)));
+    }
+    Ok(bytes)
 }

@@ -53,13 +53,18 @@ const STRIP_A_BYTES: usize = 16 << 10;
 /// when it is used.
 pub const A_PACK_BYTES: usize = 512 << 10;
 
+/// The most 4-bit weights one block decodes to i8 at a time (`kc × nc` values: the
+/// blocks of columns are narrowed to fit).
+pub const B_DECODE_BYTES: usize = 128 << 10;
+
 /// The most scratch one [`gemm_in`] call holds, in bytes, for the kernels of this crate
 /// (whose blockings keep one `mc × kc` block of packed A within 64 KiB and `mc × nc`
 /// within 64 Ki values: 48 × 512 × 1024 on AVX2, 128 × 512 × 480 on AVX-512 VNNI):
 /// packed A ≤ [`A_PACK_BYTES`] (or one `mc × kc` block, 64 KiB, if larger),
 /// accumulators `mc × nc` i32 ≤ 256 KiB,
-/// one K block of gathered taps ≤ 512 bytes, and row sums. Tests assert it.
-pub const GEMM_SCRATCH_BYTES: usize = A_PACK_BYTES + (256 << 10) + (1 << 10);
+/// one K block of gathered taps ≤ 512 bytes, row sums, and for 4-bit weights one
+/// decoded block ≤ [`B_DECODE_BYTES`]. Tests assert it.
+pub const GEMM_SCRATCH_BYTES: usize = A_PACK_BYTES + (256 << 10) + (1 << 10) + B_DECODE_BYTES;
 
 /// The most a [`Scratch`] ever holds, whatever mix of GEMMs and convolutions it served:
 /// the GEMM buffers, and the depthwise pair rows ([`crate::dwconv::DW_PAIRS_BYTES`];
@@ -83,6 +88,7 @@ pub struct Scratch {
     row_at: Vec<usize>,
     lane_bias: Vec<i32>,
     lane_scale: Vec<f32>,
+    b_decode: Vec<i8>,
 }
 
 /// The lengths, in elements, that a call grows each buffer of a [`Scratch`] to
@@ -112,6 +118,8 @@ pub struct ScratchNeeds {
     pub lane_bias: usize,
     /// As `lane_bias`.
     pub lane_scale: usize,
+    /// One block of 4-bit weights decoded to i8.
+    pub b_decode: usize,
 }
 
 impl ScratchNeeds {
@@ -128,6 +136,7 @@ impl ScratchNeeds {
             row_at: self.row_at.max(other.row_at),
             lane_bias: self.lane_bias.max(other.lane_bias),
             lane_scale: self.lane_scale.max(other.lane_scale),
+            b_decode: self.b_decode.max(other.b_decode),
         }
     }
 
@@ -136,6 +145,7 @@ impl ScratchNeeds {
         self.a_pack
             + 4 * (self.acc + self.row_sums + self.pair_rows + self.lane_bias + self.lane_scale)
             + self.gather
+            + self.b_decode
             + size_of::<usize>() * (self.offsets + self.row_at)
             + size_of::<(usize, usize)>() * self.tags
     }
@@ -167,6 +177,7 @@ impl Scratch {
             + size_of::<(usize, usize)>() * self.tags.capacity()
             + size_of::<usize>() * self.row_at.capacity()
             + 4 * (self.lane_bias.capacity() + self.lane_scale.capacity())
+            + self.b_decode.capacity()
     }
 
     /// Grows every buffer's capacity to `needs` (what it has already is kept), or
@@ -187,7 +198,8 @@ impl Scratch {
         reserve(&mut self.tags, needs.tags)?;
         reserve(&mut self.row_at, needs.row_at)?;
         reserve(&mut self.lane_bias, needs.lane_bias)?;
-        reserve(&mut self.lane_scale, needs.lane_scale)
+        reserve(&mut self.lane_scale, needs.lane_scale)?;
+        reserve(&mut self.b_decode, needs.b_decode)
     }
 
     /// The buffers of an indirect convolution, grown to `needs`: offsets, pad runs (in
@@ -257,6 +269,11 @@ struct GemmPlan {
     /// The most rows and columns of one block, rounded up to whole tiles.
     mc_max: usize,
     nc_max: usize,
+    /// Columns per block: the kernel's `nc`, or fewer for 4-bit weights, whose
+    /// decoded block must fit [`B_DECODE_BYTES`].
+    nc: usize,
+    /// Bytes of one decoded block of 4-bit weights (0 for 8-bit ones).
+    b_decode_len: usize,
     /// A GEMV on the kernel's one-row entry.
     one_row: bool,
     /// A row block packed once for all of K.
@@ -272,17 +289,17 @@ struct GemmPlan {
 impl GemmPlan {
     fn new(kernel: &Kernel, m: usize, matrix: bool, b: &PackedB, columns: &Range<usize>) -> GemmPlan {
         let (tile, blocking) = (kernel.tile(), kernel.blocking());
+        let nibbles = b.is_nibbles();
         let first_panel_col = columns.start / tile.nr * tile.nr;
         let kgroups_total = b.k_padded() / tile.kg;
         let fast = kernel.fast_path();
         let a_width = kernel.a_format().bytes().max(fast.map_or(1, |f| f.a_format().bytes()));
         let mc_max = blocking.mc.min(m.div_ceil(tile.mr) * tile.mr);
-        let nc_max = blocking.nc.min(columns.end.saturating_sub(first_panel_col).div_ceil(tile.nr) * tile.nr);
         // One row of a matrix (a GEMV, or decoding one token): the kernel's one-row
         // entry where it (and its fast path) has one, on A packed as a dense row (not a
         // panel of `mr` rows, all but one padding, which would crowd B's stream out of
-        // L1) for all of K at once.
-        let row_entry = kernel.has_row() && fast.is_none_or(|f| f.has_row());
+        // L1) for all of K at once. (Not for 4-bit weights, decoded a block at a time.)
+        let row_entry = kernel.has_row() && fast.is_none_or(|f| f.has_row()) && !nibbles;
         let one_row = m == 1 && matrix && row_entry && kgroups_total * tile.kg * a_width <= A_PACK_BYTES;
         let rows_packed = if one_row { 1 } else { mc_max };
         // Pack a row block once for all of K when that fits; otherwise one K block at
@@ -291,18 +308,30 @@ impl GemmPlan {
         // With a single row panel, A is tiny and B streams through once: take all of K
         // at once, so that each B panel is read front to back (what prefetchers
         // follow) rather than in kc-sized pieces a panel apart. (Not for gathered
-        // rows, whose gather buffer holds one kc block.)
-        let kc_groups = if m <= tile.mr && hold_all && matrix {
+        // rows, whose gather buffer holds one kc block, nor for 4-bit weights, decoded
+        // one block at a time.)
+        let kc_groups = if m <= tile.mr && hold_all && matrix && !nibbles {
             kgroups_total.max(1)
         } else {
             // K blocks of equal size, none larger than kc: K = 576 runs as 2 × 288
             // rather than 512 + 64, whose short block costs a whole accumulator pass.
-            // Each a whole number of A's K-groups (`kc` is, and so is all of K).
+            // Each a whole number of A's K-groups (`kc` is, and so is all of K), and
+            // for 4-bit weights of pairs of groups (one byte holds two).
             let most = blocking.kc / tile.kg;
             let step = tile.groups_per_a_group();
+            let step = if nibbles && !step.is_multiple_of(2) { 2 * step } else { step };
             let even = kgroups_total.div_ceil(kgroups_total.div_ceil(most).max(1));
             even.next_multiple_of(step).max(step)
         };
+        // A decoded block of 4-bit weights (`kc × nc` bytes) stays within
+        // B_DECODE_BYTES: fewer columns per block where the kernel's `nc` would not.
+        let nc = if nibbles {
+            let panels = B_DECODE_BYTES / (kc_groups * tile.kg * tile.nr);
+            blocking.nc.min(panels.max(1) * tile.nr)
+        } else {
+            blocking.nc
+        };
+        let nc_max = nc.min(columns.end.saturating_sub(first_panel_col).div_ceil(tile.nr) * tile.nr);
         let a_pack_len = if hold_all { rows_packed * kgroups_total * tile.kg } else { mc_max * kc_groups * tile.kg };
         GemmPlan {
             first_panel_col,
@@ -310,6 +339,8 @@ impl GemmPlan {
             a_width,
             mc_max,
             nc_max,
+            nc,
+            b_decode_len: if nibbles { nc_max * kc_groups * tile.kg } else { 0 },
             one_row,
             hold_all,
             kc_groups,
@@ -324,6 +355,7 @@ impl GemmPlan {
             acc: self.mc_max * self.nc_max,
             row_sums: self.mc_max,
             gather: self.gather_len,
+            b_decode: self.b_decode_len,
             ..ScratchNeeds::default()
         }
     }
@@ -373,9 +405,10 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
     let matrix = matches!(a, Rows::Matrix { .. });
     let plan = GemmPlan::new(kernel, m, matrix, b, &columns);
     let needs = plan.needs();
-    let GemmPlan { first_panel_col, kgroups_total, nc_max, one_row, hold_all, kc_groups, .. } = plan;
+    let GemmPlan { first_panel_col, kgroups_total, nc_max, nc, one_row, hold_all, kc_groups, .. } = plan;
     let (j0, n) = (columns.start, columns.end);
-    let Scratch { a_pack, acc, row_sums, gather, .. } = scratch;
+    let Scratch { a_pack, acc, row_sums, gather, b_decode, .. } = scratch;
+    let b_decode = grown(b_decode, needs.b_decode);
     let a_pack = grown(a_pack, needs.a_pack);
     let acc = grown(acc, needs.acc);
     let row_sums = grown(row_sums, needs.row_sums);
@@ -415,13 +448,14 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
                 block_kernel.pack_a(&a_block, rows, k, i * kc_groups, groups_of(i), row, dst, sums, gather);
             }
         }
-        for jc in (first_panel_col..n).step_by(blocking.nc) {
-            let cols = blocking.nc.min(n - jc);
+        for jc in (first_panel_col..n).step_by(nc) {
+            let cols = nc.min(n - jc);
             // Columns of this block before `columns.start`: computed (they share its
             // first panel) but never stored.
             let skip = j0.saturating_sub(jc);
             let col_panels = cols.div_ceil(tile.nr);
-            let b_block = |g0: usize| &b.data()[(jc / tile.nr) * b.panel_stride() + g0 * tile.nr * tile.kg..];
+            // K block i of B for this block of columns, and its panel stride: the
+            // packed weights themselves, or for 4-bit ones the block decoded to i8.
             // Without room for all of K, each K block is packed here, as it is used (the
             // row sums on the first block of columns only).
             let mut pack_now = |i: usize, a_pack: &mut [u8], row_sums: &mut [i32]| {
@@ -445,10 +479,11 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
                     Rows::Matrix { data, .. } if in_place => &data[..k],
                     _ => &a_pack[..],
                 };
+                let (b_row, b_panel_stride) = b_block_of(b, b_decode, jc, col_panels, 0, groups_of(0));
                 let block_args = BlockArgs {
                     a: a_row,
-                    b: b_block(0),
-                    b_panel_stride: b.panel_stride(),
+                    b: b_row,
+                    b_panel_stride,
                     row_panels: 1,
                     rows: 1,
                     col_panels,
@@ -476,10 +511,11 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
             let through_acc = if skip > 0 { k_blocks } else { k_blocks - 1 };
             for i in 0..through_acc {
                 pack_now(i, a_pack, row_sums);
+                let (b_i, b_panel_stride) = b_block_of(b, b_decode, jc, col_panels, i * kc_groups, groups_of(i));
                 block_kernel.block(BlockArgs {
                     a: &a_pack[offset(i)..],
-                    b: b_block(i * kc_groups),
-                    b_panel_stride: b.panel_stride(),
+                    b: b_i,
+                    b_panel_stride,
                     row_panels,
                     rows,
                     col_panels,
@@ -496,8 +532,9 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
                 continue;
             }
             let last = k_blocks - 1;
-            let (g_last, groups_last, last_offset) = (last * kc_groups, groups_of(last), offset(last));
+            let (groups_last, last_offset) = (groups_of(last), offset(last));
             pack_now(last, a_pack, row_sums);
+            let (b_last, b_panel_stride) = b_block_of(b, b_decode, jc, col_panels, last * kc_groups, groups_last);
             // The last K block a strip of row panels at a time, with the output stage
             // of its rows: fused into each tile where the kernel can, else straight
             // after the strip while its accumulators are still in cache; never a pass
@@ -511,8 +548,8 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
                 let strip_rows = (panels * tile.mr).min(rows - r0);
                 let block_args = BlockArgs {
                     a: &a_pack[last_offset + ip * a_panel_bytes..],
-                    b: b_block(g_last),
-                    b_panel_stride: b.panel_stride(),
+                    b: b_last,
+                    b_panel_stride,
                     row_panels: panels,
                     rows: strip_rows,
                     col_panels,
@@ -530,6 +567,25 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
             }
         }
     }
+}
+
+/// K-groups `[g0, g0 + groups)` of the `col_panels` panels of B from column `jc`, and
+/// their panel stride: the packed weights themselves, or for 4-bit weights the block
+/// decoded to i8 into `decoded`.
+fn b_block_of<'s>(
+    b: &'s PackedB,
+    decoded: &'s mut [i8],
+    jc: usize,
+    col_panels: usize,
+    g0: usize,
+    groups: usize,
+) -> (&'s [i8], usize) {
+    let tile = b.tile();
+    if b.is_nibbles() {
+        b.decode_nibbles(jc / tile.nr, col_panels, g0, groups, decoded);
+        return (decoded, groups * tile.nr * tile.kg);
+    }
+    (&b.data()[(jc / tile.nr) * b.panel_stride() + g0 * tile.nr * tile.kg..], b.panel_stride())
 }
 
 /// Where an output stage call lands: rows `r0..r0 + rows` of the row block at `ic`,

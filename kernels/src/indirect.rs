@@ -151,7 +151,9 @@ pub struct IndirectGemm<'a> {
 /// Whether `kernel` runs an indirect convolution with weights `b` and activations at
 /// most `max_value`: it, or its fast path where that is exact, has an indirect entry.
 pub fn runs_on(kernel: &Kernel, b: &PackedB, max_value: u8) -> bool {
-    kernel.for_block(b, || max_value).has_indirect()
+    // 4-bit weights are decoded a block at a time by the GEMM driver; the indirect
+    // kernels read all of K of 8-bit panels.
+    !b.is_nibbles() && kernel.for_block(b, || max_value).has_indirect()
 }
 
 /// The most rows and columns of one block of [`gemm_in`], rounded up to whole tiles.
@@ -190,7 +192,7 @@ pub fn gemm_in(kernel: &Kernel, args: IndirectGemm<'_>, scratch: &mut Scratch) {
     let IndirectGemm { m, conv, plan, b, stage, columns, mut out } = args;
     let tile = kernel.tile();
     let blocking = kernel.blocking();
-    assert!(b.fits(tile), "weights packed for another tile");
+    assert!(b.fits(tile) && !b.is_nibbles(), "weights packed for another tile, or 4-bit");
     assert_eq!(b.k_padded(), plan.segments * plan.seg_groups * 4, "weights packed for another plan");
     assert!(columns.start <= columns.end && columns.end <= b.n(), "columns outside the weights");
     assert!(out.rows() >= m && out.cols() >= columns.len(), "output window smaller than the product");

@@ -64,6 +64,9 @@ pub struct PackedB {
     zero_points: Vec<i32>,
     pair_sums_fit_i16: bool,
     excludes_i8_min: bool,
+    /// 4-bit weights ([`PackedB::try_new_nibbles`]): `data` holds two k-groups per
+    /// group's room, one in each nibble.
+    nibbles: bool,
 }
 
 impl PackedB {
@@ -85,9 +88,22 @@ impl PackedB {
         n: usize,
         zero_points: &[i8],
     ) -> Result<PackedB, TryReserveError> {
+        let kp = k.div_ceil(tile.k_step()) * tile.k_step();
+        PackedB::try_new_padded(tile, b, layout, k, n, zero_points, kp)
+    }
+
+    /// [`PackedB::try_new`] with K padded to `kp`.
+    fn try_new_padded(
+        tile: Tile,
+        b: &[i8],
+        layout: BLayout,
+        k: usize,
+        n: usize,
+        zero_points: &[i8],
+        kp: usize,
+    ) -> Result<PackedB, TryReserveError> {
         assert_eq!(Some(b.len()), k.checked_mul(n), "B length");
         assert!(zero_points.len() == 1 || zero_points.len() == n, "zero point count");
-        let kp = k.div_ceil(tile.k_step()) * tile.k_step();
         let panels = n.div_ceil(tile.nr);
         let panel_len = kp.checked_mul(tile.nr).expect("panel size overflows");
         let len = panels.checked_mul(panel_len).expect("packed size overflows");
@@ -137,7 +153,84 @@ impl PackedB {
             zero_points: column_zero_points,
             pair_sums_fit_i16,
             excludes_i8_min,
+            nibbles: false,
         })
+    }
+
+    /// Packs a K×N matrix of 4-bit values, each in `[0, 15]`, kept two per byte: the
+    /// layout of [`PackedB::try_new`] with every two consecutive k-groups of a panel
+    /// (`2j`, `2j + 1`) sharing the room of one, group `2j` in the low nibbles and
+    /// `2j + 1` in the high ones. K is padded to a whole number of such pairs (and of
+    /// the tile's K step): [`PackedB::nibble_k_step`]. Kernels read the groups back
+    /// with [`PackedB::decode_nibbles`] (or, in registers, a mask and a shift).
+    ///
+    /// Signed int4 weights are packed as `w + 8` with zero point `zp + 8`, which
+    /// leaves every difference `w − zp` as it was: the caller's choice (the public
+    /// crate's), this function takes the values in `[0, 15]` only.
+    ///
+    /// # Errors
+    /// As [`PackedB::try_new`].
+    ///
+    /// # Panics
+    /// As [`PackedB::try_new`], and if a value is outside `[0, 15]`.
+    pub fn try_new_nibbles(
+        tile: Tile,
+        b: &[i8],
+        layout: BLayout,
+        k: usize,
+        n: usize,
+        zero_points: &[i8],
+    ) -> Result<PackedB, TryReserveError> {
+        assert!(b.iter().all(|&w| (0..=15).contains(&w)), "4-bit weights in [0, 15]");
+        let step = PackedB::nibble_k_step(tile);
+        let kp = k.div_ceil(step) * step;
+        let wide = PackedB::try_new_padded(tile, b, layout, k, n, zero_points, kp)?;
+        let group = tile.nr * tile.kg;
+        let (wide_stride, panels) = (wide.panel_stride(), n.div_ceil(tile.nr));
+        let mut data = LineAligned::zeroed(wide.data.len / 2)?;
+        let src = wide.data();
+        for (panel, dst) in data.as_mut_slice().chunks_exact_mut((wide_stride / 2).max(1)).take(panels).enumerate() {
+            let src = &src[panel * wide_stride..][..wide_stride];
+            for (dst, src) in dst.chunks_exact_mut(group).zip(src.chunks_exact(2 * group)) {
+                let (low, high) = src.split_at(group);
+                for ((d, &lo), &hi) in dst.iter_mut().zip(low).zip(high) {
+                    *d = (lo as u8 | (hi as u8) << 4) as i8;
+                }
+            }
+        }
+        Ok(PackedB { data, nibbles: true, ..wide })
+    }
+
+    /// What K is padded to for 4-bit weights of `tile`: a whole number of k-group
+    /// pairs and of the tile's K step.
+    pub const fn nibble_k_step(tile: Tile) -> usize {
+        if tile.groups_per_a_group().is_multiple_of(2) { tile.k_step() } else { 2 * tile.k_step() }
+    }
+
+    /// Whether the weights are kept 4-bit ([`PackedB::try_new_nibbles`]).
+    pub fn is_nibbles(&self) -> bool {
+        self.nibbles
+    }
+
+    /// Writes the k-groups `[g0, g0 + groups)` of `col_panels` panels from panel
+    /// `first_panel` of 4-bit weights into `dst` as i8 values, in the layout of
+    /// [`PackedB::try_new`] for a block of that many groups: panel `p` at
+    /// `p · groups · nr · kg`, so that any kernel reads the block as it reads 8-bit
+    /// weights (with `b_panel_stride` that distance).
+    ///
+    /// # Panics
+    /// Unless the weights are 4-bit, `g0` is even (a block starts on a pair) and the
+    /// block lies within the weights and `dst`.
+    pub fn decode_nibbles(&self, first_panel: usize, col_panels: usize, g0: usize, groups: usize, dst: &mut [i8]) {
+        assert!(self.nibbles && g0.is_multiple_of(2), "a block of 4-bit weights from an even k-group");
+        let group = self.tile.nr * self.tile.kg;
+        let (stride, block) = (self.panel_stride(), groups * group);
+        assert!((g0 + groups) * group <= 2 * stride, "k-groups past the weights");
+        let src = &self.data()[first_panel * stride..];
+        for (panel, out) in dst[..col_panels * block].chunks_exact_mut(block.max(1)).enumerate() {
+            let src = &src[panel * stride + g0 / 2 * group..][..groups.div_ceil(2) * group];
+            decode_pairs(src, out, group);
+        }
     }
 
     /// Packs N×K weights whose K is `runs` runs of `run_len` values for an indirect
@@ -219,12 +312,13 @@ impl PackedB {
         self.kp
     }
 
-    /// Distance in bytes between panels.
+    /// Distance in bytes between panels (for 4-bit weights, half the values).
     pub fn panel_stride(&self) -> usize {
-        self.kp * self.tile.nr
+        if self.nibbles { self.kp * self.tile.nr / 2 } else { self.kp * self.tile.nr }
     }
 
-    /// The packed panels.
+    /// The packed panels (for 4-bit weights, their bytes: see
+    /// [`PackedB::try_new_nibbles`]).
     pub fn data(&self) -> &[i8] {
         self.data.as_slice()
     }
@@ -249,7 +343,29 @@ impl PackedB {
     /// [`PackedB::try_new`]; those of [`PackedB::try_new_runs`] come back with their
     /// runs padded).
     pub fn unpack(&self) -> Vec<i8> {
+        if self.nibbles {
+            return unpack_nibbles(self.tile, self.k, self.n, self.data()).expect("a packing of this crate's own");
+        }
         unpack(self.tile, self.k, self.n, self.data()).expect("a packing of this crate's own")
+    }
+}
+
+/// Spreads pairs of k-groups (`group` bytes each, the first in the low nibbles of
+/// `src`, the second in the high ones) into consecutive groups of `out`; a last odd
+/// group takes the low nibbles only.
+fn decode_pairs(src: &[i8], out: &mut [i8], group: usize) {
+    let (pairs, last) = out.split_at_mut(out.len() / (2 * group) * 2 * group);
+    for (pair, src) in pairs.chunks_exact_mut(2 * group).zip(src.chunks_exact(group)) {
+        let (low, high) = pair.split_at_mut(group);
+        for ((lo, hi), &b) in low.iter_mut().zip(high.iter_mut()).zip(src) {
+            *lo = (b & 0x0f) as i8;
+            *hi = ((b as u8) >> 4) as i8;
+        }
+    }
+    if !last.is_empty() {
+        for (lo, &b) in last.iter_mut().zip(&src[pairs.len() / 2..]) {
+            *lo = (b & 0x0f) as i8;
+        }
     }
 }
 
@@ -261,7 +377,33 @@ pub fn unpack(tile: Tile, k: usize, n: usize, data: &[i8]) -> Option<Vec<i8>> {
     if tile.nr == 0 || tile.kg == 0 || tile.k_step() == 0 {
         return None;
     }
-    let kp = k.checked_next_multiple_of(tile.k_step())?;
+    unpack_padded(tile, k, n, k.checked_next_multiple_of(tile.k_step())?, data)
+}
+
+/// [`unpack`] for 4-bit weights: `data` is panels packed for `tile` by
+/// [`PackedB::try_new_nibbles`], two k-groups per group's room; the values come back
+/// in `[0, 15]`.
+pub fn unpack_nibbles(tile: Tile, k: usize, n: usize, data: &[i8]) -> Option<Vec<i8>> {
+    if tile.nr == 0 || tile.kg == 0 || tile.k_step() == 0 {
+        return None;
+    }
+    let kp = k.checked_next_multiple_of(PackedB::nibble_k_step(tile))?;
+    let wide_panel = kp.checked_mul(tile.nr)?;
+    let panels = n.div_ceil(tile.nr);
+    if panels.checked_mul(wide_panel / 2)? != data.len() {
+        return None;
+    }
+    let mut wide = Vec::new();
+    wide.try_reserve_exact(panels * wide_panel).ok()?;
+    wide.resize(panels * wide_panel, 0);
+    for (src, out) in data.chunks_exact((wide_panel / 2).max(1)).zip(wide.chunks_exact_mut(wide_panel.max(1))) {
+        decode_pairs(src, out, tile.nr * tile.kg);
+    }
+    unpack_padded(tile, k, n, kp, &wide)
+}
+
+/// [`unpack`] with K padded to `kp`.
+fn unpack_padded(tile: Tile, k: usize, n: usize, kp: usize, data: &[i8]) -> Option<Vec<i8>> {
     let panel_len = kp.checked_mul(tile.nr)?;
     let panels = n.div_ceil(tile.nr);
     if panels.checked_mul(panel_len)? != data.len() {

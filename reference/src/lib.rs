@@ -92,17 +92,25 @@
 //! padded tap reads as the input zero point, so it contributes exactly zero.
 //! `OH = (H + pad_top + pad_bottom − dilation·(KH − 1) − 1) / stride + 1`, defined only
 //! when the dilated kernel fits in the padded input.
+//!
+//! ### 4. 4-bit weights
+//! int4 ([−8, 7]) or uint4 ([0, 15]) weights, two per byte, are the i8 weights that
+//! [`unpack_nibbles`] makes of them, with their zero point (int4's in [−8, 7], uint4's
+//! in [0, 15]): the GEMM and conv contracts above apply as they are. `W − b_zp` then
+//! lies in [−15, 15].
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod conv;
 mod gemm;
+mod nibbles;
 mod requant;
 mod types;
 
 pub use conv::{Conv2dProblem, conv2d, conv2d_accumulators};
 pub use gemm::{GemmProblem, apply_output_stage, gemm, gemm_accumulators};
+pub use nibbles::unpack_nibbles;
 pub use requant::{
     dequantize, f32_add_nearest, f32_nearest, fixed_point, fixed_point_half_up, fixed_point_single_rounding, float,
     onnx_float_scale, quantize_bias, quantize_multiplier, requantize, rounding_divide_by_pot,
