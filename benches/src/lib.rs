@@ -16,8 +16,9 @@ use rand::{RngExt, SeedableRng};
 
 use qgemm::reference::{self, Conv2dProblem, GemmProblem, OutputData};
 use qgemm::{
-    Activations, Channelwise, Conv2dParams, ConvInput, ConvWeights, Isa, Options, OutputMatrix, OutputStage,
-    OutputType, PackedConvWeights, PackedWeights, Requantization, Requantize, WeightLayout, Weights,
+    Activations, Channelwise, Conv2dParams, ConvInput, ConvWeights, Isa, NibbleConvWeights, NibbleFormat,
+    NibbleWeights, Options, OutputMatrix, OutputStage, OutputType, PackedConvWeights, PackedWeights, Requantization,
+    Requantize, WeightLayout, Weights,
 };
 
 /// One shape of the suite.
@@ -185,6 +186,48 @@ impl DataKind {
     }
 }
 
+/// The weights' element type: i8, or 4-bit kept two per byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WeightBits {
+    /// i8, zero point 0.
+    I8,
+    /// int4 in [−8, 7], zero point 0.
+    I4,
+    /// uint4 in [0, 15], zero point 8 (as ONNX Runtime's `MatMulNBits` defaults to).
+    U4,
+}
+
+impl WeightBits {
+    /// `i8`, `i4` or `u4`.
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightBits::I8 => "i8",
+            WeightBits::I4 => "i4",
+            WeightBits::U4 => "u4",
+        }
+    }
+
+    /// Parses a comma-separated list of `i8`, `i4`, `u4`.
+    pub fn parse_list(list: &str) -> Result<Vec<WeightBits>, String> {
+        list.split(',')
+            .map(|w| match w.trim() {
+                "i8" => Ok(WeightBits::I8),
+                "i4" => Ok(WeightBits::I4),
+                "u4" => Ok(WeightBits::U4),
+                other => Err(format!("--weights {other}: expected i8, i4 or u4")),
+            })
+            .collect()
+    }
+
+    fn format(self) -> Option<NibbleFormat> {
+        match self {
+            WeightBits::I8 => None,
+            WeightBits::I4 => Some(NibbleFormat::Int4),
+            WeightBits::U4 => Some(NibbleFormat::UInt4),
+        }
+    }
+}
+
 /// One problem of the suite with its data: u8 output, per-channel i32 bias, and
 /// per-tensor Float requantization (what ONNX Runtime and PyTorch users run), with a
 /// scale that spreads the outputs over the u8 range.
@@ -194,10 +237,15 @@ pub struct Problem {
     pub shape: Shape,
     /// The data kind.
     pub data: DataKind,
+    /// The weights' element type.
+    pub bits: WeightBits,
     a: Vec<u8>,
     a_zp: u8,
-    /// GEMM: N×K; conv: OHWI.
+    /// GEMM: N×K; conv: OHWI (4-bit weights: their values, unpacked).
     b: Vec<i8>,
+    /// 4-bit weights as stored: each row of K values (a GEMM column, a conv output
+    /// channel) in `ceil(K / 2)` bytes, the lower index in the low nibble.
+    nibbles: Vec<u8>,
     b_zp: Channelwise<i8>,
     stage: OutputStage,
 }
@@ -224,6 +272,11 @@ impl Packed {
 impl Problem {
     /// Generates the problem's data, deterministically from `seed`.
     pub fn new(shape: Shape, data: DataKind, seed: u64) -> Problem {
+        Problem::with_weights(shape, data, WeightBits::I8, seed)
+    }
+
+    /// A problem with weights of `bits`, deterministically from `seed`.
+    pub fn with_weights(shape: Shape, data: DataKind, bits: WeightBits, seed: u64) -> Problem {
         let mut rng = StdRng::seed_from_u64(seed);
         let (a_len, b_len, k, n) = match &shape {
             Shape::Gemm { m, k, n } => (m * k, k * n, *k, *n),
@@ -237,16 +290,28 @@ impl Problem {
             DataKind::SevenBit => 127,
         };
         let a: Vec<u8> = (0..a_len).map(|_| rng.random_range(0..=a_max)).collect();
-        let b: Vec<i8> = (0..b_len).map(|_| rng.random()).collect();
+        let (b, b_zp, w_spread): (Vec<i8>, i8, f64) = match bits {
+            WeightBits::I8 => ((0..b_len).map(|_| rng.random()).collect(), 0, 74.0),
+            WeightBits::I4 => ((0..b_len).map(|_| rng.random_range(-8..=7)).collect(), 0, 4.6),
+            WeightBits::U4 => ((0..b_len).map(|_| rng.random_range(0..=15)).collect(), 8, 4.6),
+        };
+        let nibbles = if bits == WeightBits::I8 {
+            Vec::new()
+        } else {
+            b.chunks_exact(k.max(1))
+                .flat_map(|row| row.chunks(2).map(|p| (p[0] as u8 & 15) | p.get(1).map_or(0, |&h| (h as u8 & 15) << 4)))
+                .collect()
+        };
         let a_zp = a_max / 2 + 1;
-        // Accumulators spread as ≈ 74·(a range / 255)·74·√K; aim for ±64 output levels.
-        let spread = 74.0 * (f64::from(a_max) / 255.0) * 74.0 * (k.max(1) as f64).sqrt();
+        // Accumulators spread as ≈ 74·(a range / 255)·(the weights' spread)·√K; aim
+        // for ±64 output levels.
+        let spread = 74.0 * (f64::from(a_max) / 255.0) * w_spread * (k.max(1) as f64).sqrt();
         let scale = (64.0 / spread) as f32;
         let stage = OutputStage::new(
             Some((0..n).map(|_| rng.random_range(-(1 << 16)..(1 << 16))).collect()),
             Some(Requantize::from_i32(Requantization::Float { scale: Channelwise::PerTensor(scale) }, 128, 0, 255)),
         );
-        Problem { shape, data, a, a_zp, b, b_zp: Channelwise::PerTensor(0), stage }
+        Problem { shape, data, bits, a, a_zp, b, nibbles, b_zp: Channelwise::PerTensor(b_zp), stage }
     }
 
     /// Output elements.
@@ -257,14 +322,21 @@ impl Problem {
 
     /// Packs the weights for `isa`.
     pub fn pack(&self, isa: Isa) -> qgemm::Result<Packed> {
-        match &self.shape {
-            Shape::Gemm { k, n, .. } => {
-                PackedWeights::for_isa(isa, Weights::nxk(&self.b, *n, *k).with_zero_point(self.b_zp.clone()))
-                    .map(Packed::Gemm)
+        let zp = self.b_zp.clone();
+        match (&self.shape, self.bits.format()) {
+            (Shape::Gemm { k, n, .. }, None) => {
+                PackedWeights::for_isa(isa, Weights::nxk(&self.b, *n, *k).with_zero_point(zp)).map(Packed::Gemm)
             }
-            Shape::Conv { params: p, .. } => {
-                PackedConvWeights::for_isa(isa, ConvWeights::new(&self.b, p).with_zero_point(self.b_zp.clone()))
-                    .map(Packed::Conv)
+            (Shape::Gemm { k, n, .. }, Some(format)) => {
+                let w = NibbleWeights::new(&self.nibbles, format, WeightLayout::NxK, *k, *n).with_zero_point(zp);
+                PackedWeights::for_isa(isa, w).map(Packed::Gemm)
+            }
+            (Shape::Conv { params: p, .. }, None) => {
+                PackedConvWeights::for_isa(isa, ConvWeights::new(&self.b, p).with_zero_point(zp)).map(Packed::Conv)
+            }
+            (Shape::Conv { params: p, .. }, Some(format)) => {
+                let w = NibbleConvWeights::new(&self.nibbles, format, p).with_zero_point(zp);
+                PackedConvWeights::for_isa(isa, w).map(Packed::Conv)
             }
         }
     }
@@ -366,6 +438,12 @@ impl Problem {
     /// The weight zero point (the suite's is per tensor).
     pub fn weight_zero_point(&self) -> i8 {
         self.b_zp.at(0)
+    }
+
+    /// 4-bit weights as stored (empty for i8): each row of K values (GEMM N×K, conv
+    /// OHWI) in `ceil(K / 2)` bytes, the lower index in the low nibble.
+    pub fn nibble_weights(&self) -> &[u8] {
+        &self.nibbles
     }
 
     /// The per-column i32 bias.
@@ -517,13 +595,18 @@ mod tests {
     fn a_small_problem_is_exact_on_every_isa() {
         let shapes = "gemm:7x33x65,conv:1x20x20x16/16/3x3/s2/p1x0x1x2/g4,conv:2x9x7x8/12/3x2/s1x2/p0x2x1x0/d2x1";
         for shape in parse_shapes(shapes).unwrap() {
-            for data in [DataKind::Full, DataKind::SevenBit] {
-                let p = Problem::new(shape.clone(), data, 1);
+            for (data, bits) in [
+                (DataKind::Full, WeightBits::I8),
+                (DataKind::SevenBit, WeightBits::I8),
+                (DataKind::Full, WeightBits::I4),
+                (DataKind::Full, WeightBits::U4),
+            ] {
+                let p = Problem::with_weights(shape.clone(), data, bits, 1);
                 let expected = p.reference();
                 for &isa in qgemm::available_isas() {
                     let mut out = vec![0u8; p.output_len()];
                     p.run(&p.pack(isa).unwrap(), 2, &mut out, &mut qgemm::Workspace::new()).unwrap();
-                    assert_eq!(out, expected, "{} on {isa}", shape.label());
+                    assert_eq!(out, expected, "{} {bits:?} on {isa}", shape.label());
                 }
             }
         }

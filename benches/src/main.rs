@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use qgemm::Isa;
 use qgemm_bench::report::{self, Measurement, Table, Timing};
 use qgemm_bench::{
-    CONV_SUITE, DataKind, Problem, Shape, default_suite, export, median, parse_shapes, peak, rust_peers,
+    CONV_SUITE, DataKind, Problem, Shape, WeightBits, default_suite, export, median, parse_shapes, peak, rust_peers,
 };
 
 const HELP: &str = "\
@@ -38,6 +38,11 @@ Options:
   --isa LIST           comma-separated ISAs (default: every ISA available here)
   --threads LIST       comma-separated thread counts (default 1)
   --data KIND          full (default): full-range data; 7bit: activations in 0..=127
+  --weights LIST       comma-separated weight types (default i8): i8; i4: int4 in
+                       [-8, 7], zero point 0; u4: uint4 in [0, 15], zero point 8;
+                       4-bit weights are kept two per byte. Rows of 4-bit weights are
+                       labelled `qgemm ISA i4` / `u4`, and a table puts them beside
+                       int8. The Rust peers run i8 only.
   --min-time S         seconds of timed runs per row, at least 3 runs (default 0.5)
   --json               one JSON object per line per measurement instead of the table
   --rust-peers         also time rten-gemm and tract-linalg on the GEMM shapes,
@@ -70,6 +75,7 @@ struct Args {
     isas: Vec<Isa>,
     threads: Vec<usize>,
     data: DataKind,
+    weights: Vec<WeightBits>,
     min_time: Duration,
     json: bool,
     rust_peers: bool,
@@ -108,6 +114,7 @@ fn parse_args() -> Result<Option<Args>, String> {
         isas: qgemm::available_isas().to_vec(),
         threads: vec![1],
         data: DataKind::Full,
+        weights: vec![WeightBits::I8],
         min_time: Duration::from_millis(500),
         json: false,
         rust_peers: false,
@@ -125,6 +132,7 @@ fn parse_args() -> Result<Option<Args>, String> {
             "--isa" => args.isas = parse_isas(&value()?)?,
             "--threads" => args.threads = parse_threads(&value()?)?,
             "--data" => args.data = DataKind::parse(&value()?)?,
+            "--weights" => args.weights = WeightBits::parse_list(&value()?)?,
             "--min-time" => {
                 let s: f64 = value()?.parse().map_err(|_| "--min-time needs seconds".to_string())?;
                 if !(s.is_finite() && s >= 0.0) {
@@ -210,7 +218,12 @@ impl Runner<'_> {
         let mut rows = Vec::new();
         for &isa in &self.args.isas {
             let shape = &problem.shape;
-            let what = self.step(&format!("{} {} on qgemm {isa}, {threads} thread(s)", shape.op(), shape.label()));
+            let bits = problem.bits;
+            let id = match bits {
+                WeightBits::I8 => format!("qgemm {isa}"),
+                other => format!("qgemm {isa} {}", other.name()),
+            };
+            let what = self.step(&format!("{} {} on {id}, {threads} thread(s)", shape.op(), shape.label()));
             progress(&format!("{what}: timing..."));
             let packed = problem.pack(isa).expect("the suite's weights pack on every available ISA");
             let mut out = vec![0u8; problem.output_len()];
@@ -246,8 +259,9 @@ impl Runner<'_> {
                 shape: shape.label(),
                 threads,
                 data: problem.data.name().into(),
-                id: format!("qgemm {isa}"),
-                name: format!("qgemm {isa} ({kernel})"),
+                weights: bits.name().into(),
+                name: format!("{id} ({kernel})"),
+                id,
                 library: format!("qgemm {}", env!("CARGO_PKG_VERSION")),
                 is_qgemm: true,
                 result: Ok(Timing {
@@ -257,6 +271,7 @@ impl Runner<'_> {
                     total: out.len() as u64,
                     max_abs_diff,
                     scratch_bytes,
+                    checked: true,
                 }),
             };
             self.line(&m, kernel, Some(peak));
@@ -285,6 +300,7 @@ impl Runner<'_> {
                 shape: shape.label(),
                 threads,
                 data: problem.data.name().into(),
+                weights: problem.bits.name().into(),
                 id: peer.id().into(),
                 name: peer.name(),
                 library: peer.library().into(),
@@ -296,6 +312,7 @@ impl Runner<'_> {
                     total: out.len() as u64,
                     max_abs_diff,
                     scratch_bytes: None,
+                    checked: true,
                 }),
             };
             self.line(&m, &m.name, None);
@@ -362,7 +379,11 @@ fn read_peer_results(paths: &[PathBuf]) -> Result<Vec<Measurement>, String> {
 }
 
 fn export_suite(args: &Args, dir: &std::path::Path) -> ExitCode {
-    let problems: Vec<Problem> = args.shapes.iter().map(|s| Problem::new(s.clone(), args.data, seed(s))).collect();
+    let problems: Vec<Problem> = args
+        .shapes
+        .iter()
+        .flat_map(|s| args.weights.iter().map(|&w| Problem::with_weights(s.clone(), args.data, w, seed(s))))
+        .collect();
     let total = problems.len();
     let result = export::export(dir, &problems, |i, p| {
         progress(&format!(
@@ -495,16 +516,19 @@ fn main() -> ExitCode {
     }
 
     let gemm_shapes = args.shapes.iter().filter(|s| matches!(s, Shape::Gemm { .. })).count();
-    let per_thread = args.shapes.len() * args.isas.len() + if args.rust_peers { 2 * gemm_shapes } else { 0 };
+    let rust_peer_rows = if args.rust_peers && args.weights.contains(&WeightBits::I8) { 2 * gemm_shapes } else { 0 };
+    let per_thread = args.shapes.len() * args.isas.len() * args.weights.len() + rust_peer_rows;
     let mut runner = Runner { args: &args, peaks, done: 0, total: per_thread * args.threads.len() };
     let mut rows = Vec::new();
     for shape in &args.shapes {
-        let problem = Problem::new(shape.clone(), args.data, seed(shape));
-        let mut expected = None;
-        for &threads in &args.threads {
-            rows.extend(runner.qgemm(&problem, threads, &mut expected));
-            if args.rust_peers {
-                rows.extend(runner.rust_peers(&problem, threads));
+        for &bits in &args.weights {
+            let problem = Problem::with_weights(shape.clone(), args.data, bits, seed(shape));
+            let mut expected = None;
+            for &threads in &args.threads {
+                rows.extend(runner.qgemm(&problem, threads, &mut expected));
+                if args.rust_peers && bits == WeightBits::I8 {
+                    rows.extend(runner.rust_peers(&problem, threads));
+                }
             }
         }
     }
@@ -524,9 +548,14 @@ fn main() -> ExitCode {
         for m in &rows {
             println!("{}", m.json());
         }
-    } else if rows.iter().any(|m| !m.is_qgemm) {
-        for table in Table::split(&rows) {
-            println!("\n{}", table.text());
+    } else {
+        if rows.iter().any(|m| !m.is_qgemm) {
+            for table in Table::split(&rows) {
+                println!("\n{}", table.text());
+            }
+        }
+        if let Some(comparison) = report::weights_comparison(&rows, false) {
+            println!("{comparison}");
         }
     }
     if let Some(dir) = &args.report {

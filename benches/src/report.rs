@@ -25,6 +25,8 @@ pub struct Measurement {
     pub threads: usize,
     /// `full` or `7bit`.
     pub data: String,
+    /// The weights' element type: `i8`, `i4` or `u4`.
+    pub weights: String,
     /// A short id: `qgemm avx2`, `ort-qlinearmatmul`, `rten-gemm`.
     pub id: String,
     /// A human name, with the kernel where known.
@@ -53,6 +55,10 @@ pub struct Timing {
     pub max_abs_diff: i64,
     /// The most scratch one thread held (qgemm's workspace), where known.
     pub scratch_bytes: Option<u64>,
+    /// Whether the outputs were compared with the reference at all: a peer whose
+    /// results are float (ONNX Runtime's `MatMulNBits`, which also quantizes A itself)
+    /// is timed only.
+    pub checked: bool,
 }
 
 impl Measurement {
@@ -68,8 +74,9 @@ impl Measurement {
                 gops: number("gops")?,
                 wrong: number("wrong")? as u64,
                 total: number("total")? as u64,
-                max_abs_diff: number("max_abs_diff")? as i64,
+                max_abs_diff: v["max_abs_diff"].as_f64().unwrap_or(0.0) as i64,
                 scratch_bytes: v["scratch_bytes"].as_u64(),
+                checked: !v["unchecked"].as_bool().unwrap_or(false),
             }),
         };
         Ok(Measurement {
@@ -77,6 +84,7 @@ impl Measurement {
             shape: text("shape")?,
             threads: number("threads")? as usize,
             data: text("data")?,
+            weights: v["weights"].as_str().unwrap_or("i8").to_string(),
             id: text("peer")?,
             name: text("name")?,
             library: text("library")?,
@@ -89,7 +97,7 @@ impl Measurement {
     pub fn json(&self) -> String {
         let mut v = serde_json::json!({
             "op": self.suite, "shape": self.shape, "threads": self.threads, "data": self.data,
-            "peer": self.id, "name": self.name, "library": self.library, "qgemm": self.is_qgemm,
+            "weights": self.weights, "peer": self.id, "name": self.name, "library": self.library, "qgemm": self.is_qgemm,
         });
         match &self.result {
             Ok(t) => {
@@ -100,6 +108,9 @@ impl Measurement {
                 v["max_abs_diff"] = t.max_abs_diff.into();
                 if let Some(b) = t.scratch_bytes {
                     v["scratch_bytes"] = b.into();
+                }
+                if !t.checked {
+                    v["unchecked"] = true.into();
                 }
             }
             Err(reason) => v["skipped"] = reason.as_str().into(),
@@ -126,6 +137,8 @@ pub struct Table<'a> {
     pub threads: usize,
     /// Data kind.
     pub data: &'a str,
+    /// The weights' element type.
+    pub weights: &'a str,
     /// Shapes, in suite order.
     pub shapes: Vec<&'a str>,
     /// Columns: qgemm's ISAs, then the exact peers, then the inexact ones.
@@ -149,21 +162,24 @@ pub struct Column<'a> {
 }
 
 impl<'a> Table<'a> {
-    /// Splits `all` into tables, one per (suite, threads, data), in order of appearance.
+    /// Splits `all` into tables, one per (suite, threads, data, weights), in order of
+    /// appearance: peers are compared with qgemm on weights of the same type.
     pub fn split(all: &'a [Measurement]) -> Vec<Table<'a>> {
-        let mut keys: Vec<(&str, usize, &str)> = Vec::new();
+        let mut keys: Vec<(&str, usize, &str, &str)> = Vec::new();
         for m in all {
-            let key = (m.suite.as_str(), m.threads, m.data.as_str());
+            let key = (m.suite.as_str(), m.threads, m.data.as_str(), m.weights.as_str());
             if !keys.contains(&key) {
                 keys.push(key);
             }
         }
-        keys.into_iter().map(|(suite, threads, data)| Table::new(all, suite, threads, data)).collect()
+        keys.into_iter().map(|(suite, threads, data, weights)| Table::new(all, suite, threads, data, weights)).collect()
     }
 
-    fn new(all: &'a [Measurement], suite: &'a str, threads: usize, data: &'a str) -> Table<'a> {
-        let rows: Vec<&Measurement> =
-            all.iter().filter(|m| m.suite == suite && m.threads == threads && m.data == data).collect();
+    fn new(all: &'a [Measurement], suite: &'a str, threads: usize, data: &'a str, weights: &'a str) -> Table<'a> {
+        let rows: Vec<&Measurement> = all
+            .iter()
+            .filter(|m| m.suite == suite && m.threads == threads && m.data == data && m.weights == weights)
+            .collect();
         let mut shapes: Vec<&str> = Vec::new();
         let mut columns: Vec<Column> = Vec::new();
         for m in &rows {
@@ -183,7 +199,7 @@ impl<'a> Table<'a> {
         }
         // qgemm first, then exact peers, then inexact ones; stable within each group.
         columns.sort_by_key(|c| (!c.is_qgemm, c.inexact));
-        Table { suite, threads, data, shapes, columns, rows }
+        Table { suite, threads, data, weights, shapes, columns, rows }
     }
 
     fn get(&self, shape: &str, id: &str) -> Option<&'a Measurement> {
@@ -204,12 +220,18 @@ impl<'a> Table<'a> {
         let suite = if self.suite == "gemm" { "GEMM" } else { "Convolution (NHWC)" };
         let threads = if self.threads == 1 { "1 thread".to_string() } else { format!("{} threads", self.threads) };
         let data = if self.data == "7bit" { "7-bit activations" } else { "full-range data" };
-        format!("{suite}, {threads}, {data}")
+        match self.weights {
+            "i8" => format!("{suite}, {threads}, {data}"),
+            w => format!("{suite}, {threads}, {data}, {} weights", weights_name(w)),
+        }
     }
 
-    /// A file stem: `gemm-1t-full`.
+    /// A file stem: `gemm-1t-full` (with `-i4` or `-u4` for 4-bit weights).
     pub fn stem(&self) -> String {
-        format!("{}-{}t-{}", self.suite, self.threads, self.data)
+        match self.weights {
+            "i8" => format!("{}-{}t-{}", self.suite, self.threads, self.data),
+            w => format!("{}-{}t-{}-{w}", self.suite, self.threads, self.data),
+        }
     }
 
     /// The table as a grid of cells, header first. `markdown` picks the cell wording.
@@ -240,6 +262,9 @@ impl<'a> Table<'a> {
         let mut cell = fmt_gops(t.gops);
         if let (false, Some(best)) = (m.is_qgemm, best_qgemm) {
             write!(cell, " ({:.2}×)", best / t.gops).unwrap();
+        }
+        if !t.checked {
+            cell.push_str(if markdown { " (time only²)" } else { " (time only)" });
         }
         if t.wrong > 0 {
             let (wrong, total, off) = (t.wrong, t.total, t.max_abs_diff);
@@ -289,6 +314,9 @@ impl<'a> Table<'a> {
                 "**inexact**: wrong outputs on this data"
             } else if !self.rows.iter().any(|m| m.id == c.id && m.result.is_ok()) {
                 "skipped on every shape here"
+            } else if self.rows.iter().any(|m| m.id == c.id && m.result.as_ref().is_ok_and(|t| !t.checked)) {
+                "timed only²: its outputs are float, from activations it quantizes itself, so they are not \
+                 compared with qgemm's bytes"
             } else {
                 "exact on every shape here"
             };
@@ -383,6 +411,95 @@ impl<'a> Table<'a> {
     }
 }
 
+/// `int4` for `i4`, `uint4` for `u4`.
+fn weights_name(weights: &str) -> &str {
+    match weights {
+        "i4" => "int4",
+        "u4" => "uint4",
+        "i8" => "int8",
+        other => other,
+    }
+}
+
+/// qgemm with 4-bit weights beside qgemm with int8 weights: per (suite, threads,
+/// data), each shape's best exact qgemm GOPS for each weight type, and the 4-bit
+/// figures as multiples of the int8 one. `None` when only one weight type was run.
+pub fn weights_comparison(all: &[Measurement], markdown: bool) -> Option<String> {
+    let mut kinds: Vec<&str> = Vec::new();
+    let mut keys: Vec<(&str, usize, &str)> = Vec::new();
+    for m in all.iter().filter(|m| m.is_qgemm) {
+        if !kinds.contains(&m.weights.as_str()) {
+            kinds.push(&m.weights);
+        }
+        let key = (m.suite.as_str(), m.threads, m.data.as_str());
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    if kinds.len() < 2 {
+        return None;
+    }
+    let best = |suite: &str, threads: usize, data: &str, shape: &str, weights: &str| {
+        all.iter()
+            .filter(|m| m.is_qgemm && m.suite == suite && m.threads == threads && m.data == data)
+            .filter(|m| m.shape == shape && m.weights == weights && m.wrong() == 0)
+            .filter_map(|m| m.gops())
+            .max_by(f64::total_cmp)
+    };
+    let mut out = String::new();
+    for (suite, threads, data) in keys {
+        let threads_text = if threads == 1 { "1 thread".to_string() } else { format!("{threads} threads") };
+        let title = format!("qgemm by weight type, {suite}, {threads_text}, {data} data: best ISA's GOPS (× int8)");
+        let mut grid = vec![
+            std::iter::once("shape".to_string())
+                .chain(kinds.iter().map(|w| weights_name(w).into()))
+                .collect::<Vec<_>>(),
+        ];
+        let mut shapes: Vec<&str> = Vec::new();
+        for m in all.iter().filter(|m| m.is_qgemm && m.suite == suite && m.threads == threads && m.data == data) {
+            if !shapes.contains(&m.shape.as_str()) {
+                shapes.push(&m.shape);
+            }
+        }
+        for shape in shapes {
+            let base = best(suite, threads, data, shape, "i8");
+            let mut row = vec![shape.to_string()];
+            for w in &kinds {
+                row.push(match (best(suite, threads, data, shape, w), base) {
+                    (Some(g), Some(b)) if *w != "i8" => format!("{} ({:.2}×)", fmt_gops(g), g / b),
+                    (Some(g), _) => fmt_gops(g),
+                    (None, _) => "–".into(),
+                });
+            }
+            grid.push(row);
+        }
+        if markdown {
+            out.push_str(&format!("\n## {title}\n\n"));
+            for (i, row) in grid.iter().enumerate() {
+                out.push_str(&format!("| {} |\n", row.join(" | ")));
+                if i == 0 {
+                    out.push_str(&format!("|{}\n", "---|".repeat(row.len())));
+                }
+            }
+        } else {
+            out.push_str(&format!("\n{title}\n"));
+            let widths: Vec<usize> =
+                (0..grid[0].len()).map(|c| grid.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+            for row in &grid {
+                let cells: Vec<String> = row
+                    .iter()
+                    .zip(&widths)
+                    .enumerate()
+                    .map(|(i, (cell, &w))| if i == 0 { format!("{cell:<w$}") } else { format!("{cell:>w$}") })
+                    .collect();
+                out.push_str(cells.join("  ").trim_end());
+                out.push('\n');
+            }
+        }
+    }
+    Some(out)
+}
+
 /// GOPS with three significant digits or one decimal, whichever shows more.
 fn fmt_gops(gops: f64) -> String {
     if gops >= 10.0 {
@@ -452,6 +569,16 @@ pub fn write(dir: &Path, header: &str, all: &[Measurement]) -> Result<Vec<String
         md.push_str(&table.markdown());
         md.push_str(&format!("\n![{}]({svg})\n", table.title()));
     }
+    if let Some(comparison) = weights_comparison(all, true) {
+        md.push_str(&comparison);
+    }
+    if all.iter().any(|m| m.result.as_ref().is_ok_and(|t| !t.checked)) {
+        md.push_str(
+            "\n² Timed only: ONNX Runtime's `MatMulNBits` quantizes the activations itself (in blocks) and returns \
+             float, so its outputs cannot be compared with qgemm's bytes; it is compared for time alone, on the same \
+             4-bit weights (uint4, one block of K per column, accuracy level 4: int8 compute).\n",
+        );
+    }
     let jsonl: String = all.iter().map(|m| m.json() + "\n").collect();
     for (name, contents) in [("report.md", md), ("results.jsonl", jsonl)] {
         std::fs::write(dir.join(name), contents).map_err(|e| format!("{}: {e}", dir.join(name).display()))?;
@@ -470,6 +597,7 @@ mod tests {
             shape: shape.into(),
             threads: 1,
             data: "full".into(),
+            weights: "i8".into(),
             id: id.into(),
             name: id.into(),
             library: "lib 1".into(),
@@ -481,6 +609,7 @@ mod tests {
                 total: 100,
                 max_abs_diff: if wrong > 0 { 3 } else { 0 },
                 scratch_bytes: None,
+                checked: true,
             }),
         }
     }

@@ -298,8 +298,14 @@ impl GemmPlan {
         // One row of a matrix (a GEMV, or decoding one token): the kernel's one-row
         // entry where it (and its fast path) has one, on A packed as a dense row (not a
         // panel of `mr` rows, all but one padding, which would crowd B's stream out of
-        // L1) for all of K at once. (Not for 4-bit weights, decoded a block at a time.)
-        let row_entry = kernel.has_row() && fast.is_none_or(|f| f.has_row()) && !nibbles;
+        // L1) for all of K at once.
+        // 4-bit weights take the one-row entry for them, which unpacks the nibbles in
+        // registers, where the kernel that runs them has one.
+        let row_entry = if nibbles {
+            kernel.for_block(b, || u8::MAX).has_nibble_row()
+        } else {
+            kernel.has_row() && fast.is_none_or(|f| f.has_row())
+        };
         let one_row = m == 1 && matrix && row_entry && kgroups_total * tile.kg * a_width <= A_PACK_BYTES;
         let rows_packed = if one_row { 1 } else { mc_max };
         // Pack a row block once for all of K when that fits; otherwise one K block at
@@ -308,9 +314,9 @@ impl GemmPlan {
         // With a single row panel, A is tiny and B streams through once: take all of K
         // at once, so that each B panel is read front to back (what prefetchers
         // follow) rather than in kc-sized pieces a panel apart. (Not for gathered
-        // rows, whose gather buffer holds one kc block, nor for 4-bit weights, decoded
+        // rows, whose gather buffer holds one kc block, nor for 4-bit weights decoded
         // one block at a time.)
-        let kc_groups = if m <= tile.mr && hold_all && matrix && !nibbles {
+        let kc_groups = if m <= tile.mr && hold_all && matrix && (!nibbles || one_row) {
             kgroups_total.max(1)
         } else {
             // K blocks of equal size, none larger than kc: K = 576 runs as 2 × 288
@@ -325,7 +331,7 @@ impl GemmPlan {
         };
         // A decoded block of 4-bit weights (`kc × nc` bytes) stays within
         // B_DECODE_BYTES: fewer columns per block where the kernel's `nc` would not.
-        let nc = if nibbles {
+        let nc = if nibbles && !one_row {
             let panels = B_DECODE_BYTES / (kc_groups * tile.kg * tile.nr);
             blocking.nc.min(panels.max(1) * tile.nr)
         } else {
@@ -340,7 +346,7 @@ impl GemmPlan {
             mc_max,
             nc_max,
             nc,
-            b_decode_len: if nibbles { nc_max * kc_groups * tile.kg } else { 0 },
+            b_decode_len: if nibbles && !one_row { nc_max * kc_groups * tile.kg } else { 0 },
             one_row,
             hold_all,
             kc_groups,
@@ -431,10 +437,10 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
         let format = block_kernel.a_format();
         // Flipped activations (`a − 128`) have the zero point `a_zp − 128`.
         let zero_points = ZeroPoints { a_zp: i32::from(a_zp) - format.offset(), ..zero_points };
-        let row = one_row && block_kernel.has_row();
+        let row = one_row && if b.is_nibbles() { block_kernel.has_nibble_row() } else { block_kernel.has_row() };
         // Where packing the row would only copy it (u8, whole k-groups, no row sums),
         // the kernel reads it in place.
-        let in_place = row && format == AFormat::U8 && k.is_multiple_of(tile.k_step()) && !sum_rows;
+        let in_place = row && format == AFormat::U8 && k == kgroups_total * tile.kg && !sum_rows;
         // K block i covers k-groups [i·kc_groups, …) and, holding all of K, starts at
         // i · block_bytes of packed A (each block but the last is kc_groups long).
         let k_blocks = kgroups_total.div_ceil(kc_groups);
@@ -479,7 +485,13 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
                     Rows::Matrix { data, .. } if in_place => &data[..k],
                     _ => &a_pack[..],
                 };
-                let (b_row, b_panel_stride) = b_block_of(b, b_decode, jc, col_panels, 0, groups_of(0));
+                // 4-bit weights as they are: the one-row entry for them unpacks the
+                // nibbles in registers.
+                let (b_row, b_panel_stride) = if b.is_nibbles() {
+                    (&b.data()[(jc / tile.nr) * b.panel_stride()..], b.panel_stride())
+                } else {
+                    b_block_of(b, b_decode, jc, col_panels, 0, groups_of(0))
+                };
                 let block_args = BlockArgs {
                     a: a_row,
                     b: b_row,
@@ -494,12 +506,23 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
                     accumulate: false,
                 };
                 let at = Position { r0: 0, rows: 1, ic, jc, j0, skip, cols };
-                if skip > 0 {
-                    block_kernel.row_block(block_args);
-                    kernel.epilogue(epilogue_args(acc, nc_max, row_sums, at, zero_points, stage, &mut out));
-                } else {
-                    let stage_args = epilogue_args(&[], nc_max, row_sums, at, zero_points, stage, &mut out);
-                    block_kernel.row_with_stage(block_args, stage_args);
+                match (skip > 0, b.is_nibbles()) {
+                    (true, nibbles) => {
+                        if nibbles {
+                            block_kernel.nibble_row_block(block_args);
+                        } else {
+                            block_kernel.row_block(block_args);
+                        }
+                        kernel.epilogue(epilogue_args(acc, nc_max, row_sums, at, zero_points, stage, &mut out));
+                    }
+                    (false, nibbles) => {
+                        let stage_args = epilogue_args(&[], nc_max, row_sums, at, zero_points, stage, &mut out);
+                        if nibbles {
+                            block_kernel.nibble_row_with_stage(block_args, stage_args);
+                        } else {
+                            block_kernel.row_with_stage(block_args, stage_args);
+                        }
+                    }
                 }
                 continue;
             }

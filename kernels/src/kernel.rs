@@ -247,6 +247,7 @@ pub struct Kernel {
     staged: Option<StagedBlockFn>,
     indirect: Option<IndirectFns>,
     row: Option<RowFns>,
+    nibble_row: Option<RowFns>,
     fuses: Option<FusesFn>,
     fast: Option<FastPath>,
 }
@@ -308,6 +309,7 @@ struct FastPath {
     staged: Option<StagedBlockFn>,
     indirect: Option<IndirectFns>,
     row: Option<RowFns>,
+    nibble_row: Option<RowFns>,
     fuses: Option<FusesFn>,
     a_format: AFormat,
     pack_a: PackAFn,
@@ -348,6 +350,7 @@ impl Kernel {
             staged: None,
             indirect: None,
             row: None,
+            nibble_row: None,
             fuses: None,
             fast: None,
         }
@@ -470,6 +473,26 @@ impl Kernel {
         self.row.is_some()
     }
 
+    /// The same kernel with one-row entry points for 4-bit weights
+    /// ([`crate::pack::PackedB::try_new_nibbles`]), which unpack the nibbles in
+    /// registers: [`BlockArgs`] with one row packed densely as for
+    /// [`Kernel::with_row`] (u8 A), and `b` the 4-bit panels as packed, `kgroups`
+    /// even, each panel's `kgroups · nr · kg / 2` bytes read. `block` and `staged`
+    /// compute what the one-row entries compute on the same weights unpacked.
+    ///
+    /// # Safety
+    /// As [`Kernel::with_row`], for that layout of B.
+    pub const unsafe fn with_nibble_row(mut self, block: BlockFn, staged: Option<StagedBlockFn>) -> Kernel {
+        self.nibble_row = Some(RowFns { block, staged });
+        self
+    }
+
+    /// Whether the kernel has one-row entry points for 4-bit weights
+    /// ([`Kernel::nibble_row_with_stage`]).
+    pub fn has_nibble_row(&self) -> bool {
+        self.nibble_row.is_some()
+    }
+
     /// Whether the kernel reads A in place ([`Kernel::indirect_block`]).
     pub fn has_indirect(&self) -> bool {
         self.indirect.is_some()
@@ -503,6 +526,7 @@ impl Kernel {
             staged: fast.staged,
             indirect: fast.indirect,
             row: fast.row,
+            nibble_row: fast.nibble_row,
             fuses: fast.fuses,
             a_format: fast.a_format,
             pack_a: fast.pack_a,
@@ -526,6 +550,7 @@ impl Kernel {
             staged: f.staged,
             indirect: f.indirect,
             row: f.row,
+            nibble_row: f.nibble_row,
             fuses: f.fuses,
             a_format: f.a_format,
             pack_a: f.pack_a,
@@ -666,13 +691,52 @@ impl Kernel {
         }
     }
 
+    /// [`Kernel::row_block`] against 4-bit weights (see [`Kernel::with_nibble_row`]).
+    ///
+    /// # Panics
+    /// If the kernel has no such entry, `kgroups` is odd, or as [`Kernel::row_block`]
+    /// for 4-bit B.
+    pub fn nibble_row_block(&self, args: BlockArgs<'_>) {
+        let fns = self.nibble_row.expect("a kernel without a one-row entry for 4-bit weights");
+        self.check_row_of(&args, true);
+        // SAFETY: the kernel exists, so the CPU supports its instructions, and the
+        // buffers were just checked against `BlockArgs` for one dense row and 4-bit B.
+        unsafe { (fns.block)(args) }
+    }
+
+    /// [`Kernel::row_with_stage`] against 4-bit weights (see [`Kernel::with_nibble_row`]).
+    ///
+    /// # Panics
+    /// As [`Kernel::nibble_row_block`] and [`Kernel::block_with_stage`].
+    pub fn nibble_row_with_stage(&self, args: BlockArgs<'_>, stage: EpilogueArgs<'_>) {
+        let fns = self.nibble_row.expect("a kernel without a one-row entry for 4-bit weights");
+        self.check_row_of(&args, true);
+        stage.check_output();
+        assert!(stage.rows == args.rows && stage.cols <= args.cols, "stage and block differ");
+        match fns.staged.filter(|_| self.fuses(&stage)) {
+            // SAFETY: as in `nibble_row_block`, and the output was just checked against
+            // `EpilogueArgs` (all but `acc`, which a fused kernel does not read).
+            Some(staged) => unsafe { staged(args, stage) },
+            None => {
+                let mut args = args;
+                let (acc, acc_stride) = (std::mem::take(&mut args.acc), args.acc_stride);
+                self.unfused(acc, acc_stride, stage, |acc| self.nibble_row_block(BlockArgs { acc, ..args }));
+            }
+        }
+    }
+
     fn check_row(&self, args: &BlockArgs<'_>) {
+        self.check_row_of(args, false);
+    }
+
+    fn check_row_of(&self, args: &BlockArgs<'_>, nibbles: bool) {
         let t = self.tile;
         assert!(args.row_panels == 1 && args.rows == 1, "a one-row block");
+        assert!(!nibbles || (args.kgroups.is_multiple_of(2) && self.a_format == AFormat::U8), "4-bit pairs, u8 A");
         let a_len = args.kgroups * t.kg * self.a_format.bytes();
         let b_len = match args.col_panels {
             0 => 0,
-            panels => (panels - 1) * args.b_panel_stride + args.kgroups * t.nr * t.kg,
+            panels => (panels - 1) * args.b_panel_stride + args.kgroups * t.nr * t.kg / if nibbles { 2 } else { 1 },
         };
         assert!(args.a.len() >= a_len, "packed A row too short");
         assert!(args.b.len() >= b_len, "packed B block too short");

@@ -70,6 +70,7 @@ static EXACT: Kernel = {
             .with_staged_block(block_maddubs_staged)
             .with_indirect(indirect_maddubs, Some(indirect_maddubs_staged))
             .with_row(row_maddubs, None)
+            .with_nibble_row(row_nibbles_maddubs, None)
             .with_fusion_when(super::avx2_fused::fuses);
         Kernel::new("6x8c4-avx2-madd", TILE, BLOCKING, block_madd, epilogue)
             .with_a_format(AFormat::I16)
@@ -166,6 +167,18 @@ unsafe fn row_maddubs(args: BlockArgs<'_>) {
     unsafe { dot4_tile::row_block::<PairSums, MR, 1>(args) }
 }
 
+/// A block of one densely packed row against 4-bit weights, unpacked in registers;
+/// exact whatever the activations (a pair sum is at most 255 · 15 · 2 < 2^15).
+///
+/// # Safety
+/// As [`row_maddubs`], for 4-bit B (checked by `Kernel::nibble_row_block`).
+#[target_feature(enable = "avx2")]
+unsafe fn row_nibbles_maddubs(args: BlockArgs<'_>) {
+    // SAFETY: forwarded from this function's contract; AVX2 is enabled here, and the
+    // shared body is inlined into this function.
+    unsafe { dot4_tile::row_nibbles_block::<PairSums, MR, 1>(args) }
+}
+
 /// `vpmaddubsw` then `vpmaddwd` with ones: a 4-deep dot product per i32 lane that is
 /// exact only when each pair sum `a0·b0 + a1·b1` fits in i16 (else it saturates).
 #[derive(Clone, Copy)]
@@ -196,6 +209,18 @@ impl Dot4 for PairSums {
     unsafe fn load_b(p: *const i8) -> Self {
         // SAFETY: AVX2, and 32 readable bytes at `p` (the trait's contract).
         PairSums(unsafe { _mm256_loadu_si256(p.cast()) })
+    }
+
+    #[inline(always)]
+    unsafe fn load_b_nibbles(p: *const i8) -> (Self, Self) {
+        // SAFETY: AVX2, and 32 readable bytes at `p` (the trait's contract). The high
+        // nibbles: a 16-bit shift brings each byte's into its low half, the mask drops
+        // what the shift brought over from the next byte.
+        unsafe {
+            let v = _mm256_loadu_si256(p.cast());
+            let mask = _mm256_set1_epi8(0x0f);
+            (PairSums(_mm256_and_si256(v, mask)), PairSums(_mm256_and_si256(_mm256_srli_epi16::<4>(v), mask)))
+        }
     }
 
     #[inline(always)]

@@ -26,7 +26,7 @@ use std::arch::x86_64::*;
 
 use super::avx512_epilogue::{Float16, IntClamp, PACKED_ORDER, rounded};
 use super::columns::{Columns, fused_scale, out_bytes, scales_below_one};
-use super::dot4_tile::{self, Dot4, PackedA, Panels, RowA, Sink, TileA};
+use super::dot4_tile::{self, Dot4, PackedA, Panels, RowA, RowNibbles, Sink, TileA};
 use crate::kernel::{BlockArgs, Blocking, IndirectArgs, Kernel, Tile};
 use crate::output::{EpilogueArgs, OutData, OutputStage, Param, ZeroPoints};
 
@@ -91,6 +91,7 @@ static KERNEL: Kernel = {
             .with_staged_block(block_staged::<8, 3>)
             .with_indirect(indirect::<8, 3>, Some(indirect_staged::<8, 3>))
             .with_row(row::<8, 3>, Some(row_staged::<8, 3>))
+            .with_nibble_row(row_nibbles::<8, 3>, Some(row_nibbles_staged::<8, 3>))
             .with_fusion_when(fuses)
     }
 };
@@ -103,6 +104,7 @@ static WIDE: Kernel = {
             .with_staged_block(block_staged::<6, 4>)
             .with_indirect(indirect::<6, 4>, Some(indirect_staged::<6, 4>))
             .with_row(row::<6, 4>, Some(row_staged::<6, 4>))
+            .with_nibble_row(row_nibbles::<6, 4>, Some(row_nibbles_staged::<6, 4>))
             .with_fusion_when(fuses)
     }
 };
@@ -115,6 +117,7 @@ static NARROW: Kernel = {
             .with_staged_block(block_staged::<8, 2>)
             .with_indirect(indirect::<8, 2>, Some(indirect_staged::<8, 2>))
             .with_row(row::<8, 2>, Some(row_staged::<8, 2>))
+            .with_nibble_row(row_nibbles::<8, 2>, Some(row_nibbles_staged::<8, 2>))
             .with_fusion_when(fuses)
     }
 };
@@ -182,6 +185,32 @@ unsafe fn row<const MR: usize, const NV: usize>(args: BlockArgs<'_>) {
 unsafe fn row_staged<const MR: usize, const NV: usize>(args: BlockArgs<'_>, stage: EpilogueArgs<'_>) {
     let BlockArgs { a, b, b_panel_stride, col_panels, cols, kgroups, acc, acc_stride, accumulate, .. } = args;
     let panels = Panels { a: RowA { a, kgroups }, b, b_panel_stride, row_panels: 1, rows: 1, col_panels, cols };
+    let prior = if accumulate { Some(&*acc) } else { None };
+    // SAFETY: forwarded from this function's contract.
+    unsafe { staged::<_, MR, NV>(panels, prior, acc_stride, stage) }
+}
+
+/// A block of one densely packed row against 4-bit weights, unpacked in registers
+/// (see `Kernel::with_nibble_row`).
+///
+/// # Safety
+/// As [`row`], for 4-bit B (checked by `Kernel::nibble_row_block`).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn row_nibbles<const MR: usize, const NV: usize>(args: BlockArgs<'_>) {
+    // SAFETY: forwarded from this function's contract; the shared body is inlined here,
+    // where the features are enabled.
+    unsafe { dot4_tile::row_nibbles_block::<Zmm, MR, NV>(args) }
+}
+
+/// [`row_nibbles`] with the output stage fused into each tile, as [`row_staged`].
+///
+/// # Safety
+/// As [`row_nibbles`]; `stage` as for [`block_staged`] (checked by
+/// `Kernel::nibble_row_with_stage`).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn row_nibbles_staged<const MR: usize, const NV: usize>(args: BlockArgs<'_>, stage: EpilogueArgs<'_>) {
+    let BlockArgs { a, b, b_panel_stride, col_panels, cols, kgroups, acc, acc_stride, accumulate, .. } = args;
+    let panels = Panels { a: RowNibbles { a, kgroups }, b, b_panel_stride, row_panels: 1, rows: 1, col_panels, cols };
     let prior = if accumulate { Some(&*acc) } else { None };
     // SAFETY: forwarded from this function's contract.
     unsafe { staged::<_, MR, NV>(panels, prior, acc_stride, stage) }
@@ -437,6 +466,18 @@ impl Dot4 for Zmm {
     unsafe fn load_b(p: *const i8) -> Self {
         // SAFETY: AVX-512 F, and 64 readable bytes at `p` (the trait's contract).
         Zmm(unsafe { _mm512_loadu_si512(p.cast()) })
+    }
+
+    #[inline(always)]
+    unsafe fn load_b_nibbles(p: *const i8) -> (Self, Self) {
+        // SAFETY: AVX-512 F/BW, and 64 readable bytes at `p` (the trait's contract).
+        // The high nibbles: a 16-bit shift brings each byte's into its low half, the
+        // mask drops what the shift brought over from the next byte.
+        unsafe {
+            let v = _mm512_loadu_si512(p.cast());
+            let mask = _mm512_set1_epi8(0x0f);
+            (Zmm(_mm512_and_si512(v, mask)), Zmm(_mm512_and_si512(_mm512_srli_epi16::<4>(v), mask)))
+        }
     }
 
     #[inline(always)]

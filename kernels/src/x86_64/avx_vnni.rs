@@ -46,6 +46,7 @@ static KERNEL: Kernel = {
             .with_staged_block(block_staged)
             .with_indirect(indirect, Some(indirect_staged))
             .with_row(row, None)
+            .with_nibble_row(row_nibbles, None)
             .with_fusion_when(super::avx2_fused::fuses)
     }
 };
@@ -106,6 +107,17 @@ unsafe fn row(args: BlockArgs<'_>) {
     unsafe { dot4_tile::row_block::<Ymm, MR, NV>(args) }
 }
 
+/// A block of one densely packed row against 4-bit weights, unpacked in registers.
+///
+/// # Safety
+/// As [`row`], for 4-bit B (checked by `Kernel::nibble_row_block`).
+#[target_feature(enable = "avx2,avxvnni")]
+unsafe fn row_nibbles(args: BlockArgs<'_>) {
+    // SAFETY: forwarded from this function's contract; the shared body is inlined here,
+    // where the features are enabled.
+    unsafe { dot4_tile::row_nibbles_block::<Ymm, MR, NV>(args) }
+}
+
 /// # Safety
 /// AVX2 must be available, and `args` must pass `EpilogueArgs::check` (checked by
 /// `Kernel::epilogue`).
@@ -143,6 +155,18 @@ impl Dot4 for Ymm {
     unsafe fn load_b(p: *const i8) -> Self {
         // SAFETY: AVX2, and 32 readable bytes at `p` (the trait's contract).
         Ymm(unsafe { _mm256_loadu_si256(p.cast()) })
+    }
+
+    #[inline(always)]
+    unsafe fn load_b_nibbles(p: *const i8) -> (Self, Self) {
+        // SAFETY: AVX2, and 32 readable bytes at `p` (the trait's contract). The high
+        // nibbles: a 16-bit shift brings each byte's into its low half, the mask drops
+        // what the shift brought over from the next byte.
+        unsafe {
+            let v = _mm256_loadu_si256(p.cast());
+            let mask = _mm256_set1_epi8(0x0f);
+            (Ymm(_mm256_and_si256(v, mask)), Ymm(_mm256_and_si256(_mm256_srli_epi16::<4>(v), mask)))
+        }
     }
 
     #[inline(always)]

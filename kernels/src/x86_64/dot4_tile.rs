@@ -71,6 +71,27 @@ pub(super) trait Dot4: Copy {
     /// The CPU has the ISA's features, and `p` points to `A_BYTES` readable bytes.
     unsafe fn splat_a(p: *const u8) -> Self;
 
+    /// `LANES · 4` bytes of 4-bit packed B (see `PackedB::try_new_nibbles`): the low
+    /// nibbles (one k-group of `LANES` columns × 4 k, values in [0, 15]) and the high
+    /// ones (the next k-group), each as [`Dot4::load_b`] would load 8-bit weights.
+    /// Kernels override it with a mask and a shift in registers; this default spreads
+    /// them through the stack.
+    ///
+    /// # Safety
+    /// As [`Dot4::load_b`].
+    #[inline(always)]
+    unsafe fn load_b_nibbles(p: *const i8) -> (Self, Self) {
+        let (mut low, mut high) = ([0i8; 64], [0i8; 64]);
+        for i in 0..Self::LANES * 4 {
+            // SAFETY: `LANES · 4 ≤ 64` readable bytes at `p` (the contract).
+            let b = unsafe { p.add(i).read() } as u8;
+            low[i] = (b & 0x0f) as i8;
+            high[i] = (b >> 4) as i8;
+        }
+        // SAFETY: forwarded from this function's contract; both arrays hold the bytes.
+        unsafe { (Self::load_b(low.as_ptr()), Self::load_b(high.as_ptr())) }
+    }
+
     /// `self + Σ_{i<4} a_i · b_i` per lane, wrapping in i32. For AVX2 only where no
     /// pair sum `a_0·b_0 + a_1·b_1` leaves i16 (the driver's check).
     ///
@@ -194,6 +215,21 @@ pub(super) unsafe fn row_block<V: Dot4, const MR: usize, const NV: usize>(args: 
     unsafe { block_into::<V, MR, NV, _, _>(panels, &mut sink) }
 }
 
+/// Every panel of a one-row block against 4-bit B (see [`RowNibbles`]) into the
+/// accumulators; see [`block_into`].
+///
+/// # Safety
+/// As [`row_block`], with B 4-bit: `b` holds `(col_panels − 1) · b_panel_stride +
+/// kgroups · NR · 2` bytes and `kgroups` is even (checked by `Kernel::nibble_row_block`).
+#[inline(always)]
+pub(super) unsafe fn row_nibbles_block<V: Dot4, const MR: usize, const NV: usize>(args: BlockArgs<'_>) {
+    let BlockArgs { a, b, b_panel_stride, col_panels, cols, kgroups, acc, acc_stride, accumulate, .. } = args;
+    let mut sink = StoreAcc { acc, acc_stride, accumulate, col0: 0 };
+    let panels = Panels { a: RowNibbles { a, kgroups }, b, b_panel_stride, row_panels: 1, rows: 1, col_panels, cols };
+    // SAFETY: forwarded from this function's contract.
+    unsafe { block_into::<V, MR, NV, _, _>(panels, &mut sink) }
+}
+
 /// The operands of a block (see [`BlockArgs`]): A as a [`TileA`], B packed.
 pub(super) struct Panels<'a, A> {
     pub a: A,
@@ -229,6 +265,9 @@ impl<'a> Panels<'a, Indirect<'a>> {
 
 /// Where a tile's rows of A come from, and how its sums are computed over K.
 pub(super) trait TileA {
+    /// Whether B is 4-bit (two k-groups in each group's room), half the bytes.
+    const B_NIBBLES: bool = false;
+
     /// k-groups of K (the B panels' depth).
     fn kgroups(&self) -> usize;
 
@@ -310,6 +349,41 @@ impl TileA for RowA<'_> {
         // SAFETY: forwarded from this function's contract; the row holds `kgroups`
         // groups of 4 bytes (sliced just above).
         c[0] = unsafe { sums_row::<V, NU, NV>(row.as_ptr(), V::A_BYTES, b, self.kgroups, start) };
+        c
+    }
+}
+
+/// One dense row, as [`RowA`], against 4-bit B: each pair of k-groups in one group's
+/// room, the first in the low nibbles (`PackedB::try_new_nibbles`); `kgroups` is even.
+pub(super) struct RowNibbles<'a> {
+    pub a: &'a [u8],
+    pub kgroups: usize,
+}
+
+impl TileA for RowNibbles<'_> {
+    const B_NIBBLES: bool = true;
+
+    #[inline(always)]
+    fn kgroups(&self) -> usize {
+        self.kgroups
+    }
+
+    #[inline(always)]
+    unsafe fn sums<V: Dot4, const MR: usize, const R: usize, const NU: usize, const NV: usize>(
+        &self,
+        row0: usize,
+        b: *const i8,
+        start: [V; NU],
+    ) -> [[V; NU]; R] {
+        let mut c = [start; R];
+        if R != 1 || row0 != 0 || NU > NV {
+            return c; // never: the block has one row
+        }
+        let row = &self.a[..self.kgroups * 4];
+        // SAFETY: forwarded from this function's contract (for 4-bit B, the panel holds
+        // `kgroups / 2` rooms of `NV · LANES · 4` bytes); the row holds `kgroups` groups
+        // of 4 bytes (sliced just above).
+        c[0] = unsafe { sums_row_nibbles::<V, NU, NV>(row.as_ptr(), b, self.kgroups, start) };
         c
     }
 }
@@ -424,7 +498,7 @@ pub(super) unsafe fn block_into<V: Dot4, const MR: usize, const NV: usize, A: Ti
         if used == 0 {
             continue; // padding only: never read
         }
-        let b_panel = &b[jp * b_panel_stride..][..kgroups * nr * 4];
+        let b_panel = &b[jp * b_panel_stride..][..kgroups * nr * if A::B_NIBBLES { 2 } else { 4 }];
         // SAFETY: the CPU has V's features (this function's contract).
         unsafe { sink.panel(jp) };
         for ip in 0..row_panels {
@@ -533,6 +607,54 @@ unsafe fn sums<V: Dot4, const MR: usize, const R: usize, const NU: usize, const 
             step::<V, MR, R, NU, NV>(&mut c, a, b, g);
         }
         c
+    }
+}
+
+/// [`sums_row`] against 4-bit B: pair `p` of k-groups is one group's room of the
+/// panel (`NV · LANES · 4` bytes), group `2p` in its low nibbles and `2p + 1` in its
+/// high ones, unpacked in registers ([`Dot4::load_b_nibbles`]) and multiplied by A's
+/// groups `2p` and `2p + 1`. `ROW_SPLIT / 2` chains of pairs run side by side.
+///
+/// # Safety
+/// As [`sums_row`], with `b` holding `kgroups / 2` rooms and `kgroups` even.
+#[inline(always)]
+unsafe fn sums_row_nibbles<V: Dot4, const NU: usize, const NV: usize>(
+    a: *const u8,
+    b: *const i8,
+    kgroups: usize,
+    start: [V; NU],
+) -> [V; NU] {
+    const CHAINS: usize = ROW_SPLIT / 2;
+    let room = NV * V::LANES * 4;
+    let pairs = kgroups / 2;
+    // SAFETY: the CPU has V's features (the contract); every load below is of pair
+    // p < kgroups / 2 of B and groups 2p, 2p + 1 < kgroups of A.
+    unsafe {
+        let mut c = [[V::zero(); NU]; CHAINS];
+        c[0] = start;
+        let one = |c: &mut [V; NU], p: usize| {
+            let bp = b.add(p * room);
+            let (a0, a1) = (V::splat_a(a.add(8 * p)), V::splat_a(a.add(8 * p + 4)));
+            for (v, cv) in c.iter_mut().enumerate() {
+                let (low, high) = V::load_b_nibbles(bp.add(v * V::LANES * 4));
+                *cv = cv.dot(a0, low).dot(a1, high);
+            }
+        };
+        for chunk in 0..pairs / CHAINS {
+            for (s, cs) in c.iter_mut().enumerate() {
+                one(cs, chunk * CHAINS + s);
+            }
+        }
+        for p in pairs / CHAINS * CHAINS..pairs {
+            one(&mut c[0], p);
+        }
+        let mut sum = c[0];
+        for cs in &c[1..] {
+            for (s, &v) in sum.iter_mut().zip(cs) {
+                *s = s.add(v);
+            }
+        }
+        sum
     }
 }
 
