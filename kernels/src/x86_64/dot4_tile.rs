@@ -632,21 +632,13 @@ unsafe fn sums_row_nibbles<V: Dot4, const NU: usize, const NV: usize>(
     unsafe {
         let mut c = [[V::zero(); NU]; CHAINS];
         c[0] = start;
-        let one = |c: &mut [V; NU], p: usize| {
-            let bp = b.add(p * room);
-            let (a0, a1) = (V::splat_a(a.add(8 * p)), V::splat_a(a.add(8 * p + 4)));
-            for (v, cv) in c.iter_mut().enumerate() {
-                let (low, high) = V::load_b_nibbles(bp.add(v * V::LANES * 4));
-                *cv = cv.dot(a0, low).dot(a1, high);
-            }
-        };
         for chunk in 0..pairs / CHAINS {
             for (s, cs) in c.iter_mut().enumerate() {
-                one(cs, chunk * CHAINS + s);
+                nibble_pair::<V, NU>(cs, a, b.add((chunk * CHAINS + s) * room), chunk * CHAINS + s);
             }
         }
         for p in pairs / CHAINS * CHAINS..pairs {
-            one(&mut c[0], p);
+            nibble_pair::<V, NU>(&mut c[0], a, b.add(p * room), p);
         }
         let mut sum = c[0];
         for cs in &c[1..] {
@@ -655,6 +647,24 @@ unsafe fn sums_row_nibbles<V: Dot4, const NU: usize, const NV: usize>(
             }
         }
         sum
+    }
+}
+
+/// `c += A[2p] · low nibbles + A[2p + 1] · high nibbles` of the room at `b`, for the
+/// first `NU` vectors (a function, not a closure: a closure is not always inlined into
+/// the function whose target features its intrinsics need).
+///
+/// # Safety
+/// As [`sums_row_nibbles`], for pair `p` and its room at `b`.
+#[inline(always)]
+unsafe fn nibble_pair<V: Dot4, const NU: usize>(c: &mut [V; NU], a: *const u8, b: *const i8, p: usize) {
+    // SAFETY: forwarded from this function's contract.
+    unsafe {
+        let (a0, a1) = (V::splat_a(a.add(8 * p)), V::splat_a(a.add(8 * p + 4)));
+        for (v, cv) in c.iter_mut().enumerate() {
+            let (low, high) = V::load_b_nibbles(b.add(v * V::LANES * 4));
+            *cv = cv.dot(a0, low).dot(a1, high);
+        }
     }
 }
 
