@@ -307,6 +307,9 @@ impl GemmPlan {
             kernel.has_row() && fast.is_none_or(|f| f.has_row())
         };
         let one_row = m == 1 && matrix && row_entry && kgroups_total * tile.kg * a_width <= A_PACK_BYTES;
+        // 4-bit weights the kernel reads as they are (unpacking them in registers), or
+        // decodes a block at a time into scratch.
+        let decode = nibbles && !one_row && !kernel.for_block(b, || u8::MAX).has_nibble_block();
         let rows_packed = if one_row { 1 } else { mc_max };
         // Pack a row block once for all of K when that fits; otherwise one K block at
         // a time, as it is used.
@@ -316,7 +319,7 @@ impl GemmPlan {
         // follow) rather than in kc-sized pieces a panel apart. (Not for gathered
         // rows, whose gather buffer holds one kc block, nor for 4-bit weights decoded
         // one block at a time.)
-        let kc_groups = if m <= tile.mr && hold_all && matrix && (!nibbles || one_row) {
+        let kc_groups = if m <= tile.mr && hold_all && matrix && !decode {
             kgroups_total.max(1)
         } else {
             // K blocks of equal size, none larger than kc: K = 576 runs as 2 × 288
@@ -331,7 +334,7 @@ impl GemmPlan {
         };
         // A decoded block of 4-bit weights (`kc × nc` bytes) stays within
         // B_DECODE_BYTES: fewer columns per block where the kernel's `nc` would not.
-        let nc = if nibbles && !one_row {
+        let nc = if decode {
             let panels = B_DECODE_BYTES / (kc_groups * tile.kg * tile.nr);
             blocking.nc.min(panels.max(1) * tile.nr)
         } else {
@@ -346,7 +349,7 @@ impl GemmPlan {
             mc_max,
             nc_max,
             nc,
-            b_decode_len: if nibbles && !one_row { nc_max * kc_groups * tile.kg } else { 0 },
+            b_decode_len: if decode { nc_max * kc_groups * tile.kg } else { 0 },
             one_row,
             hold_all,
             kc_groups,
@@ -438,6 +441,8 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
         // Flipped activations (`a − 128`) have the zero point `a_zp − 128`.
         let zero_points = ZeroPoints { a_zp: i32::from(a_zp) - format.offset(), ..zero_points };
         let row = one_row && if b.is_nibbles() { block_kernel.has_nibble_row() } else { block_kernel.has_row() };
+        // 4-bit weights the kernel unpacks in registers (else decoded a block at a time).
+        let direct = b.is_nibbles() && block_kernel.has_nibble_block();
         // Where packing the row would only copy it (u8, whole k-groups, no row sums),
         // the kernel reads it in place.
         let in_place = row && format == AFormat::U8 && k == kgroups_total * tile.kg && !sum_rows;
@@ -487,11 +492,7 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
                 };
                 // 4-bit weights as they are: the one-row entry for them unpacks the
                 // nibbles in registers.
-                let (b_row, b_panel_stride) = if b.is_nibbles() {
-                    (&b.data()[(jc / tile.nr) * b.panel_stride()..], b.panel_stride())
-                } else {
-                    b_block_of(b, b_decode, jc, col_panels, 0, groups_of(0))
-                };
+                let (b_row, b_panel_stride) = b_block_of(b, b_decode, true, (jc, col_panels), 0, groups_of(0));
                 let block_args = BlockArgs {
                     a: a_row,
                     b: b_row,
@@ -534,20 +535,25 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
             let through_acc = if skip > 0 { k_blocks } else { k_blocks - 1 };
             for i in 0..through_acc {
                 pack_now(i, a_pack, row_sums);
-                let (b_i, b_panel_stride) = b_block_of(b, b_decode, jc, col_panels, i * kc_groups, groups_of(i));
-                block_kernel.block(BlockArgs {
-                    a: &a_pack[offset(i)..],
-                    b: b_i,
-                    b_panel_stride,
-                    row_panels,
-                    rows,
-                    col_panels,
-                    cols,
-                    kgroups: groups_of(i),
-                    acc,
-                    acc_stride: nc_max,
-                    accumulate: i > 0,
-                });
+                let (b_i, b_panel_stride) =
+                    b_block_of(b, b_decode, direct, (jc, col_panels), i * kc_groups, groups_of(i));
+                let run = if direct { Kernel::nibble_block } else { Kernel::block };
+                run(
+                    &block_kernel,
+                    BlockArgs {
+                        a: &a_pack[offset(i)..],
+                        b: b_i,
+                        b_panel_stride,
+                        row_panels,
+                        rows,
+                        col_panels,
+                        cols,
+                        kgroups: groups_of(i),
+                        acc,
+                        acc_stride: nc_max,
+                        accumulate: i > 0,
+                    },
+                );
             }
             if skip > 0 {
                 let at = Position { r0: 0, rows, ic, jc, j0, skip, cols };
@@ -557,7 +563,8 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
             let last = k_blocks - 1;
             let (groups_last, last_offset) = (groups_of(last), offset(last));
             pack_now(last, a_pack, row_sums);
-            let (b_last, b_panel_stride) = b_block_of(b, b_decode, jc, col_panels, last * kc_groups, groups_last);
+            let (b_last, b_panel_stride) =
+                b_block_of(b, b_decode, direct, (jc, col_panels), last * kc_groups, groups_last);
             // The last K block a strip of row panels at a time, with the output stage
             // of its rows: fused into each tile where the kernel can, else straight
             // after the strip while its accumulators are still in cache; never a pass
@@ -586,24 +593,32 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
                 // itself where the kernel does not fuse the stage into its tiles).
                 let at = Position { r0, rows: strip_rows, ic, jc, j0, skip: 0, cols };
                 let stage_args = epilogue_args(&[], nc_max, row_sums, at, zero_points, stage, &mut out);
-                block_kernel.block_with_stage(block_args, stage_args);
+                if direct {
+                    block_kernel.nibble_block_with_stage(block_args, stage_args);
+                } else {
+                    block_kernel.block_with_stage(block_args, stage_args);
+                }
             }
         }
     }
 }
 
 /// K-groups `[g0, g0 + groups)` of the `col_panels` panels of B from column `jc`, and
-/// their panel stride: the packed weights themselves, or for 4-bit weights the block
-/// decoded to i8 into `decoded`.
+/// their panel stride: the packed weights themselves (4-bit ones where `direct`: the
+/// kernel unpacks them), or for other 4-bit weights the block decoded to i8 into
+/// `decoded`.
 fn b_block_of<'s>(
     b: &'s PackedB,
     decoded: &'s mut [i8],
-    jc: usize,
-    col_panels: usize,
+    direct: bool,
+    (jc, col_panels): (usize, usize),
     g0: usize,
     groups: usize,
 ) -> (&'s [i8], usize) {
     let tile = b.tile();
+    if b.is_nibbles() && direct {
+        return (&b.data()[(jc / tile.nr) * b.panel_stride() + g0 / 2 * tile.nr * tile.kg..], b.panel_stride());
+    }
     if b.is_nibbles() {
         b.decode_nibbles(jc / tile.nr, col_panels, g0, groups, decoded);
         return (decoded, groups * tile.nr * tile.kg);

@@ -248,6 +248,7 @@ pub struct Kernel {
     indirect: Option<IndirectFns>,
     row: Option<RowFns>,
     nibble_row: Option<RowFns>,
+    nibble_block: Option<RowFns>,
     fuses: Option<FusesFn>,
     fast: Option<FastPath>,
 }
@@ -310,6 +311,7 @@ struct FastPath {
     indirect: Option<IndirectFns>,
     row: Option<RowFns>,
     nibble_row: Option<RowFns>,
+    nibble_block: Option<RowFns>,
     fuses: Option<FusesFn>,
     a_format: AFormat,
     pack_a: PackAFn,
@@ -351,6 +353,7 @@ impl Kernel {
             indirect: None,
             row: None,
             nibble_row: None,
+            nibble_block: None,
             fuses: None,
             fast: None,
         }
@@ -493,6 +496,60 @@ impl Kernel {
         self.nibble_row.is_some()
     }
 
+    /// The same kernel with block entry points for 4-bit weights, which unpack the
+    /// nibbles in registers: [`BlockArgs`] with `b` the 4-bit panels as packed
+    /// ([`crate::pack::PackedB::try_new_nibbles`]) from an even k-group, `kgroups`
+    /// even, each panel's `kgroups · nr · kg / 2` bytes read; u8 A. `block` and
+    /// `staged` compute what [`Kernel::block`] and [`Kernel::block_with_stage`]
+    /// compute on the same weights unpacked.
+    ///
+    /// # Safety
+    /// As [`Kernel::with_staged_block`], for that layout of B.
+    pub const unsafe fn with_nibble_block(mut self, block: BlockFn, staged: Option<StagedBlockFn>) -> Kernel {
+        self.nibble_block = Some(RowFns { block, staged });
+        self
+    }
+
+    /// Whether the kernel has block entry points for 4-bit weights
+    /// ([`Kernel::nibble_block`]).
+    pub fn has_nibble_block(&self) -> bool {
+        self.nibble_block.is_some()
+    }
+
+    /// [`Kernel::block`] against 4-bit weights (see [`Kernel::with_nibble_block`]).
+    ///
+    /// # Panics
+    /// If the kernel has no such entry, `kgroups` is odd, or as [`Kernel::block`]
+    /// for 4-bit B.
+    pub fn nibble_block(&self, args: BlockArgs<'_>) {
+        let fns = self.nibble_block.expect("a kernel without a block entry for 4-bit weights");
+        self.check_block_of(&args, true);
+        // SAFETY: the kernel exists, so the CPU supports its instructions, and the
+        // buffers were just checked against `BlockArgs` for 4-bit B.
+        unsafe { (fns.block)(args) }
+    }
+
+    /// [`Kernel::block_with_stage`] against 4-bit weights.
+    ///
+    /// # Panics
+    /// As [`Kernel::nibble_block`] and [`Kernel::block_with_stage`].
+    pub fn nibble_block_with_stage(&self, args: BlockArgs<'_>, stage: EpilogueArgs<'_>) {
+        let fns = self.nibble_block.expect("a kernel without a block entry for 4-bit weights");
+        self.check_block_of(&args, true);
+        stage.check_output();
+        assert!(stage.rows == args.rows && stage.cols <= args.cols, "stage and block differ");
+        match fns.staged.filter(|_| self.fuses(&stage)) {
+            // SAFETY: as in `nibble_block`, and the output was just checked against
+            // `EpilogueArgs` (all but `acc`, which a fused kernel does not read).
+            Some(staged) => unsafe { staged(args, stage) },
+            None => {
+                let mut args = args;
+                let (acc, acc_stride) = (std::mem::take(&mut args.acc), args.acc_stride);
+                self.unfused(acc, acc_stride, stage, |acc| self.nibble_block(BlockArgs { acc, ..args }));
+            }
+        }
+    }
+
     /// Whether the kernel reads A in place ([`Kernel::indirect_block`]).
     pub fn has_indirect(&self) -> bool {
         self.indirect.is_some()
@@ -527,6 +584,7 @@ impl Kernel {
             indirect: fast.indirect,
             row: fast.row,
             nibble_row: fast.nibble_row,
+            nibble_block: fast.nibble_block,
             fuses: fast.fuses,
             a_format: fast.a_format,
             pack_a: fast.pack_a,
@@ -551,6 +609,7 @@ impl Kernel {
             indirect: f.indirect,
             row: f.row,
             nibble_row: f.nibble_row,
+            nibble_block: f.nibble_block,
             fuses: f.fuses,
             a_format: f.a_format,
             pack_a: f.pack_a,
@@ -753,11 +812,16 @@ impl Kernel {
     }
 
     fn check_block(&self, args: &BlockArgs<'_>) {
+        self.check_block_of(args, false);
+    }
+
+    fn check_block_of(&self, args: &BlockArgs<'_>, nibbles: bool) {
         let t = self.tile;
+        assert!(!nibbles || (args.kgroups.is_multiple_of(2) && self.a_format == AFormat::U8), "4-bit pairs, u8 A");
         let a_len = args.row_panels * args.kgroups * t.mr * t.kg * self.a_format.bytes();
         let b_len = match args.col_panels {
             0 => 0,
-            panels => (panels - 1) * args.b_panel_stride + args.kgroups * t.nr * t.kg,
+            panels => (panels - 1) * args.b_panel_stride + args.kgroups * t.nr * t.kg / if nibbles { 2 } else { 1 },
         };
         assert!(args.a.len() >= a_len, "packed A block too short");
         assert!(args.b.len() >= b_len, "packed B block too short");

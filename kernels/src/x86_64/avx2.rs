@@ -71,6 +71,7 @@ static EXACT: Kernel = {
             .with_indirect(indirect_maddubs, Some(indirect_maddubs_staged))
             .with_row(row_maddubs, None)
             .with_nibble_row(row_nibbles_maddubs, None)
+            .with_nibble_block(block_nibbles_maddubs, None)
             .with_fusion_when(super::avx2_fused::fuses);
         Kernel::new("6x8c4-avx2-madd", TILE, BLOCKING, block_madd, epilogue)
             .with_a_format(AFormat::I16)
@@ -165,6 +166,18 @@ unsafe fn row_maddubs(args: BlockArgs<'_>) {
     // SAFETY: forwarded from this function's contract; AVX2 is enabled here, and the
     // shared body is inlined into this function.
     unsafe { dot4_tile::row_block::<PairSums, MR, 1>(args) }
+}
+
+/// A block against 4-bit weights, unpacked in registers; exact whatever the
+/// activations, as [`row_nibbles_maddubs`].
+///
+/// # Safety
+/// As [`block_maddubs`], for 4-bit B (checked by `Kernel::nibble_block`).
+#[target_feature(enable = "avx2")]
+unsafe fn block_nibbles_maddubs(args: BlockArgs<'_>) {
+    // SAFETY: forwarded from this function's contract; AVX2 is enabled here, and the
+    // shared body is inlined into this function.
+    unsafe { dot4_tile::nibble_block::<PairSums, MR, 1>(args) }
 }
 
 /// A block of one densely packed row against 4-bit weights, unpacked in registers;

@@ -26,7 +26,7 @@ use std::arch::x86_64::*;
 
 use super::avx512_epilogue::{Float16, IntClamp, PACKED_ORDER, rounded};
 use super::columns::{Columns, fused_scale, out_bytes, scales_below_one};
-use super::dot4_tile::{self, Dot4, PackedA, Panels, RowA, RowNibbles, Sink, TileA};
+use super::dot4_tile::{self, Dot4, PackedA, PackedNibblesA, Panels, RowA, RowNibbles, Sink, TileA};
 use crate::kernel::{BlockArgs, Blocking, IndirectArgs, Kernel, Tile};
 use crate::output::{EpilogueArgs, OutData, OutputStage, Param, ZeroPoints};
 
@@ -92,6 +92,7 @@ static KERNEL: Kernel = {
             .with_indirect(indirect::<8, 3>, Some(indirect_staged::<8, 3>))
             .with_row(row::<8, 3>, Some(row_staged::<8, 3>))
             .with_nibble_row(row_nibbles::<8, 3>, Some(row_nibbles_staged::<8, 3>))
+            .with_nibble_block(block_nibbles::<8, 3>, Some(block_nibbles_staged::<8, 3>))
             .with_fusion_when(fuses)
     }
 };
@@ -105,6 +106,7 @@ static WIDE: Kernel = {
             .with_indirect(indirect::<6, 4>, Some(indirect_staged::<6, 4>))
             .with_row(row::<6, 4>, Some(row_staged::<6, 4>))
             .with_nibble_row(row_nibbles::<6, 4>, Some(row_nibbles_staged::<6, 4>))
+            .with_nibble_block(block_nibbles::<6, 4>, Some(block_nibbles_staged::<6, 4>))
             .with_fusion_when(fuses)
     }
 };
@@ -118,6 +120,7 @@ static NARROW: Kernel = {
             .with_indirect(indirect::<8, 2>, Some(indirect_staged::<8, 2>))
             .with_row(row::<8, 2>, Some(row_staged::<8, 2>))
             .with_nibble_row(row_nibbles::<8, 2>, Some(row_nibbles_staged::<8, 2>))
+            .with_nibble_block(block_nibbles::<8, 2>, Some(block_nibbles_staged::<8, 2>))
             .with_fusion_when(fuses)
     }
 };
@@ -185,6 +188,33 @@ unsafe fn row<const MR: usize, const NV: usize>(args: BlockArgs<'_>) {
 unsafe fn row_staged<const MR: usize, const NV: usize>(args: BlockArgs<'_>, stage: EpilogueArgs<'_>) {
     let BlockArgs { a, b, b_panel_stride, col_panels, cols, kgroups, acc, acc_stride, accumulate, .. } = args;
     let panels = Panels { a: RowA { a, kgroups }, b, b_panel_stride, row_panels: 1, rows: 1, col_panels, cols };
+    let prior = if accumulate { Some(&*acc) } else { None };
+    // SAFETY: forwarded from this function's contract.
+    unsafe { staged::<_, MR, NV>(panels, prior, acc_stride, stage) }
+}
+
+/// A block against 4-bit weights, unpacked in registers (see
+/// `Kernel::with_nibble_block`).
+///
+/// # Safety
+/// As [`block`], for 4-bit B (checked by `Kernel::nibble_block`).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn block_nibbles<const MR: usize, const NV: usize>(args: BlockArgs<'_>) {
+    // SAFETY: forwarded from this function's contract; the shared body is inlined here,
+    // where the features are enabled.
+    unsafe { dot4_tile::nibble_block::<Zmm, MR, NV>(args) }
+}
+
+/// [`block_nibbles`] with the output stage fused into each tile, as [`block_staged`].
+///
+/// # Safety
+/// As [`block_nibbles`]; `stage` as for [`block_staged`] (checked by
+/// `Kernel::nibble_block_with_stage`).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn block_nibbles_staged<const MR: usize, const NV: usize>(args: BlockArgs<'_>, stage: EpilogueArgs<'_>) {
+    let BlockArgs { a, b, b_panel_stride, row_panels, rows, col_panels, cols, kgroups, acc, acc_stride, accumulate } =
+        args;
+    let panels = Panels { a: PackedNibblesA { a, kgroups }, b, b_panel_stride, row_panels, rows, col_panels, cols };
     let prior = if accumulate { Some(&*acc) } else { None };
     // SAFETY: forwarded from this function's contract.
     unsafe { staged::<_, MR, NV>(panels, prior, acc_stride, stage) }

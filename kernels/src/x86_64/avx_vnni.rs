@@ -47,6 +47,7 @@ static KERNEL: Kernel = {
             .with_indirect(indirect, Some(indirect_staged))
             .with_row(row, None)
             .with_nibble_row(row_nibbles, None)
+            .with_nibble_block(block_nibbles, None)
             .with_fusion_when(super::avx2_fused::fuses)
     }
 };
@@ -105,6 +106,17 @@ unsafe fn row(args: BlockArgs<'_>) {
     // SAFETY: forwarded from this function's contract; the shared body is inlined here,
     // where the features are enabled.
     unsafe { dot4_tile::row_block::<Ymm, MR, NV>(args) }
+}
+
+/// A block against 4-bit weights, unpacked in registers.
+///
+/// # Safety
+/// As [`block`], for 4-bit B (checked by `Kernel::nibble_block`).
+#[target_feature(enable = "avx2,avxvnni")]
+unsafe fn block_nibbles(args: BlockArgs<'_>) {
+    // SAFETY: forwarded from this function's contract; the shared body is inlined here,
+    // where the features are enabled.
+    unsafe { dot4_tile::nibble_block::<Ymm, MR, NV>(args) }
 }
 
 /// A block of one densely packed row against 4-bit weights, unpacked in registers.

@@ -92,6 +92,17 @@ pub(super) trait Dot4: Copy {
         unsafe { (Self::load_b(low.as_ptr()), Self::load_b(high.as_ptr())) }
     }
 
+    /// One half of [`Dot4::load_b_nibbles`]: the low nibbles, or the high ones.
+    ///
+    /// # Safety
+    /// As [`Dot4::load_b`].
+    #[inline(always)]
+    unsafe fn load_b_nibble(p: *const i8, high: bool) -> Self {
+        // SAFETY: forwarded from this function's contract.
+        let (low, hi) = unsafe { Self::load_b_nibbles(p) };
+        if high { hi } else { low }
+    }
+
     /// `self + Σ_{i<4} a_i · b_i` per lane, wrapping in i32. For AVX2 only where no
     /// pair sum `a_0·b_0 + a_1·b_1` leaves i16 (the driver's check).
     ///
@@ -230,6 +241,22 @@ pub(super) unsafe fn row_nibbles_block<V: Dot4, const MR: usize, const NV: usize
     unsafe { block_into::<V, MR, NV, _, _>(panels, &mut sink) }
 }
 
+/// Every tile of a block against 4-bit B (see [`PackedNibblesA`]) into the
+/// accumulators; see [`block_into`].
+///
+/// # Safety
+/// As [`block`], with B 4-bit: each panel `kgroups · NR · 2` bytes and `kgroups` even
+/// (checked by `Kernel::nibble_block`).
+#[inline(always)]
+pub(super) unsafe fn nibble_block<V: Dot4, const MR: usize, const NV: usize>(args: BlockArgs<'_>) {
+    let BlockArgs { a, b, b_panel_stride, row_panels, rows, col_panels, cols, kgroups, acc, acc_stride, accumulate } =
+        args;
+    let mut sink = StoreAcc { acc, acc_stride, accumulate, col0: 0 };
+    let panels = Panels { a: PackedNibblesA { a, kgroups }, b, b_panel_stride, row_panels, rows, col_panels, cols };
+    // SAFETY: forwarded from this function's contract.
+    unsafe { block_into::<V, MR, NV, _, _>(panels, &mut sink) }
+}
+
 /// The operands of a block (see [`BlockArgs`]): A as a [`TileA`], B packed.
 pub(super) struct Panels<'a, A> {
     pub a: A,
@@ -316,7 +343,7 @@ impl TileA for PackedA<'_> {
                 c[0] = sums_row::<V, NU, NV>(a_panel.as_ptr(), MR * V::A_BYTES, b, self.kgroups, start);
                 return c;
             }
-            sums::<V, MR, R, NU, NV>(a_panel.as_ptr(), b, self.kgroups, start)
+            sums::<V, MR, R, NU, NV, false>(a_panel.as_ptr(), b, self.kgroups, start)
         }
     }
 }
@@ -353,6 +380,44 @@ impl TileA for RowA<'_> {
     }
 }
 
+/// Packed A, as [`PackedA`], against 4-bit B: each pair of k-groups in one group's
+/// room, the first in the low nibbles (`PackedB::try_new_nibbles`); `kgroups` is even.
+pub(super) struct PackedNibblesA<'a> {
+    pub a: &'a [u8],
+    pub kgroups: usize,
+}
+
+impl TileA for PackedNibblesA<'_> {
+    const B_NIBBLES: bool = true;
+
+    #[inline(always)]
+    fn kgroups(&self) -> usize {
+        self.kgroups
+    }
+
+    #[inline(always)]
+    unsafe fn sums<V: Dot4, const MR: usize, const R: usize, const NU: usize, const NV: usize>(
+        &self,
+        row0: usize,
+        b: *const i8,
+        start: [V; NU],
+    ) -> [[V; NU]; R] {
+        let a_panel_bytes = self.kgroups * MR * V::A_BYTES;
+        let a_panel = &self.a[row0 / MR * a_panel_bytes..][..a_panel_bytes];
+        // SAFETY: forwarded from this function's contract; the A panel holds `kgroups`
+        // groups of this layout (sliced just above), and the B panel `kgroups / 2`
+        // rooms of `NV · LANES · 4` bytes.
+        unsafe {
+            if R == 1 && NU <= NV {
+                let mut c = [start; R];
+                c[0] = sums_row_nibbles::<V, NU, NV>(a_panel.as_ptr(), MR * V::A_BYTES, b, self.kgroups, start);
+                return c;
+            }
+            sums::<V, MR, R, NU, NV, true>(a_panel.as_ptr(), b, self.kgroups, start)
+        }
+    }
+}
+
 /// One dense row, as [`RowA`], against 4-bit B: each pair of k-groups in one group's
 /// room, the first in the low nibbles (`PackedB::try_new_nibbles`); `kgroups` is even.
 pub(super) struct RowNibbles<'a> {
@@ -383,7 +448,7 @@ impl TileA for RowNibbles<'_> {
         // SAFETY: forwarded from this function's contract (for 4-bit B, the panel holds
         // `kgroups / 2` rooms of `NV · LANES · 4` bytes); the row holds `kgroups` groups
         // of 4 bytes (sliced just above).
-        c[0] = unsafe { sums_row_nibbles::<V, NU, NV>(row.as_ptr(), b, self.kgroups, start) };
+        c[0] = unsafe { sums_row_nibbles::<V, NU, NV>(row.as_ptr(), 4, b, self.kgroups, start) };
         c
     }
 }
@@ -552,18 +617,21 @@ unsafe fn rows_of<V: Dot4, const MR: usize, const NU: usize, const NV: usize, A:
 /// # Safety
 /// As [`sums`], with `g < kgroups`.
 #[inline(always)]
-unsafe fn step<V: Dot4, const MR: usize, const R: usize, const NU: usize, const NV: usize>(
+unsafe fn step<V: Dot4, const MR: usize, const R: usize, const NU: usize, const NV: usize, const NIB: bool>(
     c: &mut [[V; NU]; R],
     a: *const u8,
     b: *const i8,
     g: usize,
 ) {
-    // SAFETY: group g lies within both panels (the contract).
+    // SAFETY: group g lies within both panels (the contract); for 4-bit B (`NIB`), in
+    // the room of pair g / 2, its low nibbles for even g and its high ones for odd g.
     unsafe {
-        let bg = b.add(g * NV * V::LANES * 4);
+        let room = NV * V::LANES * 4;
+        let bg = if NIB { b.add(g / 2 * room) } else { b.add(g * room) };
         let mut bv = [V::zero(); NU];
         for (v, bv) in bv.iter_mut().enumerate() {
-            *bv = V::load_b(bg.add(v * V::LANES * 4));
+            let p = bg.add(v * V::LANES * 4);
+            *bv = if NIB { V::load_b_nibble(p, g % 2 == 1) } else { V::load_b(p) };
         }
         let ag = a.add(g * MR * V::A_BYTES);
         for (r, cr) in c.iter_mut().enumerate() {
@@ -583,7 +651,7 @@ unsafe fn step<V: Dot4, const MR: usize, const R: usize, const NU: usize, const 
 /// The CPU has `V`'s features; `a` holds `kgroups` groups of `MR` rows × `A_BYTES`, and
 /// `b` holds `kgroups` groups of `NV · LANES · 4` bytes.
 #[inline(always)]
-unsafe fn sums<V: Dot4, const MR: usize, const R: usize, const NU: usize, const NV: usize>(
+unsafe fn sums<V: Dot4, const MR: usize, const R: usize, const NU: usize, const NV: usize, const NIB: bool>(
     a: *const u8,
     b: *const i8,
     kgroups: usize,
@@ -600,11 +668,11 @@ unsafe fn sums<V: Dot4, const MR: usize, const R: usize, const NU: usize, const 
         let u = V::UNROLL;
         for chunk in 0..kgroups / u {
             for i in 0..u {
-                step::<V, MR, R, NU, NV>(&mut c, a, b, u * chunk + i);
+                step::<V, MR, R, NU, NV, NIB>(&mut c, a, b, u * chunk + i);
             }
         }
         for g in kgroups / u * u..kgroups {
-            step::<V, MR, R, NU, NV>(&mut c, a, b, g);
+            step::<V, MR, R, NU, NV, NIB>(&mut c, a, b, g);
         }
         c
     }
@@ -620,6 +688,7 @@ unsafe fn sums<V: Dot4, const MR: usize, const R: usize, const NU: usize, const 
 #[inline(always)]
 unsafe fn sums_row_nibbles<V: Dot4, const NU: usize, const NV: usize>(
     a: *const u8,
+    a_stride: usize,
     b: *const i8,
     kgroups: usize,
     start: [V; NU],
@@ -634,11 +703,12 @@ unsafe fn sums_row_nibbles<V: Dot4, const NU: usize, const NV: usize>(
         c[0] = start;
         for chunk in 0..pairs / CHAINS {
             for (s, cs) in c.iter_mut().enumerate() {
-                nibble_pair::<V, NU>(cs, a, b.add((chunk * CHAINS + s) * room), chunk * CHAINS + s);
+                let p = chunk * CHAINS + s;
+                nibble_pair::<V, NU>(cs, a.add(2 * p * a_stride), a_stride, b.add(p * room));
             }
         }
         for p in pairs / CHAINS * CHAINS..pairs {
-            nibble_pair::<V, NU>(&mut c[0], a, b.add(p * room), p);
+            nibble_pair::<V, NU>(&mut c[0], a.add(2 * p * a_stride), a_stride, b.add(p * room));
         }
         let mut sum = c[0];
         for cs in &c[1..] {
@@ -650,17 +720,18 @@ unsafe fn sums_row_nibbles<V: Dot4, const NU: usize, const NV: usize>(
     }
 }
 
-/// `c += A[2p] · low nibbles + A[2p + 1] · high nibbles` of the room at `b`, for the
+/// `c += A[2p] · low nibbles + A[2p + 1] · high nibbles` of the room at `b` (A's group
+/// `2p` at `a`, `2p + 1` at `a + a_stride`), for the
 /// first `NU` vectors (a function, not a closure: a closure is not always inlined into
 /// the function whose target features its intrinsics need).
 ///
 /// # Safety
-/// As [`sums_row_nibbles`], for pair `p` and its room at `b`.
+/// As [`sums_row_nibbles`], for one pair and its room at `b`.
 #[inline(always)]
-unsafe fn nibble_pair<V: Dot4, const NU: usize>(c: &mut [V; NU], a: *const u8, b: *const i8, p: usize) {
+unsafe fn nibble_pair<V: Dot4, const NU: usize>(c: &mut [V; NU], a: *const u8, a_stride: usize, b: *const i8) {
     // SAFETY: forwarded from this function's contract.
     unsafe {
-        let (a0, a1) = (V::splat_a(a.add(8 * p)), V::splat_a(a.add(8 * p + 4)));
+        let (a0, a1) = (V::splat_a(a), V::splat_a(a.add(a_stride)));
         for (v, cv) in c.iter_mut().enumerate() {
             let (low, high) = V::load_b_nibbles(b.add(v * V::LANES * 4));
             *cv = cv.dot(a0, low).dot(a1, high);
