@@ -26,9 +26,10 @@
 #define MAX_THREADS 4096
 
 /**
- * The format version this build writes and reads.
+ * The newest format version this build writes and reads: 2, which adds 4-bit
+ * weights. 8-bit weights are still written as version 1, the same bytes as before.
  */
-#define WEIGHTS_FORMAT_VERSION 1
+#define WEIGHTS_FORMAT_VERSION 2
 
 /**
  * A convolution (`qgemm::Conv2d`, on `uint8_t` or `int8_t` input); opaque. Runs on
@@ -100,11 +101,12 @@ typedef uint32_t qgemm_weight_element;
  */
 typedef struct qgemm_weights {
   /**
-   * `k * n` values.
+   * `k * n` values (4-bit: two per byte, each row of the layout starting on a byte).
    */
   const int8_t *data;
   /**
-   * Elements at `data`; must be `k * n`.
+   * Elements at `data`; must be `k * n` (4-bit: bytes, K rows of `ceil(N / 2)` or N
+   * rows of `ceil(K / 2)` by the layout).
    */
   size_t data_len;
   /**
@@ -280,11 +282,12 @@ typedef uint32_t qgemm_filter_layout;
  */
 typedef struct qgemm_conv_weights {
   /**
-   * `out_channels * kernel_height * kernel_width * (in_channels / groups)` values.
+   * `out_channels * kernel_height * kernel_width * (in_channels / groups)` values
+   * (4-bit: two per byte, each output channel's values starting on a byte).
    */
   const int8_t *data;
   /**
-   * Elements at `data`.
+   * Elements at `data` (4-bit: bytes, `out_channels` rows of `ceil(len / 2)`).
    */
   size_t data_len;
   /**
@@ -639,6 +642,20 @@ typedef struct qgemm_partition {
  * changes no result.
  */
 #define QGEMM_WEIGHTS_U8 1
+
+/**
+ * int4 weights in [−8, 7], two per byte (the lower index in the low nibble; each row
+ * of the layout starts on a byte, so a row of L values takes `ceil(L / 2)` bytes),
+ * passed through the `int8_t` pointer (cast it); `data_len` counts bytes. Zero points
+ * are `int8_t` values in [−8, 7]. Kept 4-bit once packed.
+ */
+#define QGEMM_WEIGHTS_INT4 2
+
+/**
+ * uint4 weights in [0, 15], stored as [`QGEMM_WEIGHTS_INT4`]'s (ONNX UINT4, PyTorch
+ * `quint4x2`); zero points are `int8_t` values in [0, 15].
+ */
+#define QGEMM_WEIGHTS_UINT4 3
 
 /**
  * `[out_channels][kernel_height][kernel_width][in_channels / groups]` (TFLite).

@@ -8,7 +8,7 @@ use std::ptr;
 
 use qgemm::ffi::*;
 use qgemm::reference::{self, GemmProblem, OutputData};
-use qgemm::{Channelwise, FixedPointParams, OutputStage, Requantization, Requantize, WeightLayout};
+use qgemm::{Channelwise, Conv2dParams, FixedPointParams, OutputStage, Requantization, Requantize, WeightLayout};
 
 /// xorshift64*.
 struct Rng(u64);
@@ -1284,4 +1284,75 @@ fn an_i8_linear_operator_through_c() {
         qgemm_linear_free(linear);
         qgemm_packed_weights_free(handle);
     }
+}
+
+#[test]
+fn four_bit_weights_through_c() {
+    // int4 and uint4 weights, two per byte with each of the N rows of K starting on a
+    // byte (odd K: a half-used last byte), give the reference's bytes on the values
+    // they unpack to; a zero point outside the format's range is refused.
+    for (element, signed) in [(QGEMM_WEIGHTS_INT4, true), (QGEMM_WEIGHTS_UINT4, false)] {
+        let mut p = Problem::random(0x4b17 + element as u64, 5, 37, 19, true);
+        let nibble = |b: i8| if signed { b >> 4 } else { ((b as u8) >> 4) as i8 };
+        p.b_nxk = p.b_nxk.iter().map(|&b| nibble(b)).collect();
+        p.b_zp = p.b_zp.iter().map(|&z| nibble(z)).collect();
+        let bytes: Vec<u8> = p
+            .b_nxk
+            .chunks_exact(p.k)
+            .flat_map(|row| row.chunks(2).map(|v| (v[0] as u8 & 15) | v.get(1).map_or(0xa0, |&h| (h as u8 & 15) << 4)))
+            .collect();
+        let desc = qgemm_weights { data: bytes.as_ptr().cast(), data_len: bytes.len(), element, ..p.weights() };
+        let mut handle = ptr::null_mut();
+        // SAFETY: live buffers of the lengths given.
+        assert_eq!(unsafe { qgemm_packed_weights_new(&desc, &mut handle) }, QGEMM_OK, "{}", last_error());
+        let s = stage(&p, QGEMM_SCHEME_FLOAT, true, 128, 0, 255);
+        let (status, got) = run(&p, handle, &s.c, QGEMM_OUTPUT_U8);
+        assert_eq!(status, QGEMM_OK);
+        assert_eq!(got, laid_out(&p, &p.expected(&s.rust, qgemm::OutputType::U8), QGEMM_OUTPUT_U8));
+        // SAFETY: a live handle, freed once.
+        unsafe { qgemm_packed_weights_free(handle) };
+        let mut none = ptr::null_mut();
+        let short = qgemm_weights { data_len: bytes.len() - 1, ..desc };
+        // SAFETY: live buffers of (at least) the lengths given.
+        assert_eq!(unsafe { qgemm_packed_weights_new(&short, &mut none) }, QGEMM_STATUS_BUFFER_LENGTH);
+        let zp = [16i8];
+        let bad = qgemm_weights { zero_points: zp.as_ptr(), zero_points_len: 1, ..desc };
+        // SAFETY: as above.
+        assert_eq!(unsafe { qgemm_packed_weights_new(&bad, &mut none) }, QGEMM_STATUS_ZERO_POINT, "{}", last_error());
+        assert!(none.is_null());
+    }
+    // Conv: OC = 3 rows of 3·3·5 = 45 values, 23 bytes each.
+    let w: Vec<u8> = (0..3 * 23).map(|i| (i * 73 % 256) as u8).collect();
+    let zp = [2i8];
+    let cw = qgemm_conv_weights {
+        data: w.as_ptr().cast(),
+        data_len: w.len(),
+        layout: QGEMM_FILTER_OHWI,
+        out_channels: 3,
+        kernel_height: 3,
+        kernel_width: 3,
+        in_channels: 5,
+        groups: 1,
+        zero_points: zp.as_ptr(),
+        zero_points_len: 1,
+        element: QGEMM_WEIGHTS_UINT4,
+    };
+    let mut packed = ptr::null_mut();
+    // SAFETY: live buffers of the lengths given.
+    assert_eq!(unsafe { qgemm_packed_conv_weights_new(&cw, &mut packed) }, QGEMM_OK, "{}", last_error());
+    let rust = qgemm::PackedConvWeights::new(
+        qgemm::NibbleConvWeights::new(&w, qgemm::NibbleFormat::UInt4, &Conv2dParams::new([1, 1, 1, 5], 3, [3, 3]))
+            .with_zero_point(2),
+    )
+    .unwrap();
+    // The same packing: saved, the handle's and the Rust API's are the same bytes.
+    let mut len = 0usize;
+    // SAFETY: a live handle; a null buffer asks for the length.
+    assert_eq!(unsafe { qgemm_packed_conv_weights_save(packed, ptr::null_mut(), 0, &mut len) }, QGEMM_OK);
+    let mut saved = vec![0u8; len];
+    // SAFETY: a live handle and a buffer of `len` bytes.
+    assert_eq!(unsafe { qgemm_packed_conv_weights_save(packed, saved.as_mut_ptr(), len, &mut len) }, QGEMM_OK);
+    assert_eq!(saved, rust.to_bytes());
+    // SAFETY: a live handle, freed once.
+    unsafe { qgemm_packed_conv_weights_free(packed) };
 }

@@ -39,8 +39,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use crate::gemm::{bytes_as_i8, i8_bytes};
 use crate::{
     Activations, Channelwise, Conv2dParams, ConvInput, ConvWeights, Dequantize, Error, ErrorKind, FilterLayout,
-    FixedPointParams, Isa, OutputBuffer, OutputMatrix, OutputStage, PackedConvWeights, PackedWeights, Requantization,
-    Requantize, WeightLayout, Weights,
+    FixedPointParams, Isa, NibbleConvWeights, NibbleFormat, NibbleWeights, OutputBuffer, OutputMatrix, OutputStage,
+    PackedConvWeights, PackedWeights, Requantization, Requantize, WeightLayout, Weights,
 };
 
 pub use operators::{
@@ -146,6 +146,14 @@ pub const QGEMM_WEIGHTS_I8: qgemm_weight_element = 0;
 /// pointers (cast them); packed as `w − 128` with zero point `zp − 128`, which
 /// changes no result.
 pub const QGEMM_WEIGHTS_U8: qgemm_weight_element = 1;
+/// int4 weights in [−8, 7], two per byte (the lower index in the low nibble; each row
+/// of the layout starts on a byte, so a row of L values takes `ceil(L / 2)` bytes),
+/// passed through the `int8_t` pointer (cast it); `data_len` counts bytes. Zero points
+/// are `int8_t` values in [−8, 7]. Kept 4-bit once packed.
+pub const QGEMM_WEIGHTS_INT4: qgemm_weight_element = 2;
+/// uint4 weights in [0, 15], stored as [`QGEMM_WEIGHTS_INT4`]'s (ONNX UINT4, PyTorch
+/// `quint4x2`); zero points are `int8_t` values in [0, 15].
+pub const QGEMM_WEIGHTS_UINT4: qgemm_weight_element = 3;
 
 /// The order of convolution weights.
 pub type qgemm_filter_layout = u32;
@@ -187,9 +195,10 @@ pub const QGEMM_SCHEME_DEQUANTIZE: qgemm_scheme = 5;
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct qgemm_weights {
-    /// `k * n` values.
+    /// `k * n` values (4-bit: two per byte, each row of the layout starting on a byte).
     pub data: *const i8,
-    /// Elements at `data`; must be `k * n`.
+    /// Elements at `data`; must be `k * n` (4-bit: bytes, K rows of `ceil(N / 2)` or N
+    /// rows of `ceil(K / 2)` by the layout).
     pub data_len: usize,
     /// A `QGEMM_LAYOUT_*` constant.
     pub layout: qgemm_weight_layout,
@@ -286,9 +295,10 @@ pub struct qgemm_output_stage {
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct qgemm_conv_weights {
-    /// `out_channels * kernel_height * kernel_width * (in_channels / groups)` values.
+    /// `out_channels * kernel_height * kernel_width * (in_channels / groups)` values
+    /// (4-bit: two per byte, each output channel's values starting on a byte).
     pub data: *const i8,
-    /// Elements at `data`.
+    /// Elements at `data` (4-bit: bytes, `out_channels` rows of `ceil(len / 2)`).
     pub data_len: usize,
     /// A `QGEMM_FILTER_*` constant.
     pub layout: qgemm_filter_layout,
@@ -842,6 +852,12 @@ pub unsafe extern "C" fn qgemm_packed_weights_new(
                 let zero_point = channelwise(zero_points, w.n, "weights.zero_points")?;
                 PackedWeights::new(Weights::new(data, layout, w.k, w.n).with_zero_point(zero_point))?
             }
+            element @ (QGEMM_WEIGHTS_INT4 | QGEMM_WEIGHTS_UINT4) => {
+                let format = if element == QGEMM_WEIGHTS_INT4 { NibbleFormat::Int4 } else { NibbleFormat::UInt4 };
+                let zero_point = channelwise(zero_points, w.n, "weights.zero_points")?;
+                let weights = NibbleWeights::new(i8_bytes(data), format, layout, w.k, w.n);
+                PackedWeights::new(weights.with_zero_point(zero_point))?
+            }
             other => {
                 return fail(QGEMM_STATUS_INVALID_ENUM, format!("element {other} is not a QGEMM_WEIGHTS_* constant"));
             }
@@ -964,6 +980,12 @@ pub unsafe extern "C" fn qgemm_packed_conv_weights_new(
                 let zero_point = channelwise(i8_bytes(zero_points), oc, "weights.zero_points")?;
                 let weights = ConvWeights::new(i8_bytes(data), &shape).with_layout(layout).with_zero_point(zero_point);
                 PackedConvWeights::new(weights)?
+            }
+            element @ (QGEMM_WEIGHTS_INT4 | QGEMM_WEIGHTS_UINT4) => {
+                let format = if element == QGEMM_WEIGHTS_INT4 { NibbleFormat::Int4 } else { NibbleFormat::UInt4 };
+                let zero_point = channelwise(zero_points, oc, "weights.zero_points")?;
+                let weights = NibbleConvWeights::new(i8_bytes(data), format, &shape).with_layout(layout);
+                PackedConvWeights::new(weights.with_zero_point(zero_point))?
             }
             other => {
                 return fail(QGEMM_STATUS_INVALID_ENUM, format!("element {other} is not a QGEMM_WEIGHTS_* constant"));
