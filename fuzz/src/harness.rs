@@ -10,8 +10,8 @@ use arbitrary::Unstructured;
 use qgemm::reference::{self, Conv2dProblem, GemmProblem, OutputData};
 use qgemm::{
     Activations, Channelwise, Conv2dParams, Conv2dTasks, ConvInput, ConvWeights, Dequantize, ErrorKind, FilterLayout,
-    FixedPointParams, GemmTasks, Options, OutputMatrix, OutputStage, OutputType, PackedConvWeights, PackedWeights,
-    Partition, Requantization, Requantize, WeightLayout, Weights,
+    FixedPointParams, GemmTasks, NibbleFormat, NibbleWeights, Options, OutputMatrix, OutputStage, OutputType,
+    PackedConvWeights, PackedWeights, Partition, Requantization, Requantize, WeightLayout, Weights,
 };
 
 thread_local! {
@@ -205,6 +205,9 @@ struct GemmCase {
     signed_a: bool,
     /// Hand B over as u8 weights (`b + 128`, zero point `b_zp + 128`), likewise.
     unsigned_b: bool,
+    /// B is 4-bit (its values and zero points were cut to the format's range), handed
+    /// over two per byte, each row of its layout starting on a byte.
+    nibbles: Option<NibbleFormat>,
 }
 
 impl GemmCase {
@@ -240,6 +243,7 @@ impl GemmCase {
             out_stride,
             signed_a: false,
             unsigned_b: false,
+            nibbles: None,
         }
     }
 
@@ -250,6 +254,21 @@ impl GemmCase {
         let choice = inp.byte();
         self.signed_a = choice & 1 != 0;
         self.unsigned_b = choice & 2 != 0;
+        // 4-bit weights: each weight and zero point cut to int4 (its top four bits,
+        // sign-extended) or uint4 (its top four bits).
+        self.nibbles = match choice >> 3 & 3 {
+            1 => Some(NibbleFormat::Int4),
+            2 => Some(NibbleFormat::UInt4),
+            _ => None,
+        };
+        if let Some(format) = self.nibbles {
+            let cut = |b: i8| if format == NibbleFormat::Int4 { b >> 4 } else { ((b as u8) >> 4) as i8 };
+            self.b.iter_mut().for_each(|b| *b = cut(*b));
+            self.b_zp = match &self.b_zp {
+                Channelwise::PerTensor(z) => Channelwise::PerTensor(cut(*z)),
+                Channelwise::PerChannel(v) => Channelwise::PerChannel(v.iter().map(|&z| cut(z)).collect()),
+            };
+        }
         if choice & 4 != 0 && self.out == OutputType::I32 {
             let any = |i: &mut Input| f32::from_bits(i.i32() as u32 & 0xff7f_ffff); // finite
             let scale = inp.channelwise(self.n, any);
@@ -281,8 +300,18 @@ impl GemmCase {
         let flipped_a: Vec<i8> = self.a.iter().map(|&x| (x ^ 0x80) as i8).collect();
         let flipped_b: Vec<u8> = self.b.iter().map(|&x| x as u8 ^ 0x80).collect();
         let flipped_b_zp: Vec<u8> = self.b_zp.values().iter().map(|&z| z as u8 ^ 0x80).collect();
+        let cols = if layout == WeightLayout::KxN { n } else { k };
+        // Each row of the layout in ceil(cols / 2) bytes; an odd row's unused nibble set.
+        let nibble_bytes: Vec<u8> = self
+            .b
+            .chunks(cols.max(1))
+            .flat_map(|row| row.chunks(2).map(|v| (v[0] as u8 & 15) | v.get(1).map_or(0xf0, |&h| (h as u8 & 15) << 4)))
+            .collect();
         for &isa in qgemm::available_isas() {
-            let packed = if self.unsigned_b {
+            let packed = if let Some(format) = self.nibbles {
+                let w = NibbleWeights::new(&nibble_bytes, format, layout, k, n).with_zero_point(self.b_zp.clone());
+                PackedWeights::for_isa(isa, w)
+            } else if self.unsigned_b {
                 let zp: Channelwise<u8> = match self.b_zp {
                     Channelwise::PerTensor(_) => Channelwise::PerTensor(flipped_b_zp[0]),
                     _ => Channelwise::PerChannel(flipped_b_zp.clone()),
