@@ -142,7 +142,14 @@ class Problem:
 
     @property
     def label(self):
-        return f"{self.op} {self.meta['shape']}"
+        return f"{self.op} {self.meta['shape']}" + (
+            "" if self.weights == "i8" else f" ({self.weights} weights)")
+
+    @property
+    def weights(self):
+        """The weights' type: "i8", or 4-bit "u4" / "i4" (`b` then holds each row of
+        K values in ceil(K / 2) bytes, the lower index in the low nibble)."""
+        return self.meta.get("weights", "i8")
 
     def _load(self, file, dtype, shape):
         return np.fromfile(self.dir / file, dtype=dtype).reshape(shape)
@@ -197,7 +204,7 @@ def load_manifest(data_dir):
 class Bench:
     run: Callable[[], object]  # the timed call
     result: Callable[[object], np.ndarray]  # run()'s value -> manifest layout (untimed)
-    checked_against: str  # key of the problem's "expected" files
+    checked_against: str  # key of the problem's "expected" files; None: timed only
 
 
 # --------------------------------------------------------------------------
@@ -487,6 +494,29 @@ def needs_litert(setup):
 # --------------------------------------------------------------------------
 
 
+def ort_matmulnbits(p, threads):
+    """ONNX Runtime's 4-bit weight-only MatMul on the problem's uint4 weights: one
+    block of K per column (one scale each), the problem's zero point, accuracy level 4
+    (MLAS quantizes A to int8 in blocks and computes in int8). Its output is float, so
+    it is timed only: ORT's own quantization of A makes its numbers differ by design."""
+    m = p.meta
+    if p.weights != "u4":
+        raise Skip("MatMulNBits takes uint4 weights")
+    k, n = m["k"], m["n"]
+    if k % 2 or k < 16 or k & (k - 1):
+        raise Skip(f"MatMulNBits' block size must be a power of two >= 16; K = {k}")
+    b = p._load(m["b"], np.uint8, (n, 1, k // 2))
+    initializers = [
+        numpy_helper.from_array(b, "w"),
+        numpy_helper.from_array(np.full((n,), f32(m["a_scale"]), dtype=np.float32), "scales"),
+        numpy_helper.from_array(np.full((n,), m["b_zero_point"] & 15, dtype=np.uint8), "zero_points"),
+    ]
+    node = helper.make_node("MatMulNBits", ["x", "w", "scales", "zero_points"], ["y"],
+                            domain=MS_DOMAIN, K=k, N=n, bits=4, block_size=k, accuracy_level=4)
+    x = p.a().astype(np.float32) - np.float32(m["a_zero_point"])
+    return ort_bench(node, x, initializers, p.out_shape(), np.float32, threads, None)
+
+
 @dataclass(frozen=True)
 class Peer:
     id: str
@@ -494,6 +524,7 @@ class Peer:
     library: str
     ops: tuple  # problem ops it can run
     setup: Callable[[Problem, int], Bench]
+    weights: tuple = ("i8",)  # weight types it runs ("i8", "u4", "i4")
 
 
 def needs_onnx(setup):
@@ -507,6 +538,8 @@ def needs_onnx(setup):
 
 
 PEERS = [
+    Peer("ort-matmulnbits", "ONNX Runtime com.microsoft MatMulNBits (uint4, block = K, "
+         "accuracy level 4)", ORT_LIBRARY, ("gemm",), needs_onnx(ort_matmulnbits), ("u4",)),
     Peer("ort-qlinearmatmul", "ONNX Runtime QLinearMatMul", ORT_LIBRARY, ("gemm",),
          needs_onnx(ort_qlinearmatmul)),
     Peer("ort-matmulinteger", "ONNX Runtime MatMulInteger", ORT_LIBRARY, ("gemm",),
@@ -558,7 +591,8 @@ def one_line(error):
 
 def base_row(peer, problem, threads, data_kind):
     return {"peer": peer.id, "name": peer.name, "library": peer.library, "op": problem.op,
-            "shape": problem["shape"], "threads": threads, "data": data_kind}
+            "shape": problem["shape"], "threads": threads, "data": data_kind,
+            "weights": problem.weights}
 
 
 def run_job(peer, problem, threads, data_kind, min_time):
@@ -567,6 +601,11 @@ def run_job(peer, problem, threads, data_kind, min_time):
     try:
         bench = peer.setup(problem, threads)
         output, seconds, runs = measure(bench, min_time)
+        if bench.checked_against is None:
+            # Timed only: float output from activations the peer quantized itself.
+            return {**row, "ms": seconds * 1e3, "gops": problem["ops"] / seconds / 1e9,
+                    "runs": runs, "unchecked": True, "wrong": 0, "total": int(output.size),
+                    "max_abs_diff": 0}
         wrong, total, max_abs_diff = compare(output, problem.expected(bench.checked_against))
     except Exception as error:  # one peer failing one problem must not stop the run
         return {**row, "skipped": one_line(error)}
@@ -578,6 +617,9 @@ def run_job(peer, problem, threads, data_kind, min_time):
 def describe(row):
     if "skipped" in row:
         return f"    skipped: {row['skipped']}"
+    if row.get("unchecked"):
+        return (f"    {row['ms']:.4f} ms, {row['gops']:.2f} GOP/s, {row['runs']} runs, "
+                "timed only (float output, not compared)")
     return (f"    {row['ms']:.4f} ms, {row['gops']:.2f} GOP/s, {row['runs']} runs, "
             f"wrong {row['wrong']}/{row['total']} vs {row['checked_against']} "
             f"(max diff {row['max_abs_diff']})")
@@ -609,7 +651,8 @@ def too_slow(rates, peer, problem, threads, max_run_seconds):
 
 def jobs(problems, peers, thread_counts):
     return [(peer, problem, threads) for problem in problems for peer in peers
-            if problem.op in peer.ops for threads in thread_counts]
+            if problem.op in peer.ops and problem.weights in peer.weights
+            for threads in thread_counts]
 
 
 # --------------------------------------------------------------------------

@@ -8,6 +8,10 @@
 //! DIR/<op>_<shape>.a.u8     activations: GEMM M×K row-major, conv NHWC
 //!                           (<shape> is the label with each '/' made '_')
 //! DIR/<op>_<shape>.b.i8     weights: GEMM N×K row-major, conv OHWI
+//! DIR/<op>_<shape>-u4.b.u4  4-bit weights (`--weights i4,u4`; `-i4`, `.b.i4` for int4):
+//!                           each row of K values (a GEMM column, a conv output
+//!                           channel) in ceil(K / 2) bytes, the lower index in the low
+//!                           nibble; the manifest entry says "weights": "u4" or "i4"
 //! DIR/<op>_<shape>.bias.i32 per-column bias, little-endian
 //! DIR/<op>_<shape>.<variant> reference results, M×N / NHWC:
 //!     .u8_bias  bias, then Float requantization (what qgemm computes in the suite)
@@ -46,11 +50,21 @@ pub fn export(dir: &Path, problems: &[Problem], mut progress: impl FnMut(usize, 
 /// Writes one problem's files; returns its manifest entry.
 fn write_problem(dir: &Path, problem: &Problem) -> io::Result<String> {
     // A conv spec's '/' would be a directory; specs have no '_', so the stems differ.
-    let stem = format!("{}_{}", problem.shape.op(), problem.shape.label().replace('/', "_"));
+    let bits = problem.bits.name();
+    let label = problem.shape.label().replace('/', "_");
+    let stem = match problem.bits {
+        crate::WeightBits::I8 => format!("{}_{label}", problem.shape.op()),
+        _ => format!("{}_{label}-{bits}", problem.shape.op()),
+    };
     let file = |suffix: &str| format!("{stem}.{suffix}");
     let expected = problem.reference_variants();
     fs::write(dir.join(file("a.u8")), problem.activations())?;
-    fs::write(dir.join(file("b.i8")), problem.weights().iter().map(|&w| w as u8).collect::<Vec<u8>>())?;
+    let b_file = file(&format!("b.{bits}"));
+    let b_bytes: Vec<u8> = match problem.bits {
+        crate::WeightBits::I8 => problem.weights().iter().map(|&w| w as u8).collect(),
+        _ => problem.nibble_weights().to_vec(),
+    };
+    fs::write(dir.join(&b_file), b_bytes)?;
     fs::write(dir.join(file("bias.i32")), le_bytes(problem.bias()))?;
     fs::write(dir.join(file("u8_bias")), &expected.u8_bias)?;
     fs::write(dir.join(file("u8")), &expected.u8)?;
@@ -94,14 +108,14 @@ fn write_problem(dir: &Path, problem: &Problem) -> io::Result<String> {
     // `{:?}` of an f32 prints the shortest decimal that reads back as the same f32.
     write!(
         entry,
-        "\"shape\": \"{}\", \"ops\": {}, \"a\": \"{}\", \"a_zero_point\": {}, \"b\": \"{}\", \"b_zero_point\": {}, \
+        "\"shape\": \"{}\", \"weights\": \"{bits}\", \"ops\": {}, \"a\": \"{}\", \"a_zero_point\": {}, \"b\": \"{}\", \"b_zero_point\": {}, \
          \"bias\": \"{}\", \"a_scale\": {:?}, \"b_scale\": 1.0, \"y_scale\": 1.0, \"y_zero_point\": {}, \
          \"expected\": {{\"u8_bias\": \"{}\", \"u8\": \"{}\", \"i32\": \"{}\"}}}}",
         problem.shape.label(),
         problem.shape.ops(),
         file("a.u8"),
         problem.activation_zero_point(),
-        file("b.i8"),
+        b_file,
         problem.weight_zero_point(),
         file("bias.i32"),
         scale,
