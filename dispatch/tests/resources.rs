@@ -50,7 +50,7 @@ fn in_child(name: &str, limits: &str) {
         .args(["300", "bash", "-c", &script])
         .arg(exe)
         .env(CHILD, "1")
-        .env("RUST_MIN_STACK", (16 << 20).to_string())
+        .env("RUST_MIN_STACK", (64 << 20).to_string())
         .output()
         .expect("timeout and bash");
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -219,9 +219,12 @@ fn helpers_that_cannot_start_cost_threads_not_the_call() {
     }
     let problem = Problem::new(64, 256, 256);
     // Two callers, started before the limit bites, so that calls meet on the exchange
-    // and at gates. The margin leaves room for their scratch (about 100 KiB each) and
-    // small allocations, not for a thread's 16 MiB stack: rayon's global pool cannot
-    // start its workers, nor can an OS thread start.
+    // and at gates. The margin (16 MiB, 16–32 MiB given back) leaves room for their
+    // scratch (about 100 KiB each), small allocations and the allocator's own growth
+    // (4 MiB was too tight: depending on the address-space layout an allocation of a
+    // few bytes could fail and abort), not for a thread's 64 MiB stack (RUST_MIN_STACK
+    // in the child): rayon's global pool cannot start its workers, nor can an OS
+    // thread start.
     let ready = Barrier::new(3);
     std::thread::scope(|s| {
         let callers: Vec<_> = (0..2)
@@ -232,7 +235,7 @@ fn helpers_that_cannot_start_cost_threads_not_the_call() {
                 })
             })
             .collect();
-        let ballast = Ballast::fill(4 << 20);
+        let ballast = Ballast::fill(16 << 20);
         ready.wait();
         callers.into_iter().for_each(|c| c.join().expect("a caller panicked"));
         drop(ballast);
