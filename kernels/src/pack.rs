@@ -358,13 +358,13 @@ fn decode_pairs(src: &[i8], out: &mut [i8], group: usize) {
     for (pair, src) in pairs.chunks_exact_mut(2 * group).zip(src.chunks_exact(group)) {
         let (low, high) = pair.split_at_mut(group);
         for ((lo, hi), &b) in low.iter_mut().zip(high.iter_mut()).zip(src) {
-            *lo = (b & 0x0f) as i8;
+            *lo = b & 0x0f;
             *hi = ((b as u8) >> 4) as i8;
         }
     }
     if !last.is_empty() {
         for (lo, &b) in last.iter_mut().zip(&src[pairs.len() / 2..]) {
-            *lo = (b & 0x0f) as i8;
+            *lo = b & 0x0f;
         }
     }
 }
