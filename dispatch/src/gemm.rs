@@ -212,7 +212,7 @@ pub struct PackedWeights {
 }
 
 impl PackedWeights {
-    /// Packs `weights` ([`Weights`] of i8 or u8, or 4-bit [`NibbleWeights`]) for the
+    /// Packs `weights` ([`Weights`] of i8 or u8, or 4-bit [`NibbleWeights`](crate::NibbleWeights)) for the
     /// [selected ISA](crate::selected_isa). 4-bit weights stay 4-bit in memory.
     ///
     /// # Errors
@@ -258,7 +258,7 @@ impl PackedWeights {
         Ok(PackedWeights { isa, kernel, packed })
     }
 
-    /// Whether the weights are kept 4-bit ([`NibbleWeights`]).
+    /// Whether the weights are kept 4-bit ([`NibbleWeights`](crate::NibbleWeights)).
     pub fn is_4_bit(&self) -> bool {
         self.packed.is_nibbles()
     }

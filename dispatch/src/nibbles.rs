@@ -52,8 +52,9 @@ impl NibbleFormat {
     }
 }
 
-/// A GEMM's weight matrix B (K×N) of 4-bit values, two per byte (see the
-/// [module documentation](self) for the order), borrowed, with an owned zero point:
+/// A GEMM's weight matrix B (K×N) of 4-bit values, two per byte (the element with the
+/// lower index in the low nibble, each row of the layout starting on a byte), borrowed,
+/// with an owned zero point:
 /// [`PackedWeights::new`](crate::PackedWeights::new) packs it as it packs
 /// [`Weights`], and keeps it 4-bit.
 ///
