@@ -52,7 +52,9 @@ fn the_checksum_is_crc32() {
     let packed = PackedWeights::for_isa(Isa::Portable, Weights::kxn(&[1i8, 2, 3, 4, 5, 6], 2, 3)).unwrap();
     let bytes = packed.to_bytes();
     assert_eq!(&bytes[..8], b"QGEMMWTS");
-    assert_eq!(u16::from_le_bytes([bytes[8], bytes[9]]), qgemm::WEIGHTS_FORMAT_VERSION);
+    // 8-bit weights are written as version 1 (4-bit ones as 2, the newest).
+    assert_eq!(u16::from_le_bytes([bytes[8], bytes[9]]), 1);
+    assert_eq!(qgemm::WEIGHTS_FORMAT_VERSION, 2);
     assert_eq!(resealed(bytes.clone()), bytes, "the stored checksum is CRC-32 of the rest");
 }
 
@@ -189,8 +191,11 @@ fn inconsistent_fields_behind_a_valid_checksum_are_errors() {
         f(&mut v);
         PackedWeights::from_bytes(&resealed(v))
     };
-    // Another format version, with a valid checksum.
-    expect_format(edit(&|v| v[8] = 2), "format version 2", "version 2");
+    // A format version this build does not know, with a valid checksum.
+    expect_format(edit(&|v| v[8] = 3), "format version 3", "version 3");
+    // Version 2 (4-bit weights) with 8-bit panels, and version 1 claiming 4-bit ones.
+    expect_format(edit(&|v| v[8] = 2), "element code 0 in a version 2 file", "version 2, i8");
+    expect_format(edit(&|v| v[11] = 1), "element code 1 in a version 1 file", "version 1, 4-bit");
     // Conv weights read as GEMM weights, and the other way round.
     expect_format(edit(&|v| v[10] = 2), "holds conv weights", "kind");
     expect_format(PackedConvWeights::from_bytes(&bytes), "holds GEMM weights", "GEMM bytes as conv");
