@@ -279,33 +279,12 @@ impl<'a> Table<'a> {
 
     /// The table aligned for a terminal.
     pub fn text(&self) -> String {
-        let grid = self.grid(false);
-        let widths: Vec<usize> =
-            (0..grid[0].len()).map(|col| grid.iter().map(|r| r[col].chars().count()).max().unwrap_or(0)).collect();
-        let mut out = format!("{}: GOPS (best qgemm / peer); wrong outputs\n", self.title());
-        for row in &grid {
-            let cells: Vec<String> = row
-                .iter()
-                .zip(&widths)
-                .enumerate()
-                .map(|(i, (cell, &w))| if i == 0 { format!("{cell:<w$}") } else { format!("{cell:>w$}") })
-                .collect();
-            out.push_str(cells.join("  ").trim_end());
-            out.push('\n');
-        }
-        out
+        format!("{}: GOPS (best qgemm / peer); wrong outputs\n{}", self.title(), aligned(&self.grid(false)))
     }
 
     /// The table in markdown, with its notes.
     pub fn markdown(&self) -> String {
-        let grid = self.grid(true);
-        let mut out = String::new();
-        for (i, row) in grid.iter().enumerate() {
-            out.push_str(&format!("| {} |\n", row.join(" | ")));
-            if i == 0 {
-                out.push_str(&format!("|{}\n", "---|".repeat(row.len())));
-            }
-        }
+        let mut out = markdown_rows(&self.grid(true));
         out.push('\n');
         for c in &self.columns {
             let class = if c.is_qgemm {
@@ -411,6 +390,37 @@ impl<'a> Table<'a> {
     }
 }
 
+/// A grid of cells, header first, aligned for a terminal: the first column left, the
+/// others right, one line per row.
+fn aligned(grid: &[Vec<String>]) -> String {
+    let widths: Vec<usize> =
+        (0..grid[0].len()).map(|col| grid.iter().map(|r| r[col].chars().count()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for row in grid {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(i, (cell, &w))| if i == 0 { format!("{cell:<w$}") } else { format!("{cell:>w$}") })
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// A grid of cells, header first, as markdown table rows.
+fn markdown_rows(grid: &[Vec<String>]) -> String {
+    let mut out = String::new();
+    for (i, row) in grid.iter().enumerate() {
+        out.push_str(&format!("| {} |\n", row.join(" | ")));
+        if i == 0 {
+            out.push_str(&format!("|{}\n", "---|".repeat(row.len())));
+        }
+    }
+    out
+}
+
 /// `int4` for `i4`, `uint4` for `u4`.
 fn weights_name(weights: &str) -> &str {
     match weights {
@@ -474,27 +484,9 @@ pub fn weights_comparison(all: &[Measurement], markdown: bool) -> Option<String>
             grid.push(row);
         }
         if markdown {
-            out.push_str(&format!("\n## {title}\n\n"));
-            for (i, row) in grid.iter().enumerate() {
-                out.push_str(&format!("| {} |\n", row.join(" | ")));
-                if i == 0 {
-                    out.push_str(&format!("|{}\n", "---|".repeat(row.len())));
-                }
-            }
+            out.push_str(&format!("\n## {title}\n\n{}", markdown_rows(&grid)));
         } else {
-            out.push_str(&format!("\n{title}\n"));
-            let widths: Vec<usize> =
-                (0..grid[0].len()).map(|c| grid.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
-            for row in &grid {
-                let cells: Vec<String> = row
-                    .iter()
-                    .zip(&widths)
-                    .enumerate()
-                    .map(|(i, (cell, &w))| if i == 0 { format!("{cell:<w$}") } else { format!("{cell:>w$}") })
-                    .collect();
-                out.push_str(cells.join("  ").trim_end());
-                out.push('\n');
-            }
+            out.push_str(&format!("\n{title}\n{}", aligned(&grid)));
         }
     }
     Some(out)
