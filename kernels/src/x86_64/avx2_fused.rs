@@ -69,7 +69,7 @@ pub(super) unsafe fn block_staged<V: Lanes8, const MR: usize, const NV: usize>(
     let fused = fusion(&stage).expect("a fused stage (`fuses`, checked by `Kernel`)");
     let BlockArgs { a, b, b_panel_stride, row_panels, rows, col_panels, cols, kgroups, acc, acc_stride, accumulate } =
         args;
-    let panels = Panels { a: PackedA { a, kgroups }, b, b_panel_stride, row_panels, rows, col_panels, cols };
+    let panels = Panels { a: PackedA::<false> { a, kgroups }, b, b_panel_stride, row_panels, rows, col_panels, cols };
     let prior = if accumulate { Some(&*acc) } else { None };
     // SAFETY: forwarded from this function's contract.
     unsafe { staged::<V, _, MR, NV>(panels, prior, acc_stride, stage, fused) }

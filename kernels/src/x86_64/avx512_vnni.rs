@@ -26,7 +26,7 @@ use std::arch::x86_64::*;
 
 use super::avx512_epilogue::{Float16, IntClamp, PACKED_ORDER, rounded};
 use super::columns::{Columns, fused_scale, out_bytes, scales_below_one};
-use super::dot4_tile::{self, Dot4, PackedA, PackedNibblesA, Panels, RowA, RowNibbles, Sink, TileA};
+use super::dot4_tile::{self, Dot4, PackedA, Panels, RowA, Sink, TileA};
 use crate::kernel::{BlockArgs, Blocking, IndirectArgs, Kernel, Tile};
 use crate::output::{EpilogueArgs, OutData, OutputStage, Param, ZeroPoints};
 
@@ -163,7 +163,7 @@ unsafe fn indirect<const MR: usize, const NV: usize>(args: IndirectArgs<'_>) {
 unsafe fn block_staged<const MR: usize, const NV: usize>(args: BlockArgs<'_>, stage: EpilogueArgs<'_>) {
     let BlockArgs { a, b, b_panel_stride, row_panels, rows, col_panels, cols, kgroups, acc, acc_stride, accumulate } =
         args;
-    let panels = Panels { a: PackedA { a, kgroups }, b, b_panel_stride, row_panels, rows, col_panels, cols };
+    let panels = Panels { a: PackedA::<false> { a, kgroups }, b, b_panel_stride, row_panels, rows, col_panels, cols };
     let prior = if accumulate { Some(&*acc) } else { None };
     // SAFETY: forwarded from this function's contract.
     unsafe { staged::<_, MR, NV>(panels, prior, acc_stride, stage) }
@@ -187,7 +187,8 @@ unsafe fn row<const MR: usize, const NV: usize>(args: BlockArgs<'_>) {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn row_staged<const MR: usize, const NV: usize>(args: BlockArgs<'_>, stage: EpilogueArgs<'_>) {
     let BlockArgs { a, b, b_panel_stride, col_panels, cols, kgroups, acc, acc_stride, accumulate, .. } = args;
-    let panels = Panels { a: RowA { a, kgroups }, b, b_panel_stride, row_panels: 1, rows: 1, col_panels, cols };
+    let panels =
+        Panels { a: RowA::<false> { a, kgroups }, b, b_panel_stride, row_panels: 1, rows: 1, col_panels, cols };
     let prior = if accumulate { Some(&*acc) } else { None };
     // SAFETY: forwarded from this function's contract.
     unsafe { staged::<_, MR, NV>(panels, prior, acc_stride, stage) }
@@ -214,7 +215,7 @@ unsafe fn block_nibbles<const MR: usize, const NV: usize>(args: BlockArgs<'_>) {
 unsafe fn block_nibbles_staged<const MR: usize, const NV: usize>(args: BlockArgs<'_>, stage: EpilogueArgs<'_>) {
     let BlockArgs { a, b, b_panel_stride, row_panels, rows, col_panels, cols, kgroups, acc, acc_stride, accumulate } =
         args;
-    let panels = Panels { a: PackedNibblesA { a, kgroups }, b, b_panel_stride, row_panels, rows, col_panels, cols };
+    let panels = Panels { a: PackedA::<true> { a, kgroups }, b, b_panel_stride, row_panels, rows, col_panels, cols };
     let prior = if accumulate { Some(&*acc) } else { None };
     // SAFETY: forwarded from this function's contract.
     unsafe { staged::<_, MR, NV>(panels, prior, acc_stride, stage) }
@@ -240,7 +241,7 @@ unsafe fn row_nibbles<const MR: usize, const NV: usize>(args: BlockArgs<'_>) {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn row_nibbles_staged<const MR: usize, const NV: usize>(args: BlockArgs<'_>, stage: EpilogueArgs<'_>) {
     let BlockArgs { a, b, b_panel_stride, col_panels, cols, kgroups, acc, acc_stride, accumulate, .. } = args;
-    let panels = Panels { a: RowNibbles { a, kgroups }, b, b_panel_stride, row_panels: 1, rows: 1, col_panels, cols };
+    let panels = Panels { a: RowA::<true> { a, kgroups }, b, b_panel_stride, row_panels: 1, rows: 1, col_panels, cols };
     let prior = if accumulate { Some(&*acc) } else { None };
     // SAFETY: forwarded from this function's contract.
     unsafe { staged::<_, MR, NV>(panels, prior, acc_stride, stage) }

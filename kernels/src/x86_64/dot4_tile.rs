@@ -191,7 +191,7 @@ pub(super) unsafe fn block<V: Dot4, const MR: usize, const NV: usize>(args: Bloc
     let BlockArgs { a, b, b_panel_stride, row_panels, rows, col_panels, cols, kgroups, acc, acc_stride, accumulate } =
         args;
     let mut sink = StoreAcc { acc, acc_stride, accumulate, col0: 0 };
-    let panels = Panels { a: PackedA { a, kgroups }, b, b_panel_stride, row_panels, rows, col_panels, cols };
+    let panels = Panels { a: PackedA::<false> { a, kgroups }, b, b_panel_stride, row_panels, rows, col_panels, cols };
     // SAFETY: forwarded from this function's contract.
     unsafe { block_into::<V, MR, NV, _, _>(panels, &mut sink) }
 }
@@ -221,12 +221,13 @@ pub(super) unsafe fn indirect_block<V: Dot4, const MR: usize, const NV: usize>(a
 pub(super) unsafe fn row_block<V: Dot4, const MR: usize, const NV: usize>(args: BlockArgs<'_>) {
     let BlockArgs { a, b, b_panel_stride, col_panels, cols, kgroups, acc, acc_stride, accumulate, .. } = args;
     let mut sink = StoreAcc { acc, acc_stride, accumulate, col0: 0 };
-    let panels = Panels { a: RowA { a, kgroups }, b, b_panel_stride, row_panels: 1, rows: 1, col_panels, cols };
+    let panels =
+        Panels { a: RowA::<false> { a, kgroups }, b, b_panel_stride, row_panels: 1, rows: 1, col_panels, cols };
     // SAFETY: forwarded from this function's contract.
     unsafe { block_into::<V, MR, NV, _, _>(panels, &mut sink) }
 }
 
-/// Every panel of a one-row block against 4-bit B (see [`RowNibbles`]) into the
+/// Every panel of a one-row block against 4-bit B (see [`RowA`] with `NIB`) into the
 /// accumulators; see [`block_into`].
 ///
 /// # Safety
@@ -236,12 +237,12 @@ pub(super) unsafe fn row_block<V: Dot4, const MR: usize, const NV: usize>(args: 
 pub(super) unsafe fn row_nibbles_block<V: Dot4, const MR: usize, const NV: usize>(args: BlockArgs<'_>) {
     let BlockArgs { a, b, b_panel_stride, col_panels, cols, kgroups, acc, acc_stride, accumulate, .. } = args;
     let mut sink = StoreAcc { acc, acc_stride, accumulate, col0: 0 };
-    let panels = Panels { a: RowNibbles { a, kgroups }, b, b_panel_stride, row_panels: 1, rows: 1, col_panels, cols };
+    let panels = Panels { a: RowA::<true> { a, kgroups }, b, b_panel_stride, row_panels: 1, rows: 1, col_panels, cols };
     // SAFETY: forwarded from this function's contract.
     unsafe { block_into::<V, MR, NV, _, _>(panels, &mut sink) }
 }
 
-/// Every tile of a block against 4-bit B (see [`PackedNibblesA`]) into the
+/// Every tile of a block against 4-bit B (see [`PackedA`] with `NIB`) into the
 /// accumulators; see [`block_into`].
 ///
 /// # Safety
@@ -252,7 +253,7 @@ pub(super) unsafe fn nibble_block<V: Dot4, const MR: usize, const NV: usize>(arg
     let BlockArgs { a, b, b_panel_stride, row_panels, rows, col_panels, cols, kgroups, acc, acc_stride, accumulate } =
         args;
     let mut sink = StoreAcc { acc, acc_stride, accumulate, col0: 0 };
-    let panels = Panels { a: PackedNibblesA { a, kgroups }, b, b_panel_stride, row_panels, rows, col_panels, cols };
+    let panels = Panels { a: PackedA::<true> { a, kgroups }, b, b_panel_stride, row_panels, rows, col_panels, cols };
     // SAFETY: forwarded from this function's contract.
     unsafe { block_into::<V, MR, NV, _, _>(panels, &mut sink) }
 }
@@ -313,13 +314,17 @@ pub(super) trait TileA {
     ) -> [[V; NU]; R];
 }
 
-/// Packed A: panels of `MR` rows, `kgroups × MR × A_BYTES` bytes each.
-pub(super) struct PackedA<'a> {
+/// Packed A: panels of `MR` rows, `kgroups × MR × A_BYTES` bytes each; against 4-bit
+/// B where `NIB` (each pair of k-groups in one group's room, the first in the low
+/// nibbles: `PackedB::try_new_nibbles`; `kgroups` even).
+pub(super) struct PackedA<'a, const NIB: bool> {
     pub a: &'a [u8],
     pub kgroups: usize,
 }
 
-impl TileA for PackedA<'_> {
+impl<const NIB: bool> TileA for PackedA<'_, NIB> {
+    const B_NIBBLES: bool = NIB;
+
     #[inline(always)]
     fn kgroups(&self) -> usize {
         self.kgroups
@@ -340,22 +345,29 @@ impl TileA for PackedA<'_> {
             if R == 1 && NU <= NV {
                 // A panel's single real row: K split over independent sums.
                 let mut c = [start; R];
-                c[0] = sums_row::<V, NU, NV>(a_panel.as_ptr(), MR * V::A_BYTES, b, self.kgroups, start);
+                let (a, stride) = (a_panel.as_ptr(), MR * V::A_BYTES);
+                c[0] = if NIB {
+                    sums_row_nibbles::<V, NU, NV>(a, stride, b, self.kgroups, start)
+                } else {
+                    sums_row::<V, NU, NV>(a, stride, b, self.kgroups, start)
+                };
                 return c;
             }
-            sums::<V, MR, R, NU, NV, false>(a_panel.as_ptr(), b, self.kgroups, start)
+            sums::<V, MR, R, NU, NV, NIB>(a_panel.as_ptr(), b, self.kgroups, start)
         }
     }
 }
 
 /// One row of A packed densely: group g at `g · A_BYTES`, `kgroups × A_BYTES` bytes (a
 /// panel of one row; the GEMV's A, see `Kernel::with_row`). Its only row is row 0.
-pub(super) struct RowA<'a> {
+pub(super) struct RowA<'a, const NIB: bool> {
     pub a: &'a [u8],
     pub kgroups: usize,
 }
 
-impl TileA for RowA<'_> {
+impl<const NIB: bool> TileA for RowA<'_, NIB> {
+    const B_NIBBLES: bool = NIB;
+
     #[inline(always)]
     fn kgroups(&self) -> usize {
         self.kgroups
@@ -374,81 +386,15 @@ impl TileA for RowA<'_> {
         }
         let row = &self.a[..self.kgroups * V::A_BYTES];
         // SAFETY: forwarded from this function's contract; the row holds `kgroups`
-        // groups of 4 bytes (sliced just above).
-        c[0] = unsafe { sums_row::<V, NU, NV>(row.as_ptr(), V::A_BYTES, b, self.kgroups, start) };
-        c
-    }
-}
-
-/// Packed A, as [`PackedA`], against 4-bit B: each pair of k-groups in one group's
-/// room, the first in the low nibbles (`PackedB::try_new_nibbles`); `kgroups` is even.
-pub(super) struct PackedNibblesA<'a> {
-    pub a: &'a [u8],
-    pub kgroups: usize,
-}
-
-impl TileA for PackedNibblesA<'_> {
-    const B_NIBBLES: bool = true;
-
-    #[inline(always)]
-    fn kgroups(&self) -> usize {
-        self.kgroups
-    }
-
-    #[inline(always)]
-    unsafe fn sums<V: Dot4, const MR: usize, const R: usize, const NU: usize, const NV: usize>(
-        &self,
-        row0: usize,
-        b: *const i8,
-        start: [V; NU],
-    ) -> [[V; NU]; R] {
-        let a_panel_bytes = self.kgroups * MR * V::A_BYTES;
-        let a_panel = &self.a[row0 / MR * a_panel_bytes..][..a_panel_bytes];
-        // SAFETY: forwarded from this function's contract; the A panel holds `kgroups`
-        // groups of this layout (sliced just above), and the B panel `kgroups / 2`
-        // rooms of `NV · LANES · 4` bytes.
-        unsafe {
-            if R == 1 && NU <= NV {
-                let mut c = [start; R];
-                c[0] = sums_row_nibbles::<V, NU, NV>(a_panel.as_ptr(), MR * V::A_BYTES, b, self.kgroups, start);
-                return c;
+        // groups of 4 bytes (sliced just above), and the B panel `kgroups` groups (for
+        // 4-bit B, `kgroups / 2` rooms) of `NV · LANES · 4` bytes.
+        c[0] = unsafe {
+            if NIB {
+                sums_row_nibbles::<V, NU, NV>(row.as_ptr(), V::A_BYTES, b, self.kgroups, start)
+            } else {
+                sums_row::<V, NU, NV>(row.as_ptr(), V::A_BYTES, b, self.kgroups, start)
             }
-            sums::<V, MR, R, NU, NV, true>(a_panel.as_ptr(), b, self.kgroups, start)
-        }
-    }
-}
-
-/// One dense row, as [`RowA`], against 4-bit B: each pair of k-groups in one group's
-/// room, the first in the low nibbles (`PackedB::try_new_nibbles`); `kgroups` is even.
-pub(super) struct RowNibbles<'a> {
-    pub a: &'a [u8],
-    pub kgroups: usize,
-}
-
-impl TileA for RowNibbles<'_> {
-    const B_NIBBLES: bool = true;
-
-    #[inline(always)]
-    fn kgroups(&self) -> usize {
-        self.kgroups
-    }
-
-    #[inline(always)]
-    unsafe fn sums<V: Dot4, const MR: usize, const R: usize, const NU: usize, const NV: usize>(
-        &self,
-        row0: usize,
-        b: *const i8,
-        start: [V; NU],
-    ) -> [[V; NU]; R] {
-        let mut c = [start; R];
-        if R != 1 || row0 != 0 || NU > NV {
-            return c; // never: the block has one row
-        }
-        let row = &self.a[..self.kgroups * 4];
-        // SAFETY: forwarded from this function's contract (for 4-bit B, the panel holds
-        // `kgroups / 2` rooms of `NV · LANES · 4` bytes); the row holds `kgroups` groups
-        // of 4 bytes (sliced just above).
-        c[0] = unsafe { sums_row_nibbles::<V, NU, NV>(row.as_ptr(), 4, b, self.kgroups, start) };
+        };
         c
     }
 }
