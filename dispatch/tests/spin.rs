@@ -77,6 +77,21 @@ fn helpers_spin_as_long_as_the_caller_says() {
         return;
     }
     let p = Problem::new();
+    // A busy machine can keep a spinning helper off its core for a whole measurement,
+    // so a failed comparison is measured again (at most three times); a setting that
+    // is ignored fails every time.
+    let mut failures = Vec::new();
+    for _ in 0..3 {
+        match measure(&p) {
+            Ok(()) => return,
+            Err(e) => failures.push(e),
+        }
+    }
+    panic!("spin times not honoured in three measurements: {failures:#?}");
+}
+
+/// One measurement of every setting: `Err` says which comparison failed.
+fn measure(p: &Problem) -> Result<(), String> {
     let two = qgemm::Options::new().with_threads(2);
     let (default_cpu, wall) = p.cadence(&two);
     assert!(wall >= Duration::from_millis(500), "500 pauses of 1 ms took {wall:?}");
@@ -102,8 +117,15 @@ fn helpers_spin_as_long_as_the_caller_says() {
     // speed and however busy the machine (a busy core slows all of them alike).
     let extra = |cpu: Duration| cpu.saturating_sub(one_thread_cpu);
     // A helper spinning through every pause costs far more than one spinning 200 µs.
-    assert!(extra(long_cpu) > extra(default_cpu) * 2, "spinning 5 ms: {long_cpu:?}, 200 µs: {default_cpu:?}");
+    if extra(long_cpu) <= extra(default_cpu) * 2 {
+        return Err(format!("spinning 5 ms: {long_cpu:?}, 200 µs: {default_cpu:?}, 1 thread {one_thread_cpu:?}"));
+    }
     // Sleeping at once adds under a third of what spinning adds.
-    assert!(extra(zero_cpu) * 3 < extra(long_cpu), "spin 0: {zero_cpu:?} against {long_cpu:?} spinning");
-    assert!(extra(process_zero_cpu) * 3 < extra(long_cpu), "process-wide 0: {process_zero_cpu:?}");
+    if extra(zero_cpu) * 3 >= extra(long_cpu) {
+        return Err(format!("spin 0: {zero_cpu:?} against {long_cpu:?} spinning, 1 thread {one_thread_cpu:?}"));
+    }
+    if extra(process_zero_cpu) * 3 >= extra(long_cpu) {
+        return Err(format!("process-wide 0: {process_zero_cpu:?} against {long_cpu:?} spinning"));
+    }
+    Ok(())
 }

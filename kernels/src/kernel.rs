@@ -499,7 +499,7 @@ impl Kernel {
     /// The same kernel with block entry points for 4-bit weights, which unpack the
     /// nibbles in registers: [`BlockArgs`] with `b` the 4-bit panels as packed
     /// ([`crate::pack::PackedB::try_new_nibbles`]) from an even k-group, `kgroups`
-    /// even, each panel's `kgroups · nr · kg / 2` bytes read; u8 A. `block` and
+    /// even, each panel's `kgroups · nr · kg / 2` bytes read; A one byte per value. `block` and
     /// `staged` compute what [`Kernel::block`] and [`Kernel::block_with_stage`]
     /// compute on the same weights unpacked.
     ///
@@ -791,7 +791,7 @@ impl Kernel {
     fn check_row_of(&self, args: &BlockArgs<'_>, nibbles: bool) {
         let t = self.tile;
         assert!(args.row_panels == 1 && args.rows == 1, "a one-row block");
-        assert!(!nibbles || (args.kgroups.is_multiple_of(2) && self.a_format == AFormat::U8), "4-bit pairs, u8 A");
+        assert!(!nibbles || (args.kgroups.is_multiple_of(2) && self.a_format.bytes() == 1), "4-bit pairs, byte A");
         let a_len = args.kgroups * t.kg * self.a_format.bytes();
         let b_len = match args.col_panels {
             0 => 0,
@@ -817,7 +817,7 @@ impl Kernel {
 
     fn check_block_of(&self, args: &BlockArgs<'_>, nibbles: bool) {
         let t = self.tile;
-        assert!(!nibbles || (args.kgroups.is_multiple_of(2) && self.a_format == AFormat::U8), "4-bit pairs, u8 A");
+        assert!(!nibbles || (args.kgroups.is_multiple_of(2) && self.a_format.bytes() == 1), "4-bit pairs, byte A");
         let a_len = args.row_panels * args.kgroups * t.mr * t.kg * self.a_format.bytes();
         let b_len = match args.col_panels {
             0 => 0,

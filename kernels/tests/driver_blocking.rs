@@ -5,29 +5,19 @@
 use std::ops::Range;
 
 use qgemm_kernels::driver::{GemmArgs, gemm};
-use qgemm_kernels::output::{OutData, OutView, OutputStage, Param, Requant, Rounding, Scheme};
+use qgemm_kernels::output::{OutData, OutView, OutputStage, Param, Requant, Scheme};
 use qgemm_kernels::pack::{BLayout, PackedB};
 use qgemm_kernels::rows::Rows;
 mod common;
 
-use common::{Rng, gemm_kernels};
-use qgemm_kernels::{Blocking, Kernel};
+use common::{Problem, Rng, blocked_kernels, check_against_reference};
+use qgemm_kernels::Kernel;
 use qgemm_reference as reference;
 
 /// Every kernel this CPU runs (the AVX2 one also without its fast path), each with its
 /// own blocking and two tiny ones.
 fn kernels() -> Vec<Kernel> {
-    gemm_kernels()
-        .into_iter()
-        .flat_map(|base| {
-            let t = base.tile();
-            [
-                base,
-                base.with_blocking(Blocking { mc: t.mr, kc: t.k_step(), nc: t.nr }),
-                base.with_blocking(Blocking { mc: 2 * t.mr, kc: 3 * t.k_step(), nc: 2 * t.nr }),
-            ]
-        })
-        .collect()
+    blocked_kernels()
 }
 
 #[test]
@@ -49,80 +39,8 @@ fn blocked_loop_nest_matches_reference() {
             let b_zp: Vec<i8> = (0..if per_column { n } else { 1 }).map(|_| rng.next() as i8).collect();
             let packed = PackedB::try_new(t, &b, layout, k, n, &b_zp).unwrap();
             let bias: Vec<i32> = (0..n).map(|_| rng.next() as i32 >> 8).collect();
-
-            let ref_zp = if per_column {
-                reference::Channelwise::PerChannel(b_zp.clone())
-            } else {
-                reference::Channelwise::PerTensor(b_zp[0])
-            };
-            let problem = reference::GemmProblem {
-                m,
-                n,
-                k,
-                a: &a,
-                a_row_stride: stride,
-                a_zero_point: a_zp,
-                b: &b,
-                b_layout: match layout {
-                    BLayout::KxN => reference::WeightLayout::KxN,
-                    BLayout::NxK => reference::WeightLayout::NxK,
-                },
-                b_zero_point: &ref_zp,
-            };
-
-            // i32 output with bias.
-            let mut out = vec![0i32; m * n];
-            gemm(
-                &kernel,
-                GemmArgs {
-                    m,
-                    a: Rows::Matrix { data: &a, stride },
-                    a_zp,
-                    b: &packed,
-                    stage: OutputStage { bias: Some(&bias), requant: None },
-                    columns: 0..n,
-                    out: OutData::I32(OutView::new(&mut out, m, n, n)),
-                },
-            );
-            let stage = reference::OutputStage::new(Some(bias.clone()), None);
-            let expected = reference::gemm(&problem, &stage, reference::OutputType::I32);
-            assert_eq!(reference::OutputData::I32(out), expected, "{} m={m} n={n} k={k}", kernel.name());
-
-            // u8 output, fixed point.
-            let mut out = vec![0u8; m * n];
-            let requant = Requant {
-                scheme: Scheme::FixedPoint {
-                    rounding: Rounding::DoubleTiesAway,
-                    multiplier: Param::Tensor(1 << 30),
-                    shift: Param::Tensor(-8),
-                },
-                zero_point: 100,
-                min: 3,
-                max: 250,
-            };
-            gemm(
-                &kernel,
-                GemmArgs {
-                    m,
-                    a: Rows::Matrix { data: &a, stride },
-                    a_zp,
-                    b: &packed,
-                    stage: OutputStage { bias: None, requant: Some(requant) },
-                    columns: 0..n,
-                    out: OutData::U8(OutView::new(&mut out, m, n, n)),
-                },
-            );
-            let stage = reference::OutputStage::requantized(reference::Requantize::from_i32(
-                reference::Requantization::FixedPoint(reference::FixedPointParams::new(
-                    reference::Channelwise::PerTensor(1 << 30),
-                    reference::Channelwise::PerTensor(-8),
-                )),
-                100,
-                3,
-                250,
-            ));
-            let expected = reference::gemm(&problem, &stage, reference::OutputType::U8);
-            assert_eq!(reference::OutputData::U8(out), expected, "{} m={m} n={n} k={k}", kernel.name());
+            let problem = Problem { m, n, k, a: &a, stride, a_zp, b: &b, layout, b_zp: &b_zp, packed: &packed };
+            check_against_reference(&kernel, &problem, &bias, -8);
         }
     }
 }

@@ -13,6 +13,30 @@
 //! their one multiply instruction through `asm!`, inside functions compiled with the
 //! feature enabled, and reachable only after it was detected.
 
+/// Runs a tile function's `$group!(g, b_vectors)` over the `$kgroups` k-groups of its
+/// B panel at `$b`, `$v` vectors of 16 weights per group: 8-bit weights as loaded
+/// ([`load_b`]), or with `$nib` 4-bit ones, two groups per room unpacked in registers
+/// ([`load_b_nibbles`]; `$kgroups` is then even). The tile function's contract must
+/// promise that panel.
+macro_rules! for_each_b_group {
+    ($nib:expr, $b:expr, $kgroups:expr, $v:literal, $group:ident) => {
+        if $nib {
+            for room in 0..$kgroups / 2 {
+                // SAFETY: this room of two groups lies within the panel (the tile
+                // function's contract).
+                let (even, odd) = unsafe { $crate::aarch64::load_b_nibbles::<$v>($b.add(room * 16 * $v)) };
+                $group!(2 * room, even);
+                $group!(2 * room + 1, odd);
+            }
+        } else {
+            for g in 0..$kgroups {
+                // SAFETY: group g lies within the panel (the tile function's contract).
+                $group!(g, unsafe { $crate::aarch64::load_b::<$v>($b.add(g * 16 * $v)) });
+            }
+        }
+    };
+}
+
 pub mod neon;
 pub mod neon_dotprod;
 pub mod neon_epilogue;
@@ -75,11 +99,47 @@ impl Out<'_> {
     }
 }
 
+/// The `V` vectors of 16 weights at `b`: one k-group of an 8-bit B panel.
+///
+/// # Safety
+/// `b` is valid for reads of `16 · V` bytes.
+#[inline(always)]
+pub(crate) unsafe fn load_b<const V: usize>(b: *const i8) -> [int8x16_t; V] {
+    // SAFETY: NEON is part of the target; a constant.
+    let mut v = [unsafe { vdupq_n_s8(0) }; V];
+    for (i, v) in v.iter_mut().enumerate() {
+        // SAFETY: bytes 16i..16i + 16 of the group (the function's contract).
+        *v = unsafe { vld1q_s8(b.add(16 * i)) };
+    }
+    v
+}
+
+/// The two k-groups that a room of `16 · V` bytes of 4-bit weights holds
+/// (`PackedB::try_new_nibbles`), unpacked in registers: the even group from the low
+/// nibbles (a mask), the odd one from the high nibbles (a shift), each weight in
+/// `[0, 15]` as it is in the 8-bit layout.
+///
+/// # Safety
+/// `room` is valid for reads of `16 · V` bytes.
+#[inline(always)]
+pub(crate) unsafe fn load_b_nibbles<const V: usize>(room: *const i8) -> ([int8x16_t; V], [int8x16_t; V]) {
+    // SAFETY: forwarded from this function's contract.
+    let bytes = unsafe { load_b::<V>(room) };
+    // SAFETY: NEON is part of the target; register operations only.
+    unsafe {
+        let mask = vdupq_n_s8(0x0f);
+        let low = bytes.map(|v| vandq_s8(v, mask));
+        let high = bytes.map(|v| vreinterpretq_s8_u8(vshrq_n_u8::<4>(vreinterpretq_u8_s8(v))));
+        (low, high)
+    }
+}
+
 /// One tile of a block, as [`for_each_tile`] hands it to a kernel.
 pub(crate) struct TileJob<'s> {
     /// The tile's panel of packed A: `kgroups` groups of `mr × kg` values.
     pub a: *const u8,
-    /// The tile's panel of packed B: `kgroups` groups of `nr × kg` values.
+    /// The tile's panel of packed B: `kgroups` groups of `nr × kg` values, or for
+    /// 4-bit weights `kgroups / 2` rooms of that many bytes (see [`load_b_nibbles`]).
     pub b: *const i8,
     pub kgroups: usize,
     /// Real rows of the panel (1..=mr).
@@ -94,11 +154,13 @@ pub(crate) struct TileJob<'s> {
 /// of its column panel to the output.
 ///
 /// Every [`TileJob`] it hands out is sound for a tile function of `tile`'s layout: its
-/// panels hold `kgroups` groups (sliced here) and its `out` covers `rows` rows of
-/// `nr` accumulators at `acc_stride` (asserted here), and the stage's rows.
+/// panels hold `kgroups` groups (sliced here; with `nibbles`, B holds 4-bit weights,
+/// half as many bytes) and its `out` covers `rows` rows of `nr` accumulators at
+/// `acc_stride` (asserted here), and the stage's rows.
 #[inline(always)]
 pub(crate) fn for_each_tile(
     tile: Tile,
+    nibbles: bool,
     args: BlockArgs<'_>,
     stage: Option<EpilogueArgs<'_>>,
     mut run: impl FnMut(TileJob<'_>),
@@ -110,7 +172,7 @@ pub(crate) fn for_each_tile(
     let fused = stage.map(FusedStage::new);
     for jp in 0..col_panels {
         let panel = fused.as_ref().map(|f| f.panel(jp * nr, nr));
-        let b_panel = &b[jp * b_panel_stride..][..kgroups * nr * kg];
+        let b_panel = &b[jp * b_panel_stride..][..kgroups * nr * kg / if nibbles { 2 } else { 1 }];
         for ip in 0..row_panels {
             let a_panel = &a[ip * a_panel_bytes..][..a_panel_bytes];
             let real_rows = rows.saturating_sub(ip * mr).min(mr);

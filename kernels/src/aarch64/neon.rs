@@ -55,7 +55,8 @@ static EXACT: Kernel = {
     unsafe {
         let fast = Kernel::new("4x4c16-neon-mlal", TILE, BLOCKING, block_mlal, epilogue_scalar)
             .with_a_format(AFormat::FlippedI8)
-            .with_staged_block(block_mlal_staged);
+            .with_staged_block(block_mlal_staged)
+            .with_nibble_block(block_mlal_nibbles, Some(block_mlal_nibbles_staged));
         Kernel::new("4x4c16-neon-mull", TILE, BLOCKING, block_mull, epilogue_scalar)
             .with_a_format(AFormat::FlippedI8)
             .with_staged_block(block_mull_staged)
@@ -68,7 +69,7 @@ static EXACT: Kernel = {
 /// kernel (checked by `Kernel::block`).
 unsafe fn block_mull(args: BlockArgs<'_>) {
     // SAFETY: forwarded from this function's contract.
-    unsafe { block::<false>(args, None) }
+    unsafe { block::<false, false>(args, None) }
 }
 
 /// [`block_mull`] on the last K block, with the output stage fused into each tile.
@@ -78,14 +79,14 @@ unsafe fn block_mull(args: BlockArgs<'_>) {
 /// block's rows (checked by `Kernel::block_with_stage`).
 unsafe fn block_mull_staged(args: BlockArgs<'_>, stage: EpilogueArgs<'_>) {
     // SAFETY: forwarded from this function's contract.
-    unsafe { block::<false>(args, Some(stage)) }
+    unsafe { block::<false, false>(args, Some(stage)) }
 }
 
 /// # Safety
 /// As [`block_mull`], and no weight of the block is −128.
 unsafe fn block_mlal(args: BlockArgs<'_>) {
     // SAFETY: forwarded from this function's contract.
-    unsafe { block::<true>(args, None) }
+    unsafe { block::<true, false>(args, None) }
 }
 
 /// [`block_mlal`] with the output stage fused into each tile.
@@ -94,60 +95,88 @@ unsafe fn block_mlal(args: BlockArgs<'_>) {
 /// As [`block_mull_staged`], and no weight of the block is −128.
 unsafe fn block_mlal_staged(args: BlockArgs<'_>, stage: EpilogueArgs<'_>) {
     // SAFETY: forwarded from this function's contract.
-    unsafe { block::<true>(args, Some(stage)) }
+    unsafe { block::<true, false>(args, Some(stage)) }
 }
 
-/// Every tile of the block: B panels outer (one stays in L1), A panels inner.
+/// [`block_mlal`] against 4-bit weights (`Kernel::with_nibble_block`), which are never
+/// −128.
 ///
 /// # Safety
-/// As [`block_mull`] (`!MLAL`) or [`block_mlal`].
+/// As [`block`] with `NIB`.
+unsafe fn block_mlal_nibbles(args: BlockArgs<'_>) {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { block::<true, true>(args, None) }
+}
+
+/// [`block_mlal_staged`] against 4-bit weights.
+///
+/// # Safety
+/// As [`block_mull_staged`], for 4-bit weights.
+unsafe fn block_mlal_nibbles_staged(args: BlockArgs<'_>, stage: EpilogueArgs<'_>) {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { block::<true, true>(args, Some(stage)) }
+}
+
+/// Every tile of the block: B panels outer (one stays in L1), A panels inner. `NIB`:
+/// B holds 4-bit weights.
+///
+/// # Safety
+/// As [`block_mull`] (`!MLAL`) or [`block_mlal`], checked by `Kernel::nibble_block`
+/// for 4-bit weights with `NIB`.
 #[target_feature(enable = "neon")]
-unsafe fn block<const MLAL: bool>(args: BlockArgs<'_>, stage: Option<EpilogueArgs<'_>>) {
-    for_each_tile(TILE, args, stage, |t| {
+unsafe fn block<const MLAL: bool, const NIB: bool>(args: BlockArgs<'_>, stage: Option<EpilogueArgs<'_>>) {
+    for_each_tile(TILE, NIB, args, stage, |t| {
         // SAFETY: NEON is enabled here, with MLAL only where the contract allows it;
         // `for_each_tile` hands out panels and outputs that fit this layout.
         unsafe {
             match t.rows {
-                4 => tile::<4, MLAL>(t.a.cast(), t.b, t.kgroups, t.out),
-                3 => tile::<3, MLAL>(t.a.cast(), t.b, t.kgroups, t.out),
-                2 => tile::<2, MLAL>(t.a.cast(), t.b, t.kgroups, t.out),
-                1 => tile::<1, MLAL>(t.a.cast(), t.b, t.kgroups, t.out),
+                4 => tile::<4, MLAL, NIB>(t.a.cast(), t.b, t.kgroups, t.out),
+                3 => tile::<3, MLAL, NIB>(t.a.cast(), t.b, t.kgroups, t.out),
+                2 => tile::<2, MLAL, NIB>(t.a.cast(), t.b, t.kgroups, t.out),
+                1 => tile::<1, MLAL, NIB>(t.a.cast(), t.b, t.kgroups, t.out),
                 _ => unreachable!("a panel has at most MR real rows"),
             }
         }
     });
 }
 
-/// `Σ_g A[r, g] · B[g]` for the first `R` rows of a panel, delivered to `out`.
+/// `Σ_g A[r, g] · B[g]` for the first `R` rows of a panel, delivered to `out`; with
+/// `NIB`, B's groups come two per room of 4-bit weights, unpacked in registers.
 ///
 /// # Safety
-/// NEON; `a` and `b` hold `kgroups` groups of 64 bytes, `out` takes `R` rows of 4
+/// NEON; `a` holds `kgroups` groups of 64 bytes, `b` as many (or, with `NIB`,
+/// `kgroups / 2` rooms of 64 bytes, `kgroups` even), `out` takes `R` rows of 4
 /// columns; with `MLAL`, no weight is −128.
 #[target_feature(enable = "neon")]
-unsafe fn tile<const R: usize, const MLAL: bool>(a: *const i8, b: *const i8, kgroups: usize, out: Out<'_>) {
+unsafe fn tile<const R: usize, const MLAL: bool, const NIB: bool>(
+    a: *const i8,
+    b: *const i8,
+    kgroups: usize,
+    out: Out<'_>,
+) {
     let mut c = [[vdupq_n_s32(0); NR]; R];
-    for g in 0..kgroups {
-        // SAFETY: group g lies within the panels (the function's contract); 16-byte
-        // loads, no alignment needed.
-        let (bv, ag) = unsafe {
-            let bg = b.add(g * NR * KG);
-            ([vld1q_s8(bg), vld1q_s8(bg.add(16)), vld1q_s8(bg.add(32)), vld1q_s8(bg.add(48))], a.add(g * MR * KG))
-        };
-        for (r, cr) in c.iter_mut().enumerate() {
-            // SAFETY: row r < R ≤ MR of group g (the function's contract).
-            let av = unsafe { vld1q_s8(ag.add(r * KG)) };
-            let a_lo = vget_low_s8(av);
-            for (cell, &bj) in cr.iter_mut().zip(&bv) {
-                if MLAL {
-                    let pairs = vmlal_high_s8(vmull_s8(a_lo, vget_low_s8(bj)), av, bj);
-                    *cell = vpadalq_s16(*cell, pairs);
-                } else {
-                    *cell = vpadalq_s16(*cell, vmull_s8(a_lo, vget_low_s8(bj)));
-                    *cell = vpadalq_s16(*cell, vmull_high_s8(av, bj));
+    // One k-group: each row's 16 activations against the four columns.
+    macro_rules! group {
+        ($g:expr, $bv:expr) => {{
+            let bv: [int8x16_t; NR] = $bv;
+            let ag = a.wrapping_add($g * MR * KG);
+            for (r, cr) in c.iter_mut().enumerate() {
+                // SAFETY: row r < R ≤ MR of group g (the function's contract).
+                let av = unsafe { vld1q_s8(ag.add(r * KG)) };
+                let a_lo = vget_low_s8(av);
+                for (cell, &bj) in cr.iter_mut().zip(&bv) {
+                    if MLAL {
+                        let pairs = vmlal_high_s8(vmull_s8(a_lo, vget_low_s8(bj)), av, bj);
+                        *cell = vpadalq_s16(*cell, pairs);
+                    } else {
+                        *cell = vpadalq_s16(*cell, vmull_s8(a_lo, vget_low_s8(bj)));
+                        *cell = vpadalq_s16(*cell, vmull_high_s8(av, bj));
+                    }
                 }
             }
-        }
+        }};
     }
+    for_each_b_group!(NIB, b, kgroups, 4, group);
     // Each row's four columns, folded from their four lanes each.
     let rows = c.map(|cr| [vpaddq_s32(vpaddq_s32(cr[0], cr[1]), vpaddq_s32(cr[2], cr[3]))]);
     // SAFETY: R rows of 4 columns (the function's contract).

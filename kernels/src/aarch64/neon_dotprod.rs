@@ -46,6 +46,7 @@ static KERNEL: Kernel = {
         Kernel::new("8x8c4-neon-sdot", TILE, BLOCKING, block_only, epilogue_scalar)
             .with_a_format(AFormat::FlippedI8)
             .with_staged_block(block_staged)
+            .with_nibble_block(block_nibbles, Some(block_nibbles_staged))
     }
 };
 
@@ -53,7 +54,7 @@ static KERNEL: Kernel = {
 /// As [`block`], without a stage.
 unsafe fn block_only(args: BlockArgs<'_>) {
     // SAFETY: forwarded from this function's contract.
-    unsafe { block(args, None) }
+    unsafe { block::<false>(args, None) }
 }
 
 /// [`block`] on the last K block, with the output stage fused into each tile.
@@ -63,30 +64,48 @@ unsafe fn block_only(args: BlockArgs<'_>) {
 /// (checked by `Kernel::block_with_stage`).
 unsafe fn block_staged(args: BlockArgs<'_>, stage: EpilogueArgs<'_>) {
     // SAFETY: forwarded from this function's contract.
-    unsafe { block(args, Some(stage)) }
+    unsafe { block::<false>(args, Some(stage)) }
+}
+
+/// [`block_only`] against 4-bit weights (`Kernel::with_nibble_block`).
+///
+/// # Safety
+/// As [`block`] with `NIB`.
+unsafe fn block_nibbles(args: BlockArgs<'_>) {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { block::<true>(args, None) }
+}
+
+/// [`block_staged`] against 4-bit weights.
+///
+/// # Safety
+/// As [`block_staged`], for 4-bit weights.
+unsafe fn block_nibbles_staged(args: BlockArgs<'_>, stage: EpilogueArgs<'_>) {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { block::<true>(args, Some(stage)) }
 }
 
 /// Every tile of the block: B panels outer (one stays in L1), A panels inner; with a
-/// stage, each tile's sums go through it to the output.
+/// stage, each tile's sums go through it to the output. `NIB`: B holds 4-bit weights.
 ///
 /// # Safety
 /// NEON and dotprod must be available, and the buffers must satisfy [`BlockArgs`]
-/// for this kernel (checked by `Kernel::block`).
+/// for this kernel (checked by `Kernel::block`, or `Kernel::nibble_block` with `NIB`).
 #[target_feature(enable = "neon,dotprod")]
-unsafe fn block(args: BlockArgs<'_>, stage: Option<EpilogueArgs<'_>>) {
-    for_each_tile(TILE, args, stage, |t| {
+unsafe fn block<const NIB: bool>(args: BlockArgs<'_>, stage: Option<EpilogueArgs<'_>>) {
+    for_each_tile(TILE, NIB, args, stage, |t| {
         // SAFETY: dotprod is enabled here; `for_each_tile` hands out panels and
         // outputs that fit this layout.
         unsafe {
             match t.rows {
-                8 => tile::<8>(t.a.cast(), t.b, t.kgroups, t.out),
-                7 => tile::<7>(t.a.cast(), t.b, t.kgroups, t.out),
-                6 => tile::<6>(t.a.cast(), t.b, t.kgroups, t.out),
-                5 => tile::<5>(t.a.cast(), t.b, t.kgroups, t.out),
-                4 => tile::<4>(t.a.cast(), t.b, t.kgroups, t.out),
-                3 => tile::<3>(t.a.cast(), t.b, t.kgroups, t.out),
-                2 => tile::<2>(t.a.cast(), t.b, t.kgroups, t.out),
-                1 => tile::<1>(t.a.cast(), t.b, t.kgroups, t.out),
+                8 => tile::<8, NIB>(t.a.cast(), t.b, t.kgroups, t.out),
+                7 => tile::<7, NIB>(t.a.cast(), t.b, t.kgroups, t.out),
+                6 => tile::<6, NIB>(t.a.cast(), t.b, t.kgroups, t.out),
+                5 => tile::<5, NIB>(t.a.cast(), t.b, t.kgroups, t.out),
+                4 => tile::<4, NIB>(t.a.cast(), t.b, t.kgroups, t.out),
+                3 => tile::<3, NIB>(t.a.cast(), t.b, t.kgroups, t.out),
+                2 => tile::<2, NIB>(t.a.cast(), t.b, t.kgroups, t.out),
+                1 => tile::<1, NIB>(t.a.cast(), t.b, t.kgroups, t.out),
                 _ => unreachable!("a panel has at most MR real rows"),
             }
         }
@@ -112,40 +131,46 @@ macro_rules! sdot {
     };
 }
 
-/// `acc[r][0..8] += Σ_g A[r, g] · B[g]` for the first `R` rows of a panel.
+/// `acc[r][0..8] += Σ_g A[r, g] · B[g]` for the first `R` rows of a panel; with `NIB`,
+/// B's groups come two per room of 4-bit weights, unpacked in registers.
 ///
 /// # Safety
-/// NEON and dotprod; `a` and `b` hold `kgroups` groups of 32 bytes, `out` takes `R` rows
-/// of 8 columns.
+/// NEON and dotprod; `a` holds `kgroups` groups of 32 bytes, `b` as many (or, with
+/// `NIB`, `kgroups / 2` rooms of 32 bytes, `kgroups` even), `out` takes `R` rows of 8
+/// columns.
 #[target_feature(enable = "neon,dotprod")]
-unsafe fn tile<const R: usize>(a: *const i8, b: *const i8, kgroups: usize, out: Out<'_>) {
+unsafe fn tile<const R: usize, const NIB: bool>(a: *const i8, b: *const i8, kgroups: usize, out: Out<'_>) {
     let mut c = [[vdupq_n_s32(0); 2]; MR];
-    for g in 0..kgroups {
-        // SAFETY: group g lies within the panels (the function's contract); the second
-        // half of A is read only when some row of it is real.
-        let (b_lo, b_hi, a_lo, a_hi) = unsafe {
-            let (bg, ag) = (b.add(g * NR * KG), a.add(g * MR * KG));
-            let a_hi = if R > 4 { vld1q_s8(ag.add(16)) } else { vdupq_n_s8(0) };
-            (vld1q_s8(bg), vld1q_s8(bg.add(16)), vld1q_s8(ag), a_hi)
-        };
-        // One row: both halves of B against its four activations, broadcast by lane.
-        macro_rules! row {
-            ($r:literal, $a:ident, $lane:literal) => {
-                if R > $r {
-                    sdot!(c[$r][0], b_lo, $a, $lane);
-                    sdot!(c[$r][1], b_hi, $a, $lane);
-                }
+    // One k-group: both halves of B against each row's four activations, broadcast by
+    // lane.
+    macro_rules! group {
+        ($g:expr, $bv:expr) => {{
+            let [b_lo, b_hi] = $bv;
+            // SAFETY: group g lies within the panel (the function's contract); the
+            // second half of A is read only when some row of it is real.
+            let (a_lo, a_hi) = unsafe {
+                let ag = a.add($g * MR * KG);
+                (vld1q_s8(ag), if R > 4 { vld1q_s8(ag.add(16)) } else { vdupq_n_s8(0) })
             };
-        }
-        row!(0, a_lo, 0);
-        row!(1, a_lo, 1);
-        row!(2, a_lo, 2);
-        row!(3, a_lo, 3);
-        row!(4, a_hi, 0);
-        row!(5, a_hi, 1);
-        row!(6, a_hi, 2);
-        row!(7, a_hi, 3);
+            macro_rules! row {
+                ($r:literal, $a:ident, $lane:literal) => {
+                    if R > $r {
+                        sdot!(c[$r][0], b_lo, $a, $lane);
+                        sdot!(c[$r][1], b_hi, $a, $lane);
+                    }
+                };
+            }
+            row!(0, a_lo, 0);
+            row!(1, a_lo, 1);
+            row!(2, a_lo, 2);
+            row!(3, a_lo, 3);
+            row!(4, a_hi, 0);
+            row!(5, a_hi, 1);
+            row!(6, a_hi, 2);
+            row!(7, a_hi, 3);
+        }};
     }
+    for_each_b_group!(NIB, b, kgroups, 2, group);
     // SAFETY: R rows of 8 columns (the function's contract).
     unsafe { out.finish(&c[..R]) };
 }

@@ -47,7 +47,9 @@ static KERNEL: Kernel = {
     // SAFETY: the entry points touch memory only through the slices they get (checked
     // by `Kernel::block`/`epilogue`), and run only after `kernel()` detected i8mm.
     unsafe {
-        Kernel::new("8x8c8-neon-usmmla", TILE, BLOCKING, block_only, epilogue_scalar).with_staged_block(block_staged)
+        Kernel::new("8x8c8-neon-usmmla", TILE, BLOCKING, block_only, epilogue_scalar)
+            .with_staged_block(block_staged)
+            .with_nibble_block(block_nibbles, Some(block_nibbles_staged))
     }
 };
 
@@ -55,7 +57,7 @@ static KERNEL: Kernel = {
 /// As [`block`], without a stage.
 unsafe fn block_only(args: BlockArgs<'_>) {
     // SAFETY: forwarded from this function's contract.
-    unsafe { block(args, None) }
+    unsafe { block::<false>(args, None) }
 }
 
 /// [`block`] on the last K block, with the output stage fused into each tile.
@@ -65,30 +67,48 @@ unsafe fn block_only(args: BlockArgs<'_>) {
 /// (checked by `Kernel::block_with_stage`).
 unsafe fn block_staged(args: BlockArgs<'_>, stage: EpilogueArgs<'_>) {
     // SAFETY: forwarded from this function's contract.
-    unsafe { block(args, Some(stage)) }
+    unsafe { block::<false>(args, Some(stage)) }
+}
+
+/// [`block_only`] against 4-bit weights (`Kernel::with_nibble_block`).
+///
+/// # Safety
+/// As [`block`] with `NIB`.
+unsafe fn block_nibbles(args: BlockArgs<'_>) {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { block::<true>(args, None) }
+}
+
+/// [`block_staged`] against 4-bit weights.
+///
+/// # Safety
+/// As [`block_staged`], for 4-bit weights.
+unsafe fn block_nibbles_staged(args: BlockArgs<'_>, stage: EpilogueArgs<'_>) {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { block::<true>(args, Some(stage)) }
 }
 
 /// Every tile of the block: B panels outer (one stays in L1), A panels inner; with a
-/// stage, each tile's sums go through it to the output.
+/// stage, each tile's sums go through it to the output. `NIB`: B holds 4-bit weights.
 ///
 /// # Safety
 /// NEON and i8mm must be available, and the buffers must satisfy [`BlockArgs`] for
-/// this kernel (checked by `Kernel::block`).
+/// this kernel (checked by `Kernel::block`, or `Kernel::nibble_block` with `NIB`).
 #[target_feature(enable = "neon,i8mm")]
-unsafe fn block(args: BlockArgs<'_>, stage: Option<EpilogueArgs<'_>>) {
-    for_each_tile(TILE, args, stage, |t| {
+unsafe fn block<const NIB: bool>(args: BlockArgs<'_>, stage: Option<EpilogueArgs<'_>>) {
+    for_each_tile(TILE, NIB, args, stage, |t| {
         // SAFETY: i8mm is enabled here; `for_each_tile` hands out panels and outputs
         // that fit this layout.
         unsafe {
             match t.rows {
-                8 => tile::<8>(t.a, t.b, t.kgroups, t.out),
-                7 => tile::<7>(t.a, t.b, t.kgroups, t.out),
-                6 => tile::<6>(t.a, t.b, t.kgroups, t.out),
-                5 => tile::<5>(t.a, t.b, t.kgroups, t.out),
-                4 => tile::<4>(t.a, t.b, t.kgroups, t.out),
-                3 => tile::<3>(t.a, t.b, t.kgroups, t.out),
-                2 => tile::<2>(t.a, t.b, t.kgroups, t.out),
-                1 => tile::<1>(t.a, t.b, t.kgroups, t.out),
+                8 => tile::<8, NIB>(t.a, t.b, t.kgroups, t.out),
+                7 => tile::<7, NIB>(t.a, t.b, t.kgroups, t.out),
+                6 => tile::<6, NIB>(t.a, t.b, t.kgroups, t.out),
+                5 => tile::<5, NIB>(t.a, t.b, t.kgroups, t.out),
+                4 => tile::<4, NIB>(t.a, t.b, t.kgroups, t.out),
+                3 => tile::<3, NIB>(t.a, t.b, t.kgroups, t.out),
+                2 => tile::<2, NIB>(t.a, t.b, t.kgroups, t.out),
+                1 => tile::<1, NIB>(t.a, t.b, t.kgroups, t.out),
                 _ => unreachable!("a panel has at most MR real rows"),
             }
         }
@@ -113,39 +133,40 @@ macro_rules! usmmla {
     };
 }
 
-/// `acc[r][0..8] += Σ_g A[r, g] · B[g]` for the first `R` rows of a panel.
+/// `acc[r][0..8] += Σ_g A[r, g] · B[g]` for the first `R` rows of a panel; with `NIB`,
+/// B's groups come two per room of 4-bit weights, unpacked in registers.
 ///
 /// # Safety
-/// NEON and i8mm; `a` and `b` hold `kgroups` groups of 64 bytes, `out` takes `R` rows of
-/// 8 columns.
+/// NEON and i8mm; `a` holds `kgroups` groups of 64 bytes, `b` as many (or, with `NIB`,
+/// `kgroups / 2` rooms of 64 bytes, `kgroups` even), `out` takes `R` rows of 8 columns.
 #[target_feature(enable = "neon,i8mm")]
-unsafe fn tile<const R: usize>(a: *const u8, b: *const i8, kgroups: usize, out: Out<'_>) {
+unsafe fn tile<const R: usize, const NIB: bool>(a: *const u8, b: *const i8, kgroups: usize, out: Out<'_>) {
     let mut c = [[vdupq_n_s32(0); 4]; 4];
-    for g in 0..kgroups {
-        // SAFETY: group g lies within the panels (the function's contract).
-        let (bv, ag) = unsafe {
-            let bg = b.add(g * NR * KG);
-            ([vld1q_s8(bg), vld1q_s8(bg.add(16)), vld1q_s8(bg.add(32)), vld1q_s8(bg.add(48))], a.add(g * MR * KG))
-        };
-        // One pair of rows against the four pairs of columns.
-        macro_rules! pair {
-            ($p:literal) => {
-                if R > 2 * $p {
-                    // SAFETY: rows 2p and 2p + 1 of group g: row 2p is real, and the
-                    // pair lies within the panel, whose rows are padded to MR.
-                    let ap = unsafe { vld1q_u8(ag.add(16 * $p)) };
-                    usmmla!(c[$p][0], ap, bv[0]);
-                    usmmla!(c[$p][1], ap, bv[1]);
-                    usmmla!(c[$p][2], ap, bv[2]);
-                    usmmla!(c[$p][3], ap, bv[3]);
-                }
-            };
-        }
-        pair!(0);
-        pair!(1);
-        pair!(2);
-        pair!(3);
+    // One k-group: each pair of rows against the four pairs of columns.
+    macro_rules! group {
+        ($g:expr, $bv:expr) => {{
+            let bv: [int8x16_t; 4] = $bv;
+            let ag = a.wrapping_add($g * MR * KG);
+            macro_rules! pair {
+                ($p:literal) => {
+                    if R > 2 * $p {
+                        // SAFETY: rows 2p and 2p + 1 of group g: row 2p is real, and
+                        // the pair lies within the panel, whose rows are padded to MR.
+                        let ap = unsafe { vld1q_u8(ag.add(16 * $p)) };
+                        usmmla!(c[$p][0], ap, bv[0]);
+                        usmmla!(c[$p][1], ap, bv[1]);
+                        usmmla!(c[$p][2], ap, bv[2]);
+                        usmmla!(c[$p][3], ap, bv[3]);
+                    }
+                };
+            }
+            pair!(0);
+            pair!(1);
+            pair!(2);
+            pair!(3);
+        }};
     }
+    for_each_b_group!(NIB, b, kgroups, 4, group);
     // Row 2p is the low half of each 2 × 2 block of pair p, row 2p + 1 the high half.
     let mut rows = [[vdupq_n_s32(0); 2]; MR];
     for (p, cp) in c.iter().enumerate().take(R.div_ceil(2)) {
