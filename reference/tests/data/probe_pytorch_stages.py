@@ -237,6 +237,42 @@ def predict_np(name, acc, a, w, y, zp, bias, relu):
     return np.maximum(q, zp) if relu else q
 
 
+def onednn_variant_np(combined, ra, rw, dst):
+    """[`onednn_variant`] on arrays of sums, for the search (numpy rounds each f32
+    operation once)."""
+    F = np.float32
+
+    def rt32(x):
+        return F(F(1) / F(F(1) / F(x)))
+
+    def formula(acc, a, w, y, zp, bias, relu):
+        sa, sw = (rt32(a) if ra else F(a)), (rt32(w) if rw else F(w))
+        accf = acc.astype(np.float32)
+        d = accf * F(sa * sw) if combined else (accf * sa).astype(np.float32) * sw
+        d = (d.astype(np.float32) + F(bias)).astype(np.float32)
+        if relu:
+            d = np.maximum(d, F(0))
+        t = {
+            "mul": lambda: d * F(F(1) / F(y)),
+            "div": lambda: d / F(y),
+            "div-rt": lambda: d / rt32(y),
+            "mul-rt": lambda: d * F(F(1) / rt32(y)),
+        }[dst]().astype(np.float32)
+        t = np.clip((t + F(zp)).astype(np.float32), 0, 255)
+        return np.rint(t).astype(np.int64)
+
+    return formula
+
+
+ONEDNN_VARIANTS_NP = [
+    onednn_variant_np(c, ra, rw, dst)
+    for c in (True, False)
+    for ra in (True, False)
+    for rw in (True, False)
+    for dst in ("mul", "div", "div-rt", "mul-rt")
+]
+
+
 def directed_case(rng, n, k, per_channel, bias_scale):
     """A linear layer (one row of input) whose every column's sum is chosen where the
     formulas disagree, found by search over candidate sums and realized in the weights."""
@@ -262,6 +298,9 @@ def directed_case(rng, n, k, per_channel, bias_scale):
             rng.integers(-reach, reach, 2000),
         ])
         preds = [predict_np(nm, cand, a_scale, w_scale[j], y_scale, y_zp, bias[j], relu) for nm in names]
+        # Every other column also where oneDNN's open choices disagree among themselves.
+        if j % 2 == 1:
+            preds = [f(cand, a_scale, w_scale[j], y_scale, y_zp, bias[j], relu) for f in ONEDNN_VARIANTS_NP]
         differ = np.zeros(cand.size, dtype=bool)
         for p in preds[1:]:
             differ |= p != preds[0]
