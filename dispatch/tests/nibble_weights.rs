@@ -369,6 +369,7 @@ fn weights_stay_4_bit_and_round_trip_through_bytes() {
     for &isa in qgemm::available_isas() {
         let packed = PackedWeights::for_isa(isa, NibbleWeights::uint4_nxk(&bytes, n, k).with_zero_point(8)).unwrap();
         let per_weight = packed.heap_size() as f64 / (k * n) as f64;
+        println!("{isa}: {per_weight:.4} bytes per weight, {k}×{n} uint4 weights packed");
         assert!(per_weight <= 0.55, "{isa}: {per_weight} bytes per weight");
     }
     // Saved and loaded, GEMM and conv: the same file again, 4-bit, the same results.
