@@ -273,7 +273,7 @@ ONEDNN_VARIANTS_NP = [
 ]
 
 
-def directed_case(rng, n, k, per_channel, bias_scale):
+def directed_case(rng, n, k, per_channel, bias_scale, split=None):
     """A linear layer (one row of input) whose every column's sum is chosen where the
     formulas disagree, found by search over candidate sums and realized in the weights."""
     a_scale = float(np.float32(rng.uniform(0.001, 0.05)))
@@ -300,7 +300,8 @@ def directed_case(rng, n, k, per_channel, bias_scale):
         preds = [predict_np(nm, cand, a_scale, w_scale[j], y_scale, y_zp, bias[j], relu) for nm in names]
         # Every other column also where oneDNN's open choices disagree among themselves.
         if j % 2 == 1:
-            preds = [f(cand, a_scale, w_scale[j], y_scale, y_zp, bias[j], relu) for f in ONEDNN_VARIANTS_NP]
+            variants = split or ONEDNN_VARIANTS_NP
+            preds = [f(cand, a_scale, w_scale[j], y_scale, y_zp, bias[j], relu) for f in variants]
         differ = np.zeros(cand.size, dtype=bool)
         for p in preds[1:]:
             differ |= p != preds[0]
@@ -323,6 +324,12 @@ def main():
     ap.add_argument("--seed", type=int, default=23)
     ap.add_argument("--cases", type=int, default=12)
     ap.add_argument("--variants", action="store_true", help="also oneDNN's open choices (onednn engine only)")
+    ap.add_argument(
+        "--split",
+        action="store_true",
+        help="search the data where the two oneDNN variants still open on Zen 4 differ "
+        "(sequential rt(a), rt(w); output scale · f32(1/y), / y or / rt(y))",
+    )
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
     flags = ""
@@ -354,7 +361,8 @@ def main():
     # Directed: every output where the formulas disagree (|acc| up to 2^25, biases to 1e6).
     for c in range(args.cases):
         per_channel = c % 2 == 1
-        case, x, relu = directed_case(rng, 48, 1024, per_channel, [1.0, 1e3, 1e6][c % 3])
+        split = [onednn_variant_np(False, True, True, d) for d in ("mul", "div", "div-rt")] if args.split else None
+        case, x, relu = directed_case(rng, 48, 1024, per_channel, [1.0, 1e3, 1e6][c % 3], split)
         for engine in engines:
             formulas = dict(FORMULAS)
             if args.variants and engine == "onednn":
