@@ -282,9 +282,13 @@ def directed_case(rng, n, k, per_channel, bias_scale, split=None):
     w_scale = w_scale.astype(np.float32).astype(np.float64)
     bias = (rng.standard_normal(n) * bias_scale).astype(np.float32)
     y_scale = float(np.float32(rng.uniform(0.001, 0.05)))
-    # With a split to search, an output scale whose round trip through 1/y moves it.
+    # With a split to search, scales whose round trip through 1/x moves them.
     while split and rt(y_scale) == y_scale:
         y_scale = float(np.float32(rng.uniform(0.001, 0.05)))
+    while split and rt(a_scale) == a_scale:
+        a_scale = float(np.float32(rng.uniform(0.001, 0.05)))
+    while split and not per_channel and rt(float(w_scale[0])) == float(w_scale[0]):
+        w_scale = np.full(n, float(np.float32(rng.uniform(0.0005, 0.02))))
     y_zp = int(rng.integers(0, 256))
     relu = bool(rng.integers(0, 2))
     x = np.where(rng.random(k) < 0.5, 255, 0).astype(np.int64)
@@ -331,7 +335,7 @@ def main():
         "--split",
         action="store_true",
         help="search the data where the two oneDNN variants still open on Zen 4 differ "
-        "(sequential rt(a), rt(w); output scale · f32(1/y), / y or / rt(y))",
+        "(scales applied in turn, each as given or round-tripped; output scale · f32(1/y), / y or / rt(y))",
     )
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
@@ -364,7 +368,11 @@ def main():
     # Directed: every output where the formulas disagree (|acc| up to 2^25, biases to 1e6).
     for c in range(args.cases):
         per_channel = c % 2 == 1
-        split = [onednn_variant_np(False, True, True, d) for d in ("mul", "div", "div-rt")] if args.split else None
+        split = (
+            [onednn_variant_np(False, ra, rw, d) for ra in (True, False) for rw in (True, False) for d in ("mul", "div", "div-rt")]
+            if args.split
+            else None
+        )
         case, x, relu = directed_case(rng, 48, 1024, per_channel, [1.0, 1e3, 1e6][c % 3], split)
         for engine in engines:
             formulas = dict(FORMULAS)
