@@ -499,9 +499,9 @@ impl Kernel {
     /// The same kernel with block entry points for 4-bit weights, which unpack the
     /// nibbles in registers: [`BlockArgs`] with `b` the 4-bit panels as packed
     /// ([`crate::pack::PackedB::try_new_nibbles`]) from an even k-group, `kgroups`
-    /// even, each panel's `kgroups · nr · kg / 2` bytes read; A one byte per value. `block` and
-    /// `staged` compute what [`Kernel::block`] and [`Kernel::block_with_stage`]
-    /// compute on the same weights unpacked.
+    /// even, each panel's `kgroups · nr · kg / 2` bytes read; A one byte per value
+    /// (u8 or flipped). `block` and `staged` compute what [`Kernel::block`] and
+    /// [`Kernel::block_with_stage`] compute on the same weights unpacked.
     ///
     /// # Safety
     /// As [`Kernel::with_staged_block`], for that layout of B.

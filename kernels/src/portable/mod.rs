@@ -85,22 +85,16 @@ fn block_impl<const NIB: bool>(
 fn microkernel(a: &[u8], b: &[i8]) -> [[i32; NR]; MR] {
     let mut c = [[0i32; NR]; MR];
     for (ag, bg) in a.chunks_exact(MR * KG).zip(b.chunks_exact(NR * KG)) {
-        accumulate_group(&mut c, ag, bg);
-    }
-    c
-}
-
-/// `c += ` one k-group: `MR · KG` activations against `NR · KG` weights.
-#[inline(always)]
-fn accumulate_group(c: &mut [[i32; NR]; MR], ag: &[u8], bg: &[i8]) {
-    for (i, row) in c.iter_mut().enumerate() {
-        let a0 = i32::from(ag[KG * i]);
-        let a1 = i32::from(ag[KG * i + 1]);
-        for (j, cell) in row.iter_mut().enumerate() {
-            let pair = a0 * i32::from(bg[KG * j]) + a1 * i32::from(bg[KG * j + 1]);
-            *cell = cell.wrapping_add(pair);
+        for (i, row) in c.iter_mut().enumerate() {
+            let a0 = i32::from(ag[KG * i]);
+            let a1 = i32::from(ag[KG * i + 1]);
+            for (j, cell) in row.iter_mut().enumerate() {
+                let pair = a0 * i32::from(bg[KG * j]) + a1 * i32::from(bg[KG * j + 1]);
+                *cell = cell.wrapping_add(pair);
+            }
         }
     }
+    c
 }
 
 /// [`microkernel`] against 4-bit weights: a room of `NR · KG` bytes per two k-groups,
