@@ -733,15 +733,17 @@ const INDIRECT_MAX_K: usize = 4096;
 /// (stride K), `K ≤ INDIRECT_MAX_K`, there are at least two rows (one row is the
 /// GEMV's path), and the kernel has an indirect entry of its own (the VNNI tiers;
 /// AVX2's is its fast path's, chosen by the data). The packed B serves as it is: a
-/// single run is packed as the GEMM packs K.
-fn indirect_plan(a: &Activations<'_>, k: usize, kernel: &Kernel) -> Option<(ConvGeometry, Plan)> {
+/// single run is packed as the GEMM packs K, where the kernel pads K as the weights'
+/// own kernel did (`k_padded`); a small product on AMX weights (padded to 64, run by
+/// AVX-512 VNNI's kernel, whose runs are padded to 4) packs A instead.
+fn indirect_plan(a: &Activations<'_>, k: usize, k_padded: usize, kernel: &Kernel) -> Option<(ConvGeometry, Plan)> {
     if a.signed || a.rows < 2 || k == 0 || k > INDIRECT_MAX_K || a.row_stride != k || !kernel.has_indirect() {
         return None;
     }
     // An image of one row of M pixels, K channels, a 1×1 kernel (N is not read).
     let geometry = crate::conv::geometry(&crate::Conv2dParams::new([1, 1, a.rows, k], 1, [1, 1]), 1, a.rows);
     let plan = indirect::plan(&geometry, k, kernel)?;
-    (plan.segments == 1).then_some((geometry, plan))
+    (plan.segments == 1 && plan.seg_groups * 4 == k_padded).then_some((geometry, plan))
 }
 
 impl<'a> GemmTasks<'a> {
@@ -778,7 +780,7 @@ impl<'a> GemmTasks<'a> {
             Shape { m: a.rows, n: b.n(), k: b.k(), row_unit: tile.mr, col_unit: tile.nr, row_block: blocking.mc };
         let grid = Grid::new(partition, shape)?;
         // 4-bit weights run on the packing path, which decodes them a block at a time.
-        let indirect = indirect_plan(a, b.k(), kernel).filter(|_| !b.is_4_bit());
+        let indirect = indirect_plan(a, b.k(), b.packed().k_padded(), kernel).filter(|_| !b.is_4_bit());
         Ok(GemmTasks { a: *a, kernel, b: b.packed(), stage, out: c.into_out_data(), grid, indirect, dequant })
     }
 

@@ -58,13 +58,14 @@ pub const A_PACK_BYTES: usize = 512 << 10;
 pub const B_DECODE_BYTES: usize = 128 << 10;
 
 /// The most scratch one [`gemm_in`] call holds, in bytes, for the kernels of this crate
-/// (whose blockings keep one `mc × kc` block of packed A within 64 KiB and `mc × nc`
-/// within 64 Ki values: 48 × 512 × 1024 on AVX2, 128 × 512 × 480 on AVX-512 VNNI):
-/// packed A ≤ [`A_PACK_BYTES`] (or one `mc × kc` block, 64 KiB, if larger),
+/// (whose blockings keep one `mc × kc` block of packed A within [`A_PACK_BYTES`], `kc`
+/// within 2048 and `mc × nc` within 64 Ki values: 48 × 512 × 1024 on AVX2,
+/// 128 × 512 × 480 on AVX-512 VNNI, 128 × 2048 × 512 on AMX):
+/// packed A ≤ [`A_PACK_BYTES`],
 /// accumulators `mc × nc` i32 ≤ 256 KiB,
-/// one K block of gathered taps ≤ 512 bytes, row sums, and for 4-bit weights one
+/// one K block of gathered taps ≤ 2 KiB, row sums, and for 4-bit weights one
 /// decoded block ≤ [`B_DECODE_BYTES`]. Tests assert it.
-pub const GEMM_SCRATCH_BYTES: usize = A_PACK_BYTES + (256 << 10) + (1 << 10) + B_DECODE_BYTES;
+pub const GEMM_SCRATCH_BYTES: usize = A_PACK_BYTES + (256 << 10) + (2 << 10) + B_DECODE_BYTES;
 
 /// The most a [`Scratch`] ever holds, whatever mix of GEMMs and convolutions it served:
 /// the GEMM buffers, and the depthwise pair rows ([`crate::dwconv::DW_PAIRS_BYTES`];

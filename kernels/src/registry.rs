@@ -196,8 +196,11 @@ pub static AVX512_VNNI: Tier = Tier {
 
 /// x86-64 AMX-INT8 (`tdpbusd` on tile registers), with AVX-512 VNNI's features: its
 /// epilogue is AVX-512's, its depthwise kernel AVX-512 VNNI's, and products of fewer
-/// than 32 rows run on an AVX-512 VNNI kernel ([`Tier::small_kernel`]). The cut-over
-/// is provisional: not yet measured on an AMX machine.
+/// than 8 rows run on an AVX-512 VNNI kernel ([`Tier::small_kernel`]). The cut-over
+/// was measured on a Sapphire Rapids-class Xeon (`qgemm-bench --cutover --isa
+/// amx-int8`): the tiles win from M = 4 on at K × N = 1024 × 1024, from 2 on at
+/// 4096 × 4096 and from 8 or 12 on at 768 × 3072 (within 5% at 8); below 8 rows the
+/// GEMV and the smallest products keep AVX-512 VNNI's one-row and 8-row kernels.
 pub static AMX_INT8: Tier = Tier {
     name: "amx-int8",
     arch: Some("x86_64"),
@@ -206,7 +209,7 @@ pub static AMX_INT8: Tier = Tier {
     gemm: on!("x86_64", crate::x86_64::amx_int8::kernel),
     wide: none,
     small: on!("x86_64", crate::x86_64::avx512_vnni::narrow_kernel),
-    small_rows: 32,
+    small_rows: 8,
     depthwise: on!("x86_64", crate::x86_64::avx512_dwconv::dw_kernel),
     detected: OnceLock::new(),
 };

@@ -66,5 +66,6 @@ fn sums_wrap_within_one_k_block() {
             &got[..2],
             &want[..2]
         );
+        println!("{}: K = {K} in one block, sums wrapped as the reference's", kernel.name());
     }
 }
