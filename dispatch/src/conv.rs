@@ -34,7 +34,7 @@ use qgemm_reference::{Channelwise, Conv2dParams, OutputStage};
 
 use crate::error::{Result, bail, out_of_memory};
 use crate::gemm::{Options, OutputMatrix, WeightElement, i8_bytes};
-use crate::isa::{Isa, KernelInfo, dw_kernel_for, kernel_for_columns, selected_isa};
+use crate::isa::{Isa, KernelInfo, dw_kernel_for, kernel_for_weights, selected_isa};
 use crate::nibbles::{ConvSource, IntoConvWeights, Lowered};
 use crate::parallel::{Grid, Partition, Shape, Tile, run_tasks};
 use crate::validate::{Dequant, check_weight_zero_points, dequant, output_stage, product};
@@ -159,7 +159,6 @@ impl PackedConvWeights {
         let ConvSource { source, layout, shape } = weights.into_source();
         let nibbles = source.is_nibbles();
         check_groups(shape.groups, shape.in_channels, shape.out_channels)?;
-        let kernel = kernel_for_columns(isa, shape.out_channels / shape.groups)?;
         let dw_kernel = dw_kernel_for(isa)?;
         if shape.kernel_height == 0 || shape.kernel_width == 0 {
             bail!(Dimension, "kernel size {}×{} has a zero side", shape.kernel_height, shape.kernel_width);
@@ -168,6 +167,7 @@ impl PackedConvWeights {
         let ocg = shape.out_channels / shape.groups;
         let k = product("conv weights KH·KW·C/groups", &[shape.kernel_height, shape.kernel_width, cg])?;
         product("conv weights OC·KH·KW·C/groups", &[shape.out_channels, k])?;
+        let kernel = kernel_for_weights(isa, k, ocg, Some(cg))?;
         let what = || {
             let dims = match layout {
                 FilterLayout::Ohwi => {
@@ -234,7 +234,9 @@ impl PackedConvWeights {
     }
 
     /// The microkernel of the GEMM paths: the ISA's, or a sibling with a tile that
-    /// fits the output channels per group better (see [`Isa::kernel_info`]).
+    /// fits the output channels per group better (see [`Isa::kernel_info`]), or for
+    /// convolutions too shallow for AMX's tiles (KH·KW·C/groups < 128, or fewer than 16
+    /// channels per group), AVX-512 VNNI's.
     pub fn kernel_info(&self) -> KernelInfo {
         KernelInfo::of(self.kernel, self.isa).expect("packed for an available ISA")
     }

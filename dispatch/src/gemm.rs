@@ -12,7 +12,7 @@ use qgemm_kernels::rows::{ConvGeometry, Im2col, Rows};
 use qgemm_reference::{Channelwise, OutputStage, OutputType, WeightLayout};
 
 use crate::error::{Result, bail, out_of_memory};
-use crate::isa::{Isa, KernelInfo, kernel_for_columns, kernel_for_rows, selected_isa};
+use crate::isa::{Isa, KernelInfo, kernel_for_rows, kernel_for_weights, selected_isa};
 use crate::nibbles::{GemmSource, IntoWeights, Lowered};
 use crate::parallel::{Grid, Partition, Shape, Tile, run_tasks};
 use crate::validate::{Dequant, check_matrix, check_weight_zero_points, dequant, output_stage, product};
@@ -230,7 +230,7 @@ impl PackedWeights {
     /// As [`new`](Self::new), and if `isa` cannot run on this CPU.
     pub fn for_isa<'a>(isa: Isa, weights: impl IntoWeights<'a>) -> Result<PackedWeights> {
         let GemmSource { source, layout, k, n } = weights.into_source();
-        let kernel = kernel_for_columns(isa, n)?;
+        let kernel = kernel_for_weights(isa, k, n, None)?;
         let len = product("weights K·N", &[k, n])?;
         let (rows, cols) = match layout {
             WeightLayout::KxN => (k, n),
@@ -269,7 +269,8 @@ impl PackedWeights {
     }
 
     /// The microkernel the weights were packed for: the ISA's, or a sibling with a
-    /// tile that fits N better (see [`Isa::kernel_info`]).
+    /// tile that fits N better (see [`Isa::kernel_info`]), or for weights too shallow
+    /// for AMX's tiles (K < 128), AVX-512 VNNI's.
     pub fn kernel_info(&self) -> KernelInfo {
         KernelInfo::of(self.kernel, self.isa).expect("packed for an available ISA")
     }

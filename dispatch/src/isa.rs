@@ -239,6 +239,22 @@ pub(crate) fn kernel_for_columns(isa: Isa, n: usize) -> Result<&'static Kernel> 
     }
 }
 
+/// The kernel to pack weights of depth `k` (a convolution's KH·KW·C/groups, with
+/// `channels` input channels per group) and `n` columns for, on `isa`: that of
+/// [`kernel_for_columns`], or where the product is too shallow for the tier's own
+/// kernel, that of the lower tier it names for such products (AMX: AVX-512 VNNI below
+/// K = 128 or 16 channels; see `registry::AMX_INT8`). The weights still say `isa`.
+pub(crate) fn kernel_for_weights(isa: Isa, k: usize, n: usize, channels: Option<usize>) -> Result<&'static Kernel> {
+    let tier = isa.tier();
+    let shallow = k < tier.shallow_depth || channels.is_some_and(|c| c < tier.shallow_channels);
+    let lower = tier.shallow_tier().and_then(|t| Isa::ALL.iter().copied().find(|i| std::ptr::eq(i.tier(), t)));
+    match lower {
+        // Checked first: an unavailable ISA's error names the ISA asked for.
+        Some(lower) if shallow && kernel_for(isa).is_ok() => kernel_for_columns(lower, n),
+        _ => kernel_for_columns(isa, n),
+    }
+}
+
 /// The kernel that runs a product of `m` rows on weights `b`, packed for `packed` (a
 /// kernel of `isa`): the tier's kernel for small products where M is below its
 /// cut-over and it reads the same packing (AMX: AVX-512 VNNI's `8x32c4` for M < 32,

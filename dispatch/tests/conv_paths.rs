@@ -116,7 +116,8 @@ fn each_case_takes_its_path() {
     for (label, path, params) in cases() {
         let case = ConvCase::random(&mut Rng::new(1), params);
         for &isa in qgemm::available_isas() {
-            assert_eq!(case.packed(isa).path(&params).unwrap(), path.on(isa), "{label} on {isa}");
+            let packed = case.packed(isa);
+            assert_eq!(packed.path(&params).unwrap(), path.on(&packed), "{label} on {isa}");
         }
     }
 }

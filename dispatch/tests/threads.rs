@@ -194,7 +194,7 @@ fn conv_is_identical_at_1_2_3_and_7_threads() {
             let expected = case.expected();
             for &isa in qgemm::available_isas() {
                 let packed = case.packed(isa);
-                assert_eq!(packed.path(&params).unwrap(), path.on(isa), "{label}");
+                assert_eq!(packed.path(&params).unwrap(), path.on(&packed), "{label}");
                 let rows = params.batch * params.out_height().unwrap() * params.out_width().unwrap();
                 let mut scratch = vec![0i32; rows * params.out_channels];
                 let input = ConvInput::new(&case.input, case.input_zp);

@@ -91,3 +91,34 @@ fn forcing_a_tier_this_cpu_lacks_is_an_error_not_a_crash() {
         assert_eq!(qgemm::selected_isa().unwrap(), qgemm::detected_isa());
     }
 }
+
+/// Where AMX runs, weights too shallow for its tiles (K below 128, or a convolution of
+/// fewer than 16 channels per group) are packed for AVX-512 VNNI's kernels, which
+/// were faster there on a Sapphire Rapids-class Xeon; deeper ones stay on the tiles.
+#[test]
+fn shallow_products_on_amx_run_on_avx512_vnni() {
+    if !qgemm::available_isas().contains(&Isa::AmxInt8) {
+        println!("amx-int8 does not run here: nothing to check");
+        return;
+    }
+    let gemm_kernel = |k: usize| {
+        let w = vec![1i8; k * 40];
+        PackedWeights::for_isa(Isa::AmxInt8, Weights::kxn(&w, k, 40)).unwrap().kernel_info().name
+    };
+    let conv_kernel = |c: usize, kh: usize| {
+        let p = qgemm::Conv2dParams::new([1, 8, 8, c], 32, [kh, kh]);
+        let w = vec![1i8; 32 * kh * kh * c];
+        qgemm::PackedConvWeights::for_isa(Isa::AmxInt8, qgemm::ConvWeights::new(&w, &p)).unwrap().kernel_info().name
+    };
+    for (what, name, amx) in [
+        ("GEMM K = 127", gemm_kernel(127), false),
+        ("GEMM K = 128", gemm_kernel(128), true),
+        ("1×1 conv, 64 channels", conv_kernel(64, 1), false),
+        ("3×3 conv, 64 channels (K = 576)", conv_kernel(64, 3), true),
+        ("7×7 conv, 3 channels (K = 147)", conv_kernel(3, 7), false),
+        ("3×3 conv, 16 channels (K = 144)", conv_kernel(16, 3), true),
+    ] {
+        let suffix = if amx { "-amx-int8" } else { "avx512vnni" };
+        assert!(name.ends_with(suffix), "{what}: packed for {name}, not a …{suffix} kernel");
+    }
+}

@@ -99,3 +99,29 @@ fn every_kernel_is_named_for_its_tile() {
         }
     }
 }
+
+#[test]
+fn a_shallow_tier_runs_wherever_its_tier_does() {
+    for tier in TIERS {
+        let Some(lower) = tier.shallow_tier() else {
+            assert_eq!((tier.shallow_depth, tier.shallow_channels), (0, 0), "{}: a cut-over without a tier", tier.name);
+            continue;
+        };
+        // Its weights are packed for the lower tier's kernels wherever the tier is
+        // chosen: every feature they need is one the tier requires, on its architecture.
+        assert_eq!(lower.arch, tier.arch, "{}: {}", tier.name, lower.name);
+        for feature in lower.features {
+            assert!(tier.features.contains(feature), "{}: {} needs {feature}", tier.name, lower.name);
+        }
+        assert!(lower.priority < tier.priority, "{}: {} is not a lower tier", tier.name, lower.name);
+        assert!(tier.shallow_depth > 0 || tier.shallow_channels > 0, "{}: a shallow tier never chosen", tier.name);
+        if tier.cpu_supports() {
+            assert!(
+                lower.cpu_supports() && lower.kernel().is_some(),
+                "{}: {} does not run here",
+                tier.name,
+                lower.name
+            );
+        }
+    }
+}

@@ -477,9 +477,10 @@ impl ConvCase {
     }
 }
 
-/// The path a convolution case takes: `vnni` on the tiers whose kernel reads A in
-/// place for any input (the VNNI tiers: [`qgemm::ConvPath::Indirect`] where a case can
-/// run indirectly), `other` elsewhere.
+/// The path a convolution case takes: `vnni` where the weights were packed for a VNNI
+/// kernel, which reads A in place for any input ([`qgemm::ConvPath::Indirect`] where
+/// a case can run indirectly: the VNNI tiers, and AMX's convolutions too shallow for
+/// its tiles, which it packs for AVX-512 VNNI), `other` elsewhere.
 #[derive(Clone, Copy, Debug)]
 pub struct Want {
     pub vnni: qgemm::ConvPath,
@@ -499,11 +500,9 @@ impl Want {
     /// The depthwise kernels everywhere.
     pub const DW: Want = Want { vnni: qgemm::ConvPath::Depthwise, other: qgemm::ConvPath::Depthwise };
 
-    /// The path on `isa`.
-    pub fn on(self, isa: qgemm::Isa) -> qgemm::ConvPath {
-        match isa {
-            qgemm::Isa::Avx512Vnni | qgemm::Isa::AvxVnni => self.vnni,
-            _ => self.other,
-        }
+    /// The path with `weights`, by the kernel they were packed for.
+    pub fn on(self, weights: &qgemm::PackedConvWeights) -> qgemm::ConvPath {
+        let name = weights.kernel_info().name;
+        if name.ends_with("avx512vnni") || name.ends_with("avxvnni") { self.vnni } else { self.other }
     }
 }
