@@ -60,13 +60,14 @@ pub const KA: usize = 64;
 pub const TILE: Tile = Tile::new(MR, NR, KG).with_a_group(KA);
 /// Cache blocking, measured on a Sapphire Rapids-class Xeon (`lscpu`: Intel Xeon,
 /// family 6, 2 MiB of L2 per core) among mc ∈ {64, 128, 256}, kc ∈ {1024, 2048, 4096}:
-/// a B panel slice of up to 2048 × 32 (64 KiB) is read from L1 and L2 while the row
-/// panels of a 128-row block of A (up to 256 KiB, or all of K where it fits
-/// [`crate::driver::A_PACK_BYTES`]) stream from L2; the 128 × 512 accumulators
-/// (256 KiB) stay in L2. K up to 2048 is one block, so the common shapes never pass
-/// their sums through the accumulators. Against `mc 64, kc 1024` this took 2048³
-/// from 18–20% of the tile peak to 24–25%, and left the other shapes within noise.
-pub const BLOCKING: Blocking = Blocking { mc: 128, kc: 2048, nc: 512 };
+/// the row panels of a 128-row block of A (up to 512 KiB: all of K up to 4096, within
+/// [`crate::driver::A_PACK_BYTES`]) stream from L2 past each B panel slice (up to
+/// 4096 × 32, 128 KiB); the 128 × 512 accumulators (256 KiB) stay in L2. K up to 4096
+/// is one block, so the suite's shapes never pass their sums through the accumulators.
+/// Against `mc 64, kc 1024` (the first guess), 2048³ went from 18–20% of the tile peak
+/// to 24–26%; kc 4096 against 2048 gave 784 × 2304 × 256 +10–18% and r50_late3x3 +6%,
+/// the rest within this machine's noise.
+pub const BLOCKING: Blocking = Blocking { mc: 128, kc: 4096, nc: 512 };
 // Within the scratch bound (`crate::driver::GEMM_SCRATCH_BYTES`): one block of packed
 // A ≤ A_PACK_BYTES, accumulators ≤ 256 KiB.
 const _: () =

@@ -59,13 +59,13 @@ pub const B_DECODE_BYTES: usize = 128 << 10;
 
 /// The most scratch one [`gemm_in`] call holds, in bytes, for the kernels of this crate
 /// (whose blockings keep one `mc × kc` block of packed A within [`A_PACK_BYTES`], `kc`
-/// within 2048 and `mc × nc` within 64 Ki values: 48 × 512 × 1024 on AVX2,
-/// 128 × 512 × 480 on AVX-512 VNNI, 128 × 2048 × 512 on AMX):
+/// within 4096 and `mc × nc` within 64 Ki values: 48 × 512 × 1024 on AVX2,
+/// 128 × 512 × 480 on AVX-512 VNNI, 128 × 4096 × 512 on AMX):
 /// packed A ≤ [`A_PACK_BYTES`],
 /// accumulators `mc × nc` i32 ≤ 256 KiB,
-/// one K block of gathered taps ≤ 2 KiB, row sums, and for 4-bit weights one
+/// one K block of gathered taps ≤ 4 KiB, row sums, and for 4-bit weights one
 /// decoded block ≤ [`B_DECODE_BYTES`]. Tests assert it.
-pub const GEMM_SCRATCH_BYTES: usize = A_PACK_BYTES + (256 << 10) + (2 << 10) + B_DECODE_BYTES;
+pub const GEMM_SCRATCH_BYTES: usize = A_PACK_BYTES + (256 << 10) + (4 << 10) + B_DECODE_BYTES;
 
 /// The most a [`Scratch`] ever holds, whatever mix of GEMMs and convolutions it served:
 /// the GEMM buffers, and the depthwise pair rows ([`crate::dwconv::DW_PAIRS_BYTES`];
