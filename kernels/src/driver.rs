@@ -267,6 +267,9 @@ struct GemmPlan {
     kgroups_total: usize,
     /// Bytes per packed value of A (the widest of the kernel's and its fast path's).
     a_width: usize,
+    /// Rows per block: the kernel's `mc`, or more for 4-bit weights decoded a block at
+    /// a time (see [`GemmPlan::new`]).
+    mc: usize,
     /// The most rows and columns of one block, rounded up to whole tiles.
     mc_max: usize,
     nc_max: usize,
@@ -295,7 +298,7 @@ impl GemmPlan {
         let kgroups_total = b.k_padded() / tile.kg;
         let fast = kernel.fast_path();
         let a_width = kernel.a_format().bytes().max(fast.map_or(1, |f| f.a_format().bytes()));
-        let mc_max = blocking.mc.min(m.div_ceil(tile.mr) * tile.mr);
+        let m_tiles = m.div_ceil(tile.mr) * tile.mr;
         // One row of a matrix (a GEMV, or decoding one token): the kernel's one-row
         // entry where it (and its fast path) has one, on A packed as a dense row (not a
         // panel of `mr` rows, all but one padding, which would crowd B's stream out of
@@ -311,7 +314,7 @@ impl GemmPlan {
         // 4-bit weights the kernel reads as they are (unpacking them in registers), or
         // decodes a block at a time into scratch.
         let decode = nibbles && !one_row && !kernel.for_block(b, || u8::MAX).has_nibble_block();
-        let rows_packed = if one_row { 1 } else { mc_max };
+        let rows_packed = if one_row { 1 } else { blocking.mc.min(m_tiles) };
         // Pack a row block once for all of K when that fits; otherwise one K block at
         // a time, as it is used.
         let hold_all = rows_packed * kgroups_total * tile.kg * a_width <= A_PACK_BYTES;
@@ -341,9 +344,23 @@ impl GemmPlan {
         } else {
             blocking.nc
         };
+        // Each block of rows decodes all of B again: with 4-bit weights decoded a block
+        // at a time (AMX), blocks of rows as tall as all of K packed at once and the
+        // accumulators' bound allow, so that B is decoded fewer times (at 1024³ on a
+        // Sapphire Rapids-class Xeon, twice instead of 8 times).
+        let mc = if decode {
+            let held = A_PACK_BYTES / (kgroups_total * tile.kg * a_width).max(1);
+            let most = held.min((64 << 10) / nc.max(1)).min(m_tiles);
+            (most / tile.mr * tile.mr).max(blocking.mc)
+        } else {
+            blocking.mc
+        };
+        // (Within A_PACK_BYTES for all of K where the kernel's `mc` was: `hold_all` holds.)
+        let (mc_max, rows_packed) = (mc.min(m_tiles), if one_row { 1 } else { mc.min(m_tiles) });
         let nc_max = nc.min(columns.end.saturating_sub(first_panel_col).div_ceil(tile.nr) * tile.nr);
         let a_pack_len = if hold_all { rows_packed * kgroups_total * tile.kg } else { mc_max * kc_groups * tile.kg };
         GemmPlan {
+            mc,
             first_panel_col,
             kgroups_total,
             a_width,
@@ -398,7 +415,6 @@ pub fn gemm(kernel: &Kernel, args: GemmArgs<'_>) {
 pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
     let GemmArgs { m, a, a_zp, b, stage, columns, mut out } = args;
     let tile = kernel.tile();
-    let blocking = kernel.blocking();
     assert!(b.fits(tile), "weights packed for another tile");
     let k = b.k();
     assert!(columns.start <= columns.end && columns.end <= b.n(), "columns outside the weights");
@@ -415,7 +431,7 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
     let matrix = matches!(a, Rows::Matrix { .. });
     let plan = GemmPlan::new(kernel, m, matrix, b, &columns);
     let needs = plan.needs();
-    let GemmPlan { first_panel_col, kgroups_total, nc_max, nc, one_row, hold_all, kc_groups, .. } = plan;
+    let GemmPlan { mc, first_panel_col, kgroups_total, nc_max, nc, one_row, hold_all, kc_groups, .. } = plan;
     let (j0, n) = (columns.start, columns.end);
     let Scratch { a_pack, acc, row_sums, gather, b_decode, .. } = scratch;
     let b_decode = grown(b_decode, needs.b_decode);
@@ -430,8 +446,8 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
     // value at a time: N values on every call, a GEMV's only per-column pass.)
     let sum_rows = b.zero_points().iter().fold(0, |or, &z| or | z) != 0;
 
-    for ic in (0..m).step_by(blocking.mc) {
-        let rows = blocking.mc.min(m - ic);
+    for ic in (0..m).step_by(mc) {
+        let rows = mc.min(m - ic);
         let row_panels = rows.div_ceil(tile.mr);
         let a_block = a.skip(ic);
         row_sums.fill(0);
