@@ -257,7 +257,7 @@ pub(crate) fn kernel_for_weights(isa: Isa, k: usize, n: usize, channels: Option<
 
 /// The kernel that runs a product of `m` rows on weights `b`, packed for `packed` (a
 /// kernel of `isa`): the tier's kernel for small products where M is below its
-/// cut-over and it reads the same packing (AMX: AVX-512 VNNI's `8x32c4` for M < 32,
+/// cut-over and it reads the same packing (AMX: AVX-512 VNNI's `8x32c4` for M < 8,
 /// see `registry::AMX_INT8`), else `packed`. Either computes the same bytes.
 pub(crate) fn kernel_for_rows(isa: Isa, packed: &'static Kernel, b: &PackedB, m: usize) -> &'static Kernel {
     let tier = isa.tier();

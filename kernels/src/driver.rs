@@ -355,8 +355,10 @@ impl GemmPlan {
         } else {
             blocking.mc
         };
-        // (Within A_PACK_BYTES for all of K where the kernel's `mc` was: `hold_all` holds.)
-        let (mc_max, rows_packed) = (mc.min(m_tiles), if one_row { 1 } else { mc.min(m_tiles) });
+        // A taller block still holds all of K within A_PACK_BYTES where the kernel's `mc`
+        // did (`held`), so `hold_all` stands.
+        let mc_max = mc.min(m_tiles);
+        let rows_packed = if one_row { 1 } else { mc_max };
         let nc_max = nc.min(columns.end.saturating_sub(first_panel_col).div_ceil(tile.nr) * tile.nr);
         let a_pack_len = if hold_all { rows_packed * kgroups_total * tile.kg } else { mc_max * kc_groups * tile.kg };
         GemmPlan {

@@ -15,11 +15,11 @@ use qgemm_kernels::x86_64::amx_int8;
 
 /// XINUSE's tile bits (17: TILECFG, 18: TILEDATA), or `None` where the CPU cannot
 /// report XINUSE (cpuid leaf 0xD, subleaf 1, EAX bit 2).
+// `__cpuid_count` is unsafe in Rust 1.89 (the MSRV) and safe in newer Rust.
+#[allow(unused_unsafe)]
 fn tiles_in_use() -> Option<u64> {
     // SAFETY: cpuid exists on every x86-64 CPU; leaf 0xD exists wherever XSAVE does,
-    // which AMX (the only caller's condition) requires. (Unsafe in Rust 1.89, the
-    // MSRV; safe in newer Rust.)
-    #[allow(unused_unsafe)]
+    // which AMX (the only caller's condition) requires.
     let leaf = unsafe { std::arch::x86_64::__cpuid_count(0xD, 1) };
     if leaf.eax & (1 << 2) == 0 {
         return None;
