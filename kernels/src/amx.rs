@@ -333,8 +333,10 @@ pub(crate) unsafe fn block<T: TileOps>(tiles: &mut T, args: BlockArgs<'_>, mut s
     assert!(kgroups.is_multiple_of(KA / KG), "a K block of whole A groups");
     let steps = kgroups / (KA / KG);
     let a_panel_bytes = steps * MR * KA;
-    // Where a tile's sums go before the stage: 32 × 32, in L1.
-    let mut buffer = [0i32; MR * NR];
+    // Where a tile's sums go before the stage: 32 × 32, in L1, on a cache line (a tile
+    // store of rows that split lines is much slower).
+    let mut buffer = SumsBuffer([0i32; MR * NR]);
+    let buffer = &mut buffer.0;
     tiles.configure(&TileConfig::FULL);
     for jp in 0..col_panels {
         let b_panel = &b[jp * b_panel_stride..][..kgroups * NR * KG];
@@ -399,13 +401,17 @@ pub(crate) unsafe fn block<T: TileOps>(tiles: &mut T, args: BlockArgs<'_>, mut s
                 if stored_cols > 0 {
                     // SAFETY: the caller's contract; the arguments are windows of the
                     // stage's, which the caller checked, over the tile's rows and columns.
-                    unsafe { run_stage(stage, &buffer, r0, c0, stored_rows, stored_cols) };
+                    unsafe { run_stage(stage, buffer, r0, c0, stored_rows, stored_cols) };
                 }
             }
         }
     }
     tiles.release();
 }
+
+/// A tile's sums, on a cache line.
+#[repr(C, align(64))]
+struct SumsBuffer([i32; MR * NR]);
 
 /// Stores the four C tiles (those computed) to `dst`, `stride` values apart.
 fn store_tiles<T: TileOps>(tiles: &mut T, dst: &mut [i32], stride: usize, two_rows: bool, two_cols: bool) {

@@ -236,6 +236,25 @@ pub(crate) fn grown<T: Copy + Default>(v: &mut Vec<T>, len: usize) -> &mut [T] {
     &mut v[..len]
 }
 
+/// The extra elements of `T` a buffer needs so that [`line_aligned`] finds `len` of
+/// them starting on a cache line.
+pub(crate) const fn line_slack<T>() -> usize {
+    LINE / size_of::<T>() - 1
+}
+
+/// A cache line: packed operands start on one, so that no 64-byte load of them (an
+/// AMX tile row, an AVX-512 vector) splits across two lines. On a Sapphire
+/// Rapids-class Xeon a tile load of rows that split lines takes about 3× as long.
+pub(crate) const LINE: usize = 64;
+
+/// `len` elements of `v` starting on a cache line ([`LINE`]), `v` grown by
+/// [`line_slack`] for it (contents unspecified).
+pub(crate) fn line_aligned<T: Copy + Default>(v: &mut Vec<T>, len: usize) -> &mut [T] {
+    let held = grown(v, len + line_slack::<T>());
+    let start = held.as_ptr().align_offset(LINE).min(line_slack::<T>());
+    &mut held[start..start + len]
+}
+
 /// One GEMM call: `out[m × n] = stage(Σ (A − a_zp)(B − b_zp))`.
 #[derive(Debug)]
 pub struct GemmArgs<'a> {
@@ -380,11 +399,13 @@ impl GemmPlan {
 
     fn needs(&self) -> ScratchNeeds {
         ScratchNeeds {
-            a_pack: self.a_pack_len * self.a_width,
-            acc: self.mc_max * self.nc_max,
+            // Packed A, the accumulators and decoded 4-bit weights start on a cache line
+            // (`line_aligned`).
+            a_pack: self.a_pack_len * self.a_width + line_slack::<u8>(),
+            acc: self.mc_max * self.nc_max + line_slack::<i32>(),
             row_sums: self.mc_max,
             gather: self.gather_len,
-            b_decode: self.b_decode_len,
+            b_decode: self.b_decode_len + line_slack::<i8>(),
             ..ScratchNeeds::default()
         }
     }
@@ -436,9 +457,9 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
     let GemmPlan { mc, first_panel_col, kgroups_total, nc_max, nc, one_row, hold_all, kc_groups, .. } = plan;
     let (j0, n) = (columns.start, columns.end);
     let Scratch { a_pack, acc, row_sums, gather, b_decode, .. } = scratch;
-    let b_decode = grown(b_decode, needs.b_decode);
-    let a_pack = grown(a_pack, needs.a_pack);
-    let acc = grown(acc, needs.acc);
+    let b_decode = line_aligned(b_decode, needs.b_decode - line_slack::<i8>());
+    let a_pack = line_aligned(a_pack, needs.a_pack - line_slack::<u8>());
+    let acc = line_aligned(acc, needs.acc - line_slack::<i32>());
     let row_sums = grown(row_sums, needs.row_sums);
     let gather = grown(gather, needs.gather);
     let zero_points = ZeroPoints { a_zp: i32::from(a_zp), col_offsets: b.col_offsets(), b_zp: b.zero_points() };

@@ -446,7 +446,7 @@ struct LineAligned {
 }
 
 impl LineAligned {
-    const LINE: usize = 64;
+    const LINE: usize = crate::driver::LINE;
 
     fn zeroed(len: usize) -> Result<LineAligned, TryReserveError> {
         // An impossible size fails to reserve, as `len` itself would.

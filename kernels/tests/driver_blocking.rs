@@ -198,3 +198,68 @@ fn output_tiles_match_reference() {
         }
     }
 }
+
+/// Block calls of `line_checking_block` whose packed A, B (decoded, for 4-bit weights)
+/// or accumulators did not start on a cache line, and all its block calls.
+static OFF_LINE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static BLOCK_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Records where the loop nest put packed A, B and the accumulators; computes nothing.
+fn line_checking_block(args: qgemm_kernels::kernel::BlockArgs<'_>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let on_line = |p: usize| p.is_multiple_of(64);
+    if !on_line(args.a.as_ptr().addr()) || !on_line(args.b.as_ptr().addr()) || !on_line(args.acc.as_ptr().addr()) {
+        OFF_LINE.fetch_add(1, Relaxed);
+    }
+    BLOCK_CALLS.fetch_add(1, Relaxed);
+}
+
+fn scalar_epilogue(args: qgemm_kernels::output::EpilogueArgs<'_>) {
+    qgemm_kernels::output::epilogue_scalar(args)
+}
+
+#[test]
+fn packed_a_and_accumulators_start_on_a_cache_line() {
+    // A tile load (AMX) or a 64-byte vector load whose rows split cache lines is much
+    // slower (about 3× for a tile on a Sapphire Rapids-class Xeon), so the loop nest
+    // hands every kernel packed A, B (packed, or 4-bit weights decoded a block at a
+    // time, as for AMX) and accumulators that start on one. A tile of 64-byte A groups
+    // and 32 columns keeps every panel and K block on a line from there; K blocks of
+    // 128 make each call pass the accumulators. Scratch grows from empty, and is
+    // reused at other sizes, so that its buffers sit at several addresses.
+    use qgemm_kernels::driver::{Scratch, gemm_in};
+    use std::sync::atomic::Ordering::Relaxed;
+    let tile = qgemm_kernels::Tile::new(32, 32, 4).with_a_group(64);
+    let blocking = qgemm_kernels::Blocking { mc: 64, kc: 128, nc: 64 };
+    // SAFETY: the block and epilogue are plain Rust and only read their slices.
+    let kernel = unsafe { Kernel::new("32x32c4-line-check", tile, blocking, line_checking_block, scalar_epilogue) };
+    let mut reused = Scratch::new();
+    let mut rng = Rng(0x11e5_a11c_0ff5_e700);
+    for round in 0..if cfg!(miri) { 3 } else { 24 } {
+        // Under miri, smaller problems (two K blocks at most).
+        let (most_m, most_k, most_n) = if cfg!(miri) { (20, 250, 40) } else { (90, 400, 100) };
+        let (m, k, n) = (2 + rng.below(most_m), 1 + rng.below(most_k), 1 + rng.below(most_n));
+        let a: Vec<u8> = (0..m * k).map(|_| rng.next() as u8).collect();
+        let packed = if round % 4 < 2 {
+            let b: Vec<i8> = (0..k * n).map(|_| rng.next() as i8).collect();
+            PackedB::try_new(tile, &b, BLayout::KxN, k, n, &[0]).unwrap()
+        } else {
+            let b: Vec<i8> = (0..k * n).map(|_| rng.below(16) as i8).collect();
+            PackedB::try_new_nibbles(tile, &b, BLayout::KxN, k, n, &[8]).unwrap()
+        };
+        let mut out = vec![0i32; m * n];
+        let args = GemmArgs {
+            m,
+            a: Rows::Matrix { data: &a, stride: k },
+            a_zp: 3,
+            b: &packed,
+            stage: OutputStage { bias: None, requant: None },
+            columns: 0..n,
+            out: OutData::I32(OutView::new(&mut out, m, n, n)),
+        };
+        let mut fresh = Scratch::new();
+        gemm_in(&kernel, args, if round % 2 == 0 { &mut fresh } else { &mut reused });
+    }
+    assert!(BLOCK_CALLS.load(Relaxed) > 0, "the kernel ran");
+    assert_eq!(OFF_LINE.load(Relaxed), 0, "block calls with packed A, B or accumulators off a cache line");
+}
