@@ -59,15 +59,18 @@ pub const KA: usize = 64;
 /// The tile: 32 × 32, B in groups of 4, A in groups of 64.
 pub const TILE: Tile = Tile::new(MR, NR, KG).with_a_group(KA);
 /// Cache blocking, measured on a Sapphire Rapids-class Xeon (`lscpu`: Intel Xeon,
-/// family 6, 2 MiB of L2 per core) among mc ∈ {64, 128, 256}, kc ∈ {1024, 2048, 4096}:
-/// the row panels of a 128-row block of A (up to 512 KiB: all of K up to 4096, within
-/// [`crate::driver::A_PACK_BYTES`]) stream from L2 past each B panel slice (up to
-/// 4096 × 32, 128 KiB); the 128 × 512 accumulators (256 KiB) stay in L2. K up to 4096
-/// is one block, so the suite's shapes never pass their sums through the accumulators.
-/// Against `mc 64, kc 1024` (the first guess), 2048³ went from 18–20% of the tile peak
-/// to 24–26%; kc 4096 against 2048 gave 784 × 2304 × 256 +10–18% and r50_late3x3 +6%,
-/// the rest within this machine's noise.
-pub const BLOCKING: Blocking = Blocking { mc: 128, kc: 4096, nc: 512 };
+/// family 6, 2 MiB of L2 per core), with the whole row block as the last K block's
+/// strip ([`STRIP_BYTES`]): a B panel slice (640 × 32, 20 KiB) stays in L1 while the
+/// block's 8 row panels (packed A up to 160 KiB per K block, in L2) pass it; the 256 ×
+/// 256 accumulators (256 KiB) stay in L2. Against `mc 128, kc 4096, nc 512` with
+/// 16 KiB strips (one row panel per strip), medians of three interleaved runs at 1
+/// thread: 2048³ +33%, 128 × 3072 × 768 +20%, 128 × 768 × 3072 +17%, r50_3x3 +17%,
+/// r50_late3x3 +12%, 1024³ +7%, the rest within noise. Among kc ∈ {512, 640, 768,
+/// 1024, 4096}, 640 keeps K = 576 (a 3 × 3 conv of 64 channels) in one block, where
+/// 512 splits it and lost 7% there.
+pub const BLOCKING: Blocking = Blocking { mc: 256, kc: 640, nc: 256 };
+/// The last K block runs a whole row block at a time (see [`BLOCKING`]).
+pub const STRIP_BYTES: usize = usize::MAX;
 // Within the scratch bound (`crate::driver::GEMM_SCRATCH_BYTES`): one block of packed
 // A ≤ A_PACK_BYTES, accumulators ≤ 256 KiB.
 const _: () =
@@ -478,7 +481,9 @@ static MODEL: Kernel = {
     // SAFETY: plain Rust (the model of the tiles and the portable epilogue), which runs
     // on any CPU and touches memory only through the slices it is given.
     unsafe {
-        Kernel::new("32x32c4-amx-model", TILE, BLOCKING, model_block, model_epilogue).with_staged_block(model_staged)
+        Kernel::new("32x32c4-amx-model", TILE, BLOCKING, model_block, model_epilogue)
+            .with_staged_block(model_staged)
+            .with_strip_bytes(STRIP_BYTES)
     }
 };
 

@@ -46,8 +46,9 @@ use crate::output::{EpilogueArgs, OutData, OutputStage, ZeroPoints};
 use crate::pack::PackedB;
 use crate::rows::Rows;
 
-/// How much packed A one strip of the last K block may hold (see [`gemm`]).
-const STRIP_A_BYTES: usize = 16 << 10;
+/// How much packed A one strip of the last K block may hold (see [`gemm`]), unless
+/// the kernel says otherwise ([`Kernel::with_strip_bytes`]).
+pub const STRIP_A_BYTES: usize = 16 << 10;
 
 /// The most packed A a row block holds for all of K; past it, each K block is packed
 /// when it is used.
@@ -60,7 +61,7 @@ pub const B_DECODE_BYTES: usize = 128 << 10;
 /// The most scratch one [`gemm_in`] call holds, in bytes, for the kernels of this crate
 /// (whose blockings keep one `mc × kc` block of packed A within [`A_PACK_BYTES`], `kc`
 /// within 4096 and `mc × nc` within 64 Ki values: 48 × 512 × 1024 on AVX2,
-/// 128 × 512 × 480 on AVX-512 VNNI, 128 × 4096 × 512 on AMX):
+/// 128 × 512 × 480 on AVX-512 VNNI, 256 × 640 × 256 on AMX):
 /// packed A ≤ [`A_PACK_BYTES`],
 /// accumulators `mc × nc` i32 ≤ 256 KiB,
 /// one K block of gathered taps ≤ 4 KiB, row sums, and for 4-bit weights one
@@ -532,7 +533,8 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
                 };
                 // 4-bit weights as they are: the one-row entry for them unpacks the
                 // nibbles in registers.
-                let (b_row, b_panel_stride) = b_block_of(b, b_decode, true, (jc, col_panels), 0, groups_of(0));
+                let (b_row, b_panel_stride) =
+                    b_block_of(&block_kernel, b, b_decode, true, (jc, col_panels), 0, groups_of(0));
                 let block_args = BlockArgs {
                     a: a_row,
                     b: b_row,
@@ -576,7 +578,7 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
             for i in 0..through_acc {
                 pack_now(i, a_pack, row_sums);
                 let (b_i, b_panel_stride) =
-                    b_block_of(b, b_decode, direct, (jc, col_panels), i * kc_groups, groups_of(i));
+                    b_block_of(&block_kernel, b, b_decode, direct, (jc, col_panels), i * kc_groups, groups_of(i));
                 let run = if direct { Kernel::nibble_block } else { Kernel::block };
                 run(
                     &block_kernel,
@@ -604,14 +606,15 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
             let (groups_last, last_offset) = (groups_of(last), offset(last));
             pack_now(last, a_pack, row_sums);
             let (b_last, b_panel_stride) =
-                b_block_of(b, b_decode, direct, (jc, col_panels), last * kc_groups, groups_last);
+                b_block_of(&block_kernel, b, b_decode, direct, (jc, col_panels), last * kc_groups, groups_last);
             // The last K block a strip of row panels at a time, with the output stage
             // of its rows: fused into each tile where the kernel can, else straight
             // after the strip while its accumulators are still in cache; never a pass
-            // over a large block. A strip's packed A fits in 16 KiB, so each B panel
-            // slice is read once per strip from L1.
+            // over a large block. A strip's packed A fits in the kernel's strip size (16
+            // KiB by default, so each B panel slice is read once per strip from L1; AMX
+            // takes its whole row block, whose B panel slices stay in L1 instead).
             let a_panel_bytes = groups_last * tile.mr * tile.kg * format.bytes();
-            let strip_panels = (STRIP_A_BYTES / a_panel_bytes.max(1)).clamp(1, row_panels);
+            let strip_panels = (kernel.strip_bytes() / a_panel_bytes.max(1)).clamp(1, row_panels);
             for ip in (0..row_panels).step_by(strip_panels) {
                 let panels = strip_panels.min(row_panels - ip);
                 let r0 = ip * tile.mr;
@@ -648,6 +651,7 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
 /// kernel unpacks them), or for other 4-bit weights the block decoded to i8 into
 /// `decoded`.
 fn b_block_of<'s>(
+    kernel: &Kernel,
     b: &'s PackedB,
     decoded: &'s mut [i8],
     direct: bool,
@@ -660,7 +664,7 @@ fn b_block_of<'s>(
         return (&b.data()[(jc / tile.nr) * b.panel_stride() + g0 / 2 * tile.nr * tile.kg..], b.panel_stride());
     }
     if b.is_nibbles() {
-        b.decode_nibbles(jc / tile.nr, col_panels, g0, groups, decoded);
+        kernel.decode_nibbles(b, jc / tile.nr, col_panels, g0, groups, decoded);
         return (decoded, groups * tile.nr * tile.kg);
     }
     (&b.data()[(jc / tile.nr) * b.panel_stride() + g0 * tile.nr * tile.kg..], b.panel_stride())

@@ -1,7 +1,7 @@
 //! What the blocked loop nest needs from one ISA's implementation.
 
 use crate::output::EpilogueArgs;
-use crate::pack::{PackA, PackAFn, RowSumFn};
+use crate::pack::{DecodePairsFn, PackA, PackAFn, PackedB, RowSumFn};
 use crate::rows::Rows;
 
 /// The register tile of a microkernel: it computes `mr × nr` accumulators, consuming
@@ -244,6 +244,8 @@ pub struct Kernel {
     a_format: AFormat,
     pack_a: PackAFn,
     row_sum: RowSumFn,
+    decode_pairs: DecodePairsFn,
+    strip_bytes: usize,
     staged: Option<StagedBlockFn>,
     indirect: Option<IndirectFns>,
     row: Option<RowFns>,
@@ -349,6 +351,8 @@ impl Kernel {
             a_format: AFormat::U8,
             pack_a: crate::pack::packer(tile.ka, AFormat::U8),
             row_sum: crate::pack::byte_sum,
+            decode_pairs: crate::pack::decode_pairs,
+            strip_bytes: crate::driver::STRIP_A_BYTES,
             staged: None,
             indirect: None,
             row: None,
@@ -382,6 +386,41 @@ impl Kernel {
         self.pack_a = pack;
         self.row_sum = row_sum;
         self
+    }
+
+    /// The same kernel, decoding 4-bit weights a block at a time (where it has no entry
+    /// that reads them as they are) with `decode` (a faster version of the portable
+    /// [`crate::pack::decode_pairs`], compiled for the kernel's own ISA).
+    ///
+    /// # Safety
+    /// `decode` must be sound to call on every CPU the kernel's tier runs on, and
+    /// compute what `crate::pack::decode_pairs` computes.
+    pub const unsafe fn with_nibble_decoder(mut self, decode: DecodePairsFn) -> Kernel {
+        self.decode_pairs = decode;
+        self
+    }
+
+    /// Writes k-groups `[g0, g0 + groups)` of `col_panels` panels of 4-bit weights `b`
+    /// from panel `first_panel` into `dst` as i8 ([`PackedB::decode_nibbles`]), with
+    /// this kernel's decoder.
+    ///
+    /// # Panics
+    /// As [`PackedB::decode_nibbles`].
+    pub fn decode_nibbles(
+        &self,
+        b: &PackedB,
+        first_panel: usize,
+        col_panels: usize,
+        g0: usize,
+        groups: usize,
+        dst: &mut [i8],
+    ) {
+        b.decode_nibbles_with(first_panel, col_panels, g0, groups, dst, |src, out, group| {
+            // SAFETY: the kernel exists, so the CPU supports its decoder's instructions
+            // (see `Kernel::with_nibble_decoder`); it accesses memory only through the
+            // slices.
+            unsafe { (self.decode_pairs)(src, out, group) }
+        })
     }
 
     /// Packs k-groups `[g0, g0 + groups)` of rows `0..rows` of A for this kernel (the
@@ -661,6 +700,22 @@ impl Kernel {
     /// The cache blocking.
     pub fn blocking(&self) -> Blocking {
         self.blocking
+    }
+
+    /// The same kernel, running the last K block of a row block in strips of row
+    /// panels whose packed A holds at most `bytes` (at least one panel; the default is
+    /// [`crate::driver::STRIP_A_BYTES`], 16 KiB, which keeps a strip's A in L1 while
+    /// each B panel slice streams past it). A kernel whose B panel slices are what
+    /// should stay in L1 across the row panels (AMX's) takes a larger strip.
+    pub const fn with_strip_bytes(mut self, bytes: usize) -> Kernel {
+        self.strip_bytes = bytes;
+        self
+    }
+
+    /// The most packed A one strip of the last K block holds (see
+    /// [`Kernel::with_strip_bytes`]).
+    pub fn strip_bytes(&self) -> usize {
+        self.strip_bytes
     }
 
     /// The same kernel with other cache blocking (tests use tiny blocks to reach every

@@ -222,6 +222,23 @@ impl PackedB {
     /// Unless the weights are 4-bit, `g0` is even (a block starts on a pair) and the
     /// block lies within the weights and `dst`.
     pub fn decode_nibbles(&self, first_panel: usize, col_panels: usize, g0: usize, groups: usize, dst: &mut [i8]) {
+        self.decode_nibbles_with(first_panel, col_panels, g0, groups, dst, decode_pairs)
+    }
+
+    /// [`PackedB::decode_nibbles`] with `pairs` in place of [`decode_pairs`] (a kernel's
+    /// own decoder: [`crate::Kernel::with_nibble_decoder`]).
+    ///
+    /// # Panics
+    /// As [`PackedB::decode_nibbles`].
+    pub(crate) fn decode_nibbles_with(
+        &self,
+        first_panel: usize,
+        col_panels: usize,
+        g0: usize,
+        groups: usize,
+        dst: &mut [i8],
+        mut pairs: impl FnMut(&[i8], &mut [i8], usize),
+    ) {
         assert!(self.nibbles && g0.is_multiple_of(2), "a block of 4-bit weights from an even k-group");
         let group = self.tile.nr * self.tile.kg;
         let (stride, block) = (self.panel_stride(), groups * group);
@@ -229,7 +246,7 @@ impl PackedB {
         let src = &self.data()[first_panel * stride..];
         for (panel, out) in dst[..col_panels * block].chunks_exact_mut(block.max(1)).enumerate() {
             let src = &src[panel * stride + g0 / 2 * group..][..groups.div_ceil(2) * group];
-            decode_pairs(src, out, group);
+            pairs(src, out, group);
         }
     }
 
@@ -353,7 +370,7 @@ impl PackedB {
 /// Spreads pairs of k-groups (`group` bytes each, the first in the low nibbles of
 /// `src`, the second in the high ones) into consecutive groups of `out`; a last odd
 /// group takes the low nibbles only.
-fn decode_pairs(src: &[i8], out: &mut [i8], group: usize) {
+pub fn decode_pairs(src: &[i8], out: &mut [i8], group: usize) {
     let (pairs, last) = out.split_at_mut(out.len() / (2 * group) * 2 * group);
     for (pair, src) in pairs.chunks_exact_mut(2 * group).zip(src.chunks_exact(group)) {
         let (low, high) = pair.split_at_mut(group);
@@ -557,6 +574,13 @@ pub struct PackA<'a, 'r> {
 /// The CPU must support the instructions the function was compiled for; a kernel
 /// carries one only where it does (`Kernel::with_a_packing`).
 pub type PackAFn = unsafe fn(PackA<'_, '_>);
+
+/// Decodes pairs of k-groups of 4-bit weights to i8, as [`decode_pairs`] does; see
+/// [`PackedB::decode_nibbles`].
+///
+/// # Safety
+/// As for [`PackAFn`].
+pub type DecodePairsFn = unsafe fn(&[i8], &mut [i8], usize);
 
 /// `Σ src`, wrapping in u32: a row's sum, for the zero-point correction.
 ///

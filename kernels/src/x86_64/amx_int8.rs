@@ -222,6 +222,8 @@ static KERNEL: Kernel = {
     unsafe {
         Kernel::new("32x32c4-amx-int8", amx::TILE, amx::BLOCKING, block, epilogue)
             .with_a_packing(crate::pack::packer(amx::KA, AFormat::U8), super::pack_avx2::row_sum)
+            .with_nibble_decoder(super::decode_avx512::decode_pairs)
+            .with_strip_bytes(amx::STRIP_BYTES)
             .with_staged_block(block_staged)
     }
 };

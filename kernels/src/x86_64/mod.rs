@@ -10,5 +10,6 @@ mod avx512_epilogue;
 pub mod avx512_vnni;
 pub mod avx_vnni;
 mod columns;
+mod decode_avx512;
 mod dot4_tile;
 mod pack_avx2;
