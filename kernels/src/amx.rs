@@ -47,6 +47,7 @@
 
 use crate::kernel::{BlockArgs, Blocking, EpilogueFn, Kernel, Tile};
 use crate::output::{EpilogueArgs, ZeroPoints};
+use crate::pack::DecodePairsFn;
 
 /// Rows of C per kernel call (two tiles of 16).
 pub const MR: usize = 32;
@@ -69,6 +70,11 @@ pub const TILE: Tile = Tile::new(MR, NR, KG).with_a_group(KA);
 /// 1024, 4096}, 640 keeps K = 576 (a 3 × 3 conv of 64 channels) in one block, where
 /// 512 splits it and lost 7% there.
 pub const BLOCKING: Blocking = Blocking { mc: 256, kc: 640, nc: 256 };
+/// 4-bit weights are decoded a step at a time inside the tile loop for products of
+/// up to this many rows (one row panel: each step is decoded once, beside the tiles
+/// that use it), and a block at a time into scratch above it (where each decoded block
+/// serves several row panels).
+pub const NIBBLE_BLOCK_ROWS: usize = MR;
 /// The last K block runs a whole row block at a time (see [`BLOCKING`]).
 pub const STRIP_BYTES: usize = usize::MAX;
 // Within the scratch bound (`crate::driver::GEMM_SCRATCH_BYTES`): one block of packed
@@ -323,17 +329,31 @@ pub(crate) struct Stage<'s, 'a> {
 /// (plus the accumulators where `accumulate`) go through the epilogue to the output
 /// while they are in a 4 KiB buffer.
 ///
+/// With `nibbles`, B is 4-bit weights as packed (see `Kernel::with_nibble_block`),
+/// each K step decoded by that function (see [`crate::pack::decode_pairs`]) into a
+/// 2 KiB buffer just before its tile loads.
+///
 /// # Safety
 /// `stage.epilogue` must be sound to call on this CPU with arguments that satisfy
-/// [`EpilogueArgs`] (the loop builds them from the stage's, in bounds).
+/// [`EpilogueArgs`] (the loop builds them from the stage's, in bounds), and so must
+/// `nibbles` with slices.
 ///
 /// # Panics
 /// If a buffer is shorter than [`BlockArgs`] says (checked by the caller,
 /// `Kernel::block`, and by every tile load and store again).
-pub(crate) unsafe fn block<T: TileOps>(tiles: &mut T, args: BlockArgs<'_>, mut stage: Option<Stage<'_, '_>>) {
+pub(crate) unsafe fn block<T: TileOps>(
+    tiles: &mut T,
+    args: BlockArgs<'_>,
+    mut stage: Option<Stage<'_, '_>>,
+    nibbles: Option<DecodePairsFn>,
+) {
     let BlockArgs { a, b, b_panel_stride, row_panels, rows, col_panels, cols, kgroups, acc, acc_stride, accumulate } =
         args;
     assert!(kgroups.is_multiple_of(KA / KG), "a K block of whole A groups");
+    // 4-bit B: each panel holds half the bytes, and each step's 16 k-groups are decoded
+    // from 1 KiB of nibbles into `decoded` just before their tile loads.
+    let b_panel_len = if nibbles.is_some() { kgroups * NR * KG / 2 } else { kgroups * NR * KG };
+    let mut decoded = StepB([0; STEP_B]);
     let steps = kgroups / (KA / KG);
     let a_panel_bytes = steps * MR * KA;
     // Where a tile's sums go before the stage: 32 × 32, in L1, on a cache line (a tile
@@ -342,7 +362,7 @@ pub(crate) unsafe fn block<T: TileOps>(tiles: &mut T, args: BlockArgs<'_>, mut s
     let buffer = &mut buffer.0;
     tiles.configure(&TileConfig::FULL);
     for jp in 0..col_panels {
-        let b_panel = &b[jp * b_panel_stride..][..kgroups * NR * KG];
+        let b_panel = &b[jp * b_panel_stride..][..b_panel_len];
         let real_cols = cols.saturating_sub(jp * NR).min(NR);
         let two_cols = real_cols > NR / 2;
         for ip in 0..row_panels {
@@ -375,7 +395,15 @@ pub(crate) unsafe fn block<T: TileOps>(tiles: &mut T, args: BlockArgs<'_>, mut s
             // LOOP 0: K, 64 values at a time.
             for s in 0..steps {
                 let a_group = &a_panel[s * MR * KA..][..MR * KA];
-                let b_group = &b_panel[s * (KA / KG) * NR * KG..][..(KA / KG) * NR * KG];
+                let b_group = match nibbles {
+                    None => &b_panel[s * STEP_B..][..STEP_B],
+                    Some(decode) => {
+                        // SAFETY: the caller's contract (the decoder runs on this CPU); it
+                        // accesses memory only through the slices.
+                        unsafe { decode(&b_panel[s * STEP_B / 2..][..STEP_B / 2], &mut decoded.0, NR * KG) };
+                        &decoded.0[..]
+                    }
+                };
                 tiles.load::<{ tmm::A0 }, u8>(a_group, KA);
                 tiles.load::<{ tmm::B0 }, i8>(b_group, NR * KG);
                 tiles.dot::<{ tmm::C00 }, { tmm::A0 }, { tmm::B0 }>();
@@ -411,6 +439,13 @@ pub(crate) unsafe fn block<T: TileOps>(tiles: &mut T, args: BlockArgs<'_>, mut s
     }
     tiles.release();
 }
+
+/// Bytes of B per K step: 16 k-groups of 32 columns × 4 values.
+const STEP_B: usize = (KA / KG) * NR * KG;
+
+/// One K step of B decoded from 4-bit weights, on a cache line.
+#[repr(C, align(64))]
+struct StepB([i8; STEP_B]);
 
 /// A tile's sums, on a cache line.
 #[repr(C, align(64))]
@@ -462,7 +497,21 @@ unsafe fn run_stage(stage: &mut Stage<'_, '_>, buffer: &[i32], r0: usize, c0: us
 /// The model kernel's block: the loop nest on [`TileModel`].
 fn model_block(args: BlockArgs<'_>) {
     // SAFETY: no stage.
-    unsafe { block(&mut TileModel::default(), args, None) }
+    unsafe { block(&mut TileModel::default(), args, None, None) }
+}
+
+/// The model kernel's block on 4-bit weights, decoded a step at a time by the
+/// portable decoder.
+fn model_nibble_block(args: BlockArgs<'_>) {
+    // SAFETY: no stage; the portable decoder runs on any CPU.
+    unsafe { block(&mut TileModel::default(), args, None, Some(crate::pack::decode_pairs)) }
+}
+
+/// As [`model_nibble_block`], each tile through the portable epilogue.
+fn model_nibble_staged(args: BlockArgs<'_>, mut stage: EpilogueArgs<'_>) {
+    let stage = Stage { args: &mut stage, epilogue: model_epilogue };
+    // SAFETY: the portable epilogue and decoder run on any CPU.
+    unsafe { block(&mut TileModel::default(), args, Some(stage), Some(crate::pack::decode_pairs)) }
 }
 
 /// The model kernel's fused block: the loop nest on [`TileModel`], each tile through
@@ -470,7 +519,7 @@ fn model_block(args: BlockArgs<'_>) {
 fn model_staged(args: BlockArgs<'_>, mut stage: EpilogueArgs<'_>) {
     let stage = Stage { args: &mut stage, epilogue: model_epilogue };
     // SAFETY: the portable epilogue runs on any CPU.
-    unsafe { block(&mut TileModel::default(), args, Some(stage)) }
+    unsafe { block(&mut TileModel::default(), args, Some(stage), None) }
 }
 
 fn model_epilogue(args: EpilogueArgs<'_>) {
@@ -484,6 +533,8 @@ static MODEL: Kernel = {
         Kernel::new("32x32c4-amx-model", TILE, BLOCKING, model_block, model_epilogue)
             .with_staged_block(model_staged)
             .with_strip_bytes(STRIP_BYTES)
+            .with_nibble_block(model_nibble_block, Some(model_nibble_staged))
+            .with_nibble_block_rows(NIBBLE_BLOCK_ROWS)
     }
 };
 

@@ -333,7 +333,7 @@ impl GemmPlan {
         let one_row = m == 1 && matrix && row_entry && kgroups_total * tile.kg * a_width <= A_PACK_BYTES;
         // 4-bit weights the kernel reads as they are (unpacking them in registers), or
         // decodes a block at a time into scratch.
-        let decode = nibbles && !one_row && !kernel.for_block(b, || u8::MAX).has_nibble_block();
+        let decode = nibbles && !one_row && !kernel.for_block(b, || u8::MAX).reads_nibbles(m);
         let rows_packed = if one_row { 1 } else { blocking.mc.min(m_tiles) };
         // Pack a row block once for all of K when that fits; otherwise one K block at
         // a time, as it is used.
@@ -483,7 +483,7 @@ pub fn gemm_in(kernel: &Kernel, args: GemmArgs<'_>, scratch: &mut Scratch) {
         let zero_points = ZeroPoints { a_zp: i32::from(a_zp) - format.offset(), ..zero_points };
         let row = one_row && if b.is_nibbles() { block_kernel.has_nibble_row() } else { block_kernel.has_row() };
         // 4-bit weights the kernel unpacks in registers (else decoded a block at a time).
-        let direct = b.is_nibbles() && block_kernel.has_nibble_block();
+        let direct = b.is_nibbles() && block_kernel.reads_nibbles(m);
         // Where packing the row would only copy it (u8, whole k-groups, no row sums),
         // the kernel reads it in place.
         let in_place = row && format == AFormat::U8 && k == kgroups_total * tile.kg && !sum_rows;

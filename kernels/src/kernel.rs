@@ -246,6 +246,7 @@ pub struct Kernel {
     row_sum: RowSumFn,
     decode_pairs: DecodePairsFn,
     strip_bytes: usize,
+    nibble_block_rows: usize,
     staged: Option<StagedBlockFn>,
     indirect: Option<IndirectFns>,
     row: Option<RowFns>,
@@ -353,6 +354,7 @@ impl Kernel {
             row_sum: crate::pack::byte_sum,
             decode_pairs: crate::pack::decode_pairs,
             strip_bytes: crate::driver::STRIP_A_BYTES,
+            nibble_block_rows: usize::MAX,
             staged: None,
             indirect: None,
             row: None,
@@ -553,6 +555,22 @@ impl Kernel {
     /// ([`Kernel::nibble_block`]).
     pub fn has_nibble_block(&self) -> bool {
         self.nibble_block.is_some()
+    }
+
+    /// The same kernel, taking its block entry for 4-bit weights only for products of
+    /// at most `rows` rows, and decoding the weights a block at a time into scratch
+    /// above (for a kernel whose entry decodes in its tile loop, once per row panel:
+    /// AMX's).
+    pub const fn with_nibble_block_rows(mut self, rows: usize) -> Kernel {
+        self.nibble_block_rows = rows;
+        self
+    }
+
+    /// Whether a product of `m` rows with 4-bit weights runs on the kernel's block
+    /// entry for them ([`Kernel::nibble_block`]), rather than on weights decoded a
+    /// block at a time ([`Kernel::decode_nibbles`]).
+    pub fn reads_nibbles(&self, m: usize) -> bool {
+        self.has_nibble_block() && m <= self.nibble_block_rows
     }
 
     /// [`Kernel::block`] against 4-bit weights (see [`Kernel::with_nibble_block`]).

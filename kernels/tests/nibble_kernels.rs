@@ -34,7 +34,8 @@ fn every_kernel_on_4_bit_weights_matches_the_reference() {
             let b_zp: Vec<i8> = (0..if per_column { n } else { 1 }).map(|_| nibble(&mut rng, true)).collect();
             let packed = PackedB::try_new_nibbles(t, &b, layout, k, n, &b_zp).unwrap();
             assert!(packed.is_nibbles());
-            // The kernel that runs them unpacks them in registers, AMX's aside; the exact
+            // The kernel that runs them unpacks them in registers (AMX's decodes a step
+            // at a time in its tile loop up to 32 rows, a block at a time above); the exact
             // half of a kernel with a fast path (AVX2's madd, NEON's mull) is never
             // chosen for 4-bit weights, whose fast path is always exact.
             let selected = kernel.for_block(&packed, || u8::MAX);

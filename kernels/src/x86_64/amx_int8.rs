@@ -195,7 +195,25 @@ impl TileOps for Tiles {
 unsafe fn block(args: BlockArgs<'_>) {
     let mut tiles = Tiles { config: TileConfig::FULL };
     // SAFETY: no stage.
-    unsafe { amx::block(&mut tiles, args, None) }
+    unsafe { amx::block(&mut tiles, args, None, None) }
+}
+
+/// # Safety
+/// As [`block`].
+unsafe fn nibble_block(args: BlockArgs<'_>) {
+    let mut tiles = Tiles { config: TileConfig::FULL };
+    // SAFETY: no stage; the tier requires AVX-512 F/BW, what the decoder runs on.
+    unsafe { amx::block(&mut tiles, args, None, Some(super::decode_avx512::decode_pairs)) }
+}
+
+/// # Safety
+/// As [`block`].
+unsafe fn nibble_block_staged(args: BlockArgs<'_>, mut stage: EpilogueArgs<'_>) {
+    let mut tiles = Tiles { config: TileConfig::FULL };
+    let stage = Stage { args: &mut stage, epilogue };
+    // SAFETY: the tier requires AVX-512 F/BW/VL and AVX2, what the epilogue and the
+    // decoder run on.
+    unsafe { amx::block(&mut tiles, args, Some(stage), Some(super::decode_avx512::decode_pairs)) }
 }
 
 /// # Safety
@@ -204,7 +222,7 @@ unsafe fn block_staged(args: BlockArgs<'_>, mut stage: EpilogueArgs<'_>) {
     let mut tiles = Tiles { config: TileConfig::FULL };
     let stage = Stage { args: &mut stage, epilogue };
     // SAFETY: the tier requires AVX-512 F/BW/VL and AVX2, what the epilogue runs on.
-    unsafe { amx::block(&mut tiles, args, Some(stage)) }
+    unsafe { amx::block(&mut tiles, args, Some(stage), None) }
 }
 
 /// # Safety
@@ -224,6 +242,8 @@ static KERNEL: Kernel = {
             .with_a_packing(crate::pack::packer(amx::KA, AFormat::U8), super::pack_avx2::row_sum)
             .with_nibble_decoder(super::decode_avx512::decode_pairs)
             .with_strip_bytes(amx::STRIP_BYTES)
+            .with_nibble_block(nibble_block, Some(nibble_block_staged))
+            .with_nibble_block_rows(amx::NIBBLE_BLOCK_ROWS)
             .with_staged_block(block_staged)
     }
 };
