@@ -417,7 +417,7 @@ impl Kernel {
         groups: usize,
         dst: &mut [i8],
     ) {
-        b.decode_nibbles_with(first_panel, col_panels, g0, groups, dst, |src, out, group| {
+        b.decode_nibbles(first_panel, col_panels, g0, groups, dst, |src, out, group| {
             // SAFETY: the kernel exists, so the CPU supports its decoder's instructions
             // (see `Kernel::with_nibble_decoder`); it accesses memory only through the
             // slices.

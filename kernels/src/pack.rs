@@ -216,21 +216,14 @@ impl PackedB {
     /// `first_panel` of 4-bit weights into `dst` as i8 values, in the layout of
     /// [`PackedB::try_new`] for a block of that many groups: panel `p` at
     /// `p · groups · nr · kg`, so that any kernel reads the block as it reads 8-bit
-    /// weights (with `b_panel_stride` that distance).
+    /// weights (with `b_panel_stride` that distance). Each panel's pairs of k-groups go
+    /// through `pairs`, which computes what [`decode_pairs`] computes (it, or a kernel's
+    /// own decoder: [`crate::Kernel::decode_nibbles`]).
     ///
     /// # Panics
     /// Unless the weights are 4-bit, `g0` is even (a block starts on a pair) and the
     /// block lies within the weights and `dst`.
-    pub fn decode_nibbles(&self, first_panel: usize, col_panels: usize, g0: usize, groups: usize, dst: &mut [i8]) {
-        self.decode_nibbles_with(first_panel, col_panels, g0, groups, dst, decode_pairs)
-    }
-
-    /// [`PackedB::decode_nibbles`] with `pairs` in place of [`decode_pairs`] (a kernel's
-    /// own decoder: [`crate::Kernel::with_nibble_decoder`]).
-    ///
-    /// # Panics
-    /// As [`PackedB::decode_nibbles`].
-    pub(crate) fn decode_nibbles_with(
+    pub fn decode_nibbles(
         &self,
         first_panel: usize,
         col_panels: usize,

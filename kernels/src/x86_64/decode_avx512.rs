@@ -1,5 +1,6 @@
-//! 4-bit weights decoded to i8 with AVX-512BW, for the kernels that decode a block
-//! at a time ([`crate::pack::PackedB::decode_nibbles`]): 64 bytes of nibbles, two
+//! 4-bit weights decoded to i8 with AVX-512BW, for AMX, which decodes them a block at
+//! a time ([`crate::pack::PackedB::decode_nibbles`]) or a K step at a time inside its
+//! tile loop (`crate::amx::block`): 64 bytes of nibbles, two
 //! k-groups' worth, per load, masked and shifted into two 64-byte stores. The
 //! portable decoder (`crate::pack::decode_pairs`) does the same a byte at a time,
 //! about 4× slower on the AMX tier's 16 × 4096 × 4096 int4 GEMM, where decoding was
